@@ -1,0 +1,32 @@
+"""Request dependencies: settings, the model registry, model lookup."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from app.core.config import Settings
+from app.core.errors import APIError
+from app.inference.registry import ModelRegistry, TextEncoder
+
+
+def get_registry(request: Request) -> ModelRegistry:
+    return request.app.state.registry
+
+
+def get_app_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+
+
+def resolve_text_encoder(registry: ModelRegistry, name: str | None) -> TextEncoder:
+    model = name or registry.settings.default_model
+    encoder = registry.encoders.get(model)
+    if encoder is None:
+        served = ", ".join(sorted(registry.encoders)) or "none"
+        raise APIError(404, f"model '{model}' not found; served models: {served}", "model_not_found")
+    return encoder

@@ -1,0 +1,95 @@
+"""Pure-ASGI middleware (cheaper per request than BaseHTTPMiddleware): payload cap and metrics."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.core import metrics
+
+
+class PayloadTooLarge(Exception):
+    pass
+
+
+async def _send_json_error(send: Send, status: int, message: str, code: str) -> None:
+    body = orjson.dumps({"error": {"message": message, "type": "invalid_request_error", "code": code}})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class PayloadLimitMiddleware:
+    """413 for bodies over `max_bytes`, by Content-Length or, when chunked, while reading."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        message = f"request body larger than {self.max_bytes} bytes"
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                if not value.isdigit() or int(value) > self.max_bytes:
+                    await _send_json_error(send, 413, message, "payload_too_large")
+                    return
+                break
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            msg = await receive()
+            if msg["type"] == "http.request":
+                received += len(msg.get("body", b""))
+                if received > self.max_bytes:
+                    raise PayloadTooLarge
+            return msg
+
+        async def tracking_send(msg: Message) -> None:
+            nonlocal started
+            started = started or msg["type"] == "http.response.start"
+            await send(msg)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except PayloadTooLarge:
+            if not started:
+                await _send_json_error(send, 413, message, "payload_too_large")
+
+
+class MetricsMiddleware:
+    """Counts requests by route template and status, and observes latency."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def capture(msg: Message) -> None:
+            nonlocal status
+            if msg["type"] == "http.response.start":
+                status = msg["status"]
+            await send(msg)
+
+        try:
+            await self.app(scope, receive, capture)
+        finally:
+            route = scope.get("route")
+            label = getattr(route, "path", "unmatched")
+            metrics.REQUESTS.labels(label, scope["method"], str(status)).inc()
+            metrics.REQUEST_LATENCY.labels(label).observe(time.perf_counter() - start)

@@ -1,0 +1,37 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.responses import JSONResponse, Response
+
+from app.api.deps import RegistryDep
+from app.core.metrics import REGISTRY
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health")
+async def health() -> dict[str, str]:
+    """Liveness: the process answers."""
+    return {"status": "ok"}
+
+
+@router.get("/ready", responses={503: {"description": "models not loaded"}})
+async def ready(registry: RegistryDep) -> Any:
+    """Readiness: every model folder that was asked for is loaded."""
+    body = {
+        "status": "ready" if registry.ready else "not_ready",
+        "models": sorted(registry.encoders),
+        "failed": registry.failed,
+        "skipped": registry.skipped,
+    }
+    return JSONResponse(body, status_code=200 if registry.ready else 503)
+
+
+@router.get("/metrics")
+async def prometheus_metrics() -> Response:
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

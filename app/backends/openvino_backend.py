@@ -1,0 +1,63 @@
+"""OpenVINO on the CPU: reads the same ONNX file; bf16 where the CPU has it, else fp32."""
+
+from __future__ import annotations
+
+import threading
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+
+from app.backends.base import BackendUnavailable, InferenceSession
+from app.core.manifest import Backend, Precision
+
+_HINTS = {Precision.FP32: "f32", Precision.BF16: "bf16", Precision.INT8: "f32"}
+
+
+@cache
+def _core():  # type: ignore[no-untyped-def]
+    import openvino as ov
+
+    return ov.Core()
+
+
+class OpenVinoSession(InferenceSession):
+    backend = Backend.OPENVINO
+
+    def __init__(self, onnx_path: Path, precision: Precision, threads: int) -> None:
+        if precision not in self.supported_precisions():
+            raise BackendUnavailable(f"openvino cannot run {precision} on this CPU")
+        core = _core()
+        config = {
+            "INFERENCE_PRECISION_HINT": _HINTS[precision],
+            "PERFORMANCE_HINT": "LATENCY",
+        }
+        if threads > 0:
+            config["INFERENCE_NUM_THREADS"] = str(threads)
+        self.precision = precision
+        self._compiled = core.compile_model(core.read_model(str(onnx_path)), "CPU", config)
+        self.input_names = [port.get_any_name() for port in self._compiled.inputs]
+        self._local = threading.local()
+
+    def _request(self):  # type: ignore[no-untyped-def]
+        # An infer request is not thread-safe: one per calling thread.
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self._compiled.create_infer_request()
+        return request
+
+    def run(self, feeds: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
+        request = self._request()
+        request.infer({k: feeds[k] for k in self.input_names})
+        return [np.array(request.get_tensor(name).data, dtype=np.float32, copy=True) for name in outputs]
+
+    @staticmethod
+    def supported_precisions() -> set[Precision]:
+        try:
+            capabilities = set(_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+        except Exception:  # library missing or no CPU plugin
+            return set()
+        precisions = {Precision.FP32}
+        if "BF16" in capabilities:
+            precisions.add(Precision.BF16)
+        return precisions

@@ -1,0 +1,40 @@
+"""All service settings, from `TESSERA_*` environment variables (or a .env file)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TESSERA_", env_file=".env", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    models_dir: Path = Path("models")
+    data_dir: Path = Path("data")
+    default_model: str = "minilm-l6"
+    # Only these model folders are loaded (comma-separated); empty = every folder in models_dir.
+    models: str = ""
+    backend: Literal["auto", "onnxruntime", "openvino"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "int8"] = "auto"
+    # Inference threads per model (0 = let the backend use every core).
+    threads: int = Field(0, ge=0)
+    # Dynamic batching: padded tokens (batch x longest sequence) in one forward pass.
+    batch_token_budget: int = Field(8192, ge=64)
+    max_batch_size: int = Field(256, ge=1)
+    # Texts waiting for the model, across all requests; beyond it requests get 429.
+    max_queue: int = Field(8192, ge=1)
+    max_inputs_per_request: int = Field(2048, ge=1)
+    max_payload_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    retry_after_s: int = Field(1, ge=1)
+    log_level: str = "info"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,40 @@
+"""Prometheus metrics (prometheus-client), served at GET /metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+REQUESTS = Counter("tessera_requests", "HTTP requests", ["route", "method", "status"], registry=REGISTRY)
+REQUEST_LATENCY = Histogram(
+    "tessera_request_latency_seconds",
+    "HTTP request latency",
+    ["route"],
+    buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=REGISTRY,
+)
+QUEUE_DEPTH = Gauge("tessera_queue_depth", "Texts waiting for a forward pass", ["model"], registry=REGISTRY)
+BATCH_SIZE = Histogram(
+    "tessera_batch_size",
+    "Inputs per forward pass",
+    ["model"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+    registry=REGISTRY,
+)
+BATCH_TOKENS = Histogram(
+    "tessera_batch_padded_tokens",
+    "Padded tokens per forward pass",
+    ["model"],
+    buckets=(64, 256, 1024, 2048, 4096, 8192, 16384, 32768),
+    registry=REGISTRY,
+)
+FORWARD_LATENCY = Histogram(
+    "tessera_forward_seconds",
+    "Forward pass latency",
+    ["model"],
+    buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+    registry=REGISTRY,
+)
+TOKENS = Counter("tessera_tokens", "Input tokens embedded", ["model"], registry=REGISTRY)
+REJECTED = Counter("tessera_rejected", "Requests refused for a full queue (429)", ["model"], registry=REGISTRY)

@@ -1,0 +1,1 @@
+"""Model-side inference: tokenisation, encoders and the dynamic batcher."""

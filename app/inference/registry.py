@@ -1,0 +1,111 @@
+"""Loads every model folder under `models_dir` and owns one batcher per served model."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from app.core import metrics
+from app.core.config import Settings
+from app.core.manifest import MANIFEST_FILE, Manifest, ModelKind, VariantParity
+from app.inference.batcher import DynamicBatcher
+from app.inference.text_model import TextModel
+from app.inference.tokenizer import Tokenized
+from app.inference.variants import choose_variant
+
+log = logging.getLogger(__name__)
+
+# Requests with more texts than this tokenise on a worker thread instead of the event loop.
+INLINE_TOKENIZE_MAX = 16
+
+
+@dataclass
+class EmbeddingResult:
+    vectors: np.ndarray  # (n, dim) as the graph's served output (normalised if the model normalises)
+    unnormalized: np.ndarray | None  # (n, dim) pooled before normalisation, if the graph gives it
+    tokens: int
+
+
+class TextEncoder:
+    """A served text model: tokenizer + session + dynamic batcher."""
+
+    def __init__(self, folder: Path, manifest: Manifest, variant: VariantParity, settings: Settings) -> None:
+        self.manifest = manifest
+        self.variant = variant
+        self.model = TextModel(folder, manifest, variant, threads=settings.threads)
+        self.batcher = DynamicBatcher(
+            manifest.name,
+            self.model.forward,
+            (len(self.model.outputs), manifest.dim),
+            token_budget=settings.batch_token_budget,
+            max_batch_size=settings.max_batch_size,
+            max_queue=settings.max_queue,
+        )
+        self._tokens = metrics.TOKENS.labels(manifest.name)
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    async def tokenize(self, texts: list[str], truncate: bool) -> list[Tokenized]:
+        if len(texts) <= INLINE_TOKENIZE_MAX:
+            return self.model.tokenize(texts, truncate)
+        return await asyncio.to_thread(self.model.tokenize, texts, truncate)
+
+    async def embed(self, texts: list[str], truncate: bool = True) -> EmbeddingResult:
+        tokenized = await self.tokenize(texts, truncate)
+        rows = await self.batcher.submit([t.ids for t in tokenized])  # (n, outputs, dim)
+        tokens = sum(len(t.ids) for t in tokenized)
+        self._tokens.inc(tokens)
+        unnormalized = np.ascontiguousarray(rows[:, 1]) if rows.shape[1] > 1 else None
+        return EmbeddingResult(np.ascontiguousarray(rows[:, 0]), unnormalized, tokens)
+
+
+@dataclass
+class ModelRegistry:
+    settings: Settings
+    encoders: dict[str, TextEncoder] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def load(self) -> None:
+        models_dir = self.settings.models_dir
+        wanted = {m.strip() for m in self.settings.models.split(",") if m.strip()}
+        folders = sorted(p.parent for p in models_dir.glob(f"*/{MANIFEST_FILE}")) if models_dir.is_dir() else []
+        for folder in folders:
+            if wanted and folder.name not in wanted:
+                continue
+            try:
+                self._load_one(folder)
+            except Exception as exc:  # one broken folder must not take the others down
+                log.error("model folder %s not served: %s", folder, exc)
+                self.failed[folder.name] = str(exc)
+        log.info("serving models: %s", ", ".join(self.encoders) or "none")
+
+    def _load_one(self, folder: Path) -> None:
+        manifest = Manifest.load(folder)
+        if manifest.kind != ModelKind.TEXT:
+            self.skipped[manifest.name] = f"kind {manifest.kind} is not served by this version"
+            return
+        problems = manifest.verify_files(folder)
+        if problems:
+            raise ValueError("; ".join(problems))
+        variant = choose_variant(manifest, self.settings.backend, self.settings.precision)
+        self.encoders[manifest.name] = TextEncoder(folder, manifest, variant, self.settings)
+        log.info("loaded %s (%s, min cosine %.5f)", manifest.name, variant.key, variant.min_cosine)
+
+    def start(self) -> None:
+        for encoder in self.encoders.values():
+            encoder.batcher.start()
+
+    async def stop(self) -> None:
+        for encoder in self.encoders.values():
+            await encoder.batcher.stop()
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.encoders) and not self.failed

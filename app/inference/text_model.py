@@ -1,0 +1,61 @@
+"""A text embedding model loaded from a model folder: tokenizer + one inference session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from app.backends import open_session
+from app.core.manifest import Backend, Manifest, Precision, VariantParity
+from app.inference.tokenizer import TextTokenizer, Tokenized
+
+
+class TextModel:
+    def __init__(
+        self,
+        folder: Path,
+        manifest: Manifest,
+        variant: VariantParity | None = None,
+        *,
+        backend: Backend | None = None,
+        precision: Precision | None = None,
+        threads: int = 0,
+    ) -> None:
+        """Run `variant` (from the manifest) or an explicit backend/precision on the fp32 file."""
+        self.folder = folder
+        self.manifest = manifest
+        self.variant = variant
+        onnx_file = variant.onnx_file if variant else "model.onnx"
+        self.backend = variant.backend if variant else (backend or Backend.ONNXRUNTIME)
+        self.precision = variant.precision if variant else (precision or Precision.FP32)
+        self.tokenizer = TextTokenizer(folder / manifest.preprocessing.tokenizer_file, manifest.max_tokens)
+        self.session = open_session(folder / onnx_file, self.backend, self.precision, threads)
+
+    @property
+    def dim(self) -> int:
+        return self.manifest.dim
+
+    def tokenize(self, texts: list[str], truncate: bool = True) -> list[Tokenized]:
+        return self.tokenizer.encode(texts, truncate=truncate)
+
+    @property
+    def outputs(self) -> list[str]:
+        """Graph outputs fetched per pass: the served vector, then the unnormalised one if any."""
+        return self.manifest.onnx.outputs
+
+    def forward(self, sequences: list[np.ndarray]) -> np.ndarray:
+        """One forward pass over unpadded id sequences -> (batch, outputs, dim)."""
+        feeds = self.tokenizer.pad(sequences, self.session.input_names)
+        return np.stack(self.session.run(feeds, self.outputs), axis=1)
+
+    def encode(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        """Synchronous encoding for offline jobs: length-sorted batches, original order out."""
+        tokens = self.tokenize(texts)
+        order = np.argsort([len(t.ids) for t in tokens], kind="stable")
+        out = np.empty((len(texts), self.dim), dtype=np.float32)  # (n, dim)
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            feeds = self.tokenizer.pad([tokens[i].ids for i in rows], self.session.input_names)
+            (out[rows],) = self.session.run(feeds, [self.manifest.onnx.output])
+        return out

@@ -1,0 +1,66 @@
+"""Text tokenisation with HF `tokenizers` (no torch, no transformers)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+
+class InputTooLong(ValueError):
+    """An input exceeds the model's max tokens and the caller asked not to truncate."""
+
+    def __init__(self, index: int, length: int, limit: int) -> None:
+        super().__init__(
+            f"input {index} has {length} tokens, more than the model's limit of {limit}; "
+            "shorten it or send truncate=true"
+        )
+        self.index, self.length, self.limit = index, length, limit
+
+
+@dataclass(slots=True)
+class Tokenized:
+    ids: np.ndarray  # (seq,) int64 token ids, special tokens included
+    truncated: bool
+
+
+class TextTokenizer:
+    """Encodes text to unpadded id arrays and pads groups of them into model feeds."""
+
+    def __init__(self, tokenizer_file: Path, max_tokens: int) -> None:
+        self._tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        self._tokenizer.no_padding()
+        self._tokenizer.enable_truncation(max_tokens)
+        # A second copy without truncation, only to report the true length of a rejected input.
+        self._untruncated = Tokenizer.from_file(str(tokenizer_file))
+        self._untruncated.no_padding()
+        self._untruncated.no_truncation()
+        self.max_tokens = max_tokens
+        padding = self._tokenizer.token_to_id("[PAD]")
+        self.pad_id = 0 if padding is None else padding
+
+    def encode(self, texts: list[str], truncate: bool = True) -> list[Tokenized]:
+        encodings = [self._tokenizer.encode(texts[0])] if len(texts) == 1 else self._tokenizer.encode_batch(texts)
+        out = []
+        for index, enc in enumerate(encodings):
+            truncated = bool(enc.overflowing)
+            if truncated and not truncate:
+                full = len(self._untruncated.encode(texts[index]).ids)
+                raise InputTooLong(index, full, self.max_tokens)
+            out.append(Tokenized(np.asarray(enc.ids, dtype=np.int64), truncated))
+        return out
+
+    def pad(self, sequences: list[np.ndarray], input_names: list[str]) -> dict[str, np.ndarray]:
+        """Right-pad to the longest sequence of the group and build the graph's feeds."""
+        length = max(len(s) for s in sequences)
+        ids = np.full((len(sequences), length), self.pad_id, dtype=np.int64)  # (batch, seq)
+        mask = np.zeros((len(sequences), length), dtype=np.int64)  # (batch, seq)
+        for row, seq in enumerate(sequences):
+            ids[row, : len(seq)] = seq
+            mask[row, : len(seq)] = 1
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        if "token_type_ids" in input_names:
+            feeds["token_type_ids"] = np.zeros_like(ids)
+        return feeds

@@ -1,0 +1,50 @@
+"""The FastAPI application: `uvicorn app.main:app` or `tessera serve`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app import __version__
+from app.api.middleware import MetricsMiddleware, PayloadLimitMiddleware
+from app.api.routes import embeddings, health, models
+from app.core.config import Settings, get_settings
+from app.core.errors import install_error_handlers
+from app.inference.registry import ModelRegistry
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        registry = ModelRegistry(settings)
+        registry.load()
+        registry.start()
+        app.state.registry = registry
+        try:
+            yield
+        finally:
+            await registry.stop()
+
+    app = FastAPI(
+        title="Tessera",
+        version=__version__,
+        summary="Embeddings, search and reranking on ONNX Runtime / OpenVINO.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.include_router(embeddings.router)
+    app.include_router(models.router)
+    app.include_router(health.router)
+    app.add_middleware(PayloadLimitMiddleware, max_bytes=settings.max_payload_bytes)
+    app.add_middleware(MetricsMiddleware)
+    return app
+
+
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+app = create_app()

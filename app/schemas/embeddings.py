@@ -1,0 +1,66 @@
+"""Request/response bodies for /v1/embeddings (OpenAI) and /embed (TEI-style native form)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+def _as_text_list(value: object) -> object:
+    """Accept a string or a list of strings; token-id arrays (OpenAI allows them) are refused clearly."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        if not value:
+            raise ValueError("must not be empty")
+        if any(not isinstance(v, str) for v in value):
+            raise ValueError("must be a string or a list of strings (token-id arrays are not supported)")
+    return value
+
+
+class EmbeddingRequest(BaseModel):
+    """OpenAI `POST /v1/embeddings`."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    input: list[str] = Field(description="a string or a list of strings")
+    model: str | None = Field(None, description="model folder name; default model if omitted")
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1, description="truncate to this many dimensions, then re-normalise")
+    user: str | None = None
+    truncate: bool = Field(True, description="Tessera extension: false -> 413 for inputs over the model's max tokens")
+
+    _normalize_input = field_validator("input", mode="before")(_as_text_list)
+
+
+class EmbeddingData(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EmbeddingData]
+    model: str
+    usage: Usage
+
+
+class EmbedRequest(BaseModel):
+    """Native `POST /embed` (the text-embeddings-inference shape); answers a bare list of vectors."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    inputs: list[str] = Field(description="a string or a list of strings")
+    model: str | None = None
+    normalize: bool = True
+    truncate: bool = True
+    dimensions: int | None = Field(None, ge=1)
+
+    _normalize_input = field_validator("inputs", mode="before")(_as_text_list)

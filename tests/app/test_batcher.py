@@ -1,0 +1,127 @@
+"""Dynamic batching: packing under the token budget, cross-request batches, bounded queue."""
+
+import asyncio
+import threading
+
+import httpx
+import numpy as np
+import pytest
+
+from app.inference.batcher import DynamicBatcher, QueueFull
+from tests.conftest import live_server, settings_for
+
+
+class RecordingForward:
+    """Fake forward pass: row i -> [len(seq_i)], records each batch's lengths, can be held."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.release = threading.Event()
+        self.release.set()
+
+    def __call__(self, sequences: list[np.ndarray]) -> np.ndarray:
+        self.release.wait(10)
+        self.batches.append([len(s) for s in sequences])
+        return np.array([[float(len(s))] for s in sequences], dtype=np.float32)
+
+
+def _seq(length: int) -> np.ndarray:
+    return np.arange(length, dtype=np.int64)
+
+
+def test_batches_respect_the_token_budget_and_results_keep_order() -> None:
+    forward = RecordingForward()
+
+    async def scenario() -> list[np.ndarray]:
+        batcher = DynamicBatcher("t", forward, (1,), token_budget=100, max_batch_size=8, max_queue=1000)
+        batcher.start()
+        try:
+            lengths = [[30, 5, 12], [50, 3], [7] * 20]
+            return await asyncio.gather(*[batcher.submit([_seq(n) for n in req]) for req in lengths])
+        finally:
+            await batcher.stop()
+
+    results = asyncio.run(scenario())
+    assert [r[:, 0].tolist() for r in results] == [[30, 5, 12], [50, 3], [7] * 20]
+    for batch in forward.batches:
+        assert len(batch) * max(batch) <= 100 or len(batch) == 1
+        assert len(batch) <= 8
+    # Three concurrent requests were packed together: fewer passes than requests' texts.
+    assert sum(len(b) for b in forward.batches) == 25 and len(forward.batches) < 25
+    assert any(len(b) > 3 for b in forward.batches)
+
+
+def test_queue_full_raises_and_a_lone_oversized_request_is_split_not_refused() -> None:
+    forward = RecordingForward()
+
+    async def scenario() -> None:
+        batcher = DynamicBatcher("t", forward, (1,), token_budget=64, max_batch_size=4, max_queue=10)
+        batcher.start()
+        try:
+            big = await batcher.submit([_seq(4)] * 25)  # 25 > max_queue, alone: admitted and split
+            assert big.shape == (25, 1)
+            forward.release.clear()
+            first = asyncio.ensure_future(batcher.submit([_seq(4)] * 8))
+            await asyncio.sleep(0.05)
+            with pytest.raises(QueueFull):
+                await batcher.submit([_seq(4)] * 3)
+            forward.release.set()
+            assert (await first).shape == (8, 1)
+            assert batcher.depth == 0
+        finally:
+            forward.release.set()
+            await batcher.stop()
+
+    asyncio.run(scenario())
+    assert max(len(b) for b in forward.batches) <= 4
+
+
+def test_a_failed_forward_fails_its_requests_and_the_worker_survives() -> None:
+    calls = {"n": 0}
+
+    def flaky(sequences: list[np.ndarray]) -> np.ndarray:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("boom")
+        return np.zeros((len(sequences), 1), dtype=np.float32)
+
+    async def scenario() -> None:
+        batcher = DynamicBatcher("t", flaky, (1,), token_budget=64, max_batch_size=4, max_queue=10)
+        batcher.start()
+        try:
+            with pytest.raises(RuntimeError, match="boom"):
+                await batcher.submit([_seq(3)])
+            assert (await batcher.submit([_seq(3)])).shape == (1, 1)
+        finally:
+            await batcher.stop()
+
+    asyncio.run(scenario())
+
+
+def test_http_concurrent_clients_share_forward_passes_and_429_when_full(default_models_dir) -> None:
+    settings = settings_for(default_models_dir, max_queue=16)
+    with live_server(settings) as base_url:
+
+        async def burst(n_clients: int, per_request: int) -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=base_url, timeout=60) as http:
+                body = {"input": [f"sentence number {i} about the weather" for i in range(per_request)]}
+                return await asyncio.gather(*[http.post("/v1/embeddings", json=body) for _ in range(n_clients)])
+
+        before = _metric(base_url, 'tessera_batch_size_count{model="minilm-l6"}')
+        responses = asyncio.run(burst(12, 1))
+        assert all(r.status_code == 200 for r in responses)
+        passes = _metric(base_url, 'tessera_batch_size_count{model="minilm-l6"}') - before
+        assert passes < 12  # requests from concurrent clients were packed together
+
+        responses = asyncio.run(burst(40, 8))  # 320 texts against a queue of 16
+        statuses = {r.status_code for r in responses}
+        assert statuses <= {200, 429} and 429 in statuses and 200 in statuses
+        refused = next(r for r in responses if r.status_code == 429)
+        assert refused.headers["retry-after"] == "1"
+        assert refused.json()["error"]["code"] == "queue_full"
+
+
+def _metric(base_url: str, name: str) -> float:
+    text = httpx.get(f"{base_url}/metrics").text
+    line = next(line for line in text.splitlines() if line.startswith(name))
+    return float(line.split()[-1])

