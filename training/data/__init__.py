@@ -1,0 +1,1 @@
+"""Dataset readers for the formats training and evaluation accept."""
