@@ -17,7 +17,7 @@ $(PY):
 $(INSTALLED): pyproject.toml | $(PY)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[train,dev]'
+	$(PIP) install -q -e '.[train,ray,dev]'
 	touch $@
 
 install: $(INSTALLED)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import time
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -34,6 +37,68 @@ def serve(
         loop="uvloop",
         http="httptools",
     )
+
+
+index_cli = typer.Typer(add_completion=False, no_args_is_help=True, help="Batch index building.")
+cli.add_typer(index_cli, name="index")
+
+
+@index_cli.command("build")
+def index_build(
+    model: Annotated[str, typer.Option(help="model folder name in TESSERA_MODELS_DIR")] = "minilm-l6",
+    input_path: Annotated[Path, typer.Option("--input", help="JSONL/CSV/Parquet file or folder of them")] = Path(),
+    index: Annotated[str, typer.Option(help="collection name (created if missing)")] = "docs",
+    engine: Annotated[str, typer.Option(help="local, or ray (Ray Data actor pool)")] = "local",
+    ray_address: Annotated[str | None, typer.Option(help="Ray cluster address (default: start a local one)")] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 256,
+    index_spec: Annotated[str, typer.Option("--index-spec", help="auto or a FAISS factory string")] = "auto",
+    optimize: Annotated[bool, typer.Option(help="build the final index and measure recall at the end")] = True,
+    if_missing: Annotated[bool, typer.Option("--if-missing", help="skip if the index already exists")] = False,
+) -> None:
+    """Embed a dataset into an index the server loads; resumes after an interruption."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from app.core.config import get_settings
+    from app.search.builder import InputError, build_index
+
+    settings = get_settings()
+    if engine not in {"local", "ray"}:
+        raise typer.BadParameter("engine must be local or ray")
+    if if_missing and (settings.data_dir / "indexes" / index / "collection.json").is_file():
+        typer.echo(f"index {index!r} exists, not rebuilt")
+        return
+    columns = [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:.0f} rec/s"),
+        TimeRemainingColumn(),
+    ]
+    with Progress(*columns, transient=False) as bar:
+        task = bar.add_task(f"embedding into {index}", total=None, rate=0.0)
+        started = time.perf_counter()
+
+        def report(done: int, total: int | None) -> None:
+            rate = done / max(time.perf_counter() - started, 1e-9)
+            bar.update(task, completed=done, total=total, rate=rate)
+
+        try:
+            result = build_index(
+                settings,
+                model,
+                input_path,
+                index,
+                batch_size=batch_size,
+                engine=engine,
+                ray_address=ray_address,
+                index_spec=index_spec,
+                optimize=optimize,
+                progress=report,
+            )
+        except (InputError, ValueError) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from exc
+    typer.echo(json.dumps(result, indent=2, default=str))
 
 
 def main() -> None:

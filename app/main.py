@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -10,10 +11,11 @@ from fastapi import FastAPI
 
 from app import __version__
 from app.api.middleware import MetricsMiddleware, PayloadLimitMiddleware
-from app.api.routes import embeddings, health, models
+from app.api.routes import embeddings, health, indexes, models
 from app.core.config import Settings, get_settings
 from app.core.errors import install_error_handlers
 from app.inference.registry import ModelRegistry
+from app.search.manager import CollectionManager
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -24,11 +26,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         registry = ModelRegistry(settings)
         registry.load()
         registry.start()
+        collections = CollectionManager.from_settings(settings)
+        await asyncio.to_thread(collections.open_all)  # replays each collection's log
         app.state.registry = registry
+        app.state.collections = collections
         try:
             yield
         finally:
             await registry.stop()
+            await asyncio.to_thread(collections.close)
 
     app = FastAPI(
         title="Tessera",
@@ -40,6 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(embeddings.router)
     app.include_router(models.router)
+    app.include_router(indexes.router)
     app.include_router(health.router)
     app.add_middleware(PayloadLimitMiddleware, max_bytes=settings.max_payload_bytes)
     app.add_middleware(MetricsMiddleware)

@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from app.core.config import Settings
 from app.core.errors import APIError
 from app.inference.registry import ModelRegistry, TextEncoder
+from app.search.manager import CollectionManager
 
 
 def get_registry(request: Request) -> ModelRegistry:
@@ -19,6 +20,11 @@ def get_app_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
+def get_collections(request: Request) -> CollectionManager:
+    return request.app.state.collections
+
+
+CollectionsDep = Annotated[CollectionManager, Depends(get_collections)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 

@@ -15,8 +15,10 @@ SESSION_TYPES: dict[Backend, type[InferenceSession]] = {
 }
 
 
-def open_session(onnx_path: Path, backend: Backend, precision: Precision, threads: int = 0) -> InferenceSession:
-    return SESSION_TYPES[backend](onnx_path, precision, threads)
+def open_session(
+    onnx_path: Path, backend: Backend, precision: Precision, threads: int = 0, streams: int = 1
+) -> InferenceSession:
+    return SESSION_TYPES[backend](onnx_path, precision, threads, streams)
 
 
 def available(backend: Backend, precision: Precision) -> bool:

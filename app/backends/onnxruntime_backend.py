@@ -6,14 +6,14 @@ from pathlib import Path
 
 import numpy as np
 
-from app.backends.base import BackendUnavailable, InferenceSession
+from app.backends.base import BackendUnavailable, InferenceSession, per_stream_threads
 from app.core.manifest import Backend, Precision
 
 
 class OnnxRuntimeSession(InferenceSession):
     backend = Backend.ONNXRUNTIME
 
-    def __init__(self, onnx_path: Path, precision: Precision, threads: int) -> None:
+    def __init__(self, onnx_path: Path, precision: Precision, threads: int, streams: int = 1) -> None:
         try:
             import onnxruntime as ort
         except ImportError as exc:  # pragma: no cover - onnxruntime is a core dependency
@@ -22,8 +22,8 @@ class OnnxRuntimeSession(InferenceSession):
             raise BackendUnavailable(f"onnxruntime does not serve {precision} here")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads > 0:
-            options.intra_op_num_threads = threads
+        # Concurrent run() calls are safe; each gets its own share of the cores.
+        options.intra_op_num_threads = per_stream_threads(threads, streams)
         options.inter_op_num_threads = 1
         self.precision = precision
         self._session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])

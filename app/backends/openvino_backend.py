@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.backends.base import BackendUnavailable, InferenceSession
+from app.backends.base import BackendUnavailable, InferenceSession, per_stream_threads
 from app.core.manifest import Backend, Precision
 
 _HINTS = {Precision.FP32: "f32", Precision.BF16: "bf16", Precision.INT8: "f32"}
@@ -24,16 +24,16 @@ def _core():  # type: ignore[no-untyped-def]
 class OpenVinoSession(InferenceSession):
     backend = Backend.OPENVINO
 
-    def __init__(self, onnx_path: Path, precision: Precision, threads: int) -> None:
+    def __init__(self, onnx_path: Path, precision: Precision, threads: int, streams: int = 1) -> None:
         if precision not in self.supported_precisions():
             raise BackendUnavailable(f"openvino cannot run {precision} on this CPU")
         core = _core()
         config = {
             "INFERENCE_PRECISION_HINT": _HINTS[precision],
-            "PERFORMANCE_HINT": "LATENCY",
+            # Explicit streams: each concurrent infer request runs on its own cores.
+            "NUM_STREAMS": str(max(1, streams)),
+            "INFERENCE_NUM_THREADS": str(per_stream_threads(threads, streams) * max(1, streams)),
         }
-        if threads > 0:
-            config["INFERENCE_NUM_THREADS"] = str(threads)
         self.precision = precision
         self._compiled = core.compile_model(core.read_model(str(onnx_path)), "CPU", config)
         self.input_names = [port.get_any_name() for port in self._compiled.inputs]

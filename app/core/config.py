@@ -24,6 +24,10 @@ class Settings(BaseSettings):
     precision: Literal["auto", "fp32", "bf16", "int8"] = "auto"
     # Inference threads per model (0 = let the backend use every core).
     threads: int = Field(0, ge=0)
+    # Forward passes run concurrently per model, each on threads/streams cores. Two single-thread
+    # streams beat one two-thread pass here for short and long inputs alike
+    # (benchmarks/results/embed_http.md): no barrier stalls when the event loop takes a core.
+    streams: int = Field(2, ge=1)
     # Dynamic batching: padded tokens (batch x longest sequence) in one forward pass.
     batch_token_budget: int = Field(8192, ge=64)
     max_batch_size: int = Field(256, ge=1)
@@ -32,6 +36,11 @@ class Settings(BaseSettings):
     max_inputs_per_request: int = Field(2048, ge=1)
     max_payload_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     retry_after_s: int = Field(1, ge=1)
+    # Memory an `auto` index may use before it falls back from HNSW to IVF-SQ8.
+    index_memory_budget_mb: int = Field(4096, ge=16)
+    # A collection snapshots its FAISS index after this many writes; a restart replays the rest
+    # from the SQLite op log (smaller = faster restarts, more snapshot I/O).
+    snapshot_every_ops: int = Field(20_000, ge=1)
     log_level: str = "info"
 
 

@@ -10,6 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from app.search.manager import CollectionError
+
 log = logging.getLogger(__name__)
 
 
@@ -50,6 +52,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> Response:
         return error_response(exc.status, exc.message, exc.code, exc.error_type, exc.headers)
+
+    @app.exception_handler(CollectionError)
+    async def _collection_error(_: Request, exc: CollectionError) -> Response:
+        return error_response(exc.status, str(exc), exc.code)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> Response:

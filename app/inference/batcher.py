@@ -2,22 +2,25 @@
 
 Requests hand in already-tokenised sequences (tokenisation runs in the request handlers, so it
 overlaps the forward pass of earlier batches). One worker per model takes a window of waiting
-sequences in arrival order, sorts it by length, packs batches whose padded size
-(`rows x longest`) fits the token budget, and runs them back to back on a dedicated thread, so
-the event loop stays free and the next batch is queued before the previous one's results are
-handed out. A full queue raises `QueueFull` (the HTTP layer turns it into 429 + Retry-After).
+sequences in arrival order, sorts it by length, and splits it into batches that minimise padded
+tokens plus a per-pass cost, each within the token budget (`rows x longest`), and runs them
+on `workers` dedicated threads (one per inference stream), so the event loop stays free and a batch
+is dispatched the moment a stream is free. A full queue raises `QueueFull` (the HTTP layer
+turns it into 429 + Retry-After).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -26,6 +29,41 @@ from app.core import metrics
 log = logging.getLogger(__name__)
 
 ForwardFn = Callable[[list[np.ndarray]], np.ndarray]  # sequences -> (batch, ...) float32
+
+
+# Fixed cost of one forward pass, in padded-token equivalents (measured: a 1-text pass costs
+# about as much as ~64 extra tokens in a full batch on MiniLM / 2 cores).
+BATCH_OVERHEAD_TOKENS = 64
+
+
+def plan_batches(lengths: list[int], token_budget: int, max_batch_size: int) -> list[int]:
+    """Split ascending `lengths` into contiguous batches minimising padded tokens + per-pass cost.
+
+    A batch [i, j) costs BATCH_OVERHEAD_TOKENS + (j - i) * lengths[j - 1] (padding to its longest)
+    and must fit the budget (a single over-budget item still gets a batch of its own). Dynamic
+    programming over split points; returns the end index of each batch.
+    """
+    n = len(lengths)
+    if n == 0:
+        return []
+    lens = np.asarray(lengths, dtype=np.int64)
+    best = np.full(n + 1, np.iinfo(np.int64).max // 2, dtype=np.int64)  # best[j]: cost of first j items
+    best[0] = 0
+    prev = np.zeros(n + 1, dtype=np.int64)
+    for j in range(1, n + 1):
+        longest = int(lens[j - 1])
+        max_rows = max(1, min(max_batch_size, token_budget // max(1, longest), j))
+        starts = np.arange(j - max_rows, j)  # candidate batch starts i: batch is [i, j)
+        costs = best[starts] + BATCH_OVERHEAD_TOKENS + (j - starts) * longest
+        pick = int(np.argmin(costs))
+        best[j] = costs[pick]
+        prev[j] = starts[pick]
+    cuts = []
+    j = n
+    while j > 0:
+        cuts.append(j)
+        j = int(prev[j])
+    return cuts[::-1]
 
 
 class QueueFull(Exception):
@@ -55,6 +93,7 @@ class DynamicBatcher:
         token_budget: int,
         max_batch_size: int,
         max_queue: int,
+        workers: int = 1,
     ) -> None:
         self.name = name
         self._forward = forward
@@ -62,10 +101,11 @@ class DynamicBatcher:
         self.token_budget = token_budget
         self.max_batch_size = max_batch_size
         self.max_queue = max_queue
+        self.workers = workers
         self._pending: deque[_Item] = deque()
         self._queued = 0  # submitted and not yet finished, in-flight included
         self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"forward-{name}")
+        self._executor = ThreadPoolExecutor(workers, thread_name_prefix=f"forward-{name}")
         self._task: asyncio.Task[None] | None = None
         self._depth = metrics.QUEUE_DEPTH.labels(name)
         self._batch_size = metrics.BATCH_SIZE.labels(name)
@@ -106,21 +146,12 @@ class DynamicBatcher:
         return await future
 
     def _take_batches(self) -> list[list[_Item]]:
-        """Pop a window of the oldest items and pack it, sorted by length, under the budget."""
+        """Pop a window of the oldest items, sort it by length and split it into batches."""
         window_size = self.max_batch_size * 4
         window = [self._pending.popleft() for _ in range(min(window_size, len(self._pending)))]
         window.sort(key=lambda item: len(item.ids))
-        batches: list[list[_Item]] = []
-        current: list[_Item] = []
-        for item in window:
-            longest = len(item.ids)  # ascending order: the newcomer is the longest so far
-            if current and ((len(current) + 1) * longest > self.token_budget or len(current) >= self.max_batch_size):
-                batches.append(current)
-                current = []
-            current.append(item)
-        if current:
-            batches.append(current)
-        return batches
+        cuts = plan_batches([len(item.ids) for item in window], self.token_budget, self.max_batch_size)
+        return [window[start:end] for start, end in itertools.pairwise([0, *cuts])]
 
     def _run_batch(self, sequences: list[np.ndarray]) -> np.ndarray:
         start = time.perf_counter()
@@ -132,29 +163,33 @@ class DynamicBatcher:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        slots = asyncio.Semaphore(self.workers)
+        packed: deque[list[_Item]] = deque()
         while True:
-            if not self._pending:
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            batches = self._take_batches()
-            # Queue every batch of the window on the forward thread at once, so it never idles
-            # while the loop hands out the previous batch's results.
-            futures = [
-                loop.run_in_executor(self._executor, self._run_batch, [item.ids for item in batch]) for batch in batches
-            ]
-            for batch, pending_result in zip(batches, futures, strict=True):
-                try:
-                    out = await pending_result
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # a failed forward fails its requests, not the worker
-                    log.exception("forward pass failed on %s", self.name)
-                    self._fail(batch, exc)
-                else:
-                    self._deliver(batch, out)
-                self._queued -= len(batch)
-                self._depth.set(self._queued)
+            if not packed:
+                if not self._pending:
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                    continue
+                packed.extend(self._take_batches())
+            # Dispatch as soon as a stream is free: the next batch is already queued when the
+            # previous one finishes, and results are handed out from the done-callback.
+            await slots.acquire()
+            batch = packed.popleft()
+            pending_result = loop.run_in_executor(self._executor, self._run_batch, [item.ids for item in batch])
+            pending_result.add_done_callback(partial(self._finish, batch, slots))
+
+    def _finish(self, batch: list[_Item], slots: asyncio.Semaphore, result: asyncio.Future[np.ndarray]) -> None:
+        slots.release()
+        if result.cancelled():
+            self._fail(batch, asyncio.CancelledError())
+        elif (exc := result.exception()) is not None:  # a failed forward fails its requests, not the worker
+            log.error("forward pass failed on %s: %r", self.name, exc)
+            self._fail(batch, exc)  # type: ignore[arg-type]
+        else:
+            self._deliver(batch, result.result())
+        self._queued -= len(batch)
+        self._depth.set(self._queued)
 
     @staticmethod
     def _deliver(batch: list[_Item], out: np.ndarray) -> None:
@@ -166,7 +201,7 @@ class DynamicBatcher:
                 job.future.set_result(job.rows)
 
     @staticmethod
-    def _fail(batch: list[_Item], exc: Exception) -> None:
+    def _fail(batch: list[_Item], exc: BaseException) -> None:
         for item in batch:
             if not item.job.future.done():
                 item.job.future.set_exception(exc)

@@ -36,7 +36,7 @@ class TextEncoder:
     def __init__(self, folder: Path, manifest: Manifest, variant: VariantParity, settings: Settings) -> None:
         self.manifest = manifest
         self.variant = variant
-        self.model = TextModel(folder, manifest, variant, threads=settings.threads)
+        self.model = TextModel(folder, manifest, variant, threads=settings.threads, streams=settings.streams)
         self.batcher = DynamicBatcher(
             manifest.name,
             self.model.forward,
@@ -44,6 +44,7 @@ class TextEncoder:
             token_budget=settings.batch_token_budget,
             max_batch_size=settings.max_batch_size,
             max_queue=settings.max_queue,
+            workers=settings.streams,
         )
         self._tokens = metrics.TOKENS.labels(manifest.name)
 

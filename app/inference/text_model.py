@@ -21,6 +21,7 @@ class TextModel:
         backend: Backend | None = None,
         precision: Precision | None = None,
         threads: int = 0,
+        streams: int = 1,
     ) -> None:
         """Run `variant` (from the manifest) or an explicit backend/precision on the fp32 file."""
         self.folder = folder
@@ -30,7 +31,7 @@ class TextModel:
         self.backend = variant.backend if variant else (backend or Backend.ONNXRUNTIME)
         self.precision = variant.precision if variant else (precision or Precision.FP32)
         self.tokenizer = TextTokenizer(folder / manifest.preprocessing.tokenizer_file, manifest.max_tokens)
-        self.session = open_session(folder / onnx_file, self.backend, self.precision, threads)
+        self.session = open_session(folder / onnx_file, self.backend, self.precision, threads, streams)
 
     @property
     def dim(self) -> int:

@@ -1,0 +1,1 @@
+"""Persistent FAISS collections: SQLite (WAL) is the source of truth, FAISS the in-memory index."""

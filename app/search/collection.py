@@ -1,0 +1,282 @@
+"""A collection: a SQLite document store (durable) + a FAISS index (in memory, snapshotted).
+
+Write path: one SQLite transaction (WAL, synchronous=FULL) -> apply to FAISS -> acknowledge.
+Restart path: load the last snapshot, then replay the ops logged after it; with no usable
+snapshot, rebuild from the store. Either way every acknowledged write is there and no deleted
+document comes back. Rebuilds (optimise) run on a copy and swap in, so reads never wait for them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from app.search.filters import compile_filter
+from app.search.store import Document, DocumentStore
+from app.search.vector_index import (
+    BuildReport,
+    SearchParams,
+    VectorIndex,
+    choose_spec,
+    recall_at_10,
+    validate_spec,
+)
+
+log = logging.getLogger(__name__)
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+RECALL_SAMPLE = 200
+TARGET_RECALL = 0.95
+
+
+@dataclass
+class CollectionConfig:
+    name: str
+    model: str
+    dim: int
+    metric: str = "cosine"
+    index: str = "auto"
+    created_at: float = field(default_factory=time.time)
+    last_build: dict[str, Any] | None = None
+
+    def save(self, folder: Path) -> None:
+        tmp = folder / "collection.json.tmp"
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        tmp.replace(folder / "collection.json")
+
+    @classmethod
+    def load(cls, folder: Path) -> CollectionConfig:
+        return cls(**json.loads((folder / "collection.json").read_text()))
+
+
+@dataclass
+class Hit:
+    id: str
+    score: float
+    document: str | None = None
+    metadata: dict[str, Any] | None = None
+    vector: list[float] | None = None
+
+
+class Collection:
+    def __init__(
+        self, folder: Path, config: CollectionConfig, memory_budget_bytes: int, snapshot_every_ops: int = 20_000
+    ) -> None:
+        self.folder = folder
+        self.config = config
+        self.memory_budget_bytes = memory_budget_bytes
+        self.snapshot_every_ops = snapshot_every_ops
+        self.store = DocumentStore(folder / "documents.sqlite", config.dim)
+        self._write_lock = threading.Lock()  # one writer at a time (store + index stay in step)
+        self._index_lock = threading.RLock()  # guards the FAISS object against concurrent mutation
+        self._optimizing = threading.Lock()
+        self._ops_since_snapshot = 0
+        self._catch_up_from: int | None = None  # an optimise replays ops after this: keep them
+        self.index = self._open_index()
+
+    # --- opening -----------------------------------------------------------------------------
+    @property
+    def snapshot_path(self) -> Path:
+        return self.folder / "index.faiss"
+
+    def _initial_spec(self) -> str:
+        spec = self.config.index
+        if spec == "auto":
+            return (self.config.last_build or {}).get("spec", "Flat")
+        return spec
+
+    def _open_index(self) -> VectorIndex:
+        loaded = VectorIndex.load(self.snapshot_path, self.config.dim, self.config.metric)
+        if loaded is None:
+            return self._build_from_store(self._initial_spec())
+        index, applied = loaded
+        changes = self.store.changes_since(applied)
+        adds = [c.key for c in changes if c.kind == "add"]
+        vectors = self.store.vectors_for(adds)
+        for change in changes:  # replay in order: an add may be deleted again later
+            if change.kind == "add" and change.key in vectors:
+                index.add(np.array([change.key]), vectors[change.key][None, :])
+            elif change.kind == "del":
+                index.remove([change.key])
+        if index.is_graph:
+            index.tombstones = set(map(int, index.ids())) - set(map(int, self._live_keys()))
+        self._ops_since_snapshot = len(changes)
+        log.info("collection %s: snapshot + %d replayed ops, %d vectors", self.config.name, len(changes), index.live)
+        return index
+
+    def _live_keys(self) -> np.ndarray:
+        return self.store.keys_matching("1", [])
+
+    def _build_from_store(self, spec: str) -> VectorIndex:
+        index = VectorIndex(self.config.dim, self.config.metric, spec)
+        if not index.index.is_trained:
+            sample = [v for _, v in self.store.iter_vectors(batch=50_000)]
+            if not sample:  # nothing to train on yet: exact until the first optimise
+                return VectorIndex(self.config.dim, self.config.metric, "Flat")
+            index.train(np.vstack(sample)[:200_000])
+        for keys, vectors in self.store.iter_vectors():
+            index.add(keys, vectors)
+        return index
+
+    # --- writes ------------------------------------------------------------------------------
+    def upsert(self, docs: list[Document]) -> int:
+        with self._write_lock:
+            removed, added = self.store.upsert(docs)  # durable from here on
+            with self._index_lock:
+                self.index.remove(removed)
+                self.index.add(np.asarray(added, dtype=np.int64), np.stack([d.vector for d in docs]))
+            self._after_write(len(removed) + len(added))
+        return len(added)
+
+    def delete(self, ids: list[str]) -> list[str]:
+        with self._write_lock:
+            found, keys = self.store.delete(ids)
+            with self._index_lock:
+                self.index.remove(keys)
+            self._after_write(len(keys))
+        return found
+
+    def _after_write(self, ops: int) -> None:
+        self._ops_since_snapshot += ops
+        if self._ops_since_snapshot >= self.snapshot_every_ops:
+            self.snapshot()
+
+    def snapshot(self) -> None:
+        """Persist the index; the ops it contains can then be pruned from the log."""
+        with self._index_lock:
+            applied = self.store.last_op()
+            self.index.save(self.snapshot_path, applied)
+        pinned = self._catch_up_from
+        self.store.prune_ops(applied if pinned is None else min(applied, pinned))
+        self._ops_since_snapshot = 0
+
+    # --- reads -------------------------------------------------------------------------------
+    def search(
+        self,
+        query: np.ndarray,  # (dim,)
+        top_k: int,
+        filter_spec: dict[str, Any] | None,
+        include: set[str],
+        params: SearchParams,
+    ) -> list[Hit]:
+        allowed = None
+        if filter_spec:
+            where, sql_params = compile_filter(filter_spec)
+            allowed = self.store.keys_matching(where, sql_params)
+        with self._index_lock:
+            scores, keys = self.index.search(query[None, :], top_k, allowed, params, self.store.stacked_vectors)
+        pairs = [(int(k), float(s)) for k, s in zip(keys[0], scores[0], strict=True) if k >= 0]
+        docs = self.store.by_keys([k for k, _ in pairs], with_vector="vector" in include)
+        hits = []
+        for key, score in pairs:
+            doc = docs.get(key)
+            if doc is None:  # deleted between the index search and the fetch
+                continue
+            hits.append(
+                Hit(
+                    id=doc.id,
+                    score=score,
+                    document=doc.text if "document" in include else None,
+                    metadata=doc.metadata if "metadata" in include else None,
+                    vector=doc.vector.tolist() if doc.vector is not None else None,
+                )
+            )
+        return hits
+
+    def describe(self) -> dict[str, Any]:
+        with self._index_lock:
+            index = self.index
+            return {
+                "name": self.config.name,
+                "model": self.config.model,
+                "dim": self.config.dim,
+                "metric": self.config.metric,
+                "index_spec": self.config.index,
+                "index_type": index.spec,
+                "size": self.store.count(),
+                "index_vectors": index.live,
+                "memory_bytes": index.memory_bytes(),
+                "search_defaults": {"ef_search": index.defaults.ef_search, "nprobe": index.defaults.nprobe},
+                "last_build": self.config.last_build,
+                "optimizing": self._optimizing.locked(),
+            }
+
+    # --- rebuild -----------------------------------------------------------------------------
+    def optimize(self, spec: str | None = None) -> BuildReport:
+        """Build a new index (chosen by `auto` or given), measure recall@10 against exact search on
+        a sample, tune its search parameters, then swap it in and catch up with writes made
+        meanwhile. Reads keep using the old index throughout."""
+        spec = validate_spec(spec or self.config.index)
+        if not self._optimizing.acquire(blocking=False):
+            raise RuntimeError("an optimise is already running for this collection")
+        try:
+            start = time.perf_counter()
+            with self._write_lock:
+                start_op = self._catch_up_from = self.store.last_op()
+            n = self.store.count()
+            chosen = choose_spec(n, self.config.dim, self.memory_budget_bytes) if spec == "auto" else spec
+            new_index = self._build_from_store(chosen)
+            report = self._measure_and_tune(new_index)
+            with self._write_lock:  # block writers only for the catch-up and the swap
+                for change in self.store.changes_since(start_op):
+                    if change.kind == "add":
+                        vector = self.store.vectors_for([change.key]).get(change.key)
+                        if vector is not None:
+                            new_index.add(np.array([change.key]), vector[None, :])
+                    else:
+                        new_index.remove([change.key])
+                with self._index_lock:
+                    self.index = new_index
+                self._catch_up_from = None
+                report.build_seconds = round(time.perf_counter() - start, 2)
+                self.config.last_build = asdict(report)
+                self.config.save(self.folder)
+                self.snapshot()
+            return report
+        finally:
+            self._catch_up_from = None
+            self._optimizing.release()
+
+    def _measure_and_tune(self, index: VectorIndex) -> BuildReport:
+        n = index.live
+        if n == 0:
+            return BuildReport(index.spec, 0, None, 0)
+        rng = np.random.default_rng(0)
+        live = self._live_keys()
+        queries = self.store.stacked_vectors(rng.choice(live, size=min(RECALL_SAMPLE, len(live)), replace=False))
+        if index.spec == "Flat":
+            return BuildReport(index.spec, n, 1.0, len(queries))
+        exact = VectorIndex(self.config.dim, self.config.metric, "Flat")
+        for keys, vectors in self.store.iter_vectors():
+            exact.add(keys, vectors)
+        recall = 0.0
+        params = SearchParams()
+        if index.is_graph:
+            for ef in (16, 32, 64, 128, 256, 512, 1024):
+                params = SearchParams(ef_search=ef)
+                recall = recall_at_10(index, exact, queries, params)
+                if recall >= TARGET_RECALL:
+                    break
+            index.defaults.ef_search = params.ef_search
+        elif index.is_ivf:
+            nlist = faiss.extract_index_ivf(index.index).nlist
+            for nprobe in (1, 2, 4, 8, 16, 32, 64, 128, 256):
+                params = SearchParams(nprobe=min(nprobe, nlist))
+                recall = recall_at_10(index, exact, queries, params)
+                if recall >= TARGET_RECALL or nprobe >= nlist:
+                    break
+            index.defaults.nprobe = params.nprobe
+        defaults = {k: v for k, v in asdict(params).items() if v is not None}
+        return BuildReport(index.spec, n, round(recall, 4), len(queries), defaults)
+
+    def close(self) -> None:
+        self.store.close()

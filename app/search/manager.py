@@ -1,0 +1,98 @@
+"""Creates, opens and deletes collections under `<data_dir>/indexes/<name>/`."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+from pathlib import Path
+
+from app.core.config import Settings
+from app.search.collection import NAME_PATTERN, Collection, CollectionConfig
+from app.search.vector_index import METRICS, validate_spec
+
+log = logging.getLogger(__name__)
+
+
+class CollectionError(ValueError):
+    """Bad collection request; `status` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str, code: str) -> None:
+        super().__init__(message)
+        self.status, self.code = status, code
+
+
+def validate_name(name: str) -> str:
+    # Also rules out path traversal ("../x", "/", NUL): only [A-Za-z0-9_-], no leading separator.
+    if not NAME_PATTERN.match(name):
+        raise CollectionError(
+            422, f"invalid index name {name!r}: 1-64 of [A-Za-z0-9_-], starting alphanumeric", "invalid_index_name"
+        )
+    return name
+
+
+class CollectionManager:
+    def __init__(self, data_dir: Path, memory_budget_bytes: int, snapshot_every_ops: int = 20_000) -> None:
+        self.root = data_dir / "indexes"
+        self.memory_budget_bytes = memory_budget_bytes
+        self.snapshot_every_ops = snapshot_every_ops
+        self.collections: dict[str, Collection] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CollectionManager:
+        return cls(settings.data_dir, settings.index_memory_budget_mb * 1024 * 1024, settings.snapshot_every_ops)
+
+    def _open(self, folder: Path, config: CollectionConfig) -> Collection:
+        return Collection(folder, config, self.memory_budget_bytes, self.snapshot_every_ops)
+
+    def open_all(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        for config_file in sorted(self.root.glob("*/collection.json")):
+            folder = config_file.parent
+            try:
+                config = CollectionConfig.load(folder)
+                self.collections[config.name] = self._open(folder, config)
+            except Exception:
+                log.exception("collection %s could not be opened", folder.name)
+
+    def create(self, name: str, model: str, dim: int, metric: str, index: str) -> Collection:
+        validate_name(name)
+        if metric not in METRICS:
+            raise CollectionError(422, f"unknown metric {metric!r}: {sorted(METRICS)}", "invalid_metric")
+        try:
+            validate_spec(index)
+        except ValueError as exc:
+            raise CollectionError(422, str(exc), "invalid_index_spec") from exc
+        with self._lock:
+            if name in self.collections:
+                raise CollectionError(409, f"index {name!r} already exists", "index_exists")
+            folder = self.root / name
+            folder.mkdir(parents=True, exist_ok=True)
+            config = CollectionConfig(name=name, model=model, dim=dim, metric=metric, index=index)
+            config.save(folder)
+            collection = self._open(folder, config)
+            self.collections[name] = collection
+        return collection
+
+    def get(self, name: str) -> Collection:
+        validate_name(name)
+        collection = self.collections.get(name)
+        if collection is None:
+            raise CollectionError(404, f"index {name!r} not found", "index_not_found")
+        return collection
+
+    def delete(self, name: str) -> None:
+        with self._lock:
+            collection = self.get(name)
+            del self.collections[name]
+        collection.close()
+        shutil.rmtree(collection.folder, ignore_errors=True)
+
+    def close(self) -> None:
+        for collection in self.collections.values():
+            try:
+                collection.snapshot()
+            except Exception:
+                log.exception("snapshot of %s failed at shutdown", collection.config.name)
+            collection.close()

@@ -1,0 +1,196 @@
+"""SQLite (WAL, synchronous=FULL) document store: the durable source of truth of a collection.
+
+Every document has an external string `id` and an internal int64 `key` (the FAISS id). An upsert
+of an existing id deletes the old key and inserts a new one, so FAISS never needs in-place
+updates. Every change is also appended to `ops`, which lets the in-memory index catch up from
+its last snapshot after a restart or a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS documents (
+    key INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    text TEXT,
+    metadata TEXT NOT NULL DEFAULT '{}',
+    vector BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ops (
+    op INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL CHECK (kind IN ('add', 'del')),
+    key INTEGER NOT NULL
+);
+"""
+
+
+@dataclass(slots=True)
+class Document:
+    id: str
+    text: str | None
+    metadata: dict[str, Any]
+    vector: np.ndarray | None = None  # (dim,) float32
+
+
+@dataclass(slots=True)
+class Change:
+    op: int
+    kind: str  # "add" | "del"
+    key: int
+
+
+class DocumentStore:
+    def __init__(self, path: Path, dim: int) -> None:
+        self.path = path
+        self.dim = dim
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")  # a commit is on disk before we acknowledge
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def upsert(self, docs: list[Document]) -> tuple[list[int], list[int]]:
+        """One transaction. Returns (removed keys, added keys in docs' order)."""
+        removed: list[int] = []
+        added: list[int] = []
+        with self._lock:
+            cur = self._db.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                for doc in docs:
+                    row = cur.execute("SELECT key FROM documents WHERE id = ?", (doc.id,)).fetchone()
+                    if row:
+                        cur.execute("DELETE FROM documents WHERE key = ?", row)
+                        cur.execute("INSERT INTO ops (kind, key) VALUES ('del', ?)", row)
+                        removed.append(row[0])
+                    vector = np.ascontiguousarray(doc.vector, dtype=np.float32)
+                    cur.execute(
+                        "INSERT INTO documents (id, text, metadata, vector) VALUES (?, ?, ?, ?)",
+                        (doc.id, doc.text, json.dumps(doc.metadata), vector.tobytes()),
+                    )
+                    key = cur.lastrowid
+                    cur.execute("INSERT INTO ops (kind, key) VALUES ('add', ?)", (key,))
+                    added.append(key)  # type: ignore[arg-type]
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+        return removed, added
+
+    def delete(self, ids: list[str]) -> tuple[list[str], list[int]]:
+        """One transaction. Returns (ids that existed, their keys)."""
+        found: list[str] = []
+        keys: list[int] = []
+        with self._lock:
+            cur = self._db.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                for doc_id in ids:
+                    row = cur.execute("SELECT key FROM documents WHERE id = ?", (doc_id,)).fetchone()
+                    if row:
+                        cur.execute("DELETE FROM documents WHERE key = ?", row)
+                        cur.execute("INSERT INTO ops (kind, key) VALUES ('del', ?)", row)
+                        found.append(doc_id)
+                        keys.append(row[0])
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+        return found, keys
+
+    def get(self, doc_id: str, with_vector: bool = False) -> Document | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT id, text, metadata, vector FROM documents WHERE id = ?", (doc_id,)
+            ).fetchone()
+        return self._document(row, with_vector) if row else None
+
+    def by_keys(self, keys: list[int], with_vector: bool = False) -> dict[int, Document]:
+        out: dict[int, Document] = {}
+        with self._lock:
+            for start in range(0, len(keys), 500):
+                chunk = keys[start : start + 500]
+                rows = self._db.execute(
+                    "SELECT key, id, text, metadata, vector FROM documents"
+                    f" WHERE key IN ({','.join('?' * len(chunk))})",
+                    chunk,
+                ).fetchall()
+                for key, *rest in rows:
+                    out[key] = self._document(tuple(rest), with_vector)
+        return out
+
+    def keys_matching(self, where: str, params: list[Any]) -> np.ndarray:
+        with self._lock:
+            rows = self._db.execute(f"SELECT key FROM documents WHERE {where}", params).fetchall()
+        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
+    def count(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM documents").fetchone()[0]
+
+    def last_op(self) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT MAX(op) FROM ops").fetchone()
+        return row[0] or 0
+
+    def changes_since(self, op: int) -> list[Change]:
+        with self._lock:
+            rows = self._db.execute("SELECT op, kind, key FROM ops WHERE op > ? ORDER BY op", (op,)).fetchall()
+        return [Change(*r) for r in rows]
+
+    def vectors_for(self, keys: list[int]) -> dict[int, np.ndarray]:
+        out: dict[int, np.ndarray] = {}
+        with self._lock:
+            for start in range(0, len(keys), 500):
+                chunk = keys[start : start + 500]
+                rows = self._db.execute(
+                    f"SELECT key, vector FROM documents WHERE key IN ({','.join('?' * len(chunk))})", chunk
+                ).fetchall()
+                out.update((k, np.frombuffer(v, dtype=np.float32)) for k, v in rows)
+        return out
+
+    def stacked_vectors(self, keys: np.ndarray) -> np.ndarray:
+        """Vectors of `keys` in that order, (m, dim); every key must be live."""
+        found = self.vectors_for([int(k) for k in keys])
+        return np.stack([found[int(k)] for k in keys]) if len(keys) else np.empty((0, self.dim), np.float32)
+
+    def iter_vectors(self, batch: int = 10_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """All live (keys, vectors) in key order, in chunks: (n,), (n, dim)."""
+        last = -1
+        while True:
+            with self._lock:
+                rows = self._db.execute(
+                    "SELECT key, vector FROM documents WHERE key > ? ORDER BY key LIMIT ?", (last, batch)
+                ).fetchall()
+            if not rows:
+                return
+            keys = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+            vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), self.dim)
+            yield keys, vectors
+            last = int(keys[-1])
+
+    def prune_ops(self, up_to: int) -> None:
+        """Drop ops a durable snapshot already contains (AUTOINCREMENT keeps numbering monotonic)."""
+        with self._lock:
+            self._db.execute("DELETE FROM ops WHERE op <= ?", (up_to,))
+
+    @staticmethod
+    def _document(row: tuple, with_vector: bool) -> Document:
+        doc_id, text, metadata, vector = row
+        return Document(
+            doc_id, text, json.loads(metadata), np.frombuffer(vector, dtype=np.float32).copy() if with_vector else None
+        )

@@ -1,0 +1,255 @@
+"""FAISS index with external int64 ids, online add/remove, filtered search and atomic snapshots."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+METRICS = {"cosine": faiss.METRIC_INNER_PRODUCT, "ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
+# Index factory strings we accept: exact, graph, inverted lists with flat/SQ/PQ codes.
+SPEC_PATTERN = re.compile(r"^(Flat|HNSW\d{1,3}(,Flat)?|IVF\d{1,6},(Flat|SQ8|SQ4|PQ\d{1,3}(x\d{1,2})?))$")
+EF_SEARCH_BOUNDS = (1, 4096)
+EXACT_FALLBACK_MAX = 50_000  # filtered searches over at most this many matches are done exactly
+VectorFetch = Callable[[np.ndarray], np.ndarray]  # keys (m,) -> vectors (m, dim), in that order
+
+
+class IndexSpecError(ValueError):
+    pass
+
+
+def validate_spec(spec: str) -> str:
+    if spec != "auto" and not SPEC_PATTERN.match(spec):
+        raise IndexSpecError(f"unsupported index spec {spec!r}: use auto, Flat, HNSW<M>, IVF<nlist>,Flat|SQ8|SQ4|PQ<m>")
+    return spec
+
+
+@dataclass
+class SearchParams:
+    ef_search: int | None = None
+    nprobe: int | None = None
+
+
+@dataclass
+class BuildReport:
+    spec: str
+    n: int
+    recall_at_10: float | None
+    sample_queries: int
+    search_defaults: dict[str, int] = field(default_factory=dict)
+    build_seconds: float = 0.0
+
+
+class VectorIndex:
+    def __init__(self, dim: int, metric: str, spec: str = "Flat", index: faiss.Index | None = None) -> None:
+        self.dim, self.metric, self.spec = dim, metric, spec
+        self.index = index if index is not None else faiss.index_factory(dim, f"IDMap2,{spec}", METRICS[metric])
+        self.tombstones: set[int] = set()  # removed from the store but still in a graph index
+        self.defaults = SearchParams()
+
+    @property
+    def is_graph(self) -> bool:
+        return self.spec.startswith("HNSW")
+
+    @property
+    def is_ivf(self) -> bool:
+        return self.spec.startswith("IVF")
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    @property
+    def live(self) -> int:
+        return self.ntotal - len(self.tombstones)
+
+    def ids(self) -> np.ndarray:
+        return faiss.vector_to_array(self.index.id_map).astype(np.int64)
+
+    def prepare(self, vectors: np.ndarray) -> np.ndarray:
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dim)
+        if self.metric == "cosine":
+            vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12)
+        return vectors
+
+    def train(self, vectors: np.ndarray) -> None:
+        if not self.index.is_trained:
+            self.index.train(self.prepare(vectors))
+
+    def add(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        if len(keys):
+            self.index.add_with_ids(self.prepare(vectors), np.asarray(keys, dtype=np.int64))
+            self.tombstones.difference_update(int(k) for k in keys)
+
+    def remove(self, keys: list[int]) -> None:
+        if not keys:
+            return
+        if self.is_graph:  # HNSW cannot unlink nodes: hide them until the next rebuild
+            self.tombstones.update(keys)
+        else:
+            self.index.remove_ids(faiss.IDSelectorBatch(np.asarray(keys, dtype=np.int64)))
+
+    def memory_bytes(self) -> int:
+        per_vector = {"Flat": self.dim * 4}.get(self.spec)
+        if per_vector is None:
+            if self.is_graph:
+                m = int(re.findall(r"\d+", self.spec)[0])
+                per_vector = self.dim * 4 + m * 2 * 4
+            elif "SQ8" in self.spec:
+                per_vector = self.dim
+            elif "SQ4" in self.spec:
+                per_vector = self.dim // 2
+            elif "PQ" in self.spec:
+                per_vector = int(re.findall(r"PQ(\d+)", self.spec)[0])
+            else:
+                per_vector = self.dim * 4
+        return self.ntotal * (per_vector + 16)  # + id map
+
+    def _params(self, selector: faiss.IDSelector | None, params: SearchParams) -> faiss.SearchParameters | None:
+        if self.is_graph:
+            p = faiss.SearchParametersHNSW()
+            p.efSearch = params.ef_search or self.defaults.ef_search or 64
+        elif self.is_ivf:
+            p = faiss.SearchParametersIVF()
+            p.nprobe = params.nprobe or self.defaults.nprobe or 16
+        else:
+            if selector is None:
+                return None
+            p = faiss.SearchParameters()
+        if selector is not None:
+            p.sel = selector
+        return p
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        allowed: np.ndarray | None = None,
+        params: SearchParams | None = None,
+        fetch: VectorFetch | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (scores, keys), each (q, k), higher score is better; missing slots have key -1.
+
+        `allowed`: keys the hits must come from (a metadata filter). Exact top-k among them is
+        guaranteed: small subsets are scored exactly with vectors from `fetch` (the store), and
+        an approximate search that comes up short falls back to that too."""
+        params = params or SearchParams()
+        queries = self.prepare(queries)
+        if allowed is not None and fetch is not None and len(allowed) <= EXACT_FALLBACK_MAX:
+            return self._exact_subset(queries, k, allowed, fetch)
+        selector: faiss.IDSelector | None = None
+        keep_alive: list[object] = []
+        if allowed is not None:
+            selector = faiss.IDSelectorBatch(allowed)
+        elif self.tombstones:
+            hidden = faiss.IDSelectorBatch(np.fromiter(self.tombstones, dtype=np.int64))
+            keep_alive.append(hidden)
+            selector = faiss.IDSelectorNot(hidden)
+        search_params = self._params(selector, params)
+        scores, keys = self.index.search(queries, k, params=search_params)
+        found = (keys != -1).sum(axis=1).min()
+        if allowed is not None and fetch is not None and found < min(k, len(allowed)):
+            # An approximate index under a restrictive filter can come up short: answer exactly.
+            return self._exact_subset(queries, k, allowed, fetch)
+        return self._to_similarity(scores), keys
+
+    def _exact_subset(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray, fetch: VectorFetch
+    ) -> tuple[np.ndarray, np.ndarray]:
+        n_q = len(queries)
+        scores = np.full((n_q, k), -np.inf, dtype=np.float32)
+        keys = np.full((n_q, k), -1, dtype=np.int64)
+        if len(allowed) == 0:
+            return scores, keys
+        vectors = self.prepare(fetch(allowed))  # (m, dim)
+        if self.metric == "l2":
+            sims = -((queries[:, None, :] - vectors[None, :, :]) ** 2).sum(-1)  # (q, m)
+        else:
+            sims = queries @ vectors.T  # (q, m)
+        top = min(k, len(allowed))
+        order = np.argsort(-sims, axis=1, kind="stable")[:, :top]
+        scores[:, :top] = np.take_along_axis(sims, order, axis=1)
+        keys[:, :top] = allowed[order]
+        return scores, keys
+
+    def _to_similarity(self, scores: np.ndarray) -> np.ndarray:
+        """Higher is better for every metric: l2 distances come back negated."""
+        return -scores if self.metric == "l2" else scores
+
+    # --- persistence -------------------------------------------------------------------------
+    def save(self, path: Path, applied_op: int) -> None:
+        """Atomic: the index goes to a new file named after its op, then the meta file (written to a
+        temp file, fsynced, renamed) switches to it; older index files are removed only after that.
+        A crash at any point leaves a meta file that names a complete index of its op."""
+        data_path = path.with_name(f"{path.stem}.{applied_op}.faiss")
+        tmp = data_path.with_suffix(".faiss.tmp")
+        faiss.write_index(self.index, str(tmp))
+        _fsync(tmp)
+        tmp.replace(data_path)
+        meta = {
+            "file": data_path.name,
+            "spec": self.spec,
+            "applied_op": applied_op,
+            "ntotal": self.ntotal,
+            "ef_search": self.defaults.ef_search,
+            "nprobe": self.defaults.nprobe,
+        }
+        meta_path = path.with_suffix(".json")
+        tmp_meta = meta_path.with_suffix(".json.tmp")
+        tmp_meta.write_text(json.dumps(meta))
+        _fsync(tmp_meta)
+        tmp_meta.replace(meta_path)
+        _fsync(path.parent)
+        for old in path.parent.glob(f"{path.stem}.*.faiss"):
+            if old != data_path:
+                old.unlink(missing_ok=True)
+
+    @classmethod
+    def load(cls, path: Path, dim: int, metric: str) -> tuple[VectorIndex, int] | None:
+        meta_path = path.with_suffix(".json")
+        if not meta_path.is_file():
+            return None
+        meta = json.loads(meta_path.read_text())
+        data_path = path.with_name(meta["file"])
+        if not data_path.is_file():
+            return None
+        index = faiss.read_index(str(data_path))
+        if index.ntotal != meta["ntotal"] or index.d != dim:
+            return None  # snapshot and its meta disagree: rebuild from the store instead
+        vector_index = cls(dim, metric, meta["spec"], index)
+        vector_index.defaults = SearchParams(meta.get("ef_search"), meta.get("nprobe"))
+        return vector_index, int(meta["applied_op"])
+
+
+def choose_spec(n: int, dim: int, memory_budget_bytes: int) -> str:
+    """autofaiss-style: exact when small, HNSW when it fits the memory budget, IVF-SQ8 otherwise."""
+    if n <= 50_000:
+        return "Flat"
+    if n * (dim * 4 + 32 * 2 * 4 + 16) <= memory_budget_bytes:
+        return "HNSW32"
+    nlist = min(65_536, max(256, int(4 * math.sqrt(n))))
+    return f"IVF{nlist},SQ8"
+
+
+def recall_at_10(index: VectorIndex, exact: VectorIndex, queries: np.ndarray, params: SearchParams) -> float:
+    """Mean overlap of the top-10 with exact search's top-10 over `queries`."""
+    _, truth = exact.search(queries, 10)
+    _, got = index.search(queries, 10, params=params)
+    hits = [len(set(t[t >= 0]) & set(g[g >= 0])) / max(1, (t >= 0).sum()) for t, g in zip(truth, got, strict=True)]
+    return float(np.mean(hits))
+
+
+def _fsync(path: Path) -> None:
+    """fsync a file, or a directory (so a rename in it is durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

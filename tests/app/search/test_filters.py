@@ -1,0 +1,62 @@
+import json
+import sqlite3
+
+import pytest
+
+from app.search.filters import FilterError, compile_filter
+
+ROWS = [
+    {"lang": "en", "year": 1999, "tag": "a"},
+    {"lang": "en", "year": 2005, "tag": "b"},
+    {"lang": "fr", "year": 2005, "tag": "c", "nested": {"x": 1}},
+    {"lang": "de", "year": 2020},
+]
+
+
+@pytest.fixture
+def db() -> sqlite3.Connection:
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE documents (key INTEGER PRIMARY KEY, metadata TEXT)")
+    conn.executemany("INSERT INTO documents VALUES (?, ?)", [(i, json.dumps(r)) for i, r in enumerate(ROWS)])
+    return conn
+
+
+def _keys(db: sqlite3.Connection, spec: dict) -> list[int]:
+    where, params = compile_filter(spec)
+    return [r[0] for r in db.execute(f"SELECT key FROM documents WHERE {where} ORDER BY key", params)]
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ({}, [0, 1, 2, 3]),
+        ({"lang": "en"}, [0, 1]),
+        ({"lang": {"$in": ["fr", "de"]}}, [2, 3]),
+        ({"year": {"$gte": 2000, "$lt": 2020}}, [1, 2]),
+        ({"lang": "en", "year": {"$gt": 2000}}, [1]),
+        ({"$and": [{"lang": {"$in": ["en", "fr"]}}, {"year": 2005}]}, [1, 2]),
+        ({"nested.x": 1}, [2]),
+        ({"tag": "zzz"}, []),
+    ],
+)
+def test_filters_select_exactly_the_matching_rows(db: sqlite3.Connection, spec: dict, expected: list[int]) -> None:
+    assert _keys(db, spec) == expected
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"lang": {"$regex": "e"}},
+        {"$or": [{"lang": "en"}]},
+        {"year": {"$gt": "2000"}},
+        {"tag": {"$in": []}},
+        {"tag": {"$in": [["nested"]]}},
+        {"bad key'; DROP TABLE documents; --": 1},
+        {"lang": {"x": 1}},
+        {"lang": ["list", "not", "allowed"]},
+        {"$and": []},
+    ],
+)
+def test_bad_filters_are_rejected(spec: dict) -> None:
+    with pytest.raises(FilterError):
+        compile_filter(spec)

@@ -1,0 +1,134 @@
+"""Collections, documents and search over HTTP, on the real default model."""
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from tests.conftest import settings_for
+
+DOCS = [
+    ("d1", "The cat sat on the mat.", {"lang": "en", "year": 2001, "topic": "animals"}),
+    ("d2", "Dogs are loyal companions.", {"lang": "en", "year": 2010, "topic": "animals"}),
+    ("d3", "The stock market fell sharply today.", {"lang": "en", "year": 2015, "topic": "finance"}),
+    ("d4", "Interest rates were raised by the central bank.", {"lang": "en", "year": 2020, "topic": "finance"}),
+    ("d5", "Le chat dort sur le canapé.", {"lang": "fr", "year": 2018, "topic": "animals"}),
+    ("d6", "A kitten is playing with a ball of yarn.", {"lang": "en", "year": 2022, "topic": "animals"}),
+]
+
+
+@pytest.fixture
+def client(default_models_dir, tmp_path) -> TestClient:
+    with TestClient(create_app(settings_for(default_models_dir, data_dir=tmp_path))) as test_client:
+        yield test_client
+
+
+def _fill(client: TestClient, name: str = "docs") -> None:
+    assert client.post("/indexes", json={"name": name}).status_code == 201
+    body = {"documents": [{"id": i, "text": t, "metadata": m} for i, t, m in DOCS]}
+    response = client.put(f"/indexes/{name}/documents", json=body)
+    assert response.status_code == 200 and response.json() == {"upserted": 6, "size": 6}
+
+
+def test_create_upsert_search_get_delete(client: TestClient) -> None:
+    _fill(client)
+    info = client.get("/indexes/docs").json()
+    assert info["size"] == 6 and info["model"] == "minilm-l6" and info["dim"] == 384 and info["index_type"] == "Flat"
+    hits = client.post("/indexes/docs/search", json={"query": "a cat sleeping", "top_k": 3}).json()["hits"]
+    assert hits[0]["id"] in {"d1", "d6", "d5"} and hits[0]["document"] and hits[0]["metadata"]["topic"] == "animals"
+    assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+    doc = client.get("/indexes/docs/documents/d3").json()
+    assert doc["text"].startswith("The stock market") and doc["vector"] is None
+    assert client.delete("/indexes/docs/documents/d3").json() == {"deleted": ["d3"], "not_found": []}
+    assert client.get("/indexes/docs/documents/d3").status_code == 404
+    hits = client.post("/indexes/docs/search", json={"query": "stock market", "top_k": 6}).json()["hits"]
+    assert "d3" not in [h["id"] for h in hits] and len(hits) == 5
+    bulk = client.post("/indexes/docs/documents/delete", json={"ids": ["d1", "nope"]}).json()
+    assert bulk == {"deleted": ["d1"], "not_found": ["nope"]}
+    assert client.delete("/indexes/docs").status_code == 204
+    assert client.get("/indexes/docs").status_code == 404
+
+
+def test_upsert_replaces_and_search_by_vector_matches_text_query(client: TestClient) -> None:
+    _fill(client)
+    client.put("/indexes/docs/documents", json={"documents": [{"id": "d2", "text": "Bonds and equities rallied."}]})
+    assert client.get("/indexes/docs").json()["size"] == 6
+    assert client.get("/indexes/docs/documents/d2").json()["text"] == "Bonds and equities rallied."
+    vector = client.post("/v1/embeddings", json={"input": "markets and money"}).json()["data"][0]["embedding"]
+    by_text = client.post("/indexes/docs/search", json={"query": "markets and money", "top_k": 3}).json()["hits"]
+    by_vector = client.post("/indexes/docs/search", json={"vector": vector, "top_k": 3, "include": ["vector"]}).json()
+    assert [h["id"] for h in by_text] == [h["id"] for h in by_vector["hits"]]
+    assert len(by_vector["hits"][0]["vector"]) == 384 and by_vector["hits"][0]["document"] is None
+
+
+def test_filtered_search_returns_exactly_the_matching_top_k(client: TestClient) -> None:
+    _fill(client)
+    query = {"query": "animals and pets", "top_k": 3}
+    unfiltered = client.post("/indexes/docs/search", json={**query, "top_k": 6}).json()["hits"]
+    cases = [
+        ({"lang": "en", "topic": "animals"}, {"d1", "d2", "d6"}),
+        ({"year": {"$gte": 2015}}, {"d3", "d4", "d5", "d6"}),
+        ({"topic": {"$in": ["finance"]}}, {"d3", "d4"}),
+        ({"$and": [{"lang": "fr"}, {"year": {"$lt": 2020}}]}, {"d5"}),
+    ]
+    for spec, matching in cases:
+        hits = client.post("/indexes/docs/search", json={**query, "filter": spec}).json()["hits"]
+        expected = [h["id"] for h in unfiltered if h["id"] in matching][:3]
+        assert [h["id"] for h in hits] == expected, spec
+
+
+def test_client_vectors_of_the_right_dim(client: TestClient) -> None:
+    assert client.post("/indexes", json={"name": "vec", "metric": "ip"}).status_code == 201
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(5, 384)).astype(np.float32)
+    docs = [{"id": f"v{i}", "vector": v.tolist()} for i, v in enumerate(vectors)]
+    assert client.put("/indexes/vec/documents", json={"documents": docs}).status_code == 200
+    hits = client.post("/indexes/vec/search", json={"vector": vectors[3].tolist(), "top_k": 1}).json()["hits"]
+    assert hits[0]["id"] == "v3"
+    assert hits[0]["score"] == pytest.approx(float(vectors[3] @ vectors[3]), rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "code"),
+    [
+        ("post", "/indexes/missing/search", {"query": "x"}, 404, "index_not_found"),
+        ("put", "/indexes/missing/documents", {"documents": [{"id": "a", "text": "x"}]}, 404, "index_not_found"),
+        ("get", "/indexes/missing", None, 404, "index_not_found"),
+        ("post", "/indexes", {"name": "..x"}, 422, "invalid_index_name"),
+        ("post", "/indexes", {"name": "a/b"}, 422, "invalid_index_name"),
+        ("post", "/indexes", {"name": "a\u0000b"}, 422, "invalid_index_name"),
+        ("post", "/indexes", {"name": "ok", "index": "LSH"}, 422, "invalid_index_spec"),
+        ("post", "/indexes", {"name": "ok", "model": "nope"}, 404, "model_not_found"),
+        ("post", "/indexes", {"name": "docs"}, 409, "index_exists"),
+        # The router decodes %2F first, so a traversal attempt never reaches a collection route.
+        ("get", "/indexes/..%2F..%2Fetc", None, 404, "not_found"),
+        ("get", "/indexes/..", None, 404, "not_found"),
+        ("get", "/indexes/.hidden", None, 422, "invalid_index_name"),
+        ("post", "/indexes/docs/search", {"vector": [0.1, 0.2]}, 422, "wrong_dimension"),
+        ("post", "/indexes/docs/search", {"query": "x", "filter": {"a": {"$regex": "x"}}}, 422, "invalid_filter"),
+        ("post", "/indexes/docs/search", {"query": "x", "top_k": 0}, 422, "invalid_request"),
+        ("post", "/indexes/docs/search", {"query": "x", "top_k": 5000}, 422, "invalid_request"),
+        ("post", "/indexes/docs/search", {}, 422, "invalid_request"),
+        ("post", "/indexes/docs/search", {"query": "x", "vector": [0.0] * 384}, 422, "invalid_request"),
+        ("put", "/indexes/docs/documents", {"documents": [{"id": "bad\nid", "text": "x"}]}, 422, "invalid_request"),
+        ("put", "/indexes/docs/documents", {"documents": [{"id": "", "text": "x"}]}, 422, "invalid_request"),
+        ("put", "/indexes/docs/documents", {"documents": [{"id": "a"}]}, 422, "invalid_request"),
+        ("put", "/indexes/docs/documents", {"documents": []}, 422, "invalid_request"),
+        ("put", "/indexes/docs/documents", {"documents": [{"id": "a", "vector": [1.0]}]}, 422, "wrong_dimension"),
+        (
+            "put",
+            "/indexes/docs/documents",
+            {"documents": [{"id": "a", "text": "x"}, {"id": "a", "text": "y"}]},
+            422,
+            "duplicate_ids",
+        ),
+        ("delete", "/indexes/docs/documents/nope", None, 404, "document_not_found"),
+        ("post", "/indexes/docs/search", {"query": "x", "ef_search": 0}, 422, "invalid_request"),
+    ],
+)
+def test_bad_input_gets_json_4xx(client: TestClient, method: str, path: str, body, status: int, code: str) -> None:
+    _fill(client)
+    kwargs = {"json": body} if body is not None else {}
+    response = getattr(client, method)(path, **kwargs)
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["code"] == code
