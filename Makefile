@@ -8,7 +8,7 @@ DEFAULT_MODEL := models/minilm-l6/manifest.json
 # STS-B sentences for the export's parity check (see ../shared/ASSETS.md).
 PARITY_DATA ?= ../shared/data/stsbenchmark/sts-dev.csv
 
-.PHONY: install model serve test lint openapi bench clean
+.PHONY: install model demo-index serve test lint openapi bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,12 @@ install: $(INSTALLED)
 model: $(INSTALLED)
 	$(PY) -m training export --if-missing --name minilm-l6 --parity-data $(PARITY_DATA)
 
-serve: model
+# A demo collection for `make serve`: Cranfield (1,400 aeronautics abstracts) in BEIR layout.
+demo-index: model
+	$(PY) -m training data cranfield --if-missing
+	$(VENV)/bin/tessera index build --input data/beir/cranfield/corpus.jsonl --index cranfield --if-missing
+
+serve: demo-index
 	$(VENV)/bin/tessera serve
 
 test: model

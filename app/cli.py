@@ -45,12 +45,13 @@ cli.add_typer(index_cli, name="index")
 
 @index_cli.command("build")
 def index_build(
+    input_path: Annotated[Path, typer.Option("--input", help="JSONL/CSV/Parquet file or folder of them")],
     model: Annotated[str, typer.Option(help="model folder name in TESSERA_MODELS_DIR")] = "minilm-l6",
-    input_path: Annotated[Path, typer.Option("--input", help="JSONL/CSV/Parquet file or folder of them")] = Path(),
     index: Annotated[str, typer.Option(help="collection name (created if missing)")] = "docs",
     engine: Annotated[str, typer.Option(help="local, or ray (Ray Data actor pool)")] = "local",
     ray_address: Annotated[str | None, typer.Option(help="Ray cluster address (default: start a local one)")] = None,
-    batch_size: Annotated[int, typer.Option(min=1)] = 256,
+    ray_actors: Annotated[int, typer.Option(min=1, help="embedding actors for --engine ray")] = 1,
+    batch_size: Annotated[int, typer.Option(min=1, help="records per durable commit (and per chunk)")] = 256,
     index_spec: Annotated[str, typer.Option("--index-spec", help="auto or a FAISS factory string")] = "auto",
     optimize: Annotated[bool, typer.Option(help="build the final index and measure recall at the end")] = True,
     if_missing: Annotated[bool, typer.Option("--if-missing", help="skip if the index already exists")] = False,
@@ -64,7 +65,9 @@ def index_build(
     settings = get_settings()
     if engine not in {"local", "ray"}:
         raise typer.BadParameter("engine must be local or ray")
-    if if_missing and (settings.data_dir / "indexes" / index / "collection.json").is_file():
+    folder = settings.data_dir / "indexes" / index
+    # An interrupted build leaves its checkpoint behind: that one is resumed, not skipped.
+    if if_missing and (folder / "collection.json").is_file() and not any(folder.glob("build-*.json")):
         typer.echo(f"index {index!r} exists, not rebuilt")
         return
     columns = [
@@ -77,9 +80,14 @@ def index_build(
     with Progress(*columns, transient=False) as bar:
         task = bar.add_task(f"embedding into {index}", total=None, rate=0.0)
         started = time.perf_counter()
+        first_done: list[int] = []  # records already committed by an earlier, interrupted run
 
         def report(done: int, total: int | None) -> None:
-            rate = done / max(time.perf_counter() - started, 1e-9)
+            if not first_done:
+                first_done.append(done)
+                bar.update(task, completed=done, total=total)
+                return
+            rate = (done - first_done[0]) / max(time.perf_counter() - started, 1e-9)
             bar.update(task, completed=done, total=total, rate=rate)
 
         try:
@@ -91,6 +99,7 @@ def index_build(
                 batch_size=batch_size,
                 engine=engine,
                 ray_address=ray_address,
+                ray_actors=ray_actors,
                 index_spec=index_spec,
                 optimize=optimize,
                 progress=report,

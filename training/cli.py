@@ -75,6 +75,36 @@ def export(
     typer.echo(f"wrote {target}")
 
 
+data_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Prepare datasets (BEIR layout).")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("cranfield")
+def data_cranfield(
+    source: Annotated[Path, typer.Option(help="folder with cran.all.1400, cran.qry, cranqrel")] = Path(
+        "../shared/data/cranfield"
+    ),
+    out: Annotated[Path, typer.Option(help="BEIR output folder")] = Path("data/beir/cranfield"),
+    if_missing: Annotated[bool, typer.Option("--if-missing", help="keep an existing conversion")] = False,
+) -> None:
+    """Convert Cranfield (SMART format) to BEIR layout: corpus.jsonl, queries.jsonl, qrels/test.tsv."""
+    from training.data.beir import DatasetError, convert_cranfield, load_beir
+
+    if if_missing and (out / "qrels" / "test.tsv").is_file():
+        typer.echo(f"{out}: present, not converted again")
+        return
+    try:
+        convert_cranfield(source, out)
+        dataset = load_beir(out)
+    except (DatasetError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(
+        f"wrote {out}: {len(dataset.corpus)} documents, {len(dataset.queries)} queries, "
+        f"{sum(map(len, dataset.qrels.values()))} positive judgements"
+    )
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     app()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import itertools
 import json
 import logging
 import time
@@ -29,6 +30,8 @@ from app.search.store import Document
 log = logging.getLogger(__name__)
 
 SUPPORTED_SUFFIXES = {".jsonl", ".json", ".csv", ".parquet"}
+ENCODE_BATCH = 64  # rows per forward pass inside a chunk (length-sorted), same for both engines
+RAY_WINDOW_CHUNKS = 512  # chunks handed to Ray per dataset (actors load the model once per window)
 
 
 class InputError(ValueError):
@@ -55,6 +58,10 @@ def input_files(path: Path) -> list[Path]:
 
 
 def _record(raw: dict[str, Any], where: str, id_field: str, text_field: str) -> Record:
+    if id_field == "id" and "id" not in raw and "_id" in raw:  # BEIR corpus files
+        id_field = "_id"
+        if raw.get("title"):  # BEIR: title and text are embedded together, as BEIR's evaluators do
+            raw = {**raw, text_field: f"{raw['title']} {raw.get(text_field, '')}"}
     if id_field not in raw or text_field not in raw:
         raise InputError(f"{where}: record needs {id_field!r} and {text_field!r} fields")
     metadata = dict(raw.get("metadata") or {})
@@ -139,6 +146,7 @@ def build_index(
     batch_size: int = 256,
     engine: str = "local",
     ray_address: str | None = None,
+    ray_actors: int = 1,
     index_spec: str = "auto",
     optimize: bool = True,
     progress: Callable[[int, int | None], None] | None = None,
@@ -163,14 +171,16 @@ def build_index(
         records = read_records(source)
         for _ in range(done):  # skip what an earlier run already committed
             next(records, None)
+        if progress:
+            progress(done, total)  # where this run starts (records committed by an earlier run)
         start = time.perf_counter()
         embedded = 0
         # Ray pays an actor start per dataset: hand it bigger chunks than the local engine.
-        batches = _batches(records, batch_size if engine == "local" else max(batch_size, 4096))
+        batches = _batches(records, batch_size)
         embed_stream = (
-            _ray_embed(batches, model_name, settings, ray_address)
+            _ray_embed(batches, lambda b: _texts(b, model), model_name, settings, ray_address, ray_actors)
             if engine == "ray"
-            else ((batch, model.encode(_texts(batch, model), batch_size=64)) for batch in batches)
+            else ((batch, model.encode(_texts(batch, model), batch_size=ENCODE_BATCH)) for batch in batches)
         )
         for batch, vectors in embed_stream:
             collection.upsert([Document(r.id, r.text, r.metadata, v) for r, v in zip(batch, vectors, strict=True)])
@@ -211,37 +221,54 @@ def _count_records(files: list[Path]) -> int:
 
 
 class _RayEmbedder:
-    """Ray Data actor: loads the model once per actor, embeds batches of texts."""
+    """Ray Data actor: loads the model once, then embeds one chunk (row) per call exactly as the
+    local engine does, so both engines produce the same vectors."""
 
     def __init__(self, model_name: str, settings_json: str) -> None:
         self.model = load_text_model(Settings.model_validate_json(settings_json), model_name)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        texts = [str(t) for t in batch["text"]]
-        return {"row": batch["row"], "vector": self.model.encode(texts, batch_size=64)}
+        vectors = [
+            self.model.encode([str(t) for t in texts], batch_size=ENCODE_BATCH).tobytes() for texts in batch["texts"]
+        ]
+        return {"chunk": batch["chunk"], "vectors": np.array(vectors, dtype=object)}
 
 
 def _ray_embed(
-    batches: Iterator[list[Record]], model_name: str, settings: Settings, address: str | None
+    batches: Iterator[list[Record]],
+    texts_of: Callable[[list[Record]], list[str]],
+    model_name: str,
+    settings: Settings,
+    address: str | None,
+    actors: int,
 ) -> Iterator[tuple[list[Record], np.ndarray]]:
-    """Embed each chunk of records on Ray Data (map_batches over an actor pool), in order."""
+    """Embed chunks on Ray Data: `map_batches` over an actor pool, one chunk per row, order kept.
+
+    Chunks are read on the driver (so resume and input errors work as in the local engine) and
+    handed to Ray a window at a time; each window is one dataset, so actors start once per window."""
     try:
         import ray
     except ImportError as exc:
         raise InputError("--engine ray needs Ray: pip install 'tessera[ray]'") from exc
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True
+    context.enable_progress_bars = False
     settings_json = settings.model_dump_json()
-    for batch in batches:
-        dataset = ray.data.from_items([{"row": i, "text": r.text} for i, r in enumerate(batch)])
-        embedded = dataset.map_batches(
+    while True:
+        window = list(itertools.islice(batches, RAY_WINDOW_CHUNKS))
+        if not window:
+            return
+        items = [{"chunk": i, "texts": texts_of(chunk)} for i, chunk in enumerate(window)]
+        embedded = ray.data.from_items(items, override_num_blocks=min(len(items), 4 * actors)).map_batches(
             _RayEmbedder,
             fn_constructor_args=(model_name, settings_json),
-            batch_size=64,
-            concurrency=1,
+            batch_size=1,
+            concurrency=actors,
+            num_cpus=1,
             batch_format="numpy",
         )
-        rows = embedded.take_all()
-        rows.sort(key=lambda r: int(r["row"]))
-        vectors = np.stack([np.asarray(r["vector"], dtype=np.float32) for r in rows])
-        yield batch, vectors
+        for row in embedded.iter_rows():
+            chunk = window[int(row["chunk"])]
+            yield chunk, np.frombuffer(row["vectors"], dtype=np.float32).reshape(len(chunk), -1)

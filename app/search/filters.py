@@ -3,7 +3,8 @@
 Syntax (all conditions at one level are combined with AND):
     {"lang": "en"}                                   equality
     {"tag": {"$in": ["a", "b"]}}                     membership
-    {"year": {"$gte": 2000, "$lt": 2010}}            numeric range ($gt, $gte, $lt, $lte)
+    {"year": {"$gte": 2000, "$lt": 2010}}            numeric range ($gt, $gte, $lt, $lte); only
+                                                     numeric values match (not "2005" as text)
     {"$and": [{...}, {...}]}                         explicit conjunction
 """
 
@@ -63,8 +64,9 @@ def compile_filter(spec: dict[str, Any] | None) -> tuple[str, list[Any]]:
                 elif op in _RANGE_OPS:
                     if isinstance(value, bool) or not isinstance(value, int | float):
                         raise FilterError(f"{op} for {key!r} takes a number")
-                    clauses.append(f"{column} {_RANGE_OPS[op]} ?")
-                    params += [path, value]
+                    # Numbers only: SQLite orders any text above any number, so "1954" > 2000.
+                    clauses.append(f"json_type(metadata, ?) IN ('integer', 'real') AND {column} {_RANGE_OPS[op]} ?")
+                    params += [path, path, value]
                 elif op == "$eq":
                     clauses.append(f"{column} = ?")
                     params += [path, _scalar(key, value)]

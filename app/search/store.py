@@ -138,6 +138,10 @@ class DocumentStore:
             rows = self._db.execute(f"SELECT key FROM documents WHERE {where}", params).fetchall()
         return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
 
+    def ids(self) -> list[str]:
+        with self._lock:
+            return [row[0] for row in self._db.execute("SELECT id FROM documents ORDER BY key")]
+
     def count(self) -> int:
         with self._lock:
             return self._db.execute("SELECT COUNT(*) FROM documents").fetchone()[0]

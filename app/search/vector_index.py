@@ -50,7 +50,12 @@ class BuildReport:
 class VectorIndex:
     def __init__(self, dim: int, metric: str, spec: str = "Flat", index: faiss.Index | None = None) -> None:
         self.dim, self.metric, self.spec = dim, metric, spec
-        self.index = index if index is not None else faiss.index_factory(dim, f"IDMap2,{spec}", METRICS[metric])
+        if index is None:
+            # IVF stores external ids itself and removes by them. Flat and HNSW get an id map; an
+            # id map over IVF would break on removal (it assumes the sub-index renumbers rows).
+            factory = spec if spec.startswith("IVF") else f"IDMap2,{spec}"
+            index = faiss.index_factory(dim, factory, METRICS[metric])
+        self.index = index
         self.tombstones: set[int] = set()  # removed from the store but still in a graph index
         self.defaults = SearchParams()
 

@@ -10,6 +10,7 @@ ROWS = [
     {"lang": "en", "year": 2005, "tag": "b"},
     {"lang": "fr", "year": 2005, "tag": "c", "nested": {"x": 1}},
     {"lang": "de", "year": 2020},
+    {"lang": "en", "year": "2010"},  # a number stored as text (e.g. from CSV)
 ]
 
 
@@ -29,14 +30,16 @@ def _keys(db: sqlite3.Connection, spec: dict) -> list[int]:
 @pytest.mark.parametrize(
     ("spec", "expected"),
     [
-        ({}, [0, 1, 2, 3]),
-        ({"lang": "en"}, [0, 1]),
+        ({}, [0, 1, 2, 3, 4]),
+        ({"lang": "en"}, [0, 1, 4]),
         ({"lang": {"$in": ["fr", "de"]}}, [2, 3]),
         ({"year": {"$gte": 2000, "$lt": 2020}}, [1, 2]),
         ({"lang": "en", "year": {"$gt": 2000}}, [1]),
         ({"$and": [{"lang": {"$in": ["en", "fr"]}}, {"year": 2005}]}, [1, 2]),
         ({"nested.x": 1}, [2]),
         ({"tag": "zzz"}, []),
+        ({"year": {"$gt": 1000}}, [0, 1, 2, 3]),  # text never matches a numeric range
+        ({"year": "2010"}, [4]),
     ],
 )
 def test_filters_select_exactly_the_matching_rows(db: sqlite3.Connection, spec: dict, expected: list[int]) -> None:

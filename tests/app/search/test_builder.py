@@ -1,0 +1,162 @@
+"""Batch index building: formats, the on-disk format the server loads, resume, Ray, the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from app.cli import cli
+from app.main import create_app
+from app.search.builder import InputError, build_index
+from app.search.manager import CollectionManager
+from tests.conftest import SHARED_DATA, settings_for
+
+
+@pytest.fixture(scope="module")
+def cranfield_records() -> list[dict]:
+    """The first 96 Cranfield abstracts as builder records."""
+    from training.data.beir import _smart_records
+
+    docs = _smart_records(SHARED_DATA / "cranfield" / "cran.all.1400")[:96]
+    return [{"id": f"c{d['I']}", "text": d.get("W", ""), "year": 1950 + int(d["I"]) % 10} for d in docs]
+
+
+def _write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def _vectors(settings, index: str) -> dict[str, np.ndarray]:
+    manager = CollectionManager.from_settings(settings)
+    manager.open_all()
+    try:
+        store = manager.get(index).store
+        return {doc_id: store.get(doc_id, True).vector for doc_id in store.ids()}
+    finally:
+        manager.close()
+
+
+def test_jsonl_csv_and_parquet_build_an_index_the_server_searches(
+    default_models_dir: Path, tmp_path: Path, cranfield_records: list[dict]
+) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "input"
+    folder.mkdir()
+    _write_jsonl(folder / "a.jsonl", cranfield_records[:32])
+    with (folder / "b.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["id", "text", "year"])
+        writer.writeheader()
+        writer.writerows(cranfield_records[32:64])
+    pq.write_table(pa.Table.from_pylist(cranfield_records[64:]), folder / "c.parquet")
+    settings = settings_for(default_models_dir, data_dir=tmp_path / "data")
+    result = build_index(settings, "minilm-l6", folder, "cran", batch_size=20)
+    assert result["records"] == 96 and result["size"] == 96
+    assert result["build"]["spec"] == "Flat" and result["build"]["recall_at_10"] == 1.0
+
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/indexes/cran").json()["size"] == 96
+        target = cranfield_records[70]  # from the Parquet file
+        hits = client.post("/indexes/cran/search", json={"query": target["text"], "top_k": 1}).json()["hits"]
+        assert hits[0]["id"] == target["id"] and hits[0]["score"] > 0.99
+        assert hits[0]["metadata"] == {"year": target["year"]}
+        # CSV values arrive as strings, which a numeric range never matches; JSONL/Parquet keep numbers.
+        filtered = client.post(
+            "/indexes/cran/search", json={"query": "boundary layer", "top_k": 10, "filter": {"year": {"$gte": 1958}}}
+        ).json()["hits"]
+        assert len(filtered) == 10
+        assert all(isinstance(h["metadata"]["year"], int) and h["metadata"]["year"] >= 1958 for h in filtered)
+
+
+def test_interrupted_build_resumes_without_duplicating_work(
+    default_models_dir: Path, tmp_path: Path, cranfield_records: list[dict]
+) -> None:
+    source = _write_jsonl(tmp_path / "docs.jsonl", cranfield_records)
+    settings = settings_for(default_models_dir, data_dir=tmp_path / "data")
+    seen: list[int] = []
+
+    def crash_after_two_batches(done: int, total: int | None) -> None:
+        seen.append(done)
+        if done >= 32:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_index(settings, "minilm-l6", source, "resume", batch_size=16, progress=crash_after_two_batches)
+    assert seen == [0, 16, 32]
+    result = build_index(settings, "minilm-l6", source, "resume", batch_size=16)
+    assert result["records"] == 96 and result["embedded_this_run"] == 64 and result["size"] == 96
+
+    fresh = settings_for(default_models_dir, data_dir=tmp_path / "fresh")
+    build_index(fresh, "minilm-l6", source, "resume", batch_size=16)
+    resumed, clean = _vectors(settings, "resume"), _vectors(fresh, "resume")
+    assert resumed.keys() == clean.keys()
+    assert max(float(np.abs(resumed[k] - clean[k]).max()) for k in clean) < 1e-6
+
+
+def test_ray_engine_matches_the_local_engine(
+    default_models_dir: Path, tmp_path: Path, cranfield_records: list[dict]
+) -> None:
+    pytest.importorskip("ray")
+    import ray
+
+    source = _write_jsonl(tmp_path / "docs.jsonl", cranfield_records[:64])
+    local = settings_for(default_models_dir, data_dir=tmp_path / "local", backend="onnxruntime", precision="fp32")
+    on_ray = settings_for(default_models_dir, data_dir=tmp_path / "ray", backend="onnxruntime", precision="fp32")
+    build_index(local, "minilm-l6", source, "docs", batch_size=16)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        result = build_index(on_ray, "minilm-l6", source, "docs", batch_size=16, engine="ray")
+    finally:
+        ray.shutdown()
+    assert result["records"] == 64
+    a, b = _vectors(local, "docs"), _vectors(on_ray, "docs")
+    assert a.keys() == b.keys()
+    assert max(float(np.abs(a[k] - b[k]).max()) for k in a) < 1e-6
+
+
+def test_cli_builds_and_reports_bad_input(
+    default_models_dir: Path, tmp_path: Path, cranfield_records: list[dict], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.core.config import get_settings
+
+    monkeypatch.setenv("TESSERA_MODELS_DIR", str(default_models_dir))
+    monkeypatch.setenv("TESSERA_DATA_DIR", str(tmp_path / "data"))
+    get_settings.cache_clear()
+    runner = CliRunner()
+    try:
+        source = _write_jsonl(tmp_path / "docs.jsonl", cranfield_records[:24])
+        ok = runner.invoke(cli, ["index", "build", "--input", str(source), "--index", "cli", "--batch-size", "8"])
+        assert ok.exit_code == 0, ok.output
+        assert '"records": 24' in ok.output
+        again = runner.invoke(cli, ["index", "build", "--input", str(source), "--index", "cli", "--if-missing"])
+        assert again.exit_code == 0 and "not rebuilt" in again.output
+
+        bad = tmp_path / "bad.jsonl"
+        bad.write_text('{"id": "1", "text": "fine"}\n{"id": 2\n')
+        cases = [
+            (["--input", str(tmp_path / "missing.jsonl")], "no such file"),
+            (["--input", str(bad)], "bad.jsonl:2: invalid JSON"),
+            (["--input", str(source), "--model", "nope"], "model 'nope' not found"),
+            (["--input", str(source), "--index", "../escape"], "invalid index name"),
+        ]
+        for args, message in cases:
+            result = runner.invoke(cli, ["index", "build", *args])
+            assert result.exit_code == 2, result.output
+            assert message in result.output
+    finally:
+        get_settings.cache_clear()
+
+
+def test_records_without_id_or_text_are_rejected(tmp_path: Path) -> None:
+    from app.search.builder import read_records
+
+    path = _write_jsonl(tmp_path / "x.jsonl", [{"id": "1", "text": "a"}, {"text": "no id"}])
+    with pytest.raises(InputError, match=r"x.jsonl:2: record needs 'id' and 'text'"):
+        list(read_records(path))

@@ -1,0 +1,107 @@
+"""Index choice, background rebuilds with measured recall, tuned search parameters, restarts."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from app.search.vector_index import choose_spec
+from tests.conftest import settings_for
+
+DIM = 384
+
+
+def clustered(n: int, seed: int = 0, clusters: int = 50) -> np.ndarray:
+    """Unit vectors around random centres: nearest neighbours are not trivially separable."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, DIM))
+    vectors = centres[rng.integers(0, clusters, n)] + 0.9 * rng.normal(size=(n, DIM))
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_auto_follows_size_and_memory_budget() -> None:
+    assert choose_spec(10_000, DIM, 1 << 30) == "Flat"
+    assert choose_spec(1_000_000, DIM, 4 << 30) == "HNSW32"
+    assert choose_spec(1_000_000, DIM, 512 << 20).startswith("IVF4000,SQ8")
+
+
+def _upsert(client: TestClient, name: str, vectors: np.ndarray, start: int = 0) -> None:
+    for offset in range(0, len(vectors), 500):
+        chunk = vectors[offset : offset + 500]
+        docs = [{"id": f"v{start + offset + i}", "vector": v.tolist()} for i, v in enumerate(chunk)]
+        assert client.put(f"/indexes/{name}/documents", json={"documents": docs}).status_code == 200
+
+
+def _wait_for_build(client: TestClient, name: str) -> dict:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        info = client.get(f"/indexes/{name}").json()
+        if info["last_build"] and not info["optimizing"]:
+            return info
+        time.sleep(0.1)
+    raise AssertionError("optimise did not finish")
+
+
+@pytest.mark.parametrize(("spec", "param"), [("HNSW16", "ef_search"), ("IVF32,Flat", "nprobe")])
+def test_optimize_measures_recall_tunes_and_survives_restart(
+    default_models_dir: Path, tmp_path: Path, spec: str, param: str
+) -> None:
+    vectors = clustered(4000)
+    settings = settings_for(default_models_dir, data_dir=tmp_path)
+    with TestClient(create_app(settings)) as client:
+        assert client.post("/indexes", json={"name": "vec", "index": spec}).status_code == 201
+        _upsert(client, "vec", vectors)
+        assert client.post("/indexes/vec/optimize").status_code == 202
+        # Reads keep working while the rebuild runs.
+        hits = client.post("/indexes/vec/search", json={"vector": vectors[7].tolist(), "top_k": 1}).json()["hits"]
+        assert hits[0]["id"] == "v7"
+        info = _wait_for_build(client, "vec")
+        assert info["index_type"] == spec and info["size"] == info["index_vectors"] == 4000
+        build = info["last_build"]
+        assert build["recall_at_10"] >= 0.95 and build["sample_queries"] == 200
+        tuned = build["search_defaults"][param]
+        assert info["search_defaults"][param] == tuned
+
+        # Deletes after the build: gone from results immediately (HNSW hides them until a rebuild).
+        deleted = [f"v{i}" for i in range(0, 4000, 10)]
+        assert client.post("/indexes/vec/documents/delete", json={"ids": deleted}).status_code == 200
+        for i in (0, 10, 20):
+            got = client.post("/indexes/vec/search", json={"vector": vectors[i].tolist(), "top_k": 5}).json()
+            assert f"v{i}" not in {h["id"] for h in got["hits"]}
+        # A per-request parameter is honoured within bounds, and refused outside them.
+        ok = client.post("/indexes/vec/search", json={"vector": vectors[3].tolist(), "top_k": 10, param: 64})
+        assert ok.status_code == 200 and ok.json()["hits"][0]["id"] == "v3"
+        assert client.post("/indexes/vec/search", json={"vector": vectors[3].tolist(), param: 10**6}).status_code == 422
+
+    with TestClient(create_app(settings)) as client:  # restart: snapshot + replayed deletes
+        info = client.get("/indexes/vec").json()
+        assert info["size"] == info["index_vectors"] == 3600 and info["search_defaults"][param] == tuned
+        got = client.post("/indexes/vec/search", json={"vector": vectors[10].tolist(), "top_k": 5}).json()
+        assert "v10" not in {h["id"] for h in got["hits"]}
+        got = client.post("/indexes/vec/search", json={"vector": vectors[11].tolist(), "top_k": 1}).json()
+        assert got["hits"][0]["id"] == "v11"
+
+
+def test_filtered_search_on_an_approximate_index_returns_the_exact_top_k(
+    default_models_dir: Path, tmp_path: Path
+) -> None:
+    vectors = clustered(3000, seed=1)
+    with TestClient(create_app(settings_for(default_models_dir, data_dir=tmp_path))) as client:
+        assert client.post("/indexes", json={"name": "f", "index": "IVF32,Flat"}).status_code == 201
+        docs = [{"id": f"v{i}", "vector": v.tolist(), "metadata": {"bucket": i % 97}} for i, v in enumerate(vectors)]
+        for offset in range(0, len(docs), 500):
+            client.put("/indexes/f/documents", json={"documents": docs[offset : offset + 500]})
+        client.post("/indexes/f/optimize")
+        _wait_for_build(client, "f")
+        query = vectors[5]
+        matching = np.array([i for i in range(3000) if i % 97 == 3])
+        exact = matching[np.argsort(-(vectors[matching] @ query))][:10]
+        got = client.post(
+            "/indexes/f/search", json={"vector": query.tolist(), "top_k": 10, "filter": {"bucket": 3}, "nprobe": 1}
+        ).json()["hits"]
+        assert [h["id"] for h in got] == [f"v{i}" for i in exact]
