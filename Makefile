@@ -5,10 +5,18 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 INSTALLED := $(VENV)/.installed
 DEFAULT_MODEL := models/minilm-l6/manifest.json
+SHARED_DATA ?= ../shared/data
 # STS-B sentences for the export's parity check (see ../shared/ASSETS.md).
-PARITY_DATA ?= ../shared/data/stsbenchmark/sts-dev.csv
+PARITY_DATA ?= $(SHARED_DATA)/stsbenchmark/sts-dev.csv
+# Extras of the development venv; the Docker builder asks for `train` only.
+EXTRAS ?= train,ray,dev
+# Where torch==2.13.0 comes from: empty = pip's configured index (a local CPU wheel here); Docker
+# passes PyTorch's CPU index, since PyPI's Linux wheel pulls CUDA.
+TORCH_INDEX ?=
+# The service-only venv (no torch) that the Docker runtime image carries.
+SERVE_VENV ?= .venv-serve
 
-.PHONY: install model demo-index serve test lint openapi bench clean
+.PHONY: install install-serve model demo-index serve docker-data docker-check test lint openapi bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +24,8 @@ $(PY):
 # torch first, pinned: a CPU wheel; anything looser pulls a multi-GB CUDA build.
 $(INSTALLED): pyproject.toml | $(PY)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[train,ray,dev]'
+	$(PIP) install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(PIP) install -q -e '.[$(EXTRAS)]'
 	touch $@
 
 install: $(INSTALLED)
@@ -28,7 +36,7 @@ model: $(INSTALLED)
 
 # A demo collection for `make serve`: Cranfield (1,400 aeronautics abstracts) in BEIR layout.
 demo-index: model
-	$(PY) -m training data cranfield --if-missing
+	$(PY) -m training data cranfield --if-missing --source $(SHARED_DATA)/cranfield
 	$(VENV)/bin/tessera index build --input data/beir/cranfield/corpus.jsonl --index cranfield --if-missing
 
 serve: demo-index
@@ -39,12 +47,30 @@ test: model
 
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check app training tests benchmarks
+	$(VENV)/bin/ruff format --check app training tests benchmarks
 
 openapi: $(INSTALLED)
 	$(PY) -m app.openapi > openapi/openapi.json
 
 bench: model
 	$(PY) benchmarks/embed_http.py
+
+# The API alone: a non-editable install without torch (what the Docker runtime image runs).
+install-serve:
+	$(PYTHON) -m venv $(SERVE_VENV)
+	$(SERVE_VENV)/bin/pip install -q --upgrade pip
+	$(SERVE_VENV)/bin/pip install -q .
+
+# Data the Docker builder needs from ../shared (it cannot reach outside the build context).
+docker-data:
+	mkdir -p docker/build-data/stsbenchmark docker/build-data/cranfield
+	cp $(SHARED_DATA)/stsbenchmark/sts-dev.csv $(SHARED_DATA)/stsbenchmark/LICENSE.txt docker/build-data/stsbenchmark/
+	cp $(SHARED_DATA)/cranfield/cran.all.1400 $(SHARED_DATA)/cranfield/cran.qry $(SHARED_DATA)/cranfield/cranqrel \
+		docker/build-data/cranfield/
+
+# Deployment checks that run without a Docker engine: compose per profile, Dockerfile lint, smoke.
+docker-check: $(INSTALLED)
+	bash docker/check.sh
 
 clean:
 	rm -rf $(VENV) models/*/ .pytest_cache

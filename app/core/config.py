@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     # A collection snapshots its FAISS index after this many writes; a restart replays the rest
     # from the SQLite op log (smaller = faster restarts, more snapshot I/O).
     snapshot_every_ops: int = Field(20_000, ge=1)
+    # A read-only replica: serves the indexes in data_dir as they were at start-up (the volume may
+    # be mounted read-only) and answers writes with 403. One writer, any number of replicas.
+    read_only: bool = False
     log_level: str = "info"
 
 

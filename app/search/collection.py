@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 
 from app.search.filters import compile_filter
@@ -27,7 +26,7 @@ from app.search.vector_index import (
     SearchParams,
     VectorIndex,
     choose_spec,
-    recall_at_10,
+    tune,
     validate_spec,
 )
 
@@ -69,13 +68,19 @@ class Hit:
 
 class Collection:
     def __init__(
-        self, folder: Path, config: CollectionConfig, memory_budget_bytes: int, snapshot_every_ops: int = 20_000
+        self,
+        folder: Path,
+        config: CollectionConfig,
+        memory_budget_bytes: int,
+        snapshot_every_ops: int = 20_000,
+        read_only: bool = False,
     ) -> None:
         self.folder = folder
         self.config = config
         self.memory_budget_bytes = memory_budget_bytes
         self.snapshot_every_ops = snapshot_every_ops
-        self.store = DocumentStore(folder / "documents.sqlite", config.dim)
+        self.read_only = read_only
+        self.store = DocumentStore(folder / "documents.sqlite", config.dim, read_only)
         self._write_lock = threading.Lock()  # one writer at a time (store + index stay in step)
         self._index_lock = threading.RLock()  # guards the FAISS object against concurrent mutation
         self._optimizing = threading.Lock()
@@ -258,23 +263,7 @@ class Collection:
         exact = VectorIndex(self.config.dim, self.config.metric, "Flat")
         for keys, vectors in self.store.iter_vectors():
             exact.add(keys, vectors)
-        recall = 0.0
-        params = SearchParams()
-        if index.is_graph:
-            for ef in (16, 32, 64, 128, 256, 512, 1024):
-                params = SearchParams(ef_search=ef)
-                recall = recall_at_10(index, exact, queries, params)
-                if recall >= TARGET_RECALL:
-                    break
-            index.defaults.ef_search = params.ef_search
-        elif index.is_ivf:
-            nlist = faiss.extract_index_ivf(index.index).nlist
-            for nprobe in (1, 2, 4, 8, 16, 32, 64, 128, 256):
-                params = SearchParams(nprobe=min(nprobe, nlist))
-                recall = recall_at_10(index, exact, queries, params)
-                if recall >= TARGET_RECALL or nprobe >= nlist:
-                    break
-            index.defaults.nprobe = params.nprobe
+        params, recall = tune(index, exact, queries, TARGET_RECALL)
         defaults = {k: v for k, v in asdict(params).items() if v is not None}
         return BuildReport(index.spec, n, round(recall, 4), len(queries), defaults)
 

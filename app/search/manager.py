@@ -32,8 +32,11 @@ def validate_name(name: str) -> str:
 
 
 class CollectionManager:
-    def __init__(self, data_dir: Path, memory_budget_bytes: int, snapshot_every_ops: int = 20_000) -> None:
+    def __init__(
+        self, data_dir: Path, memory_budget_bytes: int, snapshot_every_ops: int = 20_000, read_only: bool = False
+    ) -> None:
         self.root = data_dir / "indexes"
+        self.read_only = read_only
         self.memory_budget_bytes = memory_budget_bytes
         self.snapshot_every_ops = snapshot_every_ops
         self.collections: dict[str, Collection] = {}
@@ -41,13 +44,25 @@ class CollectionManager:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CollectionManager:
-        return cls(settings.data_dir, settings.index_memory_budget_mb * 1024 * 1024, settings.snapshot_every_ops)
+        return cls(
+            settings.data_dir,
+            settings.index_memory_budget_mb * 1024 * 1024,
+            settings.snapshot_every_ops,
+            settings.read_only,
+        )
 
     def _open(self, folder: Path, config: CollectionConfig) -> Collection:
-        return Collection(folder, config, self.memory_budget_bytes, self.snapshot_every_ops)
+        return Collection(folder, config, self.memory_budget_bytes, self.snapshot_every_ops, self.read_only)
+
+    def check_writable(self) -> None:
+        if self.read_only:
+            raise CollectionError(
+                403, "this replica serves indexes read-only (TESSERA_READ_ONLY); send writes to the writer", "read_only"
+            )
 
     def open_all(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
+        if not self.read_only:
+            self.root.mkdir(parents=True, exist_ok=True)
         for config_file in sorted(self.root.glob("*/collection.json")):
             folder = config_file.parent
             try:
@@ -92,7 +107,8 @@ class CollectionManager:
     def close(self) -> None:
         for collection in self.collections.values():
             try:
-                collection.snapshot()
+                if not self.read_only:
+                    collection.snapshot()
             except Exception:
                 log.exception("snapshot of %s failed at shutdown", collection.config.name)
             collection.close()

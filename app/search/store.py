@@ -50,10 +50,16 @@ class Change:
 
 
 class DocumentStore:
-    def __init__(self, path: Path, dim: int) -> None:
+    def __init__(self, path: Path, dim: int, read_only: bool = False) -> None:
         self.path = path
         self.dim = dim
         self._lock = threading.Lock()
+        if read_only:
+            # A replica on a read-only volume: `immutable` skips the WAL's shared-memory file, which
+            # could not be created there; it reads the database as it was when opened.
+            uri = f"file:{path.resolve()}?mode=ro&immutable=1"
+            self._db = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
+            return
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # a commit is on disk before we acknowledge

@@ -251,6 +251,30 @@ def recall_at_10(index: VectorIndex, exact: VectorIndex, queries: np.ndarray, pa
     return float(np.mean(hits))
 
 
+EF_SEARCH_STEPS = (16, 32, 64, 128, 256, 512, 1024)
+NPROBE_STEPS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+def tune(index: VectorIndex, exact: VectorIndex, queries: np.ndarray, target: float) -> tuple[SearchParams, float]:
+    """The cheapest efSearch / nprobe whose recall@10 against `exact` reaches `target` (or the
+    largest tried); sets it as the index's default and returns it with the recall measured."""
+    if index.is_graph:
+        candidates = [SearchParams(ef_search=ef) for ef in EF_SEARCH_STEPS]
+    elif index.is_ivf:
+        nlist = faiss.extract_index_ivf(index.index).nlist
+        candidates = [SearchParams(nprobe=p) for p in NPROBE_STEPS if p < nlist] + [SearchParams(nprobe=nlist)]
+    else:
+        return SearchParams(), recall_at_10(index, exact, queries, SearchParams())
+    recall = 0.0
+    params = candidates[0]
+    for params in candidates:
+        recall = recall_at_10(index, exact, queries, params)
+        if recall >= target:
+            break
+    index.defaults = params
+    return params, recall
+
+
 def _fsync(path: Path) -> None:
     """fsync a file, or a directory (so a rename in it is durable)."""
     fd = os.open(path, os.O_RDONLY)

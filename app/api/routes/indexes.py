@@ -47,6 +47,7 @@ def _vector(values: list[float], dim: int, what: str) -> np.ndarray:
 
 @router.post("", status_code=201)
 async def create_index(body: CreateIndexRequest, collections: CollectionsDep, registry: RegistryDep) -> dict[str, Any]:
+    collections.check_writable()
     encoder = resolve_text_encoder(registry, body.model)
     collection = await asyncio.to_thread(
         collections.create, body.name, encoder.name, encoder.manifest.dim, body.metric, body.index
@@ -66,6 +67,7 @@ async def get_index(collections: CollectionsDep, name: str = IndexName) -> dict[
 
 @router.delete("/{name}", status_code=204)
 async def delete_index(collections: CollectionsDep, name: str = IndexName) -> Response:
+    collections.check_writable()
     await asyncio.to_thread(collections.delete, name)
     return Response(status_code=204)
 
@@ -78,6 +80,7 @@ async def upsert_documents(
     settings: SettingsDep,
     name: str = IndexName,
 ) -> UpsertResponse:
+    collections.check_writable()
     collection = collections.get(name)
     dim = collection.config.dim
     if len(body.documents) > settings.max_inputs_per_request:
@@ -113,6 +116,7 @@ async def get_document(
 async def delete_document(
     collections: CollectionsDep, name: str = IndexName, doc_id: str = Path(max_length=512)
 ) -> DeleteResponse:
+    collections.check_writable()
     deleted = await asyncio.to_thread(collections.get(name).delete, [doc_id])
     if not deleted:
         raise APIError(404, f"document {doc_id!r} not found in {name!r}", "document_not_found")
@@ -123,6 +127,7 @@ async def delete_document(
 async def delete_documents(
     body: BulkDeleteRequest, collections: CollectionsDep, name: str = IndexName
 ) -> DeleteResponse:
+    collections.check_writable()
     deleted = await asyncio.to_thread(collections.get(name).delete, body.ids)
     gone = set(deleted)
     return DeleteResponse(deleted=deleted, not_found=[i for i in body.ids if i not in gone])
@@ -160,6 +165,7 @@ async def optimize(
     collections: CollectionsDep, body: OptimizeRequest | None = None, name: str = IndexName
 ) -> dict[str, Any]:
     """Rebuild in the background (reads keep working); poll GET /indexes/{name} for `last_build`."""
+    collections.check_writable()
     collection = collections.get(name)
     spec = body.index if body else None
     if spec is not None:

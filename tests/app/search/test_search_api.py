@@ -132,3 +132,30 @@ def test_bad_input_gets_json_4xx(client: TestClient, method: str, path: str, bod
     response = getattr(client, method)(path, **kwargs)
     assert response.status_code == status, response.text
     assert response.json()["error"]["code"] == code
+
+
+def test_read_only_replica_serves_the_writer_data_and_refuses_writes(default_models_dir, tmp_path) -> None:
+    with TestClient(create_app(settings_for(default_models_dir, data_dir=tmp_path))) as writer:
+        _fill(writer)
+        expected = writer.post("/indexes/docs/search", json={"query": "a cat", "top_k": 3}).json()["hits"]
+    files = list(tmp_path.rglob("*"))
+    for path in [*files, tmp_path]:  # as on a volume mounted read-only (root ignores modes: the file list is checked)
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    try:
+        replica_settings = settings_for(default_models_dir, data_dir=tmp_path, read_only=True)
+        with TestClient(create_app(replica_settings)) as replica:
+            got = replica.post("/indexes/docs/search", json={"query": "a cat", "top_k": 3}).json()["hits"]
+            assert [h["id"] for h in got] == [h["id"] for h in expected]
+            writes = [
+                ("put", "/indexes/docs/documents", {"documents": [{"id": "x", "text": "y"}]}),
+                ("post", "/indexes", {"name": "new"}),
+                ("delete", "/indexes/docs/documents/d1", None),
+                ("post", "/indexes/docs/optimize", None),
+            ]
+            for method, path, body in writes:
+                response = getattr(replica, method)(path, **({"json": body} if body else {}))
+                assert response.status_code == 403 and response.json()["error"]["code"] == "read_only"
+        assert sorted(p for p in tmp_path.rglob("*")) == sorted(files), "a replica must not write to the volume"
+    finally:
+        for path in [tmp_path, *tmp_path.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)

@@ -1,0 +1,48 @@
+"""Retrieval metrics through pytrec_eval (the TREC reference implementation), not hand-written.
+
+`run`: query id -> {doc id: score}; `qrels`: query id -> {doc id: graded relevance > 0}.
+nDCG uses the graded relevance with trec_eval's linear gain; MRR@10 is reciprocal rank over the
+top 10 only. Queries without a positive judgement are left out, as BEIR does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytrec_eval
+
+Run = dict[str, dict[str, float]]
+Qrels = dict[str, dict[str, int]]
+
+MEASURES = {"ndcg_cut.10", "recall.10", "recall.100", "map_cut.100", "recip_rank"}
+
+
+def _top(run: Run, k: int) -> Run:
+    return {q: dict(sorted(docs.items(), key=lambda kv: -kv[1])[:k]) for q, docs in run.items()}
+
+
+def ir_metrics(run: Run, qrels: Qrels) -> dict[str, float]:
+    """Mean nDCG@10, MRR@10, Recall@10/100 and MAP@100 over the judged queries of `run`."""
+    judged = {q: r for q, r in qrels.items() if r and q in run}
+    if not judged:
+        raise ValueError("no query of the run has a positive judgement")
+    evaluator = pytrec_eval.RelevanceEvaluator(judged, MEASURES)
+    full = evaluator.evaluate({q: run[q] for q in judged})
+    top10 = evaluator.evaluate(_top({q: run[q] for q in judged}, 10))
+    mean = lambda values: float(np.mean(list(values)))  # noqa: E731
+    return {
+        "ndcg@10": mean(v["ndcg_cut_10"] for v in full.values()),
+        "mrr@10": mean(v["recip_rank"] for v in top10.values()),
+        "recall@10": mean(v["recall_10"] for v in full.values()),
+        "recall@100": mean(v["recall_100"] for v in full.values()),
+        "map@100": mean(v["map_cut_100"] for v in full.values()),
+        "queries": float(len(judged)),
+    }
+
+
+def dense_run(
+    query_ids: list[str], query_vectors: np.ndarray, doc_ids: list[str], doc_vectors: np.ndarray, k: int = 100
+) -> Run:
+    """Exact cosine top-k (vectors already L2-normalised): (q, dim) @ (dim, n) -> (q, n)."""
+    scores = query_vectors @ doc_vectors.T  # (q, n)
+    top = np.argsort(-scores, axis=1)[:, :k]
+    return {q: {doc_ids[j]: float(scores[i, j]) for j in top[i]} for i, q in enumerate(query_ids)}
