@@ -11,7 +11,7 @@ from fastapi import FastAPI
 
 from app import __version__
 from app.api.middleware import MetricsMiddleware, PayloadLimitMiddleware
-from app.api.routes import embeddings, health, indexes, models
+from app.api.routes import embeddings, health, indexes, models, rerank
 from app.core.config import Settings, get_settings
 from app.core.errors import install_error_handlers
 from app.inference.registry import ModelRegistry
@@ -47,6 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(embeddings.router)
     app.include_router(models.router)
     app.include_router(indexes.router)
+    app.include_router(rerank.router)
     app.include_router(health.router)
     app.add_middleware(PayloadLimitMiddleware, max_bytes=settings.max_payload_bytes)
     app.add_middleware(MetricsMiddleware)

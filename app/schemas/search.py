@@ -70,6 +70,14 @@ class DocumentOut(BaseModel):
     vector: list[float] | None = None
 
 
+class RerankOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(None, description="cross-encoder model folder; default: the first served")
+    candidates: int = Field(50, ge=1, le=1000, description="first-stage hits to rerank")
+    top_n: int | None = Field(None, ge=1, le=1000, description="hits returned after reranking (default top_k)")
+
+
 class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -80,6 +88,7 @@ class SearchRequest(BaseModel):
     include: list[Literal["document", "metadata", "vector"]] = Field(default_factory=lambda: ["document", "metadata"])
     ef_search: int | None = Field(None, ge=1, le=4096, description="HNSW breadth (recall vs speed)")
     nprobe: int | None = Field(None, ge=1, le=65536, description="IVF lists probed (recall vs speed)")
+    rerank: RerankOptions | None = Field(None, description="rerank the first-stage hits with a cross-encoder")
 
     @model_validator(mode="after")
     def _one_query(self) -> SearchRequest:
@@ -91,6 +100,7 @@ class SearchRequest(BaseModel):
 class SearchHit(BaseModel):
     id: str
     score: float
+    first_stage_score: float | None = Field(None, description="the vector score, when the hits were reranked")
     document: str | None = None
     metadata: dict[str, Any] | None = None
     vector: list[float] | None = None

@@ -14,6 +14,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,9 @@ from app.search.store import Document
 log = logging.getLogger(__name__)
 
 SUPPORTED_SUFFIXES = {".jsonl", ".json", ".csv", ".parquet"}
-ENCODE_BATCH = 64  # rows per forward pass inside a chunk (length-sorted), same for both engines
-RAY_WINDOW_CHUNKS = 512  # chunks handed to Ray per dataset (actors load the model once per window)
+ENCODE_BATCH = 64  # rows per forward pass inside a window (length-sorted), same for both engines
+ENCODE_WINDOW = 2048  # records embedded together (one Ray row); commits are smaller (batch_size)
+RAY_WINDOW_CHUNKS = 64  # windows handed to Ray per dataset (its actors load the model once per dataset)
 
 
 class InputError(ValueError):
@@ -150,8 +152,10 @@ def build_index(
     index_spec: str = "auto",
     optimize: bool = True,
     progress: Callable[[int, int | None], None] | None = None,
+    encode_window: int = ENCODE_WINDOW,
 ) -> dict[str, Any]:
-    """Embed every record of `source` into collection `index_name` (created if missing)."""
+    """Embed every record of `source` into collection `index_name` (created if missing).
+    `batch_size` records are committed (durably, then checkpointed) at a time."""
     files = input_files(source)
     total = _count_records(files) if all(f.suffix in {".jsonl", ".json", ".csv"} for f in files) else None
     model = load_text_model(settings, model_name)
@@ -174,21 +178,36 @@ def build_index(
         if progress:
             progress(done, total)  # where this run starts (records committed by an earlier run)
         start = time.perf_counter()
-        embedded = 0
-        # Ray pays an actor start per dataset: hand it bigger chunks than the local engine.
-        batches = _batches(records, batch_size)
+        # Embed a window of records at a time (length-sorted inside it, so little padding) and
+        # commit it in `batch_size` chunks on a writer thread while the next window is embedded.
+        windows = _batches(records, max(batch_size, encode_window))
         embed_stream = (
-            _ray_embed(batches, lambda b: _texts(b, model), model_name, settings, ray_address, ray_actors)
+            _ray_embed(windows, lambda b: _texts(b, model), model_name, settings, ray_address, ray_actors)
             if engine == "ray"
-            else ((batch, model.encode(_texts(batch, model), batch_size=ENCODE_BATCH)) for batch in batches)
+            else ((window, model.encode(_texts(window, model), batch_size=ENCODE_BATCH)) for window in windows)
         )
-        for batch, vectors in embed_stream:
-            collection.upsert([Document(r.id, r.text, r.metadata, v) for r, v in zip(batch, vectors, strict=True)])
-            done += len(batch)
-            embedded += len(batch)
-            checkpoint.save(done)  # after the durable upsert: a crash here only repeats idempotent work
-            if progress:
-                progress(done, total)
+        committed = [done]
+
+        def commit(window: list[Record], vectors: np.ndarray) -> None:
+            for offset in range(0, len(window), batch_size):
+                chunk = window[offset : offset + batch_size]
+                rows = vectors[offset : offset + batch_size]
+                collection.upsert([Document(r.id, r.text, r.metadata, v) for r, v in zip(chunk, rows, strict=True)])
+                committed[0] += len(chunk)
+                checkpoint.save(committed[0])  # after the durable upsert: a crash here only repeats work
+                if progress:
+                    progress(committed[0], total)
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="index-writer") as writer:
+            pending: Future[None] | None = None
+            for window, vectors in embed_stream:
+                if pending is not None:
+                    pending.result()  # in order; re-raises a failed commit
+                pending = writer.submit(commit, window, vectors)
+            if pending is not None:
+                pending.result()
+        embedded = committed[0] - done
+        done = committed[0]
         elapsed = time.perf_counter() - start
         report = collection.optimize(index_spec) if optimize else None
         collection.snapshot()

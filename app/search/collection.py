@@ -34,7 +34,10 @@ log = logging.getLogger(__name__)
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 RECALL_SAMPLE = 200
-TARGET_RECALL = 0.95
+# Search parameters are tuned to this recall@10 on a 200-query sample: above the 0.95 we promise,
+# because a 200-query estimate scatters (benchmarks/results/search.md: 0.95 on the sample gave 0.92
+# on held-out queries).
+TARGET_RECALL = 0.97
 
 
 @dataclass

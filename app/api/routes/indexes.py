@@ -13,6 +13,7 @@ from fastapi import APIRouter, Path, Response
 
 from app.api.deps import CollectionsDep, RegistryDep, SettingsDep, resolve_text_encoder
 from app.api.routes.embeddings import run_embedding
+from app.api.routes.rerank import rerank_scores
 from app.core.errors import APIError
 from app.schemas.search import (
     BulkDeleteRequest,
@@ -149,12 +150,28 @@ async def search(
         _, result = await run_embedding(registry, settings, collection.config.model, [body.query or ""], True, None)
         query = result.vectors[0]
     params = SearchParams(ef_search=body.ef_search, nprobe=body.nprobe)
+    include = set(body.include)
+    fetch = max(body.top_k, body.rerank.candidates) if body.rerank else body.top_k
     try:
-        hits = await asyncio.to_thread(collection.search, query, body.top_k, body.filter, set(body.include), params)
+        hits = await asyncio.to_thread(
+            collection.search, query, fetch, body.filter, include | ({"document"} if body.rerank else set()), params
+        )
     except FilterError as exc:
         raise APIError(422, f"bad filter: {exc}", "invalid_filter") from exc
+    found = [asdict(h) for h in hits]
+    if body.rerank and found:
+        if body.query is None:
+            raise APIError(422, "rerank needs a text query", "invalid_request")
+        _, scores, _ = await rerank_scores(
+            registry, settings, body.rerank.model, body.query, [h["document"] or "" for h in found]
+        )
+        for hit, score in zip(found, scores, strict=True):
+            hit["first_stage_score"], hit["score"] = hit["score"], float(score)
+            if "document" not in include:
+                hit["document"] = None
+        found = sorted(found, key=lambda h: -h["score"])[: body.rerank.top_n or body.top_k]
     return SearchResponse(
-        hits=[asdict(h) for h in hits],  # type: ignore[misc]
+        hits=found,  # type: ignore[arg-type]
         took_ms=round((time.perf_counter() - start) * 1000, 3),
         index_type=collection.index.spec,
     )

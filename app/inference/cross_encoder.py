@@ -1,0 +1,88 @@
+"""A cross-encoder reranker loaded from a model folder (kind `cross-encoder`): scores (query,
+document) pairs with one forward pass per pair, batched across requests by the same batcher.
+
+Pairs are built as `[CLS] query [SEP] document [SEP]` from separately tokenised texts, so the
+document alone is truncated (to the model's limit or the request's `max_tokens_per_doc`). The
+segment ids the graph needs are derived from the ids (1 after the first [SEP]), which keeps each
+pair a single id sequence for the batcher.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from app.backends import open_session
+from app.core.manifest import Backend, Manifest, Precision, VariantParity
+
+SCORE_OUTPUT = "score"
+
+
+class CrossEncoderModel:
+    def __init__(
+        self,
+        folder: Path,
+        manifest: Manifest,
+        variant: VariantParity | None = None,
+        *,
+        backend: Backend | None = None,
+        precision: Precision | None = None,
+        threads: int = 0,
+        streams: int = 1,
+    ) -> None:
+        self.manifest = manifest
+        self.backend = variant.backend if variant else (backend or Backend.ONNXRUNTIME)
+        self.precision = variant.precision if variant else (precision or Precision.FP32)
+        onnx_file = variant.onnx_file if variant else "model.onnx"
+        self.session = open_session(folder / onnx_file, self.backend, self.precision, threads, streams)
+        self.tokenizer = Tokenizer.from_file(str(folder / manifest.preprocessing.tokenizer_file))
+        self.tokenizer.no_padding()
+        self.tokenizer.no_truncation()
+        self.cls_id = self._special("[CLS]")
+        self.sep_id = self._special("[SEP]")
+        pad = self.tokenizer.token_to_id("[PAD]")
+        self.pad_id = 0 if pad is None else pad
+
+    def _special(self, token: str) -> int:
+        token_id = self.tokenizer.token_to_id(token)
+        if token_id is None:
+            raise ValueError(f"{self.manifest.name}: tokenizer has no {token} token")
+        return token_id
+
+    def _ids(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+    def pairs(self, query: str, documents: list[str], max_tokens_per_doc: int | None = None) -> list[np.ndarray]:
+        """One id sequence per (query, document); returns them unpadded."""
+        limit = self.manifest.max_tokens
+        query_ids = self._ids([query])[0][: limit // 2]  # a long query leaves room for the document
+        room = limit - len(query_ids) - 3
+        if max_tokens_per_doc is not None:
+            room = min(room, max_tokens_per_doc)
+        head = [self.cls_id, *query_ids, self.sep_id]
+        return [np.asarray([*head, *doc[:room], self.sep_id], dtype=np.int64) for doc in self._ids(documents)]
+
+    def forward(self, sequences: list[np.ndarray]) -> np.ndarray:
+        """(batch, 1, 1) relevance logits for unpadded pair sequences."""
+        length = max(len(s) for s in sequences)
+        ids = np.full((len(sequences), length), self.pad_id, dtype=np.int64)  # (batch, seq)
+        mask = np.zeros_like(ids)
+        segments = np.zeros_like(ids)
+        for row, seq in enumerate(sequences):
+            ids[row, : len(seq)] = seq
+            mask[row, : len(seq)] = 1
+            first_sep = int(np.argmax(seq == self.sep_id))
+            segments[row, first_sep + 1 : len(seq)] = 1
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        if "token_type_ids" in self.session.input_names:
+            feeds["token_type_ids"] = segments
+        (scores,) = self.session.run(feeds, [SCORE_OUTPUT])  # (batch, 1)
+        return scores.reshape(len(sequences), 1, 1)
+
+    def score(self, query: str, documents: list[str], batch_size: int = 32) -> np.ndarray:
+        """Synchronous scoring (export parity, offline use): (n,) logits."""
+        sequences = self.pairs(query, documents)
+        out = [self.forward(sequences[i : i + batch_size])[:, 0, 0] for i in range(0, len(sequences), batch_size)]
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)

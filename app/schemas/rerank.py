@@ -1,0 +1,55 @@
+"""`POST /v1/rerank` (and `/rerank`): the Cohere and Jina request/response shapes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class RerankRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = Field(None, description="a model folder of kind cross-encoder; default: the first served")
+    query: str = Field(min_length=1)
+    documents: list[str] = Field(description="strings, or objects with a `text` field (Cohere/Jina)")
+    top_n: int | None = Field(None, ge=1, description="return only the best n (default: all)")
+    return_documents: bool = Field(False, description="include each document's text in its result")
+    max_tokens_per_doc: int | None = Field(None, ge=1, description="truncate each document to this many tokens")
+
+    @field_validator("documents", mode="before")
+    @classmethod
+    def _texts(cls, value: Any) -> Any:
+        if not isinstance(value, list) or not value:
+            raise ValueError("must be a non-empty list")
+        texts = []
+        for item in value:
+            if isinstance(item, dict) and isinstance(item.get("text"), str):
+                texts.append(item["text"])
+            elif isinstance(item, str):
+                texts.append(item)
+            else:
+                raise ValueError("each document must be a string or an object with a string `text`")
+        return texts
+
+
+class RerankDocument(BaseModel):
+    text: str
+
+
+class RerankResult(BaseModel):
+    index: int
+    relevance_score: float = Field(description="sigmoid of the cross-encoder logit, in (0, 1)")
+    document: RerankDocument | None = None
+
+
+class RerankUsage(BaseModel):
+    total_tokens: int
+
+
+class RerankResponse(BaseModel):
+    id: str
+    model: str
+    results: list[RerankResult]
+    usage: RerankUsage
+    meta: dict[str, Any] = Field(default_factory=dict)

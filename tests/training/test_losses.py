@@ -1,0 +1,102 @@
+"""Each loss against values computed by hand on 2-d unit vectors (τ = 1 unless stated)."""
+
+import math
+
+import pytest
+import torch
+
+from training.losses import (
+    CoSENTLoss,
+    CWCLLoss,
+    DecoupledContrastiveLoss,
+    InfoNCELoss,
+    ListwiseSoftmaxLoss,
+    MannWhitneyLoss,
+    MarginMSELoss,
+    MatryoshkaLoss,
+)
+
+E = math.e
+EYE = torch.eye(2)
+# Positives for q0, q1, then one hard negative each (q0's is [0, 1], q1's is [1, 0]).
+WITH_NEGATIVES = torch.tensor([[1.0, 0], [0, 1], [0, 1], [1, 0]])
+
+
+def test_infonce() -> None:
+    # row 0 logits [1, 0]: -log(e / (e + 1))
+    assert InfoNCELoss(1.0)(EYE, EYE).item() == pytest.approx(math.log(1 + 1 / E), abs=1e-6)
+    # row 0 logits [1, 0, 0, 1]: -log(e / (2e + 2))
+    assert InfoNCELoss(1.0)(EYE, WITH_NEGATIVES).item() == pytest.approx(math.log(2 + 2 / E), abs=1e-6)
+    # symmetric: the document -> query direction is the same here
+    assert InfoNCELoss(1.0, symmetric=True)(EYE, EYE).item() == pytest.approx(math.log(1 + 1 / E), abs=1e-6)
+    # τ = 0.5 doubles the logits
+    assert InfoNCELoss(0.5)(EYE, EYE).item() == pytest.approx(math.log(1 + E**-2), abs=1e-6)
+
+
+def test_learnable_temperature_gets_a_gradient() -> None:
+    torch.manual_seed(0)
+    loss = InfoNCELoss(0.05, learnable_temperature=True)
+    loss(torch.randn(4, 8), torch.randn(8, 8)).backward()
+    assert loss.temperature.log_value.grad is not None and loss.temperature.log_value.grad.abs() > 0
+
+
+def test_decoupled_contrastive() -> None:
+    # the positive leaves the denominator: -1 + log(e^0)
+    assert DecoupledContrastiveLoss(1.0)(EYE, EYE).item() == pytest.approx(-1.0, abs=1e-6)
+    # -1 + log(e^0 + e^0 + e^1)
+    assert DecoupledContrastiveLoss(1.0)(EYE, WITH_NEGATIVES).item() == pytest.approx(-1 + math.log(2 + E), abs=1e-6)
+
+
+def test_mann_whitney() -> None:
+    # every positive (score 1) vs every negative (score 0): -log σ(1)
+    assert MannWhitneyLoss(1.0)(EYE, EYE).item() == pytest.approx(math.log(1 + 1 / E), abs=1e-6)
+    # cross-query pairs count: q0's positive at 0.6 vs q1's negative at 0.8 is a violation
+    queries = torch.tensor([[1.0, 0], [0, 1]])
+    docs = torch.tensor([[0.6, 0.8], [0.6, 0.8]])  # s00 = .6, s01 = .6, s10 = .8, s11 = .8
+    expected = sum(math.log(1 + math.exp(-(p - n))) for p in (0.6, 0.8) for n in (0.6, 0.8)) / 4
+    assert MannWhitneyLoss(1.0)(queries, docs).item() == pytest.approx(expected, abs=1e-5)
+    per_query = (math.log(1 + math.exp(-(0.6 - 0.6))) + math.log(1 + math.exp(-(0.8 - 0.8)))) / 2
+    assert MannWhitneyLoss(1.0, per_query=True)(queries, docs).item() == pytest.approx(per_query, abs=1e-5)
+
+
+def test_cwcl() -> None:
+    # positives orthogonal: off-diagonal weight (1 + 0) / 2 = 0.5; log-softmax row [1, 0]
+    lp = [-math.log(1 + 1 / E), -math.log(1 + E)]
+    expected = -(1.0 * lp[0] + 0.5 * lp[1]) / 1.5
+    assert CWCLLoss(1.0)(EYE, EYE).item() == pytest.approx(expected, abs=1e-5)
+    # identical positives: both columns are full positives -> -(lp0 + lp1) / 2 with logits [1, 1]
+    same = torch.tensor([[1.0, 0], [1.0, 0]])
+    assert CWCLLoss(1.0)(EYE[:1].repeat(2, 1), same).item() == pytest.approx(math.log(2), abs=1e-5)
+
+
+def test_listwise_softmax() -> None:
+    query = torch.tensor([[1.0, 0]])
+    docs = torch.tensor([[1.0, 0], [0, 1]])
+    targets = [E / (E + 1), 1 / (E + 1)]  # softmax of grades [1, 0]
+    expected = targets[0] * math.log(1 + 1 / E) + targets[1] * math.log(1 + E)
+    assert ListwiseSoftmaxLoss(1.0)(query, docs, torch.tensor([[1, 0]])).item() == pytest.approx(expected, abs=1e-5)
+    # a padded slot (-1) is ignored: one valid candidate -> loss 0
+    assert ListwiseSoftmaxLoss(1.0)(query, docs, torch.tensor([[2, -1]])).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_cosent() -> None:
+    left = torch.tensor([[1.0, 0], [1.0, 0]])
+    right = torch.tensor([[1.0, 0], [0, 1]])
+    # cos = [1, 0], gold [1, 0]: one ordered pair, log(1 + e^(0 - 1))
+    assert CoSENTLoss(1.0)(left, right, torch.tensor([1.0, 0.0])).item() == pytest.approx(math.log(1 + 1 / E))
+    # gold reversed: log(1 + e^(1 - 0))
+    assert CoSENTLoss(1.0)(left, right, torch.tensor([0.0, 1.0])).item() == pytest.approx(math.log(1 + E))
+
+
+def test_matryoshka_sums_the_inner_loss_over_prefixes() -> None:
+    torch.manual_seed(0)
+    queries, docs = torch.randn(4, 8), torch.randn(4, 8)
+    inner = InfoNCELoss(0.1)
+    expected = inner(queries, docs) + inner(queries[:, :4], docs[:, :4]) + inner(queries[:, :2], docs[:, :2])
+    assert MatryoshkaLoss(inner, [8, 4, 2])(queries, docs).item() == pytest.approx(expected.item(), abs=1e-6)
+
+
+def test_margin_mse() -> None:
+    q, p, n = torch.tensor([[1.0, 0]]), torch.tensor([[1.0, 0]]), torch.tensor([[0.0, 1]])
+    # student margin 1 - 0 = 1, teacher 0.5 -> 0.25
+    assert MarginMSELoss()(q, p, n, torch.tensor([0.5])).item() == pytest.approx(0.25)

@@ -1,0 +1,283 @@
+"""Training runs end to end on a tiny model and real data; bad configs and data stop early."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from app.main import create_app
+from tests.conftest import SHARED_DATA, STS_DEV, make_tiny_sentence_transformer, settings_for
+from training.cli import app as training_cli
+from training.config import ConfigError, TrainConfig, load_config
+from training.data.beir import DatasetError, convert_cranfield, load_beir
+from training.gradcache import gradcache_backward
+from training.losses import InfoNCELoss
+from training.trainer import make_embed, train
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_sentence_transformer(tmp_path_factory.mktemp("tiny-train"))
+
+
+@pytest.fixture(scope="module")
+def cranfield(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return convert_cranfield(SHARED_DATA / "cranfield", tmp_path_factory.mktemp("beir") / "cranfield")
+
+
+@pytest.fixture(scope="module")
+def small_beir(cranfield: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Cranfield cut to 40 judged queries and the documents they judge (plus 100 others)."""
+    dataset = load_beir(cranfield)
+    queries = sorted(dataset.qrels, key=int)[:40]
+    docs = {d for q in queries for d in dataset.qrels[q]} | set(list(dataset.corpus)[:100])
+    out = tmp_path_factory.mktemp("small") / "cran-small"
+    (out / "qrels").mkdir(parents=True)
+    (out / "corpus.jsonl").write_text(
+        "".join(json.dumps({"_id": d, **dataset.corpus[d]}) + "\n" for d in dataset.corpus if d in docs)
+    )
+    (out / "queries.jsonl").write_text(
+        "".join(json.dumps({"_id": q, "text": dataset.queries[q]}) + "\n" for q in queries)
+    )
+    (out / "qrels" / "test.tsv").write_text(
+        "".join(f"{q}\t{d}\t{g}\n" for q in queries for d, g in dataset.qrels[q].items())
+    )
+    return out
+
+
+def _config(tmp_path: Path, tiny_model: Path, data: Path, **overrides: object) -> TrainConfig:
+    raw: dict = {
+        "name": "tiny-run",
+        "base_model": str(tiny_model),
+        "data": {"format": "beir", "path": str(data)},
+        "batch_size": 8,
+        "max_steps": 3,
+        "max_seq_length": 64,
+        "runs_dir": str(tmp_path / "runs"),
+        "eval_sts": str(STS_DEV),
+        "mining": {"per_query": 4, "rank_window": [2, 30]},
+    }
+    for key, value in overrides.items():
+        node = raw
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return TrainConfig.model_validate(raw)
+
+
+def test_gradcache_gives_the_full_batch_gradients(tiny_model: Path) -> None:
+    from training.sources import load_sentence_transformer
+
+    texts_q = [f"query number {i} about wings" for i in range(6)]
+    texts_d = [f"document {i} on supersonic flow and boundary layers" for i in range(12)]
+    loss = InfoNCELoss(0.1)
+    grads = []
+    for chunk in (None, 4):
+        model = load_sentence_transformer(str(tiny_model))
+        model.train()  # dropout on: the cached RNG states must reproduce the masks
+        torch.manual_seed(1)
+        embed = make_embed(model)
+        if chunk is None:
+            # Reference: one graph over the same chunks in the same order (same dropout masks).
+            q = torch.cat([embed(texts_q[i : i + 4]) for i in range(0, len(texts_q), 4)])
+            d = torch.cat([embed(texts_d[i : i + 4]) for i in range(0, len(texts_d), 4)])
+            value = loss(q, d)
+            value.backward()
+        else:
+            value = gradcache_backward(embed, [texts_q, texts_d], loss, chunk)
+        grads.append((float(value), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])))
+    assert grads[0][0] == pytest.approx(grads[1][0], abs=1e-6)
+    assert torch.allclose(grads[0][1], grads[1][1], atol=1e-6), (grads[0][1] - grads[1][1]).abs().max()
+
+
+@pytest.mark.parametrize("loss", ["infonce", "dcl", "mw", "cwcl", "listwise"])
+def test_each_retrieval_loss_trains(tmp_path: Path, tiny_model: Path, small_beir: Path, loss: str) -> None:
+    config = _config(tmp_path, tiny_model, small_beir, **{"loss.name": loss, "name": f"run-{loss}", "eval_sts": None})
+    result = train(config, show_progress=False)
+    steps = [json.loads(line) for line in (result.run_dir / "steps.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == [1, 2, 3] and all(s["loss"] == s["loss"] for s in steps)  # no NaN
+    metrics = json.loads((result.run_dir / "metrics.json").read_text())
+    assert metrics["eval_queries"] == 20 and 0 <= metrics["after"]["ndcg@10"] <= 1
+    assert 0 <= metrics["after"]["roc_auc"] <= 1
+    assert (result.run_dir / "model" / "modules.json").is_file()
+
+
+def test_cosent_on_sts(tmp_path: Path, tiny_model: Path) -> None:
+    config = _config(
+        tmp_path, tiny_model, STS_DEV, **{"data.format": "sts", "data.query_split": None, "loss.name": "cosent"}
+    )
+    result = train(config, show_progress=False)
+    assert result.metrics["steps"] == 3 and "sts_spearman" in result.metrics["after"]
+
+
+def test_train_with_gradcache_and_matryoshka_exports_a_model_the_service_loads(
+    tmp_path: Path, tiny_model: Path, small_beir: Path
+) -> None:
+    config = _config(
+        tmp_path,
+        tiny_model,
+        small_beir,
+        **{
+            "mini_batch_size": 4,
+            "hard_negatives": 2,
+            "loss.matryoshka_dims": [32, 16],
+            "export": {"name": "tiny-ft", "models_dir": str(tmp_path / "models"), "parity_data": str(STS_DEV)},
+        },
+    )
+    result = train(config, show_progress=False)
+    assert result.export_dir == tmp_path / "models" / "tiny-ft"
+    with TestClient(create_app(settings_for(tmp_path / "models", default_model="tiny-ft"))) as client:
+        model = client.get("/v1/models").json()["data"][0]
+        assert model["id"] == "tiny-ft" and model["dim"] == 32
+        assert model["eval_scores"]["cran-small/ndcg@10"] == pytest.approx(result.metrics["after"]["ndcg@10"], abs=1e-5)
+        vectors = client.post("/v1/embeddings", json={"input": "wing flutter", "dimensions": 16}).json()
+        assert len(vectors["data"][0]["embedding"]) == 16
+
+
+def test_hard_negative_mining_skips_positives_and_likely_false_negatives(tiny_model: Path, small_beir: Path) -> None:
+    from training.config import MiningConfig
+    from training.eval.retrieval import encode
+    from training.mine import mine_negatives
+    from training.sources import DEFAULT_BASE_MODEL, load_sentence_transformer
+
+    dataset = load_beir(small_beir)
+    model = load_sentence_transformer(DEFAULT_BASE_MODEL)  # a random model's scores are all alike
+    config = MiningConfig(rank_window=(0, 60), per_query=5, margin=0.9)
+    mined = mine_negatives(model, dataset, config)
+    doc_ids = list(dataset.corpus)
+    docs = dict(zip(doc_ids, encode(model, [dataset.doc_text(d) for d in doc_ids]), strict=True))
+    for query_id, negatives in mined.items():
+        positives = dataset.qrels[query_id]
+        assert len(negatives) <= 5 and not set(negatives) & set(positives)
+        q = encode(model, [dataset.queries[query_id]])[0]
+        lowest = min(float(docs[d] @ q) for d in positives)
+        assert all(float(docs[d] @ q) <= 0.9 * lowest + 1e-5 for d in negatives)
+    assert sum(map(len, mined.values())) > 0
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_bad_configs_stop_with_one_line_naming_file_and_problem(tmp_path: Path, small_beir: Path) -> None:
+    base = {"name": "x", "data": {"format": "beir", "path": str(small_beir)}}
+    cases = [
+        ({**base, "learning_rat": 1e-5}, "learning_rat: Extra inputs are not permitted"),
+        ({**base, "batch_size": "big"}, "batch_size: Input should be a valid integer"),
+        ({**base, "loss": {"name": "triplet"}}, "loss.name: Input should be"),
+        ({**base, "loss": {"name": "cosent"}}, "loss cosent needs data.format sts"),
+        ({"data": base["data"]}, "name: Field required"),
+    ]
+    for raw, message in cases:
+        path = _write(tmp_path / "c.yaml", yaml.safe_dump(raw))
+        with pytest.raises(ConfigError) as info:
+            load_config(path)
+        assert str(info.value).startswith(f"{path}: ") and message in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(_write(tmp_path / "bad.yaml", "name: [unclosed"))
+
+
+def test_bad_data_and_models_stop_before_training(tmp_path: Path, tiny_model: Path, small_beir: Path) -> None:
+    broken = tmp_path / "broken"
+    (broken / "qrels").mkdir(parents=True)
+    _write(broken / "corpus.jsonl", '{"_id": "d1", "text": "a"}\n')
+    _write(broken / "queries.jsonl", '{"_id": "q1", "text": "b"}\n')
+    _write(broken / "qrels" / "test.tsv", "q1\td1\t1\nq1\tmissing-doc\t1\n")
+    empty = tmp_path / "empty"
+    (empty / "qrels").mkdir(parents=True)
+    _write(empty / "corpus.jsonl", "\n")
+    pairs_bad = _write(tmp_path / "pairs.jsonl", '{"query": "q", "positive": "p"}\n{"query": "q2"\n')
+    runner = CliRunner()
+    cases = [
+        ({"data": {"format": "beir", "path": str(broken)}}, "test.tsv:2: document 'missing-doc' is not in corpus"),
+        ({"data": {"format": "beir", "path": str(empty)}}, "corpus.jsonl: no records"),
+        ({"data": {"format": "pairs", "path": str(pairs_bad)}}, "pairs.jsonl:2: invalid JSON"),
+        ({"data": {"format": "beir", "path": str(tmp_path / "nope")}}, "not a BEIR folder"),
+        ({"base_model": str(tmp_path / "no-model")}, "no such folder"),
+        ({"base_model": str(small_beir)}, "cannot load as a sentence-transformers model"),
+    ]
+    for overrides, message in cases:
+        raw = {
+            "name": "bad",
+            "base_model": str(tiny_model),
+            "data": {"format": "beir", "path": str(small_beir)},
+            "runs_dir": str(tmp_path / "runs"),
+            **overrides,
+        }
+        config = _write(tmp_path / "run.yaml", yaml.safe_dump(raw))
+        result = runner.invoke(training_cli, ["train", "--config", str(config)])
+        assert result.exit_code == 2, result.output
+        assert message in result.output and result.output.count("\n") <= 2, result.output
+        assert not (tmp_path / "runs" / "bad" / "steps.jsonl").exists()
+    with pytest.raises(DatasetError):
+        load_beir(broken)
+
+
+def test_ir_metrics_agree_with_sentence_transformers_evaluator(cranfield: Path) -> None:
+    """nDCG@10 and MRR@10 of the base model on the Cranfield eval half, binary relevance (the
+    sentence-transformers evaluator's view), from both implementations."""
+    from sentence_transformers.evaluation import InformationRetrievalEvaluator
+
+    from training.eval.retrieval import evaluate_retrieval
+    from training.sources import DEFAULT_BASE_MODEL, load_sentence_transformer
+
+    held_out = load_beir(cranfield).split_queries(0)[1]
+    held_out.qrels = {q: dict.fromkeys(docs, 1) for q, docs in held_out.qrels.items()}
+    model = load_sentence_transformer(DEFAULT_BASE_MODEL)
+    ours = evaluate_retrieval(model, held_out)
+    evaluator = InformationRetrievalEvaluator(
+        queries=held_out.queries,
+        corpus={d: held_out.doc_text(d) for d in held_out.corpus},
+        relevant_docs={q: set(docs) for q, docs in held_out.qrels.items()},
+        ndcg_at_k=[10],
+        mrr_at_k=[10],
+        accuracy_at_k=[1],
+        precision_recall_at_k=[10],
+        map_at_k=[100],
+        show_progress_bar=False,
+    )
+    theirs = evaluator(model)
+    key = next(k for k in theirs if k.endswith("ndcg@10"))
+    assert ours["ndcg@10"] == pytest.approx(theirs[key], abs=1e-3)
+    assert ours["mrr@10"] == pytest.approx(theirs[key.replace("ndcg@10", "mrr@10")], abs=1e-3)
+
+
+def test_cross_encoder_trains_exports_and_serves(tmp_path: Path, tiny_model: Path, small_beir: Path) -> None:
+    from tests.conftest import make_tiny_cross_encoder
+    from training.config import CrossEncoderConfig
+    from training.cross_encoder import train_cross_encoder
+
+    source = make_tiny_cross_encoder(tmp_path / "ce-base")
+    config = CrossEncoderConfig.model_validate(
+        {
+            "name": "tiny-ce-run",
+            "base_model": str(source),
+            "first_stage_model": str(tiny_model),
+            "data": {"format": "beir", "path": str(small_beir)},
+            "max_steps": 3,
+            "max_seq_length": 64,
+            "rerank_candidates": 10,
+            "runs_dir": str(tmp_path / "runs"),
+            "export": {"name": "tiny-ce-ft", "models_dir": str(tmp_path / "models")},
+        }
+    )
+    metrics = train_cross_encoder(config, show_progress=False)
+    assert metrics["steps"] == 3 and 0 <= metrics["reranked"]["ndcg@10"] <= 1
+    with TestClient(create_app(settings_for(tmp_path / "models", default_model="tiny-ce-ft"))) as client:
+        model = client.get("/v1/models").json()["data"][0]
+        assert model["kind"] == "cross-encoder"
+        assert model["eval_scores"]["cran-small/rerank-ndcg@10"] == pytest.approx(
+            metrics["reranked"]["ndcg@10"], abs=1e-5
+        )
+        body = client.post("/v1/rerank", json={"query": "wing flutter", "documents": ["flutter of wings", "heat"]})
+        assert body.status_code == 200 and len(body.json()["results"]) == 2

@@ -1,0 +1,157 @@
+"""Run configuration: YAML checked by pydantic (unknown keys and wrong types are errors)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from training.sources import DEFAULT_BASE_MODEL
+
+LossName = Literal["infonce", "dcl", "mw", "cwcl", "listwise", "cosent"]
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; one line naming the file and the problem."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class QuerySplit(Strict):
+    """Split a BEIR dataset by query: train on one part, evaluate on the other."""
+
+    seed: int = 0
+    train_fraction: float = Field(0.5, gt=0, lt=1)
+
+
+class DataConfig(Strict):
+    format: Literal["beir", "pairs", "triplets", "sts"]
+    path: Path
+    qrels_split: str = "test"  # BEIR qrels file name (qrels/<split>.tsv)
+    query_split: QuerySplit | None = QuerySplit()  # BEIR only; None = train on every query
+
+
+class LossConfig(Strict):
+    name: LossName = "infonce"
+    temperature: float = Field(0.05, gt=0, le=1)
+    learnable_temperature: bool = False
+    symmetric: bool = False  # infonce only
+    matryoshka_dims: list[int] = Field(default_factory=list)  # e.g. [384, 256, 128, 64]
+    list_size: int = Field(8, ge=2)  # listwise: candidates per query (positives + negatives)
+
+
+class MiningConfig(Strict):
+    """Hard negatives from the current model's FAISS ranking of the corpus."""
+
+    enabled: bool = True
+    rank_window: tuple[int, int] = (3, 50)  # sample from ranks [start, end) of non-positives
+    per_query: int = Field(8, ge=1)
+    # Skip a candidate scoring above margin x the query's lowest positive score: likely unlabelled positive.
+    margin: float = Field(0.95, gt=0, le=1)
+
+
+class ExportConfig(Strict):
+    name: str
+    parity_data: Path = Path("../shared/data/stsbenchmark/sts-dev.csv")
+    models_dir: Path = Path("models")
+
+
+class TrainConfig(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    base_model: str = DEFAULT_BASE_MODEL
+    data: DataConfig
+    loss: LossConfig = LossConfig()
+    mining: MiningConfig = MiningConfig()
+    hard_negatives: int = Field(1, ge=0, le=16)  # per query per step (pair losses)
+    batch_size: int = Field(32, ge=2)
+    # GradCache: embed in chunks of this many texts, so the effective batch is not bounded by memory.
+    mini_batch_size: int = Field(0, ge=0)  # 0 = no caching
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    learning_rate: float = Field(2e-5, gt=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    weight_decay: float = Field(0.01, ge=0)
+    max_seq_length: int = Field(256, ge=8)
+    seed: int = 0
+    runs_dir: Path = Path("runs")
+    eval_sts: Path | None = Path("../shared/data/stsbenchmark/sts-dev.csv")
+    eval_before: bool = True  # evaluate the base model too (metrics.json "before")
+    export: ExportConfig | None = None
+
+    @model_validator(mode="after")
+    def _compatible(self) -> TrainConfig:
+        if self.loss.name == "cosent" and self.data.format != "sts":
+            raise ValueError("loss cosent needs data.format sts")
+        if self.data.format == "sts" and self.loss.name != "cosent":
+            raise ValueError("data.format sts trains with loss cosent")
+        if self.loss.name == "listwise" and self.data.format != "beir":
+            raise ValueError("loss listwise needs graded qrels: data.format beir")
+        return self
+
+
+def load_config(path: Path, overrides: dict | None = None) -> TrainConfig:
+    return _load(path, TrainConfig, overrides)  # type: ignore[return-value]
+
+
+def _load(path: Path, model: type[BaseModel], overrides: dict | None = None) -> BaseModel:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc.__class__.__name__})") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    for dotted, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    try:
+        config = model.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise ConfigError(f"{path}: {where}: {first['msg']}") from exc
+    # Relative data paths are relative to the config file's folder... unless they exist from here.
+    data = getattr(config, "data", None)
+    if data is not None and not data.path.exists() and (path.parent / data.path).exists():
+        data.path = path.parent / data.path
+    return config
+
+
+class CrossEncoderConfig(Strict):
+    """A cross-encoder reranker run (`python -m training train-reranker`)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    base_model: str = DEFAULT_BASE_MODEL  # its transformer gets a fresh 1-logit head
+    first_stage_model: str = DEFAULT_BASE_MODEL  # bi-encoder: mines negatives, gives candidates
+    data: DataConfig
+    loss: Literal["bce", "listwise"] = "bce"
+    mining: MiningConfig = MiningConfig()
+    group_size: int = Field(4, ge=2)  # positive + negatives per group
+    batch_groups: int = Field(4, ge=1)
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    learning_rate: float = Field(3e-5, gt=0)
+    max_seq_length: int = Field(256, ge=16)
+    rerank_candidates: int = Field(50, ge=1)
+    seed: int = 0
+    runs_dir: Path = Path("runs")
+    export: ExportConfig | None = None
+
+    @model_validator(mode="after")
+    def _beir(self) -> CrossEncoderConfig:
+        if self.data.format != "beir" or self.data.query_split is None:
+            raise ValueError("a reranker trains on a BEIR dataset split by query (data.format beir, data.query_split)")
+        return self
+
+
+def load_yaml_config(path: Path, model: type[BaseModel], overrides: dict | None = None) -> BaseModel:
+    """`load_config` for any config model."""
+    return _load(path, model, overrides)

@@ -1,0 +1,69 @@
+"""Training examples from every supported layout, validated before any training starts.
+
+Retrieval layouts become a `RetrievalDataset` (corpus, queries, graded qrels with any number of
+positives per query): BEIR folders directly; pairs / triplets JSONL (`{"query", "positive" |
+"positives", "negative"? | "negatives"?}`) through a synthetic corpus keyed by text. STS CSV gives
+scored sentence pairs for CoSENT.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from training.data.beir import DatasetError, RetrievalDataset, load_beir
+from training.data.sts import StsPair, read_sts
+
+
+def _doc_id(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def load_pairs(path: Path) -> tuple[RetrievalDataset, dict[str, list[str]]]:
+    """Pairs/triplets JSONL -> (dataset, given hard negatives per query id)."""
+    if not path.is_file():
+        raise DatasetError(f"{path}: file not found")
+    corpus: dict[str, dict[str, str]] = {}
+    queries: dict[str, str] = {}
+    qrels: dict[str, dict[str, int]] = {}
+    negatives: dict[str, list[str]] = {}
+    for line_no, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"{path}:{line_no}: invalid JSON ({exc.msg})") from exc
+        query = row.get("query", row.get("anchor")) if isinstance(row, dict) else None
+        positives = row.get("positives", [row["positive"]] if "positive" in row else []) if query else []
+        if not isinstance(query, str) or not query.strip() or not positives:
+            raise DatasetError(f"{path}:{line_no}: expected {{'query', 'positive' or 'positives'}}")
+        query_id = _doc_id(query)
+        queries[query_id] = query
+        for text in positives:
+            corpus.setdefault(_doc_id(text), {"title": "", "text": text})
+            qrels.setdefault(query_id, {})[_doc_id(text)] = 1
+        for text in row.get("negatives", [row["negative"]] if "negative" in row else []):
+            corpus.setdefault(_doc_id(text), {"title": "", "text": text})
+            negatives.setdefault(query_id, []).append(_doc_id(text))
+    if not queries:
+        raise DatasetError(f"{path}: no examples")
+    return RetrievalDataset(corpus, queries, qrels, path.stem), negatives
+
+
+def load_retrieval(format: str, path: Path, qrels_split: str = "test") -> tuple[RetrievalDataset, dict[str, list[str]]]:
+    if format == "beir":
+        if not path.is_dir():
+            raise DatasetError(f"{path}: not a BEIR folder (corpus.jsonl, queries.jsonl, qrels/)")
+        return load_beir(path, qrels_split), {}
+    return load_pairs(path)
+
+
+def load_sts(path: Path) -> list[StsPair]:
+    if not path.is_file():
+        raise DatasetError(f"{path}: file not found")
+    try:
+        return read_sts(path)
+    except ValueError as exc:
+        raise DatasetError(str(exc)) from exc

@@ -1,0 +1,62 @@
+"""Evaluate an encoder: retrieval metrics (pytrec_eval), ROC-AUC, STS Spearman."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import spearmanr
+from sklearn.metrics import roc_auc_score
+
+from training.data.beir import RetrievalDataset
+from training.data.sts import read_sts
+from training.eval.metrics import Qrels, Run, dense_run, ir_metrics
+
+
+def encode(model, texts: list[str], batch_size: int = 64) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """(n, dim) L2-normalised float32, in eval mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        vectors = model.encode(texts, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True)
+    finally:
+        model.train(was_training)
+    return vectors.astype(np.float32)
+
+
+def roc_auc(run: Run, qrels: Qrels) -> float:
+    """AUC of judged positives vs retrieved non-relevant documents, pooled over queries: a
+    threshold-free view of how well one score separates relevant from not (the MW paper's
+    calibration diagnostic). Positives not retrieved count with the query's lowest retrieved score."""
+    labels, scores = [], []
+    for query_id, docs in run.items():
+        relevant = qrels.get(query_id, {})
+        if not relevant:
+            continue
+        floor = min(docs.values())
+        for doc_id in relevant:
+            labels.append(1)
+            scores.append(docs.get(doc_id, floor))
+        for doc_id, score in docs.items():
+            if doc_id not in relevant:
+                labels.append(0)
+                scores.append(score)
+    return float(roc_auc_score(labels, scores))
+
+
+def evaluate_retrieval(model, dataset: RetrievalDataset, k: int = 100) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    doc_ids = list(dataset.corpus)
+    doc_vectors = encode(model, [dataset.doc_text(d) for d in doc_ids])
+    query_ids = [q for q in dataset.queries if dataset.qrels.get(q)]
+    query_vectors = encode(model, [dataset.queries[q] for q in query_ids])
+    run = dense_run(query_ids, query_vectors, doc_ids, doc_vectors, k=k)
+    return {**ir_metrics(run, dataset.qrels), "roc_auc": roc_auc(run, dataset.qrels)}
+
+
+def evaluate_sts(model, path: Path) -> float:  # type: ignore[no-untyped-def]
+    """Spearman x 100 between cosine similarity and the gold scores."""
+    pairs = read_sts(path)
+    left = encode(model, [p.sentence1 for p in pairs])
+    right = encode(model, [p.sentence2 for p in pairs])
+    cosines = (left * right).sum(1)
+    return float(spearmanr(cosines, [p.score for p in pairs]).statistic * 100)

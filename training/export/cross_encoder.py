@@ -1,0 +1,160 @@
+"""Export a cross-encoder (HF sequence classifier, one logit) into the model-folder contract.
+
+The graph takes input_ids, attention_mask, token_type_ids and outputs `score` (batch, 1), the raw
+relevance logit. Parity per backend x precision is measured on real (query, document) pairs built
+exactly as the service builds them: `max_abs_error` on the logits, and as `min_cosine` the
+correlation of the score vectors (scores have no direction, so a cosine of centred vectors).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from app.backends import BackendUnavailable, available
+from app.core.manifest import Manifest, ModelKind, OnnxIO, Pooling, SourceInfo, VariantParity, sha256_file
+from app.inference.cross_encoder import SCORE_OUTPUT, CrossEncoderModel
+from training.export.text import CANDIDATE_VARIANTS, ONNX_FILE, TOKENIZER_FILE, _strip_tokenizer_padding, _version
+
+log = logging.getLogger(__name__)
+INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
+
+
+class _Scorer(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+    ) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).logits
+
+
+def export_cross_encoder(
+    source: Path,
+    out_dir: Path,
+    name: str,
+    pairs: list[tuple[str, str]],
+    eval_scores: dict[str, float] | None = None,
+    max_tokens: int = 512,
+) -> Manifest:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(source, attn_implementation="eager").eval()
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out_dir.parent))
+    staging.chmod(0o755)
+    try:
+        # A padded batch, so the traced graph keeps the attention-mask path (an all-ones sample
+        # lets transformers drop the mask, and padded batches would then score wrongly).
+        example = tokenizer(
+            ["a query", "another query"],
+            ["a document", "a much longer document with more words"],
+            padding=True,
+            return_tensors="pt",
+        )
+        with torch.inference_mode():
+            torch.onnx.export(
+                _Scorer(model),
+                (example["input_ids"], example["attention_mask"], example["token_type_ids"]),
+                str(staging / ONNX_FILE),
+                input_names=INPUTS,
+                output_names=[SCORE_OUTPUT],
+                dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in INPUTS}, SCORE_OUTPUT: {0: "batch"}},
+                opset_version=17,
+                dynamo=False,
+                do_constant_folding=True,
+            )
+        tokenizer.save_pretrained(str(staging))
+        _strip_tokenizer_padding(staging / TOKENIZER_FILE)
+        manifest = Manifest(
+            name=name,
+            kind=ModelKind.CROSS_ENCODER,
+            dim=1,
+            pooling=Pooling.CLS,
+            normalize=False,
+            max_tokens=min(max_tokens, int(model.config.max_position_embeddings)),
+            onnx=OnnxIO(inputs=INPUTS, output=SCORE_OUTPUT),
+            files={f: sha256_file(staging / f) for f in (ONNX_FILE, TOKENIZER_FILE)},
+            source=SourceInfo(
+                checkpoint=str(source),
+                library="transformers",
+                exported_with={"torch": torch.__version__, "transformers": _version("transformers")},
+            ),
+            eval_scores=eval_scores or {},
+        )
+        manifest.save(staging)  # the runtime reads it to build pairs
+        reference_model = CrossEncoderModel(staging, manifest)  # only for the pair ids
+        by_query: dict[str, list[str]] = {}
+        for query, doc in pairs:
+            by_query.setdefault(query, []).append(doc)
+        sequences = [s for q, docs in by_query.items() for s in reference_model.pairs(q, docs)]
+        # A fresh copy: the ONNX exporter leaves the traced model in a state that scores differently.
+        fresh = AutoModelForSequenceClassification.from_pretrained(source, attn_implementation="eager").eval()
+        reference = _torch_scores(fresh, sequences, reference_model)
+        for backend, precision, requires in CANDIDATE_VARIANTS:
+            if not available(backend, precision):
+                continue
+            try:
+                runner = CrossEncoderModel(staging, manifest, backend=backend, precision=precision)
+            except BackendUnavailable:
+                continue
+            start = time.perf_counter()
+            scores = np.concatenate(
+                [runner.forward(sequences[i : i + 32])[:, 0, 0] for i in range(0, len(sequences), 32)]
+            )
+            elapsed = time.perf_counter() - start
+            a, b = scores - scores.mean(), reference - reference.mean()
+            correlation = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
+            parity = VariantParity(
+                backend=backend,
+                precision=precision,
+                onnx_file=ONNX_FILE,
+                min_cosine=correlation,
+                mean_cosine=correlation,
+                max_abs_error=float(np.abs(scores - reference).max()),
+                n_sentences=len(sequences),
+                reference="transformers fp32 (PyTorch) logits",
+                sentences_per_s=round(len(sequences) / elapsed, 1),
+                requires=requires,
+            )
+            manifest.parity.append(parity)
+            log.info("%s: correlation %.6f, max |error| %.5f", parity.key, correlation, parity.max_abs_error)
+        manifest.save(staging)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.replace(out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _torch_scores(model, sequences: list[np.ndarray], runner: CrossEncoderModel) -> np.ndarray:  # type: ignore[no-untyped-def]
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(sequences), 32):
+            chunk = sequences[start : start + 32]
+            length = max(len(s) for s in chunk)
+            ids = np.full((len(chunk), length), runner.pad_id, dtype=np.int64)
+            mask = np.zeros_like(ids)
+            types = np.zeros_like(ids)
+            for row, seq in enumerate(chunk):
+                ids[row, : len(seq)] = seq
+                mask[row, : len(seq)] = 1
+                types[row, int(np.argmax(seq == runner.sep_id)) + 1 : len(seq)] = 1
+            logits = model(
+                input_ids=torch.from_numpy(ids),
+                attention_mask=torch.from_numpy(mask),
+                token_type_ids=torch.from_numpy(types),
+            ).logits
+            out.append(logits[:, 0].numpy())
+    return np.concatenate(out)

@@ -1,0 +1,30 @@
+"""Decoupled contrastive loss (DCL).
+
+Optimises: InfoNCE with the positive removed from the denominator, which decouples the positive
+and negative terms (no "negative-positive coupling" that shrinks gradients for easy positives):
+    loss_i = -s_ii / τ + log Σ_{j ≠ i} exp(s_ij / τ)
+Inputs: `queries` (b, dim); `documents` (b * (1 + h), dim), positives first.
+Paper: Yeh et al., "Decoupled Contrastive Learning", ECCV 2022.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from training.losses._common import Temperature, cosine_scores
+
+
+class DecoupledContrastiveLoss(nn.Module):
+    def __init__(self, temperature: float = 0.05, learnable_temperature: bool = False) -> None:
+        super().__init__()
+        self.temperature = Temperature(temperature, learnable_temperature)
+
+    def forward(self, queries: torch.Tensor, documents: torch.Tensor) -> torch.Tensor:
+        batch = queries.shape[0]
+        logits = cosine_scores(queries, documents) / self.temperature()  # (b, n)
+        rows = torch.arange(batch, device=queries.device)
+        positive = logits[rows, rows]  # (b,)
+        negatives = logits.clone()
+        negatives[rows, rows] = float("-inf")  # drop the positive from the denominator
+        return (-positive + torch.logsumexp(negatives, dim=1)).mean()

@@ -1,0 +1,33 @@
+"""InfoNCE / multiple-negatives ranking loss.
+
+Optimises: cross-entropy of picking each query's positive among all documents in the batch (its
+positive, every other query's positive and every hard negative), on cosine scores / τ.
+Symmetric option: adds the document -> query direction over the positives.
+Inputs: `queries` (b, dim); `documents` (b * (1 + h), dim), positives first (see the package doc).
+Paper: van den Oord et al., "Representation Learning with Contrastive Predictive Coding" (2018);
+in-batch + hard negatives as in Henderson et al. 2017 and Karpukhin et al., DPR (2020).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from training.losses._common import Temperature, cosine_scores
+
+
+class InfoNCELoss(nn.Module):
+    def __init__(self, temperature: float = 0.05, learnable_temperature: bool = False, symmetric: bool = False) -> None:
+        super().__init__()
+        self.temperature = Temperature(temperature, learnable_temperature)
+        self.symmetric = symmetric
+
+    def forward(self, queries: torch.Tensor, documents: torch.Tensor) -> torch.Tensor:
+        batch = queries.shape[0]
+        logits = cosine_scores(queries, documents) / self.temperature()  # (b, b * (1 + h))
+        targets = torch.arange(batch, device=queries.device)  # (b,) query i -> document i
+        loss = F.cross_entropy(logits, targets)
+        if self.symmetric:
+            loss = (loss + F.cross_entropy(logits[:, :batch].T, targets)) / 2  # (b, b): document -> query
+        return loss
