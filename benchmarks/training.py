@@ -43,6 +43,7 @@ def main() -> None:
     parser.add_argument("--datasets", default="cranfield,msmarco")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--skip-losses", default="", help="datasets whose loss table is skipped")
+    parser.add_argument("--loss-steps", type=int, default=20, help="the budget of each loss-comparison run")
     args = parser.parse_args()
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     runs_dir = Path(tempfile.mkdtemp(prefix="tessera-train-bench-"))
@@ -52,7 +53,7 @@ def main() -> None:
         default = run(config_path, runs_dir, export=None)
         default["wall_seconds"] = round(time.perf_counter() - start, 1)
         print(dataset, "default", json.dumps(default), flush=True)
-        entry = {"default": default, "losses": {}}
+        entry = {"default": default, "losses": {}, "loss_steps": args.loss_steps}
         if dataset not in args.skip_losses.split(","):
             for loss in LOSSES:
                 entry["losses"][loss] = []
@@ -62,7 +63,13 @@ def main() -> None:
                         runs_dir,
                         name=f"{dataset}-{loss}-{seed}",
                         seed=seed,
-                        **{"loss.name": loss, "eval_before": False, "eval_sts": None, "export": None},
+                        **{
+                            "loss.name": loss,
+                            "eval_before": False,
+                            "eval_sts": None,
+                            "export": None,
+                            "max_steps": args.loss_steps,
+                        },
                     )
                     entry["losses"][loss].append(metrics["after"])
                     print(dataset, loss, seed, json.dumps(metrics["after"]), flush=True)
@@ -123,7 +130,7 @@ def markdown(results: dict) -> str:
         if entry["losses"]:
             seeds = len(next(iter(entry["losses"].values())))
             lines += [
-                f"### {dataset}: losses, same split, data and budget ({d['steps']} steps), {seeds} seeds, mean ± std",
+                f"### {dataset}: losses, same split, data and budget ({entry.get('loss_steps', '?')} steps each), {seeds} seeds, mean ± std",
                 "",
                 f"Base model: nDCG@10 {before['ndcg@10']:.4f}, ROC-AUC {before['roc_auc']:.4f}.",
                 "",

@@ -281,6 +281,7 @@ def train(config: TrainConfig, show_progress: bool = True) -> RunResult:
             }
             steps.append(record)
             step_log.write(json.dumps(record) + "\n")
+            step_log.flush()
             progress.update(1)
             progress.set_postfix(loss=f"{record['loss']:.4f}", rate=f"{record['texts_per_s']:.0f}/s")
         progress.close()
