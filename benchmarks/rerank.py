@@ -84,7 +84,7 @@ def quality(name: str, folder: Path, work: Path, args: argparse.Namespace) -> di
     print(name, "cross-encoder", ce["reranked"]["ndcg@10"], round(time.perf_counter() - start), "s", flush=True)
 
     sweep = {}
-    for layer in range(6):
+    for layer in args.sweep:  # l* sweep (0-based; 3 is the default, ~2/3 of 6 layers)
         model, tokenizer = load_blockrank(base, layer=layer, doc_tokens=args.doc_tokens)
         sweep[layer] = ir_metrics(rerank_with_blockrank(model, tokenizer, eval_set, eval_candidates), eval_set.qrels)
         print(name, "blockrank zero-shot layer", layer, sweep[layer]["ndcg@10"], flush=True)
@@ -248,6 +248,7 @@ def main() -> None:
     parser.add_argument("--ce-steps", type=int, default=150)
     parser.add_argument("--blockrank-steps", type=int, default=200)
     parser.add_argument("--doc-tokens", type=int, default=96)
+    parser.add_argument("--sweep", type=lambda v: [int(x) for x in v.split(",")], default=[1, 3, 5])
     args = parser.parse_args()
     previous = json.loads((RESULTS / "rerank.json").read_text()) if (RESULTS / "rerank.json").is_file() else {}
     work = Path(tempfile.mkdtemp(prefix="tessera-rerank-bench-"))

@@ -15,6 +15,17 @@ from app.search.manager import CollectionError
 log = logging.getLogger(__name__)
 
 
+def busy_error(what: str, retry_after_s: int) -> APIError:
+    """429 for a full queue, with Retry-After (clients back off instead of the queue growing)."""
+    return APIError(
+        429,
+        f"server busy: {what} queue is full",
+        "queue_full",
+        "rate_limit_error",
+        headers={"Retry-After": str(retry_after_s)},
+    )
+
+
 class APIError(Exception):
     def __init__(
         self,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,21 @@ log = logging.getLogger(__name__)
 INLINE_TOKENIZE_MAX = 16
 
 
+def make_batcher(
+    name: str, forward: Callable[[list[np.ndarray]], np.ndarray], row_shape: tuple[int, int], settings: Settings
+) -> DynamicBatcher:
+    """One batcher per served model, sized by the settings (token budget, queue, streams)."""
+    return DynamicBatcher(
+        name,
+        forward,
+        row_shape,
+        token_budget=settings.batch_token_budget,
+        max_batch_size=settings.max_batch_size,
+        max_queue=settings.max_queue,
+        workers=settings.streams,
+    )
+
+
 @dataclass
 class EmbeddingResult:
     vectors: np.ndarray  # (n, dim) as the graph's served output (normalised if the model normalises)
@@ -38,14 +54,8 @@ class TextEncoder:
         self.manifest = manifest
         self.variant = variant
         self.model = TextModel(folder, manifest, variant, threads=settings.threads, streams=settings.streams)
-        self.batcher = DynamicBatcher(
-            manifest.name,
-            self.model.forward,
-            (len(self.model.outputs), manifest.dim),
-            token_budget=settings.batch_token_budget,
-            max_batch_size=settings.max_batch_size,
-            max_queue=settings.max_queue,
-            workers=settings.streams,
+        self.batcher = make_batcher(
+            manifest.name, self.model.forward, (len(self.model.outputs), manifest.dim), settings
         )
         self._tokens = metrics.TOKENS.labels(manifest.name)
 
@@ -75,15 +85,7 @@ class Reranker:
         self.manifest = manifest
         self.variant = variant
         self.model = CrossEncoderModel(folder, manifest, variant, threads=settings.threads, streams=settings.streams)
-        self.batcher = DynamicBatcher(
-            manifest.name,
-            self.model.forward,
-            (1, 1),
-            token_budget=settings.batch_token_budget,
-            max_batch_size=settings.max_batch_size,
-            max_queue=settings.max_queue,
-            workers=settings.streams,
-        )
+        self.batcher = make_batcher(manifest.name, self.model.forward, (1, 1), settings)
         self._tokens = metrics.TOKENS.labels(manifest.name)
 
     @property

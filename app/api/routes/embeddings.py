@@ -11,7 +11,7 @@ from starlette.responses import Response
 
 from app.api.deps import RegistryDep, SettingsDep, resolve_text_encoder
 from app.core.config import Settings
-from app.core.errors import APIError
+from app.core.errors import APIError, busy_error
 from app.inference.batcher import QueueFull
 from app.inference.registry import EmbeddingResult, ModelRegistry, TextEncoder
 from app.inference.tokenizer import InputTooLong
@@ -49,13 +49,7 @@ async def run_embedding(
     except InputTooLong as exc:
         raise APIError(413, str(exc), "input_too_long") from exc
     except QueueFull as exc:
-        raise APIError(
-            429,
-            "server busy: embedding queue is full",
-            "queue_full",
-            "rate_limit_error",
-            headers={"Retry-After": str(settings.retry_after_s)},
-        ) from exc
+        raise busy_error("embedding", settings.retry_after_s) from exc
     return encoder, result
 
 

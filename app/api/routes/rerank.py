@@ -10,7 +10,7 @@ from fastapi import APIRouter
 
 from app.api.deps import RegistryDep, SettingsDep, resolve_reranker
 from app.core.config import Settings
-from app.core.errors import APIError
+from app.core.errors import APIError, busy_error
 from app.inference.batcher import QueueFull
 from app.inference.registry import ModelRegistry
 from app.schemas.rerank import RerankDocument, RerankRequest, RerankResponse, RerankResult, RerankUsage
@@ -35,13 +35,7 @@ async def rerank_scores(
     try:
         logits, tokens = await reranker.score(query, documents, max_tokens_per_doc)
     except QueueFull as exc:
-        raise APIError(
-            429,
-            "server busy: rerank queue is full",
-            "queue_full",
-            "rate_limit_error",
-            headers={"Retry-After": str(settings.retry_after_s)},
-        ) from exc
+        raise busy_error("rerank", settings.retry_after_s) from exc
     return reranker.name, 1.0 / (1.0 + np.exp(-logits)), tokens  # sigmoid: Cohere-style scores in (0, 1)
 
 
