@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from app.backends import open_session
 from app.core.manifest import Backend, Manifest, Precision, VariantParity
+from app.inference.text_model import open_variant
 
 SCORE_OUTPUT = "score"
 
@@ -33,10 +33,7 @@ class CrossEncoderModel:
         streams: int = 1,
     ) -> None:
         self.manifest = manifest
-        self.backend = variant.backend if variant else (backend or Backend.ONNXRUNTIME)
-        self.precision = variant.precision if variant else (precision or Precision.FP32)
-        onnx_file = variant.onnx_file if variant else "model.onnx"
-        self.session = open_session(folder / onnx_file, self.backend, self.precision, threads, streams)
+        self.session, self.backend, self.precision = open_variant(folder, variant, backend, precision, threads, streams)
         self.tokenizer = Tokenizer.from_file(str(folder / manifest.preprocessing.tokenizer_file))
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()

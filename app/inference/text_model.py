@@ -7,8 +7,24 @@ from pathlib import Path
 import numpy as np
 
 from app.backends import open_session
+from app.backends.base import InferenceSession
 from app.core.manifest import Backend, Manifest, Precision, VariantParity
 from app.inference.tokenizer import TextTokenizer, Tokenized
+
+
+def open_variant(
+    folder: Path,
+    variant: VariantParity | None,
+    backend: Backend | None,
+    precision: Precision | None,
+    threads: int,
+    streams: int,
+) -> tuple[InferenceSession, Backend, Precision]:
+    """Open `variant` (from the manifest) or an explicit backend/precision on the fp32 file."""
+    onnx_file = variant.onnx_file if variant else "model.onnx"
+    backend = variant.backend if variant else (backend or Backend.ONNXRUNTIME)
+    precision = variant.precision if variant else (precision or Precision.FP32)
+    return open_session(folder / onnx_file, backend, precision, threads, streams), backend, precision
 
 
 class TextModel:
@@ -27,11 +43,8 @@ class TextModel:
         self.folder = folder
         self.manifest = manifest
         self.variant = variant
-        onnx_file = variant.onnx_file if variant else "model.onnx"
-        self.backend = variant.backend if variant else (backend or Backend.ONNXRUNTIME)
-        self.precision = variant.precision if variant else (precision or Precision.FP32)
         self.tokenizer = TextTokenizer(folder / manifest.preprocessing.tokenizer_file, manifest.max_tokens)
-        self.session = open_session(folder / onnx_file, self.backend, self.precision, threads, streams)
+        self.session, self.backend, self.precision = open_variant(folder, variant, backend, precision, threads, streams)
 
     @property
     def dim(self) -> int:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 class DatasetError(ValueError):
@@ -48,17 +50,22 @@ class RetrievalDataset:
         return parts[0], parts[1]
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) for each non-blank line; split on "\n" only."""
     if not path.is_file():
         raise DatasetError(f"{path}: file not found")
-    rows = []
     for line_no, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            yield line_no, json.loads(line)
         except json.JSONDecodeError as exc:
             raise DatasetError(f"{path}:{line_no}: invalid JSON ({exc.msg})") from exc
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    for line_no, row in iter_jsonl(path):
         if not isinstance(row, dict) or "_id" not in row or "text" not in row:
             raise DatasetError(f"{path}:{line_no}: expected an object with '_id' and 'text'")
         rows.append(row)

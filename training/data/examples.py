@@ -9,10 +9,9 @@ scored sentence pairs for CoSENT.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
-from training.data.beir import DatasetError, RetrievalDataset, load_beir
+from training.data.beir import DatasetError, RetrievalDataset, iter_jsonl, load_beir
 from training.data.sts import StsPair, read_sts
 
 
@@ -22,19 +21,11 @@ def _doc_id(text: str) -> str:
 
 def load_pairs(path: Path) -> tuple[RetrievalDataset, dict[str, list[str]]]:
     """Pairs/triplets JSONL -> (dataset, given hard negatives per query id)."""
-    if not path.is_file():
-        raise DatasetError(f"{path}: file not found")
     corpus: dict[str, dict[str, str]] = {}
     queries: dict[str, str] = {}
     qrels: dict[str, dict[str, int]] = {}
     negatives: dict[str, list[str]] = {}
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DatasetError(f"{path}:{line_no}: invalid JSON ({exc.msg})") from exc
+    for line_no, row in iter_jsonl(path):
         query = row.get("query", row.get("anchor")) if isinstance(row, dict) else None
         positives = row.get("positives", [row["positive"]] if "positive" in row else []) if query else []
         if not isinstance(query, str) or not query.strip() or not positives:

@@ -9,8 +9,6 @@ correlation of the score vectors (scores have no direction, so a cosine of centr
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -20,7 +18,14 @@ import torch
 from app.backends import BackendUnavailable, available
 from app.core.manifest import Manifest, ModelKind, OnnxIO, Pooling, SourceInfo, VariantParity, sha256_file
 from app.inference.cross_encoder import SCORE_OUTPUT, CrossEncoderModel
-from training.export.text import CANDIDATE_VARIANTS, ONNX_FILE, TOKENIZER_FILE, _strip_tokenizer_padding, _version
+from training.export.text import (
+    CANDIDATE_VARIANTS,
+    ONNX_FILE,
+    TOKENIZER_FILE,
+    _strip_tokenizer_padding,
+    _version,
+    staged_folder,
+)
 
 log = logging.getLogger(__name__)
 INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
@@ -49,10 +54,7 @@ def export_cross_encoder(
 
     model = AutoModelForSequenceClassification.from_pretrained(source, attn_implementation="eager").eval()
     tokenizer = AutoTokenizer.from_pretrained(source)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out_dir.parent))
-    staging.chmod(0o755)
-    try:
+    with staged_folder(out_dir, name) as staging:
         # A padded batch, so the traced graph keeps the attention-mask path (an all-ones sample
         # lets transformers drop the mask, and padded batches would then score wrongly).
         example = tokenizer(
@@ -129,12 +131,6 @@ def export_cross_encoder(
             manifest.parity.append(parity)
             log.info("%s: correlation %.6f, max |error| %.5f", parity.key, correlation, parity.max_abs_error)
         manifest.save(staging)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.replace(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return manifest
 
 

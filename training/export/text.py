@@ -7,11 +7,13 @@ measured through the service's own tokenizer and backends against sentence-trans
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -177,6 +179,23 @@ def _row_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1)
 
 
+@contextlib.contextmanager
+def staged_folder(out_dir: Path, name: str) -> Iterator[Path]:
+    """A private staging folder beside `out_dir` that replaces it only if the block succeeds, so a
+    served model folder is never half-written; on failure the staging folder is removed."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out_dir.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; the served folder must be readable by the service user
+    try:
+        yield staging
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.replace(out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
 def export_text_model(
     source: str,
     out_dir: Path,
@@ -190,10 +209,7 @@ def export_text_model(
         raise ValueError("parity needs at least one sentence")
     st_model = load_sentence_transformer(source)
     pooling, normalize = _pooling_of(st_model)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out_dir.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; the served folder must be readable by the service user
-    try:
+    with staged_folder(out_dir, name) as staging:
         onnx_io = export_onnx(st_model, staging / ONNX_FILE)
         st_model.tokenizer.save_pretrained(str(staging))
         if not (staging / TOKENIZER_FILE).is_file():
@@ -244,12 +260,6 @@ def export_text_model(
             )
         del models
         manifest.save(staging)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.replace(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return manifest
 
 
