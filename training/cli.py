@@ -151,6 +151,22 @@ def train_reranker(config: Annotated[Path, typer.Option(help="reranker run confi
     typer.echo(json.dumps(metrics, indent=2))
 
 
+@app.command("train-blockrank")
+def train_blockrank_command(config: Annotated[Path, typer.Option(help="BlockRank run config (YAML)")]) -> None:
+    """Train a BlockRank in-context reranker (encoder or causal LM), evaluate it reranking the
+    bi-encoder's top-k zero-shot and trained, export it (kind blockrank)."""
+    from training.blockrank import run_blockrank
+    from training.config import BlockRankConfig, ConfigError, load_yaml_config
+    from training.data.beir import DatasetError
+
+    try:
+        cfg = load_yaml_config(config, BlockRankConfig)
+        metrics = run_blockrank(cfg)  # type: ignore[arg-type]
+    except (ConfigError, DatasetError, ModelSourceError) as exc:
+        _fail(exc)
+    typer.echo(json.dumps(metrics, indent=2))
+
+
 @app.command("eval")
 def evaluate_command(
     model: Annotated[

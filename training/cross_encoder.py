@@ -72,13 +72,24 @@ def rerank_run(
 def _groups(
     train_set: RetrievalDataset, negatives: dict[str, list[str]], group_size: int, rng: random.Random
 ) -> list[tuple[str, list[str], list[float]]]:
-    """(query, [positive, negatives...], targets) per judged positive."""
+    """(query, [positive, negatives...], targets) per judged positive. Half the negatives are mined
+    (close to the query for the bi-encoder), half drawn from the whole corpus: with mined negatives
+    only, the judged positives are on average *less* similar to the query than the negatives, and
+    the model learns "similar to the query = not relevant" (it then ranks the first stage's top
+    candidates below random)."""
     groups = []
     top_grade = max(g for docs in train_set.qrels.values() for g in docs.values())
+    corpus = list(train_set.corpus)
     for query_id, docs in train_set.qrels.items():
         pool = [d for d in negatives.get(query_id, []) if d not in docs]
+        pool_set = set(pool)
         for doc_id, grade in docs.items():
-            picks = rng.sample(pool, min(len(pool), group_size - 1))
+            wanted = group_size - 1
+            picks = rng.sample(pool, min(len(pool), (wanted + 1) // 2))
+            while len(picks) < wanted:
+                candidate = rng.choice(corpus)
+                if candidate not in docs and candidate not in picks and candidate not in pool_set:
+                    picks.append(candidate)
             groups.append((query_id, [doc_id, *picks], [grade / top_grade] + [0.0] * len(picks)))
     rng.shuffle(groups)
     return groups
@@ -140,7 +151,7 @@ def train_cross_encoder(config: CrossEncoderConfig, show_progress: bool = True) 
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            step_log.write(json.dumps({"step": step + 1, "loss": round(float(loss), 6)}) + "\n")
+            step_log.write(json.dumps({"step": step + 1, "loss": round(loss.item(), 6)}) + "\n")
     train_seconds = time.perf_counter() - started
     reranked = rerank_run(model, tokenizer, eval_set, first_stage)
     metrics = {
@@ -154,6 +165,7 @@ def train_cross_encoder(config: CrossEncoderConfig, show_progress: bool = True) 
     model.save_pretrained(run_dir / "model")
     tokenizer.save_pretrained(run_dir / "model")
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (run_dir / "run.json").write_text(json.dumps(reranked))  # per-query scores of the held-out candidates
     if config.export is not None:
         from training.export.cross_encoder import export_cross_encoder
 

@@ -7,6 +7,7 @@ format) and, when the config asks, an exported model folder in `models/`.
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import logging
@@ -62,9 +63,9 @@ def build_loss(config: TrainConfig) -> nn.Module:
     elif spec.name == "mw":
         inner = MannWhitneyLoss(spec.temperature, spec.learnable_temperature)
     elif spec.name == "cwcl":
-        inner = CWCLLoss(spec.temperature, spec.learnable_temperature)
+        inner = CWCLLoss(spec.temperature, spec.learnable_temperature, spec.weight_temperature)
     elif spec.name == "listwise":
-        inner = ListwiseSoftmaxLoss(spec.temperature, learnable_temperature=spec.learnable_temperature)
+        inner = ListwiseSoftmaxLoss(spec.temperature, spec.target_temperature, spec.learnable_temperature)
     else:
         inner = CoSENTLoss()
     return MatryoshkaLoss(inner, spec.matryoshka_dims) if spec.matryoshka_dims else inner
@@ -143,20 +144,29 @@ def _list_groups(
     size: int,
     rng: random.Random,
 ) -> tuple[list[list[str]], torch.Tensor]:
-    queries, documents, grades = [], [], []
+    """Per query a list of `size` documents (up to half its positives, then mined negatives); the
+    grades cover every query against every document of the batch, (b, b * size): other queries'
+    lists are in-batch negatives unless judged for this query; padding and repeats are -1."""
+    queries: list[str] = []
+    columns: list[str | None] = []  # doc id per document row; None = padding
     for query_id, _ in batch:
         positives = dataset.qrels[query_id]
-        chosen = rng.sample(list(positives), min(len(positives), size // 2))
+        chosen: list[str | None] = list(rng.sample(list(positives), min(len(positives), size // 2)))
         mined = [d for d in negatives.get(query_id, []) if d not in positives]
         chosen += rng.sample(mined, min(len(mined), size - len(chosen)))
-        row = [positives.get(d, 0) for d in chosen]
-        while len(chosen) < size:  # pad: ignored by the loss (grade -1)
-            chosen.append(chosen[0])
-            row.append(-1)
+        chosen += [None] * (size - len(chosen))
         queries.append(dataset.queries[query_id])
-        documents += [dataset.doc_text(d) for d in chosen]
-        grades.append(row)
-    return [queries, documents], torch.tensor(grades)
+        columns += chosen
+    grades = torch.full((len(batch), len(columns)), -1, dtype=torch.long)  # (b, n)
+    for row, (query_id, _) in enumerate(batch):
+        seen: set[str] = set()
+        for col, doc_id in enumerate(columns):
+            if doc_id is not None and doc_id not in seen:
+                seen.add(doc_id)
+                grades[row, col] = dataset.qrels[query_id].get(doc_id, 0)
+    first = columns[0]
+    documents = [dataset.doc_text(d if d is not None else first) for d in columns]  # type: ignore[arg-type]
+    return [queries, documents], grades
 
 
 def _sts_batches(pairs: list[StsPair], batch_size: int, rng: random.Random) -> Iterator[list[StsPair]]:
@@ -238,6 +248,13 @@ def train(config: TrainConfig, show_progress: bool = True) -> RunResult:
         ),
     )
     embed = make_embed(model)
+    # CWCL's intra-modal similarities come from a frozen model (the paper's frozen tower): weights from
+    # the model being trained feed back (documents drift together, weights rise, scores flatten).
+    reference_embed = None
+    if config.loss.name == "cwcl":
+        frozen = copy.deepcopy(model).eval()
+        frozen.requires_grad_(False)
+        reference_embed = make_embed(frozen)
     model.train()
 
     def batches() -> Iterator[Any]:
@@ -262,6 +279,10 @@ def train(config: TrainConfig, show_progress: bool = True) -> RunResult:
                 assert train_set is not None
                 groups = _pair_groups(batch, train_set, negatives, config.hard_negatives, rng)
                 loss_fn = loss_module
+                if reference_embed is not None:  # CWCL: soft targets from the frozen base model
+                    with torch.no_grad():
+                        reference = reference_embed(groups[1][: len(batch)])  # (b, dim) positives
+                    loss_fn = functools.partial(loss_module, reference=reference)
             if config.mini_batch_size:
                 loss = gradcache_backward(embed, groups, loss_fn, config.mini_batch_size)
             else:
@@ -274,7 +295,7 @@ def train(config: TrainConfig, show_progress: bool = True) -> RunResult:
             texts = sum(len(g) for g in groups)
             record = {
                 "step": step + 1,
-                "loss": round(float(loss), 6),
+                "loss": round(loss.item(), 6),
                 "lr": scheduler.get_last_lr()[0],
                 "texts_per_s": round(texts / (time.perf_counter() - t0), 1),
                 "elapsed_s": round(time.perf_counter() - train_start, 2),

@@ -12,8 +12,9 @@ import json
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MANIFEST_FILE = "manifest.json"
 SCHEMA_VERSION = 1
@@ -108,6 +109,16 @@ class VariantParity(_Strict):
         return self.min_cosine >= SERVING_MIN_COSINE
 
 
+class BlockRankSpec(_Strict):
+    """How a `blockrank` folder runs: in-context reranking on PyTorch weights (`transformers` layout)
+    in the folder itself; see app/inference/blockrank.py."""
+
+    backbone: Literal["encoder", "causal-lm"]
+    layer: int = Field(ge=0, description="l*, 0-based: the layer whose attention scores; later layers never run")
+    doc_tokens: int = Field(gt=0, description="every document block is truncated/padded to this many tokens")
+    max_documents: int = Field(200, gt=0, description="documents per prompt")
+
+
 class SourceInfo(_Strict):
     checkpoint: str
     library: str = "sentence-transformers"
@@ -124,12 +135,27 @@ class Manifest(_Strict):
     max_tokens: int = Field(gt=0)
     similarity: Similarity = Similarity.COSINE
     preprocessing: Preprocessing = Field(default_factory=Preprocessing)
-    onnx: OnnxIO
+    onnx: OnnxIO | None = None  # every kind but blockrank
+    blockrank: BlockRankSpec | None = None  # kind blockrank only
     files: dict[str, str] = Field(description="relative path -> sha256 of every file the model needs")
     source: SourceInfo
     parity: list[VariantParity] = Field(default_factory=list)
     eval_scores: dict[str, float] = Field(default_factory=dict)
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+    @model_validator(mode="after")
+    def _runtime_matches_kind(self) -> Manifest:
+        if self.kind == ModelKind.BLOCKRANK and self.blockrank is None:
+            raise ValueError("a blockrank model needs a `blockrank` section")
+        if self.kind != ModelKind.BLOCKRANK and self.onnx is None:
+            raise ValueError(f"a {self.kind.value} model needs an `onnx` section")
+        return self
+
+    @property
+    def graph(self) -> OnnxIO:
+        """The ONNX section of an ONNX-served kind (validated present)."""
+        assert self.onnx is not None
+        return self.onnx
 
     @classmethod
     def load(cls, folder: Path) -> Manifest:

@@ -1,17 +1,24 @@
-"""BlockRank-style in-context reranking on a BERT encoder (all-MiniLM-L6-v2's), in PyTorch.
+"""BlockRank-style in-context reranking, in PyTorch, on an encoder or a causal LM.
 
 After "Scalable In-context Ranking with Generative Models" (BlockRank, 2025; reference code
-github.com/nilesh2797/BlockRank). This is the encoder ("fast") variant; it needs torch, which the
-service never imports unless a `blockrank` model is used (`pip install 'tessera[train]'`).
+github.com/nilesh2797/BlockRank). Two backbones share one code path, picked by the model folder's
+manifest (`blockrank.backbone`):
+- `causal-lm`: a Llama-architecture LM (SmolLM2-135M-Instruct), causal attention inside blocks,
+  rotary positions: the faithful variant;
+- `encoder`: a BERT encoder (all-MiniLM-L6-v2's), bidirectional attention inside blocks, learned
+  absolute positions, a [MASK] signal token: the fast variant.
+It needs torch, which the service never imports unless a `blockrank` model is served
+(`pip install 'tessera[blockrank]'`).
 
 Layout, one prompt per query:
     block 0     instruction that contains the query            positions 0 .. L0-1
     blocks 1..N `ID: i | CONTENT: <doc> | END ID: i`, each
                 truncated/padded to Ld tokens                    positions L0 .. L0+Ld-1 (shared)
-    final block the query again + a prompt ending in [MASK]      positions L0+Ld ...
+    final block the query again + a prompt ending in the        positions L0+Ld ...
+                signal token
 Attention (structured, linear in N): block 0 attends to itself; each document to block 0 and to
-itself, never to another document; the final block attends to everything. Inside a block
-attention is bidirectional (an encoder).
+itself, never to another document; the final block attends to everything. Inside a block attention
+is causal (LM) or bidirectional (encoder).
 Score: at layer l* (early exit, later layers never run), the pre-softmax attention logits of the
 signal token over all document tokens, re-softmaxed over document tokens only, summed per document
 and averaged over heads: a distribution over the N documents, no decoding.
@@ -25,18 +32,41 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
 
-INSTRUCTION = "Rank the passages by relevance to the query. Query: {query}"
-DOCUMENT = "ID: {index} | CONTENT: {text} | END ID: {index}"
-FINAL = "Query: {query} The most relevant passage is [MASK]"
+Backbone = Literal["encoder", "causal-lm"]
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    instruction: str
+    document: str
+    final: str  # ends where the signal token goes
+
+
+ENCODER_PROMPT = PromptFormat(
+    instruction="Rank the passages by relevance to the query. Query: {query}",
+    document="ID: {index} | CONTENT: {text} | END ID: {index}",
+    final="Query: {query} The most relevant passage is",
+)
+CAUSAL_PROMPT = PromptFormat(
+    instruction=(
+        "<|im_start|>system\nYou rank passages by their relevance to a search query.<|im_end|>\n"
+        "<|im_start|>user\nRank the passages below by relevance to the query.\nQuery: {query}\n\n"
+    ),
+    document="ID: {index} | CONTENT: {text} | END ID: {index}\n",
+    final="\nQuery: {query}\nWhich passage is the most relevant? Answer with its ID.<|im_end|>\n"
+    "<|im_start|>assistant\nThe most relevant passage is ID:",
+)
 
 
 @dataclass
 class BlockInputs:
-    """Token ids (int64) and masks of one prompt, block by block (padding id 0, mask 0)."""
+    """Token ids (int64) and masks of one prompt, block by block (padding mask 0)."""
 
     instruction: torch.Tensor  # (L0,)
     documents: torch.Tensor  # (N, Ld)
@@ -44,44 +74,24 @@ class BlockInputs:
     final: torch.Tensor  # (Lf,)
     signal: list[int]  # positions of the signal token(s) inside the final block
 
+    @property
+    def tokens(self) -> int:
+        return len(self.instruction) + int(self.document_mask.sum()) + len(self.final)
 
-class BlockRankEncoder(nn.Module):
-    """Wraps a HF `BertModel`; runs its first `layer + 1` layers with BlockRank's structure."""
 
-    def __init__(self, bert: nn.Module, layer: int, doc_tokens: int = 96, temperature: float = 0.05) -> None:
-        super().__init__()
-        self.bert = bert
-        self.layer = layer  # l*, 0-based: layers 0..l* run
-        self.doc_tokens = doc_tokens
-        self.temperature = temperature
-        config = bert.config
-        self.heads = config.num_attention_heads
-        self.head_dim = config.hidden_size // self.heads
+class _BertLayers:
+    """The pieces of a HF `BertModel` layer BlockRank needs, split around attention."""
 
-    # --- inputs ----------------------------------------------------------------------------------
-    def encode_prompt(self, tokenizer, query: str, documents: list[str], with_ids: bool = True) -> BlockInputs:  # type: ignore[no-untyped-def]
-        """Tokenise one prompt. `with_ids=False` drops the `ID: i` markers (order-free layout)."""
+    causal = False
 
-        def ids(text: str) -> list[int]:
-            return tokenizer(text, add_special_tokens=False)["input_ids"]
+    def __init__(self, bert: nn.Module) -> None:
+        self.model = bert
+        self.layers = bert.encoder.layer
+        self.heads = bert.config.num_attention_heads
+        self.head_dim = bert.config.hidden_size // self.heads
 
-        cls, sep, mask = tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.mask_token_id
-        instruction = [cls, *ids(INSTRUCTION.format(query=query))[:126], sep]
-        rows = []
-        for index, text in enumerate(documents, 1):
-            body = DOCUMENT.format(index=index, text=text) if with_ids else text
-            rows.append([*ids(body)[: self.doc_tokens - 1], sep])
-        docs = torch.zeros(len(rows), self.doc_tokens, dtype=torch.long)
-        doc_mask = torch.zeros_like(docs)
-        for row, tokens in enumerate(rows):
-            docs[row, : len(tokens)] = torch.tensor(tokens)
-            doc_mask[row, : len(tokens)] = 1
-        final = [*ids(FINAL.format(query=query).replace("[MASK]", "").strip())[:120], mask, sep]
-        return BlockInputs(torch.tensor(instruction), docs, doc_mask, torch.tensor(final), [len(final) - 2])
-
-    # --- shared layer pieces ---------------------------------------------------------------------
-    def _embed(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        emb = self.bert.embeddings
+    def embed(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        emb = self.model.embeddings
         hidden = (
             emb.word_embeddings(ids)
             + emb.position_embeddings(positions)
@@ -89,24 +99,138 @@ class BlockRankEncoder(nn.Module):
         )
         return emb.dropout(emb.LayerNorm(hidden))
 
-    def _qkv(self, layer: nn.Module, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(..., L, d) -> three (..., heads, L, head_dim)."""
-        attn = layer.attention.self
+    def _split(self, x: torch.Tensor, heads: int) -> torch.Tensor:
+        return x.view(*x.shape[:-1], heads, self.head_dim).transpose(-2, -3)  # (..., heads, L, hd)
 
-        def split(x: torch.Tensor) -> torch.Tensor:
-            return x.view(*x.shape[:-1], self.heads, self.head_dim).transpose(-2, -3)
+    def qkv(self, index: int, hidden: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        attn = self.layers[index].attention.self
+        return tuple(self._split(proj(hidden), self.heads) for proj in (attn.query, attn.key, attn.value))
 
-        return split(attn.query(hidden)), split(attn.key(hidden)), split(attn.value(hidden))
-
-    def _finish(self, layer: nn.Module, hidden: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def finish(self, index: int, hidden: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """Attention output projection + residual, then the feed-forward block."""
+        layer = self.layers[index]
         context = context.transpose(-2, -3).reshape(*hidden.shape)  # (..., L, d)
         attended = layer.attention.output(context, hidden)
         return layer.output(layer.intermediate(attended), attended)
 
-    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+
+class _LlamaLayers(_BertLayers):
+    """The same pieces for a HF `LlamaModel`: pre-norm, rotary positions, grouped-query attention."""
+
+    causal = True
+
+    def __init__(self, llama: nn.Module) -> None:
+        self.model = llama
+        self.layers = llama.layers
+        config = llama.config
+        self.heads = config.num_attention_heads
+        self.kv_heads = config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+
+    def embed(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return self.model.embed_tokens(ids)  # positions enter through the rotary q/k
+
+    def qkv(self, index: int, hidden: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+        layer = self.layers[index]
+        normed = layer.input_layernorm(hidden)
+        attn = layer.self_attn
+        q = self._split(attn.q_proj(normed), self.heads)  # (..., H, L, hd)
+        k = self._split(attn.k_proj(normed), self.kv_heads)  # (..., Hkv, L, hd)
+        v = self._split(attn.v_proj(normed), self.kv_heads)
+        batch_positions = positions.reshape(-1, positions.shape[-1])[:1]  # (1, L): one range per block
+        cos, sin = self.model.rotary_emb(hidden, batch_positions)  # (1, L, hd)
+        if q.dim() == 4:
+            q, k = apply_rotary_pos_emb(q, k, cos, sin)  # unsqueeze_dim=1: heads
+        else:
+            q, k = apply_rotary_pos_emb(q, k, cos[0], sin[0], unsqueeze_dim=0)
+        groups = self.heads // self.kv_heads
+        return q, k.repeat_interleave(groups, dim=-3), v.repeat_interleave(groups, dim=-3)
+
+    def finish(self, index: int, hidden: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        layer = self.layers[index]
+        context = context.transpose(-2, -3).reshape(*hidden.shape[:-1], -1)  # (..., L, H*hd)
+        hidden = hidden + layer.self_attn.o_proj(context)
+        return hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+
+
+class BlockRankModel(nn.Module):
+    """Runs a backbone's first `layer + 1` layers with BlockRank's structure and scores documents."""
+
+    def __init__(
+        self, backbone: nn.Module, kind: Backbone, layer: int, doc_tokens: int = 96, temperature: float = 0.05
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone  # BertModel or LlamaModel (registered: parameters, train/eval)
+        self.kind: Backbone = kind
+        self.parts = _LlamaLayers(backbone) if kind == "causal-lm" else _BertLayers(backbone)
+        self.layer = layer  # l*, 0-based: layers 0..l* run
+        self.doc_tokens = doc_tokens
+        self.temperature = temperature
+        self.prompt = CAUSAL_PROMPT if kind == "causal-lm" else ENCODER_PROMPT
+        self.heads = self.parts.heads
+        self.head_dim = self.parts.head_dim
+
+    @property
+    def depth(self) -> int:
+        return len(self.parts.layers)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Embeddings and layers 0..l*: nothing after l* runs, so nothing after it learns."""
+        params = [p for i, layer in enumerate(self.parts.layers) if i <= self.layer for p in layer.parameters()]
+        embeddings = self.backbone.embeddings if self.kind == "encoder" else self.backbone.embed_tokens
+        return params + list(embeddings.parameters())
+
+    # --- inputs ----------------------------------------------------------------------------------
+    def encode_prompt(  # type: ignore[no-untyped-def]
+        self, tokenizer, query: str, documents: list[str], with_ids: bool = True, doc_tokens: int | None = None
+    ) -> BlockInputs:
+        """Tokenise one prompt. `with_ids=False` drops the `ID: i` markers (order-free layout);
+        `doc_tokens` caps the document blocks below the model's own length."""
+        length = min(doc_tokens or self.doc_tokens, self.doc_tokens)
+
+        def ids(text: str) -> list[int]:
+            return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+        fmt = self.prompt
+        instruction_text = fmt.instruction.format(query=query)
+        final_text = fmt.final.format(query=query)
+        if self.kind == "encoder":
+            cls, sep, mask = tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.mask_token_id
+            instruction = [cls, *ids(instruction_text)[:126], sep]
+            final = [*ids(final_text)[:120], mask, sep]
+            signal = [len(final) - 2]
+            end: list[int] = [sep]
+        else:
+            instruction = ids(instruction_text)[:254]
+            final = ids(final_text)[-128:]
+            signal = [len(final) - 1]  # the last prompt token predicts the answer's ID
+            end = []
+        rows = []
+        for index, text in enumerate(documents, 1):
+            body = fmt.document.format(index=index, text=text) if with_ids else text
+            rows.append([*ids(body)[: length - len(end)], *end])
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        docs = torch.full((len(rows), length), pad, dtype=torch.long)
+        doc_mask = torch.zeros_like(docs)
+        for row, tokens in enumerate(rows):
+            docs[row, : len(tokens)] = torch.tensor(tokens)
+            doc_mask[row, : len(tokens)] = 1
+        return BlockInputs(torch.tensor(instruction), docs, doc_mask, torch.tensor(final), signal)
+
+    # --- shared pieces -----------------------------------------------------------------------------
+    def _attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor, own: int
+    ) -> torch.Tensor:
+        """Attention of q over k; the last `own` keys are q's own block (causal there for an LM)."""
         logits = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)  # (..., heads, Lq, Lk)
-        logits = logits.masked_fill(~key_mask[..., None, None, :].bool(), torch.finfo(logits.dtype).min)
+        allowed = key_mask.bool()[..., None, None, :].expand(logits.shape).clone()
+        if self.parts.causal:
+            lq, lk = logits.shape[-2:]
+            future = torch.ones(lq, own, dtype=torch.bool, device=q.device).triu(1)  # (Lq, own)
+            allowed[..., lk - own :] &= ~future
+        logits = logits.masked_fill(~allowed, torch.finfo(logits.dtype).min)
         return torch.softmax(logits, dim=-1) @ v
 
     def _scores(self, q_signal: torch.Tensor, k_docs: torch.Tensor, doc_mask: torch.Tensor) -> torch.Tensor:
@@ -126,52 +250,79 @@ class BlockRankEncoder(nn.Module):
         )
 
     # --- block-sparse (linear in N) --------------------------------------------------------------
-    def forward_blocks(self, inputs: BlockInputs, return_hidden: bool = False):  # type: ignore[no-untyped-def]
-        """(N,) relevance distribution (and the per-block hidden states at l* if asked)."""
-        n = inputs.documents.shape[0]
-        pos0, posd, posf = self._positions(inputs)
-        h0 = self._embed(inputs.instruction[None], pos0[None])  # (1, L0, d)
-        hd = self._embed(inputs.documents, posd.expand(n, -1))  # (N, Ld, d)
-        hf = self._embed(inputs.final[None], posf[None])  # (1, Lf, d)
-        mask0 = torch.ones(1, h0.shape[1], device=h0.device)
-        for index, layer in enumerate(self.bert.encoder.layer[: self.layer + 1]):
-            q0, k0, v0 = self._qkv(layer, h0)  # (1, H, L0, hd)
-            qd, kd, vd = self._qkv(layer, hd)  # (N, H, Ld, hd)
-            qf, kf, vf = self._qkv(layer, hf)  # (1, H, Lf, hd)
+    def forward_blocks(  # type: ignore[no-untyped-def]
+        self, inputs: BlockInputs, return_hidden: bool = False, answer: torch.Tensor | None = None
+    ):
+        """(N,) relevance distribution (and the per-block hidden states at l* if asked).
+
+        With `answer` (causal LM, training only): the answer's token ids follow the final block, every
+        layer runs, and the result is (scores at l*, next-token loss on the answer) — the answer is
+        after the signal token, so causality keeps the scores unchanged."""
+        parts, n = self.parts, inputs.documents.shape[0]
+        final_ids = inputs.final if answer is None else torch.cat([inputs.final, answer])
+        pos0, posd, _ = self._positions(inputs)
+        posf = torch.arange(len(pos0) + len(posd), len(pos0) + len(posd) + len(final_ids), device=pos0.device)
+        h0 = parts.embed(inputs.instruction[None], pos0[None])  # (1, L0, d)
+        hd = parts.embed(inputs.documents, posd.expand(n, -1))  # (N, Ld, d)
+        hf = parts.embed(final_ids[None], posf[None])  # (1, Lf, d)
+        l0, ld, lf = h0.shape[1], hd.shape[1], hf.shape[1]
+        ones0 = torch.ones(1, l0, device=h0.device)
+        doc_mask = inputs.document_mask.float()
+        last = self.layer if answer is None else self.depth - 1
+        scores = None
+        for index in range(last + 1):
+            q0, k0, v0 = parts.qkv(index, h0, pos0[None])  # (1, H, L0, hd)
+            qd, kd, vd = parts.qkv(index, hd, posd[None])  # (N, H, Ld, hd)
+            qf, kf, vf = parts.qkv(index, hf, posf[None])  # (1, H, Lf, hd)
             flat_kd = kd.transpose(0, 1).reshape(1, self.heads, -1, self.head_dim)  # (1, H, N*Ld, hd)
             flat_vd = vd.transpose(0, 1).reshape(1, self.heads, -1, self.head_dim)
             if index == self.layer:  # l*: score from the signal token's logits, then stop
                 scores = self._scores(qf[0][:, inputs.signal], flat_kd[0], inputs.document_mask)
-                if return_hidden:
-                    return scores, (h0, hd, hf)
-                return scores
-            new_h0 = self._finish(layer, h0, self._attend(q0, k0, v0, mask0))
+                if answer is None:
+                    return (scores, (h0, hd, hf)) if return_hidden else scores
+            new_h0 = parts.finish(index, h0, self._attend(q0, k0, v0, ones0, own=l0))
             doc_keys = torch.cat([k0.expand(n, -1, -1, -1), kd], dim=2)  # (N, H, L0+Ld, hd)
             doc_values = torch.cat([v0.expand(n, -1, -1, -1), vd], dim=2)
-            doc_mask = torch.cat([mask0.expand(n, -1), inputs.document_mask.float()], dim=1)  # (N, L0+Ld)
-            new_hd = self._finish(layer, hd, self._attend(qd, doc_keys, doc_values, doc_mask))
+            keys_mask = torch.cat([ones0.expand(n, -1), doc_mask], dim=1)  # (N, L0+Ld)
+            new_hd = parts.finish(index, hd, self._attend(qd, doc_keys, doc_values, keys_mask, own=ld))
             all_keys = torch.cat([k0, flat_kd, kf], dim=2)  # (1, H, L0+N*Ld+Lf, hd)
             all_values = torch.cat([v0, flat_vd, vf], dim=2)
-            all_mask = torch.cat(
-                [mask0, inputs.document_mask.float().reshape(1, -1), torch.ones(1, hf.shape[1], device=hf.device)],
-                dim=1,
-            )
-            new_hf = self._finish(layer, hf, self._attend(qf, all_keys, all_values, all_mask))
+            all_mask = torch.cat([ones0, doc_mask.reshape(1, -1), torch.ones(1, lf, device=hf.device)], dim=1)
+            new_hf = parts.finish(index, hf, self._attend(qf, all_keys, all_values, all_mask, own=lf))
             h0, hd, hf = new_h0, new_hd, new_hf
-        raise AssertionError("unreachable: the loop returns at l*")
+        assert answer is not None and scores is not None
+        return scores, self._answer_loss(hf[0], len(inputs.final), answer)
+
+    def _answer_loss(self, final_hidden: torch.Tensor, prompt_length: int, answer: torch.Tensor) -> torch.Tensor:
+        """Next-token cross-entropy of the answer tokens after the final block (tied LM head)."""
+        if self.kind != "causal-lm" or not getattr(self.backbone.config, "tie_word_embeddings", False):
+            raise ValueError("the answer loss needs a causal LM with tied input/output embeddings")
+        hidden = self.backbone.norm(final_hidden[prompt_length - 1 : prompt_length - 1 + len(answer)])  # (A, d)
+        logits = hidden @ self.backbone.embed_tokens.weight.T  # (A, vocab)
+        return torch.nn.functional.cross_entropy(logits, answer)
+
+    def answer_ids(self, tokenizer, index: int) -> torch.Tensor:  # type: ignore[no-untyped-def]
+        """Token ids of the answer naming document `index` (1-based, as in the prompt)."""
+        return torch.tensor(tokenizer(f" {index}", add_special_tokens=False)["input_ids"])
 
     # --- dense reference (quadratic) -------------------------------------------------------------
     def dense_mask(self, inputs: BlockInputs) -> torch.Tensor:
         """(L, L) boolean: may row attend to column, for the concatenated sequence."""
         l0, (n, ld), lf = len(inputs.instruction), inputs.documents.shape, len(inputs.final)
         total = l0 + n * ld + lf
+
+        def inside(size: int) -> torch.Tensor:
+            block = torch.ones(size, size, dtype=torch.bool)
+            return block.tril() if self.parts.causal else block
+
         allowed = torch.zeros(total, total, dtype=torch.bool)
-        allowed[:l0, :l0] = True
+        allowed[:l0, :l0] = inside(l0)
         for i in range(n):
             start = l0 + i * ld
             allowed[start : start + ld, :l0] = True
-            allowed[start : start + ld, start : start + ld] = True
-        allowed[l0 + n * ld :, :] = True
+            allowed[start : start + ld, start : start + ld] = inside(ld)
+        allowed[l0 + n * ld :, : l0 + n * ld] = True
+        allowed[l0 + n * ld :, l0 + n * ld :] = inside(lf)
         real = torch.cat(
             [torch.ones(l0, dtype=torch.bool), inputs.document_mask.flatten().bool(), torch.ones(lf, dtype=torch.bool)]
         )
@@ -183,20 +334,23 @@ class BlockRankEncoder(nn.Module):
         pos0, posd, posf = self._positions(inputs)
         n = inputs.documents.shape[0]
         ids = torch.cat([inputs.instruction, inputs.documents.flatten(), inputs.final])
-        positions = torch.cat([pos0, posd.repeat(n), posf])
-        hidden = self._embed(ids[None], positions[None])  # (1, L, d)
+        positions = torch.cat([pos0, posd.repeat(n), posf])[None]  # (1, L)
+        hidden = self.parts.embed(ids[None], positions)  # (1, L, d)
         mask = self.dense_mask(inputs) if mask is None else mask
         l0, ld = len(inputs.instruction), inputs.documents.shape[1]
-        for index, layer in enumerate(self.bert.encoder.layer[: self.layer + 1]):
-            q, k, v = self._qkv(layer, hidden)  # (1, H, L, hd)
+        for index in range(self.layer + 1):
+            q, k, v = self.parts.qkv(index, hidden, positions)  # (1, H, L, hd)
             if index == self.layer:
                 signal = [l0 + n * ld + s for s in inputs.signal]
                 scores = self._scores(q[0][:, signal], k[0][:, l0 : l0 + n * ld], inputs.document_mask)
                 return scores, hidden
             logits = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)  # (1, H, L, L)
             logits = logits.masked_fill(~mask[None, None], torch.finfo(logits.dtype).min)
-            hidden = self._finish(layer, hidden, torch.softmax(logits, dim=-1) @ v)
+            hidden = self.parts.finish(index, hidden, torch.softmax(logits, dim=-1) @ v)
         raise AssertionError("unreachable")
+
+
+BlockRankEncoder = BlockRankModel  # the encoder variant's earlier name
 
 
 def blockrank_loss(scores: torch.Tensor, positives: list[int], temperature: float = 0.05) -> torch.Tensor:
@@ -205,26 +359,44 @@ def blockrank_loss(scores: torch.Tensor, positives: list[int], temperature: floa
     return -(torch.logsumexp(logits[positives], 0) - torch.logsumexp(logits, 0))
 
 
-def full_attention_scores(model: BlockRankEncoder, inputs: BlockInputs) -> torch.Tensor:
-    """Baseline for the efficiency benchmark: every token attends to every token (no structure),
-    same layers, same early exit, same score read-out."""
+def full_attention_scores(model: BlockRankModel, inputs: BlockInputs) -> torch.Tensor:
+    """Baseline for the efficiency benchmark: every token attends to every token (causally for an
+    LM; no block structure), same layers, same early exit, same score read-out."""
     l0, (n, ld), lf = len(inputs.instruction), inputs.documents.shape, len(inputs.final)
+    total = l0 + n * ld + lf
     real = torch.cat(
         [torch.ones(l0, dtype=torch.bool), inputs.document_mask.flatten().bool(), torch.ones(lf, dtype=torch.bool)]
     )
-    mask = real[None, :].expand(l0 + n * ld + lf, -1)
+    mask = real[None, :].expand(total, -1)
+    if model.parts.causal:
+        mask = mask & torch.ones(total, total, dtype=torch.bool).tril()
     return model.forward_dense(inputs, mask)[0]
 
 
-def load_blockrank(source: str, layer: int | None = None, doc_tokens: int = 96):  # type: ignore[no-untyped-def]
-    """A BlockRankEncoder on the BERT weights in `source` (a transformers or sentence-transformers
-    folder). `layer` defaults to about 2/3 of the depth."""
+def default_layer(depth: int) -> int:
+    """l* ≈ 2/3 of the depth, 0-based."""
+    return max(0, round(depth * 2 / 3) - 1)
+
+
+def load_backbone(source: str | Path, kind: Backbone):  # type: ignore[no-untyped-def]
+    """(backbone, tokenizer) from a transformers or sentence-transformers folder."""
     from transformers import AutoModel, AutoTokenizer
 
-    bert = AutoModel.from_pretrained(source, attn_implementation="eager")
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    depth = bert.config.num_hidden_layers
-    model = BlockRankEncoder(bert, layer if layer is not None else max(0, round(depth * 2 / 3) - 1), doc_tokens)
+    backbone = AutoModel.from_pretrained(str(source), attn_implementation="eager", dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(str(source))
+    expected = "LlamaModel" if kind == "causal-lm" else "BertModel"
+    if type(backbone).__name__ != expected:
+        raise ValueError(f"{source}: a {kind} BlockRank needs a {expected}, found {type(backbone).__name__}")
+    return backbone, tokenizer
+
+
+def load_blockrank(  # type: ignore[no-untyped-def]
+    source: str | Path, layer: int | None = None, doc_tokens: int = 96, kind: Backbone = "encoder"
+):
+    """(BlockRankModel, tokenizer) on the weights in `source`. `layer` defaults to ~2/3 of the depth."""
+    backbone, tokenizer = load_backbone(source, kind)
+    depth = backbone.config.num_hidden_layers
+    model = BlockRankModel(backbone, kind, layer if layer is not None else default_layer(depth), doc_tokens)
     return model.eval(), tokenizer
 
 
@@ -237,8 +409,11 @@ def dropout_off(module: nn.Module) -> None:
 __all__ = [
     "BlockInputs",
     "BlockRankEncoder",
+    "BlockRankModel",
     "blockrank_loss",
+    "default_layer",
     "dropout_off",
     "full_attention_scores",
+    "load_backbone",
     "load_blockrank",
 ]

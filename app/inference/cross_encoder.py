@@ -16,6 +16,7 @@ from tokenizers import Tokenizer
 
 from app.core.manifest import Backend, Manifest, Precision, VariantParity
 from app.inference.text_model import open_variant
+from app.inference.tokenizer import InputTooLong
 
 SCORE_OUTPUT = "score"
 
@@ -51,15 +52,23 @@ class CrossEncoderModel:
     def _ids(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
 
-    def pairs(self, query: str, documents: list[str], max_tokens_per_doc: int | None = None) -> list[np.ndarray]:
-        """One id sequence per (query, document); returns them unpadded."""
+    def pairs(
+        self, query: str, documents: list[str], max_tokens_per_doc: int | None = None, truncate: bool = True
+    ) -> list[np.ndarray]:
+        """One id sequence per (query, document); returns them unpadded. With `truncate=False` a
+        document longer than its room (the model's limit or `max_tokens_per_doc`) raises InputTooLong."""
         limit = self.manifest.max_tokens
         query_ids = self._ids([query])[0][: limit // 2]  # a long query leaves room for the document
         room = limit - len(query_ids) - 3
         if max_tokens_per_doc is not None:
             room = min(room, max_tokens_per_doc)
         head = [self.cls_id, *query_ids, self.sep_id]
-        return [np.asarray([*head, *doc[:room], self.sep_id], dtype=np.int64) for doc in self._ids(documents)]
+        docs = self._ids(documents)
+        if not truncate:
+            for index, doc in enumerate(docs):
+                if len(doc) > room:
+                    raise InputTooLong(index, len(doc), room)
+        return [np.asarray([*head, *doc[:room], self.sep_id], dtype=np.int64) for doc in docs]
 
     def forward(self, sequences: list[np.ndarray]) -> np.ndarray:
         """(batch, 1, 1) relevance logits for unpadded pair sequences."""

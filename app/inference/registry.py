@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from app.core.config import Settings
 from app.core.manifest import MANIFEST_FILE, Manifest, ModelKind, VariantParity
 from app.inference.batcher import DynamicBatcher
 from app.inference.cross_encoder import CrossEncoderModel
+from app.inference.in_context import InContextReranker
 from app.inference.text_model import TextModel
 from app.inference.tokenizer import Tokenized
 from app.inference.variants import choose_variant
@@ -63,6 +65,12 @@ class TextEncoder:
     def name(self) -> str:
         return self.manifest.name
 
+    def start(self) -> None:
+        self.batcher.start()
+
+    async def stop(self) -> None:
+        await self.batcher.stop()
+
     async def tokenize(self, texts: list[str], truncate: bool) -> list[Tokenized]:
         if len(texts) <= INLINE_TOKENIZE_MAX:
             return self.model.tokenize(texts, truncate)
@@ -92,23 +100,32 @@ class Reranker:
     def name(self) -> str:
         return self.manifest.name
 
-    async def score(self, query: str, documents: list[str], max_tokens_per_doc: int | None) -> tuple[np.ndarray, int]:
-        """(n,) relevance logits and the tokens processed."""
+    def start(self) -> None:
+        self.batcher.start()
+
+    async def stop(self) -> None:
+        await self.batcher.stop()
+
+    async def relevance(
+        self, query: str, documents: list[str], max_tokens_per_doc: int | None = None, truncate: bool = True
+    ) -> tuple[np.ndarray, int]:
+        """(n,) relevance in (0, 1), the sigmoid of the logits as Cohere's scores, and the tokens."""
         if len(documents) <= INLINE_TOKENIZE_MAX:
-            sequences = self.model.pairs(query, documents, max_tokens_per_doc)
+            sequences = self.model.pairs(query, documents, max_tokens_per_doc, truncate)
         else:
-            sequences = await asyncio.to_thread(self.model.pairs, query, documents, max_tokens_per_doc)
+            sequences = await asyncio.to_thread(self.model.pairs, query, documents, max_tokens_per_doc, truncate)
         rows = await self.batcher.submit(sequences)  # (n, 1, 1)
         tokens = sum(len(s) for s in sequences)
         self._tokens.inc(tokens)
-        return rows[:, 0, 0].astype(np.float32), tokens
+        logits = rows[:, 0, 0].astype(np.float32)
+        return 1.0 / (1.0 + np.exp(-logits)), tokens
 
 
 @dataclass
 class ModelRegistry:
     settings: Settings
     encoders: dict[str, TextEncoder] = field(default_factory=dict)
-    rerankers: dict[str, Reranker] = field(default_factory=dict)
+    rerankers: dict[str, Reranker | InContextReranker] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
 
@@ -128,12 +145,19 @@ class ModelRegistry:
 
     def _load_one(self, folder: Path) -> None:
         manifest = Manifest.load(folder)
-        if manifest.kind not in (ModelKind.TEXT, ModelKind.CROSS_ENCODER):
+        if manifest.kind not in (ModelKind.TEXT, ModelKind.CROSS_ENCODER, ModelKind.BLOCKRANK):
             self.skipped[manifest.name] = f"kind {manifest.kind} is not served by this version"
             return
         problems = manifest.verify_files(folder)
         if problems:
             raise ValueError("; ".join(problems))
+        if manifest.kind == ModelKind.BLOCKRANK:
+            if importlib.util.find_spec("torch") is None:  # e.g. the runtime image: skip, don't fail
+                self.skipped[manifest.name] = "a blockrank model needs torch: pip install 'tessera[blockrank]'"
+                return
+            self.rerankers[manifest.name] = InContextReranker(folder, manifest, self.settings)
+            log.info("loaded %s (blockrank %s, PyTorch fp32)", manifest.name, manifest.blockrank.backbone)  # type: ignore[union-attr]
+            return
         variant = choose_variant(manifest, self.settings.backend, self.settings.precision)
         if manifest.kind == ModelKind.CROSS_ENCODER:
             self.rerankers[manifest.name] = Reranker(folder, manifest, variant, self.settings)
@@ -142,16 +166,16 @@ class ModelRegistry:
         log.info("loaded %s (%s, min cosine %.5f)", manifest.name, variant.key, variant.min_cosine)
 
     @property
-    def served(self) -> list[TextEncoder | Reranker]:
+    def served(self) -> list[TextEncoder | Reranker | InContextReranker]:
         return [*self.encoders.values(), *self.rerankers.values()]
 
     def start(self) -> None:
         for model in self.served:
-            model.batcher.start()
+            model.start()
 
     async def stop(self) -> None:
         for model in self.served:
-            await model.batcher.stop()
+            await model.stop()
 
     @property
     def ready(self) -> bool:

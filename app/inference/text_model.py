@@ -56,7 +56,7 @@ class TextModel:
     @property
     def outputs(self) -> list[str]:
         """Graph outputs fetched per pass: the served vector, then the unnormalised one if any."""
-        return self.manifest.onnx.outputs
+        return self.manifest.graph.outputs
 
     def forward(self, sequences: list[np.ndarray]) -> np.ndarray:
         """One forward pass over unpadded id sequences -> (batch, outputs, dim)."""
@@ -71,5 +71,5 @@ class TextModel:
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
             feeds = self.tokenizer.pad([tokens[i].ids for i in rows], self.session.input_names)
-            (out[rows],) = self.session.run(feeds, [self.manifest.onnx.output])
+            (out[rows],) = self.session.run(feeds, [self.manifest.graph.output])
         return out

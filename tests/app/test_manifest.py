@@ -48,3 +48,18 @@ def test_manifest_rejects_unknown_keys_and_bad_values(default_models_dir: Path) 
         Manifest.model_validate({**data, "kind": "audio"})
     with pytest.raises(ValidationError):
         Manifest.model_validate({**data, "name": "../escape"})
+
+
+def test_runtime_section_must_match_the_kind() -> None:
+    common = {"name": "m", "dim": 1, "pooling": "cls", "normalize": False, "max_tokens": 8, "files": {}}
+    source = {"checkpoint": "x"}
+    with pytest.raises(ValidationError, match="needs an `onnx` section"):
+        Manifest(kind="cross-encoder", source=source, **common)
+    with pytest.raises(ValidationError, match="needs a `blockrank` section"):
+        Manifest(kind="blockrank", source=source, **common)
+    with pytest.raises(ValidationError):  # unknown backbone
+        Manifest(kind="blockrank", blockrank={"backbone": "rnn", "layer": 1, "doc_tokens": 8}, source=source, **common)
+    ok = Manifest(
+        kind="blockrank", blockrank={"backbone": "causal-lm", "layer": 19, "doc_tokens": 64}, source=source, **common
+    )
+    assert ok.blockrank is not None and ok.blockrank.max_documents == 200

@@ -103,6 +103,8 @@ def test_the_cohere_client_reranks(rerank_models_dir: Path, tmp_path: Path) -> N
         ({"query": QUERY, "documents": DOCS, "model": "nope"}, 404, "model_not_found"),
         ({"query": QUERY, "documents": DOCS, "model": "minilm-l6"}, 400, "wrong_model_kind"),
         ({"query": QUERY, "documents": ["x"] * 5000}, 413, "too_many_inputs"),
+        ({"query": QUERY, "documents": ["lift " * 300], "truncate": False}, 413, "input_too_long"),
+        ({"query": QUERY, "documents": DOCS, "truncate": False, "max_tokens_per_doc": 2}, 413, "input_too_long"),
     ],
 )
 def test_bad_rerank_requests_get_json_4xx(client: TestClient, body: dict, status: int, code: str) -> None:

@@ -60,23 +60,56 @@ def test_mann_whitney() -> None:
 
 
 def test_cwcl() -> None:
-    # positives orthogonal: off-diagonal weight (1 + 0) / 2 = 0.5; log-softmax row [1, 0]
+    # paper's linear weights (τ_w = None). Positives orthogonal: off-diagonal weight (1 + 0) / 2 = 0.5;
+    # log-softmax row [1, 0]
     lp = [-math.log(1 + 1 / E), -math.log(1 + E)]
     expected = -(1.0 * lp[0] + 0.5 * lp[1]) / 1.5
-    assert CWCLLoss(1.0)(EYE, EYE).item() == pytest.approx(expected, abs=1e-5)
+    assert CWCLLoss(1.0, weight_temperature=None)(EYE, EYE).item() == pytest.approx(expected, abs=1e-5)
     # identical positives: both columns are full positives -> -(lp0 + lp1) / 2 with logits [1, 1]
     same = torch.tensor([[1.0, 0], [1.0, 0]])
-    assert CWCLLoss(1.0)(EYE[:1].repeat(2, 1), same).item() == pytest.approx(math.log(2), abs=1e-5)
+    assert CWCLLoss(1.0, weight_temperature=None)(EYE[:1].repeat(2, 1), same).item() == pytest.approx(
+        math.log(2), abs=1e-5
+    )
+
+
+def test_cwcl_sharpened_weights() -> None:
+    # τ_w = 0.5: orthogonal positives weigh exp((0 - 1) / 0.5) = e^-2 off the diagonal
+    w = E**-2
+    lp = [-math.log(1 + 1 / E), -math.log(1 + E)]
+    expected = -(lp[0] + w * lp[1]) / (1 + w)
+    assert CWCLLoss(1.0, weight_temperature=0.5)(EYE, EYE).item() == pytest.approx(expected, abs=1e-5)
+    # identical positives still weigh 1 (cos = 1), whatever τ_w
+    same = torch.tensor([[1.0, 0], [1.0, 0]])
+    assert CWCLLoss(1.0, weight_temperature=0.05)(EYE[:1].repeat(2, 1), same).item() == pytest.approx(
+        math.log(2), abs=1e-5
+    )
+    # near-uniform similarities no longer give near-uniform targets
+    positives = torch.tensor([[1.0, 0.0], [0.8, 0.6]])  # cos 0.8
+    assert CWCLLoss(weight_temperature=None).soft_targets(positives)[0, 1].item() == pytest.approx(0.9)
+    assert CWCLLoss(weight_temperature=0.1).soft_targets(positives)[0, 1].item() == pytest.approx(E**-2, abs=1e-6)
 
 
 def test_listwise_softmax() -> None:
     query = torch.tensor([[1.0, 0]])
     docs = torch.tensor([[1.0, 0], [0, 1]])
-    targets = [E / (E + 1), 1 / (E + 1)]  # softmax of grades [1, 0]
+    # one relevant document takes all the target mass: -log softmax([1, 0])[0]
+    assert ListwiseSoftmaxLoss(1.0)(query, docs, torch.tensor([[1, 0]])).item() == pytest.approx(
+        math.log(1 + 1 / E), abs=1e-5
+    )
+    # two grades: targets softmax([2, 1]) over the relevant documents only
+    targets = [E / (E + 1), 1 / (E + 1)]
     expected = targets[0] * math.log(1 + 1 / E) + targets[1] * math.log(1 + E)
-    assert ListwiseSoftmaxLoss(1.0)(query, docs, torch.tensor([[1, 0]])).item() == pytest.approx(expected, abs=1e-5)
-    # a padded slot (-1) is ignored: one valid candidate -> loss 0
+    assert ListwiseSoftmaxLoss(1.0)(query, docs, torch.tensor([[2, 1]])).item() == pytest.approx(expected, abs=1e-5)
+    # an ignored slot (-1) leaves the softmax: one candidate left -> loss 0
     assert ListwiseSoftmaxLoss(1.0)(query, docs, torch.tensor([[2, -1]])).item() == pytest.approx(0.0, abs=1e-6)
+    # two queries over the batch's documents: q1's only relevant document is d1; d0 is its in-batch negative
+    queries = torch.tensor([[1.0, 0], [0, 1]])
+    grades = torch.tensor([[1, 0], [0, 3]])
+    assert ListwiseSoftmaxLoss(1.0)(queries, docs, grades).item() == pytest.approx(math.log(1 + 1 / E), abs=1e-5)
+    # a row with no relevant document is left out of the mean
+    assert ListwiseSoftmaxLoss(1.0)(queries, docs, torch.tensor([[1, 0], [0, 0]])).item() == pytest.approx(
+        math.log(1 + 1 / E), abs=1e-5
+    )
 
 
 def test_cosent() -> None:

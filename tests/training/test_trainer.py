@@ -281,3 +281,90 @@ def test_cross_encoder_trains_exports_and_serves(tmp_path: Path, tiny_model: Pat
         )
         body = client.post("/v1/rerank", json={"query": "wing flutter", "documents": ["flutter of wings", "heat"]})
         assert body.status_code == 200 and len(body.json()["results"]) == 2
+
+
+def test_list_groups_grade_every_batch_document_for_every_query(cranfield: Path) -> None:
+    import random
+
+    from training.trainer import _list_groups
+
+    dataset = load_beir(cranfield)
+    # two queries that share a judged document: for each, the other's copy is graded, not a negative
+    shared = next(
+        (q1, q2, d)
+        for q1 in sorted(dataset.qrels, key=int)
+        for q2 in sorted(dataset.qrels, key=int)
+        if q1 < q2
+        for d in set(dataset.qrels[q1]) & set(dataset.qrels[q2])
+    )
+    q1, q2, _ = shared
+    negatives = {q: [d for d in list(dataset.corpus)[:50] if d not in dataset.qrels[q]] for q in (q1, q2)}
+    (queries, documents), grades = _list_groups([(q1, ""), (q2, "")], dataset, negatives, 8, random.Random(0))
+    assert len(queries) == 2 and len(documents) == 16 and grades.shape == (2, 16)
+    doc_ids = [next(i for i, v in dataset.corpus.items() if dataset.doc_text(i) == text) for text in documents]
+    for row, query_id in enumerate((q1, q2)):
+        seen: set[str] = set()
+        for col, doc_id in enumerate(doc_ids):
+            expected = -1 if doc_id in seen else dataset.qrels[query_id].get(doc_id, 0)
+            seen.add(doc_id)
+            assert grades[row, col].item() == expected
+        assert (grades[row] > 0).any()
+
+
+def test_blockrank_trains_exports_and_serves(tmp_path: Path, tiny_model: Path, small_beir: Path) -> None:
+    raw = {
+        "name": "br-tiny",
+        "backbone": "encoder",
+        "base_model": str(tiny_model.parent / "hf"),
+        "first_stage_model": str(tiny_model),
+        "data": {"format": "beir", "path": str(small_beir)},
+        "doc_tokens": 16,
+        "candidates": 5,
+        "list_size": 4,
+        "steps": 3,
+        "runs_dir": str(tmp_path / "runs"),
+        "export": {"name": "br-tiny", "models_dir": str(tmp_path / "models")},
+    }
+    config_path = tmp_path / "br.yaml"
+    config_path.write_text(yaml.safe_dump(raw))
+    result = CliRunner().invoke(training_cli, ["train-blockrank", "--config", str(config_path)])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "runs" / "br-tiny" / "metrics.json").read_text())
+    assert {"first_stage", "zero_shot", "trained"} <= set(metrics) and metrics["layer"] == 0
+    assert len((tmp_path / "runs" / "br-tiny" / "steps.jsonl").read_text().splitlines()) == 3
+    manifest = json.loads((tmp_path / "models" / "br-tiny" / "manifest.json").read_text())
+    assert manifest["kind"] == "blockrank" and "rerank-ndcg@10" in next(iter(manifest["eval_scores"]))
+    settings = settings_for(tmp_path / "models", data_dir=tmp_path / "data", default_model="br-tiny")
+    with TestClient(create_app(settings)) as client:
+        body = {"model": "br-tiny", "query": "lift", "documents": ["wings and lift", "a cake"]}
+        response = client.post("/v1/rerank", json=body)
+    assert response.status_code == 200 and len(response.json()["results"]) == 2
+
+
+def test_blockrank_bad_config_stops_before_training(tmp_path: Path, small_beir: Path) -> None:
+    config_path = tmp_path / "br.yaml"
+    raw = {"name": "x", "data": {"format": "beir", "path": str(small_beir)}, "answer_loss": True}
+    config_path.write_text(yaml.safe_dump({**raw, "runs_dir": str(tmp_path / "runs")}))
+    result = CliRunner().invoke(training_cli, ["train-blockrank", "--config", str(config_path)])
+    assert result.exit_code == 2 and "answer_loss needs backbone causal-lm" in result.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_cross_encoder_groups_mix_mined_and_corpus_negatives(cranfield: Path) -> None:
+    import random
+
+    from training.cross_encoder import _groups
+
+    dataset = load_beir(cranfield)
+    train_set, _ = dataset.split_queries(0)
+    corpus = list(train_set.corpus)
+    mined = {q: [d for d in corpus[:40] if d not in train_set.qrels[q]][:10] for q in train_set.qrels}
+    groups = _groups(train_set, mined, 5, random.Random(0))
+    assert len(groups) == sum(len(docs) for docs in train_set.qrels.values())
+    from_pool = from_corpus = 0
+    for query_id, docs, targets in groups:
+        assert len(docs) == 5 and targets[0] > 0 and targets[1:] == [0.0] * 4
+        assert docs[0] in train_set.qrels[query_id] and not set(docs[1:]) & set(train_set.qrels[query_id])
+        from_pool += sum(d in mined[query_id] for d in docs[1:])
+        from_corpus += sum(d not in mined[query_id] for d in docs[1:])
+    assert from_pool == from_corpus == 2 * len(groups)  # half mined, half from the whole corpus

@@ -1,10 +1,15 @@
 """Listwise softmax loss over graded relevance.
 
-Optimises: cross-entropy between the model's softmax over a query's candidate list and a target
-distribution from graded labels, softmax(grade / τ_target) with ungraded (0) documents included as
-negatives, so higher grades must score higher and every grade level counts (not just "relevant").
-Inputs: `queries` (b, dim); `documents` (b * l, dim), query-major lists of l candidates; `grades`
-(b, l) with graded relevance (0 = not relevant; padded slots -1, ignored).
+Optimises: cross-entropy between the model's softmax over every document in the batch and a target
+distribution over the query's *relevant* documents, softmax(grade / τ_target) over grades > 0, so a
+higher grade must take more of the mass and every grade level counts (not just "relevant").
+Documents with grade 0 (mined hard negatives, and the other queries' lists as in-batch negatives)
+take no target mass. Scoring only a query's own short list lets the embedding space drift globally
+(the loss cannot see the rest of the corpus) and collapses retrieval; the in-batch columns keep it
+anchored, as InfoNCE's do.
+Inputs: `queries` (b, dim); `documents` (n, dim), all lists of the batch concatenated; `grades`
+(b, n): grade of document j for query i (0 = not relevant, -1 = ignore: padding, or a second copy of
+the same document).
 Paper: Cao et al., "Learning to Rank: From Pairwise Approach to Listwise Approach" (ListNet), ICML
 2007; graded multi-level targets as in listwise dense-retrieval training (e.g. RankT5's listwise
 softmax, Zhuang et al. 2023).
@@ -16,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.losses._common import Temperature
+from training.losses._common import Temperature, cosine_scores
 
 
 class ListwiseSoftmaxLoss(nn.Module):
@@ -28,11 +33,11 @@ class ListwiseSoftmaxLoss(nn.Module):
         self.target_temperature = target_temperature
 
     def forward(self, queries: torch.Tensor, documents: torch.Tensor, grades: torch.Tensor) -> torch.Tensor:
-        batch, length = grades.shape
-        docs = F.normalize(documents, dim=-1).view(batch, length, -1)  # (b, l, dim)
-        scores = torch.einsum("bd,bld->bl", F.normalize(queries, dim=-1), docs) / self.temperature()  # (b, l)
-        valid = grades >= 0  # (b, l)
-        target_logits = (grades.float() / self.target_temperature).masked_fill(~valid, float("-inf"))
-        targets = torch.softmax(target_logits, dim=1)  # (b, l)
-        log_probs = F.log_softmax(scores.masked_fill(~valid, float("-inf")), dim=1)
-        return -(targets * log_probs.masked_fill(~valid, 0.0)).sum(1).mean()
+        scores = cosine_scores(queries, documents) / self.temperature()  # (b, n)
+        valid = grades >= 0  # (b, n)
+        relevant = grades > 0  # (b, n)
+        has_target = relevant.any(dim=1)  # (b,) a row without a relevant document teaches nothing
+        target_logits = (grades.float() / self.target_temperature).masked_fill(~relevant, float("-inf"))
+        targets = torch.softmax(target_logits[has_target], dim=1)  # (b', n)
+        log_probs = F.log_softmax(scores.masked_fill(~valid, float("-inf"))[has_target], dim=1)  # (b', n)
+        return -(targets * log_probs.masked_fill(~valid[has_target], 0.0)).sum(1).mean()

@@ -7,13 +7,27 @@ from typing import Any
 from fastapi import APIRouter
 
 from app.api.deps import RegistryDep, resolve_text_encoder
+from app.inference.in_context import InContextReranker
 from app.inference.registry import Reranker, TextEncoder
 
 router = APIRouter(tags=["models"])
 
 
-def describe(encoder: TextEncoder | Reranker) -> dict[str, Any]:
+def describe(encoder: TextEncoder | Reranker | InContextReranker) -> dict[str, Any]:
     m, v = encoder.manifest, encoder.variant
+    if v is None:  # blockrank: PyTorch weights, no ONNX variant
+        return {
+            "id": m.name,
+            "object": "model",
+            "owned_by": "tessera",
+            "kind": m.kind.value,
+            "max_tokens": m.max_tokens,
+            "backend": "torch",
+            "precision": "fp32",
+            "blockrank": m.blockrank.model_dump(mode="json") if m.blockrank else None,
+            "eval_scores": m.eval_scores,
+            "source": m.source.checkpoint,
+        }
     return {
         "id": m.name,
         "object": "model",
