@@ -55,6 +55,10 @@ class MiningConfig(Strict):
     per_query: int = Field(8, ge=1)
     # Skip a candidate scoring above margin x the query's lowest positive score: likely unlabelled positive.
     margin: float = Field(0.95, gt=0, le=1)
+    # Optional second opinion: a cross-encoder (transformers folder, e.g. runs/<reranker>/model) rescores the
+    # window; a candidate whose relevance exceeds rescore_margin x the lowest positive's is dropped too.
+    rescore_model: str | None = None
+    rescore_margin: float = Field(0.9, ge=0)
 
 
 class ExportConfig(Strict):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -368,3 +369,34 @@ def test_cross_encoder_groups_mix_mined_and_corpus_negatives(cranfield: Path) ->
         from_pool += sum(d in mined[query_id] for d in docs[1:])
         from_corpus += sum(d not in mined[query_id] for d in docs[1:])
     assert from_pool == from_corpus == 2 * len(groups)  # half mined, half from the whole corpus
+
+
+def test_mining_rescored_by_a_cross_encoder_drops_what_it_scores_high(tmp_path: Path, small_beir: Path) -> None:
+    from tests.conftest import make_tiny_cross_encoder
+    from training.config import MiningConfig
+    from training.cross_encoder import load_classifier, score_pairs
+    from training.mine import mine_negatives
+    from training.sources import DEFAULT_BASE_MODEL, load_sentence_transformer
+
+    dataset = load_beir(small_beir)
+    model = load_sentence_transformer(DEFAULT_BASE_MODEL)
+    ce = str(make_tiny_cross_encoder(tmp_path / "ce"))
+    window = {"rank_window": (0, 30), "per_query": 30, "margin": 1.0}
+    plain = mine_negatives(model, dataset, MiningConfig(**window))
+    rescored = mine_negatives(model, dataset, MiningConfig(**window, rescore_model=ce, rescore_margin=1.0))
+    ce_model, tokenizer = load_classifier(ce, 128)
+    dropped = 0
+    for query_id, negatives in rescored.items():
+        assert set(negatives) <= set(plain[query_id])  # the cross-encoder only removes
+        positives = list(dataset.qrels[query_id])
+        pairs = [(dataset.queries[query_id], dataset.doc_text(d)) for d in positives + plain[query_id]]
+        relevance = 1 / (1 + np.exp(-score_pairs(ce_model, tokenizer, pairs)))
+        lowest = relevance[: len(positives)].min()
+        scores = dict(zip(plain[query_id], relevance[len(positives) :], strict=True))
+        # (a tiny random head scores everything alike: compare with a tolerance for padding noise)
+        assert all(scores[d] <= lowest + 1e-4 for d in negatives)
+        assert all(scores[d] >= lowest - 1e-4 for d in set(plain[query_id]) - set(negatives))
+        dropped += len(plain[query_id]) - len(negatives)
+    assert dropped > 0  # a random cross-encoder scores some candidates above the weakest positive
+    none_left = mine_negatives(model, dataset, MiningConfig(**window, rescore_model=ce, rescore_margin=0.0))
+    assert sum(map(len, none_left.values())) == 0
