@@ -152,6 +152,7 @@ def train_cross_encoder(config: CrossEncoderConfig, show_progress: bool = True) 
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step_log.write(json.dumps({"step": step + 1, "loss": round(loss.item(), 6)}) + "\n")
+            step_log.flush()
     train_seconds = time.perf_counter() - started
     reranked = rerank_run(model, tokenizer, eval_set, first_stage)
     metrics = {
