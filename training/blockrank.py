@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ import torch
 from app.inference.blockrank import BlockRankModel, blockrank_loss, dropout_off
 from training.config import BlockRankConfig
 from training.data.beir import RetrievalDataset
+from training.losses.listwise_distillation import ListwiseDistillationLoss
 
 
 def rerank_with_blockrank(
@@ -44,11 +46,66 @@ def rerank_with_blockrank(
     return run
 
 
+@dataclass
+class TrainingQuery:
+    """One query BlockRank trains on, with the first stage's candidates for it."""
+
+    text: str
+    candidates: list[str]  # first-stage ranking: hard negatives, or the pool a pseudo-query's list is drawn from
+    qrels: dict[str, int] | None = None  # judged documents; None for a pseudo-query (distillation only)
+    teacher: dict[str, float] | None = None  # teacher score per candidate (listwise distillation)
+
+
+def labelled_queries(train_set: RetrievalDataset, candidates: dict[str, list[str]]) -> list[TrainingQuery]:
+    return [
+        TrainingQuery(train_set.queries[q], candidates[q], train_set.qrels[q])
+        for q in train_set.queries
+        if train_set.qrels.get(q) and candidates.get(q)
+    ]
+
+
+def title_queries(dataset: RetrievalDataset, min_words: int = 3) -> dict[str, str]:
+    """Pseudo-queries without judgements: each document's title (titles of < `min_words` words are
+    too vague to rank by). Keyed `title:<doc id>`."""
+    titles = {}
+    for doc_id, doc in dataset.corpus.items():
+        title = (doc.get("title") or "").strip()
+        if len(title.split()) >= min_words:
+            titles[f"title:{doc_id}"] = title
+    return titles
+
+
+def attach_teacher_scores(
+    queries: list[TrainingQuery],
+    doc_text: dict[str, str],
+    teachers: list,  # type: ignore[type-arg]  # sentence-transformers bi-encoders
+    known_doc_vectors: dict[int, dict[str, np.ndarray]] | None = None,
+) -> None:
+    """Set each query's teacher scores: the mean over teachers of cosine(query, candidate).
+    `known_doc_vectors` maps a teacher's index to document vectors by id it already encoded."""
+    from training.eval.retrieval import encode
+
+    # candidates and judged documents: a judged one the first stage missed can be a training positive
+    scored = [list(dict.fromkeys([*q.candidates, *(q.qrels or {})])) for q in queries]
+    docs = sorted({d for ids in scored for d in ids})
+    total = {i: np.zeros(len(ids)) for i, ids in enumerate(scored)}
+    for t, teacher in enumerate(teachers):
+        if known_doc_vectors and t in known_doc_vectors:
+            doc_vectors = known_doc_vectors[t]
+        else:
+            doc_vectors = dict(zip(docs, encode(teacher, [doc_text[d] for d in docs]), strict=True))
+        query_vectors = encode(teacher, [q.text for q in queries])
+        for i, ids in enumerate(scored):
+            total[i] += np.stack([doc_vectors[d] for d in ids]) @ query_vectors[i]
+    for i, query in enumerate(queries):
+        query.teacher = dict(zip(scored[i], (total[i] / len(teachers)).tolist(), strict=True))
+
+
 def train_blockrank(
     model: BlockRankModel,
     tokenizer,  # type: ignore[no-untyped-def]
-    train_set: RetrievalDataset,
-    candidates: dict[str, list[str]],  # first-stage ranking per training query (hard negatives)
+    queries: list[TrainingQuery],
+    doc_text: dict[str, str],
     steps: int,
     list_size: int = 16,
     learning_rate: float = 3e-5,
@@ -57,40 +114,64 @@ def train_blockrank(
     log_path: Path | None = None,
     answer_loss: bool = False,
     aux_weight: float = 0.1,
+    distill_weight: float = 1.0,
+    distill_temperature: float = 0.02,
+    pseudo_fraction: float = 0.5,
 ) -> list[dict[str, float]]:
+    """Train on `queries`: judged ones with the label loss (+ distillation where they carry teacher
+    scores); pseudo-queries (no qrels) with distillation only, drawn with probability `pseudo_fraction`."""
     rng = random.Random(seed)
     torch.manual_seed(seed)
     dropout_off(model)  # one prompt per step: dropout noise would dominate the small batch
     model.train()
     parameters = list(model.parameters()) if answer_loss else model.trainable_parameters()
     optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.01)
-    queries = [q for q in train_set.queries if train_set.qrels.get(q) and candidates.get(q)]
+    distill = ListwiseDistillationLoss(distill_temperature)
+    judged = [q for q in queries if q.qrels]
+    pseudo = [q for q in queries if not q.qrels and q.teacher]
+    if not judged and not pseudo:
+        raise ValueError("no training queries: none is judged and none has teacher scores")
+    passes = {"judged": (judged, [0]), "pseudo": (pseudo, [0])}
     history = []
     started = time.perf_counter()
     handle = log_path.open("w") if log_path else None
+
+    def next_query(kind: str) -> TrainingQuery:
+        pool, position = passes[kind]
+        if position[0] % len(pool) == 0:
+            rng.shuffle(pool)  # a new pass over this kind of query
+        position[0] += 1
+        return pool[(position[0] - 1) % len(pool)]
+
     try:
         for step in range(steps):
-            if step % len(queries) == 0:
-                rng.shuffle(queries)  # a new pass over the training queries
-            query_id = queries[step % len(queries)]
-            qrels = train_set.qrels[query_id]
-            # The positive comes from the first stage's candidates when it found any: prompts then look
-            # like the ones to rerank, and a judged document the retriever missed (often unlike the
-            # query) against hard negatives (like it) would teach "unlike the query = relevant".
-            found = {d: g for d, g in qrels.items() if d in candidates[query_id]} or qrels
-            positive = rng.choices(list(found), weights=list(found.values()))[0]
-            negatives = [d for d in candidates[query_id] if d not in qrels][: 3 * list_size]
-            chosen = [positive, *rng.sample(negatives, min(len(negatives), list_size - 1))]
-            rng.shuffle(chosen)
-            inputs = model.encode_prompt(
-                tokenizer, train_set.queries[query_id], [train_set.doc_text(d) for d in chosen]
-            )
-            target = chosen.index(positive)
-            if answer_loss:
+            use_pseudo = bool(pseudo) and (not judged or rng.random() < pseudo_fraction)
+            query = next_query("pseudo" if use_pseudo else "judged")
+            pool = query.candidates[: 3 * list_size]
+            target = None
+            if query.qrels:
+                # The positive comes from the first stage's candidates when it found any: prompts then look
+                # like the ones to rerank, and a judged document the retriever missed (often unlike the
+                # query) against hard negatives (like it) would teach "unlike the query = relevant".
+                found = {d: g for d, g in query.qrels.items() if d in query.candidates} or query.qrels
+                positive = rng.choices(list(found), weights=list(found.values()))[0]
+                negatives = [d for d in pool if d not in query.qrels]
+                chosen = [positive, *rng.sample(negatives, min(len(negatives), list_size - 1))]
+                rng.shuffle(chosen)
+                target = chosen.index(positive)
+            else:
+                chosen = rng.sample(pool, min(len(pool), list_size))
+            inputs = model.encode_prompt(tokenizer, query.text, [doc_text[d] for d in chosen])
+            if answer_loss and target is not None:
                 scores, answer = model.forward_blocks(inputs, answer=model.answer_ids(tokenizer, target + 1))
                 loss = answer + aux_weight * blockrank_loss(scores, [target], temperature)
             else:
-                loss = blockrank_loss(model.forward_blocks(inputs), [target], temperature)
+                scores = model.forward_blocks(inputs)
+                loss = blockrank_loss(scores, [target], temperature) if target is not None else scores.new_zeros(())
+            if query.teacher is not None and distill_weight > 0:
+                teacher = torch.tensor([query.teacher[d] for d in chosen], dtype=scores.dtype)  # (N,)
+                student = torch.log(scores.clamp_min(1e-12)) / temperature  # (N,) the InfoNCE's logits
+                loss = loss + distill_weight * distill(student, teacher)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(parameters, 1.0)
             optimizer.step()
@@ -98,11 +179,13 @@ def train_blockrank(
             record = {
                 "step": step + 1,
                 "loss": round(loss.item(), 5),
+                "pseudo": int(target is None),
                 "elapsed_s": round(time.perf_counter() - started, 1),
             }
             history.append(record)
             if handle:
                 handle.write(json.dumps(record) + "\n")
+                handle.flush()
     finally:
         if handle:
             handle.close()
@@ -135,13 +218,31 @@ def run_blockrank(config: BlockRankConfig, show_progress: bool = True) -> dict:
     doc_ids = list(dataset.corpus)
     doc_vectors = encode(bi_encoder, [dataset.doc_text(d) for d in doc_ids])
 
-    def candidates(split_set: RetrievalDataset, k: int) -> dict[str, list[str]]:
-        ids = [q for q in split_set.queries if split_set.qrels.get(q)]
-        vectors = encode(bi_encoder, [split_set.queries[q] for q in ids])
-        return first_stage_candidates(doc_ids, doc_vectors, ids, vectors, k)
+    def candidates(query_ids: list[str], texts: list[str], k: int) -> dict[str, list[str]]:
+        return first_stage_candidates(doc_ids, doc_vectors, query_ids, encode(bi_encoder, texts), k)
 
-    eval_candidates = candidates(eval_set, config.candidates)
-    train_candidates = candidates(train_set, max(config.candidates, 3 * config.list_size))
+    def judged(split_set: RetrievalDataset) -> list[str]:
+        return [q for q in split_set.queries if split_set.qrels.get(q)]
+
+    eval_ids, train_ids = judged(eval_set), judged(train_set)
+    eval_candidates = candidates(eval_ids, [eval_set.queries[q] for q in eval_ids], config.candidates)
+    pool = max(config.candidates, 3 * config.list_size)
+    train_candidates = candidates(train_ids, [train_set.queries[q] for q in train_ids], pool)
+    queries = labelled_queries(train_set, train_candidates)
+    if config.pseudo_queries == "titles":
+        titles = title_queries(dataset)
+        title_candidates = candidates(list(titles), list(titles.values()), pool)
+        queries += [TrainingQuery(titles[q], title_candidates[q]) for q in titles]
+    doc_text = {d: dataset.doc_text(d) for d in doc_ids}
+    if config.teachers:
+        teachers = [
+            bi_encoder if source == config.first_stage_model else load_sentence_transformer(source)
+            for source in config.teachers
+        ]
+        first_stage_vectors = dict(zip(doc_ids, doc_vectors, strict=True))
+        reused = {t: first_stage_vectors for t, teacher in enumerate(teachers) if teacher is bi_encoder}
+        attach_teacher_scores(queries, doc_text, teachers, reused)
+        del teachers
     k = config.candidates
     first_run = {q: {d: float(k - r) for r, d in enumerate(docs)} for q, docs in eval_candidates.items()}
     model, tokenizer = load_blockrank(source, config.layer, config.doc_tokens, kind=config.backbone)
@@ -160,8 +261,8 @@ def run_blockrank(config: BlockRankConfig, show_progress: bool = True) -> dict:
     train_blockrank(
         model,
         tokenizer,
-        train_set,
-        train_candidates,
+        queries,
+        doc_text,
         steps=config.steps,
         list_size=config.list_size,
         learning_rate=config.learning_rate,
@@ -170,6 +271,9 @@ def run_blockrank(config: BlockRankConfig, show_progress: bool = True) -> dict:
         log_path=run_dir / "steps.jsonl",
         answer_loss=config.answer_loss,
         aux_weight=config.aux_weight,
+        distill_weight=config.distill_weight,
+        distill_temperature=config.distill_temperature,
+        pseudo_fraction=config.pseudo_fraction,
     )
     metrics["train_seconds"] = round(time.perf_counter() - started, 1)
     metrics["steps"] = config.steps

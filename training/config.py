@@ -177,6 +177,15 @@ class BlockRankConfig(Strict):
     # causal-lm: next-token loss on the answer (the positive's ID) + aux_weight x InfoNCE; 0 = InfoNCE only
     answer_loss: bool = False
     aux_weight: float = Field(0.1, ge=0)
+    # Listwise distillation (KL to the teachers' softmax over each training list, τ_t below) from
+    # bi-encoders: the mean cosine of `teachers` (e.g. pypi:all_mpnet_base_v2 with the first stage).
+    teachers: list[str] = []
+    distill_weight: float = Field(1.0, ge=0)
+    distill_temperature: float = Field(0.02, gt=0)
+    # Unjudged pseudo-queries (each document's title), trained by distillation only, drawn with
+    # probability pseudo_fraction per step.
+    pseudo_queries: Literal["none", "titles"] = "none"
+    pseudo_fraction: float = Field(0.5, ge=0, le=1)
     eval_before: bool = True  # also evaluate the untrained (zero-shot) model
     seed: int = 0
     runs_dir: Path = Path("runs")
@@ -188,6 +197,8 @@ class BlockRankConfig(Strict):
             raise ValueError("BlockRank trains on a BEIR dataset split by query (data.format beir, data.query_split)")
         if self.answer_loss and self.backbone != "causal-lm":
             raise ValueError("answer_loss needs backbone causal-lm: an encoder has no answer to decode")
+        if self.pseudo_queries != "none" and not self.teachers:
+            raise ValueError("pseudo_queries need teachers: unjudged queries are trained by distillation only")
         return self
 
 

@@ -10,6 +10,7 @@ from training.losses import (
     CWCLLoss,
     DecoupledContrastiveLoss,
     InfoNCELoss,
+    ListwiseDistillationLoss,
     ListwiseSoftmaxLoss,
     MannWhitneyLoss,
     MarginMSELoss,
@@ -133,3 +134,17 @@ def test_margin_mse() -> None:
     q, p, n = torch.tensor([[1.0, 0]]), torch.tensor([[1.0, 0]]), torch.tensor([[0.0, 1]])
     # student margin 1 - 0 = 1, teacher 0.5 -> 0.25
     assert MarginMSELoss()(q, p, n, torch.tensor([0.5])).item() == pytest.approx(0.25)
+
+
+def test_listwise_distillation() -> None:
+    # teacher [1, 0] at τ_t = 1 -> p = [e, 1] / (e + 1); student logits equal to it: KL = 0
+    teacher = torch.tensor([1.0, 0.0])
+    assert ListwiseDistillationLoss(1.0)(teacher.clone(), teacher).item() == pytest.approx(0.0, abs=1e-6)
+    # uniform student: KL = Σ p log(2p)
+    p = torch.tensor([E, 1.0]) / (E + 1)
+    expected = float((p * torch.log(2 * p)).sum())
+    assert ListwiseDistillationLoss(1.0)(torch.zeros(2), teacher).item() == pytest.approx(expected, abs=1e-6)
+    # only the teacher's gaps matter, not its offset; τ_t sharpens the target
+    assert ListwiseDistillationLoss(1.0)(torch.zeros(2), teacher + 5).item() == pytest.approx(expected, abs=1e-6)
+    sharp = ListwiseDistillationLoss(0.01)(torch.zeros(2), teacher).item()
+    assert sharp == pytest.approx(math.log(2), abs=1e-6)  # target one-hot: KL = log 2 against uniform

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -322,7 +323,10 @@ def test_blockrank_trains_exports_and_serves(tmp_path: Path, tiny_model: Path, s
         "doc_tokens": 16,
         "candidates": 5,
         "list_size": 4,
-        "steps": 3,
+        "steps": 8,
+        # distillation from the first stage (reused, not reloaded) on judged and title pseudo-queries
+        "teachers": [str(tiny_model)],
+        "pseudo_queries": "titles",
         "runs_dir": str(tmp_path / "runs"),
         "export": {"name": "br-tiny", "models_dir": str(tmp_path / "models")},
     }
@@ -332,7 +336,9 @@ def test_blockrank_trains_exports_and_serves(tmp_path: Path, tiny_model: Path, s
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "runs" / "br-tiny" / "metrics.json").read_text())
     assert {"first_stage", "zero_shot", "trained"} <= set(metrics) and metrics["layer"] == 0
-    assert len((tmp_path / "runs" / "br-tiny" / "steps.jsonl").read_text().splitlines()) == 3
+    steps = [json.loads(line) for line in (tmp_path / "runs" / "br-tiny" / "steps.jsonl").read_text().splitlines()]
+    assert len(steps) == 8 and {s["pseudo"] for s in steps} == {0, 1}  # judged and pseudo-queries both drawn
+    assert all(math.isfinite(s["loss"]) and s["loss"] > 0 for s in steps)
     manifest = json.loads((tmp_path / "models" / "br-tiny" / "manifest.json").read_text())
     assert manifest["kind"] == "blockrank" and "rerank-ndcg@10" in next(iter(manifest["eval_scores"]))
     settings = settings_for(tmp_path / "models", data_dir=tmp_path / "data", default_model="br-tiny")
@@ -342,12 +348,20 @@ def test_blockrank_trains_exports_and_serves(tmp_path: Path, tiny_model: Path, s
     assert response.status_code == 200 and len(response.json()["results"]) == 2
 
 
-def test_blockrank_bad_config_stops_before_training(tmp_path: Path, small_beir: Path) -> None:
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"answer_loss": True}, "answer_loss needs backbone causal-lm"),
+        ({"pseudo_queries": "titles"}, "pseudo_queries need teachers"),
+        ({"pseudo_queries": "abstracts", "teachers": ["x"]}, "pseudo_queries"),
+    ],
+)
+def test_blockrank_bad_config_stops_before_training(tmp_path: Path, small_beir: Path, bad: dict, message: str) -> None:
     config_path = tmp_path / "br.yaml"
-    raw = {"name": "x", "data": {"format": "beir", "path": str(small_beir)}, "answer_loss": True}
+    raw = {"name": "x", "data": {"format": "beir", "path": str(small_beir)}, **bad}
     config_path.write_text(yaml.safe_dump({**raw, "runs_dir": str(tmp_path / "runs")}))
     result = CliRunner().invoke(training_cli, ["train-blockrank", "--config", str(config_path)])
-    assert result.exit_code == 2 and "answer_loss needs backbone causal-lm" in result.output
+    assert result.exit_code == 2 and message in result.output
     assert not (tmp_path / "runs").exists()
 
 
@@ -400,3 +414,31 @@ def test_mining_rescored_by_a_cross_encoder_drops_what_it_scores_high(tmp_path: 
     assert dropped > 0  # a random cross-encoder scores some candidates above the weakest positive
     none_left = mine_negatives(model, dataset, MiningConfig(**window, rescore_model=ce, rescore_margin=0.0))
     assert sum(map(len, none_left.values())) == 0
+
+
+def test_blockrank_distillation_moves_scores_towards_the_teacher(tiny_model: Path, small_beir: Path) -> None:
+    from app.inference.blockrank import load_blockrank
+    from training.blockrank import TrainingQuery, attach_teacher_scores, train_blockrank
+    from training.eval.retrieval import encode
+    from training.sources import load_sentence_transformer
+
+    dataset = load_beir(small_beir)
+    docs = list(dataset.corpus)[:4]
+    doc_text = {d: dataset.doc_text(d) for d in docs}
+    query = TrainingQuery("pressure distribution on a wing", docs)  # unjudged: distillation only
+    teacher = load_sentence_transformer(str(tiny_model))
+    attach_teacher_scores([query], doc_text, [teacher, teacher])  # the mean of one teacher twice is its cosine
+    expected = encode(teacher, [doc_text[d] for d in docs]) @ encode(teacher, [query.text])[0]
+    assert query.teacher is not None
+    assert np.allclose([query.teacher[d] for d in docs], expected, atol=1e-5)
+    # a teacher that prefers the document the untrained student ranks last
+    model, tokenizer = load_blockrank(str(tiny_model.parent / "hf"), doc_tokens=16)
+    with torch.no_grad():
+        before = model.forward_blocks(model.encode_prompt(tokenizer, query.text, [doc_text[d] for d in docs]))
+    favourite = docs[int(before.argmin())]
+    query.teacher = {d: float(d == favourite) for d in docs}
+    history = train_blockrank(model, tokenizer, [query], doc_text, steps=20, list_size=4, learning_rate=1e-3)
+    with torch.no_grad():
+        after = model.forward_blocks(model.encode_prompt(tokenizer, query.text, [doc_text[d] for d in docs]))
+    assert all(h["pseudo"] == 1 for h in history) and history[-1]["loss"] < history[0]["loss"]
+    assert docs[int(after.argmax())] == favourite and after[docs.index(favourite)] > before[docs.index(favourite)]

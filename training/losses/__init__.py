@@ -10,6 +10,7 @@ from training.losses.cwcl import CWCLLoss
 from training.losses.dcl import DecoupledContrastiveLoss
 from training.losses.infonce import InfoNCELoss
 from training.losses.listwise import ListwiseSoftmaxLoss
+from training.losses.listwise_distillation import ListwiseDistillationLoss
 from training.losses.margin_mse import MarginMSELoss
 from training.losses.matryoshka import MatryoshkaLoss
 from training.losses.mw import MannWhitneyLoss
@@ -19,6 +20,7 @@ __all__ = [
     "CoSENTLoss",
     "DecoupledContrastiveLoss",
     "InfoNCELoss",
+    "ListwiseDistillationLoss",
     "ListwiseSoftmaxLoss",
     "MannWhitneyLoss",
     "MarginMSELoss",
