@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 os.chdir(ROOT)
 
 RESULTS = ROOT / "benchmarks" / "results"
+READING = ROOT / "benchmarks" / "rerank_reading.md"
 SIZES = [10, 20, 50, 100, 200]
 DATASETS = {
     "cranfield": ROOT / "data" / "beir" / "cranfield",
@@ -329,6 +330,8 @@ def markdown(report: dict) -> str:
             _row("first stage (bi-encoder)", q["first_stage"]),
         ]
         for key in sorted(k for k in q if k.startswith("teacher_")):
+            if q[key]["sources"] == [BACKBONES["encoder"]]:
+                continue  # the first stage itself
             sources = " + ".join(s.removeprefix("pypi:") for s in q[key]["sources"])
             lines.append(_row(f"teacher bi-encoder{'s' if '+' in sources else ''}: {sources} (mean cosine)", q[key]))
         for loss in ("bce", "listwise"):
@@ -417,6 +420,8 @@ def markdown(report: dict) -> str:
             ratio = f100["ms"] / b100["ms"]
             lines += ["", f"Target (≥ 3× faster than full attention at N = 100): {ratio:.1f}× → {ratio >= 3}."]
         lines.append("")
+    if READING.is_file():  # the hand-written reading of the latest figures
+        lines += [READING.read_text().strip(), ""]
     return "\n".join(lines)
 
 
@@ -472,7 +477,11 @@ def main() -> None:
     )
     parser.add_argument("--pseudo-queries", choices=["none", "titles"], default="titles")
     parser.add_argument("--distill-backbones", type=lambda v: v.split(","), default=["encoder", "causal-lm"])
+    parser.add_argument("--render", action="store_true", help="only rewrite rerank.md from rerank.json")
     args = parser.parse_args()
+    if args.render:
+        (RESULTS / "rerank.md").write_text(markdown(json.loads((RESULTS / "rerank.json").read_text())))
+        return
     previous = json.loads((RESULTS / "rerank.json").read_text()) if (RESULTS / "rerank.json").is_file() else {}
     efficiency_results = previous.get("efficiency") or {}
     if "blockrank" in efficiency_results:  # results from before backbones were measured separately
