@@ -315,16 +315,17 @@ def markdown(report: dict) -> str:
     lines = [
         f"# Reranking ({report['date']})",
         "",
-        f"{report['machine']}. Command: `{report.get('command', '.venv/bin/python benchmarks/rerank.py')}`. "
+        f"{report['machine']}. Latest run: `{report.get('command', '.venv/bin/python benchmarks/rerank.py')}`. "
         "Held-out half of the queries (seed 0); candidates: the default bi-encoder's top-50; nDCG@10 by "
         "pytrec_eval (graded). The causal LM (SmolLM2-135M) reranks a fixed random subset of the held-out "
         "queries (CPU budget); the column *subset nDCG@10* gives every reranker on that subset.",
         "",
     ]
     for name, q in report["quality"].items():
+        lines += [f"## Quality: {name}", ""]
+        if "command" in q:  # datasets may come from different runs
+            lines += [f"Run {q['date']}: `{q['command']}`.", ""]
         lines += [
-            f"## Quality: {name}",
-            "",
             f"| reranker | nDCG@10 | MRR@10 | subset nDCG@10 ({q.get('lm_queries', '?')} queries) | training |",
             "|---|---|---|---|---|",
             _row("first stage (bi-encoder)", q["first_stage"]),
@@ -505,7 +506,11 @@ def main() -> None:
 
     if not args.skip_quality:
         for name in args.datasets.split(","):
-            report["quality"][name] = quality(name, DATASETS[name], work, args)
+            report["quality"][name] = {
+                **quality(name, DATASETS[name], work, args),
+                "command": report["command"],
+                "date": time.strftime("%Y-%m-%d %H:%M"),
+            }
             save()
     if not args.skip_efficiency:
         for backbone in args.efficiency_backbones.split(","):
