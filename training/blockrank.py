@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,22 +132,21 @@ def train_blockrank(
     pseudo = [q for q in queries if not q.qrels and q.teacher]
     if not judged and not pseudo:
         raise ValueError("no training queries: none is judged and none has teacher scores")
-    passes = {"judged": (judged, [0]), "pseudo": (pseudo, [0])}
+
+    def passes(pool: list[TrainingQuery]) -> Iterator[TrainingQuery]:
+        while pool:  # an empty pool is never drawn from (see use_pseudo)
+            rng.shuffle(pool)  # a new pass over this kind of query
+            yield from pool
+
+    next_judged, next_pseudo = passes(judged), passes(pseudo)
     history = []
     started = time.perf_counter()
     handle = log_path.open("w") if log_path else None
 
-    def next_query(kind: str) -> TrainingQuery:
-        pool, position = passes[kind]
-        if position[0] % len(pool) == 0:
-            rng.shuffle(pool)  # a new pass over this kind of query
-        position[0] += 1
-        return pool[(position[0] - 1) % len(pool)]
-
     try:
         for step in range(steps):
             use_pseudo = bool(pseudo) and (not judged or rng.random() < pseudo_fraction)
-            query = next_query("pseudo" if use_pseudo else "judged")
+            query = next(next_pseudo if use_pseudo else next_judged)
             pool = query.candidates[: 3 * list_size]
             target = None
             if query.qrels:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -111,6 +112,19 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(2) from exc
 
 
+def _run_yaml(config: Path, config_model: type, run: Callable[[Any], dict]) -> None:
+    """Load a YAML config of `config_model`, run it, print its metrics; a bad config, dataset or
+    base model stops with one line and exit code 2."""
+    from training.config import ConfigError, load_yaml_config
+    from training.data.beir import DatasetError
+
+    try:
+        metrics = run(load_yaml_config(config, config_model))
+    except (ConfigError, DatasetError, ModelSourceError) as exc:
+        _fail(exc)
+    typer.echo(json.dumps(metrics, indent=2))
+
+
 @app.command()
 def train(
     config: Annotated[Path, typer.Option(help="run config (YAML)")],
@@ -139,16 +153,10 @@ def train(
 @app.command("train-reranker")
 def train_reranker(config: Annotated[Path, typer.Option(help="reranker run config (YAML)")]) -> None:
     """Train a cross-encoder reranker, evaluate it reranking the bi-encoder's top-k, export it."""
-    from training.config import ConfigError, CrossEncoderConfig, load_yaml_config
+    from training.config import CrossEncoderConfig
     from training.cross_encoder import train_cross_encoder
-    from training.data.beir import DatasetError
 
-    try:
-        cfg = load_yaml_config(config, CrossEncoderConfig)
-        metrics = train_cross_encoder(cfg)  # type: ignore[arg-type]
-    except (ConfigError, DatasetError, ModelSourceError) as exc:
-        _fail(exc)
-    typer.echo(json.dumps(metrics, indent=2))
+    _run_yaml(config, CrossEncoderConfig, train_cross_encoder)
 
 
 @app.command("train-blockrank")
@@ -156,15 +164,9 @@ def train_blockrank_command(config: Annotated[Path, typer.Option(help="BlockRank
     """Train a BlockRank in-context reranker (encoder or causal LM), evaluate it reranking the
     bi-encoder's top-k zero-shot and trained, export it (kind blockrank)."""
     from training.blockrank import run_blockrank
-    from training.config import BlockRankConfig, ConfigError, load_yaml_config
-    from training.data.beir import DatasetError
+    from training.config import BlockRankConfig
 
-    try:
-        cfg = load_yaml_config(config, BlockRankConfig)
-        metrics = run_blockrank(cfg)  # type: ignore[arg-type]
-    except (ConfigError, DatasetError, ModelSourceError) as exc:
-        _fail(exc)
-    typer.echo(json.dumps(metrics, indent=2))
+    _run_yaml(config, BlockRankConfig, run_blockrank)
 
 
 @app.command("eval")

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from app.core.manifest import BlockRankSpec, Manifest, ModelKind, Pooling, SourceInfo, sha256_file
+from app.core.manifest import BlockRankSpec, Manifest, ModelKind, sha256_file
 from app.inference.blockrank import BlockRankModel, load_backbone
-from training.export.text import _version, staged_folder
+from training.export.text import score_model_manifest, staged_folder
 
 log = logging.getLogger(__name__)
 EXPORT_TOLERANCE = 1e-5
@@ -49,23 +49,16 @@ def export_blockrank(
         backbone.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
         files = sorted(p.name for p in staging.iterdir() if p.is_file())
-        manifest = Manifest(
-            name=name,
-            kind=ModelKind.BLOCKRANK,
-            dim=1,
-            pooling=Pooling.CLS,
-            normalize=False,
+        manifest = score_model_manifest(
+            name,
+            ModelKind.BLOCKRANK,
             max_tokens=model.doc_tokens,
+            files={f: sha256_file(staging / f) for f in files},
+            checkpoint=source,
+            eval_scores=eval_scores,
             blockrank=BlockRankSpec(
                 backbone=model.kind, layer=model.layer, doc_tokens=model.doc_tokens, max_documents=max_documents
             ),
-            files={f: sha256_file(staging / f) for f in files},
-            source=SourceInfo(
-                checkpoint=source,
-                library="transformers",
-                exported_with={"torch": torch.__version__, "transformers": _version("transformers")},
-            ),
-            eval_scores=eval_scores or {},
         )
         manifest.save(staging)
         query, documents = check_prompt

@@ -16,14 +16,14 @@ import numpy as np
 import torch
 
 from app.backends import BackendUnavailable, available
-from app.core.manifest import Manifest, ModelKind, OnnxIO, Pooling, SourceInfo, VariantParity, sha256_file
+from app.core.manifest import Manifest, ModelKind, OnnxIO, VariantParity, sha256_file
 from app.inference.cross_encoder import SCORE_OUTPUT, CrossEncoderModel
 from training.export.text import (
     CANDIDATE_VARIANTS,
     ONNX_FILE,
     TOKENIZER_FILE,
     _strip_tokenizer_padding,
-    _version,
+    score_model_manifest,
     staged_folder,
 )
 
@@ -77,21 +77,14 @@ def export_cross_encoder(
             )
         tokenizer.save_pretrained(str(staging))
         _strip_tokenizer_padding(staging / TOKENIZER_FILE)
-        manifest = Manifest(
-            name=name,
-            kind=ModelKind.CROSS_ENCODER,
-            dim=1,
-            pooling=Pooling.CLS,
-            normalize=False,
+        manifest = score_model_manifest(
+            name,
+            ModelKind.CROSS_ENCODER,
             max_tokens=min(max_tokens, int(model.config.max_position_embeddings)),
-            onnx=OnnxIO(inputs=INPUTS, output=SCORE_OUTPUT),
             files={f: sha256_file(staging / f) for f in (ONNX_FILE, TOKENIZER_FILE)},
-            source=SourceInfo(
-                checkpoint=str(source),
-                library="transformers",
-                exported_with={"torch": torch.__version__, "transformers": _version("transformers")},
-            ),
-            eval_scores=eval_scores or {},
+            checkpoint=str(source),
+            eval_scores=eval_scores,
+            onnx=OnnxIO(inputs=INPUTS, output=SCORE_OUTPUT),
         )
         manifest.save(staging)  # the runtime reads it to build pairs
         reference_model = CrossEncoderModel(staging, manifest)  # only for the pair ids

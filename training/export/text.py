@@ -15,6 +15,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -273,6 +274,35 @@ def _strip_tokenizer_padding(path: Path) -> None:
     data = json.loads(path.read_text())
     data["padding"] = None
     path.write_text(json.dumps(data, ensure_ascii=False))
+
+
+def score_model_manifest(
+    name: str,
+    kind: ModelKind,
+    max_tokens: int,
+    files: dict[str, str],
+    checkpoint: str,
+    eval_scores: dict[str, float] | None = None,
+    **spec: Any,
+) -> Manifest:
+    """The manifest of a model that outputs one relevance score per input (a cross-encoder, BlockRank):
+    dim 1, no pooling or normalisation, exported from transformers. `spec`: the kind's own fields."""
+    return Manifest(
+        name=name,
+        kind=kind,
+        dim=1,
+        pooling=Pooling.CLS,
+        normalize=False,
+        max_tokens=max_tokens,
+        files=files,
+        source=SourceInfo(
+            checkpoint=checkpoint,
+            library="transformers",
+            exported_with={"torch": torch.__version__, "transformers": _version("transformers")},
+        ),
+        eval_scores=eval_scores or {},
+        **spec,
+    )
 
 
 def _version(module: str) -> str:
