@@ -48,7 +48,6 @@ def quality(name: str, folder: Path, work: Path, args: argparse.Namespace) -> di
     from training.blockrank import (
         TrainingQuery,
         attach_teacher_scores,
-        first_stage_candidates,
         labelled_queries,
         rerank_with_blockrank,
         title_queries,
@@ -57,7 +56,7 @@ def quality(name: str, folder: Path, work: Path, args: argparse.Namespace) -> di
     from training.config import CrossEncoderConfig
     from training.cross_encoder import train_cross_encoder
     from training.data.beir import load_beir
-    from training.eval.metrics import ir_metrics
+    from training.eval.metrics import ir_metrics, ranked_run, top_k_ids
     from training.eval.retrieval import encode
     from training.sources import load_sentence_transformer, resolve_source
 
@@ -70,7 +69,7 @@ def quality(name: str, folder: Path, work: Path, args: argparse.Namespace) -> di
 
     def ranked(queries: dict[str, str]) -> dict[str, list[str]]:
         ids = list(queries)
-        return first_stage_candidates(doc_ids, doc_vectors, ids, encode(bi, [queries[q] for q in ids]), 50)
+        return top_k_ids(ids, encode(bi, [queries[q] for q in ids]), doc_ids, doc_vectors, 50)
 
     def judged(split) -> dict[str, str]:  # type: ignore[no-untyped-def]
         return {q: t for q, t in split.queries.items() if split.qrels.get(q)}
@@ -86,7 +85,7 @@ def quality(name: str, folder: Path, work: Path, args: argparse.Namespace) -> di
         subset = {q: run[q] for q in lm_queries if q in run}
         return {**ir_metrics(run, eval_set.qrels), "lm_subset": ir_metrics(subset, eval_set.qrels)}
 
-    first_run = {q: {d: float(50 - r) for r, d in enumerate(docs)} for q, docs in eval_candidates.items()}
+    first_run = ranked_run(eval_candidates)
     results: dict[str, dict] = {"first_stage": scored(first_run), "lm_queries": len(lm_queries)}
     print(name, "first stage", results["first_stage"]["ndcg@10"], flush=True)
 

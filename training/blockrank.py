@@ -193,18 +193,11 @@ def train_blockrank(
     return history
 
 
-def first_stage_candidates(
-    doc_ids: list[str], doc_vectors: np.ndarray, query_ids: list[str], query_vectors: np.ndarray, k: int
-) -> dict[str, list[str]]:
-    top = np.argsort(-(query_vectors @ doc_vectors.T), axis=1)[:, :k]
-    return {q: [doc_ids[j] for j in top[i]] for i, q in enumerate(query_ids)}
-
-
 def run_blockrank(config: BlockRankConfig, show_progress: bool = True) -> dict:
     """Candidates, zero-shot eval, training, eval, run folder and (if asked) export; returns metrics."""
     from app.inference.blockrank import load_blockrank
     from training.data.beir import load_beir
-    from training.eval.metrics import ir_metrics
+    from training.eval.metrics import ir_metrics, ranked_run, top_k_ids
     from training.eval.retrieval import encode
     from training.sources import load_sentence_transformer, resolve_source
 
@@ -219,7 +212,7 @@ def run_blockrank(config: BlockRankConfig, show_progress: bool = True) -> dict:
     doc_vectors = encode(bi_encoder, [dataset.doc_text(d) for d in doc_ids])
 
     def candidates(query_ids: list[str], texts: list[str], k: int) -> dict[str, list[str]]:
-        return first_stage_candidates(doc_ids, doc_vectors, query_ids, encode(bi_encoder, texts), k)
+        return top_k_ids(query_ids, encode(bi_encoder, texts), doc_ids, doc_vectors, k)
 
     def judged(split_set: RetrievalDataset) -> list[str]:
         return [q for q in split_set.queries if split_set.qrels.get(q)]
@@ -243,8 +236,7 @@ def run_blockrank(config: BlockRankConfig, show_progress: bool = True) -> dict:
         reused = {t: first_stage_vectors for t, teacher in enumerate(teachers) if teacher is bi_encoder}
         attach_teacher_scores(queries, doc_text, teachers, reused)
         del teachers
-    k = config.candidates
-    first_run = {q: {d: float(k - r) for r, d in enumerate(docs)} for q, docs in eval_candidates.items()}
+    first_run = ranked_run(eval_candidates)
     model, tokenizer = load_blockrank(source, config.layer, config.doc_tokens, kind=config.backbone)
     metrics: dict = {
         "name": config.name,

@@ -97,7 +97,7 @@ def _groups(
 
 def train_cross_encoder(config: CrossEncoderConfig, show_progress: bool = True) -> dict:
     """Train, evaluate reranking of the bi-encoder's top-k on the held-out queries, save, export."""
-    from training.eval.metrics import ir_metrics
+    from training.eval.metrics import ir_metrics, ranked_run, top_k_ids
     from training.eval.retrieval import encode
     from training.mine import mine_negatives
 
@@ -114,11 +114,8 @@ def train_cross_encoder(config: CrossEncoderConfig, show_progress: bool = True) 
     doc_vectors = encode(bi_encoder, [dataset.doc_text(d) for d in doc_ids])
     eval_queries = [q for q in eval_set.queries if eval_set.qrels.get(q)]
     query_vectors = encode(bi_encoder, [eval_set.queries[q] for q in eval_queries])
-    top = np.argsort(-(query_vectors @ doc_vectors.T), axis=1)[:, : config.rerank_candidates]
-    first_stage = {q: [doc_ids[j] for j in top[i]] for i, q in enumerate(eval_queries)}
-    first_run = {
-        q: {d: float(len(docs) - r) for r, d in enumerate(docs)} for q, docs in first_stage.items()
-    }  # rank-ordered scores
+    first_stage = top_k_ids(eval_queries, query_vectors, doc_ids, doc_vectors, config.rerank_candidates)
+    first_run = ranked_run(first_stage)
 
     model, tokenizer = load_classifier(config.base_model, config.max_seq_length)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.01)

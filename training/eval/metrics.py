@@ -46,3 +46,15 @@ def dense_run(
     scores = query_vectors @ doc_vectors.T  # (q, n)
     top = np.argsort(-scores, axis=1)[:, :k]
     return {q: {doc_ids[j]: float(scores[i, j]) for j in top[i]} for i, q in enumerate(query_ids)}
+
+
+def top_k_ids(
+    query_ids: list[str], query_vectors: np.ndarray, doc_ids: list[str], doc_vectors: np.ndarray, k: int
+) -> dict[str, list[str]]:
+    """`dense_run`'s top-k document ids per query, best first (a first stage's candidates)."""
+    return {q: list(docs) for q, docs in dense_run(query_ids, query_vectors, doc_ids, doc_vectors, k).items()}
+
+
+def ranked_run(ranking: dict[str, list[str]]) -> Run:
+    """A run whose scores only encode the given order (best first): what a first stage alone scores."""
+    return {q: {d: float(len(docs) - r) for r, d in enumerate(docs)} for q, docs in ranking.items()}
