@@ -60,7 +60,9 @@ def index_build(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from app.core.config import get_settings
-    from app.search.builder import InputError, build_index
+    from app.core.errors import TesseraError
+    from app.inference.variants import NoServableVariant
+    from app.search.builder import build_index
 
     settings = get_settings()
     if engine not in {"local", "ray"}:
@@ -104,7 +106,7 @@ def index_build(
                 optimize=optimize,
                 progress=report,
             )
-        except (InputError, ValueError) as exc:
+        except (TesseraError, NoServableVariant) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from exc
     typer.echo(json.dumps(result, indent=2, default=str))

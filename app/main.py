@@ -10,10 +10,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app import __version__
-from app.api.middleware import MetricsMiddleware, PayloadLimitMiddleware
+from app.api.errors import install_error_handlers
+from app.api.middleware import CancelOnDisconnectMiddleware, MetricsMiddleware, PayloadLimitMiddleware
 from app.api.routes import embeddings, health, indexes, models, rerank
 from app.core.config import Settings, get_settings
-from app.core.errors import install_error_handlers
 from app.inference.registry import ModelRegistry
 from app.search.manager import CollectionManager
 
@@ -43,12 +43,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    install_error_handlers(app)
+    install_error_handlers(app, settings.retry_after_s)
     app.include_router(embeddings.router)
     app.include_router(models.router)
     app.include_router(indexes.router)
     app.include_router(rerank.router)
     app.include_router(health.router)
+    app.add_middleware(CancelOnDisconnectMiddleware)  # innermost: sees the body as the handler reads it
     app.add_middleware(PayloadLimitMiddleware, max_bytes=settings.max_payload_bytes)
     app.add_middleware(MetricsMiddleware)
     return app

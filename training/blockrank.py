@@ -23,10 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from app.inference.blockrank import BlockRankModel, blockrank_loss, dropout_off
+from app.inference.blockrank import BlockRankModel
 from training.config import BlockRankConfig
 from training.data.beir import RetrievalDataset
+from training.losses.blockrank_infonce import blockrank_loss
 from training.losses.listwise_distillation import ListwiseDistillationLoss
+from training.models.blockrank import answer_ids, dropout_off, forward_with_answer, trainable_parameters
+from training.run import RunFolder, seed_everything
 
 
 def rerank_with_blockrank(
@@ -84,7 +87,7 @@ def attach_teacher_scores(
 ) -> None:
     """Set each query's teacher scores: the mean over teachers of cosine(query, candidate).
     `known_doc_vectors` maps a teacher's index to document vectors by id it already encoded."""
-    from training.eval.retrieval import encode
+    from training.eval.first_stage import encode
 
     # candidates and judged documents: a judged one the first stage missed can be a training positive
     scored = [list(dict.fromkeys([*q.candidates, *(q.qrels or {})])) for q in queries]
@@ -125,7 +128,7 @@ def train_blockrank(
     torch.manual_seed(seed)
     dropout_off(model)  # one prompt per step: dropout noise would dominate the small batch
     model.train()
-    parameters = list(model.parameters()) if answer_loss else model.trainable_parameters()
+    parameters = list(model.parameters()) if answer_loss else trainable_parameters(model)
     optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.01)
     distill = ListwiseDistillationLoss(distill_temperature)
     judged = [q for q in queries if q.qrels]
@@ -163,7 +166,7 @@ def train_blockrank(
                 chosen = rng.sample(pool, min(len(pool), list_size))
             inputs = model.encode_prompt(tokenizer, query.text, [doc_text[d] for d in chosen])
             if answer_loss and target is not None:
-                scores, answer = model.forward_blocks(inputs, answer=model.answer_ids(tokenizer, target + 1))
+                scores, answer = forward_with_answer(model, inputs, answer_ids(tokenizer, target + 1))
                 loss = answer + aux_weight * blockrank_loss(scores, [target], temperature)
             else:
                 scores = model.forward_blocks(inputs)
@@ -195,60 +198,52 @@ def train_blockrank(
 
 def run_blockrank(config: BlockRankConfig, show_progress: bool = True) -> dict:
     """Candidates, zero-shot eval, training, eval, run folder and (if asked) export; returns metrics."""
-    from app.inference.blockrank import load_blockrank
     from training.data.beir import load_beir
-    from training.eval.metrics import ir_metrics, ranked_run, top_k_ids
-    from training.eval.retrieval import encode
+    from training.eval.first_stage import CorpusIndex, judged_queries
+    from training.eval.metrics import ir_metrics, ranked_run
+    from training.models.blockrank import load_blockrank
     from training.sources import load_sentence_transformer, resolve_source
 
-    torch.manual_seed(config.seed)
+    seed_everything(config.seed)
     dataset = load_beir(config.data.path)
     split = config.data.query_split
     assert split is not None  # the config validates it
     train_set, eval_set = dataset.split_queries(split.seed, split.train_fraction)
     source = resolve_source(config.base_model)  # fails early, before the bi-encoder runs
     bi_encoder = load_sentence_transformer(config.first_stage_model)
-    doc_ids = list(dataset.corpus)
-    doc_vectors = encode(bi_encoder, [dataset.doc_text(d) for d in doc_ids])
+    corpus = CorpusIndex.build(bi_encoder, dataset)
 
-    def candidates(query_ids: list[str], texts: list[str], k: int) -> dict[str, list[str]]:
-        return top_k_ids(query_ids, encode(bi_encoder, texts), doc_ids, doc_vectors, k)
+    def candidates(split_set: RetrievalDataset, k: int) -> dict[str, list[str]]:
+        ids = judged_queries(split_set)
+        return corpus.top_k(ids, [split_set.queries[q] for q in ids], k)
 
-    def judged(split_set: RetrievalDataset) -> list[str]:
-        return [q for q in split_set.queries if split_set.qrels.get(q)]
-
-    eval_ids, train_ids = judged(eval_set), judged(train_set)
-    eval_candidates = candidates(eval_ids, [eval_set.queries[q] for q in eval_ids], config.candidates)
+    eval_candidates = candidates(eval_set, config.candidates)
     pool = max(config.candidates, 3 * config.list_size)
-    train_candidates = candidates(train_ids, [train_set.queries[q] for q in train_ids], pool)
-    queries = labelled_queries(train_set, train_candidates)
+    queries = labelled_queries(train_set, candidates(train_set, pool))
     if config.pseudo_queries == "titles":
         titles = title_queries(dataset)
-        title_candidates = candidates(list(titles), list(titles.values()), pool)
+        title_candidates = corpus.top_k(list(titles), list(titles.values()), pool)
         queries += [TrainingQuery(titles[q], title_candidates[q]) for q in titles]
-    doc_text = {d: dataset.doc_text(d) for d in doc_ids}
+    doc_text = {d: dataset.doc_text(d) for d in corpus.doc_ids}
     if config.teachers:
         teachers = [
             bi_encoder if source == config.first_stage_model else load_sentence_transformer(source)
             for source in config.teachers
         ]
-        first_stage_vectors = dict(zip(doc_ids, doc_vectors, strict=True))
-        reused = {t: first_stage_vectors for t, teacher in enumerate(teachers) if teacher is bi_encoder}
+        reused = {t: corpus.vectors_by_id() for t, teacher in enumerate(teachers) if teacher is bi_encoder}
         attach_teacher_scores(queries, doc_text, teachers, reused)
         del teachers
-    first_run = ranked_run(eval_candidates)
     model, tokenizer = load_blockrank(source, config.layer, config.doc_tokens, kind=config.backbone)
     metrics: dict = {
         "name": config.name,
         "backbone": config.backbone,
         "layer": model.layer,
-        "first_stage": ir_metrics(first_run, eval_set.qrels),
+        "first_stage": ir_metrics(ranked_run(eval_candidates), eval_set.qrels),
     }
     if config.eval_before:
         zero_shot = rerank_with_blockrank(model, tokenizer, eval_set, eval_candidates)
         metrics["zero_shot"] = ir_metrics(zero_shot, eval_set.qrels)
-    run_dir = config.runs_dir / config.name
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run = RunFolder(config.runs_dir, config.name)
     started = time.perf_counter()
     train_blockrank(
         model,
@@ -260,7 +255,7 @@ def run_blockrank(config: BlockRankConfig, show_progress: bool = True) -> dict:
         learning_rate=config.learning_rate,
         temperature=config.temperature,
         seed=config.seed,
-        log_path=run_dir / "steps.jsonl",
+        log_path=run.steps_path,
         answer_loss=config.answer_loss,
         aux_weight=config.aux_weight,
         distill_weight=config.distill_weight,
@@ -270,7 +265,7 @@ def run_blockrank(config: BlockRankConfig, show_progress: bool = True) -> dict:
     metrics["train_seconds"] = round(time.perf_counter() - started, 1)
     metrics["steps"] = config.steps
     metrics["trained"] = ir_metrics(rerank_with_blockrank(model, tokenizer, eval_set, eval_candidates), eval_set.qrels)
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    run.write_metrics(metrics)
     if config.export is not None:
         from training.export.blockrank import export_blockrank
 

@@ -23,21 +23,6 @@ def root() -> None:
 DEFAULT_PARITY_DATA = Path("../shared/data/stsbenchmark/sts-dev.csv")
 
 
-def load_parity_sentences(path: Path, count: int) -> list[str]:
-    """STS-B style TSV (both sentences of each pair) or plain text, one sentence per line."""
-    from training.data.sts import sts_sentences
-
-    if not path.is_file():
-        raise typer.BadParameter(f"{path}: parity data not found (pass --parity-data)")
-    if path.suffix in {".csv", ".tsv"}:
-        sentences = sts_sentences(path, limit=count)
-    else:
-        sentences = [line.strip() for line in path.read_text(encoding="utf-8").split("\n") if line.strip()][:count]
-    if len(sentences) < count:
-        raise typer.BadParameter(f"{path}: {len(sentences)} sentences, fewer than the {count} asked for")
-    return sentences
-
-
 @app.command()
 def export(
     source: Annotated[
@@ -61,8 +46,13 @@ def export(
         if not manifest.verify_files(target):
             typer.echo(f"{target}: present and intact, not re-exported")
             return
-    sentences = load_parity_sentences(parity_data, parity_sentences)
+    from training.data.parity import ParityDataError, load_parity_sentences
     from training.export.text import export_text_model
+
+    try:
+        sentences = load_parity_sentences(parity_data, parity_sentences)
+    except ParityDataError as exc:
+        raise typer.BadParameter(str(exc)) from exc
 
     try:
         manifest = export_text_model(source, target, name, sentences, threads=threads)
@@ -72,7 +62,7 @@ def export(
     for variant in manifest.parity:
         typer.echo(
             f"{variant.key:>18}: min cosine {variant.min_cosine:.6f}, mean {variant.mean_cosine:.6f}, "
-            f"{variant.sentences_per_s:.0f} sentences/s ({variant.n_sentences} sentences)"
+            f"{variant.samples_per_s:.0f} sentences/s ({variant.n_samples} sentences)"
         )
     typer.echo(f"wrote {target}")
 
@@ -202,6 +192,7 @@ def mine(
     from training.data.beir import DatasetError
     from training.data.examples import load_retrieval
     from training.mine import mine_negatives
+    from training.models.cross_encoder import mining_rescorer
 
     try:
         cfg = load_config(config)
@@ -211,7 +202,7 @@ def mine(
         model = load_sentence_transformer(cfg.base_model)
     except (ConfigError, DatasetError, ModelSourceError) as exc:
         _fail(exc)
-    negatives = mine_negatives(model, dataset, cfg.mining, cfg.seed)
+    negatives = mine_negatives(model, dataset, cfg.mining, cfg.seed, mining_rescorer(cfg.mining))
     with out.open("w") as handle:
         for query_id, docs in negatives.items():
             handle.write(json.dumps({"query_id": query_id, "negatives": docs}) + "\n")

@@ -3,47 +3,49 @@
 For each query: rank the corpus by the current model, take non-positives from a rank window
 [start, end), drop candidates scoring above `margin` x the query's lowest positive score (likely
 unlabelled positives: the "false negative" filter of NV-Retriever's positive-aware mining,
-Moreira et al. 2024), and sample `per_query` of the rest. With `rescore_model`, a cross-encoder
-rescores the window and the same filter runs again on its relevance (sigmoid of the logit), against
-`rescore_margin` x the lowest positive's: the bi-encoder misses unlabelled positives a
-cross-encoder catches.
+Moreira et al. 2024), and sample `per_query` of the rest. With a `rescorer` (a cross-encoder, passed
+in by the caller), the window is rescored and the same filter runs again on its relevance (sigmoid
+of the logit), against `rescore_margin` x the lowest positive's: the bi-encoder misses unlabelled
+positives a cross-encoder catches.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
-import faiss
 import numpy as np
 
 from training.config import MiningConfig
 from training.data.beir import RetrievalDataset
-from training.eval.retrieval import encode
+from training.eval.first_stage import CorpusIndex, judged_queries
+
+# (query, document) pairs -> (n,) relevance logits (see training.models.cross_encoder.pair_scorer)
+PairScorer = Callable[[list[tuple[str, str]]], np.ndarray]
 
 
-def mine_negatives(model, dataset: RetrievalDataset, config: MiningConfig, seed: int = 0) -> dict[str, list[str]]:  # type: ignore[no-untyped-def]
-    doc_ids = list(dataset.corpus)
-    doc_vectors = encode(model, [dataset.doc_text(d) for d in doc_ids])  # (n, dim)
-    query_ids = [q for q in dataset.queries if dataset.qrels.get(q)]
-    query_vectors = encode(model, [dataset.queries[q] for q in query_ids])  # (q, dim)
-    index = faiss.IndexFlatIP(doc_vectors.shape[1])
-    index.add(doc_vectors)
+def mine_negatives(  # type: ignore[no-untyped-def]
+    model,
+    dataset: RetrievalDataset,
+    config: MiningConfig,
+    seed: int = 0,
+    rescorer: PairScorer | None = None,
+    corpus: CorpusIndex | None = None,
+) -> dict[str, list[str]]:
+    """`corpus`: the corpus already encoded by `model` (skips encoding it again)."""
+    corpus = corpus or CorpusIndex.build(model, dataset)
+    query_ids = judged_queries(dataset)
+    query_vectors = corpus.encode_queries([dataset.queries[q] for q in query_ids])  # (q, dim)
     start, end = config.rank_window
-    scores, ranks = index.search(query_vectors, min(end, len(doc_ids)))  # (q, end)
+    scores, ranks = corpus.search(query_vectors, end)  # (q, end)
+    doc_ids = corpus.doc_ids
     position = {d: i for i, d in enumerate(doc_ids)}
     rng = random.Random(seed)
-    rescorer = None
-    if config.rescore_model:
-        from training.cross_encoder import load_classifier
-
-        model_ce, tokenizer = load_classifier(config.rescore_model, 256)
-        tokenizer.model_max_length = min(256, int(model_ce.config.max_position_embeddings))
-        rescorer = (model_ce, tokenizer)
     negatives: dict[str, list[str]] = {}
     for row, query_id in enumerate(query_ids):
         positives = dataset.qrels[query_id]
         positive_rows = [position[d] for d in positives if d in position]
-        lowest_positive = float(np.min(doc_vectors[positive_rows] @ query_vectors[row]))
+        lowest_positive = float(np.min(corpus.doc_vectors[positive_rows] @ query_vectors[row]))
         threshold = config.margin * lowest_positive
         candidates = [
             doc_ids[j]
@@ -56,13 +58,12 @@ def mine_negatives(model, dataset: RetrievalDataset, config: MiningConfig, seed:
     return negatives
 
 
-def _rescore(rescorer, dataset: RetrievalDataset, query_id: str, candidates: list[str], margin: float) -> list[str]:  # type: ignore[no-untyped-def]
-    from training.cross_encoder import score_pairs
-
-    model, tokenizer = rescorer
+def _rescore(
+    rescorer: PairScorer, dataset: RetrievalDataset, query_id: str, candidates: list[str], margin: float
+) -> list[str]:
     query = dataset.queries[query_id]
     positives = list(dataset.qrels[query_id])
-    logits = score_pairs(model, tokenizer, [(query, dataset.doc_text(d)) for d in positives + candidates])
+    logits = rescorer([(query, dataset.doc_text(d)) for d in positives + candidates])
     relevance = 1.0 / (1.0 + np.exp(-logits))  # (p + c,)
     threshold = margin * float(relevance[: len(positives)].min())
     return [d for d, r in zip(candidates, relevance[len(positives) :], strict=True) if r <= threshold]

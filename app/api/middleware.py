@@ -1,7 +1,10 @@
-"""Pure-ASGI middleware (cheaper per request than BaseHTTPMiddleware): payload cap and metrics."""
+"""Pure-ASGI middleware (cheaper per request than BaseHTTPMiddleware): payload cap, metrics, and
+cancelling the work of a request whose client has gone."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 
 import orjson
@@ -93,3 +96,54 @@ class MetricsMiddleware:
             label = getattr(route, "path", "unmatched")
             metrics.REQUESTS.labels(label, scope["method"], str(status)).inc()
             metrics.REQUEST_LATENCY.labels(label).observe(time.perf_counter() - start)
+
+
+class CancelOnDisconnectMiddleware:
+    """Cancels a request's handler when its client disconnects before the response starts, so the
+    batcher drops its queued inputs instead of computing them for nobody.
+
+    Once the handler has read the whole body, a watcher waits on the connection's next message; an
+    `http.disconnect` before `http.response.start` cancels the handler. A handler that reads
+    again after the body gets the message the watcher saw."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        handler = asyncio.current_task()
+        state = {"started": False}
+        watcher: asyncio.Task[Message] | None = None
+
+        async def watch() -> Message:
+            message = await receive()
+            if message["type"] == "http.disconnect" and not state["started"] and handler is not None:
+                handler.cancel()
+            return message
+
+        async def watched_receive() -> Message:
+            nonlocal watcher
+            if watcher is not None:  # the body was read: the next message is the watcher's
+                return await asyncio.shield(watcher)
+            message = await receive()
+            if message["type"] == "http.request" and not message.get("more_body", False):
+                watcher = asyncio.create_task(watch())
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                state["started"] = True
+            await send(message)
+
+        try:
+            await self.app(scope, watched_receive, tracking_send)
+        except asyncio.CancelledError:
+            if state["started"] or watcher is None or not watcher.done():
+                raise  # cancelled from outside (shutdown), not by a disconnect
+        finally:
+            if watcher is not None and not watcher.done():
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher

@@ -1,83 +1,156 @@
-"""Errors as JSON: `{"error": {"message", "type", "code"}}` (the OpenAI shape), never a bare 500."""
+"""Domain errors, and the one table that maps them to HTTP.
+
+Errors are raised where they happen (the registry, the batcher, a collection, a filter) and carry
+no HTTP status: the service layer and everything below it know nothing of HTTP. `HTTP_ERRORS`
+below is the only place a status is chosen (as text-embeddings-inference maps its error enum in
+one place); `app/api/errors.py` turns an error into the JSON body
+`{"error": {"message", "type", "code"}}` (the OpenAI shape). This module imports no web framework.
+"""
 
 from __future__ import annotations
 
-import logging
-
-import orjson
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import Response
-
-from app.search.manager import CollectionError
-
-log = logging.getLogger(__name__)
+from dataclasses import dataclass
 
 
-def busy_error(what: str, retry_after_s: int) -> APIError:
-    """429 for a full queue, with Retry-After (clients back off instead of the queue growing)."""
-    return APIError(
-        429,
-        f"server busy: {what} queue is full",
-        "queue_full",
-        "rate_limit_error",
-        headers={"Retry-After": str(retry_after_s)},
-    )
+class TesseraError(Exception):
+    """Base of every error a request can cause; `code` is the machine-readable `error.code`."""
 
+    code = "invalid_request"
 
-class APIError(Exception):
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        code: str,
-        error_type: str = "invalid_request_error",
-        headers: dict[str, str] | None = None,
-    ) -> None:
+    def __init__(self, message: str) -> None:
         super().__init__(message)
-        self.status, self.message, self.code, self.error_type = status, message, code, error_type
-        self.headers = headers or {}
+        self.message = message
 
 
-def error_response(
-    status: int,
-    message: str,
-    code: str,
-    error_type: str = "invalid_request_error",
-    headers: dict[str, str] | None = None,
-) -> Response:
-    body = {"error": {"message": message, "type": error_type, "code": code}}
-    return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
+class InvalidRequest(TesseraError):
+    """The request is well-formed JSON but asks for something impossible."""
 
 
-def _validation_message(exc: RequestValidationError) -> str:
-    parts = []
-    for err in exc.errors()[:5]:
-        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
-        parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
-    return "; ".join(parts) or "invalid request"
+class InvalidDimensions(InvalidRequest):
+    code = "invalid_dimensions"
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(APIError)
-    async def _api_error(_: Request, exc: APIError) -> Response:
-        return error_response(exc.status, exc.message, exc.code, exc.error_type, exc.headers)
+class WrongDimension(InvalidRequest):
+    code = "wrong_dimension"
 
-    @app.exception_handler(CollectionError)
-    async def _collection_error(_: Request, exc: CollectionError) -> Response:
-        return error_response(exc.status, str(exc), exc.code)
 
-    @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> Response:
-        return error_response(422, _validation_message(exc), "invalid_request")
+class InvalidVector(InvalidRequest):
+    code = "invalid_vector"
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> Response:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, str(exc.detail), code, headers=getattr(exc, "headers", None))
 
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> Response:
-        log.exception("unhandled error")
-        return error_response(500, "internal error", "internal_error", "server_error")
+class DuplicateIds(InvalidRequest):
+    code = "duplicate_ids"
+
+
+class InvalidFilter(InvalidRequest):
+    code = "invalid_filter"
+
+
+class InvalidIndexSpec(InvalidRequest):
+    code = "invalid_index_spec"
+
+
+class InvalidIndexName(InvalidRequest):
+    code = "invalid_index_name"
+
+
+class InvalidMetric(InvalidRequest):
+    code = "invalid_metric"
+
+
+class ModelNotFound(TesseraError):
+    code = "model_not_found"
+
+
+class WrongModelKind(TesseraError):
+    """The model exists but cannot do what was asked (e.g. embedding with a reranker)."""
+
+    code = "wrong_model_kind"
+
+
+class TooManyInputs(TesseraError):
+    code = "too_many_inputs"
+
+
+class InputTooLong(TesseraError):
+    """An input exceeds the model's limit and the caller asked not to truncate."""
+
+    code = "input_too_long"
+
+    def __init__(self, index: int, length: int, limit: int, message: str | None = None) -> None:
+        super().__init__(
+            message
+            or f"input {index} has {length} tokens, more than the model's limit of {limit}; "
+            "shorten it or send truncate=true"
+        )
+        self.index, self.length, self.limit = index, length, limit
+
+    @classmethod
+    def document(cls, index: int, length: int, limit: int) -> InputTooLong:
+        """A reranked document over its room (the model's cap or the request's max_tokens_per_doc)."""
+        return cls(
+            index,
+            length,
+            limit,
+            f"document {index} has {length} tokens, more than {limit}; "
+            "shorten it, raise max_tokens_per_doc or send truncate=true",
+        )
+
+
+class QueueFull(TesseraError):
+    """More work is waiting than the queue admits; the client should back off and retry."""
+
+    code = "queue_full"
+
+
+class CollectionNotFound(TesseraError):
+    code = "index_not_found"
+
+
+class DocumentNotFound(TesseraError):
+    code = "document_not_found"
+
+
+class CollectionExists(TesseraError):
+    code = "index_exists"
+
+
+class OptimizeRunning(TesseraError):
+    code = "optimize_running"
+
+
+class ReadOnly(TesseraError):
+    code = "read_only"
+
+
+@dataclass(frozen=True)
+class HttpMapping:
+    status: int
+    error_type: str = "invalid_request_error"
+    retry_after: bool = False  # add Retry-After (clients back off instead of the queue growing)
+
+
+# The one table: domain error -> HTTP status and OpenAI error type. Looked up along the class's MRO,
+# so a subclass without its own row answers like its parent.
+HTTP_ERRORS: dict[type[TesseraError], HttpMapping] = {
+    TesseraError: HttpMapping(400),
+    InvalidRequest: HttpMapping(422),
+    WrongModelKind: HttpMapping(400),
+    ReadOnly: HttpMapping(403, "permission_error"),
+    ModelNotFound: HttpMapping(404),
+    CollectionNotFound: HttpMapping(404),
+    DocumentNotFound: HttpMapping(404),
+    CollectionExists: HttpMapping(409),
+    OptimizeRunning: HttpMapping(409),
+    TooManyInputs: HttpMapping(413),
+    InputTooLong: HttpMapping(413),
+    QueueFull: HttpMapping(429, "rate_limit_error", retry_after=True),
+}
+
+
+def http_mapping(error: TesseraError) -> HttpMapping:
+    for cls in type(error).__mro__:
+        mapping = HTTP_ERRORS.get(cls)  # type: ignore[arg-type]
+        if mapping is not None:
+            return mapping
+    return HTTP_ERRORS[TesseraError]

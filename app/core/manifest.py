@@ -12,12 +12,12 @@ import json
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MANIFEST_FILE = "manifest.json"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # A served variant must match the reference (PyTorch / sentence-transformers fp32) at least this well.
 SERVING_MIN_COSINE = 0.999
 # A served score model's logits may differ from the reference by at most this much.
@@ -59,16 +59,8 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class Preprocessing(_Strict):
-    """How raw input becomes model input. Tokenisation rules live in `tokenizer_file`."""
-
-    tokenizer_file: str = "tokenizer.json"
-    query_prefix: str = ""
-    document_prefix: str = ""
-
-
 class OnnxIO(_Strict):
-    """Names of the ONNX graph's inputs and its (pooled, optionally normalised) output."""
+    """One tower's ONNX graph: its input names and its (pooled, optionally normalised) output."""
 
     inputs: list[str]
     output: str = "sentence_embedding"
@@ -80,18 +72,54 @@ class OnnxIO(_Strict):
         return [self.output] + ([self.unnormalized_output] if self.unnormalized_output else [])
 
 
+class TextTower(_Strict):
+    """How text becomes model input and what the text graph computes. Tokenisation rules live in
+    `tokenizer_file`. Score models (cross-encoder, BlockRank) have a text tower without pooling."""
+
+    tokenizer_file: str = "tokenizer.json"
+    query_prefix: str = ""
+    document_prefix: str = ""
+    max_tokens: int = Field(gt=0)
+    pooling: Pooling | None = None  # embedding kinds: how token states become one vector (in the graph)
+    normalize: bool = False  # embedding kinds: L2-normalised in the graph
+    onnx: OnnxIO | None = None  # every kind but blockrank (PyTorch weights)
+
+
+class ImageTower(_Strict):
+    """How an image becomes model input (done by the service exactly as written here) and its graph.
+
+    Resize so the shorter side is `resize_size` (`resize: shortest`) or to a square of that side
+    (`squash`), then cut the centre `input_size` square (`crop: center`), scale to [0, 1], subtract
+    `mean` and divide by `std` per channel, in `channel_order`, laid out NCHW."""
+
+    input_size: int = Field(gt=0)
+    resize_size: int = Field(gt=0)
+    resize: Literal["shortest", "squash"] = "shortest"
+    crop: Literal["center", "none"] = "center"
+    interpolation: Literal["bilinear", "bicubic"] = "bilinear"
+    mean: list[float] = Field(min_length=3, max_length=3)
+    std: list[float] = Field(min_length=3, max_length=3)
+    channel_order: Literal["RGB", "BGR"] = "RGB"
+    normalize: bool = True
+    onnx: OnnxIO
+
+
+Tower = Literal["text", "image"]
+
+
 class VariantParity(_Strict):
-    """One way of running the model (backend x precision) and how close it is to the reference."""
+    """One way of running one tower (backend x precision) and how close it is to the reference."""
 
     backend: Backend
     precision: Precision
     onnx_file: str
+    tower: Tower = "text"
     min_cosine: float
     mean_cosine: float
-    n_sentences: int
+    n_samples: int = Field(description="inputs (sentences, pairs, images) the parity was measured on")
     reference: str = "sentence-transformers fp32 (PyTorch)"
     # Throughput measured at export time on the exporting machine; used to rank variants.
-    sentences_per_s: float | None = None
+    samples_per_s: float | None = None
     # CPU capabilities the variant needs (OpenVINO capability names, e.g. "BF16").
     requires: list[str] = Field(default_factory=list)
     # Score models (cross-encoders): largest |logit - reference logit|; min_cosine is then the
@@ -125,17 +153,29 @@ class SourceInfo(_Strict):
     exported_with: dict[str, str] = Field(default_factory=dict)
 
 
+# Which towers (and whether a shared `dim`) each kind has.
+EMBEDDING_KINDS = frozenset({ModelKind.TEXT, ModelKind.IMAGE, ModelKind.CLIP})
+_TOWERS: dict[ModelKind, tuple[bool, bool]] = {  # kind -> (text tower, image tower)
+    ModelKind.TEXT: (True, False),
+    ModelKind.IMAGE: (False, True),
+    ModelKind.CLIP: (True, True),
+    ModelKind.CROSS_ENCODER: (True, False),
+    ModelKind.BLOCKRANK: (True, False),
+}
+
+
 class Manifest(_Strict):
-    schema_version: int = SCHEMA_VERSION
+    """Schema v2: a section per tower (`text`, `image`), a shared `dim` where the kind embeds, the
+    kind's own section (`blockrank`), and parity per tower x backend x precision. Version-1 files
+    (text-shaped top level) are read and converted on load."""
+
+    schema_version: Literal[2] = SCHEMA_VERSION
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
     kind: ModelKind
-    dim: int = Field(gt=0)
-    pooling: Pooling
-    normalize: bool
-    max_tokens: int = Field(gt=0)
+    dim: int | None = Field(None, gt=0, description="the embedding size, shared by every tower (embedding kinds)")
     similarity: Similarity = Similarity.COSINE
-    preprocessing: Preprocessing = Field(default_factory=Preprocessing)
-    onnx: OnnxIO | None = None  # every kind but blockrank
+    text: TextTower | None = None
+    image: ImageTower | None = None
     blockrank: BlockRankSpec | None = None  # kind blockrank only
     files: dict[str, str] = Field(description="relative path -> sha256 of every file the model needs")
     source: SourceInfo
@@ -143,19 +183,45 @@ class Manifest(_Strict):
     eval_scores: dict[str, float] = Field(default_factory=dict)
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
+    @model_validator(mode="before")
+    @classmethod
+    def _read_v1(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("schema_version") == 1:  # v1 files always wrote it
+            return _upgrade_v1(data)
+        return data
+
     @model_validator(mode="after")
-    def _runtime_matches_kind(self) -> Manifest:
-        if self.kind == ModelKind.BLOCKRANK and self.blockrank is None:
-            raise ValueError("a blockrank model needs a `blockrank` section")
-        if self.kind != ModelKind.BLOCKRANK and self.onnx is None:
-            raise ValueError(f"a {self.kind.value} model needs an `onnx` section")
+    def _sections_match_kind(self) -> Manifest:
+        wants_text, wants_image = _TOWERS[self.kind]
+        embeds = self.kind in EMBEDDING_KINDS
+        rules = [
+            ("`text` section", wants_text, self.text is not None),
+            ("`image` section", wants_image, self.image is not None),
+            ("`dim`", embeds, self.dim is not None),
+            ("`blockrank` section", self.kind == ModelKind.BLOCKRANK, self.blockrank is not None),
+        ]
+        if self.text is not None:
+            rules += [
+                ("ONNX graph for its text tower", self.kind != ModelKind.BLOCKRANK, self.text.onnx is not None),
+                ("`pooling` in its text tower", embeds, self.text.pooling is not None),
+            ]
+        for what, wanted, present in rules:
+            if wanted != present:
+                raise ValueError(f"a {self.kind.value} model {'needs' if wanted else 'has no'} {what}")
         return self
 
     @property
-    def graph(self) -> OnnxIO:
-        """The ONNX section of an ONNX-served kind (validated present)."""
-        assert self.onnx is not None
-        return self.onnx
+    def text_tower(self) -> TextTower:
+        """The text section of a kind that has one (validated present)."""
+        if self.text is None:
+            raise ValueError(f"model {self.name!r} ({self.kind.value}) has no text tower")
+        return self.text
+
+    @property
+    def embedding_dim(self) -> int:
+        if self.dim is None:
+            raise ValueError(f"model {self.name!r} ({self.kind.value}) does not embed")
+        return self.dim
 
     @classmethod
     def load(cls, folder: Path) -> Manifest:
@@ -164,7 +230,7 @@ class Manifest(_Strict):
     def save(self, folder: Path) -> Path:
         path = folder / MANIFEST_FILE
         tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.model_dump(mode="json"), indent=2) + "\n")
+        tmp.write_text(json.dumps(self.model_dump(mode="json", exclude_none=True), indent=2) + "\n")
         tmp.replace(path)
         return path
 
@@ -178,6 +244,36 @@ class Manifest(_Strict):
             elif sha256_file(path) != digest:
                 problems.append(f"sha256 mismatch for {rel}")
         return problems
+
+
+def _upgrade_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """A v1 manifest (text-shaped top level; score models with a fake dim/pooling) as v2."""
+    data = dict(data)
+    kind = data.get("kind")
+    preprocessing = data.pop("preprocessing", None) or {}
+    pooling, normalize = data.pop("pooling", None), data.pop("normalize", False)
+    text: dict[str, Any] = {
+        **preprocessing,
+        "max_tokens": data.pop("max_tokens", None),
+        "onnx": data.pop("onnx", None),
+    }
+    embeds = kind in {k.value for k in EMBEDDING_KINDS}
+    if embeds:
+        text.update(pooling=pooling, normalize=normalize)
+    else:
+        data.pop("dim", None)  # v1 wrote dim=1 for score models
+    data["text"] = {k: v for k, v in text.items() if v is not None}
+    data["parity"] = [
+        {
+            **{k: v for k, v in p.items() if k not in ("n_sentences", "sentences_per_s")},
+            "n_samples": p.get("n_sentences", p.get("n_samples", 0)),
+            "samples_per_s": p.get("sentences_per_s", p.get("samples_per_s")),
+            "tower": "text",
+        }
+        for p in data.get("parity", [])
+    ]
+    data["schema_version"] = SCHEMA_VERSION
+    return data
 
 
 def sha256_file(path: Path) -> str:

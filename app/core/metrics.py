@@ -14,7 +14,7 @@ REQUEST_LATENCY = Histogram(
     buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
     registry=REGISTRY,
 )
-QUEUE_DEPTH = Gauge("tessera_queue_depth", "Texts waiting for a forward pass", ["model"], registry=REGISTRY)
+QUEUE_DEPTH = Gauge("tessera_queue_depth", "Inputs waiting for a forward pass", ["model"], registry=REGISTRY)
 BATCH_SIZE = Histogram(
     "tessera_batch_size",
     "Inputs per forward pass",
@@ -24,7 +24,7 @@ BATCH_SIZE = Histogram(
 )
 BATCH_TOKENS = Histogram(
     "tessera_batch_padded_tokens",
-    "Padded tokens per forward pass",
+    "Padded cost per forward pass (tokens for text)",
     ["model"],
     buckets=(64, 256, 1024, 2048, 4096, 8192, 16384, 32768),
     registry=REGISTRY,
@@ -35,6 +35,9 @@ FORWARD_LATENCY = Histogram(
     ["model"],
     buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
     registry=REGISTRY,
+)
+DROPPED_ITEMS = Counter(
+    "tessera_dropped_items", "Queued inputs dropped because their request had gone", ["model"], registry=REGISTRY
 )
 TOKENS = Counter("tessera_tokens", "Input tokens embedded", ["model"], registry=REGISTRY)
 REJECTED = Counter("tessera_rejected", "Requests refused for a full queue (429)", ["model"], registry=REGISTRY)

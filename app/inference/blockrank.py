@@ -24,8 +24,9 @@ signal token over all document tokens, re-softmaxed over document tokens only, s
 and averaged over heads: a distribution over the N documents, no decoding.
 
 `forward_blocks` computes this block-sparsely: block 0 once, the N documents as a batch whose keys
-are [block 0 ; the document], the final block against all keys. `forward_dense` runs the same layers
-on the concatenated sequence with the equivalent full mask (the O(L²) reference the tests compare).
+are [block 0 ; the document], the final block against all keys. Training-only pieces (the dense
+O(L²) reference the tests compare against, the losses, loading from a base checkpoint) live in
+`training/models/blockrank.py`.
 """
 
 from __future__ import annotations
@@ -176,12 +177,6 @@ class BlockRankModel(nn.Module):
     def depth(self) -> int:
         return len(self.parts.layers)
 
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        """Embeddings and layers 0..l*: nothing after l* runs, so nothing after it learns."""
-        params = [p for i, layer in enumerate(self.parts.layers) if i <= self.layer for p in layer.parameters()]
-        embeddings = self.backbone.embeddings if self.kind == "encoder" else self.backbone.embed_tokens
-        return params + list(embeddings.parameters())
-
     # --- inputs ----------------------------------------------------------------------------------
     def encode_prompt(  # type: ignore[no-untyped-def]
         self, tokenizer, query: str, documents: list[str], with_ids: bool = True, doc_tokens: int | None = None
@@ -233,14 +228,14 @@ class BlockRankModel(nn.Module):
         logits = logits.masked_fill(~allowed, torch.finfo(logits.dtype).min)
         return torch.softmax(logits, dim=-1) @ v
 
-    def _scores(self, q_signal: torch.Tensor, k_docs: torch.Tensor, doc_mask: torch.Tensor) -> torch.Tensor:
+    def scores_from(self, q_signal: torch.Tensor, k_docs: torch.Tensor, doc_mask: torch.Tensor) -> torch.Tensor:
         """Signal queries (heads, S, hd) vs document keys (heads, N*Ld, hd) -> (N,) relevance."""
         logits = q_signal @ k_docs.transpose(-1, -2) / math.sqrt(self.head_dim)  # (heads, S, N*Ld)
         logits = logits.masked_fill(~doc_mask.flatten().bool()[None, None, :], torch.finfo(logits.dtype).min)
         mass = torch.softmax(logits, dim=-1).view(*logits.shape[:2], *doc_mask.shape).sum(-1)  # (heads, S, N)
         return mass.mean(dim=(0, 1))  # (N,), sums to 1
 
-    def _positions(self, inputs: BlockInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def positions(self, inputs: BlockInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         l0, ld, lf = len(inputs.instruction), inputs.documents.shape[1], len(inputs.final)
         device = inputs.instruction.device
         return (
@@ -255,12 +250,12 @@ class BlockRankModel(nn.Module):
     ):
         """(N,) relevance distribution (and the per-block hidden states at l* if asked).
 
-        With `answer` (causal LM, training only): the answer's token ids follow the final block, every
-        layer runs, and the result is (scores at l*, next-token loss on the answer) — the answer is
-        after the signal token, so causality keeps the scores unchanged."""
+        With `answer` (token ids appended after the final block; training's answer loss): every layer
+        runs and the result is (scores at l*, the final block's last hidden states, (Lf + A, d)). The
+        answer comes after the signal token, so causality keeps the scores unchanged."""
         parts, n = self.parts, inputs.documents.shape[0]
         final_ids = inputs.final if answer is None else torch.cat([inputs.final, answer])
-        pos0, posd, _ = self._positions(inputs)
+        pos0, posd, _ = self.positions(inputs)
         posf = torch.arange(len(pos0) + len(posd), len(pos0) + len(posd) + len(final_ids), device=pos0.device)
         h0 = parts.embed(inputs.instruction[None], pos0[None])  # (1, L0, d)
         hd = parts.embed(inputs.documents, posd.expand(n, -1))  # (N, Ld, d)
@@ -277,7 +272,7 @@ class BlockRankModel(nn.Module):
             flat_kd = kd.transpose(0, 1).reshape(1, self.heads, -1, self.head_dim)  # (1, H, N*Ld, hd)
             flat_vd = vd.transpose(0, 1).reshape(1, self.heads, -1, self.head_dim)
             if index == self.layer:  # l*: score from the signal token's logits, then stop
-                scores = self._scores(qf[0][:, inputs.signal], flat_kd[0], inputs.document_mask)
+                scores = self.scores_from(qf[0][:, inputs.signal], flat_kd[0], inputs.document_mask)
                 if answer is None:
                     return (scores, (h0, hd, hf)) if return_hidden else scores
             new_h0 = parts.finish(index, h0, self._attend(q0, k0, v0, ones0, own=l0))
@@ -291,91 +286,7 @@ class BlockRankModel(nn.Module):
             new_hf = parts.finish(index, hf, self._attend(qf, all_keys, all_values, all_mask, own=lf))
             h0, hd, hf = new_h0, new_hd, new_hf
         assert answer is not None and scores is not None
-        return scores, self._answer_loss(hf[0], len(inputs.final), answer)
-
-    def _answer_loss(self, final_hidden: torch.Tensor, prompt_length: int, answer: torch.Tensor) -> torch.Tensor:
-        """Next-token cross-entropy of the answer tokens after the final block (tied LM head)."""
-        if self.kind != "causal-lm" or not getattr(self.backbone.config, "tie_word_embeddings", False):
-            raise ValueError("the answer loss needs a causal LM with tied input/output embeddings")
-        hidden = self.backbone.norm(final_hidden[prompt_length - 1 : prompt_length - 1 + len(answer)])  # (A, d)
-        logits = hidden @ self.backbone.embed_tokens.weight.T  # (A, vocab)
-        return torch.nn.functional.cross_entropy(logits, answer)
-
-    def answer_ids(self, tokenizer, index: int) -> torch.Tensor:  # type: ignore[no-untyped-def]
-        """Token ids of the answer naming document `index` (1-based, as in the prompt)."""
-        return torch.tensor(tokenizer(f" {index}", add_special_tokens=False)["input_ids"])
-
-    # --- dense reference (quadratic) -------------------------------------------------------------
-    def dense_mask(self, inputs: BlockInputs) -> torch.Tensor:
-        """(L, L) boolean: may row attend to column, for the concatenated sequence."""
-        l0, (n, ld), lf = len(inputs.instruction), inputs.documents.shape, len(inputs.final)
-        total = l0 + n * ld + lf
-
-        def inside(size: int) -> torch.Tensor:
-            block = torch.ones(size, size, dtype=torch.bool)
-            return block.tril() if self.parts.causal else block
-
-        allowed = torch.zeros(total, total, dtype=torch.bool)
-        allowed[:l0, :l0] = inside(l0)
-        for i in range(n):
-            start = l0 + i * ld
-            allowed[start : start + ld, :l0] = True
-            allowed[start : start + ld, start : start + ld] = inside(ld)
-        allowed[l0 + n * ld :, : l0 + n * ld] = True
-        allowed[l0 + n * ld :, l0 + n * ld :] = inside(lf)
-        real = torch.cat(
-            [torch.ones(l0, dtype=torch.bool), inputs.document_mask.flatten().bool(), torch.ones(lf, dtype=torch.bool)]
-        )
-        return allowed & real[None, :]  # padded document tokens are never attended to
-
-    def forward_dense(self, inputs: BlockInputs, mask: torch.Tensor | None = None):  # type: ignore[no-untyped-def]
-        """The same computation on the full sequence with an (L, L) mask: O(L²) time and memory.
-        Returns (scores, hidden states at l* of every position)."""
-        pos0, posd, posf = self._positions(inputs)
-        n = inputs.documents.shape[0]
-        ids = torch.cat([inputs.instruction, inputs.documents.flatten(), inputs.final])
-        positions = torch.cat([pos0, posd.repeat(n), posf])[None]  # (1, L)
-        hidden = self.parts.embed(ids[None], positions)  # (1, L, d)
-        mask = self.dense_mask(inputs) if mask is None else mask
-        l0, ld = len(inputs.instruction), inputs.documents.shape[1]
-        for index in range(self.layer + 1):
-            q, k, v = self.parts.qkv(index, hidden, positions)  # (1, H, L, hd)
-            if index == self.layer:
-                signal = [l0 + n * ld + s for s in inputs.signal]
-                scores = self._scores(q[0][:, signal], k[0][:, l0 : l0 + n * ld], inputs.document_mask)
-                return scores, hidden
-            logits = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)  # (1, H, L, L)
-            logits = logits.masked_fill(~mask[None, None], torch.finfo(logits.dtype).min)
-            hidden = self.parts.finish(index, hidden, torch.softmax(logits, dim=-1) @ v)
-        raise AssertionError("unreachable")
-
-
-BlockRankEncoder = BlockRankModel  # the encoder variant's earlier name
-
-
-def blockrank_loss(scores: torch.Tensor, positives: list[int], temperature: float = 0.05) -> torch.Tensor:
-    """Multi-positive InfoNCE on BlockRank's relevance distribution: -log Σ_pos softmax(log s / τ)."""
-    logits = torch.log(scores.clamp_min(1e-12)) / temperature  # (N,)
-    return -(torch.logsumexp(logits[positives], 0) - torch.logsumexp(logits, 0))
-
-
-def full_attention_scores(model: BlockRankModel, inputs: BlockInputs) -> torch.Tensor:
-    """Baseline for the efficiency benchmark: every token attends to every token (causally for an
-    LM; no block structure), same layers, same early exit, same score read-out."""
-    l0, (n, ld), lf = len(inputs.instruction), inputs.documents.shape, len(inputs.final)
-    total = l0 + n * ld + lf
-    real = torch.cat(
-        [torch.ones(l0, dtype=torch.bool), inputs.document_mask.flatten().bool(), torch.ones(lf, dtype=torch.bool)]
-    )
-    mask = real[None, :].expand(total, -1)
-    if model.parts.causal:
-        mask = mask & torch.ones(total, total, dtype=torch.bool).tril()
-    return model.forward_dense(inputs, mask)[0]
-
-
-def default_layer(depth: int) -> int:
-    """l* ≈ 2/3 of the depth, 0-based."""
-    return max(0, round(depth * 2 / 3) - 1)
+        return scores, hf[0]
 
 
 def load_backbone(source: str | Path, kind: Backbone):  # type: ignore[no-untyped-def]
@@ -390,30 +301,4 @@ def load_backbone(source: str | Path, kind: Backbone):  # type: ignore[no-untype
     return backbone, tokenizer
 
 
-def load_blockrank(  # type: ignore[no-untyped-def]
-    source: str | Path, layer: int | None = None, doc_tokens: int = 96, kind: Backbone = "encoder"
-):
-    """(BlockRankModel, tokenizer) on the weights in `source`. `layer` defaults to ~2/3 of the depth."""
-    backbone, tokenizer = load_backbone(source, kind)
-    depth = backbone.config.num_hidden_layers
-    model = BlockRankModel(backbone, kind, layer if layer is not None else default_layer(depth), doc_tokens)
-    return model.eval(), tokenizer
-
-
-def dropout_off(module: nn.Module) -> None:
-    for child in module.modules():
-        if isinstance(child, nn.Dropout):
-            child.p = 0.0
-
-
-__all__ = [
-    "BlockInputs",
-    "BlockRankEncoder",
-    "BlockRankModel",
-    "blockrank_loss",
-    "default_layer",
-    "dropout_off",
-    "full_attention_scores",
-    "load_backbone",
-    "load_blockrank",
-]
+__all__ = ["BlockInputs", "BlockRankModel", "load_backbone"]

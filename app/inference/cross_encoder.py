@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
+from app.core.errors import InputTooLong
 from app.core.manifest import Backend, Manifest, Precision, VariantParity
 from app.inference.text_model import open_variant
-from app.inference.tokenizer import InputTooLong
 
 SCORE_OUTPUT = "score"
 
@@ -35,7 +35,7 @@ class CrossEncoderModel:
     ) -> None:
         self.manifest = manifest
         self.session, self.backend, self.precision = open_variant(folder, variant, backend, precision, threads, streams)
-        self.tokenizer = Tokenizer.from_file(str(folder / manifest.preprocessing.tokenizer_file))
+        self.tokenizer = Tokenizer.from_file(str(folder / manifest.text_tower.tokenizer_file))
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
         self.cls_id = self._special("[CLS]")
@@ -57,7 +57,7 @@ class CrossEncoderModel:
     ) -> list[np.ndarray]:
         """One id sequence per (query, document); returns them unpadded. With `truncate=False` a
         document longer than its room (the model's limit or `max_tokens_per_doc`) raises InputTooLong."""
-        limit = self.manifest.max_tokens
+        limit = self.manifest.text_tower.max_tokens
         query_ids = self._ids([query])[0][: limit // 2]  # a long query leaves room for the document
         room = limit - len(query_ids) - 3
         if max_tokens_per_doc is not None:
@@ -67,7 +67,7 @@ class CrossEncoderModel:
         if not truncate:
             for index, doc in enumerate(docs):
                 if len(doc) > room:
-                    raise InputTooLong(index, len(doc), room)
+                    raise InputTooLong.document(index, len(doc), room)
         return [np.asarray([*head, *doc[:room], self.sep_id], dtype=np.int64) for doc in docs]
 
     def forward(self, sequences: list[np.ndarray]) -> np.ndarray:

@@ -18,15 +18,16 @@ import numpy as np
 
 from app.core import metrics
 from app.core.config import Settings
+from app.core.errors import InputTooLong, QueueFull, TooManyInputs
 from app.core.manifest import Manifest
-from app.inference.batcher import QueueFull
-from app.inference.tokenizer import InputTooLong
+from app.inference.served import Capability, Scorer
 
 
-class InContextReranker:
-    variant = None  # no ONNX variant: PyTorch fp32
+class InContextReranker(Scorer):
+    capabilities = frozenset({Capability.SCORE})
 
     def __init__(self, folder: Path, manifest: Manifest, settings: Settings) -> None:
+        super().__init__(folder, manifest, None)  # no ONNX variant: PyTorch fp32
         try:
             import torch
 
@@ -35,7 +36,6 @@ class InContextReranker:
             raise RuntimeError("a blockrank model needs torch: pip install 'tessera[blockrank]'") from exc
         spec = manifest.blockrank
         assert spec is not None  # the manifest validates it for this kind
-        self.manifest = manifest
         self.spec = spec
         if settings.threads:
             torch.set_num_threads(settings.threads)
@@ -46,13 +46,6 @@ class InContextReranker:
         self._waiting = 0
         self._max_waiting = settings.max_queue
         self._tokens = metrics.TOKENS.labels(manifest.name)
-
-    @property
-    def name(self) -> str:
-        return self.manifest.name
-
-    def start(self) -> None:
-        pass
 
     async def stop(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
@@ -66,7 +59,7 @@ class InContextReranker:
             if self.model.kind == "encoder":
                 length += 1  # [SEP]
             if length > cap:
-                raise InputTooLong(index, length, cap)
+                raise InputTooLong.document(index, length, cap)
 
     def _score(self, query: str, documents: list[str], cap: int) -> tuple[np.ndarray, int]:
         inputs = self.model.encode_prompt(self.tokenizer, query, documents, doc_tokens=cap)
@@ -74,17 +67,19 @@ class InContextReranker:
             scores = self.model.forward_blocks(inputs)
         return scores.float().numpy(), inputs.tokens
 
-    async def relevance(
+    async def score(
         self, query: str, documents: list[str], max_tokens_per_doc: int | None = None, truncate: bool = True
     ) -> tuple[np.ndarray, int]:
         """(n,) the in-context relevance distribution over the documents (sums to 1), and tokens."""
         if len(documents) > self.spec.max_documents:
-            raise ValueError(f"{len(documents)} documents; this model ranks at most {self.spec.max_documents} at once")
+            raise TooManyInputs(
+                f"{len(documents)} documents; this model ranks at most {self.spec.max_documents} at once"
+            )
         cap = min(self.spec.doc_tokens, max_tokens_per_doc or self.spec.doc_tokens)
         if not truncate:
             self._check_lengths(documents, cap)
         if self._waiting + len(documents) > self._max_waiting:
-            raise QueueFull(f"{self._waiting} documents waiting")
+            raise QueueFull(f"server busy: {self.name} queue is full ({self._waiting} documents waiting)")
         self._waiting += len(documents)
         try:
             loop = asyncio.get_running_loop()

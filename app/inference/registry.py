@@ -1,4 +1,5 @@
-"""Loads every model folder under `models_dir` and owns one batcher per served model."""
+"""Loads every model folder under `models_dir` through the loader of its kind (`LOADERS`); each
+served model owns its batcher."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ import numpy as np
 
 from app.core import metrics
 from app.core.config import Settings
-from app.core.manifest import MANIFEST_FILE, Manifest, ModelKind, VariantParity
+from app.core.errors import ModelNotFound, WrongModelKind
+from app.core.manifest import MANIFEST_FILE, Manifest, ModelKind
 from app.inference.batcher import DynamicBatcher
 from app.inference.cross_encoder import CrossEncoderModel
-from app.inference.in_context import InContextReranker
+from app.inference.served import Capability, Embedder, EmbeddingResult, Scorer, ServedModel
 from app.inference.text_model import TextModel
 from app.inference.tokenizer import Tokenized
 from app.inference.variants import choose_variant
@@ -35,35 +37,24 @@ def make_batcher(
         name,
         forward,
         row_shape,
-        token_budget=settings.batch_token_budget,
+        cost_budget=settings.batch_token_budget,
         max_batch_size=settings.max_batch_size,
         max_queue=settings.max_queue,
         workers=settings.streams,
     )
 
 
-@dataclass
-class EmbeddingResult:
-    vectors: np.ndarray  # (n, dim) as the graph's served output (normalised if the model normalises)
-    unnormalized: np.ndarray | None  # (n, dim) pooled before normalisation, if the graph gives it
-    tokens: int
+class TextEncoder(Embedder):
+    """A served text model (kind `text`): tokenizer + session + dynamic batcher."""
 
+    capabilities = frozenset({Capability.EMBED_TEXT})
 
-class TextEncoder:
-    """A served text model: tokenizer + session + dynamic batcher."""
-
-    def __init__(self, folder: Path, manifest: Manifest, variant: VariantParity, settings: Settings) -> None:
-        self.manifest = manifest
-        self.variant = variant
+    def __init__(self, folder: Path, manifest: Manifest, settings: Settings) -> None:
+        variant = choose_variant(manifest, settings.backend, settings.precision)
+        super().__init__(folder, manifest, variant)
         self.model = TextModel(folder, manifest, variant, threads=settings.threads, streams=settings.streams)
-        self.batcher = make_batcher(
-            manifest.name, self.model.forward, (len(self.model.outputs), manifest.dim), settings
-        )
+        self.batcher = make_batcher(manifest.name, self.model.forward, (len(self.model.outputs), self.dim), settings)
         self._tokens = metrics.TOKENS.labels(manifest.name)
-
-    @property
-    def name(self) -> str:
-        return self.manifest.name
 
     def start(self) -> None:
         self.batcher.start()
@@ -76,29 +67,28 @@ class TextEncoder:
             return self.model.tokenize(texts, truncate)
         return await asyncio.to_thread(self.model.tokenize, texts, truncate)
 
-    async def embed(self, texts: list[str], truncate: bool = True) -> EmbeddingResult:
+    async def embed_text(self, texts: list[str], truncate: bool = True) -> EmbeddingResult:
         tokenized = await self.tokenize(texts, truncate)
-        rows = await self.batcher.submit([t.ids for t in tokenized])  # (n, outputs, dim)
-        tokens = sum(len(t.ids) for t in tokenized)
+        ids = [t.ids for t in tokenized]
+        rows = await self.batcher.submit(ids, [len(i) for i in ids])  # (n, outputs, dim); cost = tokens
+        tokens = sum(len(i) for i in ids)
         self._tokens.inc(tokens)
         unnormalized = np.ascontiguousarray(rows[:, 1]) if rows.shape[1] > 1 else None
         return EmbeddingResult(np.ascontiguousarray(rows[:, 0]), unnormalized, tokens)
 
 
-class Reranker:
-    """A served cross-encoder: pair builder + session + dynamic batcher (shared with embeddings'
-    design: pairs from concurrent requests share forward passes under the token budget)."""
+class CrossEncoderScorer(Scorer):
+    """A served cross-encoder (kind `cross-encoder`): pair builder + session + dynamic batcher
+    (pairs from concurrent requests share forward passes under the token budget, as embeddings do)."""
 
-    def __init__(self, folder: Path, manifest: Manifest, variant: VariantParity, settings: Settings) -> None:
-        self.manifest = manifest
-        self.variant = variant
+    capabilities = frozenset({Capability.SCORE})
+
+    def __init__(self, folder: Path, manifest: Manifest, settings: Settings) -> None:
+        variant = choose_variant(manifest, settings.backend, settings.precision)
+        super().__init__(folder, manifest, variant)
         self.model = CrossEncoderModel(folder, manifest, variant, threads=settings.threads, streams=settings.streams)
         self.batcher = make_batcher(manifest.name, self.model.forward, (1, 1), settings)
         self._tokens = metrics.TOKENS.labels(manifest.name)
-
-    @property
-    def name(self) -> str:
-        return self.manifest.name
 
     def start(self) -> None:
         self.batcher.start()
@@ -106,7 +96,7 @@ class Reranker:
     async def stop(self) -> None:
         await self.batcher.stop()
 
-    async def relevance(
+    async def score(
         self, query: str, documents: list[str], max_tokens_per_doc: int | None = None, truncate: bool = True
     ) -> tuple[np.ndarray, int]:
         """(n,) relevance in (0, 1), the sigmoid of the logits as Cohere's scores, and the tokens."""
@@ -114,18 +104,38 @@ class Reranker:
             sequences = self.model.pairs(query, documents, max_tokens_per_doc, truncate)
         else:
             sequences = await asyncio.to_thread(self.model.pairs, query, documents, max_tokens_per_doc, truncate)
-        rows = await self.batcher.submit(sequences)  # (n, 1, 1)
+        rows = await self.batcher.submit(sequences, [len(s) for s in sequences])  # (n, 1, 1)
         tokens = sum(len(s) for s in sequences)
         self._tokens.inc(tokens)
         logits = rows[:, 0, 0].astype(np.float32)
         return 1.0 / (1.0 + np.exp(-logits)), tokens
 
 
+def _load_blockrank(folder: Path, manifest: Manifest, settings: Settings) -> ServedModel:
+    if importlib.util.find_spec("torch") is None:  # e.g. the runtime image: skip, don't fail
+        raise ModelSkipped("a blockrank model needs torch: pip install 'tessera[blockrank]'")
+    from app.inference.in_context import InContextReranker  # imports torch
+
+    return InContextReranker(folder, manifest, settings)
+
+
+class ModelSkipped(Exception):
+    """A folder this installation cannot serve (not an error of the folder): the reason is reported."""
+
+
+Loader = Callable[[Path, Manifest, Settings], ServedModel]
+# How each kind is served: a new kind adds a row here (and its ServedModel class), not a branch.
+LOADERS: dict[ModelKind, Loader] = {
+    ModelKind.TEXT: TextEncoder,
+    ModelKind.CROSS_ENCODER: CrossEncoderScorer,
+    ModelKind.BLOCKRANK: _load_blockrank,
+}
+
+
 @dataclass
 class ModelRegistry:
     settings: Settings
-    encoders: dict[str, TextEncoder] = field(default_factory=dict)
-    rerankers: dict[str, Reranker | InContextReranker] = field(default_factory=dict)
+    models: dict[str, ServedModel] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
 
@@ -138,36 +148,65 @@ class ModelRegistry:
                 continue
             try:
                 self._load_one(folder)
+            except ModelSkipped as exc:
+                self.skipped[folder.name] = str(exc)
             except Exception as exc:  # one broken folder must not take the others down
                 log.error("model folder %s not served: %s", folder, exc)
                 self.failed[folder.name] = str(exc)
-        log.info("serving models: %s", ", ".join([*self.encoders, *self.rerankers]) or "none")
+        log.info("serving models: %s", ", ".join(self.models) or "none")
 
     def _load_one(self, folder: Path) -> None:
         manifest = Manifest.load(folder)
-        if manifest.kind not in (ModelKind.TEXT, ModelKind.CROSS_ENCODER, ModelKind.BLOCKRANK):
-            self.skipped[manifest.name] = f"kind {manifest.kind} is not served by this version"
-            return
+        loader = LOADERS.get(manifest.kind)
+        if loader is None:
+            raise ModelSkipped(f"kind {manifest.kind.value} is not served by this version")
         problems = manifest.verify_files(folder)
         if problems:
             raise ValueError("; ".join(problems))
-        if manifest.kind == ModelKind.BLOCKRANK:
-            if importlib.util.find_spec("torch") is None:  # e.g. the runtime image: skip, don't fail
-                self.skipped[manifest.name] = "a blockrank model needs torch: pip install 'tessera[blockrank]'"
-                return
-            self.rerankers[manifest.name] = InContextReranker(folder, manifest, self.settings)
-            log.info("loaded %s (blockrank %s, PyTorch fp32)", manifest.name, manifest.blockrank.backbone)  # type: ignore[union-attr]
-            return
-        variant = choose_variant(manifest, self.settings.backend, self.settings.precision)
-        if manifest.kind == ModelKind.CROSS_ENCODER:
-            self.rerankers[manifest.name] = Reranker(folder, manifest, variant, self.settings)
-        else:
-            self.encoders[manifest.name] = TextEncoder(folder, manifest, variant, self.settings)
-        log.info("loaded %s (%s, min cosine %.5f)", manifest.name, variant.key, variant.min_cosine)
+        model = loader(folder, manifest, self.settings)
+        self.models[manifest.name] = model
+        log.info("loaded %s (%s, %s-%s)", manifest.name, manifest.kind.value, model.backend, model.precision)
 
     @property
-    def served(self) -> list[TextEncoder | Reranker | InContextReranker]:
-        return [*self.encoders.values(), *self.rerankers.values()]
+    def embedders(self) -> dict[str, Embedder]:
+        return {name: m for name, m in self.models.items() if isinstance(m, Embedder)}
+
+    @property
+    def scorers(self) -> dict[str, Scorer]:
+        return {name: m for name, m in self.models.items() if isinstance(m, Scorer)}
+
+    @property
+    def served(self) -> list[ServedModel]:
+        return list(self.models.values())
+
+    def get(self, name: str) -> ServedModel:
+        """Any served model by name; ModelNotFound names the reason when the folder was not served."""
+        model = self.models.get(name)
+        if model is not None:
+            return model
+        reason = self.skipped.get(name) or self.failed.get(name)
+        if reason is not None:
+            raise ModelNotFound(f"model '{name}' is not served: {reason}")
+        raise ModelNotFound(f"model '{name}' not found; served models: {', '.join(sorted(self.models)) or 'none'}")
+
+    def embedder(self, name: str | None) -> Embedder:
+        """The embedding model `name` (the default model when None)."""
+        model = self.get(name or self.settings.default_model)
+        if not isinstance(model, Embedder):
+            raise WrongModelKind(f"model '{model.name}' is a {model.kind.value} reranker: use /v1/rerank")
+        return model
+
+    def scorer(self, name: str | None) -> Scorer:
+        """The reranker `name` (the first served, by name, when None)."""
+        if name is None:
+            scorers = self.scorers
+            if not scorers:
+                raise ModelNotFound("no reranker is served (add a models/ folder of kind cross-encoder or blockrank)")
+            return scorers[sorted(scorers)[0]]
+        model = self.get(name)
+        if not isinstance(model, Scorer):
+            raise WrongModelKind(f"model '{name}' is an embedding model, not a reranker")
+        return model
 
     def start(self) -> None:
         for model in self.served:
@@ -179,4 +218,4 @@ class ModelRegistry:
 
     @property
     def ready(self) -> bool:
-        return bool(self.encoders or self.rerankers) and not self.failed
+        return bool(self.models) and not self.failed

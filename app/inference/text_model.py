@@ -8,7 +8,7 @@ import numpy as np
 
 from app.backends import open_session
 from app.backends.base import InferenceSession
-from app.core.manifest import Backend, Manifest, Precision, VariantParity
+from app.core.manifest import Backend, Manifest, OnnxIO, Precision, VariantParity
 from app.inference.tokenizer import TextTokenizer, Tokenized
 
 
@@ -43,12 +43,16 @@ class TextModel:
         self.folder = folder
         self.manifest = manifest
         self.variant = variant
-        self.tokenizer = TextTokenizer(folder / manifest.preprocessing.tokenizer_file, manifest.max_tokens)
+        tower = manifest.text_tower
+        if tower.onnx is None:
+            raise ValueError(f"model {manifest.name!r}: its text tower has no ONNX graph")
+        self.graph: OnnxIO = tower.onnx
+        self.tokenizer = TextTokenizer(folder / tower.tokenizer_file, tower.max_tokens)
         self.session, self.backend, self.precision = open_variant(folder, variant, backend, precision, threads, streams)
 
     @property
     def dim(self) -> int:
-        return self.manifest.dim
+        return self.manifest.embedding_dim
 
     def tokenize(self, texts: list[str], truncate: bool = True) -> list[Tokenized]:
         return self.tokenizer.encode(texts, truncate=truncate)
@@ -56,7 +60,7 @@ class TextModel:
     @property
     def outputs(self) -> list[str]:
         """Graph outputs fetched per pass: the served vector, then the unnormalised one if any."""
-        return self.manifest.graph.outputs
+        return self.graph.outputs
 
     def forward(self, sequences: list[np.ndarray]) -> np.ndarray:
         """One forward pass over unpadded id sequences -> (batch, outputs, dim)."""
@@ -71,5 +75,5 @@ class TextModel:
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
             feeds = self.tokenizer.pad([tokens[i].ids for i in rows], self.session.input_names)
-            (out[rows],) = self.session.run(feeds, [self.manifest.graph.output])
+            (out[rows],) = self.session.run(feeds, [self.graph.output])
         return out

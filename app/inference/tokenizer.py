@@ -8,16 +8,9 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
+from app.core.errors import InputTooLong
 
-class InputTooLong(ValueError):
-    """An input exceeds the model's max tokens and the caller asked not to truncate."""
-
-    def __init__(self, index: int, length: int, limit: int) -> None:
-        super().__init__(
-            f"input {index} has {length} tokens, more than the model's limit of {limit}; "
-            "shorten it or send truncate=true"
-        )
-        self.index, self.length, self.limit = index, length, limit
+__all__ = ["InputTooLong", "TextTokenizer", "Tokenized"]
 
 
 @dataclass(slots=True)

@@ -22,10 +22,11 @@ from typing import Any
 import numpy as np
 
 from app.core.config import Settings
+from app.core.errors import CollectionNotFound, InvalidRequest
 from app.core.manifest import Manifest
 from app.inference.text_model import TextModel
 from app.inference.variants import choose_variant
-from app.search.manager import CollectionError, CollectionManager
+from app.search.manager import CollectionManager
 from app.search.store import Document
 
 log = logging.getLogger(__name__)
@@ -36,8 +37,10 @@ ENCODE_WINDOW = 2048  # records embedded together (one Ray row); commits are sma
 RAY_WINDOW_CHUNKS = 64  # windows handed to Ray per dataset (its actors load the model once per dataset)
 
 
-class InputError(ValueError):
-    pass
+class InputError(InvalidRequest):
+    """Input the builder cannot use: the message names the file (and line) and what is wrong."""
+
+    code = "invalid_input"
 
 
 @dataclass
@@ -164,7 +167,7 @@ def build_index(
     try:
         try:
             collection = manager.get(index_name)
-        except CollectionError:
+        except CollectionNotFound:
             collection = manager.create(index_name, model_name, model.dim, "cosine", index_spec)
         if collection.config.model != model_name:
             raise InputError(f"index {index_name!r} is bound to model {collection.config.model!r}, not {model_name!r}")
@@ -226,7 +229,7 @@ def build_index(
 
 
 def _texts(batch: list[Record], model: TextModel) -> list[str]:
-    prefix = model.manifest.preprocessing.document_prefix
+    prefix = model.manifest.text_tower.document_prefix
     return [prefix + r.text for r in batch]
 
 

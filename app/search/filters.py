@@ -13,14 +13,16 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from app.core.errors import InvalidFilter
+
 _KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 _RANGE_OPS = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
 _SCALARS = (str, int, float, bool)
 MAX_IN_VALUES = 1024
 
 
-class FilterError(ValueError):
-    pass
+class FilterError(InvalidFilter):
+    """A filter that cannot be compiled (the message says why)."""
 
 
 def _path(key: str) -> str:

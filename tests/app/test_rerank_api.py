@@ -138,3 +138,20 @@ def test_search_reranks_first_stage_hits(client: TestClient) -> None:
     first_stage = {h["id"]: h["score"] for h in plain}
     for hit in reranked:
         assert hit["first_stage_score"] == pytest.approx(first_stage[hit["id"]], abs=1e-5)
+
+
+def test_models_by_id_describe_every_kind_the_same_way(client: TestClient) -> None:
+    """GET /v1/models/{id} answers for every model GET /v1/models lists (it was 400 for rerankers)."""
+    listed = client.get("/v1/models").json()["data"]
+    assert {m["id"] for m in listed} == {"minilm-l6", "tiny-ce"}
+    for entry in listed:
+        one = client.get(f"/v1/models/{entry['id']}")
+        assert one.status_code == 200 and one.json() == entry
+        assert set(entry) >= {"id", "kind", "capabilities", "dim", "towers", "backend", "precision", "parity"}
+    by_id = {m["id"]: m for m in listed}
+    assert by_id["tiny-ce"]["kind"] == "cross-encoder" and by_id["tiny-ce"]["capabilities"] == ["score"]
+    assert by_id["tiny-ce"]["dim"] is None and by_id["tiny-ce"]["parity"]["n_samples"] > 0
+    assert by_id["minilm-l6"]["capabilities"] == ["embed:text"] and by_id["minilm-l6"]["dim"] == 384
+    assert by_id["minilm-l6"]["towers"]["text"]["pooling"] == "mean"
+    missing = client.get("/v1/models/nope")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"

@@ -18,8 +18,8 @@ def _variant(backend: str, precision: str, min_cos: float, speed: float) -> Vari
         onnx_file="model.onnx",
         min_cosine=min_cos,
         mean_cosine=min_cos,
-        n_sentences=1000,
-        sentences_per_s=speed,
+        n_samples=1000,
+        samples_per_s=speed,
     )
 
 

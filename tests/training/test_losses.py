@@ -148,3 +148,35 @@ def test_listwise_distillation() -> None:
     assert ListwiseDistillationLoss(1.0)(torch.zeros(2), teacher + 5).item() == pytest.approx(expected, abs=1e-6)
     sharp = ListwiseDistillationLoss(0.01)(torch.zeros(2), teacher).item()
     assert sharp == pytest.approx(math.log(2), abs=1e-6)  # target one-hot: KL = log 2 against uniform
+
+
+def test_the_registry_builds_every_configured_loss_and_each_has_a_batch_builder() -> None:
+    import typing
+
+    from training.config import LossConfig, LossName
+    from training.losses.layouts import BatchLayout
+    from training.losses.registry import CROSS_ENCODER_LOSSES, EMBEDDING_LOSSES, build_embedding_loss, layout_of
+    from training.trainer import BATCH_BUILDERS
+
+    assert set(typing.get_args(LossName)) == set(EMBEDDING_LOSSES)
+    for name in EMBEDDING_LOSSES:
+        loss = build_embedding_loss(LossConfig(name=name))
+        assert layout_of(loss) in BATCH_BUILDERS, name
+        wrapped = build_embedding_loss(LossConfig(name=name, matryoshka_dims=[8, 4]))
+        assert layout_of(wrapped) == layout_of(loss)
+    for build in CROSS_ENCODER_LOSSES.values():
+        assert build().layout == BatchLayout.SCORED_GROUPS
+
+
+def test_cross_encoder_losses_on_hand_computed_values() -> None:
+    from training.losses.group_softmax import GroupSoftmaxLoss
+    from training.losses.pointwise_bce import PointwiseBCELoss
+
+    logits = torch.tensor([[2.0, 0.0, 0.0]])
+    targets = torch.tensor([[1.0, 0.0, 0.0]])
+    # softmax CE: -log(e^2 / (e^2 + 2))
+    expected = -math.log(math.exp(2) / (math.exp(2) + 2))
+    assert GroupSoftmaxLoss()(logits, targets).item() == pytest.approx(expected, abs=1e-6)
+    # BCE: mean of softplus(-2), softplus(0), softplus(0)
+    bce = (math.log1p(math.exp(-2)) + 2 * math.log(2)) / 3
+    assert PointwiseBCELoss()(logits, targets).item() == pytest.approx(bce, abs=1e-6)

@@ -145,7 +145,7 @@ def test_train_with_gradcache_and_matryoshka_exports_a_model_the_service_loads(
 
 def test_hard_negative_mining_skips_positives_and_likely_false_negatives(tiny_model: Path, small_beir: Path) -> None:
     from training.config import MiningConfig
-    from training.eval.retrieval import encode
+    from training.eval.first_stage import encode
     from training.mine import mine_negatives
     from training.sources import DEFAULT_BASE_MODEL, load_sentence_transformer
 
@@ -388,8 +388,8 @@ def test_cross_encoder_groups_mix_mined_and_corpus_negatives(cranfield: Path) ->
 def test_mining_rescored_by_a_cross_encoder_drops_what_it_scores_high(tmp_path: Path, small_beir: Path) -> None:
     from tests.conftest import make_tiny_cross_encoder
     from training.config import MiningConfig
-    from training.cross_encoder import load_classifier, score_pairs
     from training.mine import mine_negatives
+    from training.models.cross_encoder import load_classifier, mining_rescorer, score_pairs
     from training.sources import DEFAULT_BASE_MODEL, load_sentence_transformer
 
     dataset = load_beir(small_beir)
@@ -397,7 +397,8 @@ def test_mining_rescored_by_a_cross_encoder_drops_what_it_scores_high(tmp_path: 
     ce = str(make_tiny_cross_encoder(tmp_path / "ce"))
     window = {"rank_window": (0, 30), "per_query": 30, "margin": 1.0}
     plain = mine_negatives(model, dataset, MiningConfig(**window))
-    rescored = mine_negatives(model, dataset, MiningConfig(**window, rescore_model=ce, rescore_margin=1.0))
+    config = MiningConfig(**window, rescore_model=ce, rescore_margin=1.0)
+    rescored = mine_negatives(model, dataset, config, rescorer=mining_rescorer(config))
     ce_model, tokenizer = load_classifier(ce, 128)
     dropped = 0
     for query_id, negatives in rescored.items():
@@ -412,14 +413,15 @@ def test_mining_rescored_by_a_cross_encoder_drops_what_it_scores_high(tmp_path: 
         assert all(scores[d] >= lowest - 1e-4 for d in set(plain[query_id]) - set(negatives))
         dropped += len(plain[query_id]) - len(negatives)
     assert dropped > 0  # a random cross-encoder scores some candidates above the weakest positive
-    none_left = mine_negatives(model, dataset, MiningConfig(**window, rescore_model=ce, rescore_margin=0.0))
+    config = MiningConfig(**window, rescore_model=ce, rescore_margin=0.0)
+    none_left = mine_negatives(model, dataset, config, rescorer=mining_rescorer(config))
     assert sum(map(len, none_left.values())) == 0
 
 
 def test_blockrank_distillation_moves_scores_towards_the_teacher(tiny_model: Path, small_beir: Path) -> None:
-    from app.inference.blockrank import load_blockrank
     from training.blockrank import TrainingQuery, attach_teacher_scores, train_blockrank
-    from training.eval.retrieval import encode
+    from training.eval.first_stage import encode
+    from training.models.blockrank import load_blockrank
     from training.sources import load_sentence_transformer
 
     dataset = load_beir(small_beir)

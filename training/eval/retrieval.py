@@ -4,24 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
 from training.data.beir import RetrievalDataset
 from training.data.sts import read_sts
-from training.eval.metrics import Qrels, Run, dense_run, ir_metrics
-
-
-def encode(model, texts: list[str], batch_size: int = 64) -> np.ndarray:  # type: ignore[no-untyped-def]
-    """(n, dim) L2-normalised float32, in eval mode."""
-    was_training = model.training
-    model.eval()
-    try:
-        vectors = model.encode(texts, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True)
-    finally:
-        model.train(was_training)
-    return vectors.astype(np.float32)
+from training.eval.first_stage import CorpusIndex, encode, judged_queries
+from training.eval.metrics import Qrels, Run, ir_metrics
 
 
 def roc_auc(run: Run, qrels: Qrels) -> float:
@@ -45,11 +34,8 @@ def roc_auc(run: Run, qrels: Qrels) -> float:
 
 
 def evaluate_retrieval(model, dataset: RetrievalDataset, k: int = 100) -> dict[str, float]:  # type: ignore[no-untyped-def]
-    doc_ids = list(dataset.corpus)
-    doc_vectors = encode(model, [dataset.doc_text(d) for d in doc_ids])
-    query_ids = [q for q in dataset.queries if dataset.qrels.get(q)]
-    query_vectors = encode(model, [dataset.queries[q] for q in query_ids])
-    run = dense_run(query_ids, query_vectors, doc_ids, doc_vectors, k=k)
+    query_ids = judged_queries(dataset)
+    run = CorpusIndex.build(model, dataset).run(query_ids, [dataset.queries[q] for q in query_ids], k)
     return {**ir_metrics(run, dataset.qrels), "roc_auc": roc_auc(run, dataset.qrels)}
 
 

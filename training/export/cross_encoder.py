@@ -116,9 +116,9 @@ def export_cross_encoder(
                 min_cosine=correlation,
                 mean_cosine=correlation,
                 max_abs_error=float(np.abs(scores - reference).max()),
-                n_sentences=len(sequences),
+                n_samples=len(sequences),
                 reference="transformers fp32 (PyTorch) logits",
-                sentences_per_s=round(len(sequences) / elapsed, 1),
+                samples_per_s=round(len(sequences) / elapsed, 1),
                 requires=requires,
             )
             manifest.parity.append(parity)

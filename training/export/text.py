@@ -30,6 +30,7 @@ from app.core.manifest import (
     Pooling,
     Precision,
     SourceInfo,
+    TextTower,
     VariantParity,
     sha256_file,
 )
@@ -156,7 +157,7 @@ def measure_variant(
         onnx_file=ONNX_FILE,
         min_cosine=float(cosines.min()),
         mean_cosine=float(cosines.mean()),
-        n_sentences=len(sentences),
+        n_samples=len(sentences),
         requires=requires,
     )
     return parity, model
@@ -221,10 +222,7 @@ def export_text_model(
             name=name,
             kind=ModelKind.TEXT,
             dim=_embedding_dim(st_model),
-            pooling=pooling,
-            normalize=normalize,
-            max_tokens=int(st_model.max_seq_length),
-            onnx=onnx_io,
+            text=TextTower(max_tokens=int(st_model.max_seq_length), pooling=pooling, normalize=normalize, onnx=onnx_io),
             files=files,
             source=SourceInfo(
                 checkpoint=source,
@@ -251,7 +249,7 @@ def export_text_model(
             manifest.parity.append(parity)
             models.append(model)
         for parity, speed in zip(manifest.parity, measure_speeds(models, parity_sentences[:500]), strict=True):
-            parity.sentences_per_s = speed
+            parity.samples_per_s = speed
             log.info(
                 "%s: min cos %.6f mean %.6f, %.0f sentences/s",
                 parity.key,
@@ -283,17 +281,16 @@ def score_model_manifest(
     files: dict[str, str],
     checkpoint: str,
     eval_scores: dict[str, float] | None = None,
+    onnx: OnnxIO | None = None,
     **spec: Any,
 ) -> Manifest:
     """The manifest of a model that outputs one relevance score per input (a cross-encoder, BlockRank):
-    dim 1, no pooling or normalisation, exported from transformers. `spec`: the kind's own fields."""
+    a text tower without pooling (its ONNX graph, if any, outputs the score), no `dim`, exported from
+    transformers. `spec`: the kind's own sections."""
     return Manifest(
         name=name,
         kind=kind,
-        dim=1,
-        pooling=Pooling.CLS,
-        normalize=False,
-        max_tokens=max_tokens,
+        text=TextTower(max_tokens=max_tokens, onnx=onnx),
         files=files,
         source=SourceInfo(
             checkpoint=checkpoint,

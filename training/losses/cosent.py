@@ -13,8 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from training.losses.layouts import BatchLayout
+
 
 class CoSENTLoss(nn.Module):
+    layout = BatchLayout.SCORED_PAIRS
+
     def __init__(self, scale: float = 20.0) -> None:
         super().__init__()
         self.scale = scale

@@ -26,9 +26,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.losses._common import Temperature, cosine_scores
+from training.losses.layouts import BatchLayout
 
 
 class CWCLLoss(nn.Module):
+    layout = BatchLayout.PAIRS_WITH_REFERENCE
+
     def __init__(
         self, temperature: float = 0.05, learnable_temperature: bool = False, weight_temperature: float | None = 0.1
     ) -> None:

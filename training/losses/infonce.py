@@ -15,9 +15,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.losses._common import Temperature, cosine_scores
+from training.losses.layouts import BatchLayout
 
 
 class InfoNCELoss(nn.Module):
+    layout = BatchLayout.PAIRS
+
     def __init__(self, temperature: float = 0.05, learnable_temperature: bool = False, symmetric: bool = False) -> None:
         super().__init__()
         self.temperature = Temperature(temperature, learnable_temperature)

@@ -22,9 +22,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.losses._common import Temperature, cosine_scores
+from training.losses.layouts import BatchLayout
 
 
 class ListwiseSoftmaxLoss(nn.Module):
+    layout = BatchLayout.GRADED_LISTS
+
     def __init__(
         self, temperature: float = 0.05, target_temperature: float = 1.0, learnable_temperature: bool = False
     ) -> None:

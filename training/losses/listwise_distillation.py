@@ -16,8 +16,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from training.losses.layouts import BatchLayout
+
 
 class ListwiseDistillationLoss(nn.Module):
+    layout = BatchLayout.TEACHER_SCORES
+
     def __init__(self, teacher_temperature: float = 0.02) -> None:
         super().__init__()
         self.teacher_temperature = teacher_temperature

@@ -14,8 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from training.losses.layouts import BatchLayout
+
 
 class MarginMSELoss(nn.Module):
+    layout = BatchLayout.TRIPLETS_WITH_MARGINS
+
     def forward(
         self, queries: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor, teacher_margins: torch.Tensor
     ) -> torch.Tensor:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from training.losses.layouts import BatchLayout
+
 
 class MatryoshkaLoss(nn.Module):
     def __init__(self, inner: nn.Module, dims: list[int], weights: list[float] | None = None) -> None:
@@ -20,6 +22,10 @@ class MatryoshkaLoss(nn.Module):
         self.inner = inner
         self.dims = sorted(set(dims), reverse=True)
         self.weights = weights or [1.0] * len(self.dims)
+
+    @property
+    def layout(self) -> BatchLayout:
+        return self.inner.layout  # the inner loss's batch, truncated
 
     def forward(self, *embeddings: torch.Tensor, **kwargs: torch.Tensor) -> torch.Tensor:
         total = embeddings[0].new_zeros(())

@@ -25,7 +25,7 @@ async def ready(registry: RegistryDep) -> Any:
     """Readiness: every model folder that was asked for is loaded."""
     body = {
         "status": "ready" if registry.ready else "not_ready",
-        "models": sorted([*registry.encoders, *registry.rerankers]),
+        "models": sorted(registry.models),
         "failed": registry.failed,
         "skipped": registry.skipped,
     }

@@ -1,0 +1,61 @@
+"""HTTP error responses: every error is JSON `{"error": {"message", "type", "code"}}` (the OpenAI
+shape), never a bare 500. Domain errors get their status from the one table in app/core/errors.py."""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from app.core.errors import TesseraError, http_mapping
+
+log = logging.getLogger(__name__)
+
+
+def error_response(
+    status: int,
+    message: str,
+    code: str,
+    error_type: str = "invalid_request_error",
+    headers: dict[str, str] | None = None,
+) -> Response:
+    body = {"error": {"message": message, "type": error_type, "code": code}}
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
+
+
+def domain_error_response(exc: TesseraError, retry_after_s: int) -> Response:
+    mapping = http_mapping(exc)
+    headers = {"Retry-After": str(retry_after_s)} if mapping.retry_after else None
+    return error_response(mapping.status, exc.message, exc.code, mapping.error_type, headers)
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
+    return "; ".join(parts) or "invalid request"
+
+
+def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
+    @app.exception_handler(TesseraError)
+    async def _domain(_: Request, exc: TesseraError) -> Response:
+        return domain_error_response(exc, retry_after_s)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> Response:
+        return error_response(422, _validation_message(exc), "invalid_request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> Response:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, str(exc.detail), code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> Response:
+        log.exception("unhandled error")
+        return error_response(500, "internal error", "internal_error", "server_error")

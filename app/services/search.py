@@ -1,0 +1,119 @@
+"""Collections and search: create, upsert (embedding text through the batcher), search with an
+optional rerank of the first-stage hits, background optimise."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from app.core.config import Settings
+from app.core.errors import DuplicateIds, InvalidRequest, InvalidVector, OptimizeRunning, WrongDimension
+from app.inference.registry import ModelRegistry
+from app.schemas.search import CreateIndexRequest, SearchRequest, UpsertRequest
+from app.search.collection import Collection
+from app.search.manager import CollectionManager
+from app.search.store import Document
+from app.search.vector_index import SearchParams, validate_spec
+from app.services.embedding import check_input_count, embed_texts
+from app.services.rerank import rerank
+
+# Background optimise tasks, kept referenced until done (asyncio holds only weak references).
+_background: set[asyncio.Task[Any]] = set()
+
+
+def as_vector(values: list[float], dim: int, what: str) -> np.ndarray:
+    """A client-supplied vector of the collection's size, finite."""
+    if len(values) != dim:
+        raise WrongDimension(f"{what} has {len(values)} dimensions; the collection has {dim}")
+    vector = np.asarray(values, dtype=np.float32)
+    if not np.isfinite(vector).all():
+        raise InvalidVector(f"{what} contains NaN or infinity")
+    return vector
+
+
+async def create_collection(
+    collections: CollectionManager, registry: ModelRegistry, body: CreateIndexRequest
+) -> Collection:
+    collections.check_writable()
+    embedder = registry.embedder(body.model)
+    return await asyncio.to_thread(collections.create, body.name, embedder.name, embedder.dim, body.metric, body.index)
+
+
+async def upsert(
+    collections: CollectionManager, registry: ModelRegistry, settings: Settings, name: str, body: UpsertRequest
+) -> tuple[int, int]:
+    """Embed what came as text, then one durable write. Returns (upserted, collection size)."""
+    collections.check_writable()
+    collection = collections.get(name)
+    dim = collection.config.dim
+    check_input_count(len(body.documents), settings, "documents")
+    if len({d.id for d in body.documents}) != len(body.documents):
+        raise DuplicateIds("duplicate ids in one request")
+    vectors: list[np.ndarray | None] = [
+        as_vector(d.vector, dim, f"vector of {d.id!r}") if d.vector is not None else None for d in body.documents
+    ]
+    to_embed = [i for i, v in enumerate(vectors) if v is None]
+    if to_embed:
+        texts = [body.documents[i].text or "" for i in to_embed]
+        _, result = await embed_texts(registry, settings, collection.config.model, texts)
+        for row, i in enumerate(to_embed):
+            vectors[i] = result.vectors[row]
+    docs = [Document(d.id, d.text, d.metadata, v) for d, v in zip(body.documents, vectors, strict=True)]
+    upserted = await asyncio.to_thread(collection.upsert, docs)  # returns once durable
+    return upserted, collection.store.count()
+
+
+@dataclass
+class SearchOutcome:
+    hits: list[dict[str, Any]]
+    took_ms: float
+    index_type: str
+
+
+async def search(
+    collections: CollectionManager, registry: ModelRegistry, settings: Settings, name: str, body: SearchRequest
+) -> SearchOutcome:
+    """First stage (vector search with filters), then, when asked, rerank its candidates."""
+    start = time.perf_counter()
+    collection = collections.get(name)
+    if body.rerank and body.query is None:
+        raise InvalidRequest("rerank needs a text query")
+    if body.vector is not None:
+        query = as_vector(body.vector, collection.config.dim, "query vector")
+    else:
+        _, result = await embed_texts(registry, settings, collection.config.model, [body.query or ""])
+        query = result.vectors[0]
+    params = SearchParams(ef_search=body.ef_search, nprobe=body.nprobe)
+    include = set(body.include)
+    fetch = max(body.top_k, body.rerank.candidates) if body.rerank else body.top_k
+    found_hits = await asyncio.to_thread(
+        collection.search, query, fetch, body.filter, include | ({"document"} if body.rerank else set()), params
+    )
+    found = [asdict(h) for h in found_hits]
+    if body.rerank and found:
+        outcome = await rerank(
+            registry, settings, body.rerank.model, body.query or "", [h["document"] or "" for h in found]
+        )
+        for hit, score in zip(found, outcome.scores, strict=True):
+            hit["first_stage_score"], hit["score"] = hit["score"], float(score)
+            if "document" not in include:
+                hit["document"] = None
+        found = sorted(found, key=lambda h: -h["score"])[: body.rerank.top_n or body.top_k]
+    return SearchOutcome(found, round((time.perf_counter() - start) * 1000, 3), collection.index.spec)
+
+
+def start_optimize(collections: CollectionManager, name: str, spec: str | None) -> None:
+    """Rebuild in the background (reads keep working); GET /indexes/{name} shows `last_build`."""
+    collections.check_writable()
+    collection = collections.get(name)
+    if spec is not None:
+        validate_spec(spec)
+    if collection.describe()["optimizing"]:
+        raise OptimizeRunning("an optimise is already running")
+    task = asyncio.create_task(asyncio.to_thread(collection.optimize, spec))
+    _background.add(task)
+    task.add_done_callback(_background.discard)

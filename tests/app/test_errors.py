@@ -1,0 +1,87 @@
+"""The one error table: every domain error maps to its HTTP status and the OpenAI JSON shape."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from app.api.errors import install_error_handlers
+from app.core import errors
+from app.core.errors import HTTP_ERRORS, TesseraError, http_mapping
+
+EXPECTED_STATUS = {
+    errors.InvalidRequest: 422,
+    errors.InvalidDimensions: 422,
+    errors.WrongDimension: 422,
+    errors.InvalidVector: 422,
+    errors.DuplicateIds: 422,
+    errors.InvalidFilter: 422,
+    errors.InvalidIndexSpec: 422,
+    errors.InvalidIndexName: 422,
+    errors.InvalidMetric: 422,
+    errors.WrongModelKind: 400,
+    errors.ReadOnly: 403,
+    errors.ModelNotFound: 404,
+    errors.CollectionNotFound: 404,
+    errors.DocumentNotFound: 404,
+    errors.CollectionExists: 409,
+    errors.OptimizeRunning: 409,
+    errors.TooManyInputs: 413,
+    errors.QueueFull: 429,
+}
+
+
+def _all_errors(cls: type[TesseraError] = TesseraError) -> list[type[TesseraError]]:
+    found = []
+    for sub in cls.__subclasses__():
+        found += [sub, *_all_errors(sub)]
+    return found
+
+
+def _make(cls: type[TesseraError]) -> TesseraError:
+    if issubclass(cls, errors.InputTooLong):
+        return cls(2, 300, 256)
+    return cls(f"{cls.__name__} happened")
+
+
+@pytest.fixture(scope="module")
+def client() -> TestClient:
+    app = FastAPI()
+    install_error_handlers(app, retry_after_s=3)
+
+    @app.get("/raise/{name}")
+    async def raise_it(name: str) -> None:
+        cls = next(c for c in _all_errors() if c.__name__ == name)
+        raise _make(cls)
+
+    return TestClient(app)
+
+
+def test_every_error_in_app_core_has_an_expected_status() -> None:
+    declared = {c for c in _all_errors() if c.__module__ == "app.core.errors"}
+    assert declared - {errors.InputTooLong} == set(EXPECTED_STATUS)
+    assert http_mapping(errors.InputTooLong(0, 9, 8)).status == 413
+
+
+@pytest.mark.parametrize("cls", sorted(_all_errors(), key=lambda c: c.__name__), ids=lambda c: c.__name__)
+def test_domain_error_maps_to_status_and_openai_json(client: TestClient, cls: type[TesseraError]) -> None:
+    response = client.get(f"/raise/{cls.__name__}")
+    expected = http_mapping(_make(cls)).status
+    if cls in EXPECTED_STATUS:
+        assert expected == EXPECTED_STATUS[cls]
+    assert response.status_code == expected
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "code"}
+    assert body["error"]["code"] == cls.code and body["error"]["message"]
+    if expected == 429:
+        assert body["error"]["type"] == "rate_limit_error" and response.headers["retry-after"] == "3"
+    else:
+        assert "retry-after" not in response.headers
+
+
+def test_errors_carry_no_http_status_and_the_table_is_the_only_mapping() -> None:
+    assert all(not hasattr(cls, "status") for cls in _all_errors())
+    assert set(HTTP_ERRORS) <= {TesseraError, *_all_errors()}
+    assert all(400 <= m.status < 500 for m in HTTP_ERRORS.values())

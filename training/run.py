@@ -1,0 +1,63 @@
+"""The run folder, one for every runner (bi-encoder, cross-encoder, BlockRank):
+`<runs_dir>/<name>/` with `config.yaml` (resolved), `steps.jsonl` (one JSON line per step, flushed
+as it goes), `metrics.json`, and whatever the runner saves beside them (model, run files). Also
+the one place runs are seeded."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+import yaml
+from pydantic import BaseModel
+
+
+def seed_everything(seed: int) -> random.Random:
+    """Seed Python, NumPy and torch (if present); returns a private RNG for the run's own draws."""
+    random.seed(seed)
+    np.random.seed(seed)
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - training always has torch
+        pass
+    else:
+        torch.manual_seed(seed)
+    return random.Random(seed)
+
+
+class StepLog:
+    def __init__(self, handle: TextIO) -> None:
+        self._handle = handle
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._handle.write(json.dumps(record) + "\n")
+        self._handle.flush()  # a killed run keeps every step it finished
+
+
+class RunFolder:
+    def __init__(self, runs_dir: Path, name: str) -> None:
+        self.path = runs_dir / name
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def steps_path(self) -> Path:
+        return self.path / "steps.jsonl"
+
+    def write_config(self, config: BaseModel) -> None:
+        (self.path / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+
+    @contextmanager
+    def step_log(self) -> Iterator[StepLog]:
+        with self.steps_path.open("w") as handle:
+            yield StepLog(handle)
+
+    def write_json(self, name: str, data: Any) -> None:
+        (self.path / name).write_text(json.dumps(data, indent=2))
+
+    def write_metrics(self, metrics: dict[str, Any]) -> None:
+        self.write_json("metrics.json", metrics)
