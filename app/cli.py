@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
+from pydantic import ValidationError
+
+from app.core.auth import KeyConfigError, parse_keys
+from app.core.config import Settings, get_settings
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True, help="Tessera embedding service.")
 
@@ -25,12 +30,20 @@ def serve(
     """Serve the API on the models in TESSERA_MODELS_DIR."""
     import uvicorn
 
-    from app.core.config import get_settings
-
-    settings = get_settings()
+    settings = _settings_or_exit()
+    bind = host or settings.host
+    try:
+        keys = parse_keys(settings.api_keys)
+    except (KeyConfigError, OSError) as exc:
+        _exit(str(exc))
+    if not keys and not settings.allow_unauthenticated and not is_loopback(bind):
+        _exit(
+            f"refusing to serve {bind} without API keys: set TESSERA_API_KEYS, or "
+            "TESSERA_ALLOW_UNAUTHENTICATED=true to serve it open, or bind 127.0.0.1"
+        )
     uvicorn.run(
         "app.main:app",
-        host=host or settings.host,
+        host=bind,
         port=port or settings.port,
         log_level=settings.log_level,
         access_log=False,  # one log line per request costs more than the embedding of a short text
@@ -59,12 +72,11 @@ def index_build(
     """Embed a dataset into an index the server loads; resumes after an interruption."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from app.core.config import get_settings
     from app.core.errors import TesseraError
     from app.inference.variants import NoServableVariant
     from app.search.builder import build_index
 
-    settings = get_settings()
+    settings = _settings_or_exit()
     if engine not in {"local", "ray"}:
         raise typer.BadParameter("engine must be local or ray")
     folder = settings.data_dir / "indexes" / index
@@ -110,6 +122,30 @@ def index_build(
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from exc
     typer.echo(json.dumps(result, indent=2, default=str))
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _exit(message: str) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _settings_or_exit() -> Settings:
+    """The settings, or one line naming the bad setting and exit code 2 (not a traceback)."""
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        name = "TESSERA_" + str(error["loc"][0]).upper() if error.get("loc") else "a TESSERA_ setting"
+        _exit(f"{name}={error.get('input')!r}: {error['msg']}")
 
 
 def main() -> None:

@@ -8,11 +8,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
 from app import __version__
+from app.api.access import AccessMiddleware, configure_access_log
 from app.api.errors import install_error_handlers
 from app.api.middleware import CancelOnDisconnectMiddleware, MetricsMiddleware, PayloadLimitMiddleware
+from app.api.openapi_doc import install_openapi
 from app.api.routes import embeddings, health, indexes, models, rerank
+from app.core.auth import KeyStore, RateLimiter, parse_keys
 from app.core.config import Settings, get_settings
 from app.inference.registry import ModelRegistry
 from app.search.manager import CollectionManager
@@ -43,7 +47,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    logging.getLogger("app").setLevel(settings.log_level.upper())
+    configure_access_log(settings.log_level)
     install_error_handlers(app, settings.retry_after_s)
+    install_openapi(app)
     app.include_router(embeddings.router)
     app.include_router(models.router)
     app.include_router(indexes.router)
@@ -52,6 +59,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(CancelOnDisconnectMiddleware)  # innermost: sees the body as the handler reads it
     app.add_middleware(PayloadLimitMiddleware, max_bytes=settings.max_payload_bytes)
     app.add_middleware(MetricsMiddleware)
+    open_paths = {"/health", "/ready"} | ({"/metrics"} if settings.metrics_public else set())
+    app.add_middleware(
+        AccessMiddleware,
+        keys=KeyStore(parse_keys(settings.api_keys)),
+        limiter=RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst),
+        open_paths=frozenset(open_paths),
+        retry_after_s=settings.retry_after_s,
+        log_requests=settings.access_log,
+    )
+    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+    if origins:  # outermost: a browser's preflight is answered before any key check
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_headers=["authorization", "content-type", "api-key", "x-api-key", "x-request-id"],
+            expose_headers=["x-request-id", "retry-after"],
+        )
     return app
 
 

@@ -15,14 +15,14 @@ data_dir=$(mktemp -d)
 log=$(mktemp)
 # The image's ENV (docker/Dockerfile, runtime stage), with paths of this checkout.
 env -i HOME="$HOME" PATH="$serve_bin:/usr/bin:/bin" \
-    TESSERA_HOST=127.0.0.1 TESSERA_PORT="$port" \
+    TESSERA_HOST=127.0.0.1 TESSERA_PORT="$port" TESSERA_API_KEYS=smoke=smoke-test-key-1234 \
     TESSERA_MODELS_DIR="$PWD/models" TESSERA_DATA_DIR="$data_dir/data" \
     docker/entrypoint.sh serve >"$log" 2>&1 &
 pid=$!
 cleanup() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$data_dir" "$log"; }
 trap cleanup EXIT
 "$serve_bin/python" - "$port" "$pid" "$log" <<'PY'
-import json, os, sys, time, urllib.request
+import json, os, sys, time, urllib.error, urllib.request
 
 port, pid, log = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 base = f"http://127.0.0.1:{port}"
@@ -44,8 +44,16 @@ while True:
 request = urllib.request.Request(
     f"{base}/v1/embeddings",
     data=json.dumps({"input": ["A man is playing a guitar."], "model": "minilm-l6"}).encode(),
-    headers={"content-type": "application/json"},
+    headers={"content-type": "application/json", "authorization": "Bearer smoke-test-key-1234"},
 )
+try:  # without the key: 401 with a JSON body
+    urllib.request.urlopen(
+        urllib.request.Request(f"{base}/v1/embeddings", data=b'{"input": "x"}', headers={"content-type": "application/json"}),
+        timeout=30,
+    )
+    sys.exit("smoke: /v1/embeddings answered without an API key")
+except urllib.error.HTTPError as error:
+    assert error.code == 401 and json.load(error)["error"]["code"] == "missing_api_key", error.code
 with urllib.request.urlopen(request, timeout=30) as response:
     body = json.load(response)
 vector = body["data"][0]["embedding"]

@@ -4,6 +4,7 @@ shape), never a bare 500. Domain errors get their status from the one table in a
 from __future__ import annotations
 
 import logging
+import math
 
 import orjson
 from fastapi import FastAPI, Request
@@ -29,8 +30,13 @@ def error_response(
 
 def domain_error_response(exc: TesseraError, retry_after_s: int) -> Response:
     mapping = http_mapping(exc)
-    headers = {"Retry-After": str(retry_after_s)} if mapping.retry_after else None
-    return error_response(mapping.status, exc.message, exc.code, mapping.error_type, headers)
+    headers: dict[str, str] = {}
+    if mapping.retry_after:
+        wait = exc.retry_after if exc.retry_after is not None else retry_after_s
+        headers["Retry-After"] = str(max(1, math.ceil(wait)))
+    if mapping.status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return error_response(mapping.status, exc.message, exc.code, mapping.error_type, headers or None)
 
 
 def _validation_message(exc: RequestValidationError) -> str:

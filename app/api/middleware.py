@@ -13,10 +13,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.core import metrics
 
 
-class PayloadTooLarge(Exception):
-    pass
-
-
 async def _send_json_error(send: Send, status: int, message: str, code: str) -> None:
     body = orjson.dumps({"error": {"message": message, "type": "invalid_request_error", "code": code}})
     await send(
@@ -30,7 +26,9 @@ async def _send_json_error(send: Send, status: int, message: str, code: str) -> 
 
 
 class PayloadLimitMiddleware:
-    """413 for bodies over `max_bytes`, by Content-Length or, when chunked, while reading."""
+    """413 for bodies over `max_bytes`, by Content-Length or, when chunked, while reading: the body
+    is never buffered past the cap. Past it, the 413 is sent at once and the handler is told the
+    client went away (whatever it answers then is dropped)."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app, self.max_bytes = app, max_bytes
@@ -47,27 +45,30 @@ class PayloadLimitMiddleware:
                     return
                 break
         received = 0
-        started = False
+        started = refused = False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, refused
+            if refused:
+                return {"type": "http.disconnect"}
             msg = await receive()
             if msg["type"] == "http.request":
                 received += len(msg.get("body", b""))
                 if received > self.max_bytes:
-                    raise PayloadTooLarge
+                    refused = True
+                    if not started:
+                        await _send_json_error(send, 413, message, "payload_too_large")
+                    return {"type": "http.disconnect"}
             return msg
 
         async def tracking_send(msg: Message) -> None:
             nonlocal started
+            if refused:  # the 413 went out already
+                return
             started = started or msg["type"] == "http.response.start"
             await send(msg)
 
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except PayloadTooLarge:
-            if not started:
-                await _send_json_error(send, 413, message, "payload_too_large")
+        await self.app(scope, limited_receive, tracking_send)
 
 
 class MetricsMiddleware:

@@ -35,16 +35,35 @@ class Settings(BaseSettings):
     max_queue: int = Field(8192, ge=1)
     max_inputs_per_request: int = Field(2048, ge=1)
     max_payload_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    # Characters in one input (text to embed, query, document to rerank): beyond it 413 before any
+    # tokenising. Far above any model's token limit; it bounds the CPU one string can take.
+    max_input_chars: int = Field(100_000, ge=1)
     retry_after_s: int = Field(1, ge=1)
     # Memory an `auto` index may use before it falls back from HNSW to IVF-SQ8.
     index_memory_budget_mb: int = Field(4096, ge=16)
     # A collection snapshots its FAISS index after this many writes; a restart replays the rest
     # from the SQLite op log (smaller = faster restarts, more snapshot I/O).
     snapshot_every_ops: int = Field(20_000, ge=1)
+    # Metadata filters: nested $and levels and conditions in one filter (beyond them: 422).
+    filter_max_depth: int = Field(8, ge=1, le=64)
+    filter_max_conditions: int = Field(256, ge=1, le=10_000)
     # A read-only replica: serves the indexes in data_dir as they were at start-up (the volume may
     # be mounted read-only) and answers writes with 403. One writer, any number of replicas.
     read_only: bool = False
     log_level: str = "info"
+    # One JSON line per request on the `tessera.access` logger (request id, route, status, latency, key id).
+    access_log: bool = True
+    # API keys: comma-separated `[name=]key[:ro]` entries, or a file with one per line (Docker secrets).
+    # Set, every route but /health and /ready needs one. Unset, the server binds only loopback
+    # addresses unless allow_unauthenticated is true.
+    api_keys: str = ""
+    allow_unauthenticated: bool = False
+    metrics_public: bool = False  # with keys set: /metrics without a key (for a scraper on a private network)
+    # Requests per second per key (per client address without keys), bursts of rate_limit_burst; 0 = off.
+    rate_limit_per_s: float = Field(0.0, ge=0)
+    rate_limit_burst: int = Field(20, ge=1)
+    # Origins a browser may call the API from (comma-separated; "" = CORS off).
+    cors_origins: str = ""
 
 
 @lru_cache

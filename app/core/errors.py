@@ -13,13 +13,15 @@ from dataclasses import dataclass
 
 
 class TesseraError(Exception):
-    """Base of every error a request can cause; `code` is the machine-readable `error.code`."""
+    """Base of every error a request can cause; `code` is the machine-readable `error.code`.
+    `retry_after`: seconds a client should wait, where the error says when to come back."""
 
     code = "invalid_request"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.retry_after = retry_after
 
 
 class InvalidRequest(TesseraError):
@@ -97,6 +99,24 @@ class InputTooLong(TesseraError):
         )
 
 
+class MissingApiKey(TesseraError):
+    code = "missing_api_key"
+
+
+class InvalidApiKey(TesseraError):
+    code = "invalid_api_key"
+
+
+class ReadOnlyKey(TesseraError):
+    code = "read_only_key"
+
+
+class RateLimited(TesseraError):
+    """A caller over its request rate (TESSERA_RATE_LIMIT_PER_S)."""
+
+    code = "rate_limited"
+
+
 class QueueFull(TesseraError):
     """More work is waiting than the queue admits; the client should back off and retry."""
 
@@ -136,7 +156,10 @@ HTTP_ERRORS: dict[type[TesseraError], HttpMapping] = {
     TesseraError: HttpMapping(400),
     InvalidRequest: HttpMapping(422),
     WrongModelKind: HttpMapping(400),
+    MissingApiKey: HttpMapping(401, "authentication_error"),
+    InvalidApiKey: HttpMapping(401, "authentication_error"),
     ReadOnly: HttpMapping(403, "permission_error"),
+    ReadOnlyKey: HttpMapping(403, "permission_error"),
     ModelNotFound: HttpMapping(404),
     CollectionNotFound: HttpMapping(404),
     DocumentNotFound: HttpMapping(404),
@@ -145,6 +168,7 @@ HTTP_ERRORS: dict[type[TesseraError], HttpMapping] = {
     TooManyInputs: HttpMapping(413),
     InputTooLong: HttpMapping(413),
     QueueFull: HttpMapping(429, "rate_limit_error", retry_after=True),
+    RateLimited: HttpMapping(429, "rate_limit_error", retry_after=True),
 }
 
 

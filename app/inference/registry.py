@@ -25,8 +25,10 @@ from app.inference.variants import choose_variant
 
 log = logging.getLogger(__name__)
 
-# Requests with more texts than this tokenise on a worker thread instead of the event loop.
+# Requests with more texts, or more characters, than this tokenise on a worker thread instead of the
+# event loop (a long input would stall every other request for the time it takes).
 INLINE_TOKENIZE_MAX = 16
+INLINE_TOKENIZE_MAX_CHARS = 4096
 
 
 def make_batcher(
@@ -42,6 +44,10 @@ def make_batcher(
         max_queue=settings.max_queue,
         workers=settings.streams,
     )
+
+
+def _inline(texts: list[str]) -> bool:
+    return len(texts) <= INLINE_TOKENIZE_MAX and sum(map(len, texts)) <= INLINE_TOKENIZE_MAX_CHARS
 
 
 class TextEncoder(Embedder):
@@ -63,7 +69,7 @@ class TextEncoder(Embedder):
         await self.batcher.stop()
 
     async def tokenize(self, texts: list[str], truncate: bool) -> list[Tokenized]:
-        if len(texts) <= INLINE_TOKENIZE_MAX:
+        if _inline(texts):
             return self.model.tokenize(texts, truncate)
         return await asyncio.to_thread(self.model.tokenize, texts, truncate)
 
@@ -100,7 +106,7 @@ class CrossEncoderScorer(Scorer):
         self, query: str, documents: list[str], max_tokens_per_doc: int | None = None, truncate: bool = True
     ) -> tuple[np.ndarray, int]:
         """(n,) relevance in (0, 1), the sigmoid of the logits as Cohere's scores, and the tokens."""
-        if len(documents) <= INLINE_TOKENIZE_MAX:
+        if _inline([query, *documents]):
             sequences = self.model.pairs(query, documents, max_tokens_per_doc, truncate)
         else:
             sequences = await asyncio.to_thread(self.model.pairs, query, documents, max_tokens_per_doc, truncate)

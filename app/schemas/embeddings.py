@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field, field_validator
+
+from app.schemas.common import StrictRequest, Text
 
 
 def _as_text_list(value: object) -> object:
@@ -19,16 +21,14 @@ def _as_text_list(value: object) -> object:
     return value
 
 
-class EmbeddingRequest(BaseModel):
+class EmbeddingRequest(StrictRequest):
     """OpenAI `POST /v1/embeddings`."""
 
-    model_config = ConfigDict(extra="ignore")
-
-    input: list[str] = Field(description="a string or a list of strings")
+    input: list[Text] = Field(description="a string or a list of strings")
     model: str | None = Field(None, description="model folder name; default model if omitted")
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1, description="truncate to this many dimensions, then re-normalise")
-    user: str | None = None
+    user: str | None = Field(None, description="OpenAI field, accepted and ignored")
     truncate: bool = Field(True, description="Tessera extension: false -> 413 for inputs over the model's max tokens")
 
     _normalize_input = field_validator("input", mode="before")(_as_text_list)
@@ -52,15 +52,16 @@ class EmbeddingResponse(BaseModel):
     usage: Usage
 
 
-class EmbedRequest(BaseModel):
+class EmbedRequest(StrictRequest):
     """Native `POST /embed` (the text-embeddings-inference shape); answers a bare list of vectors."""
 
-    model_config = ConfigDict(extra="ignore")
-
-    inputs: list[str] = Field(description="a string or a list of strings")
+    inputs: list[Text] = Field(description="a string or a list of strings")
     model: str | None = None
     normalize: bool = True
     truncate: bool = True
+    truncation_direction: Literal["right", "Right"] = Field(
+        "right", description="TEI field; Tessera truncates the end of an input only"
+    )
     dimensions: int | None = Field(None, ge=1)
 
     _normalize_input = field_validator("inputs", mode="before")(_as_text_list)

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field, field_validator
+
+from app.schemas.common import StrictRequest, Text
 
 
-class RerankRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class RerankRequest(StrictRequest):
     model: str | None = Field(
         None, description="a model folder of kind cross-encoder or blockrank; default: the first served"
     )
-    query: str = Field(min_length=1)
-    documents: list[str] = Field(description="strings, or objects with a `text` field (Cohere/Jina)")
+    query: Text = Field(min_length=1)
+    documents: list[Text] = Field(description="strings, or objects with a `text` field (Cohere/Jina)")
     top_n: int | None = Field(None, ge=1, description="return only the best n (default: all)")
     return_documents: bool = Field(False, description="include each document's text in its result")
     max_tokens_per_doc: int | None = Field(None, ge=1, description="truncate each document to this many tokens")

@@ -4,33 +4,37 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
-MetadataValue = str | int | float | bool | None | list[str | int | float | bool]
+from app.schemas.common import FiniteFloat, Int64, StrictRequest, Text
+
+# bool before the numbers: strict validation keeps true a boolean and 1 a number.
+MetadataScalar = Text | bool | Int64 | FiniteFloat
+MetadataValue = MetadataScalar | None | list[MetadataScalar]
 
 
 def _check_id(value: str) -> str:
     if any(ord(c) < 32 for c in value):
         raise ValueError("document ids must not contain control characters")
+    if "/" in value:  # it could not be addressed as /indexes/{name}/documents/{id}
+        raise ValueError("document ids must not contain '/'")
     return value
 
 
-class CreateIndexRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class CreateIndexRequest(StrictRequest):
     name: str = Field(description="1-64 of [A-Za-z0-9_-], starting alphanumeric")
     model: str | None = Field(None, description="text model from models/; the default model if omitted")
     metric: Literal["cosine", "ip", "l2"] = "cosine"
     index: str = Field("auto", description="auto, or a FAISS factory string: Flat, HNSW32, IVF1024,SQ8, IVF1024,PQ48")
 
 
-class DocumentIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    id: str = Field(min_length=1, max_length=512)
-    text: str | None = None
-    vector: list[float] | None = Field(None, description="bring your own vector (the collection's dim)")
-    metadata: dict[str, MetadataValue] = Field(default_factory=dict)
+class DocumentIn(StrictRequest):
+    id: Text = Field(min_length=1, max_length=512, description="no control characters, no '/'")
+    text: Text | None = None
+    vector: list[FiniteFloat] | None = Field(None, description="bring your own vector (the collection's dim)")
+    metadata: dict[Text, MetadataValue] = Field(
+        default_factory=dict, description="values: strings, finite numbers, booleans, null, or lists of them"
+    )
 
     _id = field_validator("id")(_check_id)
 
@@ -41,9 +45,7 @@ class DocumentIn(BaseModel):
         return self
 
 
-class UpsertRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class UpsertRequest(StrictRequest):
     documents: list[DocumentIn] = Field(min_length=1)
 
 
@@ -52,10 +54,8 @@ class UpsertResponse(BaseModel):
     size: int
 
 
-class BulkDeleteRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    ids: list[str] = Field(min_length=1, max_length=10_000)
+class BulkDeleteRequest(StrictRequest):
+    ids: list[Text] = Field(min_length=1, max_length=10_000)
 
 
 class DeleteResponse(BaseModel):
@@ -70,19 +70,15 @@ class DocumentOut(BaseModel):
     vector: list[float] | None = None
 
 
-class RerankOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class RerankOptions(StrictRequest):
     model: str | None = Field(None, description="cross-encoder model folder; default: the first served")
     candidates: int = Field(50, ge=1, le=1000, description="first-stage hits to rerank")
     top_n: int | None = Field(None, ge=1, le=1000, description="hits returned after reranking (default top_k)")
 
 
-class SearchRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    query: str | None = Field(None, description="text, embedded with the collection's model")
-    vector: list[float] | None = Field(None, description="a raw query vector instead of text")
+class SearchRequest(StrictRequest):
+    query: Text | None = Field(None, description="text, embedded with the collection's model")
+    vector: list[FiniteFloat] | None = Field(None, description="a raw query vector instead of text")
     top_k: int = Field(10, ge=1, le=1000)
     filter: dict[str, Any] | None = Field(None, description='e.g. {"lang": "en", "year": {"$gte": 2000}}')
     include: list[Literal["document", "metadata", "vector"]] = Field(default_factory=lambda: ["document", "metadata"])
@@ -112,7 +108,5 @@ class SearchResponse(BaseModel):
     index_type: str
 
 
-class OptimizeRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class OptimizeRequest(StrictRequest):
     index: str | None = Field(None, description="override the collection's index spec for this build")

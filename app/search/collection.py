@@ -13,19 +13,22 @@ import logging
 import re
 import threading
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from app.search.filters import compile_filter
-from app.search.store import Document, DocumentStore
+from app.core.errors import InvalidIndexSpec, OptimizeRunning
+from app.search.filters import FilterLimits, compile_filter
+from app.search.store import Change, Document, DocumentStore, StoreSnapshot
 from app.search.vector_index import (
     BuildReport,
     SearchParams,
     VectorIndex,
     choose_spec,
+    training_points_needed,
     tune,
     validate_spec,
 )
@@ -77,9 +80,15 @@ class Collection:
         memory_budget_bytes: int,
         snapshot_every_ops: int = 20_000,
         read_only: bool = False,
+        filter_limits: FilterLimits | None = None,
     ) -> None:
+        # A spec this version cannot build (e.g. written by an older one that accepted HNSW0, on
+        # which FAISS aborts the process) stops here with an error, never inside FAISS.
+        validate_spec(config.index, config.dim)
         self.folder = folder
         self.config = config
+        self.filter_limits = filter_limits or FilterLimits()
+        self.last_error: str | None = None  # the last background optimise's failure, if it failed
         self.memory_budget_bytes = memory_budget_bytes
         self.snapshot_every_ops = snapshot_every_ops
         self.read_only = read_only
@@ -105,33 +114,53 @@ class Collection:
     def _open_index(self) -> VectorIndex:
         loaded = VectorIndex.load(self.snapshot_path, self.config.dim, self.config.metric)
         if loaded is None:
-            return self._build_from_store(self._initial_spec())
+            with self.store.snapshot() as snap:
+                return self._build_from_store(self._initial_spec(), snap)
         index, applied = loaded
         changes = self.store.changes_since(applied)
-        adds = [c.key for c in changes if c.kind == "add"]
-        vectors = self.store.vectors_for(adds)
-        for change in changes:  # replay in order: an add may be deleted again later
-            if change.kind == "add" and change.key in vectors:
-                index.add(np.array([change.key]), vectors[change.key][None, :])
-            elif change.kind == "del":
-                index.remove([change.key])
+        self._catch_up(index, changes)
         if index.is_graph:
             index.tombstones = set(map(int, index.ids())) - set(map(int, self._live_keys()))
         self._ops_since_snapshot = len(changes)
         log.info("collection %s: snapshot + %d replayed ops, %d vectors", self.config.name, len(changes), index.live)
         return index
 
+    def _catch_up(self, index: VectorIndex, changes: list[Change]) -> None:
+        """Apply the ops logged after the state `index` holds. Keys are never reused (the store's
+        AUTOINCREMENT), so the net effect is order-free: a key added and deleted again after that
+        state is neither added nor removed (removing a key a graph index never held would count it
+        as a tombstone); a deleted older key is removed; a surviving new key is added."""
+        added = {c.key for c in changes if c.kind == "add"}
+        deleted = {c.key for c in changes if c.kind == "del"}
+        index.remove(sorted(deleted - added))
+        fresh = sorted(added - deleted)
+        vectors = self.store.vectors_for(fresh)
+        present = [k for k in fresh if k in vectors]
+        if present:
+            index.add(np.asarray(present, dtype=np.int64), np.stack([vectors[k] for k in present]))
+
     def _live_keys(self) -> np.ndarray:
         return self.store.keys_matching("1", [])
 
-    def _build_from_store(self, spec: str) -> VectorIndex:
+    def _build_from_store(self, spec: str, snap: StoreSnapshot) -> VectorIndex:
+        """An index of `spec` holding exactly the documents of `snap`. A spec that needs training
+        data the collection does not have yet gives an exact (Flat) index until the next optimise."""
         index = VectorIndex(self.config.dim, self.config.metric, spec)
         if not index.index.is_trained:
-            sample = [v for _, v in self.store.iter_vectors(batch=50_000)]
-            if not sample:  # nothing to train on yet: exact until the first optimise
-                return VectorIndex(self.config.dim, self.config.metric, "Flat")
-            index.train(np.vstack(sample)[:200_000])
-        for keys, vectors in self.store.iter_vectors():
+            sample = [v for _, v in snap.iter_vectors(batch=50_000)]
+            available = sum(len(v) for v in sample)
+            if available < max(1, training_points_needed(spec)):
+                log.warning(
+                    "%s: %s needs %d vectors to train, %d stored: exact (Flat) until then",
+                    self.config.name,
+                    spec,
+                    training_points_needed(spec),
+                    available,
+                )
+                index = VectorIndex(self.config.dim, self.config.metric, "Flat")
+            else:
+                index.train(np.vstack(sample)[:200_000])
+        for keys, vectors in snap.iter_vectors():
             index.add(keys, vectors)
         return index
 
@@ -178,7 +207,7 @@ class Collection:
     ) -> list[Hit]:
         allowed = None
         if filter_spec:
-            where, sql_params = compile_filter(filter_spec)
+            where, sql_params = compile_filter(filter_spec, self.filter_limits)
             allowed = self.store.keys_matching(where, sql_params)
         with self._index_lock:
             scores, keys = self.index.search(query[None, :], top_k, allowed, params, self.store.stacked_vectors)
@@ -215,56 +244,77 @@ class Collection:
                 "memory_bytes": index.memory_bytes(),
                 "search_defaults": {"ef_search": index.defaults.ef_search, "nprobe": index.defaults.nprobe},
                 "last_build": self.config.last_build,
+                "last_build_error": self.last_error,
                 "optimizing": self._optimizing.locked(),
             }
 
     # --- rebuild -----------------------------------------------------------------------------
+    def check_buildable(self, spec: str) -> None:
+        """InvalidIndexSpec unless `spec` can be built for this collection's vectors and size now."""
+        validate_spec(spec, self.config.dim)
+        if spec != "auto":
+            needed, stored = training_points_needed(spec), self.store.count()
+            if needed > stored:
+                raise InvalidIndexSpec(f"{spec} needs at least {needed} vectors to train; the collection has {stored}")
+
     def optimize(self, spec: str | None = None) -> BuildReport:
         """Build a new index (chosen by `auto` or given), measure recall@10 against exact search on
         a sample, tune its search parameters, then swap it in and catch up with writes made
-        meanwhile. Reads keep using the old index throughout."""
-        spec = validate_spec(spec or self.config.index)
+        meanwhile. Reads keep using the old index throughout.
+
+        Exactness under concurrent writes: the new index is built from one consistent read of the
+        store at op position P (taken under the write lock, which also pins the op log from P on),
+        then every op after P is replayed under the write lock before the swap: each document is in
+        it exactly once, whatever the writers did meanwhile."""
+        spec = spec or self.config.index
+        self.check_buildable(spec)
         if not self._optimizing.acquire(blocking=False):
-            raise RuntimeError("an optimise is already running for this collection")
+            raise OptimizeRunning("an optimise is already running for this collection")
         try:
-            start = time.perf_counter()
-            with self._write_lock:
-                start_op = self._catch_up_from = self.store.last_op()
-            n = self.store.count()
-            chosen = choose_spec(n, self.config.dim, self.memory_budget_bytes) if spec == "auto" else spec
-            new_index = self._build_from_store(chosen)
-            report = self._measure_and_tune(new_index)
-            with self._write_lock:  # block writers only for the catch-up and the swap
-                for change in self.store.changes_since(start_op):
-                    if change.kind == "add":
-                        vector = self.store.vectors_for([change.key]).get(change.key)
-                        if vector is not None:
-                            new_index.add(np.array([change.key]), vector[None, :])
-                    else:
-                        new_index.remove([change.key])
-                with self._index_lock:
-                    self.index = new_index
-                self._catch_up_from = None
-                report.build_seconds = round(time.perf_counter() - start, 2)
-                self.config.last_build = asdict(report)
-                self.config.save(self.folder)
-                self.snapshot()
+            report = self._rebuild(spec)
+            self.last_error = None
             return report
+        except Exception as exc:
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            raise
         finally:
             self._catch_up_from = None
             self._optimizing.release()
 
-    def _measure_and_tune(self, index: VectorIndex) -> BuildReport:
+    def _rebuild(self, spec: str) -> BuildReport:
+        start = time.perf_counter()
+        reading = ExitStack()
+        with self._write_lock:
+            snap = reading.enter_context(self.store.snapshot())
+            self._catch_up_from = snap.last_op  # prune_ops keeps every op after it
+        with reading:
+            chosen = choose_spec(snap.count(), self.config.dim, self.memory_budget_bytes) if spec == "auto" else spec
+            new_index = self._build_from_store(chosen, snap)
+            report = self._measure_and_tune(new_index, snap)
+        with self._write_lock:  # block writers only for the catch-up and the swap
+            self._catch_up(new_index, self.store.changes_since(snap.last_op))
+            with self._index_lock:
+                self.index = new_index
+            self._catch_up_from = None
+            report.build_seconds = round(time.perf_counter() - start, 2)
+            self.config.last_build = asdict(report)
+            self.config.save(self.folder)
+            self.snapshot()
+        return report
+
+    def _measure_and_tune(self, index: VectorIndex, snap: StoreSnapshot) -> BuildReport:
+        """Recall@10 of `index` against exact search over the same documents (`snap`), on a sample
+        of stored vectors as queries, and the cheapest search parameters that reach the target."""
         n = index.live
         if n == 0:
             return BuildReport(index.spec, 0, None, 0)
         rng = np.random.default_rng(0)
-        live = self._live_keys()
-        queries = self.store.stacked_vectors(rng.choice(live, size=min(RECALL_SAMPLE, len(live)), replace=False))
+        live = snap.keys()
+        queries = snap.vectors(rng.choice(live, size=min(RECALL_SAMPLE, len(live)), replace=False))
         if index.spec == "Flat":
             return BuildReport(index.spec, n, 1.0, len(queries))
         exact = VectorIndex(self.config.dim, self.config.metric, "Flat")
-        for keys, vectors in self.store.iter_vectors():
+        for keys, vectors in snap.iter_vectors():
             exact.add(keys, vectors)
         params, recall = tune(index, exact, queries, TARGET_RECALL)
         defaults = {k: v for k, v in asdict(params).items() if v is not None}

@@ -10,6 +10,7 @@ from pathlib import Path
 from app.core.config import Settings
 from app.core.errors import CollectionExists, CollectionNotFound, InvalidIndexName, InvalidMetric, ReadOnly
 from app.search.collection import NAME_PATTERN, Collection, CollectionConfig
+from app.search.filters import FilterLimits
 from app.search.vector_index import METRICS, validate_spec
 
 log = logging.getLogger(__name__)
@@ -24,13 +25,21 @@ def validate_name(name: str) -> str:
 
 class CollectionManager:
     def __init__(
-        self, data_dir: Path, memory_budget_bytes: int, snapshot_every_ops: int = 20_000, read_only: bool = False
+        self,
+        data_dir: Path,
+        memory_budget_bytes: int,
+        snapshot_every_ops: int = 20_000,
+        read_only: bool = False,
+        filter_limits: FilterLimits | None = None,
     ) -> None:
         self.root = data_dir / "indexes"
         self.read_only = read_only
         self.memory_budget_bytes = memory_budget_bytes
         self.snapshot_every_ops = snapshot_every_ops
+        self.filter_limits = filter_limits or FilterLimits()
         self.collections: dict[str, Collection] = {}
+        # Collections found on disk that could not be opened: name -> reason (in /ready and GET /indexes).
+        self.failed: dict[str, str] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -40,10 +49,13 @@ class CollectionManager:
             settings.index_memory_budget_mb * 1024 * 1024,
             settings.snapshot_every_ops,
             settings.read_only,
+            FilterLimits(settings.filter_max_depth, settings.filter_max_conditions),
         )
 
     def _open(self, folder: Path, config: CollectionConfig) -> Collection:
-        return Collection(folder, config, self.memory_budget_bytes, self.snapshot_every_ops, self.read_only)
+        return Collection(
+            folder, config, self.memory_budget_bytes, self.snapshot_every_ops, self.read_only, self.filter_limits
+        )
 
     def check_writable(self) -> None:
         if self.read_only:
@@ -54,41 +66,59 @@ class CollectionManager:
             self.root.mkdir(parents=True, exist_ok=True)
         for config_file in sorted(self.root.glob("*/collection.json")):
             folder = config_file.parent
-            try:
+            try:  # one bad collection must not stop the others (no crash loop on start-up)
                 config = CollectionConfig.load(folder)
                 self.collections[config.name] = self._open(folder, config)
-            except Exception:
+            except Exception as exc:
                 log.exception("collection %s could not be opened", folder.name)
+                self.failed[folder.name] = f"{type(exc).__name__}: {exc}"
 
     def create(self, name: str, model: str, dim: int, metric: str, index: str) -> Collection:
         validate_name(name)
         if metric not in METRICS:
             raise InvalidMetric(f"unknown metric {metric!r}: {sorted(METRICS)}")
-        validate_spec(index)
+        validate_spec(index, dim)
         with self._lock:
-            if name in self.collections:
+            if name in self.collections or name in self.failed:
                 raise CollectionExists(f"index {name!r} already exists")
             folder = self.root / name
-            folder.mkdir(parents=True, exist_ok=True)
-            config = CollectionConfig(name=name, model=model, dim=dim, metric=metric, index=index)
-            config.save(folder)
-            collection = self._open(folder, config)
+            if folder.exists():  # left by a crash mid-create, or a build: never adopt it silently
+                raise CollectionExists(f"index {name!r} already exists on disk (not loaded); remove {folder}")
+            folder.mkdir(parents=True)
+            try:
+                config = CollectionConfig(name=name, model=model, dim=dim, metric=metric, index=index)
+                config.save(folder)
+                collection = self._open(folder, config)
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)  # never a half-created collection
+                raise
             self.collections[name] = collection
         return collection
 
     def get(self, name: str) -> Collection:
         validate_name(name)
         collection = self.collections.get(name)
+        if collection is None and name in self.failed:
+            raise CollectionNotFound(f"index {name!r} could not be opened: {self.failed[name]}")
         if collection is None:
             raise CollectionNotFound(f"index {name!r} not found")
         return collection
 
     def delete(self, name: str) -> None:
+        """Remove a collection (also one that failed to open). Requests still using it get 404."""
+        validate_name(name)
         with self._lock:
+            if name in self.failed and name not in self.collections:
+                del self.failed[name]
+                shutil.rmtree(self.root / name, ignore_errors=True)
+                return
             collection = self.get(name)
             del self.collections[name]
         collection.close()
         shutil.rmtree(collection.folder, ignore_errors=True)
+
+    def describe_failed(self) -> list[dict[str, str]]:
+        return [{"name": name, "status": "failed", "error": reason} for name, reason in sorted(self.failed.items())]
 
     def close(self) -> None:
         for collection in self.collections.values():

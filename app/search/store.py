@@ -9,14 +9,19 @@ its last snapshot after a restart or a crash.
 from __future__ import annotations
 
 import json
+import math
+import re
 import sqlite3
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from app.core.errors import CollectionNotFound, InvalidRequest
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS documents (
@@ -49,11 +54,60 @@ class Change:
     key: int
 
 
+def _chunks(db: sqlite3.Connection, dim: int, batch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """All live (keys, vectors) of `db` in key order, in chunks: (n,), (n, dim)."""
+    last = -1
+    while True:
+        rows = db.execute(
+            "SELECT key, vector FROM documents WHERE key > ? ORDER BY key LIMIT ?", (last, batch)
+        ).fetchall()
+        if not rows:
+            return
+        keys = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), dim)
+        yield keys, vectors
+        last = int(keys[-1])
+
+
+@dataclass
+class StoreSnapshot:
+    """A consistent read of the store as of op `last_op`: its documents are exactly those the ops up
+    to `last_op` produced (one SQLite read transaction, which WAL keeps stable under writers)."""
+
+    db: sqlite3.Connection
+    dim: int
+    last_op: int
+
+    def iter_vectors(self, batch: int = 10_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        return _chunks(self.db, self.dim, batch)
+
+    def count(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM documents").fetchone()[0]
+
+    def keys(self) -> np.ndarray:
+        rows = self.db.execute("SELECT key FROM documents ORDER BY key").fetchall()
+        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
+    def vectors(self, keys: np.ndarray) -> np.ndarray:
+        """Vectors of `keys` (all present in this snapshot) in that order: (m, dim)."""
+        found: dict[int, bytes] = {}
+        wanted = [int(k) for k in keys]
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            found.update(self.db.execute(f"SELECT key, vector FROM documents WHERE key IN ({marks})", chunk))
+        if not wanted:
+            return np.empty((0, self.dim), np.float32)
+        return np.stack([np.frombuffer(found[k], dtype=np.float32) for k in wanted])
+
+
 class DocumentStore:
     def __init__(self, path: Path, dim: int, read_only: bool = False) -> None:
         self.path = path
         self.dim = dim
+        self.read_only = read_only
         self._lock = threading.Lock()
+        self._closed = False
         if read_only:
             # A replica on a read-only volume: `immutable` skips the WAL's shared-memory file, which
             # could not be created there; it reads the database as it was when opened.
@@ -67,13 +121,24 @@ class DocumentStore:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             self._db.close()
+
+    def _check_open(self) -> None:
+        if self._closed:  # the collection was deleted while a request was using it
+            raise CollectionNotFound(f"index {self.path.parent.name!r} was deleted")
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        with self._lock:
+            self._check_open()
+            yield
 
     def upsert(self, docs: list[Document]) -> tuple[list[int], list[int]]:
         """One transaction. Returns (removed keys, added keys in docs' order)."""
         removed: list[int] = []
         added: list[int] = []
-        with self._lock:
+        with self._locked():
             cur = self._db.cursor()
             cur.execute("BEGIN IMMEDIATE")
             try:
@@ -86,7 +151,7 @@ class DocumentStore:
                     vector = np.ascontiguousarray(doc.vector, dtype=np.float32)
                     cur.execute(
                         "INSERT INTO documents (id, text, metadata, vector) VALUES (?, ?, ?, ?)",
-                        (doc.id, doc.text, json.dumps(doc.metadata), vector.tobytes()),
+                        (doc.id, doc.text, encode_metadata(doc.metadata), vector.tobytes()),
                     )
                     key = cur.lastrowid
                     cur.execute("INSERT INTO ops (kind, key) VALUES ('add', ?)", (key,))
@@ -101,7 +166,7 @@ class DocumentStore:
         """One transaction. Returns (ids that existed, their keys)."""
         found: list[str] = []
         keys: list[int] = []
-        with self._lock:
+        with self._locked():
             cur = self._db.cursor()
             cur.execute("BEGIN IMMEDIATE")
             try:
@@ -119,7 +184,7 @@ class DocumentStore:
         return found, keys
 
     def get(self, doc_id: str, with_vector: bool = False) -> Document | None:
-        with self._lock:
+        with self._locked():
             row = self._db.execute(
                 "SELECT id, text, metadata, vector FROM documents WHERE id = ?", (doc_id,)
             ).fetchone()
@@ -127,7 +192,7 @@ class DocumentStore:
 
     def by_keys(self, keys: list[int], with_vector: bool = False) -> dict[int, Document]:
         out: dict[int, Document] = {}
-        with self._lock:
+        with self._locked():
             for start in range(0, len(keys), 500):
                 chunk = keys[start : start + 500]
                 rows = self._db.execute(
@@ -140,31 +205,31 @@ class DocumentStore:
         return out
 
     def keys_matching(self, where: str, params: list[Any]) -> np.ndarray:
-        with self._lock:
+        with self._locked():
             rows = self._db.execute(f"SELECT key FROM documents WHERE {where}", params).fetchall()
         return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
 
     def ids(self) -> list[str]:
-        with self._lock:
+        with self._locked():
             return [row[0] for row in self._db.execute("SELECT id FROM documents ORDER BY key")]
 
     def count(self) -> int:
-        with self._lock:
+        with self._locked():
             return self._db.execute("SELECT COUNT(*) FROM documents").fetchone()[0]
 
     def last_op(self) -> int:
-        with self._lock:
+        with self._locked():
             row = self._db.execute("SELECT MAX(op) FROM ops").fetchone()
         return row[0] or 0
 
     def changes_since(self, op: int) -> list[Change]:
-        with self._lock:
+        with self._locked():
             rows = self._db.execute("SELECT op, kind, key FROM ops WHERE op > ? ORDER BY op", (op,)).fetchall()
         return [Change(*r) for r in rows]
 
     def vectors_for(self, keys: list[int]) -> dict[int, np.ndarray]:
         out: dict[int, np.ndarray] = {}
-        with self._lock:
+        with self._locked():
             for start in range(0, len(keys), 500):
                 chunk = keys[start : start + 500]
                 rows = self._db.execute(
@@ -179,28 +244,79 @@ class DocumentStore:
         return np.stack([found[int(k)] for k in keys]) if len(keys) else np.empty((0, self.dim), np.float32)
 
     def iter_vectors(self, batch: int = 10_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """All live (keys, vectors) in key order, in chunks: (n,), (n, dim)."""
-        last = -1
-        while True:
-            with self._lock:
-                rows = self._db.execute(
-                    "SELECT key, vector FROM documents WHERE key > ? ORDER BY key LIMIT ?", (last, batch)
-                ).fetchall()
-            if not rows:
-                return
-            keys = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-            vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), self.dim)
-            yield keys, vectors
-            last = int(keys[-1])
+        """All live (keys, vectors) in key order, in chunks: (n,), (n, dim). Not one snapshot: a
+        write between chunks may show (use `snapshot()` where that matters)."""
+        with self.snapshot() as snap:
+            yield from snap.iter_vectors(batch)
+
+    @contextmanager
+    def snapshot(self) -> Iterator[StoreSnapshot]:
+        """A consistent read of the documents and the op position they reflect, on its own
+        connection (writers go on; the WAL keeps this reader's view)."""
+        self._check_open()
+        if self.read_only:
+            uri = f"file:{self.path.resolve()}?mode=ro&immutable=1"
+        else:
+            uri = f"file:{self.path.resolve()}?mode=ro"
+        db = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
+        try:
+            db.execute("BEGIN")
+            last = db.execute("SELECT MAX(op) FROM ops").fetchone()[0] or 0  # starts the read transaction
+            yield StoreSnapshot(db, self.dim, last)
+        finally:
+            db.close()
 
     def prune_ops(self, up_to: int) -> None:
         """Drop ops a durable snapshot already contains (AUTOINCREMENT keeps numbering monotonic)."""
-        with self._lock:
+        with self._locked():
             self._db.execute("DELETE FROM ops WHERE op <= ?", (up_to,))
 
     @staticmethod
     def _document(row: tuple, with_vector: bool) -> Document:
         doc_id, text, metadata, vector = row
         return Document(
-            doc_id, text, json.loads(metadata), np.frombuffer(vector, dtype=np.float32).copy() if with_vector else None
+            doc_id,
+            text,  # ids and texts cannot hold lone surrogates: sqlite3 refuses to store them
+            decode_metadata(metadata),
+            np.frombuffer(vector, dtype=np.float32).copy() if with_vector else None,
         )
+
+
+def encode_metadata(metadata: dict[str, Any]) -> str:
+    """Strict JSON (no NaN/Infinity, which SQLite's JSON functions reject: every filtered search on
+    the collection would fail). Requests are validated before this; this is the last line."""
+    try:
+        return json.dumps(metadata, allow_nan=False)
+    except ValueError as exc:
+        raise InvalidRequest(f"metadata: {exc}") from exc
+
+
+def decode_metadata(stored: str) -> dict[str, Any]:
+    """Metadata as stored; rows written before strict checks (NaN, lone surrogates) still read."""
+    try:
+        value = json.loads(stored)
+    except ValueError:
+        return {}
+    if "NaN" in stored or "Infinity" in stored or "\\ud" in stored.lower():
+        value = _printable_json(value)  # non-finite numbers -> null, lone surrogates -> U+FFFD
+    return value if isinstance(value, dict) else {}
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _printable(text: str) -> str:
+    """`text` with any lone surrogate replaced (U+FFFD), so every response can be encoded."""
+    return _SURROGATE.sub("\ufffd", text)  # in a Python str every surrogate code point is a lone one
+
+
+def _printable_json(value: Any) -> Any:
+    if isinstance(value, str):
+        return _printable(value)
+    if isinstance(value, list):
+        return [_printable_json(v) for v in value]
+    if isinstance(value, dict):
+        return {_printable(k): _printable_json(v) for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

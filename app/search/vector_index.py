@@ -16,8 +16,14 @@ import numpy as np
 from app.core.errors import InvalidIndexSpec
 
 METRICS = {"cosine": faiss.METRIC_INNER_PRODUCT, "ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
-# Index factory strings we accept: exact, graph, inverted lists with flat/SQ/PQ codes.
-SPEC_PATTERN = re.compile(r"^(Flat|HNSW\d{1,3}(,Flat)?|IVF\d{1,6},(Flat|SQ8|SQ4|PQ\d{1,3}(x\d{1,2})?))$")
+# Index factory strings we accept: exact, graph, inverted lists with flat/SQ/PQ codes. The numbers are
+# checked by `validate_spec` too: FAISS aborts the process (not an exception) on some of them.
+SPEC_PATTERN = re.compile(
+    r"^(?:Flat|HNSW(?P<m>\d{1,4})(?:,Flat)?|IVF(?P<nlist>\d{1,7}),(?:Flat|SQ8|SQ4|PQ(?P<pq>\d{1,4})(?:x(?P<bits>\d{1,2}))?))$"
+)
+HNSW_M_RANGE = (2, 256)  # M < 2 aborts inside FAISS (HNSW.cpp assertion) or segfaults
+IVF_NLIST_RANGE = (1, 65_536)
+PQ_BITS_RANGE = (1, 10)  # 16 bits asks FAISS for ~100 GB of polysemous-training memory
 EF_SEARCH_BOUNDS = (1, 4096)
 HNSW_EF_CONSTRUCTION = 128
 EXACT_FALLBACK_MAX = 50_000  # filtered searches over at most this many matches are done exactly
@@ -28,10 +34,40 @@ class IndexSpecError(InvalidIndexSpec):
     """An index spec this service does not build."""
 
 
-def validate_spec(spec: str) -> str:
-    if spec != "auto" and not SPEC_PATTERN.match(spec):
+def validate_spec(spec: str, dim: int | None = None) -> str:
+    """`spec` if this service can build it (for vectors of `dim`, when given), else IndexSpecError.
+
+    A strict whitelist, not a trial build: FAISS answers some bad parameters by aborting the
+    process (HNSW with M < 2), which no exception handler survives."""
+    if spec == "auto":
+        return spec
+    match = SPEC_PATTERN.match(spec)
+    if not match:
         raise IndexSpecError(f"unsupported index spec {spec!r}: use auto, Flat, HNSW<M>, IVF<nlist>,Flat|SQ8|SQ4|PQ<m>")
+    _in_range(spec, "HNSW M", match["m"], HNSW_M_RANGE)
+    _in_range(spec, "IVF nlist", match["nlist"], IVF_NLIST_RANGE)
+    _in_range(spec, "PQ bits per code", match["bits"], PQ_BITS_RANGE)
+    if match["pq"] is not None:
+        m = int(match["pq"])
+        if m < 1 or (dim is not None and (m > dim or dim % m)):
+            raise IndexSpecError(f"index spec {spec!r}: PQ{m} needs m to divide the dimension ({dim})")
     return spec
+
+
+def _in_range(spec: str, what: str, value: str | None, bounds: tuple[int, int]) -> None:
+    if value is not None and not bounds[0] <= int(value) <= bounds[1]:
+        raise IndexSpecError(f"index spec {spec!r}: {what} must be in {bounds[0]}..{bounds[1]}")
+
+
+def training_points_needed(spec: str) -> int:
+    """Vectors an index of `spec` needs to train: one per IVF list, and 2^bits per PQ sub-quantizer."""
+    match = SPEC_PATTERN.match(spec)
+    if not match:
+        return 0
+    needed = int(match["nlist"] or 0)
+    if match["pq"] is not None:
+        needed = max(needed, 2 ** int(match["bits"] or 8))
+    return needed
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from app.core.config import Settings
-from app.core.errors import InvalidDimensions, TooManyInputs
+from app.core.errors import InputTooLong, InvalidDimensions, TooManyInputs
 from app.inference.registry import ModelRegistry
 from app.inference.served import Embedder, EmbeddingResult
 
@@ -13,6 +13,17 @@ from app.inference.served import Embedder, EmbeddingResult
 def check_input_count(count: int, settings: Settings, what: str = "inputs") -> None:
     if count > settings.max_inputs_per_request:
         raise TooManyInputs(f"{count} {what}; at most {settings.max_inputs_per_request} per request")
+
+
+def check_input_chars(texts: list[str], settings: Settings) -> None:
+    """413 for an input over `max_input_chars`, before any tokenising (a 7 MB string would hold a
+    tokenizer thread for seconds)."""
+    limit = settings.max_input_chars
+    for index, text in enumerate(texts):
+        if len(text) > limit:
+            raise InputTooLong(
+                index, len(text), limit, f"input {index} has {len(text)} characters, more than the limit of {limit}"
+            )
 
 
 async def embed_texts(
@@ -25,6 +36,7 @@ async def embed_texts(
 ) -> tuple[Embedder, EmbeddingResult]:
     """Embed `texts` with `model` (the default when None) through its batcher."""
     check_input_count(len(texts), settings)
+    check_input_chars(texts, settings)
     embedder = registry.embedder(model)
     if dimensions is not None and dimensions > embedder.dim:
         raise InvalidDimensions(f"dimensions={dimensions} exceeds the model's {embedder.dim}")

@@ -8,7 +8,7 @@ import numpy as np
 
 from app.core.config import Settings
 from app.inference.registry import ModelRegistry
-from app.services.embedding import check_input_count
+from app.services.embedding import check_input_chars, check_input_count
 
 
 @dataclass
@@ -33,6 +33,7 @@ async def rerank(
 ) -> RerankOutcome:
     """Relevance of each document to `query` from the reranker `model` (the first served when None)."""
     check_input_count(len(documents), settings, "documents")
+    check_input_chars([query, *documents], settings)
     scorer = registry.scorer(model)
     scores, tokens = await scorer.score(query, documents, max_tokens_per_doc, truncate)
     return RerankOutcome(scorer.name, scores, tokens)

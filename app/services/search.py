@@ -4,6 +4,7 @@ optional rerank of the first-stage hits, background optimise."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -17,10 +18,11 @@ from app.schemas.search import CreateIndexRequest, SearchRequest, UpsertRequest
 from app.search.collection import Collection
 from app.search.manager import CollectionManager
 from app.search.store import Document
-from app.search.vector_index import SearchParams, validate_spec
+from app.search.vector_index import SearchParams
 from app.services.embedding import check_input_count, embed_texts
 from app.services.rerank import rerank
 
+log = logging.getLogger(__name__)
 # Background optimise tasks, kept referenced until done (asyncio holds only weak references).
 _background: set[asyncio.Task[Any]] = set()
 
@@ -107,13 +109,19 @@ async def search(
 
 
 def start_optimize(collections: CollectionManager, name: str, spec: str | None) -> None:
-    """Rebuild in the background (reads keep working); GET /indexes/{name} shows `last_build`."""
+    """Rebuild in the background (reads keep working); GET /indexes/{name} shows `last_build`, or
+    `last_build_error` when it failed. A spec that cannot be built is refused here (422)."""
     collections.check_writable()
     collection = collections.get(name)
-    if spec is not None:
-        validate_spec(spec)
+    collection.check_buildable(spec or collection.config.index)
     if collection.describe()["optimizing"]:
         raise OptimizeRunning("an optimise is already running")
     task = asyncio.create_task(asyncio.to_thread(collection.optimize, spec))
     _background.add(task)
-    task.add_done_callback(_background.discard)
+    task.add_done_callback(_finished)
+
+
+def _finished(task: asyncio.Task[Any]) -> None:
+    _background.discard(task)
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("background optimise failed: %r", exc)  # recorded in the collection's last_build_error

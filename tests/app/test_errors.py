@@ -22,6 +22,10 @@ EXPECTED_STATUS = {
     errors.InvalidMetric: 422,
     errors.WrongModelKind: 400,
     errors.ReadOnly: 403,
+    errors.ReadOnlyKey: 403,
+    errors.MissingApiKey: 401,
+    errors.InvalidApiKey: 401,
+    errors.RateLimited: 429,
     errors.ModelNotFound: 404,
     errors.CollectionNotFound: 404,
     errors.DocumentNotFound: 404,
@@ -77,6 +81,8 @@ def test_domain_error_maps_to_status_and_openai_json(client: TestClient, cls: ty
     assert body["error"]["code"] == cls.code and body["error"]["message"]
     if expected == 429:
         assert body["error"]["type"] == "rate_limit_error" and response.headers["retry-after"] == "3"
+    elif expected == 401:
+        assert body["error"]["type"] == "authentication_error" and response.headers["www-authenticate"] == "Bearer"
     else:
         assert "retry-after" not in response.headers
 

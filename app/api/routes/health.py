@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import JSONResponse, Response
 
-from app.api.deps import RegistryDep
+from app.api.deps import CollectionsDep, RegistryDep
 from app.core.metrics import REGISTRY
 
 router = APIRouter(tags=["health"])
@@ -21,13 +21,15 @@ async def health() -> dict[str, str]:
 
 
 @router.get("/ready", responses={503: {"description": "models not loaded"}})
-async def ready(registry: RegistryDep) -> Any:
-    """Readiness: every model folder that was asked for is loaded."""
+async def ready(registry: RegistryDep, collections: CollectionsDep) -> Any:
+    """Readiness: every model folder that was asked for is loaded. Collections that could not be
+    opened are listed (the others serve) but do not make the service unready."""
     body = {
         "status": "ready" if registry.ready else "not_ready",
         "models": sorted(registry.models),
         "failed": registry.failed,
         "skipped": registry.skipped,
+        "collections_failed": collections.failed,
     }
     return JSONResponse(body, status_code=200 if registry.ready else 503)
 

@@ -35,7 +35,10 @@ async def create_index(body: CreateIndexRequest, collections: CollectionsDep, re
 
 @router.get("")
 async def list_indexes(collections: CollectionsDep) -> dict[str, Any]:
-    return {"indexes": [c.describe() for c in collections.collections.values()]}
+    return {
+        "indexes": [c.describe() for c in collections.collections.values()],
+        "failed": collections.describe_failed(),
+    }
 
 
 @router.get("/{name}")
@@ -62,7 +65,8 @@ async def upsert_documents(
     return UpsertResponse(upserted=upserted, size=size)
 
 
-@router.get("/{name}/documents/{doc_id}", response_model=DocumentOut)
+# `:path`: an id with "/" (refused on upsert since, but stored by older versions) stays addressable.
+@router.get("/{name}/documents/{doc_id:path}", response_model=DocumentOut)
 async def get_document(
     collections: CollectionsDep, name: str = IndexName, doc_id: str = Path(max_length=512), include_vector: bool = False
 ) -> DocumentOut:
@@ -73,7 +77,7 @@ async def get_document(
     return DocumentOut(id=doc.id, text=doc.text, metadata=doc.metadata, vector=vector)
 
 
-@router.delete("/{name}/documents/{doc_id}", response_model=DeleteResponse)
+@router.delete("/{name}/documents/{doc_id:path}", response_model=DeleteResponse)
 async def delete_document(
     collections: CollectionsDep, name: str = IndexName, doc_id: str = Path(max_length=512)
 ) -> DeleteResponse:

@@ -1,0 +1,163 @@
+"""Who may call, how often, and a record of every call: one pure-ASGI middleware.
+
+- Request id: a client's `x-request-id` (if it is short and printable) or a new one; returned as
+  `x-request-id` on every response.
+- API keys (when TESSERA_API_KEYS is set): `Authorization: Bearer <key>`, `api-key` or
+  `x-api-key` (what the OpenAI, Azure-style and Cohere clients send). Every route but /health,
+  /ready (and /metrics when TESSERA_METRICS_PUBLIC) needs one: 401 without or with a wrong one,
+  403 for a read-only key on a write.
+- Rate limit (when TESSERA_RATE_LIMIT_PER_S > 0): a token bucket per key (per client address
+  without keys): 429 with Retry-After.
+- Log: one JSON line per request on the `tessera.access` logger: request id, method, route,
+  status, latency, key id (never the key), client; never a body.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import logging.handlers
+import queue
+import re
+import sys
+import time
+import uuid
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.api.errors import domain_error_response
+from app.core.auth import ApiKey, KeyStore, RateLimiter
+from app.core.errors import InvalidApiKey, MissingApiKey, RateLimited, ReadOnlyKey, TesseraError
+
+log = logging.getLogger("tessera.access")
+_listener: logging.handlers.QueueListener | None = None
+
+
+def configure_access_log(level: str) -> None:
+    """Access lines go through a queue to a writer thread: a slow or blocked stderr (a full pipe, a
+    stalled log driver) never blocks the event loop. Lines are plain JSON, one per request."""
+    global _listener
+    log.setLevel(level.upper())
+    if _listener is not None:
+        return
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    stream = logging.StreamHandler(sys.stderr)
+    stream.setFormatter(logging.Formatter("%(message)s"))
+    _listener = logging.handlers.QueueListener(records, stream)
+    _listener.start()
+    atexit.register(_listener.stop)
+    log.addHandler(logging.handlers.QueueHandler(records))
+    log.propagate = False
+
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_WRITE_METHODS = {"PUT", "DELETE", "PATCH"}
+
+
+def is_write(method: str, path: str) -> bool:
+    """Writes change stored state: PUT/DELETE anywhere, POST on /indexes except search."""
+    if method in _WRITE_METHODS:
+        return True
+    return method == "POST" and path.startswith("/indexes") and not path.endswith("/search")
+
+
+class AccessMiddleware:
+    def __init__(
+        self,
+        app: ASGIApp,
+        keys: KeyStore,
+        limiter: RateLimiter,
+        open_paths: frozenset[str],
+        retry_after_s: int,
+        log_requests: bool = True,
+    ) -> None:
+        self.app = app
+        self.keys = keys
+        self.limiter = limiter
+        self.open_paths = open_paths
+        self.retry_after_s = retry_after_s
+        self.log_requests = log_requests
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        headers = dict(scope["headers"])
+        request_id = _request_id(headers.get(b"x-request-id"))
+        id_header = (b"x-request-id", request_id.encode())
+        status = 500
+        key: ApiKey | None = None
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), id_header]
+            await send(message)
+
+        try:
+            key = self._admit(scope, headers)
+        except TesseraError as exc:
+            await domain_error_response(exc, self.retry_after_s)(scope, receive, send_with_id)
+        else:
+            if key is not None:
+                scope.setdefault("state", {})["api_key_id"] = key.key_id
+            await self.app(scope, receive, send_with_id)
+        finally:
+            if self.log_requests and log.isEnabledFor(logging.INFO):
+                route = scope.get("route")
+                client = scope.get("client")
+                record = {
+                    "request_id": request_id,
+                    "method": scope["method"],
+                    "route": getattr(route, "path", scope["path"] if status != 404 else "unmatched"),
+                    "status": status,
+                    "latency_ms": round((time.perf_counter() - start) * 1000, 2),
+                    "key_id": key.key_id if key else None,
+                    "client": client[0] if client else None,
+                }
+                log.info(orjson.dumps(record).decode())
+
+    def _admit(self, scope: Scope, headers: dict[bytes, bytes]) -> ApiKey | None:
+        """The caller's key (None without keys or on an open path); raises 401/403/429 errors."""
+        path = scope["path"]
+        key = None
+        if self.keys.enabled and path not in self.open_paths and scope["method"] != "OPTIONS":
+            presented = _presented_key(headers)
+            if presented is None:
+                raise MissingApiKey("an API key is required: send Authorization: Bearer <key>")
+            key = self.keys.authenticate(presented)
+            if key is None:
+                raise InvalidApiKey("the API key is not valid")
+            if key.read_only and is_write(scope["method"], path):
+                raise ReadOnlyKey(f"key {key.key_id!r} is read-only; {scope['method']} {path} writes")
+        if self.limiter.enabled and path not in self.open_paths:
+            client = scope.get("client")
+            caller = key.key_id if key else (client[0] if client else "unknown")
+            wait = self.limiter.acquire(caller)
+            if wait > 0:
+                raise RateLimited(f"rate limit exceeded for {caller!r}; retry after {wait:.2f} s", retry_after=wait)
+        return key
+
+
+def _presented_key(headers: dict[bytes, bytes]) -> str | None:
+    authorization = headers.get(b"authorization")
+    if authorization is not None:
+        scheme, _, value = authorization.decode("latin-1").partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    for name in (b"api-key", b"x-api-key"):
+        value = headers.get(name)
+        if value:
+            return value.decode("latin-1").strip()
+    return None
+
+
+def _request_id(given: bytes | None) -> str:
+    if given:
+        text = given.decode("latin-1")
+        if _REQUEST_ID.match(text):
+            return text
+    return uuid.uuid4().hex

@@ -1,0 +1,106 @@
+"""API keys and per-key rate limits (no HTTP here: app/api/access.py applies them to requests).
+
+Keys come from `TESSERA_API_KEYS`: comma-separated entries, or the path of a file with one entry
+per line (a Docker secret). An entry is `[name=]key[:ro]`: `name` identifies the key in logs
+(default: the first 8 hex digits of its SHA-256; the key itself is never logged), `:ro` makes it
+read-only (writes answer 403). Presented keys are compared by SHA-256 digest with
+`hmac.compare_digest` against every stored digest, so timing says nothing about which one matched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    key_id: str
+    digest: bytes
+    read_only: bool = False
+
+
+class KeyConfigError(ValueError):
+    """TESSERA_API_KEYS cannot be parsed (the message says which entry)."""
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+def parse_keys(value: str) -> list[ApiKey]:
+    """Entries from the setting's value: a file path (one entry per line, # comments) or a list."""
+    value = value.strip()
+    if not value:
+        return []
+    path = Path(value)
+    entries = (
+        [line.strip() for line in path.read_text().splitlines()]
+        if "," not in value and path.is_file()
+        else [part.strip() for part in value.split(",")]
+    )
+    keys = []
+    for entry in entries:
+        if not entry or entry.startswith("#"):
+            continue
+        name, _, key = entry.rpartition("=") if "=" in entry else ("", "", entry)
+        read_only = key.endswith(":ro")
+        key = key.removesuffix(":ro")
+        if len(key) < 8:
+            raise KeyConfigError(f"TESSERA_API_KEYS: a key must have at least 8 characters ({name or 'unnamed'})")
+        keys.append(ApiKey(name or hashlib.sha256(key.encode()).hexdigest()[:8], _digest(key), read_only))
+    return keys
+
+
+class KeyStore:
+    def __init__(self, keys: list[ApiKey]) -> None:
+        self.keys = keys
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.keys)
+
+    def authenticate(self, presented: str) -> ApiKey | None:
+        digest = _digest(presented)
+        found = None
+        for key in self.keys:  # every digest compared: no early exit that timing could reveal
+            if hmac.compare_digest(digest, key.digest):
+                found = key
+        return found
+
+
+class RateLimiter:
+    """A token bucket per caller: `rate` requests/s sustained, bursts of `burst`."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = max(1, burst)
+        self._buckets: dict[str, tuple[float, float]] = {}  # caller -> (tokens, last refill time)
+        self._lock = threading.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        return self.rate > 0
+
+    def acquire(self, caller: str) -> float:
+        """0 if the request may go now, else the seconds until it may (the Retry-After)."""
+        now = time.monotonic()
+        with self._lock:
+            tokens, last = self._buckets.get(caller, (float(self.burst), now))
+            tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+            if tokens >= 1:
+                self._buckets[caller] = (tokens - 1, now)
+                return 0.0
+            self._buckets[caller] = (tokens, now)
+            if len(self._buckets) > 100_000:  # callers by address could grow without bound
+                self._buckets.clear()
+            return (1 - tokens) / self.rate
+
+
+def retry_after_header(seconds: float) -> str:
+    return str(max(1, math.ceil(seconds)))

@@ -1,0 +1,171 @@
+"""API keys, read-only keys, rate limits, CORS, request ids and the JSON access log."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.core.auth import KeyConfigError, parse_keys
+from app.main import create_app
+from tests.conftest import ROOT, live_server, settings_for
+
+ADMIN, READER = "admin-key-0123456789", "reader-key-0123456789"
+KEYS = f"admin={ADMIN},reader={READER}:ro"
+
+
+@pytest.fixture(scope="module")
+def keyed(default_models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> TestClient:
+    settings = settings_for(default_models_dir, data_dir=tmp_path_factory.mktemp("data"), api_keys=KEYS)
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def _auth(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
+
+
+def test_without_a_key_every_route_but_health_and_ready_is_401(keyed: TestClient) -> None:
+    assert keyed.get("/health").status_code == 200 and keyed.get("/ready").status_code == 200
+    for method, path in [("POST", "/v1/embeddings"), ("GET", "/v1/models"), ("GET", "/indexes"), ("GET", "/metrics")]:
+        response = keyed.request(method, path, json={"input": "x"} if method == "POST" else None)
+        assert response.status_code == 401, path
+        assert response.json()["error"] == {
+            "message": "an API key is required: send Authorization: Bearer <key>",
+            "type": "authentication_error",
+            "code": "missing_api_key",
+        }
+        assert response.headers["www-authenticate"] == "Bearer"
+    wrong = keyed.post("/v1/embeddings", json={"input": "x"}, headers=_auth("not-the-key-at-all"))
+    assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid_api_key"
+
+
+@pytest.mark.parametrize("header", ["authorization", "api-key", "x-api-key"])
+def test_keys_are_read_from_each_header_clients_use(keyed: TestClient, header: str) -> None:
+    value = f"Bearer {ADMIN}" if header == "authorization" else ADMIN
+    assert keyed.post("/v1/embeddings", json={"input": "x"}, headers={header: value}).status_code == 200
+
+
+def test_a_read_only_key_reads_but_never_writes(keyed: TestClient) -> None:
+    assert keyed.post("/indexes", json={"name": "acl"}, headers=_auth(ADMIN)).status_code == 201
+    doc = {"documents": [{"id": "a", "text": "hello"}]}
+    assert keyed.put("/indexes/acl/documents", json=doc, headers=_auth(ADMIN)).status_code == 200
+    reader = _auth(READER)
+    assert keyed.post("/v1/embeddings", json={"input": "x"}, headers=reader).status_code == 200
+    assert keyed.post("/indexes/acl/search", json={"query": "hi"}, headers=reader).status_code == 200
+    assert keyed.get("/indexes/acl/documents/a", headers=reader).status_code == 200
+    for method, path, body in [
+        ("PUT", "/indexes/acl/documents", doc),
+        ("POST", "/indexes", {"name": "nope"}),
+        ("DELETE", "/indexes/acl/documents/a", None),
+        ("POST", "/indexes/acl/optimize", None),
+        ("POST", "/indexes/acl/documents/delete", {"ids": ["a"]}),
+        ("DELETE", "/indexes/acl", None),
+    ]:
+        response = keyed.request(method, path, json=body, headers=reader)
+        assert response.status_code == 403, (method, path)
+        assert response.json()["error"]["code"] == "read_only_key"
+    assert keyed.get("/indexes/acl", headers=reader).json()["size"] == 1
+
+
+def test_request_ids_and_one_json_log_line_without_secrets(keyed: TestClient, caplog) -> None:  # type: ignore[no-untyped-def]
+    access = logging.getLogger("tessera.access")  # it writes through its own queue, not the root logger
+    access.addHandler(caplog.handler)
+    with caplog.at_level(logging.INFO, logger="tessera.access"):
+        headers = {**_auth(ADMIN), "x-request-id": "abc-123"}
+        given = keyed.post("/v1/embeddings", json={"input": "secret text"}, headers=headers)
+        fresh = keyed.post("/v1/embeddings", json={"input": "x"}, headers=_auth(READER))
+        refused = keyed.get("/v1/models")
+    access.removeHandler(caplog.handler)
+    assert given.headers["x-request-id"] == "abc-123"
+    assert len(fresh.headers["x-request-id"]) == 32 and refused.headers["x-request-id"]
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "tessera.access"]
+    by_id = {line["request_id"]: line for line in lines}
+    first = by_id["abc-123"]
+    assert first["route"] == "/v1/embeddings" and first["status"] == 200 and first["key_id"] == "admin"
+    assert first["method"] == "POST" and first["latency_ms"] > 0
+    assert by_id[fresh.headers["x-request-id"]]["key_id"] == "reader"
+    assert by_id[refused.headers["x-request-id"]]["status"] == 401
+    text = " ".join(r.getMessage() for r in caplog.records)
+    assert ADMIN not in text and READER not in text and "secret text" not in text
+
+
+def test_rate_limit_per_key_answers_429_with_retry_after(default_models_dir: Path, tmp_path: Path) -> None:
+    settings = settings_for(
+        default_models_dir, data_dir=tmp_path, api_keys=KEYS, rate_limit_per_s=0.5, rate_limit_burst=2
+    )
+    with TestClient(create_app(settings)) as client:
+        codes = [client.get("/v1/models", headers=_auth(ADMIN)).status_code for _ in range(3)]
+        assert codes == [200, 200, 429]
+        limited = client.get("/v1/models", headers=_auth(ADMIN))
+        assert limited.json()["error"]["code"] == "rate_limited" and int(limited.headers["retry-after"]) >= 1
+        assert client.get("/v1/models", headers=_auth(READER)).status_code == 200  # its own bucket
+        assert client.get("/health").status_code == 200  # never limited
+
+
+def test_cors_is_off_by_default_and_an_allow_list_when_set(default_models_dir: Path, tmp_path: Path) -> None:
+    preflight = {"origin": "http://ui.example", "access-control-request-method": "POST"}
+    with TestClient(create_app(settings_for(default_models_dir, data_dir=tmp_path))) as client:
+        response = client.options("/v1/embeddings", headers=preflight)
+        assert "access-control-allow-origin" not in response.headers
+    settings = settings_for(default_models_dir, data_dir=tmp_path, cors_origins="http://ui.example", api_keys=KEYS)
+    with TestClient(create_app(settings)) as client:
+        response = client.options("/v1/embeddings", headers=preflight)
+        assert response.status_code == 200
+        assert response.headers["access-control-allow-origin"] == "http://ui.example"
+        other = client.options("/v1/embeddings", headers={**preflight, "origin": "http://evil.example"})
+        assert "access-control-allow-origin" not in other.headers
+
+
+def test_the_official_clients_work_with_a_key(default_models_dir: Path, rerank_models_dir: Path, tmp_path) -> None:
+    import cohere
+    from openai import AuthenticationError, OpenAI
+
+    settings = settings_for(rerank_models_dir, data_dir=tmp_path, api_keys=KEYS)
+    with live_server(settings) as base:
+        client = OpenAI(base_url=f"{base}/v1", api_key=ADMIN)
+        assert len(client.embeddings.create(model="minilm-l6", input=["hello"]).data[0].embedding) == 384
+        with pytest.raises(AuthenticationError):
+            OpenAI(base_url=f"{base}/v1", api_key="wrong-key-xxxxxxxx").embeddings.create(model="minilm-l6", input="x")
+        co = cohere.ClientV2(api_key=READER, base_url=base)
+        ranked = co.rerank(model="tiny-ce", query="lift", documents=["wings and lift", "cake"])
+        assert len(ranked.results) == 2
+
+
+def test_key_entries_parse_from_a_list_or_a_secrets_file(tmp_path: Path) -> None:
+    keys = parse_keys("admin=abcdefgh12,zyxwvuts98:ro")
+    assert [(k.key_id, k.read_only) for k in keys] == [("admin", False), (keys[1].key_id, True)]
+    assert len(keys[1].key_id) == 8  # a digest prefix, never the key
+    secret = tmp_path / "keys"
+    secret.write_text("# one per line\nops=0123456789abcdef\n\nview=fedcba9876543210:ro\n")
+    assert [(k.key_id, k.read_only) for k in parse_keys(str(secret))] == [("ops", False), ("view", True)]
+    with pytest.raises(KeyConfigError):
+        parse_keys("short")
+
+
+def _serve(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
+    return subprocess.run(
+        [sys.executable, "-c", "from app.cli import main; main()", "serve", *args],
+        env={**clean, **env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_serve_refuses_an_open_non_loopback_bind_and_bad_settings_in_one_line() -> None:
+    refused = _serve({"TESSERA_HOST": "0.0.0.0"})
+    assert refused.returncode == 2 and "TESSERA_API_KEYS" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    bad = _serve({"TESSERA_PORT": "99999"})
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "error: TESSERA_PORT='99999': Input should be less than or equal to 65535"
+    ]
