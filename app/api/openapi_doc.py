@@ -26,7 +26,7 @@ ERROR_SCHEMA = {
     },
 }
 _DESCRIPTIONS = {
-    "400": "wrong model kind for this route",
+    "400": "a body that is not JSON text (e.g. not UTF-8), or a model of the wrong kind",
     "401": "API key missing or not valid (when the server has keys)",
     "403": "a read-only key (or a read-only replica) on a write",
     "404": "unknown model, collection, document or route",
@@ -46,11 +46,9 @@ def _statuses(method: str, path: str) -> set[str]:
     if path == "/metrics":
         return {"401", "404", "405", "429"}
     if method in {"post", "put"}:
-        codes.add("413")
+        codes |= {"400", "413"}
     if is_write(method.upper(), path):
         codes |= {"403", "409"}
-    if path in {"/v1/embeddings", "/embed", "/v1/rerank"} or path.endswith("/search"):
-        codes.add("400")  # a model of the wrong kind
     return codes
 
 

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from app.schemas.common import StrictRequest, Text
+from app.schemas.common import Integer, StrictRequest, TextOrTexts
 
 
 def _as_text_list(value: object) -> object:
@@ -24,10 +24,10 @@ def _as_text_list(value: object) -> object:
 class EmbeddingRequest(StrictRequest):
     """OpenAI `POST /v1/embeddings`."""
 
-    input: list[Text] = Field(description="a string or a list of strings")
+    input: TextOrTexts = Field(description="a string or a non-empty list of strings")
     model: str | None = Field(None, description="model folder name; default model if omitted")
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(None, ge=1, description="truncate to this many dimensions, then re-normalise")
+    dimensions: Integer | None = Field(None, ge=1, description="truncate to this many dimensions, then re-normalise")
     user: str | None = Field(None, description="OpenAI field, accepted and ignored")
     truncate: bool = Field(True, description="Tessera extension: false -> 413 for inputs over the model's max tokens")
 
@@ -55,13 +55,13 @@ class EmbeddingResponse(BaseModel):
 class EmbedRequest(StrictRequest):
     """Native `POST /embed` (the text-embeddings-inference shape); answers a bare list of vectors."""
 
-    inputs: list[Text] = Field(description="a string or a list of strings")
+    inputs: TextOrTexts = Field(description="a string or a non-empty list of strings")
     model: str | None = None
     normalize: bool = True
     truncate: bool = True
     truncation_direction: Literal["right", "Right"] = Field(
         "right", description="TEI field; Tessera truncates the end of an input only"
     )
-    dimensions: int | None = Field(None, ge=1)
+    dimensions: Integer | None = Field(None, ge=1)
 
     _normalize_input = field_validator("inputs", mode="before")(_as_text_list)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, WithJsonSchema, field_validator
 
-from app.schemas.common import StrictRequest, Text
+from app.schemas.common import Integer, StrictRequest, Text
 
 
 class RerankRequest(StrictRequest):
@@ -14,10 +14,24 @@ class RerankRequest(StrictRequest):
         None, description="a model folder of kind cross-encoder or blockrank; default: the first served"
     )
     query: Text = Field(min_length=1)
-    documents: list[Text] = Field(description="strings, or objects with a `text` field (Cohere/Jina)")
-    top_n: int | None = Field(None, ge=1, description="return only the best n (default: all)")
+    documents: Annotated[
+        list[Text],
+        WithJsonSchema(
+            {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "anyOf": [
+                        {"type": "string"},
+                        {"type": "object", "required": ["text"], "properties": {"text": {"type": "string"}}},
+                    ]
+                },
+            }
+        ),
+    ] = Field(description="strings, or objects with a `text` field (Cohere/Jina)")
+    top_n: Integer | None = Field(None, ge=1, description="return only the best n (default: all)")
     return_documents: bool = Field(False, description="include each document's text in its result")
-    max_tokens_per_doc: int | None = Field(None, ge=1, description="truncate each document to this many tokens")
+    max_tokens_per_doc: Integer | None = Field(None, ge=1, description="truncate each document to this many tokens")
     truncate: bool = Field(
         True, description="Tessera extension: false -> 413 for a document over max_tokens_per_doc or the model's cap"
     )

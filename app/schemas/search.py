@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from app.schemas.common import FiniteFloat, Int64, StrictRequest, Text
+from app.schemas.common import INDEX_NAME_PATTERN, INDEX_SPEC_PATTERN, FiniteFloat, Int64, Integer, StrictRequest, Text
 
 # bool before the numbers: strict validation keeps true a boolean and 1 a number.
 MetadataScalar = Text | bool | Int64 | FiniteFloat
@@ -22,14 +22,32 @@ def _check_id(value: str) -> str:
 
 
 class CreateIndexRequest(StrictRequest):
-    name: str = Field(description="1-64 of [A-Za-z0-9_-], starting alphanumeric")
+    name: str = Field(
+        json_schema_extra={"pattern": INDEX_NAME_PATTERN},  # checked by validate_name, with a clearer message
+        description="1-64 of [A-Za-z0-9_-], starting alphanumeric",
+    )
     model: str | None = Field(None, description="text model from models/; the default model if omitted")
     metric: Literal["cosine", "ip", "l2"] = "cosine"
-    index: str = Field("auto", description="auto, or a FAISS factory string: Flat, HNSW32, IVF1024,SQ8, IVF1024,PQ48")
+    index: str = Field(
+        "auto",
+        json_schema_extra={"pattern": INDEX_SPEC_PATTERN},  # checked by validate_spec, with a clearer message
+        description="auto, or a FAISS factory string: Flat, HNSW32, IVF1024,SQ8, IVF1024,PQ48",
+    )
 
 
 class DocumentIn(StrictRequest):
-    id: Text = Field(min_length=1, max_length=512, description="no control characters, no '/'")
+    model_config = ConfigDict(
+        strict=True,
+        extra="forbid",
+        json_schema_extra={"anyOf": [{"required": ["text"]}, {"required": ["vector"]}]},
+    )
+
+    id: Text = Field(
+        min_length=1,
+        max_length=512,
+        json_schema_extra={"pattern": r"^[^\x00-\x1f/]+$"},  # checked by _check_id, with a clearer message
+        description="no control characters, no '/'",
+    )
     text: Text | None = None
     vector: list[FiniteFloat] | None = Field(None, description="bring your own vector (the collection's dim)")
     metadata: dict[Text, MetadataValue] = Field(
@@ -72,18 +90,30 @@ class DocumentOut(BaseModel):
 
 class RerankOptions(StrictRequest):
     model: str | None = Field(None, description="cross-encoder model folder; default: the first served")
-    candidates: int = Field(50, ge=1, le=1000, description="first-stage hits to rerank")
-    top_n: int | None = Field(None, ge=1, le=1000, description="hits returned after reranking (default top_k)")
+    candidates: Integer = Field(50, ge=1, le=1000, description="first-stage hits to rerank")
+    top_n: Integer | None = Field(None, ge=1, le=1000, description="hits returned after reranking (default top_k)")
 
 
 class SearchRequest(StrictRequest):
+    # Exactly one of `query` and `vector`, given as a string / an array (null counts as absent).
+    model_config = ConfigDict(
+        strict=True,
+        extra="forbid",
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["query"], "properties": {"query": {"type": "string"}, "vector": {"type": "null"}}},
+                {"required": ["vector"], "properties": {"vector": {"type": "array"}, "query": {"type": "null"}}},
+            ]
+        },
+    )
+
     query: Text | None = Field(None, description="text, embedded with the collection's model")
     vector: list[FiniteFloat] | None = Field(None, description="a raw query vector instead of text")
-    top_k: int = Field(10, ge=1, le=1000)
+    top_k: Integer = Field(10, ge=1, le=1000)
     filter: dict[str, Any] | None = Field(None, description='e.g. {"lang": "en", "year": {"$gte": 2000}}')
     include: list[Literal["document", "metadata", "vector"]] = Field(default_factory=lambda: ["document", "metadata"])
-    ef_search: int | None = Field(None, ge=1, le=4096, description="HNSW breadth (recall vs speed)")
-    nprobe: int | None = Field(None, ge=1, le=65536, description="IVF lists probed (recall vs speed)")
+    ef_search: Integer | None = Field(None, ge=1, le=4096, description="HNSW breadth (recall vs speed)")
+    nprobe: Integer | None = Field(None, ge=1, le=65536, description="IVF lists probed (recall vs speed)")
     rerank: RerankOptions | None = Field(None, description="rerank the first-stage hits with a cross-encoder")
 
     @model_validator(mode="after")
@@ -109,4 +139,8 @@ class SearchResponse(BaseModel):
 
 
 class OptimizeRequest(StrictRequest):
-    index: str | None = Field(None, description="override the collection's index spec for this build")
+    index: str | None = Field(
+        None,
+        json_schema_extra={"pattern": INDEX_SPEC_PATTERN},
+        description="override the collection's index spec for this build",
+    )

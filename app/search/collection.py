@@ -266,7 +266,7 @@ class Collection:
         store at op position P (taken under the write lock, which also pins the op log from P on),
         then every op after P is replayed under the write lock before the swap: each document is in
         it exactly once, whatever the writers did meanwhile."""
-        spec = spec or self.config.index
+        spec = self.config.index if spec is None else spec
         self.check_buildable(spec)
         if not self._optimizing.acquire(blocking=False):
             raise OptimizeRunning("an optimise is already running for this collection")

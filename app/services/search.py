@@ -113,7 +113,7 @@ def start_optimize(collections: CollectionManager, name: str, spec: str | None) 
     `last_build_error` when it failed. A spec that cannot be built is refused here (422)."""
     collections.check_writable()
     collection = collections.get(name)
-    collection.check_buildable(spec or collection.config.index)
+    collection.check_buildable(collection.config.index if spec is None else spec)
     if collection.describe()["optimizing"]:
         raise OptimizeRunning("an optimise is already running")
     task = asyncio.create_task(asyncio.to_thread(collection.optimize, spec))

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Path, Response
 
 from app.api.deps import CollectionsDep, RegistryDep, SettingsDep
 from app.core.errors import DocumentNotFound
+from app.schemas.common import INDEX_NAME_PATTERN
 from app.schemas.search import (
     BulkDeleteRequest,
     CreateIndexRequest,
@@ -24,7 +25,8 @@ from app.services import search as service
 
 router = APIRouter(prefix="/indexes", tags=["search"])
 
-IndexName = Path(description="collection name", max_length=200)
+# The pattern is documented here and checked by the collection manager (422 invalid_index_name).
+IndexName = Path(description="collection name", json_schema_extra={"pattern": INDEX_NAME_PATTERN})
 
 
 @router.post("", status_code=201)
