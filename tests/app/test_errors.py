@@ -31,6 +31,7 @@ EXPECTED_STATUS = {
     errors.DocumentNotFound: 404,
     errors.CollectionExists: 409,
     errors.OptimizeRunning: 409,
+    errors.CollectionLocked: 409,
     errors.TooManyInputs: 413,
     errors.QueueFull: 429,
 }

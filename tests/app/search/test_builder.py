@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from app.cli import cli
 from app.main import create_app
-from app.search.builder import InputError, build_index
+from app.search.builder import BuildOptions, BuildProgress, InputError, build_index
 from app.search.manager import CollectionManager
 from tests.conftest import SHARED_DATA, settings_for
 
@@ -57,7 +57,7 @@ def test_jsonl_csv_and_parquet_build_an_index_the_server_searches(
         writer.writerows(cranfield_records[32:64])
     pq.write_table(pa.Table.from_pylist(cranfield_records[64:]), folder / "c.parquet")
     settings = settings_for(default_models_dir, data_dir=tmp_path / "data")
-    result = build_index(settings, "minilm-l6", folder, "cran", batch_size=20)
+    result = build_index(settings, "minilm-l6", folder, "cran", BuildOptions(batch_size=20))
     assert result["records"] == 96 and result["size"] == 96
     assert result["build"]["spec"] == "Flat" and result["build"]["recall_at_10"] == 1.0
 
@@ -84,19 +84,22 @@ def test_interrupted_build_resumes_without_duplicating_work(
     settings = settings_for(default_models_dir, data_dir=tmp_path / "data", **fp32)
     seen: list[int] = []
 
-    def crash_after_two_batches(done: int, total: int | None) -> None:
-        seen.append(done)
-        if done >= 32:
-            raise KeyboardInterrupt
+    class CrashAfterTwoBatches(BuildProgress):
+        def committed(self, done: int, total: int) -> None:
+            seen.append(done)
+            if done >= 32:
+                raise KeyboardInterrupt
 
+    options = BuildOptions(batch_size=16)
     with pytest.raises(KeyboardInterrupt):
-        build_index(settings, "minilm-l6", source, "resume", batch_size=16, progress=crash_after_two_batches)
-    assert seen == [0, 16, 32]
-    result = build_index(settings, "minilm-l6", source, "resume", batch_size=16)
-    assert result["records"] == 96 and result["embedded_this_run"] == 64 and result["size"] == 96
+        build_index(settings, "minilm-l6", source, "resume", options, CrashAfterTwoBatches())
+    assert seen == [16, 32]
+    result = build_index(settings, "minilm-l6", source, "resume", options)
+    assert result["records"] == 96 and result["written_this_run"] == 64 and result["size"] == 96
+    assert result["resumed_from"] == 32
 
     fresh = settings_for(default_models_dir, data_dir=tmp_path / "fresh", **fp32)
-    build_index(fresh, "minilm-l6", source, "resume", batch_size=16)
+    build_index(fresh, "minilm-l6", source, "resume", options)
     resumed, clean = _vectors(settings, "resume"), _vectors(fresh, "resume")
     assert resumed.keys() == clean.keys()
     assert max(float(np.abs(resumed[k] - clean[k]).max()) for k in clean) < 1e-5
@@ -111,10 +114,11 @@ def test_ray_engine_matches_the_local_engine(
     source = _write_jsonl(tmp_path / "docs.jsonl", cranfield_records[:64])
     local = settings_for(default_models_dir, data_dir=tmp_path / "local", backend="onnxruntime", precision="fp32")
     on_ray = settings_for(default_models_dir, data_dir=tmp_path / "ray", backend="onnxruntime", precision="fp32")
-    build_index(local, "minilm-l6", source, "docs", batch_size=8, encode_window=16)
+    build_index(local, "minilm-l6", source, "docs", BuildOptions(batch_size=8, encode_window=16))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        result = build_index(on_ray, "minilm-l6", source, "docs", batch_size=8, encode_window=16, engine="ray")
+        options = BuildOptions(batch_size=8, encode_window=16, engine="ray")
+        result = build_index(on_ray, "minilm-l6", source, "docs", options)
     finally:
         ray.shutdown()
     assert result["records"] == 64
@@ -136,9 +140,9 @@ def test_cli_builds_and_reports_bad_input(
         source = _write_jsonl(tmp_path / "docs.jsonl", cranfield_records[:24])
         ok = runner.invoke(cli, ["index", "build", "--input", str(source), "--index", "cli", "--batch-size", "8"])
         assert ok.exit_code == 0, ok.output
-        assert '"records": 24' in ok.output
+        assert json.loads(ok.stdout)["records"] == 24  # stdout holds the result alone
         again = runner.invoke(cli, ["index", "build", "--input", str(source), "--index", "cli", "--if-missing"])
-        assert again.exit_code == 0 and "not rebuilt" in again.output
+        assert again.exit_code == 0 and "not rebuilt" in again.stderr
 
         bad = tmp_path / "bad.jsonl"
         bad.write_text('{"id": "1", "text": "fine"}\n{"id": 2\n')
@@ -151,7 +155,7 @@ def test_cli_builds_and_reports_bad_input(
         for args, message in cases:
             result = runner.invoke(cli, ["index", "build", *args])
             assert result.exit_code == 2, result.output
-            assert message in result.output
+            assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     finally:
         get_settings.cache_clear()
 
@@ -160,5 +164,5 @@ def test_records_without_id_or_text_are_rejected(tmp_path: Path) -> None:
     from app.search.builder import read_records
 
     path = _write_jsonl(tmp_path / "x.jsonl", [{"id": "1", "text": "a"}, {"text": "no id"}])
-    with pytest.raises(InputError, match=r"x.jsonl:2: record needs 'id' and 'text'"):
-        list(read_records(path))
+    with pytest.raises(InputError, match=r"x.jsonl:2: no 'id' field"):
+        list(read_records([path]))
