@@ -71,6 +71,9 @@ def index_build(
     on_duplicate: Annotated[
         str, typer.Option("--on-duplicate", help="an id seen twice: error, last (the last wins) or first")
     ] = "last",
+    on_empty: Annotated[
+        str, typer.Option("--on-empty", help="a record with an empty text: error, or skip (counted)")
+    ] = "error",
     restart: Annotated[
         bool, typer.Option("--restart", help="ignore an interrupted build of this input; start from the first record")
     ] = False,
@@ -80,11 +83,13 @@ def index_build(
     Progress and messages go to stderr; the result (JSON) alone to stdout."""
     from app.core.errors import TesseraError
     from app.inference.variants import NoServableVariant
-    from app.search.builder import BuildOptions, OnDuplicate, build_index
+    from app.search.builder import BuildOptions, OnDuplicate, OnEmpty, build_index
 
     settings = _settings_or_exit()
     if on_duplicate not in {d.value for d in OnDuplicate}:
         _exit(f"--on-duplicate {on_duplicate!r}: use error, last or first")
+    if on_empty not in {e.value for e in OnEmpty}:
+        _exit(f"--on-empty {on_empty!r}: use error or skip")
     folder = settings.data_dir / "indexes" / index
     # An interrupted build leaves its checkpoint behind: that one is resumed, not skipped.
     if if_missing and (folder / "collection.json").is_file() and not any(folder.glob("build-*.json")):
@@ -99,6 +104,7 @@ def index_build(
         index_spec=index_spec,
         optimize=optimize,
         on_duplicate=OnDuplicate(on_duplicate),
+        on_empty=OnEmpty(on_empty),
         restart=restart,
     )
     progress = _BuildBar(index)
@@ -147,7 +153,8 @@ class _BuildBar:
         files = f"{len(plan.files)} file{'s' * (len(plan.files) != 1)}"
         skipped = f", {len(plan.skipped_files)} other files skipped" if plan.skipped_files else ""
         dupes = f", {plan.duplicates} duplicate ids" if plan.duplicates else ""
-        self.console.print(f"{plan.records} records in {files}{skipped}{dupes}")
+        empty = f", {plan.empty} with an empty text left out" if plan.empty else ""
+        self.console.print(f"{plan.records} records in {files}{skipped}{dupes}{empty}")
         self.bar.start()
         if resumed_from:
             self.console.print(f"resuming after {resumed_from} records committed by an interrupted build")

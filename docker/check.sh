@@ -10,5 +10,6 @@ for profile in "" index-builder replicas ray prometheus; do
     echo "compose config ok: ${profile:-default}"
 done
 .venv/bin/hadolint docker/Dockerfile && echo "hadolint ok"
+bash docker/nginx-check.sh
 make -s install-serve
 bash docker/smoke.sh

@@ -171,3 +171,48 @@ def test_readme_deployment_commands_match_the_files(compose: dict) -> None:
         else:
             pytest.fail(f"unexpected command in the README's Deployment section: {args}")
     assert {"build", "up", "run", "restart", "exec", "cp"} <= seen_subcommands
+
+
+def test_the_front_door_config_passes_nginx_t_and_routes_reads_and_writes() -> None:
+    """docker/nginx.conf (the replicas profile's `lb`): `nginx -t` with the compose service names
+    resolved in a private mount namespace; reads go to the replicas, writes to the writer."""
+    import shutil
+    import subprocess
+
+    if shutil.which("nginx") is None or shutil.which("unshare") is None:
+        pytest.skip("nginx or unshare missing (.ci/run installs nginx-light)")
+    result = subprocess.run(["bash", str(DOCKER / "nginx-check.sh")], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    config = (DOCKER / "nginx.conf").read_text()
+    assert "client_max_body_size 8m" in config  # = TESSERA_MAX_PAYLOAD_BYTES (8 MiB)
+    assert Settings.model_fields["max_payload_bytes"].default == 8 * 1024 * 1024
+    routes = re.findall(r'"~(\^[^"]+)"\s+(\w+);', config)
+
+    def upstream(method: str, path: str) -> str:
+        for pattern, target in routes:
+            if re.match(pattern, f"{method} {path}"):
+                return target
+        return "tessera_writer"
+
+    reads = [
+        ("GET", "/indexes/docs"),
+        ("POST", "/v1/embeddings"),
+        ("POST", "/embed"),
+        ("POST", "/v1/rerank"),
+        ("POST", "/rerank"),
+        ("POST", "/v2/rerank"),
+        ("POST", "/indexes/docs/search"),
+        ("GET", "/v1/models"),
+    ]
+    writes = [
+        ("POST", "/indexes"),
+        ("PUT", "/indexes/docs/documents"),
+        ("DELETE", "/indexes/docs"),
+        ("POST", "/indexes/docs/optimize"),
+        ("POST", "/indexes/docs/documents/delete"),
+        ("DELETE", "/indexes/docs/documents/a"),
+    ]
+    assert {upstream(m, p) for m, p in reads} == {"tessera_readers"}
+    assert {upstream(m, p) for m, p in writes} == {"tessera_writer"}
+    compose = yaml.safe_load((DOCKER / "docker-compose.yml").read_text())
+    assert compose["services"]["lb"]["profiles"] == ["replicas"]

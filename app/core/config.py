@@ -28,6 +28,11 @@ class Settings(BaseSettings):
     # streams beat one two-thread pass here for short and long inputs alike
     # (benchmarks/results/embed_http.md): no barrier stalls when the event loop takes a core.
     streams: int = Field(2, ge=1)
+    # OpenVINO's cache of kernels compiled per input shape (its default, thousands, grows memory
+    # without bound under varied batches); and padding of each batch's length up to a multiple of
+    # pad_to_multiple tokens, so fewer distinct shapes reach the backends (1 = no rounding).
+    ov_runtime_cache_capacity: int = Field(256, ge=0)
+    pad_to_multiple: int = Field(8, ge=1, le=256)
     # Dynamic batching: padded tokens (batch x longest sequence) in one forward pass.
     batch_token_budget: int = Field(8192, ge=64)
     max_batch_size: int = Field(256, ge=1)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from app.backends.openvino_backend import configure_cpu
 from app.core import metrics
 from app.core.config import Settings
 from app.core.errors import ModelNotFound, WrongModelKind
@@ -58,7 +59,14 @@ class TextEncoder(Embedder):
     def __init__(self, folder: Path, manifest: Manifest, settings: Settings) -> None:
         variant = choose_variant(manifest, settings.backend, settings.precision)
         super().__init__(folder, manifest, variant)
-        self.model = TextModel(folder, manifest, variant, threads=settings.threads, streams=settings.streams)
+        self.model = TextModel(
+            folder,
+            manifest,
+            variant,
+            threads=settings.threads,
+            streams=settings.streams,
+            pad_to_multiple=settings.pad_to_multiple,
+        )
         self.batcher = make_batcher(manifest.name, self.model.forward, (len(self.model.outputs), self.dim), settings)
         self._tokens = metrics.TOKENS.labels(manifest.name)
 
@@ -146,6 +154,7 @@ class ModelRegistry:
     skipped: dict[str, str] = field(default_factory=dict)
 
     def load(self) -> None:
+        configure_cpu(self.settings.ov_runtime_cache_capacity)
         models_dir = self.settings.models_dir
         wanted = {m.strip() for m in self.settings.models.split(",") if m.strip()}
         folders = sorted(p.parent for p in models_dir.glob(f"*/{MANIFEST_FILE}")) if models_dir.is_dir() else []

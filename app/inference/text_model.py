@@ -38,8 +38,10 @@ class TextModel:
         precision: Precision | None = None,
         threads: int = 0,
         streams: int = 1,
+        pad_to_multiple: int = 1,
     ) -> None:
-        """Run `variant` (from the manifest) or an explicit backend/precision on the fp32 file."""
+        """Run `variant` (from the manifest) or an explicit backend/precision on the fp32 file.
+        `pad_to_multiple`: the serving path's batch length rounding (offline `encode` pads exactly)."""
         self.folder = folder
         self.manifest = manifest
         self.variant = variant
@@ -49,6 +51,7 @@ class TextModel:
         self.graph: OnnxIO = tower.onnx
         self.tokenizer = TextTokenizer(folder / tower.tokenizer_file, tower.max_tokens)
         self.session, self.backend, self.precision = open_variant(folder, variant, backend, precision, threads, streams)
+        self.pad_to_multiple = pad_to_multiple
 
     @property
     def dim(self) -> int:
@@ -64,7 +67,7 @@ class TextModel:
 
     def forward(self, sequences: list[np.ndarray]) -> np.ndarray:
         """One forward pass over unpadded id sequences -> (batch, outputs, dim)."""
-        feeds = self.tokenizer.pad(sequences, self.session.input_names)
+        feeds = self.tokenizer.pad(sequences, self.session.input_names, self.pad_to_multiple)
         return np.stack(self.session.run(feeds, self.outputs), axis=1)
 
     def encode(self, texts: list[str], batch_size: int = 32) -> np.ndarray:

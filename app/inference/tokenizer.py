@@ -45,9 +45,11 @@ class TextTokenizer:
             out.append(Tokenized(np.asarray(enc.ids, dtype=np.int64), truncated))
         return out
 
-    def pad(self, sequences: list[np.ndarray], input_names: list[str]) -> dict[str, np.ndarray]:
-        """Right-pad to the longest sequence of the group and build the graph's feeds."""
+    def pad(self, sequences: list[np.ndarray], input_names: list[str], multiple: int = 1) -> dict[str, np.ndarray]:
+        """Right-pad to the longest sequence of the group (rounded up to `multiple`: fewer distinct
+        shapes for the backends' per-shape caches) and build the graph's feeds."""
         length = max(len(s) for s in sequences)
+        length = -(-length // multiple) * multiple
         ids = np.full((len(sequences), length), self.pad_id, dtype=np.int64)  # (batch, seq)
         mask = np.zeros((len(sequences), length), dtype=np.int64)  # (batch, seq)
         for row, seq in enumerate(sequences):

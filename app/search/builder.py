@@ -66,12 +66,19 @@ class OnDuplicate(StrEnum):
     FIRST = "first"  # the first one wins
 
 
+class OnEmpty(StrEnum):
+    ERROR = "error"  # refuse the input
+    SKIP = "skip"  # leave such records out, counted in the result
+
+
 @dataclass
 class Record:
     id: str
     text: str | None
     metadata: dict[str, Any]
     vector: np.ndarray | None = None  # (dim,) float32, when the input brings it
+    where: str = ""  # file:line, for messages
+    empty: bool = False  # no text to embed and no vector: written only if the policy allows
 
 
 def input_files(path: Path) -> tuple[list[Path], list[Path]]:
@@ -155,11 +162,11 @@ def _record(raw: Any, where: str, dim: int | None) -> Record:
     text = raw.get("text")
     if text is None and vector is None:
         raise InputError(f"{where}: no 'text' field (and no 'vector')")
+    empty = False
     if text is not None:
         if not isinstance(text, str):
             raise InputError(f"{where}: 'text' must be a string, not {type(text).__name__}")
-        if not text.strip():
-            raise InputError(f"{where}: 'text' is empty")
+        empty = not text.strip() and vector is None  # the plan refuses or skips it (--on-empty)
         if not is_encodable(text):
             raise InputError(f"{where}: 'text' contains invalid Unicode (a lone surrogate)")
     extra = raw.get("metadata")
@@ -167,7 +174,7 @@ def _record(raw: Any, where: str, dim: int | None) -> Record:
         raise InputError(f"{where}: 'metadata' must be an object")
     metadata = dict(extra or {})
     metadata.update({k: v for k, v in raw.items() if k not in {id_field, "text", "metadata", "vector"}})
-    return Record(doc_id, text, _check_metadata(metadata, where), vector)
+    return Record(doc_id, text, _check_metadata(metadata, where), vector, where, empty)
 
 
 def _jsonl_records(file: Path, dim: int | None) -> Iterator[Record]:
@@ -281,6 +288,7 @@ class InputPlan:
     rows: int  # records read
     skip: set[int] = field(default_factory=set)  # ordinals superseded by a duplicate id (not written)
     duplicates: int = 0  # ids that occur more than once
+    empty: int = 0  # records left out for an empty text (--on-empty skip)
     without_vector: int = 0  # records the model has to embed
     fingerprint: list[dict[str, Any]] = field(default_factory=list)
 
@@ -289,16 +297,27 @@ class InputPlan:
         return self.rows - len(self.skip)
 
 
-def plan_input(source: Path, on_duplicate: OnDuplicate = OnDuplicate.LAST, dim: int | None = None) -> InputPlan:
+def plan_input(
+    source: Path,
+    on_duplicate: OnDuplicate = OnDuplicate.LAST,
+    dim: int | None = None,
+    on_empty: OnEmpty = OnEmpty.ERROR,
+) -> InputPlan:
     """Read and check the whole input once (raises InputError naming file:line), count it, and
-    decide which duplicates are written."""
+    decide which duplicates and empty records are written."""
     files, skipped = input_files(source)
     seen: dict[str, int] = {}  # id -> ordinal of the record that is written
     skip: set[int] = set()
     duplicated: set[str] = set()
-    rows = without_vector = 0
+    rows = without_vector = empty = 0
     for ordinal, record in enumerate(read_records(files, dim)):
         rows += 1
+        if record.empty:
+            if on_empty == OnEmpty.ERROR:
+                raise InputError(f"{record.where}: 'text' is empty (--on-empty skip leaves such records out)")
+            empty += 1
+            skip.add(ordinal)
+            continue
         without_vector += record.vector is None
         earlier = seen.get(record.id)
         if earlier is None:
@@ -314,9 +333,9 @@ def plan_input(source: Path, on_duplicate: OnDuplicate = OnDuplicate.LAST, dim: 
             seen[record.id] = ordinal
         else:
             skip.add(ordinal)
-    if rows == 0:
-        raise InputError(f"{source}: no records")
-    return InputPlan(files, skipped, rows, skip, len(duplicated), without_vector, fingerprint(files))
+    if rows - len(skip) == 0:
+        raise InputError(f"{source}: no records" + (f" ({empty} with an empty text left out)" if empty else ""))
+    return InputPlan(files, skipped, rows, skip, len(duplicated), empty, without_vector, fingerprint(files))
 
 
 def _batches(records: Iterator[Record], size: int) -> Iterator[list[Record]]:
@@ -338,7 +357,7 @@ class Checkpoint:
         digest = hashlib.sha256(str(source.resolve()).encode()).hexdigest()[:16]
         self.path = folder / f"build-{digest}.json"
 
-    def load(self, plan: InputPlan, on_duplicate: OnDuplicate, restart: bool) -> int:
+    def load(self, plan: InputPlan, restart: bool) -> int:
         """Records already committed by an interrupted build of this input (0 to start afresh)."""
         if not self.path.is_file():
             return 0
@@ -346,7 +365,7 @@ class Checkpoint:
         if restart:
             self.finish()
             return 0
-        if saved.get("inputs") != plan.fingerprint or saved.get("on_duplicate") != on_duplicate.value:
+        if saved.get("inputs") != plan.fingerprint or saved.get("skip") != sorted(plan.skip):
             changed = _changed_file(saved.get("inputs") or [], plan.fingerprint)
             raise InputError(
                 f"the input changed since the interrupted build ({changed}): run again with --restart to "
@@ -354,11 +373,9 @@ class Checkpoint:
             )
         return int(saved["committed"])
 
-    def save(self, committed: int, plan: InputPlan, on_duplicate: OnDuplicate) -> None:
+    def save(self, committed: int, plan: InputPlan) -> None:
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(
-            json.dumps({"committed": committed, "inputs": plan.fingerprint, "on_duplicate": on_duplicate.value})
-        )
+        tmp.write_text(json.dumps({"committed": committed, "inputs": plan.fingerprint, "skip": sorted(plan.skip)}))
         tmp.replace(self.path)
 
     def finish(self) -> None:
@@ -372,7 +389,7 @@ def _changed_file(before: list[dict[str, Any]], now: list[dict[str, Any]]) -> st
             return f"new file {entry['file']}"
         if old.pop(entry["file"]) != entry:
             return f"{entry['file']} differs"
-    return f"{next(iter(old))} is gone" if old else "the duplicate policy differs"
+    return f"{next(iter(old))} is gone" if old else "the duplicate or empty-text policy differs"
 
 
 Embedder = Callable[[list[str]], np.ndarray]  # texts -> (n, dim)
@@ -400,6 +417,7 @@ class BuildOptions:
     index_spec: str = "auto"
     optimize: bool = True
     on_duplicate: OnDuplicate = OnDuplicate.LAST
+    on_empty: OnEmpty = OnEmpty.ERROR
     restart: bool = False  # ignore an interrupted build's checkpoint and start from the first record
     encode_window: int = ENCODE_WINDOW
 
@@ -432,7 +450,7 @@ def build_index(
     manifest = model_manifest(settings, model_name)
     dim = manifest.embedding_dim
     validate_spec(options.index_spec, dim)
-    plan = plan_input(source, options.on_duplicate, dim)
+    plan = plan_input(source, options.on_duplicate, dim, options.on_empty)
     manager = CollectionManager.from_settings(settings, holder="builder")
     created = False
     collection: Collection | None = None
@@ -462,7 +480,7 @@ def _run_build(
     progress: BuildProgress,
 ) -> dict[str, Any]:
     checkpoint = Checkpoint(collection.folder, source)
-    done = checkpoint.load(plan, options.on_duplicate, options.restart)
+    done = checkpoint.load(plan, options.restart)
     progress.planned(plan, done)
     model = load_text_model(settings, model_name) if plan.without_vector and done < plan.records else None
     records = (r for i, r in enumerate(read_records(plan.files, collection.config.dim)) if i not in plan.skip)
@@ -481,7 +499,7 @@ def _run_build(
             rows = vectors[offset : offset + batch_size]
             collection.upsert([Document(r.id, r.text, r.metadata, v) for r, v in zip(chunk, rows, strict=True)])
             committed[0] += len(chunk)
-            checkpoint.save(committed[0], plan, options.on_duplicate)  # after the durable upsert
+            checkpoint.save(committed[0], plan)  # after the durable upsert
             progress.committed(committed[0], plan.records)
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="index-writer") as writer:
@@ -503,6 +521,7 @@ def _run_build(
         "written_this_run": embedded,
         "resumed_from": done,
         "duplicates": plan.duplicates,
+        "empty_skipped": plan.empty,
         "on_duplicate": options.on_duplicate.value,
         "files_read": [str(f) for f in plan.files],
         "files_skipped": [str(f) for f in plan.skipped_files],

@@ -157,6 +157,17 @@ def test_duplicates_follow_the_policy_and_are_counted(default_models_dir: Path, 
         assert client.get("/indexes/last").json()["index_vectors"] == 6  # nothing stale in the index
 
 
+def test_empty_texts_are_refused_or_skipped_and_counted(default_models_dir: Path, tmp_path: Path) -> None:
+    from app.search.builder import OnEmpty
+
+    settings = settings_for(default_models_dir, data_dir=tmp_path / "data")
+    source = _jsonl(tmp_path / "a.jsonl", [*_records(3), {"id": "blank", "text": " "}, *_records(2, "s")])
+    with pytest.raises(InputError, match=r"a.jsonl:4: 'text' is empty"):
+        build_index(settings, "minilm-l6", source, "strict")
+    result = build_index(settings, "minilm-l6", source, "lenient", BuildOptions(on_empty=OnEmpty.SKIP))
+    assert result["size"] == 5 and result["empty_skipped"] == 1
+
+
 def test_skipped_files_are_listed_and_vectors_may_come_with_the_input(default_models_dir: Path, tmp_path) -> None:
     settings = settings_for(default_models_dir, data_dir=tmp_path / "data")
     folder = tmp_path / "input"
@@ -243,6 +254,7 @@ def _malformed(folder: Path) -> list[tuple[str, Path]]:
     add("bool-id.jsonl", lambda p: p.write_text(good + '{"id": true, "text": "x"}\n'))
     add("long-id.jsonl", lambda p: p.write_text(good + json.dumps({"id": "x" * 600, "text": "x"}) + "\n"))
     add("empty-text.jsonl", lambda p: p.write_text(good + '{"id": "e", "text": "   "}\n'))
+    add("only-empty.jsonl", lambda p: p.write_text('{"id": "e", "text": ""}\n'))  # with --on-empty skip
     add("number-text.jsonl", lambda p: p.write_text(good + '{"id": "n", "text": 12}\n'))
     add("surrogate-text.jsonl", lambda p: p.write_text(good + '{"id": "s", "text": "\\ud800"}\n'))
     add("metadata-list.jsonl", lambda p: p.write_text(good + '{"id": "m", "text": "x", "metadata": [1]}\n'))
@@ -278,6 +290,8 @@ def test_fuzz_malformed_inputs_fail_cleanly_and_harm_nothing(
             args = ["index", "build", "--input", str(path), "--index", index]
             if name == "duplicate.jsonl":
                 args += ["--on-duplicate", "error"]
+            if name == "only-empty.jsonl":  # skipping leaves nothing: an empty input is an error too
+                args += ["--on-empty", "skip"]
             result = runner.invoke(cli, args)
             assert result.exit_code != 0, (name, result.output)
             lines = result.stderr.strip().splitlines()

@@ -148,3 +148,126 @@ def test_acknowledged_writes_survive_sigkill(default_models_dir: Path, tmp_path:
     finally:
         server.kill()
         server.wait(timeout=10)
+
+
+def test_ten_thousand_acknowledged_upserts_survive_kills_mid_ingest_snapshot_and_optimize(
+    default_models_dir: Path, tmp_path: Path
+) -> None:
+    """4 writers, vectors with versions (re-upserts) and deletes, ≥ 10,000 acknowledged upserts over
+    three server lives, each ended by SIGKILL: mid-ingest, mid-snapshot (a snapshot's temporary file
+    on disk), mid-optimize (GET shows it running). Then: nothing acknowledged lost, nothing deleted
+    back, each document at its last acknowledged version, index == store, no id twice."""
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    folder = tmp_path / "indexes" / "scale"
+    acked: dict[str, str] = {}  # id -> version (vector seed) last acknowledged
+    possible: dict[str, set[str]] = {}  # id -> versions a request cut off by a kill may have written
+    deleted: set[str] = set()
+    lock = threading.Lock()
+
+    def run_life(phase: str, until_acked: int, kill_when) -> None:  # type: ignore[no-untyped-def]
+        server = _start_server(default_models_dir, tmp_path, port, snapshot_every=400)
+        stop = threading.Event()
+
+        def writer(worker: int) -> None:
+            with httpx.Client(base_url=base, timeout=60) as http:
+                batch = 0
+                while not stop.is_set():
+                    seeds = [(f"{phase}{worker}-{batch}-{i}",) * 2 for i in range(25)]  # (id, vector seed)
+                    if batch >= 2:  # a new version of an earlier document
+                        old = f"{phase}{worker}-{batch - 2}-5"
+                        seeds.append((old, f"{old}@{batch}"))
+                    docs = [{"id": doc_id, "vector": _vector(seed)} for doc_id, seed in seeds]
+                    with lock:
+                        for doc_id, seed in seeds:
+                            possible.setdefault(doc_id, set()).add(seed)
+                    try:
+                        response = http.put("/indexes/scale/documents", json={"documents": docs})
+                    except httpx.HTTPError:
+                        return
+                    if response.status_code != 200:
+                        return
+                    with lock:
+                        for doc_id, seed in seeds:
+                            acked[doc_id] = seed
+                            possible[doc_id] = {seed}
+                    if batch >= 1:
+                        victim = f"{phase}{worker}-{batch - 1}-7"
+                        try:
+                            gone = http.delete(f"/indexes/scale/documents/{victim}")
+                        except httpx.HTTPError:
+                            with lock:
+                                possible.setdefault(victim, set()).add("deleted")
+                            return
+                        if gone.status_code == 200:
+                            with lock:
+                                deleted.add(victim)
+                    batch += 1
+
+        threads = [threading.Thread(target=writer, args=(w,)) for w in range(WRITERS)]
+        try:
+            if phase == "a":
+                with httpx.Client(base_url=base, timeout=30) as http:
+                    assert http.post("/indexes", json={"name": "scale", "index": "Flat"}).status_code == 201
+            for thread in threads:
+                thread.start()
+            deadline = time.monotonic() + 240
+            while len(acked) < until_acked and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert len(acked) >= until_acked, f"phase {phase}: only {len(acked)} acknowledged"
+            kill_when(base)
+            server.send_signal(signal.SIGKILL)
+            server.wait(timeout=10)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(timeout=60)
+            if server.poll() is None:
+                server.kill()
+
+    def now(_: str) -> None:
+        return None
+
+    def mid_snapshot(_: str) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(folder.glob("*.tmp")):
+            time.sleep(0.001)
+        assert any(folder.glob("*.tmp")), "no snapshot was caught being written"
+
+    def mid_optimize(base_url: str) -> None:
+        with httpx.Client(base_url=base_url, timeout=60) as http:
+            assert http.post("/indexes/scale/optimize", json={"index": "HNSW32"}).status_code == 202
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not http.get("/indexes/scale").json()["optimizing"]:
+                time.sleep(0.01)
+            assert http.get("/indexes/scale").json()["optimizing"]
+            time.sleep(0.3)
+
+    run_life("a", 4_000, now)
+    run_life("b", 7_000, mid_snapshot)
+    run_life("c", 10_000, mid_optimize)
+    assert len(acked) >= 10_000
+
+    server = _start_server(default_models_dir, tmp_path, port, snapshot_every=400)
+    try:
+        with httpx.Client(base_url=base, timeout=60) as http:
+            info = http.get("/indexes/scale").json()
+            assert info["index_vectors"] == info["size"], info
+            surely_live = {d for d in acked if d not in deleted and "deleted" not in possible.get(d, set())}
+            assert info["size"] >= len(surely_live)
+            for doc_id in sorted(deleted):
+                assert http.get(f"/indexes/scale/documents/{doc_id}").status_code == 404, doc_id
+            for doc_id in sorted(surely_live):
+                response = http.get(f"/indexes/scale/documents/{doc_id}", params={"include_vector": "true"})
+                assert response.status_code == 200, doc_id
+                stored = np.asarray(response.json()["vector"], dtype=np.float32)
+                versions = possible[doc_id] | {acked[doc_id]}
+                assert any(np.allclose(stored, _vector(v), atol=1e-6) for v in versions if v != "deleted"), doc_id
+            sample = sorted(surely_live)[:: max(1, len(surely_live) // 100)]
+            for doc_id in sample:
+                hits = http.post("/indexes/scale/search", json={"vector": _vector(acked[doc_id]), "top_k": 20}).json()
+                ids = [h["id"] for h in hits["hits"]]
+                assert ids[0] == doc_id and len(ids) == len(set(ids)), doc_id
+    finally:
+        server.kill()
+        server.wait(timeout=10)
