@@ -162,8 +162,8 @@ class _BuildBar:
 
     def committed(self, done: int, total: int) -> None:
         now = time.perf_counter()
-        if self._first is None:
-            self._first = (now, self.done)
+        if self._first is None:  # the rate counts from the first commit (model loading excluded)
+            self._first = (now, done)
         started, base = self._first
         rate = (done - base) / max(now - started, 1e-9) if done > base else 0.0
         self.done = done
