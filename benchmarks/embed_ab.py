@@ -74,9 +74,10 @@ def base_models_dir(base_tree: Path, workdir: Path) -> Path:
     return models
 
 
-def start(name: str, cwd: Path, models: Path, workdir: Path) -> subprocess.Popen:
+def start(name: str, cwd: Path, models: Path, workdir: Path, extra: dict[str, str] | None = None) -> subprocess.Popen:
     env = {
         **os.environ,
+        **(extra or {}),
         "TESSERA_PORT": str(PORTS[name]),
         "TESSERA_MODELS_DIR": str(models),
         "TESSERA_MODELS": "minilm-l6",
@@ -99,7 +100,12 @@ def main() -> None:
     parser.add_argument("--base", required=True, help="git revision to compare the working tree with")
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--tree-env", action="append", default=[], help="K=V for the working tree's server")
+    parser.add_argument("--scenarios", default="", help="comma-separated scenario names (default: all)")
+    parser.add_argument("--out", default="embed_ab", help="results file stem in benchmarks/results")
     args = parser.parse_args()
+    tree_env = dict(pair.split("=", 1) for pair in args.tree_env)
+    scenarios = [s for s in SCENARIOS if not args.scenarios or s["name"] in args.scenarios.split(",")]
     base_rev = subprocess.run(
         ["git", "rev-parse", "--short", args.base], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout.strip()
@@ -112,15 +118,15 @@ def main() -> None:
     procs: dict[str, subprocess.Popen] = {}
     try:
         procs["base"] = start("base", base_tree, base_models_dir(base_tree, workdir), workdir)
-        procs["tree"] = start("tree", ROOT, ROOT / "models", workdir)
+        procs["tree"] = start("tree", ROOT, ROOT / "models", workdir, tree_env)
         for name in procs:
             wait_ready(f"http://127.0.0.1:{PORTS[name]}/ready")
         texts = load_texts()
         lua = workdir / "bodies.lua"
         lua.write_text(WRK_LUA)
-        rounds: dict[str, dict[str, list[dict]]] = {s["name"]: {"base": [], "tree": []} for s in SCENARIOS}
+        rounds: dict[str, dict[str, list[dict]]] = {s["name"]: {"base": [], "tree": []} for s in scenarios}
         for round_index in range(args.rounds):
-            for scenario in SCENARIOS:
+            for scenario in scenarios:
                 bodies = workdir / f"{scenario['name']}.jsonl"
                 write_bodies(bodies, texts[scenario["texts"]], scenario["per_request"], "minilm-l6")
                 duration = args.duration * scenario.get("duration_factor", 1)
@@ -135,7 +141,7 @@ def main() -> None:
                     print(scenario["name"], name, f"{stats['requests_per_s']:.1f} req/s p99 {stats['p99_ms']:.0f} ms")
         report = {
             "base": base_rev,
-            "tree": f"{tree_rev} + working tree",
+            "tree": f"{tree_rev} + working tree" + (f" ({', '.join(args.tree_env)})" if args.tree_env else ""),
             "duration_s": args.duration,
             "rounds": args.rounds,
             "date": time.strftime("%Y-%m-%d"),
@@ -150,8 +156,8 @@ def main() -> None:
                 "ratio_p99": best["tree"]["p99_ms"] / best["base"]["p99_ms"],
             }
         RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "embed_ab.json").write_text(json.dumps(report, indent=2))
-        (RESULTS / "embed_ab.md").write_text(render(report))
+        (RESULTS / f"{args.out}.json").write_text(json.dumps(report, indent=2))
+        (RESULTS / f"{args.out}.md").write_text(render(report))
         print(render(report))
     finally:
         for proc in procs.values():
@@ -161,7 +167,11 @@ def main() -> None:
             except ProcessLookupError:
                 pass
         for proc in procs.values():
-            proc.wait(timeout=30)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:  # a server that does not stop must not outlive the run
+                os.killpg(proc.pid, 9)
+                proc.wait(timeout=30)
         subprocess.run(["git", "worktree", "remove", "--force", str(base_tree)], cwd=ROOT, check=False)
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -244,6 +244,7 @@ def run_blockrank(config: BlockRankConfig, show_progress: bool = True) -> dict:
         zero_shot = rerank_with_blockrank(model, tokenizer, eval_set, eval_candidates)
         metrics["zero_shot"] = ir_metrics(zero_shot, eval_set.qrels)
     run = RunFolder(config.runs_dir, config.name)
+    run.write_config(config)
     started = time.perf_counter()
     train_blockrank(
         model,

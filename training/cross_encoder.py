@@ -76,6 +76,7 @@ def train_cross_encoder(config: CrossEncoderConfig, show_progress: bool = True) 
     groups = _groups(train_set, negatives, config.group_size, rng)
     steps = min(config.max_steps or len(groups), len(groups) * config.epochs // config.batch_groups)
     run = RunFolder(config.runs_dir, config.name)
+    run.write_config(config)
     model.train()
     started = time.perf_counter()
     with run.step_log() as step_log:

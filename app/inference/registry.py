@@ -47,6 +47,14 @@ def make_batcher(
     )
 
 
+def warm_up(forward: Callable[[list[np.ndarray]], np.ndarray], sequence: np.ndarray) -> None:
+    """One forward pass on the loading thread before any request. OpenVINO's Python binding
+    initialises its numpy bridge once per process (pybind11 `gil_safe_call_once_and_store`); when
+    the first two passes of a server's first burst reach it at once from two stream threads, both
+    threads deadlock there and the server hangs for good (seen under load). Done here, it never races."""
+    forward([sequence])
+
+
 def _inline(texts: list[str]) -> bool:
     return len(texts) <= INLINE_TOKENIZE_MAX and sum(map(len, texts)) <= INLINE_TOKENIZE_MAX_CHARS
 
@@ -69,6 +77,7 @@ class TextEncoder(Embedder):
         )
         self.batcher = make_batcher(manifest.name, self.model.forward, (len(self.model.outputs), self.dim), settings)
         self._tokens = metrics.TOKENS.labels(manifest.name)
+        warm_up(self.model.forward, self.model.tokenize(["warm up"])[0].ids)
 
     def start(self) -> None:
         self.batcher.start()
@@ -103,6 +112,7 @@ class CrossEncoderScorer(Scorer):
         self.model = CrossEncoderModel(folder, manifest, variant, threads=settings.threads, streams=settings.streams)
         self.batcher = make_batcher(manifest.name, self.model.forward, (1, 1), settings)
         self._tokens = metrics.TOKENS.labels(manifest.name)
+        warm_up(self.model.forward, self.model.pairs("warm up", ["warm up"])[0])
 
     def start(self) -> None:
         self.batcher.start()

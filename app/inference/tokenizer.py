@@ -13,6 +13,11 @@ from app.core.errors import InputTooLong
 __all__ = ["InputTooLong", "TextTokenizer", "Tokenized"]
 
 
+# Batch lengths up to this are padded exactly; longer ones are rounded up to `multiple`
+# (benchmarks/results/soak.md: rounding everything cost 12-17% on short-sentence traffic).
+ROUND_LENGTHS_ABOVE = 32
+
+
 @dataclass(slots=True)
 class Tokenized:
     ids: np.ndarray  # (seq,) int64 token ids, special tokens included
@@ -49,7 +54,8 @@ class TextTokenizer:
         """Right-pad to the longest sequence of the group (rounded up to `multiple`: fewer distinct
         shapes for the backends' per-shape caches) and build the graph's feeds."""
         length = max(len(s) for s in sequences)
-        length = -(-length // multiple) * multiple
+        if length > ROUND_LENGTHS_ABOVE:  # short batches: few distinct lengths, and rounding costs most there
+            length = -(-length // multiple) * multiple
         ids = np.full((len(sequences), length), self.pad_id, dtype=np.int64)  # (batch, seq)
         mask = np.zeros((len(sequences), length), dtype=np.int64)  # (batch, seq)
         for row, seq in enumerate(sequences):

@@ -2,6 +2,7 @@
 
 import asyncio
 import threading
+import time
 
 import httpx
 import numpy as np
@@ -175,3 +176,36 @@ def _metric(base_url: str, name: str) -> float:
     text = httpx.get(f"{base_url}/metrics").text
     line = next(line for line in text.splitlines() if line.startswith(name))
     return float(line.split()[-1])
+
+
+def test_http_inputs_of_clients_that_disconnect_are_dropped_not_computed(default_models_dir) -> None:
+    """Clients that give up (time out and close the connection) while their inputs wait: the server
+    cancels their requests and the batcher drops those inputs instead of embedding them for nobody."""
+    settings = settings_for(default_models_dir, streams=1, max_batch_size=4, batch_token_budget=512)
+    long_texts = [" ".join(["turbulent boundary layer"] * 60)] * 32
+    with live_server(settings) as base_url:
+        dropped_before = _metric_or_zero(base_url, 'tessera_dropped_items_total{model="minilm-l6"}')
+
+        async def impatient(n: int) -> int:
+            async with httpx.AsyncClient(base_url=base_url, timeout=0.2) as http:
+                results = await asyncio.gather(
+                    *[http.post("/v1/embeddings", json={"input": long_texts}) for _ in range(n)],
+                    return_exceptions=True,
+                )
+            return sum(isinstance(r, httpx.TimeoutException) for r in results)
+
+        gave_up = asyncio.run(impatient(8))
+        assert gave_up >= 6  # 8 x 32 long texts cannot be embedded in 0.2 s here
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and _metric_or_zero(base_url, 'tessera_queue_depth{model="minilm-l6"}') > 0:
+            time.sleep(0.2)
+        dropped = _metric_or_zero(base_url, 'tessera_dropped_items_total{model="minilm-l6"}') - dropped_before
+        assert dropped >= 32, dropped  # at least one whole request's inputs were never computed
+        ok = httpx.post(f"{base_url}/v1/embeddings", json={"input": "still serving"}, timeout=30)
+        assert ok.status_code == 200
+
+
+def _metric_or_zero(base_url: str, name: str) -> float:
+    text = httpx.get(f"{base_url}/metrics").text
+    line = next((line for line in text.splitlines() if line.startswith(name)), None)
+    return float(line.split()[-1]) if line else 0.0
