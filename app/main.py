@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from app import __version__
-from app.api.access import AccessMiddleware, configure_access_log
+from app.api.access import ALWAYS_OPEN_PATHS, AccessMiddleware, configure_access_log
 from app.api.errors import install_error_handlers
 from app.api.middleware import CancelOnDisconnectMiddleware, MetricsMiddleware, PayloadLimitMiddleware
 from app.api.openapi_doc import install_openapi
@@ -59,7 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(CancelOnDisconnectMiddleware)  # innermost: sees the body as the handler reads it
     app.add_middleware(PayloadLimitMiddleware, max_bytes=settings.max_payload_bytes)
     app.add_middleware(MetricsMiddleware)
-    open_paths = {"/health", "/ready"} | ({"/metrics"} if settings.metrics_public else set())
+    open_paths = ALWAYS_OPEN_PATHS | ({"/metrics"} if settings.metrics_public else set())
     app.add_middleware(
         AccessMiddleware,
         keys=KeyStore(parse_keys(settings.api_keys)),

@@ -27,6 +27,7 @@ from training.config import TrainConfig
 from training.data.beir import RetrievalDataset
 from training.data.examples import load_retrieval, load_sts
 from training.data.sts import StsPair
+from training.eval.first_stage import judged_queries
 from training.gradcache import gradcache_backward
 from training.losses.layouts import BatchLayout
 from training.losses.registry import build_embedding_loss, layout_of
@@ -45,10 +46,6 @@ class RunResult:
     metrics: dict[str, Any]
     export_dir: Path | None = None
     steps: list[dict[str, float]] = field(default_factory=list)
-
-
-def build_loss(config: TrainConfig) -> nn.Module:
-    return build_embedding_loss(config.loss)
 
 
 class BatchSampler:
@@ -387,7 +384,7 @@ def train(config: TrainConfig, show_progress: bool = True) -> RunResult:
 
     model = load_sentence_transformer(config.base_model)
     model.max_seq_length = config.max_seq_length
-    loss_module = build_loss(config)
+    loss_module = build_embedding_loss(config.loss)
     started = time.perf_counter()
     before = evaluate(model, data.eval_set, config.eval_sts) if config.eval_before else {}
     log.info("before: %s", before)
@@ -412,7 +409,7 @@ def train(config: TrainConfig, show_progress: bool = True) -> RunResult:
         "total_seconds": round(time.perf_counter() - started, 1),
         "train_queries": len(sampler.query_ids) if sampler else 0,
         "train_examples": len(sampler.pairs) if sampler else len(data.sts_pairs),
-        "eval_queries": len([q for q in data.eval_set.queries if data.eval_set.qrels.get(q)]) if data.eval_set else 0,
+        "eval_queries": len(judged_queries(data.eval_set)) if data.eval_set else 0,
         "before": before,
         "after": after,
     }

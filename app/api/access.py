@@ -51,6 +51,8 @@ def configure_access_log(level: str) -> None:
     log.propagate = False
 
 
+# Paths that never need a key (liveness and readiness probes); /metrics joins them by setting.
+ALWAYS_OPEN_PATHS = frozenset({"/health", "/ready"})
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _WRITE_METHODS = {"PUT", "DELETE", "PATCH"}
 
@@ -102,8 +104,6 @@ class AccessMiddleware:
         except TesseraError as exc:
             await domain_error_response(exc, self.retry_after_s)(scope, receive, send_with_id)
         else:
-            if key is not None:
-                scope.setdefault("state", {})["api_key_id"] = key.key_id
             await self.app(scope, receive, send_with_id)
         finally:
             if self.log_requests and log.isEnabledFor(logging.INFO):

@@ -7,22 +7,10 @@ import asyncio
 import contextlib
 import time
 
-import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.errors import error_response
 from app.core import metrics
-
-
-async def _send_json_error(send: Send, status: int, message: str, code: str) -> None:
-    body = orjson.dumps({"error": {"message": message, "type": "invalid_request_error", "code": code}})
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
 
 
 class PayloadLimitMiddleware:
@@ -41,7 +29,7 @@ class PayloadLimitMiddleware:
         for name, value in scope["headers"]:
             if name == b"content-length":
                 if not value.isdigit() or int(value) > self.max_bytes:
-                    await _send_json_error(send, 413, message, "payload_too_large")
+                    await error_response(413, message, "payload_too_large")(scope, receive, send)
                     return
                 break
         received = 0
@@ -57,7 +45,7 @@ class PayloadLimitMiddleware:
                 if received > self.max_bytes:
                     refused = True
                     if not started:
-                        await _send_json_error(send, 413, message, "payload_too_large")
+                        await error_response(413, message, "payload_too_large")(scope, receive, send)
                     return {"type": "http.disconnect"}
             return msg
 

@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from app.api.access import is_write
+from app.api.access import ALWAYS_OPEN_PATHS, is_write
 
 ERROR_SCHEMA = {
     "type": "object",
@@ -36,12 +36,11 @@ _DESCRIPTIONS = {
     "422": "invalid request (types, values, filters, ids)",
     "429": "queue full or rate limit; retry after Retry-After seconds",
 }
-_OPEN_PATHS = {"/health", "/ready"}
 
 
 def _statuses(method: str, path: str) -> set[str]:
     codes = {"401", "404", "405", "422", "429"}
-    if path in _OPEN_PATHS:
+    if path in ALWAYS_OPEN_PATHS:
         return {"404", "405"}
     if path == "/metrics":
         return {"401", "404", "405", "429"}
@@ -80,7 +79,7 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
             responses = operation.setdefault("responses", {})
             for status in sorted(_statuses(method, path)):
                 responses[status] = _error_response(status)
-            if path not in _OPEN_PATHS:
+            if path not in ALWAYS_OPEN_PATHS:
                 operation["security"] = [{"bearer": []}, {"apiKey": []}, {"xApiKey": []}, {}]
     metrics = spec["paths"].get("/metrics", {}).get("get")
     if metrics is not None:

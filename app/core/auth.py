@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import math
 import threading
 import time
 from dataclasses import dataclass
@@ -100,7 +99,3 @@ class RateLimiter:
             if len(self._buckets) > 100_000:  # callers by address could grow without bound
                 self._buckets.clear()
             return (1 - tokens) / self.rate
-
-
-def retry_after_header(seconds: float) -> str:
-    return str(max(1, math.ceil(seconds)))

@@ -59,7 +59,19 @@ def _inline(texts: list[str]) -> bool:
     return len(texts) <= INLINE_TOKENIZE_MAX and sum(map(len, texts)) <= INLINE_TOKENIZE_MAX_CHARS
 
 
-class TextEncoder(Embedder):
+class _Batched:
+    """The lifecycle of a served ONNX model whose work goes through its own batcher."""
+
+    batcher: DynamicBatcher
+
+    def start(self) -> None:
+        self.batcher.start()
+
+    async def stop(self) -> None:
+        await self.batcher.stop()
+
+
+class TextEncoder(_Batched, Embedder):
     """A served text model (kind `text`): tokenizer + session + dynamic batcher."""
 
     capabilities = frozenset({Capability.EMBED_TEXT})
@@ -79,12 +91,6 @@ class TextEncoder(Embedder):
         self._tokens = metrics.TOKENS.labels(manifest.name)
         warm_up(self.model.forward, self.model.tokenize(["warm up"])[0].ids)
 
-    def start(self) -> None:
-        self.batcher.start()
-
-    async def stop(self) -> None:
-        await self.batcher.stop()
-
     async def tokenize(self, texts: list[str], truncate: bool) -> list[Tokenized]:
         if _inline(texts):
             return self.model.tokenize(texts, truncate)
@@ -100,7 +106,7 @@ class TextEncoder(Embedder):
         return EmbeddingResult(np.ascontiguousarray(rows[:, 0]), unnormalized, tokens)
 
 
-class CrossEncoderScorer(Scorer):
+class CrossEncoderScorer(_Batched, Scorer):
     """A served cross-encoder (kind `cross-encoder`): pair builder + session + dynamic batcher
     (pairs from concurrent requests share forward passes under the token budget, as embeddings do)."""
 
@@ -113,12 +119,6 @@ class CrossEncoderScorer(Scorer):
         self.batcher = make_batcher(manifest.name, self.model.forward, (1, 1), settings)
         self._tokens = metrics.TOKENS.labels(manifest.name)
         warm_up(self.model.forward, self.model.pairs("warm up", ["warm up"])[0])
-
-    def start(self) -> None:
-        self.batcher.start()
-
-    async def stop(self) -> None:
-        await self.batcher.stop()
 
     async def score(
         self, query: str, documents: list[str], max_tokens_per_doc: int | None = None, truncate: bool = True

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from app.core.text import MAX_ID_CHARS, document_id_problem
 from app.schemas.common import INDEX_NAME_PATTERN, INDEX_SPEC_PATTERN, FiniteFloat, Int64, Integer, StrictRequest, Text
 
 # bool before the numbers: strict validation keeps true a boolean and 1 a number.
@@ -14,10 +15,9 @@ MetadataValue = MetadataScalar | None | list[MetadataScalar]
 
 
 def _check_id(value: str) -> str:
-    if any(ord(c) < 32 for c in value):
-        raise ValueError("document ids must not contain control characters")
-    if "/" in value:  # it could not be addressed as /indexes/{name}/documents/{id}
-        raise ValueError("document ids must not contain '/'")
+    problem = document_id_problem(value)
+    if problem is not None:
+        raise ValueError(f"document ids {problem}")
     return value
 
 
@@ -44,7 +44,7 @@ class DocumentIn(StrictRequest):
 
     id: Text = Field(
         min_length=1,
-        max_length=512,
+        max_length=MAX_ID_CHARS,
         json_schema_extra={"pattern": r"^[^\x00-\x1f/]+$"},  # checked by _check_id, with a clearer message
         description="no control characters, no '/'",
     )

@@ -35,12 +35,12 @@ import numpy as np
 from app.core.config import Settings
 from app.core.errors import InvalidRequest
 from app.core.manifest import MANIFEST_FILE, Manifest
-from app.core.text import is_encodable
+from app.core.text import MAX_ID_CHARS, document_id_problem, is_encodable
 from app.inference.text_model import TextModel
 from app.inference.variants import choose_variant
 from app.search.collection import Collection
 from app.search.manager import CollectionManager, validate_name
-from app.search.store import Document
+from app.search.store import Document, encode_metadata
 from app.search.vector_index import validate_spec
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,6 @@ SUPPORTED_SUFFIXES = {".jsonl", ".json", ".csv", ".parquet"}
 ENCODE_BATCH = 64  # rows per forward pass inside a window (length-sorted), same for both engines
 ENCODE_WINDOW = 2048  # records embedded together (one Ray row); commits are smaller (batch_size)
 RAY_WINDOW_CHUNKS = 64  # windows handed to Ray per dataset (its actors load the model once per dataset)
-MAX_ID_CHARS = 512
 FINGERPRINT_FULL_BYTES = 1 << 20  # files up to this size are hashed whole; larger ones head + tail
 FINGERPRINT_BLOCK = 1 << 16
 
@@ -106,8 +105,9 @@ def _check_id(value: Any, where: str) -> str:
         raise InputError(f"{where}: 'id' is empty")
     if len(doc_id) > MAX_ID_CHARS:
         raise InputError(f"{where}: 'id' has {len(doc_id)} characters, more than {MAX_ID_CHARS}")
-    if "/" in doc_id or any(ord(c) < 32 for c in doc_id) or not is_encodable(doc_id):
-        raise InputError(f"{where}: 'id' {doc_id[:40]!r} contains '/', a control character or invalid Unicode")
+    problem = document_id_problem(doc_id)
+    if problem is not None:
+        raise InputError(f"{where}: 'id' {doc_id[:40]!r} {problem}")
     return doc_id
 
 
@@ -123,23 +123,12 @@ def _check_vector(value: Any, where: str, dim: int | None) -> np.ndarray:
 
 
 def _check_metadata(metadata: dict[str, Any], where: str) -> dict[str, Any]:
+    """The store's own rule (what it would refuse mid-build), reported with the place."""
     try:
-        encoded = json.dumps(metadata, allow_nan=False)
-    except ValueError as exc:
-        raise InputError(f"{where}: metadata has a value JSON cannot hold ({exc})") from exc
-    if "\\ud" in encoded.lower() and not _all_encodable(metadata):  # an escaped surrogate may be a lone one
-        raise InputError(f"{where}: metadata contains invalid Unicode (a lone surrogate)")
+        encode_metadata(metadata)
+    except InvalidRequest as exc:
+        raise InputError(f"{where}: {exc.message}") from exc
     return metadata
-
-
-def _all_encodable(value: Any) -> bool:
-    if isinstance(value, str):
-        return is_encodable(value)
-    if isinstance(value, dict):
-        return all(_all_encodable(k) and _all_encodable(v) for k, v in value.items())
-    if isinstance(value, list):
-        return all(_all_encodable(v) for v in value)
-    return True
 
 
 def _record(raw: Any, where: str, dim: int | None) -> Record:
@@ -392,9 +381,6 @@ def _changed_file(before: list[dict[str, Any]], now: list[dict[str, Any]]) -> st
     return f"{next(iter(old))} is gone" if old else "the duplicate or empty-text policy differs"
 
 
-Embedder = Callable[[list[str]], np.ndarray]  # texts -> (n, dim)
-
-
 def load_text_model(settings: Settings, model_name: str) -> TextModel:
     manifest = model_manifest(settings, model_name)
     variant = choose_variant(manifest, settings.backend, settings.precision)
@@ -446,7 +432,6 @@ def build_index(
     if options.engine not in {"local", "ray"}:
         raise InputError(f"engine {options.engine!r}: use local or ray")
     validate_name(index_name)
-    validate_spec(options.index_spec)
     manifest = model_manifest(settings, model_name)
     dim = manifest.embedding_dim
     validate_spec(options.index_spec, dim)

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from app.core.errors import CollectionLocked, DuplicateIds, InvalidIndexSpec, OptimizeRunning
+from app.core.errors import DuplicateIds, InvalidIndexSpec, OptimizeRunning
 from app.search.filters import FilterLimits, compile_filter
 from app.search.lock import CollectionLock
 from app.search.store import Change, Document, DocumentStore, StoreSnapshot
@@ -42,6 +42,7 @@ RECALL_SAMPLE = 200
 # because a 200-query estimate scatters (benchmarks/results/search.md: 0.95 on the sample gave 0.92
 # on held-out queries).
 TARGET_RECALL = 0.97
+TRAINING_SAMPLE = 200_000  # vectors an IVF/PQ index trains on
 
 
 @dataclass
@@ -154,22 +155,35 @@ class Collection:
         data the collection does not have yet gives an exact (Flat) index until the next optimise."""
         index = VectorIndex(self.config.dim, self.config.metric, spec)
         if not index.index.is_trained:
-            sample = [v for _, v in snap.iter_vectors(batch=50_000)]
-            available = sum(len(v) for v in sample)
-            if available < max(1, training_points_needed(spec)):
+            sample = self._training_sample(snap)
+            needed = max(1, training_points_needed(spec))
+            if len(sample) < needed:
                 log.warning(
                     "%s: %s needs %d vectors to train, %d stored: exact (Flat) until then",
                     self.config.name,
                     spec,
-                    training_points_needed(spec),
-                    available,
+                    needed,
+                    len(sample),
                 )
                 index = VectorIndex(self.config.dim, self.config.metric, "Flat")
             else:
-                index.train(np.vstack(sample)[:200_000])
+                index.train(sample)
         for keys, vectors in snap.iter_vectors():
             index.add(keys, vectors)
         return index
+
+    @staticmethod
+    def _training_sample(snap: StoreSnapshot) -> np.ndarray:
+        """The first TRAINING_SAMPLE vectors in key order, (m, dim): read only as far as needed
+        (a 1M collection is not loaded whole to train on a fifth of it)."""
+        chunks: list[np.ndarray] = []
+        taken = 0
+        for _, vectors in snap.iter_vectors(batch=50_000):
+            chunks.append(vectors[: TRAINING_SAMPLE - taken])
+            taken += len(chunks[-1])
+            if taken >= TRAINING_SAMPLE:
+                break
+        return np.vstack(chunks) if chunks else np.empty((0, snap.dim), np.float32)
 
     # --- writes ------------------------------------------------------------------------------
     def _check_write_lock(self) -> None:
@@ -178,10 +192,7 @@ class Collection:
         if self.read_only or self.lock is None or self.lock.held:
             return
         if not self.lock.try_acquire():
-            raise CollectionLocked(
-                f"index {self.config.name!r} is being written by {self.lock.describe_holder()}; "
-                "writes resume when it finishes"
-            )
+            raise self.lock.refusal(self.config.name, "writes resume when it finishes")
         self.config = CollectionConfig.load(self.folder)
         with self._index_lock:
             self.index = self._open_index()

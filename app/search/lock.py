@@ -15,6 +15,8 @@ import os
 import time
 from pathlib import Path
 
+from app.core.errors import CollectionLocked
+
 LOCK_FILE = "writer.lock"
 
 
@@ -48,6 +50,10 @@ class CollectionLock:
         if self._fd is not None:
             os.close(self._fd)  # closing the descriptor releases the flock
             self._fd = None
+
+    def refusal(self, name: str, advice: str) -> CollectionLocked:
+        """The error for someone refused this lock: who holds collection `name`, and what to do."""
+        return CollectionLocked(f"index {name!r} is being written by {self.describe_holder()}; {advice}")
 
     def describe_holder(self) -> str:
         """Who holds it, as its holder wrote (best effort: the file may be mid-write)."""

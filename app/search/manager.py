@@ -10,7 +10,6 @@ from pathlib import Path
 from app.core.config import Settings
 from app.core.errors import (
     CollectionExists,
-    CollectionLocked,
     CollectionNotFound,
     InvalidIndexName,
     InvalidMetric,
@@ -81,10 +80,7 @@ class CollectionManager:
             return None
         lock = None if self.read_only else CollectionLock(folder, self.holder)
         if require_lock and lock is not None and not lock.try_acquire():
-            raise CollectionLocked(
-                f"index {name!r} is being written by {lock.describe_holder()}: "
-                "wait for it to finish (or stop it), then run this again"
-            )
+            raise lock.refusal(name, "wait for it to finish (or stop it), then run this again")
         collection = self._open(folder, CollectionConfig.load(folder), lock)
         self.collections[name] = collection
         return collection

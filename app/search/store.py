@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from app.core.errors import CollectionNotFound, InvalidRequest
+from app.core.text import is_encodable
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS documents (
@@ -284,11 +285,25 @@ class DocumentStore:
 
 def encode_metadata(metadata: dict[str, Any]) -> str:
     """Strict JSON (no NaN/Infinity, which SQLite's JSON functions reject: every filtered search on
-    the collection would fail). Requests are validated before this; this is the last line."""
+    the collection would fail; no lone surrogates, which no response could encode). Requests are
+    validated before this; this is the last line, and the batch builder's check."""
     try:
-        return json.dumps(metadata, allow_nan=False)
+        encoded = json.dumps(metadata, allow_nan=False)
     except ValueError as exc:
-        raise InvalidRequest(f"metadata: {exc}") from exc
+        raise InvalidRequest(f"metadata has a value JSON cannot hold ({exc})") from exc
+    if "\\ud" in encoded.lower() and not _all_encodable(metadata):  # an escaped surrogate may be a lone one
+        raise InvalidRequest("metadata contains invalid Unicode (a lone surrogate)")
+    return encoded
+
+
+def _all_encodable(value: Any) -> bool:
+    if isinstance(value, str):
+        return is_encodable(value)
+    if isinstance(value, dict):
+        return all(_all_encodable(k) and _all_encodable(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_all_encodable(v) for v in value)
+    return True
 
 
 def decode_metadata(stored: str) -> dict[str, Any]:

@@ -15,14 +15,14 @@ def check_input_count(count: int, settings: Settings, what: str = "inputs") -> N
         raise TooManyInputs(f"{count} {what}; at most {settings.max_inputs_per_request} per request")
 
 
-def check_input_chars(texts: list[str], settings: Settings) -> None:
+def check_input_chars(texts: list[str], settings: Settings, what: str = "input") -> None:
     """413 for an input over `max_input_chars`, before any tokenising (a 7 MB string would hold a
     tokenizer thread for seconds)."""
     limit = settings.max_input_chars
     for index, text in enumerate(texts):
         if len(text) > limit:
             raise InputTooLong(
-                index, len(text), limit, f"input {index} has {len(text)} characters, more than the limit of {limit}"
+                index, len(text), limit, f"{what} {index} has {len(text)} characters, more than the limit of {limit}"
             )
 
 

@@ -33,7 +33,8 @@ async def rerank(
 ) -> RerankOutcome:
     """Relevance of each document to `query` from the reranker `model` (the first served when None)."""
     check_input_count(len(documents), settings, "documents")
-    check_input_chars([query, *documents], settings)
+    check_input_chars([query], settings, "query")
+    check_input_chars(documents, settings, "document")
     scorer = registry.scorer(model)
     scores, tokens = await scorer.score(query, documents, max_tokens_per_doc, truncate)
     return RerankOutcome(scorer.name, scores, tokens)

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Path, Response
 
 from app.api.deps import CollectionsDep, RegistryDep, SettingsDep
 from app.core.errors import DocumentNotFound
+from app.core.text import MAX_ID_CHARS
 from app.schemas.common import INDEX_NAME_PATTERN
 from app.schemas.search import (
     BulkDeleteRequest,
@@ -27,6 +28,7 @@ router = APIRouter(prefix="/indexes", tags=["search"])
 
 # The pattern is documented here and checked by the collection manager (422 invalid_index_name).
 IndexName = Path(description="collection name", json_schema_extra={"pattern": INDEX_NAME_PATTERN})
+DocId = Path(max_length=MAX_ID_CHARS)
 
 
 @router.post("", status_code=201)
@@ -70,7 +72,7 @@ async def upsert_documents(
 # `:path`: an id with "/" (refused on upsert since, but stored by older versions) stays addressable.
 @router.get("/{name}/documents/{doc_id:path}", response_model=DocumentOut)
 async def get_document(
-    collections: CollectionsDep, name: str = IndexName, doc_id: str = Path(max_length=512), include_vector: bool = False
+    collections: CollectionsDep, name: str = IndexName, doc_id: str = DocId, include_vector: bool = False
 ) -> DocumentOut:
     doc = await asyncio.to_thread(collections.get(name).store.get, doc_id, include_vector)
     if doc is None:
@@ -80,9 +82,7 @@ async def get_document(
 
 
 @router.delete("/{name}/documents/{doc_id:path}", response_model=DeleteResponse)
-async def delete_document(
-    collections: CollectionsDep, name: str = IndexName, doc_id: str = Path(max_length=512)
-) -> DeleteResponse:
+async def delete_document(collections: CollectionsDep, name: str = IndexName, doc_id: str = DocId) -> DeleteResponse:
     collections.check_writable()
     deleted = await asyncio.to_thread(collections.get(name).delete, [doc_id])
     if not deleted:
