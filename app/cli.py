@@ -58,7 +58,14 @@ cli.add_typer(index_cli, name="index")
 
 @index_cli.command("build")
 def index_build(
-    input_path: Annotated[Path, typer.Option("--input", help="JSONL/CSV/Parquet file or folder of them")],
+    input_path: Annotated[
+        Path,
+        typer.Option(
+            "--input",
+            help="JSONL/CSV/Parquet file or folder of them; for an image model, a folder of JPEG/PNG/WebP images "
+            "(recursively; optional metadata.jsonl keyed by 'file')",
+        ),
+    ],
     model: Annotated[str, typer.Option(help="model folder name in TESSERA_MODELS_DIR")] = "minilm-l6",
     index: Annotated[str, typer.Option(help="collection name (created if missing)")] = "docs",
     engine: Annotated[str, typer.Option(help="local, or ray (Ray Data actor pool)")] = "local",
@@ -77,19 +84,24 @@ def index_build(
     restart: Annotated[
         bool, typer.Option("--restart", help="ignore an interrupted build of this input; start from the first record")
     ] = False,
+    on_bad_image: Annotated[
+        str, typer.Option("--on-bad-image", help="an image that cannot be read: error (stop), or skip (listed)")
+    ] = "error",
 ) -> None:
     """Embed a dataset into an index the server loads; resumes after an interruption.
 
     Progress and messages go to stderr; the result (JSON) alone to stdout."""
     from app.core.errors import TesseraError
     from app.inference.variants import NoServableVariant
-    from app.search.builder import BuildOptions, OnDuplicate, OnEmpty, build_index
+    from app.search.builder import BuildOptions, OnBadImage, OnDuplicate, OnEmpty, build_index
 
     settings = _settings_or_exit()
     if on_duplicate not in {d.value for d in OnDuplicate}:
         _exit(f"--on-duplicate {on_duplicate!r}: use error, last or first")
     if on_empty not in {e.value for e in OnEmpty}:
         _exit(f"--on-empty {on_empty!r}: use error or skip")
+    if on_bad_image not in {e.value for e in OnBadImage}:
+        _exit(f"--on-bad-image {on_bad_image!r}: use error or skip")
     folder = settings.data_dir / "indexes" / index
     # An interrupted build leaves its checkpoint behind: that one is resumed, not skipped.
     if if_missing and (folder / "collection.json").is_file() and not any(folder.glob("build-*.json")):
@@ -106,6 +118,7 @@ def index_build(
         on_duplicate=OnDuplicate(on_duplicate),
         on_empty=OnEmpty(on_empty),
         restart=restart,
+        on_bad_image=OnBadImage(on_bad_image),
     )
     progress = _BuildBar(index)
     try:

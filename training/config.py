@@ -127,7 +127,7 @@ def _load(path: Path, model: type[BaseModel], overrides: dict | None = None) -> 
         raise ConfigError(f"{path}: {where}: {first['msg']}") from exc
     # Relative data paths are relative to the config file's folder... unless they exist from here.
     data = getattr(config, "data", None)
-    if data is not None and not data.path.exists() and (path.parent / data.path).exists():
+    if isinstance(data, DataConfig) and not data.path.exists() and (path.parent / data.path).exists():
         data.path = path.parent / data.path
     return config
 
@@ -199,6 +199,51 @@ class BlockRankConfig(Strict):
             raise ValueError("answer_loss needs backbone causal-lm: an encoder has no answer to decode")
         if self.pseudo_queries != "none" and not self.teachers:
             raise ValueError("pseudo_queries need teachers: unjudged queries are trained by distillation only")
+        return self
+
+
+class ImageExportConfig(Strict):
+    name: str
+    # Real images for the parity check (>= 500 are used): files under these folders, recursively.
+    parity_images: list[Path] = [Path("data/emoji/google"), Path("../shared/data/coco-mini")]
+    models_dir: Path = Path("models")
+
+
+class ImageTrainConfig(Strict):
+    """Image-to-image contrastive training (`python -m training train-image`): InfoNCE between views of
+    one identity (emoji art styles of one codepoint; augmented copies for single-view data), on a
+    frozen ImageNet tower with its last `unfreeze_blocks` stages and a projection head trainable."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    tower: Literal["mobilenet_v2", "efficientnet_lite0"] = "mobilenet_v2"
+    projection_dim: int | None = Field(512, ge=8)
+    projection_init: Literal["random", "identity"] = "random"
+    unfreeze_blocks: int = Field(0, ge=0, le=8)
+    data: Path = Path("data/emoji")
+    train_styles: list[str] = ["google", "twitter"]
+    eval_styles: list[str] = ["google", "twitter", "openmoji"]
+    test_identities: int = Field(400, ge=10)
+    max_identities: int | None = Field(None, ge=20)  # a subset (quick runs, tests); None = all
+    split_seed: int = 0
+    augment_views: int = Field(0, ge=0, le=8)  # augmented copies of each training image, extra positives
+    loss: LossConfig = LossConfig(name="infonce", temperature=0.05, symmetric=True)
+    batch_size: int = Field(256, ge=2)
+    epochs: int = Field(20, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    fashion_mnist: Path | None = Path("data/fashion-mnist")
+    fashion_mnist_limit: int | None = Field(None, ge=100)  # test images evaluated (None = all 10,000)
+    cache_dir: Path = Path("data/cache")
+    seed: int = 0
+    runs_dir: Path = Path("runs")
+    export: ImageExportConfig | None = None
+
+    @model_validator(mode="after")
+    def _styles(self) -> ImageTrainConfig:
+        if len(set(self.train_styles)) < 2 and self.augment_views == 0:
+            raise ValueError("one training style needs augment_views >= 1: a positive must be another view")
+        if self.loss.name not in ("infonce", "dcl", "mw"):
+            raise ValueError("image training takes a pair loss: infonce, dcl or mw")
         return self
 
 

@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from app.core.config import Settings
 from app.inference.registry import ModelRegistry
 from app.search.manager import CollectionManager
+from app.services.image_sources import ImageFetcher
 
 
 # Dependencies are `async def` on purpose: FastAPI runs plain `def` dependencies in a thread pool,
@@ -25,6 +26,11 @@ async def get_collections(request: Request) -> CollectionManager:
     return request.app.state.collections
 
 
+async def get_fetcher(request: Request) -> ImageFetcher:
+    return request.app.state.image_fetcher
+
+
+FetcherDep = Annotated[ImageFetcher, Depends(get_fetcher)]
 CollectionsDep = Annotated[CollectionManager, Depends(get_collections)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]

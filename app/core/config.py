@@ -44,6 +44,20 @@ class Settings(BaseSettings):
     # tokenising. Far above any model's token limit; it bounds the CPU one string can take.
     max_input_chars: int = Field(100_000, ge=1)
     retry_after_s: int = Field(1, ge=1)
+    # Images (kind image / clip): limits checked before decoding (bytes; width x height from the
+    # header, so a decompression bomb is refused unread), images per request, the decode workers
+    # (decoding + preprocessing run there, off the event loop, beside inference) and their queue,
+    # and the pixels one forward pass may take (the batcher's budget for images).
+    max_image_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(40_000_000, ge=1)
+    max_images_per_request: int = Field(64, ge=1)
+    image_decode_workers: int = Field(2, ge=1)
+    image_decode_queue: int = Field(512, ge=1)
+    image_batch_pixels: int = Field(32 * 224 * 224, ge=1)
+    # Fetching `{"image": "https://..."}` items: off by default. On, only http(s) to public addresses
+    # (no private, loopback or link-local: no SSRF), within a total timeout and max_image_bytes.
+    image_urls: bool = False
+    image_url_timeout_s: float = Field(10.0, gt=0, le=120)
     # Memory an `auto` index may use before it falls back from HNSW to IVF-SQ8.
     index_memory_budget_mb: int = Field(4096, ge=16)
     # A collection snapshots its FAISS index after this many writes; a restart replays the rest

@@ -70,6 +70,12 @@ class WrongModelKind(TesseraError):
     code = "wrong_model_kind"
 
 
+class UnsupportedInput(WrongModelKind):
+    """An input of a modality the model does not embed (an image for a text model, or the reverse)."""
+
+    code = "unsupported_input"
+
+
 class TooManyInputs(TesseraError):
     code = "too_many_inputs"
 
@@ -97,6 +103,24 @@ class InputTooLong(TesseraError):
             f"document {index} has {length} tokens, more than {limit}; "
             "shorten it, raise max_tokens_per_doc or send truncate=true",
         )
+
+
+class InvalidImage(InvalidRequest):
+    """Bytes that are not a decodable image in a supported format, bad base64, a wrong data-URI type."""
+
+    code = "invalid_image"
+
+
+class ImageTooLarge(TesseraError):
+    """An image over the byte or decoded-pixel limit (checked from the header, before decoding)."""
+
+    code = "image_too_large"
+
+
+class ImageFetchRefused(InvalidRequest):
+    """An image URL that is off, not http(s), resolves to a private address, or fails to fetch."""
+
+    code = "image_url_refused"
 
 
 class MissingApiKey(TesseraError):
@@ -174,6 +198,7 @@ HTTP_ERRORS: dict[type[TesseraError], HttpMapping] = {
     CollectionLocked: HttpMapping(409),
     TooManyInputs: HttpMapping(413),
     InputTooLong: HttpMapping(413),
+    ImageTooLarge: HttpMapping(413),
     QueueFull: HttpMapping(429, "rate_limit_error", retry_after=True),
     RateLimited: HttpMapping(429, "rate_limit_error", retry_after=True),
 }

@@ -88,9 +88,10 @@ class TextTower(_Strict):
 class ImageTower(_Strict):
     """How an image becomes model input (done by the service exactly as written here) and its graph.
 
-    Resize so the shorter side is `resize_size` (`resize: shortest`) or to a square of that side
-    (`squash`), then cut the centre `input_size` square (`crop: center`), scale to [0, 1], subtract
-    `mean` and divide by `std` per channel, in `channel_order`, laid out NCHW."""
+        Resize so the shorter side is `resize_size` (`resize: shortest`) or to a square of that side
+        (`squash`), then cut the centre `input_size` square (`crop: center`), scale to [0, 1], subtract
+        `mean` and divide by `std` per channel, in `channel_order`, laid out NCHW. `app/inference/images.py`
+    does it; training imports that same code."""
 
     input_size: int = Field(gt=0)
     resize_size: int = Field(gt=0)
@@ -100,8 +101,11 @@ class ImageTower(_Strict):
     mean: list[float] = Field(min_length=3, max_length=3)
     std: list[float] = Field(min_length=3, max_length=3)
     channel_order: Literal["RGB", "BGR"] = "RGB"
+    # Transparent pixels are composited onto this colour before anything else.
+    background: list[int] = Field(default_factory=lambda: [255, 255, 255], min_length=3, max_length=3)
     normalize: bool = True
     onnx: OnnxIO
+    onnx_file: str = "image.onnx"
 
 
 Tower = Literal["text", "image"]

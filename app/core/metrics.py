@@ -41,3 +41,11 @@ DROPPED_ITEMS = Counter(
 )
 TOKENS = Counter("tessera_tokens", "Input tokens embedded", ["model"], registry=REGISTRY)
 REJECTED = Counter("tessera_rejected", "Requests refused for a full queue (429)", ["model"], registry=REGISTRY)
+IMAGE_DECODE_SECONDS = Histogram(
+    "tessera_image_decode_seconds",
+    "Time to decode and preprocess one image (decode pool)",
+    ["model"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+    registry=REGISTRY,
+)
+IMAGES = Counter("tessera_images", "Images embedded", ["model"], registry=REGISTRY)

@@ -15,10 +15,12 @@ import numpy as np
 from app.backends.openvino_backend import configure_cpu
 from app.core import metrics
 from app.core.config import Settings
-from app.core.errors import ModelNotFound, WrongModelKind
+from app.core.errors import ModelNotFound, UnsupportedInput, WrongModelKind
 from app.core.manifest import MANIFEST_FILE, Manifest, ModelKind
 from app.inference.batcher import DynamicBatcher
 from app.inference.cross_encoder import CrossEncoderModel
+from app.inference.image_model import ImageModel
+from app.inference.images import ImageDecoder, ImageLimits
 from app.inference.served import Capability, Embedder, EmbeddingResult, Scorer, ServedModel
 from app.inference.text_model import TextModel
 from app.inference.tokenizer import Tokenized
@@ -33,14 +35,18 @@ INLINE_TOKENIZE_MAX_CHARS = 4096
 
 
 def make_batcher(
-    name: str, forward: Callable[[list[np.ndarray]], np.ndarray], row_shape: tuple[int, int], settings: Settings
+    name: str,
+    forward: Callable[[list[np.ndarray]], np.ndarray],
+    row_shape: tuple[int, int],
+    settings: Settings,
+    cost_budget: int | None = None,
 ) -> DynamicBatcher:
     """One batcher per served model, sized by the settings (token budget, queue, streams)."""
     return DynamicBatcher(
         name,
         forward,
         row_shape,
-        cost_budget=settings.batch_token_budget,
+        cost_budget=cost_budget or settings.batch_token_budget,
         max_batch_size=settings.max_batch_size,
         max_queue=settings.max_queue,
         workers=settings.streams,
@@ -106,6 +112,48 @@ class TextEncoder(_Batched, Embedder):
         return EmbeddingResult(np.ascontiguousarray(rows[:, 0]), unnormalized, tokens)
 
 
+class ImageEncoderModel(_Batched, Embedder):
+    """A served image model (kind `image`): a bounded decode pool (decoding and preprocessing off the
+    event loop, in parallel with inference) + session + a batcher whose costs are pixels."""
+
+    capabilities = frozenset({Capability.EMBED_IMAGE})
+
+    def __init__(self, folder: Path, manifest: Manifest, settings: Settings) -> None:
+        variant = choose_variant(manifest, settings.backend, settings.precision, tower="image")
+        super().__init__(folder, manifest, variant)
+        self.model = ImageModel(folder, manifest, variant, threads=settings.threads, streams=settings.streams)
+        self.decoder = ImageDecoder(
+            self.model.pixels,
+            ImageLimits(settings.max_image_bytes, settings.max_image_pixels),
+            settings.image_decode_workers,
+            settings.image_decode_queue,
+            manifest.name,
+        )
+        self.batcher = make_batcher(
+            manifest.name,
+            self.model.forward,
+            (len(self.model.outputs), self.dim),
+            settings,
+            cost_budget=settings.image_batch_pixels,
+        )
+        self._images = metrics.IMAGES.labels(manifest.name)
+        warm_up(self.model.forward, np.zeros((3, self.model.tower.input_size, self.model.tower.input_size), np.float32))
+
+    async def embed_text(self, texts: list[str], truncate: bool = True) -> EmbeddingResult:
+        raise UnsupportedInput(f"model '{self.name}' embeds images only; send image items or use a text model")
+
+    async def embed_images(self, images: list[bytes], positions: list[int] | None = None) -> EmbeddingResult:
+        pixels = await self.decoder.decode(images, positions)
+        rows = await self.batcher.submit(pixels, [self.model.pixels_per_image] * len(pixels))  # (n, outputs, dim)
+        self._images.inc(len(images))
+        unnormalized = np.ascontiguousarray(rows[:, 1]) if rows.shape[1] > 1 else None
+        return EmbeddingResult(np.ascontiguousarray(rows[:, 0]), unnormalized, 0)
+
+    async def stop(self) -> None:
+        await super().stop()
+        self.decoder.close()
+
+
 class CrossEncoderScorer(_Batched, Scorer):
     """A served cross-encoder (kind `cross-encoder`): pair builder + session + dynamic batcher
     (pairs from concurrent requests share forward passes under the token budget, as embeddings do)."""
@@ -151,6 +199,7 @@ Loader = Callable[[Path, Manifest, Settings], ServedModel]
 # How each kind is served: a new kind adds a row here (and its ServedModel class), not a branch.
 LOADERS: dict[ModelKind, Loader] = {
     ModelKind.TEXT: TextEncoder,
+    ModelKind.IMAGE: ImageEncoderModel,
     ModelKind.CROSS_ENCODER: CrossEncoderScorer,
     ModelKind.BLOCKRANK: _load_blockrank,
 }

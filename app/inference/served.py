@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from app.core.errors import UnsupportedInput
 from app.core.manifest import Manifest, ModelKind, VariantParity
 
 
@@ -120,6 +121,13 @@ class Embedder(ServedModel, ABC):
     @abstractmethod
     async def embed_text(self, texts: list[str], truncate: bool = True) -> EmbeddingResult:
         """(n, dim) vectors for `texts`; InputTooLong when one is over the limit and truncate is off."""
+
+    async def embed_images(self, images: list[bytes], positions: list[int] | None = None) -> EmbeddingResult:
+        """(n, dim) vectors for encoded images (JPEG, PNG, ...); InvalidImage / ImageTooLarge for bad
+        ones, naming each by its `positions` entry (its place in the request)."""
+        raise UnsupportedInput(
+            f"model '{self.name}' embeds {self.kind.value} only, not images; choose an image or clip model"
+        )
 
 
 class Scorer(ServedModel, ABC):

@@ -19,9 +19,10 @@ def open_variant(
     precision: Precision | None,
     threads: int,
     streams: int,
+    default_file: str = "model.onnx",
 ) -> tuple[InferenceSession, Backend, Precision]:
     """Open `variant` (from the manifest) or an explicit backend/precision on the fp32 file."""
-    onnx_file = variant.onnx_file if variant else "model.onnx"
+    onnx_file = variant.onnx_file if variant else default_file
     backend = variant.backend if variant else (backend or Backend.ONNXRUNTIME)
     precision = variant.precision if variant else (precision or Precision.FP32)
     return open_session(folder / onnx_file, backend, precision, threads, streams), backend, precision

@@ -2,36 +2,68 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, WithJsonSchema, field_validator
 
-from app.schemas.common import Integer, StrictRequest, TextOrTexts
+from app.schemas.common import Integer, StrictRequest, Text
+
+IMAGE_ITEM_DESCRIPTION = (
+    "an image: base64 of its bytes, a data URI (data:image/png;base64,...), or an http(s) URL when the "
+    "server fetches URLs (TESSERA_IMAGE_URLS); JPEG, PNG, WebP, GIF, BMP, TIFF"
+)
 
 
-def _as_text_list(value: object) -> object:
-    """Accept a string or a list of strings; token-id arrays (OpenAI allows them) are refused clearly."""
+class ImageItem(StrictRequest):
+    """An image to embed, inside `input` (only for a model that embeds images)."""
+
+    image: Text = Field(description=IMAGE_ITEM_DESCRIPTION)
+
+
+_ITEM_SCHEMA = {
+    "anyOf": [
+        {"type": "string"},
+        {
+            "type": "object",
+            "properties": {"image": {"type": "string", "description": IMAGE_ITEM_DESCRIPTION}},
+            "required": ["image"],
+            "additionalProperties": False,
+        },
+    ]
+}
+# A string, or a non-empty list of strings and image items (requests normalise it to the list).
+Inputs = Annotated[
+    list[Text | ImageItem],
+    WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "array", "items": _ITEM_SCHEMA, "minItems": 1}]}),
+]
+
+
+def _as_input_list(value: object) -> object:
+    """Accept a string or a list of strings / image items; token-id arrays (OpenAI allows them) are
+    refused clearly."""
     if isinstance(value, str):
         return [value]
     if isinstance(value, list):
         if not value:
             raise ValueError("must not be empty")
-        if any(not isinstance(v, str) for v in value):
-            raise ValueError("must be a string or a list of strings (token-id arrays are not supported)")
+        if any(not isinstance(v, str | dict) for v in value):
+            raise ValueError(
+                'must be a string or a list of strings and {"image": ...} items (token-id arrays are not supported)'
+            )
     return value
 
 
 class EmbeddingRequest(StrictRequest):
     """OpenAI `POST /v1/embeddings`."""
 
-    input: TextOrTexts = Field(description="a string or a non-empty list of strings")
+    input: Inputs = Field(description='a string, or a non-empty list of strings and {"image": ...} items')
     model: str | None = Field(None, description="model folder name; default model if omitted")
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: Integer | None = Field(None, ge=1, description="truncate to this many dimensions, then re-normalise")
     user: str | None = Field(None, description="OpenAI field, accepted and ignored")
     truncate: bool = Field(True, description="Tessera extension: false -> 413 for inputs over the model's max tokens")
 
-    _normalize_input = field_validator("input", mode="before")(_as_text_list)
+    _normalize_input = field_validator("input", mode="before")(_as_input_list)
 
 
 class EmbeddingData(BaseModel):
@@ -55,7 +87,7 @@ class EmbeddingResponse(BaseModel):
 class EmbedRequest(StrictRequest):
     """Native `POST /embed` (the text-embeddings-inference shape); answers a bare list of vectors."""
 
-    inputs: TextOrTexts = Field(description="a string or a non-empty list of strings")
+    inputs: Inputs = Field(description='a string, or a non-empty list of strings and {"image": ...} items')
     model: str | None = None
     normalize: bool = True
     truncate: bool = True
@@ -64,4 +96,4 @@ class EmbedRequest(StrictRequest):
     )
     dimensions: Integer | None = Field(None, ge=1)
 
-    _normalize_input = field_validator("inputs", mode="before")(_as_text_list)
+    _normalize_input = field_validator("inputs", mode="before")(_as_input_list)

@@ -33,13 +33,16 @@ class CreateIndexRequest(StrictRequest):
         json_schema_extra={"pattern": INDEX_SPEC_PATTERN},  # checked by validate_spec, with a clearer message
         description="auto, or a FAISS factory string: Flat, HNSW32, IVF1024,SQ8, IVF1024,PQ48",
     )
+    thumbnails: bool = Field(
+        False, description="image collections: keep a small JPEG of each image (otherwise only its reference)"
+    )
 
 
 class DocumentIn(StrictRequest):
     model_config = ConfigDict(
         strict=True,
         extra="forbid",
-        json_schema_extra={"anyOf": [{"required": ["text"]}, {"required": ["vector"]}]},
+        json_schema_extra={"anyOf": [{"required": ["text"]}, {"required": ["vector"]}, {"required": ["image"]}]},
     )
 
     id: Text = Field(
@@ -48,8 +51,18 @@ class DocumentIn(StrictRequest):
         json_schema_extra={"pattern": r"^[^\x00-\x1f/]+$"},  # checked by _check_id, with a clearer message
         description="no control characters, no '/'",
     )
-    text: Text | None = None
+    text: Text | None = Field(
+        None, description="text to embed; with `image`, the image's caption (stored, not embedded)"
+    )
     vector: list[FiniteFloat] | None = Field(None, description="bring your own vector (the collection's dim)")
+    image: Text | None = Field(
+        None, description="image collections: the image to embed (base64, data URI, or an http(s) URL if enabled)"
+    )
+    image_ref: Text | None = Field(
+        None,
+        max_length=2048,
+        description="where the image lives (path or URI), stored and returned; default: `image` when it is a URL",
+    )
     metadata: dict[Text, MetadataValue] = Field(
         default_factory=dict, description="values: strings, finite numbers, booleans, null, or lists of them"
     )
@@ -58,8 +71,10 @@ class DocumentIn(StrictRequest):
 
     @model_validator(mode="after")
     def _text_or_vector(self) -> DocumentIn:
-        if self.text is None and self.vector is None:
-            raise ValueError("each document needs text or vector")
+        if self.text is None and self.vector is None and self.image is None:
+            raise ValueError("each document needs text, image or vector")
+        if self.image is not None and self.vector is not None:
+            raise ValueError("give image or vector, not both")
         return self
 
 
@@ -86,6 +101,8 @@ class DocumentOut(BaseModel):
     text: str | None
     metadata: dict[str, Any]
     vector: list[float] | None = None
+    image: str | None = Field(None, description="the image's reference (path or URI), for image documents")
+    thumbnail: str | None = Field(None, description="a data:image/jpeg URI, where the collection keeps thumbnails")
 
 
 class RerankOptions(StrictRequest):
@@ -101,25 +118,38 @@ class SearchRequest(StrictRequest):
         extra="forbid",
         json_schema_extra={
             "oneOf": [
-                {"required": ["query"], "properties": {"query": {"type": "string"}, "vector": {"type": "null"}}},
-                {"required": ["vector"], "properties": {"vector": {"type": "array"}, "query": {"type": "null"}}},
+                {
+                    "required": ["query"],
+                    "properties": {"query": {"type": "string"}, "vector": {"type": "null"}, "image": {"type": "null"}},
+                },
+                {
+                    "required": ["vector"],
+                    "properties": {"vector": {"type": "array"}, "query": {"type": "null"}, "image": {"type": "null"}},
+                },
+                {
+                    "required": ["image"],
+                    "properties": {"image": {"type": "string"}, "query": {"type": "null"}, "vector": {"type": "null"}},
+                },
             ]
         },
     )
 
     query: Text | None = Field(None, description="text, embedded with the collection's model")
     vector: list[FiniteFloat] | None = Field(None, description="a raw query vector instead of text")
+    image: Text | None = Field(None, description="a query image (base64 or data URI; a URL if enabled)")
     top_k: Integer = Field(10, ge=1, le=1000)
     filter: dict[str, Any] | None = Field(None, description='e.g. {"lang": "en", "year": {"$gte": 2000}}')
-    include: list[Literal["document", "metadata", "vector"]] = Field(default_factory=lambda: ["document", "metadata"])
+    include: list[Literal["document", "metadata", "vector", "image", "thumbnail"]] = Field(
+        default_factory=lambda: ["document", "metadata", "image"]
+    )
     ef_search: Integer | None = Field(None, ge=1, le=4096, description="HNSW breadth (recall vs speed)")
     nprobe: Integer | None = Field(None, ge=1, le=65536, description="IVF lists probed (recall vs speed)")
     rerank: RerankOptions | None = Field(None, description="rerank the first-stage hits with a cross-encoder")
 
     @model_validator(mode="after")
     def _one_query(self) -> SearchRequest:
-        if (self.query is None) == (self.vector is None):
-            raise ValueError("give exactly one of query (text) or vector")
+        if sum(x is not None for x in (self.query, self.vector, self.image)) != 1:
+            raise ValueError("give exactly one of query (text), image or vector")
         return self
 
 
@@ -130,6 +160,8 @@ class SearchHit(BaseModel):
     document: str | None = None
     metadata: dict[str, Any] | None = None
     vector: list[float] | None = None
+    image: str | None = Field(None, description="image documents: their reference (path or URI)")
+    thumbnail: str | None = Field(None, description="a data:image/jpeg URI (include thumbnail)")
 
 
 class SearchResponse(BaseModel):

@@ -34,11 +34,14 @@ import numpy as np
 
 from app.core.config import Settings
 from app.core.errors import InvalidRequest
-from app.core.manifest import MANIFEST_FILE, Manifest
+from app.core.manifest import MANIFEST_FILE, Manifest, ModelKind
 from app.core.text import MAX_ID_CHARS, document_id_problem, is_encodable
+from app.inference.image_model import ImageFileEncoder, ImageModel
+from app.inference.images import ImageLimits
 from app.inference.text_model import TextModel
 from app.inference.variants import choose_variant
 from app.search.collection import Collection
+from app.search.image_input import SIDECAR, check_header, image_files, iter_images, read_sidecar, sidecar_fields
 from app.search.manager import CollectionManager, validate_name
 from app.search.store import Document, encode_metadata
 from app.search.vector_index import validate_spec
@@ -47,6 +50,7 @@ log = logging.getLogger(__name__)
 
 SUPPORTED_SUFFIXES = {".jsonl", ".json", ".csv", ".parquet"}
 ENCODE_BATCH = 64  # rows per forward pass inside a window (length-sorted), same for both engines
+IMAGE_ENCODE_BATCH = 32  # images per forward pass
 ENCODE_WINDOW = 2048  # records embedded together (one Ray row); commits are smaller (batch_size)
 RAY_WINDOW_CHUNKS = 64  # windows handed to Ray per dataset (its actors load the model once per dataset)
 FINGERPRINT_FULL_BYTES = 1 << 20  # files up to this size are hashed whole; larger ones head + tail
@@ -70,6 +74,11 @@ class OnEmpty(StrEnum):
     SKIP = "skip"  # leave such records out, counted in the result
 
 
+class OnBadImage(StrEnum):
+    ERROR = "error"  # stop, naming the file (planning: before anything is written)
+    SKIP = "skip"  # leave the file out, counted in the result
+
+
 @dataclass
 class Record:
     id: str
@@ -78,6 +87,7 @@ class Record:
     vector: np.ndarray | None = None  # (dim,) float32, when the input brings it
     where: str = ""  # file:line, for messages
     empty: bool = False  # no text to embed and no vector: written only if the policy allows
+    image: str | None = None  # an image file to embed (folder input): its absolute path, stored as the reference
 
 
 def input_files(path: Path) -> tuple[list[Path], list[Path]]:
@@ -232,8 +242,23 @@ def _parquet_records(file: Path, dim: int | None) -> Iterator[Record]:
             yield _record(raw, f"{file}: row group {group}, row {row_no}", dim)
 
 
-def read_records(files: list[Path], dim: int | None = None) -> Iterator[Record]:
-    """Every record of `files`, checked, in a stable order (files sorted, rows in file order)."""
+def _image_records(root: Path, files: list[Path]) -> Iterator[Record]:
+    sidecar = read_sidecar(root, InputError)
+    for file, relative, entry in iter_images(root, files, sidecar):
+        where = str(file)
+        text, metadata = sidecar_fields(entry)
+        if text is not None and (not isinstance(text, str) or not is_encodable(text)):
+            raise InputError(f"{root / SIDECAR}: {relative!r}: 'text' must be valid Unicode text")
+        doc_id = _check_id(relative.replace("/", ":"), where)
+        yield Record(doc_id, text, _check_metadata(metadata, where), None, where, False, str(file.resolve()))
+
+
+def read_records(files: list[Path], dim: int | None = None, images_root: Path | None = None) -> Iterator[Record]:
+    """Every record of `files`, checked, in a stable order (files sorted, rows in file order); with
+    `images_root`, `files` are that folder's images, one record each."""
+    if images_root is not None:
+        yield from _image_records(images_root, files)
+        return
     for file in files:
         if file.suffix in {".jsonl", ".json"}:
             yield from _jsonl_records(file, dim)
@@ -280,10 +305,40 @@ class InputPlan:
     empty: int = 0  # records left out for an empty text (--on-empty skip)
     without_vector: int = 0  # records the model has to embed
     fingerprint: list[dict[str, Any]] = field(default_factory=list)
+    images_root: Path | None = None  # a folder of images (an image model's input)
+    bad_images: list[str] = field(default_factory=list)  # files left out (--on-bad-image skip), with why
+
+    def read(self, dim: int | None) -> Iterator[Record]:
+        """The input's records again, in plan order (ordinals match `skip`)."""
+        return read_records(self.files, dim, self.images_root)
 
     @property
     def records(self) -> int:
         return self.rows - len(self.skip)
+
+
+def plan_images(source: Path, limits: ImageLimits, on_bad: OnBadImage) -> InputPlan:
+    """A folder of images: every file's header checked (format, size, pixels), none decoded."""
+    if not source.exists():
+        raise InputError(f"{source}: no such file or folder")
+    files = image_files(source)
+    if not files:
+        raise InputError(f"{source}: no .jpg, .jpeg, .png or .webp image here (an image model embeds image files)")
+    skip: set[int] = set()
+    bad: list[str] = []
+    for ordinal, file in enumerate(files):
+        problem = check_header(file, limits)
+        if problem is None:
+            continue
+        if on_bad == OnBadImage.ERROR:
+            raise InputError(f"{file}: {problem} (--on-bad-image skip leaves such files out)")
+        skip.add(ordinal)
+        bad.append(f"{file}: {problem}")
+    rows = sum(1 for _ in read_records(files, None, source))  # checks ids and the sidecar
+    if rows == len(skip):
+        raise InputError(f"{source}: no usable image ({len(bad)} left out)")
+    sidecar = [source / SIDECAR] if (source / SIDECAR).is_file() else []
+    return InputPlan(files, [], rows, skip, 0, 0, rows - len(skip), fingerprint(files + sidecar), source, bad)
 
 
 def plan_input(
@@ -387,6 +442,50 @@ def load_text_model(settings: Settings, model_name: str) -> TextModel:
     return TextModel(settings.models_dir / model_name, manifest, variant, threads=settings.threads)
 
 
+class _TextPayloads:
+    """What a text model embeds of a record (its text, with the document prefix), and how."""
+
+    def __init__(self, model: TextModel) -> None:
+        self.model = model
+        self.dim = model.dim
+        self.prefix = model.manifest.text_tower.document_prefix
+
+    def payloads(self, batch: list[Record]) -> list[str]:
+        return [self.prefix + (r.text or "") for r in batch if r.vector is None]
+
+    def encode(self, payloads: list[str]) -> tuple[np.ndarray, dict[int, str]]:
+        return self.model.encode(payloads, batch_size=ENCODE_BATCH), {}
+
+
+class _ImagePayloads:
+    """What an image model embeds of a record (its file), and how: files that fail to decode come
+    back as problems, for the --on-bad-image policy."""
+
+    def __init__(self, encoder: ImageFileEncoder) -> None:
+        self.encoder = encoder
+        self.dim = encoder.dim
+
+    def payloads(self, batch: list[Record]) -> list[str]:
+        return [r.image or "" for r in batch if r.vector is None]
+
+    def encode(self, payloads: list[str]) -> tuple[np.ndarray, dict[int, str]]:
+        return self.encoder.encode(payloads, batch_size=IMAGE_ENCODE_BATCH)
+
+
+Payloads = _TextPayloads | _ImagePayloads
+
+
+def load_encoder(settings: Settings, model_name: str) -> Payloads:
+    """The model `model_name` as the builder runs it, by its kind."""
+    manifest = model_manifest(settings, model_name)
+    if manifest.kind == ModelKind.IMAGE:
+        variant = choose_variant(manifest, settings.backend, settings.precision, tower="image")
+        model = ImageModel(settings.models_dir / model_name, manifest, variant, threads=settings.threads)
+        limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
+        return _ImagePayloads(ImageFileEncoder(model, limits, settings.image_decode_workers))
+    return _TextPayloads(load_text_model(settings, model_name))
+
+
 def model_manifest(settings: Settings, model_name: str) -> Manifest:
     folder = settings.models_dir / model_name
     if not (folder / MANIFEST_FILE).is_file():
@@ -406,6 +505,7 @@ class BuildOptions:
     on_empty: OnEmpty = OnEmpty.ERROR
     restart: bool = False  # ignore an interrupted build's checkpoint and start from the first record
     encode_window: int = ENCODE_WINDOW
+    on_bad_image: OnBadImage = OnBadImage.ERROR
 
 
 class BuildProgress:
@@ -435,7 +535,11 @@ def build_index(
     manifest = model_manifest(settings, model_name)
     dim = manifest.embedding_dim
     validate_spec(options.index_spec, dim)
-    plan = plan_input(source, options.on_duplicate, dim, options.on_empty)
+    if manifest.kind == ModelKind.IMAGE:
+        limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
+        plan = plan_images(source, limits, options.on_bad_image)
+    else:
+        plan = plan_input(source, options.on_duplicate, dim, options.on_empty)
     manager = CollectionManager.from_settings(settings, holder="builder")
     created = False
     collection: Collection | None = None
@@ -467,8 +571,8 @@ def _run_build(
     checkpoint = Checkpoint(collection.folder, source)
     done = checkpoint.load(plan, options.restart)
     progress.planned(plan, done)
-    model = load_text_model(settings, model_name) if plan.without_vector and done < plan.records else None
-    records = (r for i, r in enumerate(read_records(plan.files, collection.config.dim)) if i not in plan.skip)
+    model = load_encoder(settings, model_name) if plan.without_vector and done < plan.records else None
+    records = (r for i, r in enumerate(plan.read(collection.config.dim)) if i not in plan.skip)
     records = itertools.islice(records, done, None)  # what an earlier run already committed
     start = time.perf_counter()
     batch_size = options.batch_size
@@ -477,22 +581,36 @@ def _run_build(
     windows = _batches(records, max(batch_size, options.encode_window))
     embed_stream = _embedded(windows, model, model_name, settings, options)
     committed = [done]
+    bad_images = list(plan.bad_images)
 
-    def commit(window: list[Record], vectors: np.ndarray) -> None:
+    def commit(window: list[Record], vectors: np.ndarray, problems: dict[int, str]) -> None:
+        for row, problem in sorted(problems.items()):
+            if options.on_bad_image == OnBadImage.ERROR:
+                raise InputError(
+                    f"{window[row].where}: {problem} (--on-bad-image skip leaves such files out; "
+                    "the build resumes after the last commit)"
+                )
+            bad_images.append(f"{window[row].where}: {problem}")
         for offset in range(0, len(window), batch_size):
             chunk = window[offset : offset + batch_size]
             rows = vectors[offset : offset + batch_size]
-            collection.upsert([Document(r.id, r.text, r.metadata, v) for r, v in zip(chunk, rows, strict=True)])
+            docs = [
+                Document(r.id, r.text, r.metadata, v, r.image)
+                for i, (r, v) in enumerate(zip(chunk, rows, strict=True))
+                if offset + i not in problems
+            ]
+            if docs:
+                collection.upsert(docs)
             committed[0] += len(chunk)
             checkpoint.save(committed[0], plan)  # after the durable upsert
             progress.committed(committed[0], plan.records)
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="index-writer") as writer:
         pending: Future[None] | None = None
-        for window, vectors in embed_stream:
+        for window, vectors, problems in embed_stream:
             if pending is not None:
                 pending.result()  # in order; re-raises a failed commit
-            pending = writer.submit(commit, window, vectors)
+            pending = writer.submit(commit, window, vectors, problems)
         if pending is not None:
             pending.result()
     embedded = committed[0] - done
@@ -507,6 +625,7 @@ def _run_build(
         "resumed_from": done,
         "duplicates": plan.duplicates,
         "empty_skipped": plan.empty,
+        "bad_images_skipped": bad_images,
         "on_duplicate": options.on_duplicate.value,
         "files_read": [str(f) for f in plan.files],
         "files_skipped": [str(f) for f in plan.skipped_files],
@@ -518,35 +637,36 @@ def _run_build(
 
 
 def _embedded(
-    windows: Iterator[list[Record]], model: TextModel | None, model_name: str, settings: Settings, options: BuildOptions
-) -> Iterator[tuple[list[Record], np.ndarray]]:
-    """(window, its vectors): the input's own vectors where it brings them, the model's elsewhere."""
+    windows: Iterator[list[Record]], model: Payloads | None, model_name: str, settings: Settings, options: BuildOptions
+) -> Iterator[tuple[list[Record], np.ndarray, dict[int, str]]]:
+    """(window, its vectors, {window row: problem}): the input's own vectors where it brings them,
+    the model's elsewhere; a problem is a file the model could not read (images)."""
     if model is None:  # every record brings its vector
         for window in windows:
-            yield window, np.stack([r.vector for r in window])  # type: ignore[misc]
+            yield window, np.stack([r.vector for r in window]), {}  # type: ignore[misc]
         return
-    texts_of = lambda batch: _texts(batch, model)  # noqa: E731
     stream = (
-        _ray_embed(windows, texts_of, model_name, settings, options.ray_address, options.ray_actors)
+        _ray_embed(windows, model.payloads, model_name, settings, options.ray_address, options.ray_actors)
         if options.engine == "ray"
-        else ((window, model.encode(texts_of(window), batch_size=ENCODE_BATCH)) for window in windows)
+        else ((window, *model.encode(model.payloads(window))) for window in windows)
     )
-    for window, embedded in stream:
-        yield window, _merge(window, embedded, model.dim)
+    for window, embedded, problems in stream:
+        vectors, rows = _merge(window, embedded, model.dim)
+        yield window, vectors, {rows[j]: problem for j, problem in problems.items()}
 
 
-def _texts(batch: list[Record], model: TextModel) -> list[str]:
-    """Texts to embed: those of the records that bring no vector."""
-    prefix = model.manifest.text_tower.document_prefix
-    return [prefix + (r.text or "") for r in batch if r.vector is None]
-
-
-def _merge(window: list[Record], embedded: np.ndarray, dim: int) -> np.ndarray:
+def _merge(window: list[Record], embedded: np.ndarray, dim: int) -> tuple[np.ndarray, list[int]]:
+    """The window's vectors (its own, else the next embedded row) and, per embedded row, its window row."""
     vectors = np.empty((len(window), dim), dtype=np.float32)  # (n, dim)
     rows = iter(embedded.reshape(-1, dim))
+    embedded_rows = []
     for i, record in enumerate(window):
-        vectors[i] = record.vector if record.vector is not None else next(rows)
-    return vectors
+        if record.vector is not None:
+            vectors[i] = record.vector
+        else:
+            vectors[i] = next(rows)
+            embedded_rows.append(i)
+    return vectors, embedded_rows
 
 
 class _RayEmbedder:
@@ -554,24 +674,31 @@ class _RayEmbedder:
     local engine does, so both engines produce the same vectors."""
 
     def __init__(self, model_name: str, settings_json: str) -> None:
-        self.model = load_text_model(Settings.model_validate_json(settings_json), model_name)
+        self.model = load_encoder(Settings.model_validate_json(settings_json), model_name)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        vectors = [
-            self.model.encode([str(t) for t in texts], batch_size=ENCODE_BATCH).tobytes() for texts in batch["texts"]
-        ]
-        return {"chunk": batch["chunk"], "vectors": np.array(vectors, dtype=object)}
+        vectors, problems = [], []
+        for payloads in batch["texts"]:
+            embedded, found = self.model.encode([str(p) for p in payloads])
+            vectors.append(embedded.tobytes())
+            problems.append(json.dumps(found))
+        return {
+            "chunk": batch["chunk"],
+            "vectors": np.array(vectors, dtype=object),
+            "problems": np.array(problems, dtype=object),
+        }
 
 
 def _ray_embed(
     batches: Iterator[list[Record]],
-    texts_of: Callable[[list[Record]], list[str]],
+    payloads_of: Callable[[list[Record]], list[str]],
     model_name: str,
     settings: Settings,
     address: str | None,
     actors: int,
-) -> Iterator[tuple[list[Record], np.ndarray]]:
-    """Embed chunks on Ray Data: `map_batches` over an actor pool, one chunk per row, order kept.
+) -> Iterator[tuple[list[Record], np.ndarray, dict[int, str]]]:
+    """Embed chunks (texts, or image paths) on Ray Data: `map_batches` over an actor pool, one chunk
+    per row, order kept.
 
     Chunks are read on the driver (so resume and input errors work as in the local engine) and
     handed to Ray a window at a time; each window is one dataset, so actors start once per window."""
@@ -589,7 +716,7 @@ def _ray_embed(
         window = list(itertools.islice(batches, RAY_WINDOW_CHUNKS))
         if not window:
             return
-        items = [{"chunk": i, "texts": texts_of(chunk)} for i, chunk in enumerate(window)]
+        items = [{"chunk": i, "texts": payloads_of(chunk)} for i, chunk in enumerate(window)]
         embedded = ray.data.from_items(items, override_num_blocks=min(len(items), 4 * actors)).map_batches(
             _RayEmbedder,
             fn_constructor_args=(model_name, settings_json),
@@ -600,4 +727,5 @@ def _ray_embed(
         )
         for row in embedded.iter_rows():
             chunk = window[int(row["chunk"])]
-            yield chunk, np.frombuffer(row["vectors"], dtype=np.float32)  # flat: _merge shapes it
+            problems = {int(k): v for k, v in json.loads(str(row["problems"])).items()}
+            yield chunk, np.frombuffer(row["vectors"], dtype=np.float32), problems  # flat: _merge shapes it

@@ -52,6 +52,8 @@ class CollectionConfig:
     dim: int
     metric: str = "cosine"
     index: str = "auto"
+    # Image collections: keep a small JPEG of each image in the store (off: only its reference).
+    thumbnails: bool = False
     created_at: float = field(default_factory=time.time)
     last_build: dict[str, Any] | None = None
 
@@ -72,6 +74,8 @@ class Hit:
     document: str | None = None
     metadata: dict[str, Any] | None = None
     vector: list[float] | None = None
+    image: str | None = None
+    thumbnail: bytes | None = None
 
 
 class Collection:
@@ -265,6 +269,8 @@ class Collection:
                     document=doc.text if "document" in include else None,
                     metadata=doc.metadata if "metadata" in include else None,
                     vector=doc.vector.tolist() if doc.vector is not None else None,
+                    image=doc.image if "image" in include else None,
+                    thumbnail=doc.thumbnail if "thumbnail" in include else None,
                 )
             )
         return hits
@@ -277,6 +283,7 @@ class Collection:
                 "model": self.config.model,
                 "dim": self.config.dim,
                 "metric": self.config.metric,
+                "thumbnails": self.config.thumbnails,
                 "index_spec": self.config.index,
                 "index_type": index.spec,
                 "size": self.store.count(),

@@ -101,7 +101,7 @@ class CollectionManager:
                 log.exception("collection %s could not be opened", folder.name)
                 self.failed[folder.name] = f"{type(exc).__name__}: {exc}"
 
-    def create(self, name: str, model: str, dim: int, metric: str, index: str) -> Collection:
+    def create(self, name: str, model: str, dim: int, metric: str, index: str, thumbnails: bool = False) -> Collection:
         validate_name(name)
         if metric not in METRICS:
             raise InvalidMetric(f"unknown metric {metric!r}: {sorted(METRICS)}")
@@ -114,7 +114,9 @@ class CollectionManager:
                 raise CollectionExists(f"index {name!r} already exists on disk (not loaded); remove {folder}")
             folder.mkdir(parents=True)
             try:
-                config = CollectionConfig(name=name, model=model, dim=dim, metric=metric, index=index)
+                config = CollectionConfig(
+                    name=name, model=model, dim=dim, metric=metric, index=index, thumbnails=thumbnails
+                )
                 config.save(folder)
                 collection = self._open(folder, config)
             except BaseException:

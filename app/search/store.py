@@ -30,7 +30,9 @@ CREATE TABLE IF NOT EXISTS documents (
     id TEXT NOT NULL UNIQUE,
     text TEXT,
     metadata TEXT NOT NULL DEFAULT '{}',
-    vector BLOB NOT NULL
+    vector BLOB NOT NULL,
+    image TEXT,
+    thumbnail BLOB
 );
 CREATE TABLE IF NOT EXISTS ops (
     op INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -46,6 +48,8 @@ class Document:
     text: str | None
     metadata: dict[str, Any]
     vector: np.ndarray | None = None  # (dim,) float32
+    image: str | None = None  # an image document's reference: the path or URI it was given (never its bytes)
+    thumbnail: bytes | None = None  # a small JPEG, only where the collection keeps thumbnails
 
 
 @dataclass(slots=True)
@@ -109,6 +113,7 @@ class DocumentStore:
         self.read_only = read_only
         self._lock = threading.Lock()
         self._closed = False
+        self._has_image_columns: bool | None = None
         if read_only:
             # A replica on a read-only volume: `immutable` skips the WAL's shared-memory file, which
             # could not be created there; it reads the database as it was when opened.
@@ -119,6 +124,22 @@ class DocumentStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # a commit is on disk before we acknowledge
         self._db.executescript(SCHEMA)
+        self._add_image_columns()
+
+    def _add_image_columns(self) -> None:
+        """Collections made before image documents lack these columns: added in place (NULL)."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(documents)")}
+        for column, kind in (("image", "TEXT"), ("thumbnail", "BLOB")):
+            if column not in columns:
+                self._db.execute(f"ALTER TABLE documents ADD COLUMN {column} {kind}")
+
+    @property
+    def _image_columns(self) -> str:
+        """The image columns, or NULLs on a read-only replica of a collection made before them."""
+        if self._has_image_columns is None:
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(documents)")}
+            self._has_image_columns = "image" in columns
+        return "image, thumbnail" if self._has_image_columns else "NULL, NULL"
 
     def close(self) -> None:
         with self._lock:
@@ -151,8 +172,9 @@ class DocumentStore:
                         removed.append(row[0])
                     vector = np.ascontiguousarray(doc.vector, dtype=np.float32)
                     cur.execute(
-                        "INSERT INTO documents (id, text, metadata, vector) VALUES (?, ?, ?, ?)",
-                        (doc.id, doc.text, encode_metadata(doc.metadata), vector.tobytes()),
+                        "INSERT INTO documents (id, text, metadata, vector, image, thumbnail)"
+                        " VALUES (?, ?, ?, ?, ?, ?)",
+                        (doc.id, doc.text, encode_metadata(doc.metadata), vector.tobytes(), doc.image, doc.thumbnail),
                     )
                     key = cur.lastrowid
                     cur.execute("INSERT INTO ops (kind, key) VALUES ('add', ?)", (key,))
@@ -187,7 +209,7 @@ class DocumentStore:
     def get(self, doc_id: str, with_vector: bool = False) -> Document | None:
         with self._locked():
             row = self._db.execute(
-                "SELECT id, text, metadata, vector FROM documents WHERE id = ?", (doc_id,)
+                f"SELECT id, text, metadata, vector, {self._image_columns} FROM documents WHERE id = ?", (doc_id,)
             ).fetchone()
         return self._document(row, with_vector) if row else None
 
@@ -197,7 +219,7 @@ class DocumentStore:
             for start in range(0, len(keys), 500):
                 chunk = keys[start : start + 500]
                 rows = self._db.execute(
-                    "SELECT key, id, text, metadata, vector FROM documents"
+                    f"SELECT key, id, text, metadata, vector, {self._image_columns} FROM documents"
                     f" WHERE key IN ({','.join('?' * len(chunk))})",
                     chunk,
                 ).fetchall()
@@ -274,12 +296,14 @@ class DocumentStore:
 
     @staticmethod
     def _document(row: tuple, with_vector: bool) -> Document:
-        doc_id, text, metadata, vector = row
+        doc_id, text, metadata, vector, image, thumbnail = row
         return Document(
             doc_id,
             text,  # ids and texts cannot hold lone surrogates: sqlite3 refuses to store them
             decode_metadata(metadata),
             np.frombuffer(vector, dtype=np.float32).copy() if with_vector else None,
+            image,
+            thumbnail,
         )
 
 

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import dataclass
+
 import numpy as np
 
 from app.core.config import Settings
-from app.core.errors import InputTooLong, InvalidDimensions, TooManyInputs
+from app.core.errors import InputTooLong, InvalidDimensions, TooManyInputs, UnsupportedInput
 from app.inference.registry import ModelRegistry
-from app.inference.served import Embedder, EmbeddingResult
+from app.inference.served import Capability, Embedder, EmbeddingResult
+from app.services.image_sources import ImageFetcher, image_bytes
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """An image item of a request: base64, a data URI or (when enabled) an http(s) URL."""
+
+    image: str
 
 
 def check_input_count(count: int, settings: Settings, what: str = "inputs") -> None:
@@ -51,3 +62,56 @@ def truncate_dims(vectors: np.ndarray, dimensions: int | None, renormalize: bool
     if renormalize:
         cut = cut / np.linalg.norm(cut, axis=1, keepdims=True).clip(min=1e-12)
     return cut
+
+
+def check_modalities(embedder: Embedder, texts: int, images: int) -> None:
+    if images and Capability.EMBED_IMAGE not in embedder.capabilities:
+        raise UnsupportedInput(f"model '{embedder.name}' embeds text only; image items need an image or clip model")
+    if texts and Capability.EMBED_TEXT not in embedder.capabilities:
+        raise UnsupportedInput(f"model '{embedder.name}' embeds images only; text items need a text or clip model")
+
+
+async def embed_inputs(
+    registry: ModelRegistry,
+    settings: Settings,
+    fetcher: ImageFetcher,
+    model: str | None,
+    inputs: list[str | ImageInput],
+    truncate: bool = True,
+    dimensions: int | None = None,
+) -> tuple[Embedder, EmbeddingResult]:
+    """Embed a mix of text and image items (images only for a model that embeds them), in order."""
+    image_rows = [i for i, item in enumerate(inputs) if isinstance(item, ImageInput)]
+    if not image_rows:
+        return await embed_texts(registry, settings, model, inputs, truncate, dimensions)  # type: ignore[arg-type]
+    check_input_count(len(inputs), settings)
+    if len(image_rows) > settings.max_images_per_request:
+        raise TooManyInputs(f"{len(image_rows)} images; at most {settings.max_images_per_request} per request")
+    text_rows = [i for i, item in enumerate(inputs) if not isinstance(item, ImageInput)]
+    texts: list[str] = [inputs[i] for i in text_rows]  # type: ignore[misc]
+    check_input_chars(texts, settings)
+    embedder = registry.embedder(model)
+    check_modalities(embedder, len(texts), len(image_rows))
+    if dimensions is not None and dimensions > embedder.dim:
+        raise InvalidDimensions(f"dimensions={dimensions} exceeds the model's {embedder.dim}")
+    encoded = await asyncio.gather(
+        *(image_bytes(inputs[i].image, settings, fetcher, i) for i in image_rows)  # type: ignore[union-attr]
+    )
+    images = await embedder.embed_images(list(encoded), image_rows)
+    if not texts:
+        return embedder, images
+    text = await embedder.embed_text(texts, truncate=truncate)
+    return embedder, _merge(len(inputs), (image_rows, images), (text_rows, text))
+
+
+def _merge(count: int, *parts: tuple[list[int], EmbeddingResult]) -> EmbeddingResult:
+    """Rows of per-modality results back in request order."""
+    dim = parts[0][1].vectors.shape[1]
+    vectors = np.empty((count, dim), dtype=np.float32)
+    with_unnormalized = all(result.unnormalized is not None for _, result in parts)
+    unnormalized = np.empty((count, dim), dtype=np.float32) if with_unnormalized else None
+    for rows, result in parts:
+        vectors[rows] = result.vectors
+        if unnormalized is not None:
+            unnormalized[rows] = result.unnormalized
+    return EmbeddingResult(vectors, unnormalized, sum(result.tokens for _, result in parts))

@@ -4,6 +4,7 @@ optional rerank of the first-stage hits, background optimise."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -12,14 +13,23 @@ from typing import Any
 import numpy as np
 
 from app.core.config import Settings
-from app.core.errors import DuplicateIds, InvalidRequest, InvalidVector, OptimizeRunning, WrongDimension
+from app.core.errors import (
+    DuplicateIds,
+    InvalidRequest,
+    InvalidVector,
+    OptimizeRunning,
+    TooManyInputs,
+    WrongDimension,
+)
+from app.inference.images import ImageLimits, open_image, thumbnail_jpeg
 from app.inference.registry import ModelRegistry
 from app.schemas.search import CreateIndexRequest, SearchRequest, UpsertRequest
 from app.search.collection import Collection
 from app.search.manager import CollectionManager
 from app.search.store import Document
 from app.search.vector_index import SearchParams
-from app.services.embedding import check_input_count, embed_texts
+from app.services.embedding import ImageInput, check_input_count, check_modalities, embed_inputs, embed_texts
+from app.services.image_sources import ImageFetcher, image_bytes
 from app.services.rerank import rerank
 
 log = logging.getLogger(__name__)
@@ -42,13 +52,22 @@ async def create_collection(
 ) -> Collection:
     collections.check_writable()
     embedder = registry.embedder(body.model)
-    return await asyncio.to_thread(collections.create, body.name, embedder.name, embedder.dim, body.metric, body.index)
+    return await asyncio.to_thread(
+        collections.create, body.name, embedder.name, embedder.dim, body.metric, body.index, body.thumbnails
+    )
 
 
 async def upsert(
-    collections: CollectionManager, registry: ModelRegistry, settings: Settings, name: str, body: UpsertRequest
+    collections: CollectionManager,
+    registry: ModelRegistry,
+    settings: Settings,
+    fetcher: ImageFetcher,
+    name: str,
+    body: UpsertRequest,
 ) -> tuple[int, int]:
-    """Embed what came as text, then one durable write. Returns (upserted, collection size)."""
+    """Embed what came as text or image, then one durable write. Returns (upserted, collection size).
+    An image document stores its reference (`image_ref`, or the URL it was fetched from), its caption
+    as text, and a thumbnail only where the collection keeps them; never the image's bytes."""
     collections.check_writable()
     collection = collections.get(name)
     dim = collection.config.dim
@@ -58,15 +77,60 @@ async def upsert(
     vectors: list[np.ndarray | None] = [
         as_vector(d.vector, dim, f"vector of {d.id!r}") if d.vector is not None else None for d in body.documents
     ]
+    thumbnails: list[bytes | None] = [None] * len(body.documents)
+    image_rows = [i for i, d in enumerate(body.documents) if d.image is not None]
+    if image_rows:
+        images = [body.documents[i].image or "" for i in image_rows]
+        result, thumbs = await _embed_images(registry, settings, fetcher, collection, images)
+        for row, i in enumerate(image_rows):
+            vectors[i], thumbnails[i] = result[row], thumbs[row]
     to_embed = [i for i, v in enumerate(vectors) if v is None]
     if to_embed:
         texts = [body.documents[i].text or "" for i in to_embed]
-        _, result = await embed_texts(registry, settings, collection.config.model, texts)
+        _, text_result = await embed_texts(registry, settings, collection.config.model, texts)
         for row, i in enumerate(to_embed):
-            vectors[i] = result.vectors[row]
-    docs = [Document(d.id, d.text, d.metadata, v) for d, v in zip(body.documents, vectors, strict=True)]
+            vectors[i] = text_result.vectors[row]
+    docs = [
+        Document(d.id, d.text, d.metadata, v, _image_reference(d.image, d.image_ref), thumb)
+        for d, v, thumb in zip(body.documents, vectors, thumbnails, strict=True)
+    ]
     upserted = await asyncio.to_thread(collection.upsert, docs)  # returns once durable
     return upserted, collection.store.count()
+
+
+async def _embed_images(
+    registry: ModelRegistry, settings: Settings, fetcher: ImageFetcher, collection: Collection, images: list[str]
+) -> tuple[np.ndarray, list[bytes | None]]:
+    """(n, dim) vectors of image items with the collection's model, and their thumbnails (None
+    unless the collection keeps them)."""
+    embedder = registry.embedder(collection.config.model)
+    check_modalities(embedder, 0, len(images))
+    if len(images) > settings.max_images_per_request:
+        raise TooManyInputs(f"{len(images)} images; at most {settings.max_images_per_request} per request")
+    encoded = list(await asyncio.gather(*(image_bytes(v, settings, fetcher, i) for i, v in enumerate(images))))
+    result = await embedder.embed_images(encoded)
+    if not collection.config.thumbnails:
+        return result.vectors, [None] * len(images)
+    limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
+
+    def thumbnails() -> list[bytes | None]:
+        return [thumbnail_jpeg(open_image(data, limits, i)) for i, data in enumerate(encoded)]
+
+    return result.vectors, await asyncio.to_thread(thumbnails)
+
+
+def _image_reference(image: str | None, image_ref: str | None) -> str | None:
+    """What is stored for an image: the caller's reference, else the URL it came from, else nothing
+    (base64 bytes are embedded, never stored)."""
+    if image_ref is not None:
+        return image_ref
+    if image is not None and image[:8].lower().startswith(("http://", "https://")):
+        return image
+    return None
+
+
+def thumbnail_uri(thumbnail: bytes | None) -> str | None:
+    return "data:image/jpeg;base64," + base64.b64encode(thumbnail).decode() if thumbnail else None
 
 
 @dataclass
@@ -77,7 +141,12 @@ class SearchOutcome:
 
 
 async def search(
-    collections: CollectionManager, registry: ModelRegistry, settings: Settings, name: str, body: SearchRequest
+    collections: CollectionManager,
+    registry: ModelRegistry,
+    settings: Settings,
+    fetcher: ImageFetcher,
+    name: str,
+    body: SearchRequest,
 ) -> SearchOutcome:
     """First stage (vector search with filters), then, when asked, rerank its candidates."""
     start = time.perf_counter()
@@ -86,6 +155,9 @@ async def search(
         raise InvalidRequest("rerank needs a text query")
     if body.vector is not None:
         query = as_vector(body.vector, collection.config.dim, "query vector")
+    elif body.image is not None:
+        _, result = await embed_inputs(registry, settings, fetcher, collection.config.model, [ImageInput(body.image)])
+        query = result.vectors[0]
     else:
         _, result = await embed_texts(registry, settings, collection.config.model, [body.query or ""])
         query = result.vectors[0]
@@ -95,7 +167,7 @@ async def search(
     found_hits = await asyncio.to_thread(
         collection.search, query, fetch, body.filter, include | ({"document"} if body.rerank else set()), params
     )
-    found = [asdict(h) for h in found_hits]
+    found = [{**asdict(h), "thumbnail": thumbnail_uri(h.thumbnail)} for h in found_hits]
     if body.rerank and found:
         outcome = await rerank(
             registry, settings, body.rerank.model, body.query or "", [h["document"] or "" for h in found]

@@ -34,6 +34,10 @@ EXPECTED_STATUS = {
     errors.CollectionLocked: 409,
     errors.TooManyInputs: 413,
     errors.QueueFull: 429,
+    errors.InvalidImage: 422,
+    errors.ImageFetchRefused: 422,
+    errors.ImageTooLarge: 413,
+    errors.UnsupportedInput: 400,
 }
 
 

@@ -20,7 +20,8 @@ import torch
 
 from app.core.manifest import BlockRankSpec, Manifest, ModelKind, sha256_file
 from app.inference.blockrank import BlockRankModel, load_backbone
-from training.export.text import score_model_manifest, staged_folder
+from training.export.common import staged_folder
+from training.export.text import score_model_manifest
 
 log = logging.getLogger(__name__)
 EXPORT_TOLERANCE = 1e-5

@@ -18,14 +18,8 @@ import torch
 from app.backends import BackendUnavailable, available
 from app.core.manifest import Manifest, ModelKind, OnnxIO, VariantParity, sha256_file
 from app.inference.cross_encoder import SCORE_OUTPUT, CrossEncoderModel
-from training.export.text import (
-    CANDIDATE_VARIANTS,
-    ONNX_FILE,
-    TOKENIZER_FILE,
-    _strip_tokenizer_padding,
-    score_model_manifest,
-    staged_folder,
-)
+from training.export.common import CANDIDATE_VARIANTS, staged_folder
+from training.export.text import ONNX_FILE, TOKENIZER_FILE, _strip_tokenizer_padding, score_model_manifest
 
 log = logging.getLogger(__name__)
 INPUTS = ["input_ids", "attention_mask", "token_type_ids"]

@@ -7,13 +7,8 @@ measured through the service's own tokenizer and backends against sentence-trans
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import shutil
-import tempfile
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,18 +30,13 @@ from app.core.manifest import (
     sha256_file,
 )
 from app.inference.text_model import TextModel
+from training.export.common import CANDIDATE_VARIANTS, measure_speeds, row_cosine, staged_folder, version
 from training.sources import load_sentence_transformer
 
 log = logging.getLogger(__name__)
 
 ONNX_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
-# Every backend x precision the service can run from the fp32 ONNX file, with what it needs.
-CANDIDATE_VARIANTS: list[tuple[Backend, Precision, list[str]]] = [
-    (Backend.ONNXRUNTIME, Precision.FP32, []),
-    (Backend.OPENVINO, Precision.FP32, []),
-    (Backend.OPENVINO, Precision.BF16, ["BF16"]),
-]
 
 
 class PooledEncoder(nn.Module):
@@ -150,7 +140,7 @@ def measure_variant(
     model = TextModel(folder, manifest, backend=backend, precision=precision, threads=threads)
     model.encode(sentences[:64])  # warm-up: compilation and allocator
     vectors = model.encode(sentences, batch_size=32)
-    cosines = _row_cosine(vectors, reference)
+    cosines = row_cosine(vectors, reference)
     parity = VariantParity(
         backend=backend,
         precision=precision,
@@ -161,41 +151,6 @@ def measure_variant(
         requires=requires,
     )
     return parity, model
-
-
-def measure_speeds(models: list[TextModel], sentences: list[str], rounds: int = 3) -> list[float]:
-    """Sentences/s per model: rounds interleaved across models, best round kept, so a burst of
-    load from elsewhere on the machine cannot make one variant look slower than another."""
-    best = [0.0] * len(models)
-    for _ in range(rounds):
-        for i, model in enumerate(models):
-            start = time.perf_counter()
-            model.encode(sentences, batch_size=32)
-            best[i] = max(best[i], len(sentences) / (time.perf_counter() - start))
-    return [round(x, 1) for x in best]
-
-
-def _row_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a / np.linalg.norm(a, axis=1, keepdims=True).clip(min=1e-12)
-    b = b / np.linalg.norm(b, axis=1, keepdims=True).clip(min=1e-12)
-    return (a * b).sum(1)
-
-
-@contextlib.contextmanager
-def staged_folder(out_dir: Path, name: str) -> Iterator[Path]:
-    """A private staging folder beside `out_dir` that replaces it only if the block succeeds, so a
-    served model folder is never half-written; on failure the staging folder is removed."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out_dir.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; the served folder must be readable by the service user
-    try:
-        yield staging
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.replace(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def export_text_model(
@@ -226,7 +181,7 @@ def export_text_model(
             files=files,
             source=SourceInfo(
                 checkpoint=source,
-                exported_with={"torch": torch.__version__, "sentence_transformers": _version("sentence_transformers")},
+                exported_with={"torch": torch.__version__, "sentence_transformers": version("sentence_transformers")},
             ),
             eval_scores=eval_scores or {},
         )
@@ -295,17 +250,8 @@ def score_model_manifest(
         source=SourceInfo(
             checkpoint=checkpoint,
             library="transformers",
-            exported_with={"torch": torch.__version__, "transformers": _version("transformers")},
+            exported_with={"torch": torch.__version__, "transformers": version("transformers")},
         ),
         eval_scores=eval_scores or {},
         **spec,
     )
-
-
-def _version(module: str) -> str:
-    import importlib.metadata
-
-    try:
-        return importlib.metadata.version(module.replace("_", "-"))
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"

@@ -9,24 +9,36 @@ import orjson
 from fastapi import APIRouter
 from starlette.responses import Response
 
-from app.api.deps import RegistryDep, SettingsDep
-from app.schemas.embeddings import EmbeddingRequest, EmbeddingResponse, EmbedRequest
-from app.services.embedding import embed_texts, truncate_dims
+from app.api.deps import FetcherDep, RegistryDep, SettingsDep
+from app.schemas.embeddings import EmbeddingRequest, EmbeddingResponse, EmbedRequest, ImageItem
+from app.services.embedding import ImageInput, embed_inputs, truncate_dims
 
 router = APIRouter(tags=["embeddings"])
 
 ERROR_RESPONSES: dict[int | str, dict[str, str]] = {
+    400: {"description": "an input the model does not embed (an image for a text model, text for an image model)"},
     404: {"description": "unknown model"},
-    413: {"description": "too many inputs, payload too large, or input over max tokens with truncate=false"},
-    422: {"description": "invalid request"},
+    413: {
+        "description": "too many inputs or images, payload or image too large (bytes or pixels), "
+        "or input over max tokens with truncate=false"
+    },
+    422: {"description": "invalid request, or an image that cannot be decoded or fetched"},
     429: {"description": "queue full; retry after Retry-After seconds"},
 }
 _NUMPY_JSON = orjson.OPT_SERIALIZE_NUMPY
 
 
+def _items(inputs: list[str | ImageItem]) -> list[str | ImageInput]:
+    return [ImageInput(item.image) if isinstance(item, ImageItem) else item for item in inputs]
+
+
 @router.post("/v1/embeddings", response_model=EmbeddingResponse, responses=ERROR_RESPONSES)
-async def create_embeddings(body: EmbeddingRequest, registry: RegistryDep, settings: SettingsDep) -> Response:
-    embedder, result = await embed_texts(registry, settings, body.model, body.input, body.truncate, body.dimensions)
+async def create_embeddings(
+    body: EmbeddingRequest, registry: RegistryDep, settings: SettingsDep, fetcher: FetcherDep
+) -> Response:
+    embedder, result = await embed_inputs(
+        registry, settings, fetcher, body.model, _items(body.input), body.truncate, body.dimensions
+    )
     vectors = truncate_dims(result.vectors, body.dimensions, renormalize=True)
     if body.encoding_format == "base64":
         little_endian = np.ascontiguousarray(vectors, dtype="<f4")
@@ -46,8 +58,10 @@ async def create_embeddings(body: EmbeddingRequest, registry: RegistryDep, setti
 
 
 @router.post("/embed", response_model=list[list[float]], responses=ERROR_RESPONSES)
-async def embed(body: EmbedRequest, registry: RegistryDep, settings: SettingsDep) -> Response:
-    _, result = await embed_texts(registry, settings, body.model, body.inputs, body.truncate, body.dimensions)
+async def embed(body: EmbedRequest, registry: RegistryDep, settings: SettingsDep, fetcher: FetcherDep) -> Response:
+    _, result = await embed_inputs(
+        registry, settings, fetcher, body.model, _items(body.inputs), body.truncate, body.dimensions
+    )
     if body.normalize or result.unnormalized is None:
         vectors = truncate_dims(result.vectors, body.dimensions, renormalize=True)
     else:

@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Path, Response
 
-from app.api.deps import CollectionsDep, RegistryDep, SettingsDep
+from app.api.deps import CollectionsDep, FetcherDep, RegistryDep, SettingsDep
 from app.core.errors import DocumentNotFound
 from app.core.text import MAX_ID_CHARS
 from app.schemas.common import INDEX_NAME_PATTERN
@@ -63,9 +63,10 @@ async def upsert_documents(
     collections: CollectionsDep,
     registry: RegistryDep,
     settings: SettingsDep,
+    fetcher: FetcherDep,
     name: str = IndexName,
 ) -> UpsertResponse:
-    upserted, size = await service.upsert(collections, registry, settings, name, body)
+    upserted, size = await service.upsert(collections, registry, settings, fetcher, name, body)
     return UpsertResponse(upserted=upserted, size=size)
 
 
@@ -78,7 +79,14 @@ async def get_document(
     if doc is None:
         raise DocumentNotFound(f"document {doc_id!r} not found in {name!r}")
     vector = doc.vector.tolist() if doc.vector is not None else None
-    return DocumentOut(id=doc.id, text=doc.text, metadata=doc.metadata, vector=vector)
+    return DocumentOut(
+        id=doc.id,
+        text=doc.text,
+        metadata=doc.metadata,
+        vector=vector,
+        image=doc.image,
+        thumbnail=service.thumbnail_uri(doc.thumbnail),
+    )
 
 
 @router.delete("/{name}/documents/{doc_id:path}", response_model=DeleteResponse)
@@ -106,9 +114,10 @@ async def search(
     collections: CollectionsDep,
     registry: RegistryDep,
     settings: SettingsDep,
+    fetcher: FetcherDep,
     name: str = IndexName,
 ) -> SearchResponse:
-    outcome = await service.search(collections, registry, settings, name, body)
+    outcome = await service.search(collections, registry, settings, fetcher, name, body)
     return SearchResponse(hits=outcome.hits, took_ms=outcome.took_ms, index_type=outcome.index_type)  # type: ignore[arg-type]
 
 

@@ -1,0 +1,145 @@
+"""Image decoding and preprocessing on real (generated) files, including hostile ones."""
+
+from __future__ import annotations
+
+import io
+import time
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.core.errors import ImageTooLarge, InvalidImage
+from app.core.manifest import ImageTower, OnnxIO
+from app.inference.images import ImageLimits, center_crop, load_pixels, open_image, preprocess, to_rgb
+
+TOWER = ImageTower(
+    input_size=32,
+    resize_size=36,
+    mean=[0.5, 0.5, 0.5],
+    std=[0.25, 0.25, 0.25],
+    onnx=OnnxIO(inputs=["pixel_values"], output="image_embedding"),
+)
+LIMITS = ImageLimits(max_bytes=1 << 20, max_pixels=4_000_000)
+
+
+def encode(image: Image.Image, fmt: str = "PNG", **kwargs: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def gradient(width: int = 64, height: int = 48) -> Image.Image:
+    x = np.linspace(0, 255, width, dtype=np.uint8)[None, :].repeat(height, 0)
+    y = np.linspace(0, 255, height, dtype=np.uint8)[:, None].repeat(width, 1)
+    return Image.fromarray(np.stack([x, y, 255 - x], axis=-1), "RGB")
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height and whose pixel data is one empty row: the shape of
+    a decompression bomb (a tiny file that would decode to gigabytes)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + kind + data + (zlib.crc32(kind + data) & 0xFFFFFFFF).to_bytes(4, "big")
+
+    ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00")) + chunk(b"IEND", b"")
+
+
+def test_preprocess_shape_and_normalisation() -> None:
+    pixels = load_pixels(encode(Image.new("RGB", (50, 40), (128, 0, 255))), TOWER, LIMITS)
+    assert pixels.shape == (3, 32, 32) and pixels.dtype == np.float32
+    expected = (np.array([128, 0, 255]) / 255 - 0.5) / 0.25
+    np.testing.assert_allclose(pixels[:, 16, 16], expected, atol=1e-5)
+
+
+def test_resize_shortest_then_center_crop_keeps_the_middle() -> None:
+    wide = Image.new("RGB", (300, 100), (255, 0, 0))
+    wide.paste((0, 0, 255), (140, 0, 160, 100))  # a blue bar in the middle
+    pixels = preprocess(wide, TOWER)
+    assert pixels[2, 16, 16] > pixels[0, 16, 16]  # the centre is blue, not red
+    assert center_crop(Image.new("RGB", (10, 10)), 32).size == (32, 32)  # smaller: padded
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "P", "PA", "RGBA", "CMYK", "I;16", "I", "F", "1"])
+def test_every_mode_becomes_rgb(mode: str) -> None:
+    source = gradient().convert("RGBA" if mode in ("LA", "PA") else "RGB")
+    image = source.convert(mode)
+    fmt = "TIFF" if mode in ("CMYK", "I;16", "I", "F", "PA", "LA") else "PNG"
+    decoded = open_image(encode(image, fmt), LIMITS)
+    rgb = to_rgb(decoded)
+    assert rgb.mode == "RGB" and rgb.size == (64, 48)
+    assert np.isfinite(preprocess(decoded, TOWER)).all()
+
+
+def test_transparency_goes_onto_the_background() -> None:
+    clear = Image.new("RGBA", (40, 40), (0, 0, 0, 0))
+    assert to_rgb(clear).getpixel((5, 5)) == (255, 255, 255)
+    assert to_rgb(clear, (0, 0, 0)).getpixel((5, 5)) == (0, 0, 0)
+
+
+def test_exif_orientation_is_applied() -> None:
+    image = Image.new("RGB", (60, 30), (0, 0, 0))
+    image.paste((255, 255, 255), (0, 0, 30, 30))  # white left half
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    decoded = open_image(encode(image, "JPEG", exif=exif.tobytes(), quality=95), LIMITS)
+    assert decoded.size == (30, 60)
+    assert decoded.getpixel((15, 5))[0] > 200 and decoded.getpixel((15, 55))[0] < 50
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF", "BMP"])
+def test_supported_formats_decode(fmt: str) -> None:
+    assert open_image(encode(gradient(), fmt), LIMITS).size == (64, 48)
+
+
+def test_not_an_image_is_refused() -> None:
+    with pytest.raises(InvalidImage, match="not an image"):
+        open_image(b"%PDF-1.4 this is a document, not a picture", LIMITS)
+    with pytest.raises(InvalidImage, match="empty"):
+        open_image(b"", LIMITS)
+
+
+def test_unsupported_format_is_refused() -> None:
+    icon = encode(gradient(32, 32), "ICO")
+    with pytest.raises(InvalidImage, match="supported format"):
+        open_image(icon, LIMITS)
+    svg = b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>'
+    with pytest.raises(InvalidImage):
+        open_image(svg, LIMITS)
+
+
+def test_truncated_jpeg_is_refused() -> None:
+    data = encode(gradient(400, 300), "JPEG")
+    with pytest.raises(InvalidImage, match="could not be decoded"):
+        open_image(data[: len(data) // 2], LIMITS)
+
+
+def test_decompression_bomb_is_refused_before_decoding() -> None:
+    bomb = png_header_only(20_000, 20_000)
+    assert len(bomb) < 100
+    started = time.perf_counter()
+    with pytest.raises(ImageTooLarge, match="20000x20000"):
+        open_image(bomb, ImageLimits(max_bytes=1 << 20, max_pixels=40_000_000))
+    assert time.perf_counter() - started < 0.5  # the pixels were never decoded
+
+
+def test_a_real_20000_square_png_is_refused_from_its_header() -> None:
+    data = encode(Image.new("1", (20_000, 20_000)), "PNG")  # 50 MB of pixels in a small file
+    with pytest.raises(ImageTooLarge):
+        open_image(data, ImageLimits(max_bytes=10 << 20, max_pixels=40_000_000))
+
+
+def test_byte_limit() -> None:
+    data = encode(gradient(), "BMP")
+    with pytest.raises(ImageTooLarge, match="bytes"):
+        open_image(data, ImageLimits(max_bytes=len(data) - 1, max_pixels=10**9))
+
+
+def test_animated_gif_uses_its_first_frame() -> None:
+    frames = [Image.new("RGB", (20, 20), c) for c in [(255, 0, 0), (0, 255, 0)]]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:])
+    decoded = to_rgb(open_image(buffer.getvalue(), LIMITS))
+    assert decoded.getpixel((5, 5))[0] > 200

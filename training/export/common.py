@@ -1,0 +1,70 @@
+"""What every exporter shares: the staging folder, the candidate variants, parity and speed helpers."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from app.core.manifest import Backend, Precision
+
+# Every backend x precision the service can run from the fp32 ONNX file, with what it needs.
+CANDIDATE_VARIANTS: list[tuple[Backend, Precision, list[str]]] = [
+    (Backend.ONNXRUNTIME, Precision.FP32, []),
+    (Backend.OPENVINO, Precision.FP32, []),
+    (Backend.OPENVINO, Precision.BF16, ["BF16"]),
+]
+
+
+class _Encodes(Protocol):
+    def encode(self, inputs: Any, batch_size: int = 32) -> np.ndarray: ...
+
+
+def measure_speeds(models: Sequence[_Encodes], inputs: Any, rounds: int = 3) -> list[float]:
+    """Inputs/s per model: rounds interleaved across models, best round kept, so a burst of
+    load from elsewhere on the machine cannot make one variant look slower than another."""
+    best = [0.0] * len(models)
+    for _ in range(rounds):
+        for i, model in enumerate(models):
+            start = time.perf_counter()
+            model.encode(inputs, batch_size=32)
+            best[i] = max(best[i], len(inputs) / (time.perf_counter() - start))
+    return [round(x, 1) for x in best]
+
+
+def row_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine of each row of `a` with the same row of `b`: (n, d) x (n, d) -> (n,)."""
+    a = a / np.linalg.norm(a, axis=1, keepdims=True).clip(min=1e-12)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True).clip(min=1e-12)
+    return (a * b).sum(1)
+
+
+@contextlib.contextmanager
+def staged_folder(out_dir: Path, name: str) -> Iterator[Path]:
+    """A private staging folder beside `out_dir` that replaces it only if the block succeeds, so a
+    served model folder is never half-written; on failure the staging folder is removed."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out_dir.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; the served folder must be readable by the service user
+    try:
+        yield staging
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.replace(out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def version(module: str) -> str:
+    try:
+        return importlib.metadata.version(module.replace("_", "-"))
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"

@@ -1,0 +1,266 @@
+"""Image-to-image contrastive training (the CLIP-ReIdent idea): class-agnostic InfoNCE between two
+views of one identity, here two art styles of one emoji codepoint (plus optional augmented copies).
+
+The tower's frozen stages never change, so their activations are computed once per image and cached
+(`cache_dir`); each step runs only the trainable stages and the projection head. Identities are split
+by codepoint (never train on a test identity) and `eval_styles` may include a style that is not in
+`train_styles` (held out entirely). Metrics before (the raw ImageNet features, no head) and after.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFilter, ImageOps
+
+from app.inference.images import ImageLimits, open_image, preprocess, to_rgb
+from training.config import ImageTrainConfig
+from training.data.images import (
+    Identity,
+    emoji_path,
+    load_identities,
+    load_idx_split,
+    split_identities,
+)
+from training.eval.images import cross_style_recall, identity_map, precision_at_k
+from training.export.image import image_tower_section
+from training.losses.layouts import BatchLayout
+from training.losses.registry import build_embedding_loss
+from training.models.image import ImageEncoder, ImageEncoderConfig
+from training.run import RunFolder, seed_everything
+
+log = logging.getLogger(__name__)
+ENCODE_BATCH = 64
+
+
+@dataclass
+class ImageSet:
+    """Frozen-stage activations of a list of images, with each image's identity and view name."""
+
+    activations: torch.Tensor  # (n, ...) float16
+    identities: list[str]
+    views: list[str]
+
+
+def _augment(image: Image.Image, rng: random.Random) -> Image.Image:
+    """A random view of one image: geometry (resized crop of 60-100% of the side, flip, small
+    rotation) and one appearance change that imitates another art style (greyscale, flat colours
+    with dark outlines, shifted hues, blur), so the head learns what survives a change of style."""
+    image = to_rgb(image)
+    width, height = image.size
+    scale = rng.uniform(0.6, 1.0)
+    w, h = max(1, int(width * scale)), max(1, int(height * scale))
+    left, top = rng.randint(0, width - w), rng.randint(0, height - h)
+    image = image.crop((left, top, left + w, top + h))
+    if rng.random() < 0.5:
+        image = ImageOps.mirror(image)
+    image = image.rotate(rng.uniform(-15, 15), resample=Image.Resampling.BILINEAR, fillcolor=(255, 255, 255))
+    style = rng.choice(("none", "grey", "outline", "hue", "blur"))
+    if style == "grey":
+        image = ImageOps.grayscale(image).convert("RGB")
+    elif style == "outline":  # flat colours and dark contours, as line-art emoji sets draw them
+        flat = ImageOps.posterize(image, 2)
+        edges = ImageOps.grayscale(image).filter(ImageFilter.FIND_EDGES).point(lambda v: 255 if v > 40 else 0)
+        image = Image.composite(
+            Image.new("RGB", image.size, (20, 20, 20)), flat, edges.filter(ImageFilter.MaxFilter(3))
+        )
+    elif style == "hue":
+        image = Image.merge("RGB", [image.getchannel(c) for c in rng.choice(("GBR", "BRG", "RBG"))])
+    elif style == "blur":
+        image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.8, 2.0)))
+    return image
+
+
+def _activations(encoder: ImageEncoder, images: list[Image.Image], tower) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(images), ENCODE_BATCH):
+            pixels = np.stack([preprocess(im, tower) for im in images[start : start + ENCODE_BATCH]])
+            out.append(encoder.frozen_activations(torch.from_numpy(pixels)).to(torch.float16))
+    return torch.cat(out)
+
+
+def _cached(cache: Path, key: str, build) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    path = cache / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.pt"
+    if path.is_file():
+        return torch.load(path, weights_only=True)
+    value = build()
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(value, tmp)
+    tmp.replace(path)
+    return value
+
+
+def emoji_set(
+    encoder: ImageEncoder,
+    config: ImageTrainConfig,
+    identities: list[Identity],
+    styles: list[str],
+    augment_views: int,
+    seed: int,
+) -> ImageSet:
+    """Activations of every (identity, style) image present, plus `augment_views` augmented copies."""
+    tower = image_tower_section(encoder)
+    limits = ImageLimits()
+    ids, views, images = [], [], []
+    rng = random.Random(seed)
+    for identity in identities:
+        for style in styles:
+            if style not in identity.styles:
+                continue
+            image = open_image(emoji_path(config.data, style, identity.unified).read_bytes(), limits)
+            ids.append(identity.unified)
+            views.append(style)
+            images.append(image)
+            for copy in range(augment_views):
+                ids.append(identity.unified)
+                views.append(f"{style}~{copy}")
+                images.append(_augment(image, rng))
+    key = (
+        f"emoji-v2|{config.tower}|{config.unfreeze_blocks}|{config.data.resolve()}|{augment_views}|{seed}|"
+        + ",".join(f"{i}/{v}" for i, v in zip(ids, views, strict=True))
+    )
+    activations = _cached(config.cache_dir, key, lambda: _activations(encoder, images, tower))
+    return ImageSet(activations, ids, views)
+
+
+def _pairs(image_set: ImageSet, rng: random.Random) -> list[tuple[int, int]]:
+    """One (view, other view) pair per identity, drawn afresh each epoch."""
+    by_identity: dict[str, list[int]] = {}
+    for row, identity in enumerate(image_set.identities):
+        by_identity.setdefault(identity, []).append(row)
+    pairs = [tuple(rng.sample(rows, 2)) for rows in by_identity.values() if len(rows) >= 2]
+    rng.shuffle(pairs)
+    return pairs  # type: ignore[return-value]
+
+
+def _embed(encoder: ImageEncoder, activations: torch.Tensor) -> np.ndarray:
+    with torch.inference_mode():
+        return np.concatenate(
+            [
+                encoder.from_activations(activations[i : i + 512].float()).numpy()
+                for i in range(0, len(activations), 512)
+            ]
+        )
+
+
+def evaluate_emoji(encoder: ImageEncoder, test: ImageSet, styles: list[str], train_styles: list[str]) -> dict:
+    """Cross-style Recall@1/@10 per ordered style pair (on identities having both), their means (all
+    pairs; pairs with a style never trained on), and identity mAP over every test image."""
+    vectors = _embed(encoder.eval(), test.activations)
+    row = {(i, v): n for n, (i, v) in enumerate(zip(test.identities, test.views, strict=True))}
+    metrics: dict[str, float] = {}
+    held_out: list[float] = []
+    all_pairs: list[float] = []
+    for a in styles:
+        for b in styles:
+            if a == b:
+                continue
+            common = sorted({i for i, v in row if v == a} & {i for i, v in row if v == b})
+            recall = cross_style_recall(vectors[[row[i, a] for i in common]], vectors[[row[i, b] for i in common]])
+            for k, value in recall.items():
+                metrics[f"{a}->{b} {k}"] = round(value, 4)
+            all_pairs.append(recall["recall@1"])
+            if a not in train_styles or b not in train_styles:
+                held_out.append(recall["recall@1"])
+    metrics["cross_style recall@1 (mean)"] = round(float(np.mean(all_pairs)), 4)
+    if held_out:
+        metrics["held_out_style recall@1 (mean)"] = round(float(np.mean(held_out)), 4)
+    metrics["identity mAP"] = round(identity_map(vectors, np.asarray(test.identities)), 4)
+    return metrics
+
+
+def fashion_mnist_set(encoder: ImageEncoder, config: ImageTrainConfig) -> tuple[torch.Tensor, np.ndarray] | None:
+    if config.fashion_mnist is None:
+        return None
+    images, labels = load_idx_split(config.fashion_mnist, "t10k")
+    if config.fashion_mnist_limit:
+        images, labels = images[: config.fashion_mnist_limit], labels[: config.fashion_mnist_limit]
+    tower = image_tower_section(encoder)
+    key = f"fmnist|{config.tower}|{config.unfreeze_blocks}|{config.fashion_mnist.resolve()}|{len(images)}"
+    activations = _cached(
+        config.cache_dir, key, lambda: _activations(encoder, [Image.fromarray(im, "L") for im in images], tower)
+    )
+    return activations, labels
+
+
+def train_image_encoder(config: ImageTrainConfig) -> dict:
+    """Train, evaluate before/after on held-out identities and Fashion-MNIST, save, export."""
+    rng = seed_everything(config.seed)
+    run = RunFolder(config.runs_dir, config.name)
+    run.write_config(config)
+    encoder = ImageEncoder(
+        ImageEncoderConfig(config.tower, config.projection_dim, config.unfreeze_blocks, config.projection_init),
+        pretrained=True,
+    )
+    baseline = ImageEncoder(ImageEncoderConfig(config.tower, None, config.unfreeze_blocks), pretrained=True).eval()
+    identities = load_identities(config.data)
+    if config.max_identities:
+        identities = sorted(identities, key=lambda i: i.unified)[:: max(1, len(identities) // config.max_identities)]
+        identities = identities[: config.max_identities]
+    train_ids, test_ids = split_identities(identities, config.test_identities, config.split_seed)
+    eval_styles = [s for s in config.eval_styles if any(s in i.styles for i in test_ids)]
+    started = time.perf_counter()
+    train_set = emoji_set(encoder, config, train_ids, config.train_styles, config.augment_views, config.seed)
+    test_set = emoji_set(encoder, config, test_ids, eval_styles, 0, 0)
+    fmnist = fashion_mnist_set(encoder, config)
+    log.info("activations ready in %.0f s (%d train views)", time.perf_counter() - started, len(train_set.identities))
+
+    def evaluate(model: ImageEncoder) -> dict:
+        metrics = evaluate_emoji(model, test_set, eval_styles, config.train_styles)
+        if fmnist is not None:
+            metrics["fashion_mnist precision@10"] = round(precision_at_k(_embed(model, fmnist[0]), fmnist[1]), 4)
+        return metrics
+
+    before = evaluate(baseline)
+    loss_fn = build_embedding_loss(config.loss)
+    if loss_fn.layout != BatchLayout.PAIRS:
+        raise ValueError(f"loss {config.loss.name} does not take (view, view) pairs")
+    params = [p for p in encoder.parameters() if p.requires_grad] + list(loss_fn.parameters())
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    steps_per_epoch = max(1, len(_pairs(train_set, random.Random(0))) // config.batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, config.learning_rate, total_steps=steps_per_epoch * config.epochs, pct_start=0.1
+    )
+    step = 0
+    with run.step_log() as steps:
+        for epoch in range(config.epochs):
+            encoder.train()
+            pairs = _pairs(train_set, rng)
+            for start in range(0, steps_per_epoch * config.batch_size, config.batch_size):
+                batch = pairs[start : start + config.batch_size]
+                left = train_set.activations[[a for a, _ in batch]].float()
+                right = train_set.activations[[b for _, b in batch]].float()
+                loss = loss_fn(encoder.from_activations(left), encoder.from_activations(right))
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                steps.write({"step": step, "epoch": epoch, "loss": round(loss.item(), 5)})
+    after = evaluate(encoder.eval())
+    encoder.save(run.path / "model")
+    metrics = {"before": before, "after": after, "train_identities": len(train_ids), "test_identities": len(test_ids)}
+    run.write_metrics(metrics)
+    if config.export is not None:
+        metrics["export_dir"] = str(export_trained(run.path / "model", config, after))
+    return metrics
+
+
+def export_trained(model_dir: Path, config: ImageTrainConfig, scores: dict) -> Path:
+    from training.export.image import export_image_model, parity_image_files
+
+    assert config.export is not None
+    target = config.export.models_dir / config.export.name
+    numeric = {k: float(v) for k, v in scores.items() if isinstance(v, int | float)}
+    images = parity_image_files(config.export.parity_images)
+    export_image_model(str(model_dir), target, config.export.name, images, eval_scores=numeric)
+    return target
