@@ -90,7 +90,7 @@ test: model image-data
 
 # schemathesis against a live server and the committed spec: 0 server errors, 0 schema violations.
 FUZZ_EXAMPLES ?= 50
-fuzz: model
+fuzz: model image-model
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) bash scripts/fuzz.sh
 
 lint: $(INSTALLED)

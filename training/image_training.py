@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,12 +79,40 @@ def _augment(image: Image.Image, rng: random.Random) -> Image.Image:
     return image
 
 
+class _FrozenStages(torch.nn.Module):
+    def __init__(self, encoder: ImageEncoder) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.encoder.frozen_activations(pixels)
+
+
 def _activations(encoder: ImageEncoder, images: list[Image.Image], tower) -> torch.Tensor:  # type: ignore[no-untyped-def]
-    out = []
-    with torch.inference_mode():
+    """The frozen stages' output for `images`, float16. Run on ONNX Runtime (an export of those
+    stages): ~4x PyTorch's CPU speed here, equal to ~1e-6."""
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as work:
+        path = Path(work) / "frozen.onnx"
+        sample = torch.zeros(2, 3, tower.input_size, tower.input_size)
+        with torch.inference_mode():
+            torch.onnx.export(
+                _FrozenStages(encoder).eval(),
+                (sample,),
+                str(path),
+                input_names=["pixels"],
+                output_names=["activations"],
+                dynamic_axes={"pixels": {0: "batch"}, "activations": {0: "batch"}},
+                opset_version=17,
+                dynamo=False,
+            )
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        out = []
         for start in range(0, len(images), ENCODE_BATCH):
             pixels = np.stack([preprocess(im, tower) for im in images[start : start + ENCODE_BATCH]])
-            out.append(encoder.frozen_activations(torch.from_numpy(pixels)).to(torch.float16))
+            (activations,) = session.run(None, {"pixels": pixels})
+            out.append(torch.from_numpy(activations).to(torch.float16))
     return torch.cat(out)
 
 
@@ -104,14 +133,15 @@ def emoji_set(
     config: ImageTrainConfig,
     identities: list[Identity],
     styles: list[str],
-    augment_views: int,
-    seed: int,
+    augmented_styles: list[str],
 ) -> ImageSet:
-    """Activations of every (identity, style) image present, plus `augment_views` augmented copies."""
+    """Activations of every (identity, style) image present, plus `augment_views` augmented copies of
+    the images in `augmented_styles`. Computed once for all identities (the augmentations drawn
+    with a fixed seed), so runs with other seeds and splits reuse the cache."""
     tower = image_tower_section(encoder)
     limits = ImageLimits()
     ids, views, images = [], [], []
-    rng = random.Random(seed)
+    rng = random.Random(0)
     for identity in identities:
         for style in styles:
             if style not in identity.styles:
@@ -120,16 +150,29 @@ def emoji_set(
             ids.append(identity.unified)
             views.append(style)
             images.append(image)
-            for copy in range(augment_views):
+            for copy in range(config.augment_views if style in augmented_styles else 0):
                 ids.append(identity.unified)
                 views.append(f"{style}~{copy}")
                 images.append(_augment(image, rng))
-    key = (
-        f"emoji-v2|{config.tower}|{config.unfreeze_blocks}|{config.data.resolve()}|{augment_views}|{seed}|"
-        + ",".join(f"{i}/{v}" for i, v in zip(ids, views, strict=True))
+    key = f"emoji-v3|{config.tower}|{config.unfreeze_blocks}|{config.data.resolve()}|" + ",".join(
+        f"{i}/{v}" for i, v in zip(ids, views, strict=True)
     )
     activations = _cached(config.cache_dir, key, lambda: _activations(encoder, images, tower))
     return ImageSet(activations, ids, views)
+
+
+def subset(image_set: ImageSet, identities: set[str], styles: set[str], augmented: bool) -> ImageSet:
+    """The rows of `identities` in `styles` (with their augmented copies when `augmented`)."""
+    rows = [
+        n
+        for n, (i, v) in enumerate(zip(image_set.identities, image_set.views, strict=True))
+        if i in identities and v.split("~")[0] in styles and (augmented or "~" not in v)
+    ]
+    return ImageSet(
+        image_set.activations[rows],
+        [image_set.identities[n] for n in rows],
+        [image_set.views[n] for n in rows],
+    )
 
 
 def _pairs(image_set: ImageSet, rng: random.Random) -> list[tuple[int, int]]:
@@ -209,8 +252,10 @@ def train_image_encoder(config: ImageTrainConfig) -> dict:
     train_ids, test_ids = split_identities(identities, config.test_identities, config.split_seed)
     eval_styles = [s for s in config.eval_styles if any(s in i.styles for i in test_ids)]
     started = time.perf_counter()
-    train_set = emoji_set(encoder, config, train_ids, config.train_styles, config.augment_views, config.seed)
-    test_set = emoji_set(encoder, config, test_ids, eval_styles, 0, 0)
+    styles = list(dict.fromkeys([*config.train_styles, *eval_styles]))
+    every = emoji_set(encoder, config, identities, styles, config.train_styles)
+    train_set = subset(every, {i.unified for i in train_ids}, set(config.train_styles), augmented=True)
+    test_set = subset(every, {i.unified for i in test_ids}, set(eval_styles), augmented=False)
     fmnist = fashion_mnist_set(encoder, config)
     log.info("activations ready in %.0f s (%d train views)", time.perf_counter() - started, len(train_set.identities))
 

@@ -26,14 +26,15 @@ ERROR_SCHEMA = {
     },
 }
 _DESCRIPTIONS = {
-    "400": "a body that is not JSON text (e.g. not UTF-8), or a model of the wrong kind",
+    "400": "a body that is not JSON text (e.g. not UTF-8), a model of the wrong kind, or an input the model "
+    "does not embed (an image for a text model)",
     "401": "API key missing or not valid (when the server has keys)",
     "403": "a read-only key (or a read-only replica) on a write",
     "404": "unknown model, collection, document or route",
     "405": "method not allowed on this path",
     "409": "already exists, or an optimise is running",
-    "413": "payload, input count or input length over a limit",
-    "422": "invalid request (types, values, filters, ids)",
+    "413": "payload, input count, input length or image size (bytes, pixels) over a limit",
+    "422": "invalid request (types, values, filters, ids), or an image that cannot be decoded or fetched",
     "429": "queue full or rate limit; retry after Retry-After seconds",
 }
 

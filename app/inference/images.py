@@ -37,8 +37,10 @@ class ImageLimits:
     max_pixels: int = 40_000_000  # width x height from the header, before decoding
 
 
-def open_image(data: bytes, limits: ImageLimits, index: int = 0) -> Image.Image:
-    """Decode `data` to an 8-bit RGB image, or raise InvalidImage / ImageTooLarge."""
+def open_image(data: bytes, limits: ImageLimits, index: int = 0, draft: int | None = None) -> Image.Image:
+    """Decode `data` to a Pillow image, or raise InvalidImage / ImageTooLarge. `draft`: a JPEG at least
+    twice that size on both sides is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, far
+    faster), never below `draft` pixels a side; what the model sees after resizing barely changes."""
     if len(data) > limits.max_bytes:
         raise ImageTooLarge(f"image {index} has {len(data)} bytes, more than the limit of {limits.max_bytes}")
     if not data:
@@ -56,14 +58,16 @@ def open_image(data: bytes, limits: ImageLimits, index: int = 0) -> Image.Image:
                     f"{limits.max_pixels}"
                 )
             image.seek(0)  # animated formats: the first frame
+            if draft and image.format == "JPEG":
+                image.draft(image.mode, (draft, draft))
             image.load()
             image = ImageOps.exif_transpose(image) or image
     except UnidentifiedImageError:
         raise InvalidImage(f"image {index} is not an image in a supported format ({', '.join(FORMATS)})") from None
     except (InvalidImage, ImageTooLarge):
         raise
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
-        # Truncated or corrupt data; Pillow raises all of these for broken files.
+    except Exception as exc:  # third-party decoders handed hostile bytes raise anything
+        # (OSError, ValueError, SyntaxError, struct.error, IndexError ... for truncated or corrupt data)
         raise InvalidImage(f"image {index} could not be decoded: {exc}") from None
     return image
 
@@ -131,7 +135,11 @@ def thumbnail_jpeg(image: Image.Image, side: int = 96, quality: int = 80) -> byt
 
 def load_pixels(data: bytes, tower: ImageTower, limits: ImageLimits, index: int = 0) -> np.ndarray:
     """Bytes -> the model's input (3, S, S): decode under the limits, then preprocess."""
-    return preprocess(open_image(data, limits, index), tower)
+    image = open_image(data, limits, index, draft=tower.resize_size)
+    try:
+        return preprocess(image, tower)
+    except Exception as exc:  # a mode Pillow cannot convert (LAB, HSV ...), a broken palette
+        raise InvalidImage(f"image {index} could not be converted to RGB: {exc}") from None
 
 
 class ImageDecoder:

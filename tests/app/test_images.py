@@ -143,3 +143,48 @@ def test_animated_gif_uses_its_first_frame() -> None:
     frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:])
     decoded = to_rgb(open_image(buffer.getvalue(), LIMITS))
     assert decoded.getpixel((5, 5))[0] > 200
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF", "TIFF"])
+def test_mutated_files_fail_cleanly(fmt: str) -> None:
+    """Bit flips, cut-offs and spliced bytes in real files: decoded or refused with a domain error,
+    never another exception (which the API would answer with a 500)."""
+    import random
+
+    rng = random.Random(fmt)
+    original = encode(gradient(120, 90), fmt)
+    outcomes = {"ok": 0, "refused": 0}
+    for _ in range(150):
+        data = bytearray(original)
+        kind = rng.choice(("flip", "cut", "splice", "zero"))
+        if kind == "flip":
+            for _ in range(rng.randint(1, 20)):
+                data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+        elif kind == "cut":
+            data = data[: rng.randrange(1, len(data))]
+        elif kind == "splice":
+            at = rng.randrange(len(data))
+            data[at:at] = rng.randbytes(rng.randint(1, 64))
+        else:
+            at = rng.randrange(len(data))
+            data[at : at + 16] = bytes(16)
+        try:
+            load_pixels(bytes(data), TOWER, LIMITS)
+            outcomes["ok"] += 1
+        except (InvalidImage, ImageTooLarge):
+            outcomes["refused"] += 1
+    assert outcomes["refused"] > 0
+
+
+@pytest.mark.parametrize("mode", ["LAB", "YCbCr"])
+def test_unusual_modes_convert_or_are_refused(mode: str) -> None:
+    image = gradient().convert(mode) if mode != "LAB" else Image.new("LAB", (20, 20))
+    try:
+        data = encode(image, "TIFF")
+    except OSError:
+        pytest.skip(f"Pillow cannot write {mode} TIFF")
+    try:
+        pixels = load_pixels(data, TOWER, LIMITS)
+        assert pixels.shape == (3, 32, 32)
+    except InvalidImage:
+        pass
