@@ -73,7 +73,7 @@ image-data: $(EMOJI) $(FASHION_MNIST)
 
 # The served image encoder (see IMAGE_MODEL); its run folder is runs/mobilenet-v2-emoji.
 image-model: $(IMAGE_MODEL)
-$(IMAGE_MODEL): $(EMOJI) | $(INSTALLED)
+$(IMAGE_MODEL): $(EMOJI) training/configs/serve-image.yaml | $(INSTALLED)
 	$(PY) -m training train-image --config training/configs/serve-image.yaml
 
 # A demo collection for `make serve`: Cranfield (1,400 aeronautics abstracts) in BEIR layout.

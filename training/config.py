@@ -218,6 +218,8 @@ class ImageTrainConfig(Strict):
     tower: Literal["mobilenet_v2", "efficientnet_lite0"] = "mobilenet_v2"
     projection_dim: int | None = Field(512, ge=8)
     projection_init: Literal["random", "identity"] = "random"
+    head: Literal["linear", "spatial"] = "linear"  # spatial: the final feature map too (layout)
+    spatial_channels: int = Field(32, ge=1, le=512)
     unfreeze_blocks: int = Field(0, ge=0, le=8)
     data: Path = Path("data/emoji")
     train_styles: list[str] = ["google", "twitter"]

@@ -154,7 +154,7 @@ def emoji_set(
                 ids.append(identity.unified)
                 views.append(f"{style}~{copy}")
                 images.append(_augment(image, rng))
-    key = f"emoji-v3|{config.tower}|{config.unfreeze_blocks}|{config.data.resolve()}|" + ",".join(
+    key = f"emoji-v4|{config.tower}|{config.unfreeze_blocks}|{config.data.resolve()}|" + ",".join(
         f"{i}/{v}" for i, v in zip(ids, views, strict=True)
     )
     activations = _cached(config.cache_dir, key, lambda: _activations(encoder, images, tower))
@@ -228,7 +228,7 @@ def fashion_mnist_set(encoder: ImageEncoder, config: ImageTrainConfig) -> tuple[
     if config.fashion_mnist_limit:
         images, labels = images[: config.fashion_mnist_limit], labels[: config.fashion_mnist_limit]
     tower = image_tower_section(encoder)
-    key = f"fmnist|{config.tower}|{config.unfreeze_blocks}|{config.fashion_mnist.resolve()}|{len(images)}"
+    key = f"fmnist-v2|{config.tower}|{config.unfreeze_blocks}|{config.fashion_mnist.resolve()}|{len(images)}"
     activations = _cached(
         config.cache_dir, key, lambda: _activations(encoder, [Image.fromarray(im, "L") for im in images], tower)
     )
@@ -241,7 +241,14 @@ def train_image_encoder(config: ImageTrainConfig) -> dict:
     run = RunFolder(config.runs_dir, config.name)
     run.write_config(config)
     encoder = ImageEncoder(
-        ImageEncoderConfig(config.tower, config.projection_dim, config.unfreeze_blocks, config.projection_init),
+        ImageEncoderConfig(
+            config.tower,
+            config.projection_dim,
+            config.unfreeze_blocks,
+            config.projection_init,
+            config.head,
+            config.spatial_channels,
+        ),
         pretrained=True,
     )
     baseline = ImageEncoder(ImageEncoderConfig(config.tower, None, config.unfreeze_blocks), pretrained=True).eval()

@@ -58,3 +58,29 @@ def test_identity_head_starts_at_the_raw_features() -> None:
     with torch.inference_mode():
         features = encoder.tower.pooled(chelsea_pixels("mobilenet_v2"))
         np.testing.assert_allclose(encoder.project(features).numpy(), features.numpy(), atol=1e-6)
+
+
+def test_spatial_head_starts_at_the_linear_head_and_exports_with_parity(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The map path is zero-initialised (training starts from the raw features); once it has weights,
+    the exported graph still computes exactly what PyTorch does, through the service's loader."""
+    from app.core.manifest import Manifest
+    from app.inference.image_model import ImageModel
+    from app.inference.images import ImageLimits
+    from tests.conftest import COCO_PHOTOS
+    from training.export.image import export_image_model
+
+    config = ImageEncoderConfig("mobilenet_v2", 1280, 1, "identity", head="spatial", spatial_channels=8)
+    encoder = ImageEncoder(config).eval()
+    pixels = chelsea_pixels("mobilenet_v2")
+    with torch.inference_mode():
+        np.testing.assert_allclose(encoder.pooled(pixels).numpy(), encoder.tower.pooled(pixels).numpy(), atol=1e-4)
+        torch.nn.init.normal_(encoder.spatial[-1].weight, std=0.01)  # as if trained
+        expected = encoder(pixels)[0].numpy()
+    encoder.save(tmp_path / "trained")
+    photos = sorted(COCO_PHOTOS.glob("*.jpg"))[:20]
+    manifest = export_image_model(str(tmp_path / "trained"), tmp_path / "out", "spatial", photos, min_images=20)
+    assert all(v.min_cosine > 0.9999 for v in manifest.parity if v.precision.value == "fp32")
+    model = ImageModel(tmp_path / "out", Manifest.load(tmp_path / "out"))
+    served = model.encode(pixels.numpy())
+    assert float((served * expected).sum()) > 0.9999
+    assert model.pixels(photos[0].read_bytes(), ImageLimits()).shape == (3, 224, 224)

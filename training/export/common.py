@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
+from app.backends import BackendUnavailable, available
 from app.core.manifest import Backend, Precision
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Every backend x precision the service can run from the fp32 ONNX file, with what it needs.
 CANDIDATE_VARIANTS: list[tuple[Backend, Precision, list[str]]] = [
@@ -21,6 +26,23 @@ CANDIDATE_VARIANTS: list[tuple[Backend, Precision, list[str]]] = [
     (Backend.OPENVINO, Precision.FP32, []),
     (Backend.OPENVINO, Precision.BF16, ["BF16"]),
 ]
+
+
+def open_candidates(
+    open_model: Callable[[Backend, Precision], T],
+) -> Iterator[tuple[Backend, Precision, list[str], T]]:
+    """Each candidate variant this machine can run, opened by `open_model(backend, precision)`;
+    the others are skipped (logged), not failed: an export on a CPU without bf16 still succeeds."""
+    for backend, precision, requires in CANDIDATE_VARIANTS:
+        if not available(backend, precision):
+            log.info("skipping %s-%s: not available on this machine", backend, precision)
+            continue
+        try:
+            model = open_model(backend, precision)
+        except BackendUnavailable as exc:
+            log.info("skipping %s-%s: %s", backend, precision, exc)
+            continue
+        yield backend, precision, requires, model
 
 
 class _Encodes(Protocol):

@@ -15,10 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from app.backends import BackendUnavailable, available
 from app.core.manifest import Manifest, ModelKind, OnnxIO, VariantParity, sha256_file
 from app.inference.cross_encoder import SCORE_OUTPUT, CrossEncoderModel
-from training.export.common import CANDIDATE_VARIANTS, staged_folder
+from training.export.common import open_candidates, staged_folder
 from training.export.text import ONNX_FILE, TOKENIZER_FILE, _strip_tokenizer_padding, score_model_manifest
 
 log = logging.getLogger(__name__)
@@ -89,13 +88,8 @@ def export_cross_encoder(
         # A fresh copy: the ONNX exporter leaves the traced model in a state that scores differently.
         fresh = AutoModelForSequenceClassification.from_pretrained(source, attn_implementation="eager").eval()
         reference = _torch_scores(fresh, sequences, reference_model)
-        for backend, precision, requires in CANDIDATE_VARIANTS:
-            if not available(backend, precision):
-                continue
-            try:
-                runner = CrossEncoderModel(staging, manifest, backend=backend, precision=precision)
-            except BackendUnavailable:
-                continue
+        opened = open_candidates(lambda b, p: CrossEncoderModel(staging, manifest, backend=b, precision=p))
+        for backend, precision, requires, runner in opened:
             start = time.perf_counter()
             scores = np.concatenate(
                 [runner.forward(sequences[i : i + 32])[:, 0, 0] for i in range(0, len(sequences), 32)]

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from app.backends import BackendUnavailable, available
 from app.core.manifest import (
     ImageTower,
     Manifest,
@@ -26,7 +25,7 @@ from app.core.manifest import (
 )
 from app.inference.image_model import PIXEL_INPUT, ImageModel
 from app.inference.images import ImageLimits, load_pixels
-from training.export.common import CANDIDATE_VARIANTS, measure_speeds, row_cosine, staged_folder, version
+from training.export.common import measure_speeds, open_candidates, row_cosine, staged_folder, version
 from training.models.image import ImageEncoder
 from training.models.image_towers import tower_spec
 
@@ -118,15 +117,8 @@ def export_image_model(
                 [encoder(torch.from_numpy(pixels[i : i + 64]))[1].numpy() for i in range(0, len(pixels), 64)]
             )  # (n, dim) unnormalised; cosine is scale-free
         models: list[ImageModel] = []
-        for backend, precision, requires in CANDIDATE_VARIANTS:
-            if not available(backend, precision):
-                log.info("skipping %s-%s: not available on this machine", backend, precision)
-                continue
-            try:
-                model = ImageModel(staging, manifest, backend=backend, precision=precision, threads=threads)
-            except BackendUnavailable as exc:
-                log.info("skipping %s-%s: %s", backend, precision, exc)
-                continue
+        opened = open_candidates(lambda b, p: ImageModel(staging, manifest, backend=b, precision=p, threads=threads))
+        for backend, precision, requires, model in opened:
             cosines = row_cosine(model.encode(pixels), reference)
             manifest.parity.append(
                 VariantParity(

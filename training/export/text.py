@@ -16,7 +16,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from app.backends import BackendUnavailable, available
 from app.core.manifest import (
     Backend,
     Manifest,
@@ -30,7 +29,7 @@ from app.core.manifest import (
     sha256_file,
 )
 from app.inference.text_model import TextModel
-from training.export.common import CANDIDATE_VARIANTS, measure_speeds, row_cosine, staged_folder, version
+from training.export.common import measure_speeds, open_candidates, row_cosine, staged_folder, version
 from training.sources import load_sentence_transformer
 
 log = logging.getLogger(__name__)
@@ -131,7 +130,6 @@ def measure_variant(
     manifest: Manifest,
     backend: Backend,
     precision: Precision,
-    requires: list[str],
     sentences: list[str],
     reference: np.ndarray,  # (n, dim) sentence-transformers embeddings, fp32
     threads: int = 0,
@@ -148,7 +146,6 @@ def measure_variant(
         min_cosine=float(cosines.min()),
         mean_cosine=float(cosines.mean()),
         n_samples=len(sentences),
-        requires=requires,
     )
     return parity, model
 
@@ -190,17 +187,11 @@ def export_text_model(
                 parity_sentences, batch_size=32, convert_to_numpy=True, normalize_embeddings=False
             )
         models: list[TextModel] = []
-        for backend, precision, requires in CANDIDATE_VARIANTS:
-            if not available(backend, precision):
-                log.info("skipping %s-%s: not available on this machine", backend, precision)
-                continue
-            try:
-                parity, model = measure_variant(
-                    staging, manifest, backend, precision, requires, parity_sentences, reference, threads
-                )
-            except BackendUnavailable as exc:
-                log.info("skipping %s-%s: %s", backend, precision, exc)
-                continue
+        measured = open_candidates(
+            lambda b, p: measure_variant(staging, manifest, b, p, parity_sentences, reference, threads)
+        )
+        for _, _, requires, (parity, model) in measured:
+            parity.requires = requires
             manifest.parity.append(parity)
             models.append(model)
         for parity, speed in zip(manifest.parity, measure_speeds(models, parity_sentences[:500]), strict=True):

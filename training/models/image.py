@@ -27,6 +27,11 @@ class ImageEncoderConfig:
     unfreeze_blocks: int = 0  # the last N tower stages train; the rest stay ImageNet's
     # "identity" (projection_dim = the tower's width): training starts from the raw features exactly
     projection_init: str = "random"
+    # "linear": the head sees the pooled features. "spatial": it also sees the final feature map
+    # (1x1 conv to `spatial_channels`, flattened, linear, zero-initialised and added), so where
+    # things are in the image can count, not only which features occur.
+    head: str = "linear"
+    spatial_channels: int = 32
 
 
 class ImageEncoder(nn.Module):
@@ -43,7 +48,16 @@ class ImageEncoder(nn.Module):
                 raise ValueError(f"an identity-initialised head needs projection_dim = {feature_dim}")
             with torch.no_grad():
                 self.projection.weight.copy_(torch.eye(feature_dim))
+        self.spatial = self._spatial_head(config, feature_dim) if config.head == "spatial" else None
         self.freeze()
+
+    def _spatial_head(self, config: ImageEncoderConfig, feature_dim: int) -> nn.Sequential:
+        side = tower_spec(config.tower).input_size // 32  # the map after five stride-2 stages
+        out = nn.Linear(config.spatial_channels * side * side, self.dim, bias=False)
+        nn.init.zeros_(out.weight)  # starts as the linear head alone
+        return nn.Sequential(
+            nn.Conv2d(feature_dim, config.spatial_channels, 1, bias=False), nn.ReLU(), nn.Flatten(), out
+        )
 
     @property
     def dim(self) -> int:
@@ -80,12 +94,18 @@ class ImageEncoder(nn.Module):
 
     def from_activations(self, activations: torch.Tensor) -> torch.Tensor:
         """Trainable stages + head on cached frozen activations -> (batch, dim) before normalisation."""
-        return self.project(run_stages(self.split()[1], activations))
+        return self.embed_map(run_stages(self.split()[1], activations))
 
     def pooled(self, pixels: torch.Tensor) -> torch.Tensor:
         """(batch, 3, S, S) -> (batch, dim) before normalisation."""
-        features = self.tower.pooled(pixels)  # type: ignore[operator]  # (batch, 1280)
-        return self.project(features)
+        return self.embed_map(run_stages(self.tower.stages(), pixels))  # type: ignore[operator]
+
+    def embed_map(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """The tower's final map (batch, 1280, s, s) -> (batch, dim) before normalisation."""
+        embedding = self.project(feature_map.mean(dim=(2, 3)))  # (batch, dim)
+        if self.spatial is not None:
+            embedding = embedding + self.spatial(feature_map)
+        return embedding
 
     def project(self, features: torch.Tensor) -> torch.Tensor:
         """Tower features (batch, 1280) -> (batch, dim): the head (identity without one)."""

@@ -97,11 +97,8 @@ class MobileNetV2(nn.Module):
         self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(1280, num_classes))
 
     def stages(self) -> list[Stage]:
-        """The feature stages in order; the last one ends with global average pooling."""
-        stages = [Stage(block, [block]) for block in self.features]
-        last = self.features[-1]
-        stages[-1] = Stage(lambda h: last(h).mean(dim=(2, 3)), [last])
-        return stages
+        """The feature stages in order; the last one gives the (batch, 1280, H/32, W/32) map."""
+        return [Stage(block, [block]) for block in self.features]
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, 3, H, W) normalised pixels -> (batch, 1280) global-average-pooled features."""
@@ -186,11 +183,11 @@ class EfficientNetLite0(nn.Module):
         self._fc = nn.Linear(1280, num_classes)
 
     def stages(self) -> list[Stage]:
-        """Stem, the 16 blocks, head (ending with global average pooling)."""
+        """Stem, the 16 blocks, head (the (batch, 1280, H/32, W/32) map)."""
         return [
             Stage(lambda x: F.relu6(self._bn0(self._conv_stem(x))), [self._conv_stem, self._bn0]),
             *(Stage(block, [block]) for block in self._blocks),
-            Stage(lambda h: F.relu6(self._bn1(self._conv_head(h))).mean(dim=(2, 3)), [self._conv_head, self._bn1]),
+            Stage(lambda h: F.relu6(self._bn1(self._conv_head(h))), [self._conv_head, self._bn1]),
         ]
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
