@@ -40,6 +40,7 @@ def make_batcher(
     row_shape: tuple[int, int],
     settings: Settings,
     cost_budget: int | None = None,
+    max_queue: int | None = None,
 ) -> DynamicBatcher:
     """One batcher per served model, sized by the settings (token budget, queue, streams)."""
     return DynamicBatcher(
@@ -48,7 +49,7 @@ def make_batcher(
         row_shape,
         cost_budget=cost_budget or settings.batch_token_budget,
         max_batch_size=settings.max_batch_size,
-        max_queue=settings.max_queue,
+        max_queue=max_queue or settings.max_queue,
         workers=settings.streams,
     )
 
@@ -135,6 +136,9 @@ class ImageEncoderModel(_Batched, Embedder):
             (len(self.model.outputs), self.dim),
             settings,
             cost_budget=settings.image_batch_pixels,
+            # A decoded image waiting here holds ~600 KB (3 x 224 x 224 float32): the text queue's
+            # 8,192 items would be ~5 GB, so images queue no deeper than the decode pool admits.
+            max_queue=settings.image_decode_queue,
         )
         self._images = metrics.IMAGES.labels(manifest.name)
         warm_up(self.model.forward, np.zeros((3, self.model.tower.input_size, self.model.tower.input_size), np.float32))

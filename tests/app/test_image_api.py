@@ -210,3 +210,10 @@ def test_images_to_a_text_collection_are_refused(image_client: TestClient) -> No
     )
     assert both.status_code == 422
     image_client.delete("/indexes/texts")
+
+
+def test_decoded_images_queue_no_deeper_than_the_decode_pool(image_client: TestClient) -> None:
+    settings = image_client.app.state.settings  # type: ignore[attr-defined]
+    model = image_client.app.state.registry.get(MODEL)  # type: ignore[attr-defined]
+    assert model.batcher.max_queue == settings.image_decode_queue < settings.max_queue
+    assert model.decoder.max_pending == settings.image_decode_queue
