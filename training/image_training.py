@@ -235,12 +235,8 @@ def fashion_mnist_set(encoder: ImageEncoder, config: ImageTrainConfig) -> tuple[
     return activations, labels
 
 
-def train_image_encoder(config: ImageTrainConfig) -> dict:
-    """Train, evaluate before/after on held-out identities and Fashion-MNIST, save, export."""
-    rng = seed_everything(config.seed)
-    run = RunFolder(config.runs_dir, config.name)
-    run.write_config(config)
-    encoder = ImageEncoder(
+def _encoder(config: ImageTrainConfig) -> ImageEncoder:
+    return ImageEncoder(
         ImageEncoderConfig(
             config.tower,
             config.projection_dim,
@@ -251,7 +247,20 @@ def train_image_encoder(config: ImageTrainConfig) -> dict:
         ),
         pretrained=True,
     )
-    baseline = ImageEncoder(ImageEncoderConfig(config.tower, None, config.unfreeze_blocks), pretrained=True).eval()
+
+
+@dataclass
+class _Data:
+    train: ImageSet
+    test: ImageSet
+    eval_styles: list[str]
+    fashion_mnist: tuple[torch.Tensor, np.ndarray] | None
+    train_identities: int
+
+
+def _prepare(encoder: ImageEncoder, config: ImageTrainConfig) -> _Data:
+    """Identities split by codepoint, the frozen stages' activations (cached) of both sides, and
+    Fashion-MNIST's when configured."""
     identities = load_identities(config.data)
     if config.max_identities:
         identities = sorted(identities, key=lambda i: i.unified)[:: max(1, len(identities) // config.max_identities)]
@@ -265,14 +274,22 @@ def train_image_encoder(config: ImageTrainConfig) -> dict:
     test_set = subset(every, {i.unified for i in test_ids}, set(eval_styles), augmented=False)
     fmnist = fashion_mnist_set(encoder, config)
     log.info("activations ready in %.0f s (%d train views)", time.perf_counter() - started, len(train_set.identities))
+    return _Data(train_set, test_set, eval_styles, fmnist, len(train_ids))
 
-    def evaluate(model: ImageEncoder) -> dict:
-        metrics = evaluate_emoji(model, test_set, eval_styles, config.train_styles)
-        if fmnist is not None:
-            metrics["fashion_mnist precision@10"] = round(precision_at_k(_embed(model, fmnist[0]), fmnist[1]), 4)
-        return metrics
 
-    before = evaluate(baseline)
+def _evaluate(model: ImageEncoder, data: _Data, config: ImageTrainConfig) -> dict:
+    metrics = evaluate_emoji(model, data.test, data.eval_styles, config.train_styles)
+    if data.fashion_mnist is not None:
+        activations, labels = data.fashion_mnist
+        metrics["fashion_mnist precision@10"] = round(precision_at_k(_embed(model, activations), labels), 4)
+    return metrics
+
+
+def _fit(
+    encoder: ImageEncoder, train_set: ImageSet, config: ImageTrainConfig, rng: random.Random, run: RunFolder
+) -> None:
+    """InfoNCE (or another pair loss) between two views of each identity, one pair per identity per
+    epoch, on the cached activations; one JSON line per step in the run folder."""
     loss_fn = build_embedding_loss(config.loss)
     if loss_fn.layout != BatchLayout.PAIRS:
         raise ValueError(f"loss {config.loss.name} does not take (view, view) pairs")
@@ -289,7 +306,7 @@ def train_image_encoder(config: ImageTrainConfig) -> dict:
             pairs = _pairs(train_set, rng)
             for start in range(0, steps_per_epoch * config.batch_size, config.batch_size):
                 batch = pairs[start : start + config.batch_size]
-                left = train_set.activations[[a for a, _ in batch]].float()
+                left = train_set.activations[[a for a, _ in batch]].float()  # (b, ...) frozen activations
                 right = train_set.activations[[b for _, b in batch]].float()
                 loss = loss_fn(encoder.from_activations(left), encoder.from_activations(right))
                 optimizer.zero_grad()
@@ -298,9 +315,26 @@ def train_image_encoder(config: ImageTrainConfig) -> dict:
                 scheduler.step()
                 step += 1
                 steps.write({"step": step, "epoch": epoch, "loss": round(loss.item(), 5)})
-    after = evaluate(encoder.eval())
+
+
+def train_image_encoder(config: ImageTrainConfig) -> dict:
+    """Train, evaluate before/after on held-out identities and Fashion-MNIST, save, export."""
+    rng = seed_everything(config.seed)
+    run = RunFolder(config.runs_dir, config.name)
+    run.write_config(config)
+    encoder = _encoder(config)
+    baseline = ImageEncoder(ImageEncoderConfig(config.tower, None, config.unfreeze_blocks), pretrained=True).eval()
+    data = _prepare(encoder, config)
+    before = _evaluate(baseline, data, config)
+    _fit(encoder, data.train, config, rng, run)
+    after = _evaluate(encoder.eval(), data, config)
     encoder.save(run.path / "model")
-    metrics = {"before": before, "after": after, "train_identities": len(train_ids), "test_identities": len(test_ids)}
+    metrics = {
+        "before": before,
+        "after": after,
+        "train_identities": data.train_identities,
+        "test_identities": config.test_identities,
+    }
     run.write_metrics(metrics)
     if config.export is not None:
         metrics["export_dir"] = str(export_trained(run.path / "model", config, after))
