@@ -92,7 +92,6 @@ class ImageFileEncoder:
         """(n, dim) vectors (NaN rows for bad files) and {row: problem}."""
         out = np.full((len(paths), self.dim), np.nan, dtype=np.float32)
         problems: dict[int, str] = {}
-        size = self.model.tower.input_size
         with ThreadPoolExecutor(self.workers, thread_name_prefix="image-read") as pool:
             # At most two batches decoded ahead: memory stays bounded whatever the window size.
             ahead: deque[Future[np.ndarray | str]] = deque()
@@ -109,6 +108,5 @@ class ImageFileEncoder:
                         rows.append(row)
                         pixels.append(item)
                 if pixels:
-                    batch = np.stack(pixels).reshape(len(pixels), 3, size, size)
-                    out[rows] = self.model.encode(batch, batch_size=len(pixels))
+                    out[rows] = self.model.encode(np.stack(pixels), batch_size=len(pixels))  # (b, 3, S, S)
         return out, problems

@@ -64,6 +64,21 @@ def truncate_dims(vectors: np.ndarray, dimensions: int | None, renormalize: bool
     return cut
 
 
+def check_image_count(count: int, settings: Settings) -> None:
+    if count > settings.max_images_per_request:
+        raise TooManyInputs(f"{count} images; at most {settings.max_images_per_request} per request")
+
+
+async def read_images(
+    sources: list[str], positions: list[int], settings: Settings, fetcher: ImageFetcher
+) -> list[bytes]:
+    """Each image item's bytes (base64, data URI or fetched URL), concurrently; errors name the
+    item by its position in the request."""
+    return list(
+        await asyncio.gather(*(image_bytes(v, settings, fetcher, i) for v, i in zip(sources, positions, strict=True)))
+    )
+
+
 def check_modalities(embedder: Embedder, texts: int, images: int) -> None:
     if images and Capability.EMBED_IMAGE not in embedder.capabilities:
         raise UnsupportedInput(f"model '{embedder.name}' embeds text only; image items need an image or clip model")
@@ -85,8 +100,7 @@ async def embed_inputs(
     if not image_rows:
         return await embed_texts(registry, settings, model, inputs, truncate, dimensions)  # type: ignore[arg-type]
     check_input_count(len(inputs), settings)
-    if len(image_rows) > settings.max_images_per_request:
-        raise TooManyInputs(f"{len(image_rows)} images; at most {settings.max_images_per_request} per request")
+    check_image_count(len(image_rows), settings)
     text_rows = [i for i, item in enumerate(inputs) if not isinstance(item, ImageInput)]
     texts: list[str] = [inputs[i] for i in text_rows]  # type: ignore[misc]
     check_input_chars(texts, settings)
@@ -94,10 +108,8 @@ async def embed_inputs(
     check_modalities(embedder, len(texts), len(image_rows))
     if dimensions is not None and dimensions > embedder.dim:
         raise InvalidDimensions(f"dimensions={dimensions} exceeds the model's {embedder.dim}")
-    encoded = await asyncio.gather(
-        *(image_bytes(inputs[i].image, settings, fetcher, i) for i in image_rows)  # type: ignore[union-attr]
-    )
-    images = await embedder.embed_images(list(encoded), image_rows)
+    sources = [inputs[i].image for i in image_rows]  # type: ignore[union-attr]
+    images = await embedder.embed_images(await read_images(sources, image_rows, settings, fetcher), image_rows)
     if not texts:
         return embedder, images
     text = await embedder.embed_text(texts, truncate=truncate)

@@ -18,7 +18,6 @@ from app.core.errors import (
     InvalidRequest,
     InvalidVector,
     OptimizeRunning,
-    TooManyInputs,
     WrongDimension,
 )
 from app.inference.images import ImageLimits, open_image, thumbnail_jpeg
@@ -28,8 +27,16 @@ from app.search.collection import Collection
 from app.search.manager import CollectionManager
 from app.search.store import Document
 from app.search.vector_index import SearchParams
-from app.services.embedding import ImageInput, check_input_count, check_modalities, embed_inputs, embed_texts
-from app.services.image_sources import ImageFetcher, image_bytes
+from app.services.embedding import (
+    ImageInput,
+    check_image_count,
+    check_input_count,
+    check_modalities,
+    embed_inputs,
+    embed_texts,
+    read_images,
+)
+from app.services.image_sources import ImageFetcher
 from app.services.rerank import rerank
 
 log = logging.getLogger(__name__)
@@ -105,9 +112,8 @@ async def _embed_images(
     unless the collection keeps them)."""
     embedder = registry.embedder(collection.config.model)
     check_modalities(embedder, 0, len(images))
-    if len(images) > settings.max_images_per_request:
-        raise TooManyInputs(f"{len(images)} images; at most {settings.max_images_per_request} per request")
-    encoded = list(await asyncio.gather(*(image_bytes(v, settings, fetcher, i) for i, v in enumerate(images))))
+    check_image_count(len(images), settings)
+    encoded = await read_images(images, list(range(len(images))), settings, fetcher)
     result = await embedder.embed_images(encoded)
     if not collection.config.thumbnails:
         return result.vectors, [None] * len(images)

