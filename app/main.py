@@ -15,7 +15,7 @@ from app.api.access import ALWAYS_OPEN_PATHS, AccessMiddleware, configure_access
 from app.api.errors import install_error_handlers
 from app.api.middleware import CancelOnDisconnectMiddleware, MetricsMiddleware, PayloadLimitMiddleware
 from app.api.openapi_doc import install_openapi
-from app.api.routes import embeddings, health, indexes, models, rerank
+from app.api.routes import classify, embeddings, health, indexes, models, rerank
 from app.core.auth import KeyStore, RateLimiter, parse_keys
 from app.core.config import Settings, get_settings
 from app.inference.registry import ModelRegistry
@@ -58,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(indexes.router)
     app.include_router(rerank.router)
+    app.include_router(classify.router)
     app.include_router(health.router)
     app.add_middleware(CancelOnDisconnectMiddleware)  # innermost: sees the body as the handler reads it
     app.add_middleware(PayloadLimitMiddleware, max_bytes=settings.max_payload_bytes)

@@ -95,6 +95,21 @@ def write_bodies(path: Path, texts: list[str], per_request: int, model: str, cou
     path.write_text("\n".join(lines) + "\n")
 
 
+def start_tessera(models_dir: Path, model: str, data_dir: Path, port: int) -> subprocess.Popen:
+    """`tessera serve` on loopback serving only `model` (as its default), quiet logs."""
+    env = {
+        **os.environ,
+        "TESSERA_MODELS_DIR": str(models_dir),
+        "TESSERA_MODELS": model,
+        "TESSERA_DEFAULT_MODEL": model,
+        "TESSERA_DATA_DIR": str(data_dir),
+        "TESSERA_PORT": str(port),
+        "TESSERA_ACCESS_LOG": "false",
+        "TESSERA_LOG_LEVEL": "warning",
+    }
+    return subprocess.Popen([str(ROOT / ".venv" / "bin" / "tessera"), "serve"], env=env)
+
+
 def wait_ready(url: str, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

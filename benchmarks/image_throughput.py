@@ -23,7 +23,6 @@ import base64
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,7 +39,7 @@ from app.inference.image_model import ImageFileEncoder, ImageModel  # noqa: E402
 from app.inference.images import ImageDecoder, ImageLimits, load_pixels  # noqa: E402
 from app.inference.variants import choose_variant  # noqa: E402
 from app.search.builder import BuildOptions, build_index  # noqa: E402
-from benchmarks.embed_http import WRK_LUA, run_wrk, wait_ready  # noqa: E402
+from benchmarks.embed_http import WRK_LUA, run_wrk, start_tessera, wait_ready  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 COCO = ROOT.parent / "shared" / "data" / "coco-mini" / "train2017"
@@ -120,17 +119,7 @@ def http(models_dir: Path, model: str, images: list[bytes], connections: int, du
             handle.write(json.dumps({"model": model, "input": items}) + "\n")
     lua = work / "bodies.lua"
     lua.write_text(WRK_LUA)
-    env = {
-        **os.environ,
-        "TESSERA_MODELS_DIR": str(models_dir),
-        "TESSERA_MODELS": model,
-        "TESSERA_DEFAULT_MODEL": model,
-        "TESSERA_DATA_DIR": str(work / "data"),
-        "TESSERA_PORT": str(PORT),
-        "TESSERA_ACCESS_LOG": "false",
-        "TESSERA_LOG_LEVEL": "warning",
-    }
-    server = subprocess.Popen([str(ROOT / ".venv" / "bin" / "tessera"), "serve"], env=env)
+    server = start_tessera(models_dir, model, work / "data", PORT)
     try:
         wait_ready(f"http://127.0.0.1:{PORT}/ready")
         run_wrk(f"http://127.0.0.1:{PORT}/v1/embeddings", bodies, lua, connections, 3)  # warm-up

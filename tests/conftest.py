@@ -191,3 +191,27 @@ def image_models_dir(tmp_path_factory: pytest.TempPathFactory, default_models_di
     photos = sorted(COCO_PHOTOS.glob("*.jpg"))
     export_image_model("mobilenet_v2", models / "mobilenet-v2", "mobilenet-v2", photos, min_images=len(photos))
     return models
+
+
+@pytest.fixture(scope="session")
+def clip_models_dir(tmp_path_factory: pytest.TempPathFactory, default_models_dir: Path) -> Path:
+    """A models/ folder with the default text model and `clip-conse`: the zero-training image-text
+    model (real MobileNetV2 softmax x MiniLM class names, MiniLM as its text tower) exported as kind
+    clip; image parity on the 80 COCO-mini photos."""
+    from training.clip_training import conse_head
+    from training.export.clip import export_clip_model
+
+    work = tmp_path_factory.mktemp("clip-models")
+    models = work / "models"
+    models.mkdir()
+    (models / "minilm-l6").symlink_to(default_models_dir / "minilm-l6")
+    conse_head(default_models_dir / "minilm-l6").save(work / "head")
+    export_clip_model(
+        work / "head",
+        default_models_dir / "minilm-l6",
+        models / "clip-conse",
+        "clip-conse",
+        [COCO_PHOTOS],
+        min_images=80,
+    )
+    return models

@@ -120,6 +120,37 @@ def data_emoji(
     typer.echo(f"wrote {out}: {count} identities in {len(packages) + bool(openmoji_svg)} styles")
 
 
+@data_app.command("openclipart")
+def data_openclipart(
+    png: Annotated[Path, typer.Option(help="openclipart-png's usr/share/openclipart/png folder")],
+    svg: Annotated[Path, typer.Option(help="openclipart-svg's usr/share/openclipart/svg folder (titles, keywords)")],
+    out: Annotated[Path, typer.Option(help="output folder")] = Path("data/openclipart"),
+) -> None:
+    """Caption OpenClipart images with their SVG twins' titles and keywords: <out>/images/, captions.jsonl."""
+    from training.data.clipart import prepare_openclipart
+
+    if not png.is_dir() or not svg.is_dir():
+        _fail(ValueError(f"--png {png} and --svg {svg} must be folders"))
+    count = prepare_openclipart(png, svg, out)
+    typer.echo(f"wrote {out}: {count} captioned images")
+
+
+@data_app.command("openclipart-demo")
+def data_openclipart_demo(
+    source: Annotated[Path, typer.Option(help="a folder written by `data openclipart`")] = Path("data/openclipart"),
+    out: Annotated[Path, typer.Option(help="output folder")] = Path("data/demo/openclipart"),
+    count: Annotated[int, typer.Option(min=1, help="images")] = 500,
+) -> None:
+    """A folder of captioned clip-art images (+ metadata.jsonl) for a demo image collection."""
+    from training.data.clipart import write_demo
+
+    try:
+        written = write_demo(source, out, count)
+    except OSError as exc:
+        _fail(exc)
+    typer.echo(f"wrote {out}: {written} images")
+
+
 def _fail(exc: Exception) -> None:
     typer.echo(f"error: {exc}", err=True)
     raise typer.Exit(2) from exc
@@ -224,6 +255,42 @@ def export_image(
     typer.echo(f"wrote {target}")
 
 
+@app.command("export-clip")
+def export_clip(
+    head: Annotated[str, typer.Option(help='"conse" (no training) or a trained clip run\'s model/ folder')] = "conse",
+    text_model: Annotated[Path, typer.Option(help="the exported text model the head maps into")] = Path(
+        "models/minilm-l6"
+    ),
+    tower: Annotated[str, typer.Option(help="image tower of a conse head")] = "mobilenet_v2",
+    name: Annotated[str, typer.Option(help="model name served by the API")] = "clip-conse",
+    out: Annotated[Path | None, typer.Option(help="output folder (default models/<name>)")] = None,
+    parity_images: Annotated[
+        list[Path] | None, typer.Option(help="folders of real images for the parity check (>= 500 used)")
+    ] = None,
+) -> None:
+    """Export an image-text model (kind clip): the text model's graph as text.onnx, the image tower +
+    head as image.onnx, parity per image variant on real images."""
+    import tempfile
+
+    from training.clip_training import conse_head
+    from training.export.clip import export_clip_model
+
+    target = out or Path("models") / name
+    folders = parity_images or [Path("data/emoji/google"), Path("../shared/data/coco-mini")]
+    try:
+        with tempfile.TemporaryDirectory() as work:
+            head_dir = Path(head)
+            if head == "conse":
+                head_dir = Path(work) / "conse"
+                conse_head(text_model, tower).save(head_dir)
+            manifest = export_clip_model(head_dir, text_model, target, name, folders)
+    except (ValueError, OSError) as exc:
+        _fail(exc)
+    for variant in manifest.parity:
+        typer.echo(f"{variant.tower:>5} {variant.key:>18}: min cosine {variant.min_cosine:.6f} ({variant.n_samples})")
+    typer.echo(f"wrote {target}")
+
+
 @app.command("train-image")
 def train_image_command(
     config: Annotated[Path, typer.Option(help="image run config (YAML)")],
@@ -238,6 +305,23 @@ def train_image_command(
     try:
         _run_yaml(config, ImageTrainConfig, train_image_encoder, _overrides(set_))
     except ImageDataError as exc:
+        _fail(exc)
+
+
+@app.command("train-clip")
+def train_clip_command(
+    config: Annotated[Path, typer.Option(help="clip run config (YAML)")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override: key.sub=value (YAML value)")] = None,
+) -> None:
+    """Train the image side of an image-text model into a fixed text model's space (ConSE start,
+    OpenClipart + emoji captions), evaluate before/after on held-out data, export it (kind clip)."""
+    from training.clip_training import train_clip
+    from training.config import ClipTrainConfig
+    from training.data.images import ImageDataError
+
+    try:
+        _run_yaml(config, ClipTrainConfig, train_clip, _overrides(set_))
+    except (ImageDataError, FileNotFoundError) as exc:
         _fail(exc)
 
 

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from training.sources import DEFAULT_BASE_MODEL
 
-LossName = Literal["infonce", "dcl", "mw", "cwcl", "listwise", "cosent"]
+LossName = Literal["infonce", "dcl", "mw", "cwcl", "listwise", "cosent", "siglip"]
 
 
 class ConfigError(ValueError):
@@ -246,6 +246,58 @@ class ImageTrainConfig(Strict):
             raise ValueError("one training style needs augment_views >= 1: a positive must be another view")
         if self.loss.name not in ("infonce", "dcl", "mw"):
             raise ValueError("image training takes a pair loss: infonce, dcl or mw")
+        return self
+
+
+class ClipTrainConfig(Strict):
+    """Image-text training (`python -m training train-clip`): the image side learns to land on a fixed
+    text encoder's caption vectors (OpenClipart titles + keywords, emoji names), starting from ConSE;
+    the tower is frozen and its pooled features cached. See training/models/clip.py."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    tower: Literal["mobilenet_v2", "efficientnet_lite0"] = "mobilenet_v2"
+    text_model: Path = Path("models/minilm-l6")  # an exported text folder: the fixed text tower
+    conse: bool = True
+    conse_temperature: float = Field(2.0, gt=0)
+    top_k: int = Field(10, ge=0, le=1000)
+    train_classes: bool = False
+    residual: Literal["mlp", "linear", "none"] = "mlp"
+    residual_hidden: int = Field(1024, ge=8)
+    residual_scale: float | None = Field(0.6, gt=0)  # None: unbounded (see training/models/clip.py)
+    # LiT-style comparison: a trainable linear map on the text side too (changes the text space, so
+    # such a model is measured, not exported).
+    text_projection: bool = False
+    loss: LossConfig = LossConfig(name="infonce", temperature=0.05, learnable_temperature=True, symmetric=True)
+    # TCL-style intra-modal term: InfoNCE between two styles of one emoji codepoint, times this.
+    intra_modal_weight: float = Field(0.0, ge=0)
+    batch_size: int = Field(256, ge=2)
+    epochs: int = Field(30, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    clipart: Path = Path("data/openclipart")
+    clipart_test: int = Field(1200, ge=10)
+    # Captions shared by more images than this are boilerplate ("Part of the Flat Icon Collection"):
+    # not trained on, and not used as queries.
+    clipart_max_caption_repeats: int = Field(2, ge=1)
+    emoji: Path | None = Path("data/emoji")
+    emoji_test: int = Field(400, ge=10)
+    emoji_styles: list[str] = ["google", "twitter"]
+    coco: Path | None = Path("../shared/data/coco-mini")  # evaluation only
+    fashion_mnist: Path | None = Path("data/fashion-mnist")
+    mnist: Path | None = Path("../shared/data/mnist-test")
+    zero_shot_limit: int | None = Field(None, ge=100)  # test images per zero-shot set (None = all)
+    split_seed: int = 0
+    seed: int = 0
+    cache_dir: Path = Path("data/cache")
+    runs_dir: Path = Path("runs")
+    export: ImageExportConfig | None = None
+
+    @model_validator(mode="after")
+    def _loss(self) -> ClipTrainConfig:
+        if self.loss.name not in ("infonce", "cwcl", "siglip"):
+            raise ValueError("clip training takes infonce, cwcl or siglip")
+        if not self.conse and self.residual == "none":
+            raise ValueError("conse: false needs a residual (the image side would have no path)")
         return self
 
 

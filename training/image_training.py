@@ -9,10 +9,8 @@ by codepoint (never train on a test identity) and `eval_styles` may include a st
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter, ImageOps
 
-from app.inference.images import ImageLimits, open_image, preprocess, to_rgb
+from app.inference.images import ImageLimits, open_image, to_rgb
 from training.config import ImageTrainConfig
 from training.data.images import (
     Identity,
@@ -32,13 +30,13 @@ from training.data.images import (
 )
 from training.eval.images import cross_style_recall, identity_map, precision_at_k
 from training.export.image import image_tower_section
+from training.features import cached, onnx_outputs
 from training.losses.layouts import BatchLayout
 from training.losses.registry import build_embedding_loss
 from training.models.image import ImageEncoder, ImageEncoderConfig
 from training.run import RunFolder, seed_everything
 
 log = logging.getLogger(__name__)
-ENCODE_BATCH = 64
 
 
 @dataclass
@@ -89,43 +87,8 @@ class _FrozenStages(torch.nn.Module):
 
 
 def _activations(encoder: ImageEncoder, images: list[Image.Image], tower) -> torch.Tensor:  # type: ignore[no-untyped-def]
-    """The frozen stages' output for `images`, float16. Run on ONNX Runtime (an export of those
-    stages): ~4x PyTorch's CPU speed here, equal to ~1e-6."""
-    import onnxruntime as ort
-
-    with tempfile.TemporaryDirectory() as work:
-        path = Path(work) / "frozen.onnx"
-        sample = torch.zeros(2, 3, tower.input_size, tower.input_size)
-        with torch.inference_mode():
-            torch.onnx.export(
-                _FrozenStages(encoder).eval(),
-                (sample,),
-                str(path),
-                input_names=["pixels"],
-                output_names=["activations"],
-                dynamic_axes={"pixels": {0: "batch"}, "activations": {0: "batch"}},
-                opset_version=17,
-                dynamo=False,
-            )
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        out = []
-        for start in range(0, len(images), ENCODE_BATCH):
-            pixels = np.stack([preprocess(im, tower) for im in images[start : start + ENCODE_BATCH]])
-            (activations,) = session.run(None, {"pixels": pixels})
-            out.append(torch.from_numpy(activations).to(torch.float16))
-    return torch.cat(out)
-
-
-def _cached(cache: Path, key: str, build) -> torch.Tensor:  # type: ignore[no-untyped-def]
-    path = cache / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.pt"
-    if path.is_file():
-        return torch.load(path, weights_only=True)
-    value = build()
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(value, tmp)
-    tmp.replace(path)
-    return value
+    """The frozen stages' output for `images`, float16."""
+    return onnx_outputs(_FrozenStages(encoder), images, tower)
 
 
 def emoji_set(
@@ -157,7 +120,7 @@ def emoji_set(
     key = f"emoji-v4|{config.tower}|{config.unfreeze_blocks}|{config.data.resolve()}|" + ",".join(
         f"{i}/{v}" for i, v in zip(ids, views, strict=True)
     )
-    activations = _cached(config.cache_dir, key, lambda: _activations(encoder, images, tower))
+    activations = cached(config.cache_dir, key, lambda: _activations(encoder, images, tower))
     return ImageSet(activations, ids, views)
 
 
@@ -229,7 +192,7 @@ def fashion_mnist_set(encoder: ImageEncoder, config: ImageTrainConfig) -> tuple[
         images, labels = images[: config.fashion_mnist_limit], labels[: config.fashion_mnist_limit]
     tower = image_tower_section(encoder)
     key = f"fmnist-v2|{config.tower}|{config.unfreeze_blocks}|{config.fashion_mnist.resolve()}|{len(images)}"
-    activations = _cached(
+    activations = cached(
         config.cache_dir, key, lambda: _activations(encoder, [Image.fromarray(im, "L") for im in images], tower)
     )
     return activations, labels

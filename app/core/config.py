@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(40_000_000, ge=1)
     max_images_per_request: int = Field(64, ge=1)
+    # POST /v1/classify: candidate labels per request (each one is a prompt the text tower embeds).
+    max_classify_labels: int = Field(1000, ge=1)
     image_decode_workers: int = Field(2, ge=1)
     image_decode_queue: int = Field(512, ge=1)
     image_batch_pixels: int = Field(32 * 224 * 224, ge=1)

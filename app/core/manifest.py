@@ -83,6 +83,7 @@ class TextTower(_Strict):
     pooling: Pooling | None = None  # embedding kinds: how token states become one vector (in the graph)
     normalize: bool = False  # embedding kinds: L2-normalised in the graph
     onnx: OnnxIO | None = None  # every kind but blockrank (PyTorch weights)
+    onnx_file: str = "model.onnx"  # the fp32 graph (a `clip` folder's is text.onnx beside image.onnx)
 
 
 class ImageTower(_Strict):
@@ -151,6 +152,13 @@ class BlockRankSpec(_Strict):
     max_documents: int = Field(200, gt=0, description="documents per prompt")
 
 
+class ClipSpec(_Strict):
+    """How a `clip` model classifies images by label (POST /v1/classify)."""
+
+    temperature: float = Field(0.05, gt=0, description="softmax temperature over the image-label cosines")
+    prompt: str = Field("a photo of a {label}", description="default label template; {label} is replaced")
+
+
 class SourceInfo(_Strict):
     checkpoint: str
     library: str = "sentence-transformers"
@@ -181,6 +189,7 @@ class Manifest(_Strict):
     text: TextTower | None = None
     image: ImageTower | None = None
     blockrank: BlockRankSpec | None = None  # kind blockrank only
+    clip: ClipSpec | None = None  # kind clip only (defaults when absent)
     files: dict[str, str] = Field(description="relative path -> sha256 of every file the model needs")
     source: SourceInfo
     parity: list[VariantParity] = Field(default_factory=list)
@@ -204,6 +213,8 @@ class Manifest(_Strict):
             ("`dim`", embeds, self.dim is not None),
             ("`blockrank` section", self.kind == ModelKind.BLOCKRANK, self.blockrank is not None),
         ]
+        if self.clip is not None and self.kind != ModelKind.CLIP:
+            raise ValueError(f"a {self.kind.value} model has no `clip` section")
         if self.text is not None:
             rules += [
                 ("ONNX graph for its text tower", self.kind != ModelKind.BLOCKRANK, self.text.onnx is not None),

@@ -9,6 +9,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -83,7 +84,7 @@ class TextEncoder(_Batched, Embedder):
 
     capabilities = frozenset({Capability.EMBED_TEXT})
 
-    def __init__(self, folder: Path, manifest: Manifest, settings: Settings) -> None:
+    def __init__(self, folder: Path, manifest: Manifest, settings: Settings, batcher_name: str | None = None) -> None:
         variant = choose_variant(manifest, settings.backend, settings.precision)
         super().__init__(folder, manifest, variant)
         self.model = TextModel(
@@ -94,7 +95,9 @@ class TextEncoder(_Batched, Embedder):
             streams=settings.streams,
             pad_to_multiple=settings.pad_to_multiple,
         )
-        self.batcher = make_batcher(manifest.name, self.model.forward, (len(self.model.outputs), self.dim), settings)
+        self.batcher = make_batcher(
+            batcher_name or manifest.name, self.model.forward, (len(self.model.outputs), self.dim), settings
+        )
         self._tokens = metrics.TOKENS.labels(manifest.name)
         warm_up(self.model.forward, self.model.tokenize(["warm up"])[0].ids)
 
@@ -119,7 +122,7 @@ class ImageEncoderModel(_Batched, Embedder):
 
     capabilities = frozenset({Capability.EMBED_IMAGE})
 
-    def __init__(self, folder: Path, manifest: Manifest, settings: Settings) -> None:
+    def __init__(self, folder: Path, manifest: Manifest, settings: Settings, batcher_name: str | None = None) -> None:
         variant = choose_variant(manifest, settings.backend, settings.precision, tower="image")
         super().__init__(folder, manifest, variant)
         self.model = ImageModel(folder, manifest, variant, threads=settings.threads, streams=settings.streams)
@@ -131,7 +134,7 @@ class ImageEncoderModel(_Batched, Embedder):
             manifest.name,
         )
         self.batcher = make_batcher(
-            manifest.name,
+            batcher_name or manifest.name,
             self.model.forward,
             (len(self.model.outputs), self.dim),
             settings,
@@ -156,6 +159,39 @@ class ImageEncoderModel(_Batched, Embedder):
     async def stop(self) -> None:
         await super().stop()
         self.decoder.close()
+
+
+class ClipEncoder(Embedder):
+    """A served image-text model (kind `clip`): a text tower and an image tower into one space, each
+    run as its own kind runs (own variant, own batcher: token costs and pixel costs never share a
+    budget), so one request may mix text and image items."""
+
+    capabilities = frozenset({Capability.EMBED_TEXT, Capability.EMBED_IMAGE})
+
+    def __init__(self, folder: Path, manifest: Manifest, settings: Settings) -> None:
+        self.text = TextEncoder(folder, manifest, settings, batcher_name=f"{manifest.name}/text")
+        self.image = ImageEncoderModel(folder, manifest, settings, batcher_name=f"{manifest.name}/image")
+        super().__init__(folder, manifest, self.text.variant)
+
+    def start(self) -> None:
+        self.text.start()
+        self.image.start()
+
+    async def stop(self) -> None:
+        await self.text.stop()
+        await self.image.stop()
+
+    async def embed_text(self, texts: list[str], truncate: bool = True) -> EmbeddingResult:
+        return await self.text.embed_text(texts, truncate)
+
+    async def embed_images(self, images: list[bytes], positions: list[int] | None = None) -> EmbeddingResult:
+        return await self.image.embed_images(images, positions)
+
+    def _towers(self) -> dict[str, Any]:
+        towers = super()._towers()
+        for tower, served in (("text", self.text), ("image", self.image)):
+            towers[tower].update(backend=served.backend, precision=served.precision)
+        return towers
 
 
 class CrossEncoderScorer(_Batched, Scorer):
@@ -204,6 +240,7 @@ Loader = Callable[[Path, Manifest, Settings], ServedModel]
 LOADERS: dict[ModelKind, Loader] = {
     ModelKind.TEXT: TextEncoder,
     ModelKind.IMAGE: ImageEncoderModel,
+    ModelKind.CLIP: ClipEncoder,
     ModelKind.CROSS_ENCODER: CrossEncoderScorer,
     ModelKind.BLOCKRANK: _load_blockrank,
 }

@@ -51,7 +51,9 @@ class TextModel:
             raise ValueError(f"model {manifest.name!r}: its text tower has no ONNX graph")
         self.graph: OnnxIO = tower.onnx
         self.tokenizer = TextTokenizer(folder / tower.tokenizer_file, tower.max_tokens)
-        self.session, self.backend, self.precision = open_variant(folder, variant, backend, precision, threads, streams)
+        self.session, self.backend, self.precision = open_variant(
+            folder, variant, backend, precision, threads, streams, default_file=tower.onnx_file
+        )
         self.pad_to_multiple = pad_to_multiple
 
     @property

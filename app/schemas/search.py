@@ -137,6 +137,9 @@ class SearchRequest(StrictRequest):
     query: Text | None = Field(None, description="text, embedded with the collection's model")
     vector: list[FiniteFloat] | None = Field(None, description="a raw query vector instead of text")
     image: Text | None = Field(None, description="a query image (base64 or data URI; a URL if enabled)")
+    modality: Literal["text", "image"] | None = Field(
+        None, description="only documents embedded from text, or only from images (a clip collection holds both)"
+    )
     top_k: Integer = Field(10, ge=1, le=1000)
     filter: dict[str, Any] | None = Field(None, description='e.g. {"lang": "en", "year": {"$gte": 2000}}')
     include: list[Literal["document", "metadata", "vector", "image", "thumbnail"]] = Field(

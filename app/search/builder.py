@@ -475,15 +475,24 @@ class _ImagePayloads:
 Payloads = _TextPayloads | _ImagePayloads
 
 
-def load_encoder(settings: Settings, model_name: str) -> Payloads:
-    """The model `model_name` as the builder runs it, by its kind."""
+def load_encoder(settings: Settings, model_name: str, images: bool = False) -> Payloads:
+    """The model `model_name` as the builder runs it: its image tower for `images` (an image or
+    clip model), else its text tower."""
     manifest = model_manifest(settings, model_name)
-    if manifest.kind == ModelKind.IMAGE:
+    if images:
         variant = choose_variant(manifest, settings.backend, settings.precision, tower="image")
         model = ImageModel(settings.models_dir / model_name, manifest, variant, threads=settings.threads)
         limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
         return _ImagePayloads(ImageFileEncoder(model, limits, settings.image_decode_workers))
     return _TextPayloads(load_text_model(settings, model_name))
+
+
+def reads_images(manifest: Manifest, source: Path) -> bool:
+    """Whether `source` is read as image files: always for an image model; for a clip model when it
+    holds images (a folder of images may carry a metadata.jsonl sidecar), else as text records."""
+    if manifest.kind == ModelKind.IMAGE:
+        return True
+    return manifest.kind == ModelKind.CLIP and bool(image_files(source))
 
 
 def model_manifest(settings: Settings, model_name: str) -> Manifest:
@@ -535,7 +544,7 @@ def build_index(
     manifest = model_manifest(settings, model_name)
     dim = manifest.embedding_dim
     validate_spec(options.index_spec, dim)
-    if manifest.kind == ModelKind.IMAGE:
+    if reads_images(manifest, source):
         limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
         plan = plan_images(source, limits, options.on_bad_image)
     else:
@@ -571,7 +580,8 @@ def _run_build(
     checkpoint = Checkpoint(collection.folder, source)
     done = checkpoint.load(plan, options.restart)
     progress.planned(plan, done)
-    model = load_encoder(settings, model_name) if plan.without_vector and done < plan.records else None
+    images = plan.images_root is not None
+    model = load_encoder(settings, model_name, images) if plan.without_vector and done < plan.records else None
     records = (r for i, r in enumerate(plan.read(collection.config.dim)) if i not in plan.skip)
     records = itertools.islice(records, done, None)  # what an earlier run already committed
     start = time.perf_counter()
@@ -595,7 +605,7 @@ def _run_build(
             chunk = window[offset : offset + batch_size]
             rows = vectors[offset : offset + batch_size]
             docs = [
-                Document(r.id, r.text, r.metadata, v, r.image)
+                Document(r.id, r.text, r.metadata, v, r.image, modality="image" if r.image else "text")
                 for i, (r, v) in enumerate(zip(chunk, rows, strict=True))
                 if offset + i not in problems
             ]
@@ -646,7 +656,15 @@ def _embedded(
             yield window, np.stack([r.vector for r in window]), {}  # type: ignore[misc]
         return
     stream = (
-        _ray_embed(windows, model.payloads, model_name, settings, options.ray_address, options.ray_actors)
+        _ray_embed(
+            windows,
+            model.payloads,
+            model_name,
+            settings,
+            options.ray_address,
+            options.ray_actors,
+            isinstance(model, _ImagePayloads),
+        )
         if options.engine == "ray"
         else ((window, *model.encode(model.payloads(window))) for window in windows)
     )
@@ -673,8 +691,8 @@ class _RayEmbedder:
     """Ray Data actor: loads the model once, then embeds one chunk (row) per call exactly as the
     local engine does, so both engines produce the same vectors."""
 
-    def __init__(self, model_name: str, settings_json: str) -> None:
-        self.model = load_encoder(Settings.model_validate_json(settings_json), model_name)
+    def __init__(self, model_name: str, settings_json: str, images: bool) -> None:
+        self.model = load_encoder(Settings.model_validate_json(settings_json), model_name, images)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         vectors, problems = [], []
@@ -696,6 +714,7 @@ def _ray_embed(
     settings: Settings,
     address: str | None,
     actors: int,
+    images: bool,
 ) -> Iterator[tuple[list[Record], np.ndarray, dict[int, str]]]:
     """Embed chunks (texts, or image paths) on Ray Data: `map_batches` over an actor pool, one chunk
     per row, order kept.
@@ -719,7 +738,7 @@ def _ray_embed(
         items = [{"chunk": i, "texts": payloads_of(chunk)} for i, chunk in enumerate(window)]
         embedded = ray.data.from_items(items, override_num_blocks=min(len(items), 4 * actors)).map_batches(
             _RayEmbedder,
-            fn_constructor_args=(model_name, settings_json),
+            fn_constructor_args=(model_name, settings_json, images),
             batch_size=1,
             concurrency=actors,
             num_cpus=1,

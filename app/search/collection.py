@@ -248,10 +248,15 @@ class Collection:
         filter_spec: dict[str, Any] | None,
         include: set[str],
         params: SearchParams,
+        modality: str | None = None,
     ) -> list[Hit]:
+        """`modality` ("text" | "image"): only documents embedded from that kind of input."""
         allowed = None
-        if filter_spec:
+        if filter_spec or modality:
             where, sql_params = compile_filter(filter_spec, self.filter_limits)
+            if modality:
+                clause, clause_params = self.store.modality_clause(modality)
+                where, sql_params = f"({where}) AND {clause}", [*sql_params, *clause_params]
             allowed = self.store.keys_matching(where, sql_params)
         with self._index_lock:
             scores, keys = self.index.search(query[None, :], top_k, allowed, params, self.store.stacked_vectors)

@@ -32,7 +32,8 @@ CREATE TABLE IF NOT EXISTS documents (
     metadata TEXT NOT NULL DEFAULT '{}',
     vector BLOB NOT NULL,
     image TEXT,
-    thumbnail BLOB
+    thumbnail BLOB,
+    modality TEXT
 );
 CREATE TABLE IF NOT EXISTS ops (
     op INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -50,6 +51,8 @@ class Document:
     vector: np.ndarray | None = None  # (dim,) float32
     image: str | None = None  # an image document's reference: the path or URI it was given (never its bytes)
     thumbnail: bytes | None = None  # a small JPEG, only where the collection keeps thumbnails
+    # What was embedded: "text" or "image" (None: a caller's own vector); search's `modality` selects by it.
+    modality: str | None = None
 
 
 @dataclass(slots=True)
@@ -129,7 +132,7 @@ class DocumentStore:
     def _add_image_columns(self) -> None:
         """Collections made before image documents lack these columns: added in place (NULL)."""
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(documents)")}
-        for column, kind in (("image", "TEXT"), ("thumbnail", "BLOB")):
+        for column, kind in (("image", "TEXT"), ("thumbnail", "BLOB"), ("modality", "TEXT")):
             if column not in columns:
                 self._db.execute(f"ALTER TABLE documents ADD COLUMN {column} {kind}")
 
@@ -172,9 +175,17 @@ class DocumentStore:
                         removed.append(row[0])
                     vector = np.ascontiguousarray(doc.vector, dtype=np.float32)
                     cur.execute(
-                        "INSERT INTO documents (id, text, metadata, vector, image, thumbnail)"
-                        " VALUES (?, ?, ?, ?, ?, ?)",
-                        (doc.id, doc.text, encode_metadata(doc.metadata), vector.tobytes(), doc.image, doc.thumbnail),
+                        "INSERT INTO documents (id, text, metadata, vector, image, thumbnail, modality)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            doc.id,
+                            doc.text,
+                            encode_metadata(doc.metadata),
+                            vector.tobytes(),
+                            doc.image,
+                            doc.thumbnail,
+                            doc.modality,
+                        ),
                     )
                     key = cur.lastrowid
                     cur.execute("INSERT INTO ops (kind, key) VALUES ('add', ?)", (key,))
@@ -226,6 +237,17 @@ class DocumentStore:
                 for key, *rest in rows:
                     out[key] = self._document(tuple(rest), with_vector)
         return out
+
+    def modality_clause(self, modality: str) -> tuple[str, list[Any]]:
+        """SQL selecting documents embedded from `modality`. Rows written before the column existed
+        (NULL) count as images when they hold an image reference or thumbnail, else as text."""
+        with self._locked():
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(documents)")}
+        legacy_image = "(image IS NOT NULL OR thumbnail IS NOT NULL)" if "image" in columns else "0"
+        legacy = legacy_image if modality == "image" else f"(text IS NOT NULL AND NOT {legacy_image})"
+        if "modality" not in columns:  # a read-only replica of an older collection
+            return legacy, []
+        return f"(modality = ? OR (modality IS NULL AND {legacy}))", [modality]
 
     def keys_matching(self, where: str, params: list[Any]) -> np.ndarray:
         with self._locked():

@@ -22,7 +22,7 @@ from app.core.errors import (
 )
 from app.inference.images import ImageLimits, open_image, thumbnail_jpeg
 from app.inference.registry import ModelRegistry
-from app.schemas.search import CreateIndexRequest, SearchRequest, UpsertRequest
+from app.schemas.search import CreateIndexRequest, DocumentIn, SearchRequest, UpsertRequest
 from app.search.collection import Collection
 from app.search.manager import CollectionManager
 from app.search.store import Document
@@ -98,7 +98,7 @@ async def upsert(
         for row, i in enumerate(to_embed):
             vectors[i] = text_result.vectors[row]
     docs = [
-        Document(d.id, d.text, d.metadata, v, _image_reference(d.image, d.image_ref), thumb)
+        Document(d.id, d.text, d.metadata, v, _image_reference(d.image, d.image_ref), thumb, _modality(d))
         for d, v, thumb in zip(body.documents, vectors, thumbnails, strict=True)
     ]
     upserted = await asyncio.to_thread(collection.upsert, docs)  # returns once durable
@@ -123,6 +123,12 @@ async def _embed_images(
         return [thumbnail_jpeg(open_image(data, limits, i)) for i, data in enumerate(encoded)]
 
     return result.vectors, await asyncio.to_thread(thumbnails)
+
+
+def _modality(document: DocumentIn) -> str | None:
+    if document.image is not None:
+        return "image"
+    return "text" if document.vector is None else None
 
 
 def _image_reference(image: str | None, image_ref: str | None) -> str | None:
@@ -171,7 +177,13 @@ async def search(
     include = set(body.include)
     fetch = max(body.top_k, body.rerank.candidates) if body.rerank else body.top_k
     found_hits = await asyncio.to_thread(
-        collection.search, query, fetch, body.filter, include | ({"document"} if body.rerank else set()), params
+        collection.search,
+        query,
+        fetch,
+        body.filter,
+        include | ({"document"} if body.rerank else set()),
+        params,
+        body.modality,
     )
     found = [{**asdict(h), "thumbnail": thumbnail_uri(h.thumbnail)} for h in found_hits]
     if body.rerank and found:

@@ -15,6 +15,7 @@ from training.losses import (
     MannWhitneyLoss,
     MarginMSELoss,
     MatryoshkaLoss,
+    SigLIPLoss,
 )
 
 E = math.e
@@ -39,6 +40,21 @@ def test_learnable_temperature_gets_a_gradient() -> None:
     loss = InfoNCELoss(0.05, learnable_temperature=True)
     loss(torch.randn(4, 8), torch.randn(8, 8)).backward()
     assert loss.temperature.log_value.grad is not None and loss.temperature.log_value.grad.abs() > 0
+
+
+def test_siglip() -> None:
+    # scale 1, bias 0, EYE: diagonal logits 1 (z = +1), off-diagonal 0 (z = -1), per query:
+    # -log σ(1) - log σ(-0) = log(1 + 1/e) + log 2; the sum over 2 queries / 2
+    fixed = SigLIPLoss(scale=1.0, bias=0.0, learnable=False)
+    assert fixed(EYE, EYE).item() == pytest.approx(math.log(1 + 1 / E) + math.log(2), abs=1e-6)
+    # scale 2, bias -1: positives 2*1 - 1 = 1, negatives 2*0 - 1 = -1 -> -log σ(1) - log σ(1)
+    shifted = SigLIPLoss(scale=2.0, bias=-1.0, learnable=False)
+    assert shifted(EYE, EYE).item() == pytest.approx(2 * math.log(1 + 1 / E), abs=1e-6)
+    # hard-negative rows beyond the batch are ignored: only the b x b pairs count
+    assert fixed(EYE, WITH_NEGATIVES).item() == pytest.approx(fixed(EYE, EYE).item(), abs=1e-6)
+    learnable = SigLIPLoss()
+    learnable(torch.randn(4, 8), torch.randn(4, 8)).backward()
+    assert learnable.log_scale.grad is not None and learnable.bias.grad is not None
 
 
 def test_decoupled_contrastive() -> None:

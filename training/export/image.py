@@ -39,7 +39,12 @@ MIN_PARITY_IMAGES = 500
 
 def image_tower_section(encoder: ImageEncoder) -> ImageTower:
     """The manifest's image section: the tower's preprocessing, as data."""
-    spec = tower_spec(encoder.config.tower)
+    return tower_section(encoder.config.tower)
+
+
+def tower_section(tower: str) -> ImageTower:
+    """The image section of a model on the ImageNet tower `tower`: its preprocessing, as data."""
+    spec = tower_spec(tower)
     return ImageTower(
         input_size=spec.input_size,
         resize_size=spec.resize_size,
@@ -111,33 +116,40 @@ def export_image_model(
             ),
             eval_scores=eval_scores or {},
         )
-        with torch.inference_mode():
-            reference = np.concatenate(
-                [encoder(torch.from_numpy(pixels[i : i + 64]))[1].numpy() for i in range(0, len(pixels), 64)]
-            )  # (n, dim) unnormalised; cosine is scale-free
-        models: list[ImageModel] = []
-        opened = open_candidates(lambda b, p: ImageModel(staging, manifest, backend=b, precision=p, threads=threads))
-        for backend, precision, requires, model in opened:
-            cosines = row_cosine(model.encode(pixels), reference)
-            manifest.parity.append(
-                VariantParity(
-                    backend=backend,
-                    precision=precision,
-                    onnx_file=IMAGE_ONNX_FILE,
-                    tower="image",
-                    min_cosine=float(cosines.min()),
-                    mean_cosine=float(cosines.mean()),
-                    n_samples=len(pixels),
-                    reference="PyTorch fp32 on the same preprocessed pixels",
-                    requires=requires,
-                )
-            )
-            models.append(model)
-        for parity, speed in zip(manifest.parity, measure_speeds(models, pixels[:256]), strict=True):
-            parity.samples_per_s = speed
-            log.info(
-                "%s: min cos %.6f mean %.6f, %.1f images/s", parity.key, parity.min_cosine, parity.mean_cosine, speed
-            )
-        del models
+        add_image_parity(staging, manifest, encoder, pixels, threads)
         manifest.save(staging)
     return manifest
+
+
+def add_image_parity(
+    staging: Path, manifest: Manifest, module: torch.nn.Module, pixels: np.ndarray, threads: int = 0
+) -> None:
+    """Measure every image-tower variant of the staged folder against `module` (PyTorch fp32, which
+    returns (normalised, unnormalised)) on the same `pixels` (n, 3, S, S); append to `manifest.parity`."""
+    with torch.inference_mode():
+        reference = np.concatenate(
+            [module(torch.from_numpy(pixels[i : i + 64]))[1].numpy() for i in range(0, len(pixels), 64)]
+        )  # (n, dim) unnormalised; cosine is scale-free
+    models: list[ImageModel] = []
+    opened = open_candidates(lambda b, p: ImageModel(staging, manifest, backend=b, precision=p, threads=threads))
+    added = []
+    for backend, precision, requires, model in opened:
+        cosines = row_cosine(model.encode(pixels), reference)
+        added.append(
+            VariantParity(
+                backend=backend,
+                precision=precision,
+                onnx_file=manifest.image.onnx_file if manifest.image else IMAGE_ONNX_FILE,
+                tower="image",
+                min_cosine=float(cosines.min()),
+                mean_cosine=float(cosines.mean()),
+                n_samples=len(pixels),
+                reference="PyTorch fp32 on the same preprocessed pixels",
+                requires=requires,
+            )
+        )
+        models.append(model)
+    for parity, speed in zip(added, measure_speeds(models, pixels[:256]), strict=True):
+        parity.samples_per_s = speed
+        log.info("%s: min cos %.6f mean %.6f, %.1f images/s", parity.key, parity.min_cosine, parity.mean_cosine, speed)
+    manifest.parity.extend(added)

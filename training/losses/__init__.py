@@ -14,6 +14,7 @@ from training.losses.listwise_distillation import ListwiseDistillationLoss
 from training.losses.margin_mse import MarginMSELoss
 from training.losses.matryoshka import MatryoshkaLoss
 from training.losses.mw import MannWhitneyLoss
+from training.losses.siglip import SigLIPLoss
 
 __all__ = [
     "CWCLLoss",
@@ -25,4 +26,5 @@ __all__ = [
     "MannWhitneyLoss",
     "MarginMSELoss",
     "MatryoshkaLoss",
+    "SigLIPLoss",
 ]

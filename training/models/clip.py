@@ -1,0 +1,146 @@
+"""The image side of a `clip` dual encoder whose text side is a fixed sentence encoder (MiniLM).
+
+An image reaches the text space two ways, added:
+- ConSE (Norouzi et al., "Zero-Shot Learning by Convex Combination of Semantic Embeddings", ICLR
+  2014): the tower's ImageNet softmax at temperature T, cut to its top-k classes, times the text
+  embeddings of the 1,000 class names ("a photo of a {name}"). No training: strong on photos,
+  blind where ImageNet has no word (emoji, clip art).
+- A learned map of the tower's pooled features (1280 -> dim, an MLP by default), whose output is
+  scaled to a fixed length `residual_scale` (0.6; ConSE's vector has length 1). The bound is what
+  keeps photos working: no training caption here is a photo's (clip art, emoji), and an unbounded
+  map learnt on drawings swamps ConSE on photos (COCO-mini caption->photo R@1 0.455 -> 0.225);
+  bounded, it can only turn a vector part of the way (benchmarks/clip_reading.md has the runs).
+The class-name matrix may train too (`train_classes`), from its ConSE start. With `conse: false`
+the map alone is the image embedding (the LiT-style comparison: a locked image tower and a
+trainable projection, no class words).
+
+`ClipImageEncoder.forward` is what `image.onnx` computes (pixels -> normalised, unnormalised);
+training runs `ClipImageHead` on cached pooled features, since the tower never trains.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from training.models.image_towers import load_tower
+
+HEAD_FILE = "clip_head.pt"
+CONFIG_FILE = "clip_head.json"
+CLASS_PROMPT = "a photo of a {}"
+
+
+@dataclass
+class ClipImageConfig:
+    tower: str = "mobilenet_v2"
+    dim: int = 384  # the text encoder's size: images land in its space
+    conse: bool = True  # the ConSE path (class-name words); False: the learned map alone
+    conse_temperature: float = 2.0
+    top_k: int = 10  # ImageNet classes kept per image (0: all 1,000)
+    train_classes: bool = False  # the class-name matrix trains from its ConSE start
+    residual: str = "mlp"  # the learned map of pooled features: "mlp" | "linear" | "none"
+    residual_hidden: int = 1024  # mlp: hidden width
+    # The learned map's output is scaled to this length (ConSE's is 1), so it can turn an image's
+    # vector by at most ~atan(scale) from ConSE: photos, which no training caption covers, keep most
+    # of ConSE's direction. None: unbounded (and zero-initialised: training starts at ConSE exactly).
+    residual_scale: float | None = 0.6
+
+
+class ClipImageHead(nn.Module):
+    """(batch, 1280) pooled tower features -> (batch, dim) text-space vector, before normalisation."""
+
+    def __init__(self, config: ClipImageConfig, classifier: nn.Module, class_vectors: torch.Tensor) -> None:
+        super().__init__()
+        self.config = config
+        self.classifier = classifier  # the tower's ImageNet layer, frozen
+        for p in self.classifier.parameters():
+            p.requires_grad_(False)
+        # (1000, dim) unit text vectors of the class names.
+        self.class_vectors = nn.Parameter(class_vectors.clone(), requires_grad=config.train_classes)
+        feature_dim = classifier.in_features  # type: ignore[union-attr]
+        self.residual = _residual(config, feature_dim)
+
+    def conse(self, pooled: torch.Tensor) -> torch.Tensor:
+        """(batch, 1280) -> (batch, dim) unit ConSE vectors."""
+        logits = self.classifier(pooled)  # (batch, 1000)
+        probs = torch.softmax(logits / self.config.conse_temperature, dim=-1)
+        if self.config.top_k:
+            cut = torch.topk(probs, self.config.top_k, dim=-1).values[:, -1:]  # (batch, 1): k-th largest
+            probs = probs * (probs >= cut).to(probs.dtype)
+        return F.normalize(probs @ self.class_vectors, dim=-1)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        out = self.conse(pooled) if self.config.conse else 0.0
+        if self.residual is not None:
+            shift = self.residual(pooled)  # (batch, dim)
+            if self.config.residual_scale is not None:
+                shift = self.config.residual_scale * F.normalize(shift, dim=-1)
+            out = out + shift
+        return out  # type: ignore[return-value]
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {k: v for k, v in self.state_dict().items() if not k.startswith("classifier.")}
+        torch.save(state, folder / HEAD_FILE)
+        (folder / CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=2) + "\n")
+
+
+class ClipImageEncoder(nn.Module):
+    """The whole image side: tower (ImageNet weights, frozen) + head; what `image.onnx` computes."""
+
+    def __init__(self, config: ClipImageConfig, class_vectors: torch.Tensor, pretrained: bool = True) -> None:
+        super().__init__()
+        self.tower = load_tower(config.tower, pretrained=pretrained).eval()
+        for p in self.tower.parameters():
+            p.requires_grad_(False)
+        self.head = ClipImageHead(config, _classifier(self.tower), class_vectors)
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        embedding = self.head(self.tower.pooled(pixels))  # type: ignore[operator]  # (batch, dim)
+        return F.normalize(embedding, dim=-1), embedding
+
+    @classmethod
+    def load(cls, folder: Path) -> ClipImageEncoder:
+        """A head written by `ClipImageHead.save`, on its tower's ImageNet weights."""
+        config = ClipImageConfig(**json.loads((folder / CONFIG_FILE).read_text()))
+        state = torch.load(folder / HEAD_FILE, map_location="cpu", weights_only=True)
+        model = cls(config, state["class_vectors"])
+        missing, unexpected = model.head.load_state_dict(state, strict=False)
+        if unexpected or any(not k.startswith("classifier.") for k in missing):
+            raise ValueError(f"{folder}: head state does not match its config ({missing=}, {unexpected=})")
+        return model.eval()
+
+
+def _residual(config: ClipImageConfig, feature_dim: int) -> nn.Module | None:
+    if config.residual == "none":
+        return None
+    if config.residual == "linear":
+        residual: nn.Module = nn.Linear(feature_dim, config.dim, bias=False)
+    elif config.residual == "mlp":
+        residual = nn.Sequential(
+            nn.Linear(feature_dim, config.residual_hidden), nn.GELU(), nn.Linear(config.residual_hidden, config.dim)
+        )
+    else:
+        raise ValueError(f"unknown residual {config.residual!r}: mlp, linear or none")
+    last = residual if isinstance(residual, nn.Linear) else residual[-1]
+    if config.conse and config.residual_scale is None:
+        nn.init.zeros_(last.weight)  # added unbounded: starts as ConSE exactly
+        if last.bias is not None:
+            nn.init.zeros_(last.bias)
+    return residual
+
+
+def _classifier(tower: nn.Module) -> nn.Linear:
+    """The tower's final ImageNet layer (1280 -> 1000)."""
+    for name in ("classifier", "_fc"):
+        layer = getattr(tower, name, None)
+        if isinstance(layer, nn.Sequential):
+            layer = layer[-1]
+        if isinstance(layer, nn.Linear):
+            return layer
+    raise ValueError(f"{type(tower).__name__} has no ImageNet classifier layer")
