@@ -87,6 +87,12 @@ def index_build(
     on_bad_image: Annotated[
         str, typer.Option("--on-bad-image", help="an image that cannot be read: error (stop), or skip (listed)")
     ] = "error",
+    rescore: Annotated[
+        str | None,
+        typer.Option(
+            "--rescore", help="a new index also keeps this reranker's (or text model's) vectors for search's rerank"
+        ),
+    ] = None,
 ) -> None:
     """Embed a dataset into an index the server loads; resumes after an interruption.
 
@@ -119,6 +125,7 @@ def index_build(
         on_empty=OnEmpty(on_empty),
         restart=restart,
         on_bad_image=OnBadImage(on_bad_image),
+        rescore=rescore,
     )
     progress = _BuildBar(index)
     try:

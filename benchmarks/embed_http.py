@@ -95,13 +95,17 @@ def write_bodies(path: Path, texts: list[str], per_request: int, model: str, cou
     path.write_text("\n".join(lines) + "\n")
 
 
-def start_tessera(models_dir: Path, model: str, data_dir: Path, port: int) -> subprocess.Popen:
-    """`tessera serve` on loopback serving only `model` (as its default), quiet logs."""
+def start_tessera(
+    models_dir: Path, model: str, data_dir: Path, port: int, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen:
+    """`tessera serve` on loopback serving only `model` (comma-separated: several, the first the
+    default), quiet logs; `extra_env`: more TESSERA_* settings."""
     env = {
         **os.environ,
+        **(extra_env or {}),
         "TESSERA_MODELS_DIR": str(models_dir),
         "TESSERA_MODELS": model,
-        "TESSERA_DEFAULT_MODEL": model,
+        "TESSERA_DEFAULT_MODEL": model.split(",")[0],
         "TESSERA_DATA_DIR": str(data_dir),
         "TESSERA_PORT": str(port),
         "TESSERA_ACCESS_LOG": "false",

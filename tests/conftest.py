@@ -215,3 +215,18 @@ def clip_models_dir(tmp_path_factory: pytest.TempPathFactory, default_models_dir
         min_images=80,
     )
     return models
+
+
+def make_bi_encoder_copy(default_models_dir: Path, target: Path, first_stage_weight: float = 0.5) -> Path:
+    """models/minilm-l6's files as a bi-encoder reranker folder (its graph untouched, so its scores
+    can be checked against the text model's own vectors)."""
+    import shutil
+
+    from app.core.manifest import BiEncoderSpec, Manifest, ModelKind
+
+    shutil.copytree(default_models_dir / "minilm-l6", target)
+    manifest = Manifest.load(target)
+    manifest.name, manifest.kind = target.name, ModelKind.BI_ENCODER
+    manifest.bi_encoder = BiEncoderSpec(model_weight=1.0, first_stage_weight=first_stage_weight, fitted_on="test")
+    Manifest.model_validate(manifest.model_dump()).save(target)
+    return target

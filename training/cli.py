@@ -36,8 +36,16 @@ def export(
     if_missing: Annotated[
         bool, typer.Option("--if-missing", help="do nothing if the folder already validates")
     ] = False,
+    reranker: Annotated[
+        bool, typer.Option("--reranker", help="export as a bi-encoder reranker (scores by cosine)")
+    ] = False,
+    first_stage_weight: Annotated[
+        float, typer.Option(min=0, help="--reranker: weight of the first stage's score in search's rerank")
+    ] = 0.0,
+    fitted_on: Annotated[str, typer.Option(help="--reranker: the training queries the weight was fitted on")] = "",
 ) -> None:
-    """Export a text encoder to ONNX (pooling + normalisation in the graph) with parity figures."""
+    """Export a text encoder to ONNX (pooling + normalisation in the graph) with parity figures; or,
+    with --reranker, a bi-encoder reranker (kind bi-encoder) from the same kind of model."""
     from app.core.manifest import Manifest
 
     target = out or Path("models") / name
@@ -54,8 +62,11 @@ def export(
     except ParityDataError as exc:
         raise typer.BadParameter(str(exc)) from exc
 
+    from app.core.manifest import BiEncoderSpec
+
+    spec = BiEncoderSpec(first_stage_weight=first_stage_weight, fitted_on=fitted_on) if reranker else None
     try:
-        manifest = export_text_model(source, target, name, sentences, threads=threads)
+        manifest = export_text_model(source, target, name, sentences, threads=threads, bi_encoder=spec)
     except ModelSourceError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc

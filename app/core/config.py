@@ -18,6 +18,9 @@ class Settings(BaseSettings):
     models_dir: Path = Path("models")
     data_dir: Path = Path("data")
     default_model: str = "minilm-l6"
+    # The reranker /v1/rerank and search's `rerank` use when a request names none (empty: the first
+    # served reranker by name).
+    default_reranker: str = ""
     # Only these model folders are loaded (comma-separated); empty = every folder in models_dir.
     models: str = ""
     backend: Literal["auto", "onnxruntime", "openvino"] = "auto"

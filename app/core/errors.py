@@ -147,6 +147,14 @@ class QueueFull(TesseraError):
     code = "queue_full"
 
 
+class RescoreUnavailable(TesseraError):
+    """A collection's second-stage (rescore) model is not served, or no longer matches its vectors:
+    writes are refused (none may lack its second vector) and so is search with `rerank`; plain
+    search still works."""
+
+    code = "rescore_model_unavailable"
+
+
 class CollectionNotFound(TesseraError):
     code = "index_not_found"
 
@@ -200,6 +208,7 @@ HTTP_ERRORS: dict[type[TesseraError], HttpMapping] = {
     InputTooLong: HttpMapping(413),
     ImageTooLarge: HttpMapping(413),
     QueueFull: HttpMapping(429, "rate_limit_error", retry_after=True),
+    RescoreUnavailable: HttpMapping(503, "service_unavailable_error"),
     RateLimited: HttpMapping(429, "rate_limit_error", retry_after=True),
 }
 

@@ -30,6 +30,7 @@ class ModelKind(StrEnum):
     CLIP = "clip"
     CROSS_ENCODER = "cross-encoder"
     BLOCKRANK = "blockrank"
+    BI_ENCODER = "bi-encoder"
 
 
 class Pooling(StrEnum):
@@ -159,6 +160,16 @@ class ClipSpec(_Strict):
     prompt: str = Field("a photo of a {label}", description="default label template; {label} is replaced")
 
 
+class BiEncoderSpec(_Strict):
+    """How a `bi-encoder` reranker scores: the cosine of its own (stronger) embeddings of query and
+    document, fused with the first stage's score where one exists (search's `rerank`):
+    `model_weight * cosine + first_stage_weight * first-stage score`."""
+
+    model_weight: float = Field(1.0, ge=0)
+    first_stage_weight: float = Field(0.0, ge=0)
+    fitted_on: str = Field("", description="the training queries the weights were fitted on (never evaluation ones)")
+
+
 class SourceInfo(_Strict):
     checkpoint: str
     library: str = "sentence-transformers"
@@ -167,12 +178,15 @@ class SourceInfo(_Strict):
 
 # Which towers (and whether a shared `dim`) each kind has.
 EMBEDDING_KINDS = frozenset({ModelKind.TEXT, ModelKind.IMAGE, ModelKind.CLIP})
+# Kinds whose graph pools to one vector: the embedders, and rerankers that score by cosine.
+POOLED_KINDS = EMBEDDING_KINDS | {ModelKind.BI_ENCODER}
 _TOWERS: dict[ModelKind, tuple[bool, bool]] = {  # kind -> (text tower, image tower)
     ModelKind.TEXT: (True, False),
     ModelKind.IMAGE: (False, True),
     ModelKind.CLIP: (True, True),
     ModelKind.CROSS_ENCODER: (True, False),
     ModelKind.BLOCKRANK: (True, False),
+    ModelKind.BI_ENCODER: (True, False),
 }
 
 
@@ -190,6 +204,7 @@ class Manifest(_Strict):
     image: ImageTower | None = None
     blockrank: BlockRankSpec | None = None  # kind blockrank only
     clip: ClipSpec | None = None  # kind clip only (defaults when absent)
+    bi_encoder: BiEncoderSpec | None = None  # kind bi-encoder only (defaults when absent)
     files: dict[str, str] = Field(description="relative path -> sha256 of every file the model needs")
     source: SourceInfo
     parity: list[VariantParity] = Field(default_factory=list)
@@ -206,15 +221,16 @@ class Manifest(_Strict):
     @model_validator(mode="after")
     def _sections_match_kind(self) -> Manifest:
         wants_text, wants_image = _TOWERS[self.kind]
-        embeds = self.kind in EMBEDDING_KINDS
+        embeds = self.kind in POOLED_KINDS
         rules = [
             ("`text` section", wants_text, self.text is not None),
             ("`image` section", wants_image, self.image is not None),
             ("`dim`", embeds, self.dim is not None),
             ("`blockrank` section", self.kind == ModelKind.BLOCKRANK, self.blockrank is not None),
         ]
-        if self.clip is not None and self.kind != ModelKind.CLIP:
-            raise ValueError(f"a {self.kind.value} model has no `clip` section")
+        for section, kind in ((self.clip, ModelKind.CLIP), (self.bi_encoder, ModelKind.BI_ENCODER)):
+            if section is not None and self.kind != kind:
+                raise ValueError(f"a {self.kind.value} model has no `{kind.value.replace('-', '_')}` section")
         if self.text is not None:
             rules += [
                 ("ONNX graph for its text tower", self.kind != ModelKind.BLOCKRANK, self.text.onnx is not None),

@@ -17,7 +17,7 @@ from app.backends.openvino_backend import configure_cpu
 from app.core import metrics
 from app.core.config import Settings
 from app.core.errors import ModelNotFound, UnsupportedInput, WrongModelKind
-from app.core.manifest import MANIFEST_FILE, Manifest, ModelKind
+from app.core.manifest import MANIFEST_FILE, BiEncoderSpec, Manifest, ModelKind
 from app.inference.batcher import DynamicBatcher
 from app.inference.cross_encoder import CrossEncoderModel
 from app.inference.image_model import ImageModel
@@ -223,6 +223,37 @@ class CrossEncoderScorer(_Batched, Scorer):
         return 1.0 / (1.0 + np.exp(-logits)), tokens
 
 
+class BiEncoderScorer(Scorer):
+    """A `bi-encoder` reranker: a (stronger) embedding model scores each document by the cosine of
+    its vectors of query and document, query and documents embedded together through its batcher.
+    With the first stage's scores (search), the manifest's weights fuse the two."""
+
+    capabilities = frozenset({Capability.SCORE})
+
+    def __init__(self, folder: Path, manifest: Manifest, settings: Settings) -> None:
+        self.encoder = TextEncoder(folder, manifest, settings)
+        super().__init__(folder, manifest, self.encoder.variant)
+        self.weights = manifest.bi_encoder or BiEncoderSpec()
+
+    def start(self) -> None:
+        self.encoder.start()
+
+    async def stop(self) -> None:
+        await self.encoder.stop()
+
+    async def score(
+        self, query: str, documents: list[str], max_tokens_per_doc: int | None = None, truncate: bool = True
+    ) -> tuple[np.ndarray, int]:
+        """(n,) cosines in [-1, 1]. `max_tokens_per_doc` does not apply: each text is embedded on
+        its own, up to the model's max_tokens."""
+        result = await self.encoder.embed_text([query, *documents], truncate)
+        vectors = result.vectors  # (1 + n, dim), unit rows
+        return (vectors[1:] @ vectors[0]).astype(np.float32), result.tokens
+
+    def fuse(self, first_stage: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        return self.weights.model_weight * scores + self.weights.first_stage_weight * first_stage
+
+
 def _load_blockrank(folder: Path, manifest: Manifest, settings: Settings) -> ServedModel:
     if importlib.util.find_spec("torch") is None:  # e.g. the runtime image: skip, don't fail
         raise ModelSkipped("a blockrank model needs torch: pip install 'tessera[blockrank]'")
@@ -243,6 +274,7 @@ LOADERS: dict[ModelKind, Loader] = {
     ModelKind.CLIP: ClipEncoder,
     ModelKind.CROSS_ENCODER: CrossEncoderScorer,
     ModelKind.BLOCKRANK: _load_blockrank,
+    ModelKind.BI_ENCODER: BiEncoderScorer,
 }
 
 
@@ -312,11 +344,14 @@ class ModelRegistry:
         return model
 
     def scorer(self, name: str | None) -> Scorer:
-        """The reranker `name` (the first served, by name, when None)."""
+        """The reranker `name` (the configured default, else the first served by name, when None)."""
+        name = name or self.settings.default_reranker or None
         if name is None:
             scorers = self.scorers
             if not scorers:
-                raise ModelNotFound("no reranker is served (add a models/ folder of kind cross-encoder or blockrank)")
+                raise ModelNotFound(
+                    "no reranker is served (add a models/ folder of kind bi-encoder, cross-encoder or blockrank)"
+                )
             return scorers[sorted(scorers)[0]]
         model = self.get(name)
         if not isinstance(model, Scorer):

@@ -138,3 +138,8 @@ class Scorer(ServedModel, ABC):
         self, query: str, documents: list[str], max_tokens_per_doc: int | None = None, truncate: bool = True
     ) -> tuple[np.ndarray, int]:
         """(n,) relevance per document (higher is better) and the tokens processed."""
+
+    def fuse(self, first_stage: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        """The score search ranks by when the first stage's scores are known (search's `rerank`);
+        a reranker that fuses the two overrides this. (n,) each."""
+        return scores

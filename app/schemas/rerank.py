@@ -11,7 +11,9 @@ from app.schemas.common import Integer, StrictRequest, Text
 
 class RerankRequest(StrictRequest):
     model: str | None = Field(
-        None, description="a model folder of kind cross-encoder or blockrank; default: the first served"
+        None,
+        description="a model folder of kind bi-encoder, cross-encoder or blockrank; default: "
+        "TESSERA_DEFAULT_RERANKER, else the first served",
     )
     query: Text = Field(min_length=1)
     documents: Annotated[
@@ -31,7 +33,9 @@ class RerankRequest(StrictRequest):
     ] = Field(description="strings, or objects with a `text` field (Cohere/Jina)")
     top_n: Integer | None = Field(None, ge=1, description="return only the best n (default: all)")
     return_documents: bool = Field(False, description="include each document's text in its result")
-    max_tokens_per_doc: Integer | None = Field(None, ge=1, description="truncate each document to this many tokens")
+    max_tokens_per_doc: Integer | None = Field(
+        None, ge=1, description="truncate each document to this many tokens (not for a bi-encoder: its own cap)"
+    )
     truncate: bool = Field(
         True, description="Tessera extension: false -> 413 for a document over max_tokens_per_doc or the model's cap"
     )
@@ -59,8 +63,9 @@ class RerankDocument(BaseModel):
 class RerankResult(BaseModel):
     index: int
     relevance_score: float = Field(
-        description="cross-encoder: sigmoid of its logit, in (0, 1); blockrank: the document's share of the "
-        "in-context attention distribution over all documents (the scores sum to 1)"
+        description="bi-encoder: the cosine of its query and document vectors, in [-1, 1]; cross-encoder: "
+        "sigmoid of its logit, in (0, 1); blockrank: the document's share of the in-context attention "
+        "distribution over all documents (the scores sum to 1)"
     )
     document: RerankDocument | None = None
 

@@ -21,6 +21,13 @@ def _check_id(value: str) -> str:
     return value
 
 
+class RescoreIn(StrictRequest):
+    model: str = Field(description="a bi-encoder reranker or a text embedding model from models/")
+    weight: FiniteFloat | None = Field(
+        None, ge=0, description="the first stage's weight in the fused score; default: the reranker's own"
+    )
+
+
 class CreateIndexRequest(StrictRequest):
     name: str = Field(
         json_schema_extra={"pattern": INDEX_NAME_PATTERN},  # checked by validate_name, with a clearer message
@@ -35,6 +42,11 @@ class CreateIndexRequest(StrictRequest):
     )
     thumbnails: bool = Field(
         False, description="image collections: keep a small JPEG of each image (otherwise only its reference)"
+    )
+    rescore: RescoreIn | None = Field(
+        None,
+        description="text collections: also embed every document with this (stronger) model and keep the "
+        "vector, so search's `rerank` rescores its candidates with one query embedding",
     )
 
 

@@ -472,13 +472,32 @@ class _ImagePayloads:
         return self.encoder.encode(payloads, batch_size=IMAGE_ENCODE_BATCH)
 
 
-Payloads = _TextPayloads | _ImagePayloads
+class _RescoredPayloads:
+    """A text record embedded by the collection's model and by its second-stage (rescore) model,
+    each with its own document prefix: rows are [first vector | second vector]."""
+
+    def __init__(self, first: TextModel, second: TextModel) -> None:
+        self.first, self.second = _TextPayloads(first), _TextPayloads(second)
+        self.dim = first.dim + second.dim
+
+    def payloads(self, batch: list[Record]) -> list[str]:
+        return [r.text or "" for r in batch if r.vector is None]
+
+    def encode(self, payloads: list[str]) -> tuple[np.ndarray, dict[int, str]]:
+        first, _ = self.first.encode([self.first.prefix + p for p in payloads])
+        second, _ = self.second.encode([self.second.prefix + p for p in payloads])
+        return np.hstack([first, second]), {}
 
 
-def load_encoder(settings: Settings, model_name: str, images: bool = False) -> Payloads:
+Payloads = _TextPayloads | _ImagePayloads | _RescoredPayloads
+
+
+def load_encoder(settings: Settings, model_name: str, images: bool = False, rescore: str | None = None) -> Payloads:
     """The model `model_name` as the builder runs it: its image tower for `images` (an image or
-    clip model), else its text tower."""
+    clip model), else its text tower, with the `rescore` model's vectors beside when given."""
     manifest = model_manifest(settings, model_name)
+    if rescore is not None and not images:
+        return _RescoredPayloads(load_text_model(settings, model_name), load_text_model(settings, rescore))
     if images:
         variant = choose_variant(manifest, settings.backend, settings.precision, tower="image")
         model = ImageModel(settings.models_dir / model_name, manifest, variant, threads=settings.threads)
@@ -493,6 +512,34 @@ def reads_images(manifest: Manifest, source: Path) -> bool:
     if manifest.kind == ModelKind.IMAGE:
         return True
     return manifest.kind == ModelKind.CLIP and bool(image_files(source))
+
+
+def _rescore_spec(settings: Settings, options: BuildOptions) -> dict[str, Any] | None:
+    """A new collection's `rescore` record for --rescore (the model's own first-stage weight)."""
+    if options.rescore is None:
+        return None
+    manifest = model_manifest(settings, options.rescore)
+    if manifest.kind not in (ModelKind.BI_ENCODER, ModelKind.TEXT):
+        raise InputError(
+            f"--rescore {options.rescore!r} is a {manifest.kind.value} model; use a bi-encoder or text model"
+        )
+    weight = manifest.bi_encoder.first_stage_weight if manifest.bi_encoder else 0.0
+    return {"model": options.rescore, "dim": manifest.embedding_dim, "weight": weight}
+
+
+def _rescore_model(settings: Settings, collection: Collection, images: bool) -> str | None:
+    """The collection's second-stage model, checked before anything is embedded (its folder, its
+    kind, its size against the vectors the collection already keeps)."""
+    spec = collection.config.rescore
+    if not spec or images:
+        return None
+    manifest = model_manifest(settings, spec["model"])
+    if manifest.kind not in (ModelKind.BI_ENCODER, ModelKind.TEXT) or manifest.dim != spec["dim"]:
+        raise InputError(
+            f"index {collection.config.name!r} keeps {spec['dim']}-d second-stage vectors of {spec['model']!r}; "
+            f"that folder is now a {manifest.dim}-d {manifest.kind.value} model"
+        )
+    return str(spec["model"])
 
 
 def model_manifest(settings: Settings, model_name: str) -> Manifest:
@@ -515,6 +562,7 @@ class BuildOptions:
     restart: bool = False  # ignore an interrupted build's checkpoint and start from the first record
     encode_window: int = ENCODE_WINDOW
     on_bad_image: OnBadImage = OnBadImage.ERROR
+    rescore: str | None = None  # a new collection's second-stage model (an existing one keeps its own)
 
 
 class BuildProgress:
@@ -555,7 +603,9 @@ def build_index(
     try:
         collection = manager.open_one(index_name, require_lock=True)
         if collection is None:
-            collection = manager.create(index_name, model_name, dim, "cosine", options.index_spec)
+            collection = manager.create(
+                index_name, model_name, dim, "cosine", options.index_spec, rescore=_rescore_spec(settings, options)
+            )
             created = True
         if collection.config.model != model_name:
             raise InputError(f"index {index_name!r} is bound to model {collection.config.model!r}, not {model_name!r}")
@@ -581,7 +631,9 @@ def _run_build(
     done = checkpoint.load(plan, options.restart)
     progress.planned(plan, done)
     images = plan.images_root is not None
-    model = load_encoder(settings, model_name, images) if plan.without_vector and done < plan.records else None
+    rescore = _rescore_model(settings, collection, images)
+    needed = plan.without_vector and done < plan.records
+    model = load_encoder(settings, model_name, images, rescore) if needed else None
     records = (r for i, r in enumerate(plan.read(collection.config.dim)) if i not in plan.skip)
     records = itertools.islice(records, done, None)  # what an earlier run already committed
     start = time.perf_counter()
@@ -604,8 +656,17 @@ def _run_build(
         for offset in range(0, len(window), batch_size):
             chunk = window[offset : offset + batch_size]
             rows = vectors[offset : offset + batch_size]
+            dim = collection.config.dim
             docs = [
-                Document(r.id, r.text, r.metadata, v, r.image, modality="image" if r.image else "text")
+                Document(
+                    r.id,
+                    r.text,
+                    r.metadata,
+                    v[:dim],
+                    r.image,
+                    modality="image" if r.image else "text",
+                    rescore_vector=v[dim:] if len(v) > dim and np.isfinite(v[dim]) else None,
+                )
                 for i, (r, v) in enumerate(zip(chunk, rows, strict=True))
                 if offset + i not in problems
             ]
@@ -664,6 +725,7 @@ def _embedded(
             options.ray_address,
             options.ray_actors,
             isinstance(model, _ImagePayloads),
+            model.second.model.manifest.name if isinstance(model, _RescoredPayloads) else None,
         )
         if options.engine == "ray"
         else ((window, *model.encode(model.payloads(window))) for window in windows)
@@ -675,12 +737,12 @@ def _embedded(
 
 def _merge(window: list[Record], embedded: np.ndarray, dim: int) -> tuple[np.ndarray, list[int]]:
     """The window's vectors (its own, else the next embedded row) and, per embedded row, its window row."""
-    vectors = np.empty((len(window), dim), dtype=np.float32)  # (n, dim)
+    vectors = np.full((len(window), dim), np.nan, dtype=np.float32)  # (n, dim)
     rows = iter(embedded.reshape(-1, dim))
     embedded_rows = []
     for i, record in enumerate(window):
-        if record.vector is not None:
-            vectors[i] = record.vector
+        if record.vector is not None:  # its own vector; no second-stage vector (NaN) where rows have one
+            vectors[i, : len(record.vector)] = record.vector
         else:
             vectors[i] = next(rows)
             embedded_rows.append(i)
@@ -691,8 +753,8 @@ class _RayEmbedder:
     """Ray Data actor: loads the model once, then embeds one chunk (row) per call exactly as the
     local engine does, so both engines produce the same vectors."""
 
-    def __init__(self, model_name: str, settings_json: str, images: bool) -> None:
-        self.model = load_encoder(Settings.model_validate_json(settings_json), model_name, images)
+    def __init__(self, model_name: str, settings_json: str, images: bool, rescore: str | None) -> None:
+        self.model = load_encoder(Settings.model_validate_json(settings_json), model_name, images, rescore)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         vectors, problems = [], []
@@ -715,6 +777,7 @@ def _ray_embed(
     address: str | None,
     actors: int,
     images: bool,
+    rescore: str | None,
 ) -> Iterator[tuple[list[Record], np.ndarray, dict[int, str]]]:
     """Embed chunks (texts, or image paths) on Ray Data: `map_batches` over an actor pool, one chunk
     per row, order kept.
@@ -738,7 +801,7 @@ def _ray_embed(
         items = [{"chunk": i, "texts": payloads_of(chunk)} for i, chunk in enumerate(window)]
         embedded = ray.data.from_items(items, override_num_blocks=min(len(items), 4 * actors)).map_batches(
             _RayEmbedder,
-            fn_constructor_args=(model_name, settings_json, images),
+            fn_constructor_args=(model_name, settings_json, images, rescore),
             batch_size=1,
             concurrency=actors,
             num_cpus=1,

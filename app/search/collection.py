@@ -54,6 +54,9 @@ class CollectionConfig:
     index: str = "auto"
     # Image collections: keep a small JPEG of each image in the store (off: only its reference).
     thumbnails: bool = False
+    # Second-stage vectors: {"model": reranker or text model, "dim": its size, "weight": the first
+    # stage's weight in the fused score}; None: none are kept.
+    rescore: dict[str, Any] | None = None
     created_at: float = field(default_factory=time.time)
     last_build: dict[str, Any] | None = None
 
@@ -289,6 +292,7 @@ class Collection:
                 "dim": self.config.dim,
                 "metric": self.config.metric,
                 "thumbnails": self.config.thumbnails,
+                "rescore": self.config.rescore,
                 "index_spec": self.config.index,
                 "index_type": index.spec,
                 "size": self.store.count(),

@@ -6,6 +6,7 @@ import logging
 import shutil
 import threading
 from pathlib import Path
+from typing import Any
 
 from app.core.config import Settings
 from app.core.errors import (
@@ -101,7 +102,16 @@ class CollectionManager:
                 log.exception("collection %s could not be opened", folder.name)
                 self.failed[folder.name] = f"{type(exc).__name__}: {exc}"
 
-    def create(self, name: str, model: str, dim: int, metric: str, index: str, thumbnails: bool = False) -> Collection:
+    def create(
+        self,
+        name: str,
+        model: str,
+        dim: int,
+        metric: str,
+        index: str,
+        thumbnails: bool = False,
+        rescore: dict[str, Any] | None = None,
+    ) -> Collection:
         validate_name(name)
         if metric not in METRICS:
             raise InvalidMetric(f"unknown metric {metric!r}: {sorted(METRICS)}")
@@ -115,7 +125,7 @@ class CollectionManager:
             folder.mkdir(parents=True)
             try:
                 config = CollectionConfig(
-                    name=name, model=model, dim=dim, metric=metric, index=index, thumbnails=thumbnails
+                    name=name, model=model, dim=dim, metric=metric, index=index, thumbnails=thumbnails, rescore=rescore
                 )
                 config.save(folder)
                 collection = self._open(folder, config)

@@ -33,7 +33,8 @@ CREATE TABLE IF NOT EXISTS documents (
     vector BLOB NOT NULL,
     image TEXT,
     thumbnail BLOB,
-    modality TEXT
+    modality TEXT,
+    rescore_vector BLOB
 );
 CREATE TABLE IF NOT EXISTS ops (
     op INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -53,6 +54,8 @@ class Document:
     thumbnail: bytes | None = None  # a small JPEG, only where the collection keeps thumbnails
     # What was embedded: "text" or "image" (None: a caller's own vector); search's `modality` selects by it.
     modality: str | None = None
+    # The collection's second-stage (rescore) model's vector of the text, where it declares one.
+    rescore_vector: np.ndarray | None = None
 
 
 @dataclass(slots=True)
@@ -132,7 +135,12 @@ class DocumentStore:
     def _add_image_columns(self) -> None:
         """Collections made before image documents lack these columns: added in place (NULL)."""
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(documents)")}
-        for column, kind in (("image", "TEXT"), ("thumbnail", "BLOB"), ("modality", "TEXT")):
+        for column, kind in (
+            ("image", "TEXT"),
+            ("thumbnail", "BLOB"),
+            ("modality", "TEXT"),
+            ("rescore_vector", "BLOB"),
+        ):
             if column not in columns:
                 self._db.execute(f"ALTER TABLE documents ADD COLUMN {column} {kind}")
 
@@ -175,8 +183,8 @@ class DocumentStore:
                         removed.append(row[0])
                     vector = np.ascontiguousarray(doc.vector, dtype=np.float32)
                     cur.execute(
-                        "INSERT INTO documents (id, text, metadata, vector, image, thumbnail, modality)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        "INSERT INTO documents (id, text, metadata, vector, image, thumbnail, modality, rescore_vector)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                         (
                             doc.id,
                             doc.text,
@@ -185,6 +193,9 @@ class DocumentStore:
                             doc.image,
                             doc.thumbnail,
                             doc.modality,
+                            None
+                            if doc.rescore_vector is None
+                            else np.ascontiguousarray(doc.rescore_vector, dtype=np.float32).tobytes(),
                         ),
                     )
                     key = cur.lastrowid
@@ -223,6 +234,22 @@ class DocumentStore:
                 f"SELECT id, text, metadata, vector, {self._image_columns} FROM documents WHERE id = ?", (doc_id,)
             ).fetchone()
         return self._document(row, with_vector) if row else None
+
+    def rescore_vectors(self, ids: list[str]) -> dict[str, np.ndarray]:
+        """id -> its stored second-stage vector (ids without one are absent)."""
+        out: dict[str, np.ndarray] = {}
+        with self._locked():
+            if "rescore_vector" not in {row[1] for row in self._db.execute("PRAGMA table_info(documents)")}:
+                return out  # a read-only replica of a collection made before second-stage vectors
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                rows = self._db.execute(
+                    f"SELECT id, rescore_vector FROM documents WHERE id IN ({','.join('?' * len(chunk))})"
+                    " AND rescore_vector IS NOT NULL",
+                    chunk,
+                ).fetchall()
+                out.update((doc_id, np.frombuffer(blob, dtype=np.float32)) for doc_id, blob in rows)
+        return out
 
     def by_keys(self, keys: list[int], with_vector: bool = False) -> dict[int, Document]:
         out: dict[int, Document] = {}

@@ -30,11 +30,15 @@ async def rerank(
     documents: list[str],
     max_tokens_per_doc: int | None = None,
     truncate: bool = True,
+    first_stage: np.ndarray | None = None,
 ) -> RerankOutcome:
-    """Relevance of each document to `query` from the reranker `model` (the first served when None)."""
+    """Relevance of each document to `query` from the reranker `model` (the default when None);
+    with the first stage's scores (search), fused as the reranker says."""
     check_input_count(len(documents), settings, "documents")
     check_input_chars([query], settings, "query")
     check_input_chars(documents, settings, "document")
     scorer = registry.scorer(model)
     scores, tokens = await scorer.score(query, documents, max_tokens_per_doc, truncate)
+    if first_stage is not None:
+        scores = scorer.fuse(first_stage, scores)
     return RerankOutcome(scorer.name, scores, tokens)

@@ -27,6 +27,7 @@ from app.search.collection import Collection
 from app.search.manager import CollectionManager
 from app.search.store import Document
 from app.search.vector_index import SearchParams
+from app.services import rescore as rescoring
 from app.services.embedding import (
     ImageInput,
     check_image_count,
@@ -59,8 +60,18 @@ async def create_collection(
 ) -> Collection:
     collections.check_writable()
     embedder = registry.embedder(body.model)
+    rescore = (
+        rescoring.rescore_config(registry, embedder, body.rescore.model, body.rescore.weight) if body.rescore else None
+    )
     return await asyncio.to_thread(
-        collections.create, body.name, embedder.name, embedder.dim, body.metric, body.index, body.thumbnails
+        collections.create,
+        body.name,
+        embedder.name,
+        embedder.dim,
+        body.metric,
+        body.index,
+        body.thumbnails,
+        rescore,
     )
 
 
@@ -79,6 +90,7 @@ async def upsert(
     collection = collections.get(name)
     dim = collection.config.dim
     check_input_count(len(body.documents), settings, "documents")
+    rescorer = rescoring.for_collection(registry, collection)  # before any work: no write lacks its vector
     if len({d.id for d in body.documents}) != len(body.documents):
         raise DuplicateIds("duplicate ids in one request")
     vectors: list[np.ndarray | None] = [
@@ -97,9 +109,16 @@ async def upsert(
         _, text_result = await embed_texts(registry, settings, collection.config.model, texts)
         for row, i in enumerate(to_embed):
             vectors[i] = text_result.vectors[row]
+    second: list[np.ndarray | None] = [None] * len(body.documents)
+    if rescorer is not None:
+        with_text = [i for i, d in enumerate(body.documents) if d.text]
+        if with_text:
+            rows = await rescoring.second_vectors(rescorer, [body.documents[i].text or "" for i in with_text])
+            for row, i in enumerate(with_text):
+                second[i] = rows[row]
     docs = [
-        Document(d.id, d.text, d.metadata, v, _image_reference(d.image, d.image_ref), thumb, _modality(d))
-        for d, v, thumb in zip(body.documents, vectors, thumbnails, strict=True)
+        Document(d.id, d.text, d.metadata, v, _image_reference(d.image, d.image_ref), thumb, _modality(d), s2)
+        for d, v, thumb, s2 in zip(body.documents, vectors, thumbnails, second, strict=True)
     ]
     upserted = await asyncio.to_thread(collection.upsert, docs)  # returns once durable
     return upserted, collection.store.count()
@@ -186,9 +205,21 @@ async def search(
         body.modality,
     )
     found = [{**asdict(h), "thumbnail": thumbnail_uri(h.thumbnail)} for h in found_hits]
-    if body.rerank and found:
+    rescorer = _stored_rescorer(registry, collection, body)
+    if rescorer is not None and found:
+        first_stage = np.array([h["score"] for h in found], dtype=np.float32)
+        fused = await rescoring.rescored(rescorer, collection, body.query or "", [h["id"] for h in found], first_stage)
+        for hit, score in zip(found, fused, strict=True):
+            hit["first_stage_score"], hit["score"] = hit["score"], float(score)
+        found = sorted(found, key=lambda h: -h["score"])[: body.rerank.top_n or body.top_k]  # type: ignore[union-attr]
+    elif body.rerank and found:
         outcome = await rerank(
-            registry, settings, body.rerank.model, body.query or "", [h["document"] or "" for h in found]
+            registry,
+            settings,
+            body.rerank.model,
+            body.query or "",
+            [h["document"] or "" for h in found],
+            first_stage=np.array([h["score"] for h in found], dtype=np.float32),
         )
         for hit, score in zip(found, outcome.scores, strict=True):
             hit["first_stage_score"], hit["score"] = hit["score"], float(score)
@@ -196,6 +227,14 @@ async def search(
                 hit["document"] = None
         found = sorted(found, key=lambda h: -h["score"])[: body.rerank.top_n or body.top_k]
     return SearchOutcome(found, round((time.perf_counter() - start) * 1000, 3), collection.index.spec)
+
+
+def _stored_rescorer(registry: ModelRegistry, collection: Collection, body: SearchRequest) -> rescoring.Rescorer | None:
+    """The collection's stored second-stage vectors serve `rerank` when it names no model or theirs."""
+    spec = collection.config.rescore
+    if not body.rerank or not spec or body.rerank.model not in (None, spec["model"]):
+        return None
+    return rescoring.for_collection(registry, collection)
 
 
 def start_optimize(collections: CollectionManager, name: str, spec: str | None) -> None:

@@ -34,6 +34,7 @@ EXPECTED_STATUS = {
     errors.CollectionLocked: 409,
     errors.TooManyInputs: 413,
     errors.QueueFull: 429,
+    errors.RescoreUnavailable: 503,
     errors.InvalidImage: 422,
     errors.ImageFetchRefused: 422,
     errors.ImageTooLarge: 413,
@@ -95,4 +96,8 @@ def test_domain_error_maps_to_status_and_openai_json(client: TestClient, cls: ty
 def test_errors_carry_no_http_status_and_the_table_is_the_only_mapping() -> None:
     assert all(not hasattr(cls, "status") for cls in _all_errors())
     assert set(HTTP_ERRORS) <= {TesseraError, *_all_errors()}
-    assert all(400 <= m.status < 500 for m in HTTP_ERRORS.values())
+    # Client errors, except a server-side state the client cannot fix: a collection whose second-stage
+    # model is not served (503 until an operator restores it).
+    server_side = {errors.RescoreUnavailable}
+    assert all(400 <= m.status < 500 for cls, m in HTTP_ERRORS.items() if cls not in server_side)
+    assert all(HTTP_ERRORS[cls].status == 503 for cls in server_side)

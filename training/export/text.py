@@ -18,6 +18,7 @@ from torch import nn
 
 from app.core.manifest import (
     Backend,
+    BiEncoderSpec,
     Manifest,
     ModelKind,
     OnnxIO,
@@ -157,8 +158,10 @@ def export_text_model(
     parity_sentences: list[str],
     eval_scores: dict[str, float] | None = None,
     threads: int = 0,
+    bi_encoder: BiEncoderSpec | None = None,
 ) -> Manifest:
-    """Export `source` to `out_dir` (replaced atomically) and record parity per variant."""
+    """Export `source` to `out_dir` (replaced atomically) and record parity per variant. With
+    `bi_encoder`, the folder is a reranker of kind bi-encoder (cosine, fused by those weights)."""
     if len(parity_sentences) == 0:
         raise ValueError("parity needs at least one sentence")
     st_model = load_sentence_transformer(source)
@@ -172,7 +175,8 @@ def export_text_model(
         files = {p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.is_file() and p.name != "manifest.json"}
         manifest = Manifest(
             name=name,
-            kind=ModelKind.TEXT,
+            kind=ModelKind.TEXT if bi_encoder is None else ModelKind.BI_ENCODER,
+            bi_encoder=bi_encoder,
             dim=_embedding_dim(st_model),
             text=TextTower(max_tokens=int(st_model.max_seq_length), pooling=pooling, normalize=normalize, onnx=onnx_io),
             files=files,

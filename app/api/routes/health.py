@@ -10,6 +10,7 @@ from starlette.responses import JSONResponse, Response
 
 from app.api.deps import CollectionsDep, RegistryDep
 from app.core.metrics import REGISTRY
+from app.services.rescore import degraded
 
 router = APIRouter(tags=["health"])
 
@@ -23,13 +24,16 @@ async def health() -> dict[str, str]:
 @router.get("/ready", responses={503: {"description": "models not loaded"}})
 async def ready(registry: RegistryDep, collections: CollectionsDep) -> Any:
     """Readiness: every model folder that was asked for is loaded. Collections that could not be
-    opened are listed (the others serve) but do not make the service unready."""
+    opened, or whose second-stage (rescore) model is missing, are listed (the others serve) but do
+    not make the service unready."""
     body = {
         "status": "ready" if registry.ready else "not_ready",
         "models": sorted(registry.models),
         "failed": registry.failed,
         "skipped": registry.skipped,
         "collections_failed": collections.failed,
+        # Searchable, but writes and `rerank` are refused: their second-stage model is missing.
+        "collections_degraded": degraded(registry, collections),
     }
     return JSONResponse(body, status_code=200 if registry.ready else 503)
 

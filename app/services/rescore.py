@@ -1,0 +1,101 @@
+"""Second-stage vectors: a collection may keep, beside each document's first-stage vector, the
+vector of a stronger model (a bi-encoder reranker or a text embedding model), so that search's
+`rerank` rescores its candidates with one query embedding instead of embedding every candidate.
+
+Fused score = cosine(second-stage query, stored document vector) + weight x first-stage score.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from app.core.errors import InvalidRequest, ModelNotFound, RescoreUnavailable, WrongModelKind
+from app.core.manifest import ModelKind
+from app.inference.registry import BiEncoderScorer, ModelRegistry
+from app.inference.served import Capability, Embedder
+from app.search.collection import Collection
+from app.search.manager import CollectionManager
+
+
+@dataclass
+class Rescorer:
+    name: str
+    encoder: Embedder  # embeds the query and the documents' texts
+    default_weight: float  # the first stage's weight unless the collection sets one
+
+
+def resolve(registry: ModelRegistry, name: str) -> Rescorer:
+    """The rescore model `name`: a bi-encoder reranker, or a text embedding model."""
+    model = registry.get(name)
+    if isinstance(model, BiEncoderScorer):
+        return Rescorer(name, model.encoder, model.weights.first_stage_weight)
+    if isinstance(model, Embedder) and model.kind == ModelKind.TEXT:
+        return Rescorer(name, model, 0.0)
+    raise WrongModelKind(
+        f"model '{name}' is a {model.kind.value} model; rescore needs a bi-encoder reranker or a text model"
+    )
+
+
+def rescore_config(registry: ModelRegistry, first: Embedder, model: str, weight: float | None) -> dict[str, Any]:
+    """What a new collection records for `rescore: {model, weight}`; errors for what cannot work."""
+    if first.capabilities != frozenset({Capability.EMBED_TEXT}):
+        raise InvalidRequest(f"rescore applies to text collections; model '{first.name}' embeds images")
+    rescorer = resolve(registry, model)
+    chosen = rescorer.default_weight if weight is None else weight
+    return {"model": model, "dim": rescorer.encoder.dim, "weight": chosen}
+
+
+def for_collection(registry: ModelRegistry, collection: Collection) -> Rescorer | None:
+    """The collection's rescorer (None when it keeps no second-stage vectors); RescoreUnavailable
+    when its model is not served or no longer has the stored vectors' size."""
+    spec = collection.config.rescore
+    if not spec:
+        return None
+    try:
+        rescorer = resolve(registry, spec["model"])
+    except (ModelNotFound, WrongModelKind) as exc:
+        raise RescoreUnavailable(
+            f"index '{collection.config.name}' keeps second-stage vectors of model '{spec['model']}', which is not "
+            f"served as a reranker or text model ({exc.message}); plain search works, writes and rerank do not"
+        ) from exc
+    if rescorer.encoder.dim != spec["dim"]:
+        raise RescoreUnavailable(
+            f"index '{collection.config.name}': model '{spec['model']}' now has {rescorer.encoder.dim} dimensions, "
+            f"its stored second-stage vectors {spec['dim']}"
+        )
+    return rescorer
+
+
+def degraded(registry: ModelRegistry, collections: CollectionManager) -> dict[str, str]:
+    """Collections whose rescore model is unavailable, with why (for /ready)."""
+    out = {}
+    for collection in list(collections.collections.values()):
+        try:
+            for_collection(registry, collection)
+        except RescoreUnavailable as exc:
+            out[collection.config.name] = exc.message
+    return out
+
+
+async def second_vectors(rescorer: Rescorer, texts: list[str]) -> np.ndarray:
+    """(n, dim) unit vectors of `texts` by the rescore model (through its batcher)."""
+    return (await rescorer.encoder.embed_text(texts)).vectors
+
+
+async def rescored(
+    rescorer: Rescorer, collection: Collection, query: str, ids: list[str], first_stage: np.ndarray
+) -> np.ndarray:
+    """(n,) fused scores of the hits `ids`; a hit without a stored vector (it brought its own vector
+    and no text) keeps its first-stage score in place of the cosine."""
+    weight = float(collection.config.rescore["weight"])  # type: ignore[index]
+    query_vector = (await second_vectors(rescorer, [query]))[0]
+    stored = await asyncio.to_thread(collection.store.rescore_vectors, ids)
+    cosines = np.array(
+        [float(stored[i] @ query_vector) if i in stored else float(first_stage[row]) for row, i in enumerate(ids)],
+        dtype=np.float32,
+    )
+    return cosines + weight * first_stage
