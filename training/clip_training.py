@@ -289,9 +289,10 @@ def _batches(train: TrainSet, batch_size: int, rng: random.Random) -> list[list[
     ]
 
 
-def _intra_pairs(train: TrainSet, batch: list[int], rng: random.Random) -> tuple[list[int], list[int]] | None:
+def _intra_pairs(
+    group_of: dict[int, list[int]], batch: list[int], rng: random.Random
+) -> tuple[list[int], list[int]] | None:
     """(anchors, other views): for each batch image with another style of its caption group, one."""
-    group_of = {i: g for g in train.groups if len(g) > 1 for i in g}
     anchors = [i for i in batch if i in group_of]
     if len(anchors) < 2:
         return None
@@ -316,6 +317,7 @@ def fit(
     train = data.train
     total = config.epochs * len(_batches(train, config.batch_size, random.Random(0)))
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.learning_rate, total_steps=total, pct_start=0.1)
+    group_of = {i: g for g in train.groups if len(g) > 1 for i in g}  # image -> its caption group
     head.train()
     step, started = 0, time.monotonic()
     with run.step_log() as steps:
@@ -329,7 +331,7 @@ def fit(
                     loss = loss_fn(images, texts, reference=train.texts[train.text_of[batch]])
                 else:
                     loss = loss_fn(images, texts)
-                pairs = _intra_pairs(train, batch, rng) if intra is not None else None
+                pairs = _intra_pairs(group_of, batch, rng) if intra is not None else None
                 if pairs is not None:
                     anchors, views = pairs
                     loss = loss + config.intra_modal_weight * intra(  # type: ignore[misc]

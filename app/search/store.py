@@ -119,18 +119,19 @@ class DocumentStore:
         self.read_only = read_only
         self._lock = threading.Lock()
         self._closed = False
-        self._has_image_columns: bool | None = None
         if read_only:
             # A replica on a read-only volume: `immutable` skips the WAL's shared-memory file, which
             # could not be created there; it reads the database as it was when opened.
             uri = f"file:{path.resolve()}?mode=ro&immutable=1"
             self._db = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
-            return
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")  # a commit is on disk before we acknowledge
-        self._db.executescript(SCHEMA)
-        self._add_image_columns()
+        else:
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")  # a commit is on disk before we acknowledge
+            self._db.executescript(SCHEMA)
+            self._add_image_columns()
+        # Fixed from here on; a read-only replica of an older collection may lack the newer columns.
+        self._columns = frozenset(row[1] for row in self._db.execute("PRAGMA table_info(documents)"))
 
     def _add_image_columns(self) -> None:
         """Collections made before image documents lack these columns: added in place (NULL)."""
@@ -147,10 +148,7 @@ class DocumentStore:
     @property
     def _image_columns(self) -> str:
         """The image columns, or NULLs on a read-only replica of a collection made before them."""
-        if self._has_image_columns is None:
-            columns = {row[1] for row in self._db.execute("PRAGMA table_info(documents)")}
-            self._has_image_columns = "image" in columns
-        return "image, thumbnail" if self._has_image_columns else "NULL, NULL"
+        return "image, thumbnail" if "image" in self._columns else "NULL, NULL"
 
     def close(self) -> None:
         with self._lock:
@@ -239,7 +237,7 @@ class DocumentStore:
         """id -> its stored second-stage vector (ids without one are absent)."""
         out: dict[str, np.ndarray] = {}
         with self._locked():
-            if "rescore_vector" not in {row[1] for row in self._db.execute("PRAGMA table_info(documents)")}:
+            if "rescore_vector" not in self._columns:
                 return out  # a read-only replica of a collection made before second-stage vectors
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
@@ -268,8 +266,7 @@ class DocumentStore:
     def modality_clause(self, modality: str) -> tuple[str, list[Any]]:
         """SQL selecting documents embedded from `modality`. Rows written before the column existed
         (NULL) count as images when they hold an image reference or thumbnail, else as text."""
-        with self._locked():
-            columns = {row[1] for row in self._db.execute("PRAGMA table_info(documents)")}
+        columns = self._columns
         legacy_image = "(image IS NOT NULL OR thumbnail IS NOT NULL)" if "image" in columns else "0"
         legacy = legacy_image if modality == "image" else f"(text IS NOT NULL AND NOT {legacy_image})"
         if "modality" not in columns:  # a read-only replica of an older collection

@@ -2,7 +2,9 @@
 vector of a stronger model (a bi-encoder reranker or a text embedding model), so that search's
 `rerank` rescores its candidates with one query embedding instead of embedding every candidate.
 
-Fused score = cosine(second-stage query, stored document vector) + weight x first-stage score.
+Fused score = model weight x cosine(second-stage query, stored document vector) + weight x first-stage
+score, as a bi-encoder reranker fuses when it re-embeds the candidates (`BiEncoderScorer.fuse`); the
+collection's `weight` stands in for the reranker's first-stage weight.
 """
 
 from __future__ import annotations
@@ -26,13 +28,14 @@ class Rescorer:
     name: str
     encoder: Embedder  # embeds the query and the documents' texts
     default_weight: float  # the first stage's weight unless the collection sets one
+    model_weight: float = 1.0  # the cosine's weight (a bi-encoder's manifest; 1 for a text model)
 
 
 def resolve(registry: ModelRegistry, name: str) -> Rescorer:
     """The rescore model `name`: a bi-encoder reranker, or a text embedding model."""
     model = registry.get(name)
     if isinstance(model, BiEncoderScorer):
-        return Rescorer(name, model.encoder, model.weights.first_stage_weight)
+        return Rescorer(name, model.encoder, model.weights.first_stage_weight, model.weights.model_weight)
     if isinstance(model, Embedder) and model.kind == ModelKind.TEXT:
         return Rescorer(name, model, 0.0)
     raise WrongModelKind(
@@ -98,4 +101,4 @@ async def rescored(
         [float(stored[i] @ query_vector) if i in stored else float(first_stage[row]) for row, i in enumerate(ids)],
         dtype=np.float32,
     )
-    return cosines + weight * first_stage
+    return rescorer.model_weight * cosines + weight * first_stage

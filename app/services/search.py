@@ -194,34 +194,31 @@ async def search(
         query = result.vectors[0]
     params = SearchParams(ef_search=body.ef_search, nprobe=body.nprobe)
     include = set(body.include)
+    rescorer = _stored_rescorer(registry, collection, body)  # before the search: a 503 costs nothing
+    reembed = body.rerank is not None and rescorer is None  # the reranker reads the candidates' texts
     fetch = max(body.top_k, body.rerank.candidates) if body.rerank else body.top_k
     found_hits = await asyncio.to_thread(
         collection.search,
         query,
         fetch,
         body.filter,
-        include | ({"document"} if body.rerank else set()),
+        include | ({"document"} if reembed else set()),
         params,
         body.modality,
     )
     found = [{**asdict(h), "thumbnail": thumbnail_uri(h.thumbnail)} for h in found_hits]
-    rescorer = _stored_rescorer(registry, collection, body)
-    if rescorer is not None and found:
+    if body.rerank and found:
         first_stage = np.array([h["score"] for h in found], dtype=np.float32)
-        fused = await rescoring.rescored(rescorer, collection, body.query or "", [h["id"] for h in found], first_stage)
-        for hit, score in zip(found, fused, strict=True):
-            hit["first_stage_score"], hit["score"] = hit["score"], float(score)
-        found = sorted(found, key=lambda h: -h["score"])[: body.rerank.top_n or body.top_k]  # type: ignore[union-attr]
-    elif body.rerank and found:
-        outcome = await rerank(
-            registry,
-            settings,
-            body.rerank.model,
-            body.query or "",
-            [h["document"] or "" for h in found],
-            first_stage=np.array([h["score"] for h in found], dtype=np.float32),
-        )
-        for hit, score in zip(found, outcome.scores, strict=True):
+        if rescorer is not None:  # stored second-stage vectors: one query embedding
+            ids = [h["id"] for h in found]
+            scores = await rescoring.rescored(rescorer, collection, body.query or "", ids, first_stage)
+        else:
+            texts = [h["document"] or "" for h in found]
+            outcome = await rerank(
+                registry, settings, body.rerank.model, body.query or "", texts, first_stage=first_stage
+            )
+            scores = outcome.scores
+        for hit, score in zip(found, scores, strict=True):
             hit["first_stage_score"], hit["score"] = hit["score"], float(score)
             if "document" not in include:
                 hit["document"] = None
