@@ -24,7 +24,10 @@ def _check_id(value: str) -> str:
 class RescoreIn(StrictRequest):
     model: str = Field(description="a bi-encoder reranker or a text embedding model from models/")
     weight: FiniteFloat | None = Field(
-        None, ge=0, description="the first stage's weight in the fused score; default: the reranker's own"
+        None,
+        ge=0,
+        le=100,  # fused scores stay finite float32 (1e308 would make every score infinite)
+        description="the first stage's weight in the fused score; default: the reranker's own",
     )
 
 

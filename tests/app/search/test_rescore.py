@@ -99,6 +99,7 @@ def test_documents_without_text_keep_their_first_stage_score(client: TestClient)
         ({"model": "nope"}, 404, "model_not_found"),
         ({"model": "tiny-ce"}, 400, "wrong_model_kind"),
         ({"model": "minilm-rerank", "weight": -1}, 422, "invalid_request"),
+        ({"model": "minilm-rerank", "weight": 1e308}, 422, "invalid_request"),
         ({"model": "minilm-rerank", "weight": "high"}, 422, "invalid_request"),
         ({"weight": 1}, 422, "invalid_request"),
     ],
