@@ -56,6 +56,13 @@ class InvalidIndexName(InvalidRequest):
     code = "invalid_index_name"
 
 
+class KeywordSearchUnavailable(InvalidRequest):
+    """`mode: keyword | hybrid` on a collection with no text, or on a read-only replica of a
+    collection made before keyword indexes."""
+
+    code = "keyword_search_unavailable"
+
+
 class InvalidMetric(InvalidRequest):
     code = "invalid_metric"
 

@@ -126,6 +126,17 @@ class RerankOptions(StrictRequest):
     top_n: Integer | None = Field(None, ge=1, le=1000, description="hits returned after reranking (default top_k)")
 
 
+class HybridOptions(StrictRequest):
+    fusion: Literal["rrf", "convex"] = Field(
+        "rrf", description="rrf: reciprocal-rank fusion (ranks only); convex: min-max scaled scores, weighted"
+    )
+    dense_weight: FiniteFloat = Field(
+        0.5, ge=0, le=1, description="the dense ranking's share (keyword: 1 - dense_weight); 0.5 is plain RRF"
+    )
+    rrf_k: Integer = Field(60, ge=1, le=10_000, description="RRF's rank constant")
+    candidates: Integer = Field(100, ge=1, le=1000, description="hits taken from each ranking before fusing")
+
+
 class SearchRequest(StrictRequest):
     # Exactly one of `query` and `vector`, given as a string / an array (null counts as absent).
     model_config = ConfigDict(
@@ -163,18 +174,32 @@ class SearchRequest(StrictRequest):
     ef_search: Integer | None = Field(None, ge=1, le=4096, description="HNSW breadth (recall vs speed)")
     nprobe: Integer | None = Field(None, ge=1, le=65536, description="IVF lists probed (recall vs speed)")
     rerank: RerankOptions | None = Field(None, description="rerank the first-stage hits with a cross-encoder")
+    mode: Literal["dense", "keyword", "hybrid"] = Field(
+        "dense",
+        description="dense: vectors; keyword: BM25 over the documents' text (SQLite FTS5, every word OR-ed, "
+        "stemmed); hybrid: both, fused. Filters apply to both",
+    )
+    hybrid: HybridOptions | None = Field(None, description="mode hybrid: how the two rankings are fused")
 
     @model_validator(mode="after")
     def _one_query(self) -> SearchRequest:
         if sum(x is not None for x in (self.query, self.vector, self.image)) != 1:
             raise ValueError("give exactly one of query (text), image or vector")
+        if self.mode != "dense" and self.query is None:
+            raise ValueError(f"mode {self.mode} needs a text query")
+        if self.hybrid is not None and self.mode != "hybrid":
+            raise ValueError("hybrid options need mode: hybrid")
         return self
 
 
 class SearchHit(BaseModel):
     id: str
     score: float
-    first_stage_score: float | None = Field(None, description="the vector score, when the hits were reranked")
+    first_stage_score: float | None = Field(None, description="the score before reranking, when the hits were reranked")
+    dense_score: float | None = Field(None, description="keyword and hybrid modes: the exact vector score")
+    keyword_score: float | None = Field(
+        None, description="keyword and hybrid modes: the BM25 score (null: not among the keyword candidates)"
+    )
     document: str | None = None
     metadata: dict[str, Any] | None = None
     vector: list[float] | None = None

@@ -79,6 +79,7 @@ class Hit:
     vector: list[float] | None = None
     image: str | None = None
     thumbnail: bytes | None = None
+    key: int = -1  # the internal key (not returned to clients)
 
 
 class Collection:
@@ -254,16 +255,41 @@ class Collection:
         modality: str | None = None,
     ) -> list[Hit]:
         """`modality` ("text" | "image"): only documents embedded from that kind of input."""
+        return self.hits(self.dense_keys(query, top_k, filter_spec, params, modality), include)
+
+    def _condition(self, filter_spec: dict[str, Any] | None, modality: str | None) -> tuple[str, list[Any]]:
+        """The SQL condition documents must meet: the compiled filter and the modality."""
+        where, sql_params = compile_filter(filter_spec, self.filter_limits)
+        if modality:
+            clause, clause_params = self.store.modality_clause(modality)
+            where, sql_params = f"({where}) AND {clause}", [*sql_params, *clause_params]
+        return where, sql_params
+
+    def dense_keys(
+        self,
+        query: np.ndarray,  # (dim,)
+        top_k: int,
+        filter_spec: dict[str, Any] | None,
+        params: SearchParams,
+        modality: str | None = None,
+    ) -> list[tuple[int, float]]:
+        """(key, vector score) of the nearest `top_k` documents meeting the filter, best first."""
         allowed = None
         if filter_spec or modality:
-            where, sql_params = compile_filter(filter_spec, self.filter_limits)
-            if modality:
-                clause, clause_params = self.store.modality_clause(modality)
-                where, sql_params = f"({where}) AND {clause}", [*sql_params, *clause_params]
-            allowed = self.store.keys_matching(where, sql_params)
+            allowed = self.store.keys_matching(*self._condition(filter_spec, modality))
         with self._index_lock:
             scores, keys = self.index.search(query[None, :], top_k, allowed, params, self.store.stacked_vectors)
-        pairs = [(int(k), float(s)) for k, s in zip(keys[0], scores[0], strict=True) if k >= 0]
+        return [(int(k), float(s)) for k, s in zip(keys[0], scores[0], strict=True) if k >= 0]
+
+    def keyword_keys(
+        self, query: str, top_k: int, filter_spec: dict[str, Any] | None, modality: str | None = None
+    ) -> list[tuple[int, float]]:
+        """(key, BM25 score) of the best `top_k` documents by keyword meeting the filter, best first."""
+        return self.store.keyword_search(query, top_k, *self._condition(filter_spec, modality))
+
+    def hits(self, pairs: list[tuple[int, float]], include: set[str]) -> list[Hit]:
+        """The documents of scored keys, in that order, with the fields `include` names; a key
+        deleted since it was found is left out."""
         docs = self.store.by_keys([k for k, _ in pairs], with_vector="vector" in include)
         hits = []
         for key, score in pairs:
@@ -279,9 +305,19 @@ class Collection:
                     vector=doc.vector.tolist() if doc.vector is not None else None,
                     image=doc.image if "image" in include else None,
                     thumbnail=doc.thumbnail if "thumbnail" in include else None,
+                    key=key,
                 )
             )
         return hits
+
+    def dense_scores(self, query: np.ndarray, keys: list[int]) -> dict[int, float]:
+        """The exact vector score of each stored key for `query` (dim,); keys deleted meanwhile are absent."""
+        stored = self.store.vectors_for(keys)
+        present = [k for k in keys if k in stored]
+        if not present:
+            return {}
+        scores = self.index.exact_scores(query, np.stack([stored[k] for k in present]))
+        return dict(zip(present, map(float, scores), strict=True))
 
     def describe(self) -> dict[str, Any]:
         with self._index_lock:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from app.core.errors import CollectionNotFound, InvalidRequest
+from app.core.errors import CollectionNotFound, InvalidRequest, KeywordSearchUnavailable
 from app.core.text import is_encodable
 
 SCHEMA = """
@@ -42,6 +42,23 @@ CREATE TABLE IF NOT EXISTS ops (
     key INTEGER NOT NULL
 );
 """
+
+# The keyword (BM25) index: an FTS5 table over documents.text (external content, so the text is
+# stored once), kept in step by triggers, i.e. in the same transaction as the document itself: a
+# document is searchable by keyword exactly when it is durable. Porter stemming over unicode61
+# ("flows" finds "flow"); diacritics folded. Upserts delete and insert rows, never UPDATE them.
+KEYWORD_SCHEMA = (
+    "CREATE VIRTUAL TABLE documents_fts USING fts5(text, content='documents', content_rowid='key',"
+    " tokenize='porter unicode61 remove_diacritics 2')",
+    "CREATE TRIGGER documents_fts_add AFTER INSERT ON documents WHEN new.text IS NOT NULL BEGIN"
+    " INSERT INTO documents_fts (rowid, text) VALUES (new.key, new.text); END",
+    "CREATE TRIGGER documents_fts_del AFTER DELETE ON documents WHEN old.text IS NOT NULL BEGIN"
+    " INSERT INTO documents_fts (documents_fts, rowid, text) VALUES ('delete', old.key, old.text); END",
+)
+# Words of a keyword query: each is quoted for FTS5 (so operators, quotes, NEAR, column filters and
+# '*' in user text are plain words, never syntax) and the words are OR-ed, as BM25 expects.
+_WORD = re.compile(r"\w+")
+MAX_KEYWORD_TERMS = 64
 
 
 @dataclass(slots=True)
@@ -130,8 +147,30 @@ class DocumentStore:
             self._db.execute("PRAGMA synchronous=FULL")  # a commit is on disk before we acknowledge
             self._db.executescript(SCHEMA)
             self._add_image_columns()
+            self._add_keyword_index()
         # Fixed from here on; a read-only replica of an older collection may lack the newer columns.
         self._columns = frozenset(row[1] for row in self._db.execute("PRAGMA table_info(documents)"))
+        self.has_keyword_index = self._table_exists("documents_fts")
+
+    def _table_exists(self, name: str) -> bool:
+        row = self._db.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (name,)).fetchone()
+        return row is not None
+
+    def _add_keyword_index(self) -> None:
+        """Collections made before keyword search get their FTS5 index built from the stored texts,
+        in one transaction with its triggers (a crash leaves either none or all of it)."""
+        if self._table_exists("documents_fts"):
+            return
+        cur = self._db.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in KEYWORD_SCHEMA:
+                cur.execute(statement)
+            cur.execute("INSERT INTO documents_fts (documents_fts) VALUES ('rebuild')")
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
 
     def _add_image_columns(self) -> None:
         """Collections made before image documents lack these columns: added in place (NULL)."""
@@ -273,6 +312,33 @@ class DocumentStore:
             return legacy, []
         return f"(modality = ? OR (modality IS NULL AND {legacy}))", [modality]
 
+    def keyword_search(
+        self, query: str, top_k: int, where: str = "1", params: list[Any] | None = None
+    ) -> list[tuple[int, float]]:
+        """(key, BM25 score: higher is better) of the best `top_k` documents whose text holds any
+        word of `query` and that match the SQL condition `where` (a compiled filter), best first."""
+        if not self.has_keyword_index:
+            raise KeywordSearchUnavailable(
+                f"index {self.path.parent.name!r} has no keyword index yet (a read-only replica of a collection "
+                "made before keyword search): open it writable once to build it"
+            )
+        expression = keyword_expression(query)
+        if expression is None:
+            return []
+        sql = "SELECT rowid, -bm25(documents_fts) FROM documents_fts WHERE documents_fts MATCH ?"
+        if where != "1":
+            sql += f" AND rowid IN (SELECT key FROM documents WHERE {where})"
+        with self._locked():
+            rows = self._db.execute(sql + " ORDER BY rank LIMIT ?", [expression, *(params or []), top_k]).fetchall()
+        return [(int(key), float(score)) for key, score in rows]
+
+    def has_text(self) -> bool:
+        """Whether any document has text the keyword index holds."""
+        if not self.has_keyword_index:
+            return False
+        with self._locked():
+            return self._db.execute("SELECT 1 FROM documents_fts_docsize LIMIT 1").fetchone() is not None
+
     def keys_matching(self, where: str, params: list[Any]) -> np.ndarray:
         with self._locked():
             rows = self._db.execute(f"SELECT key FROM documents WHERE {where}", params).fetchall()
@@ -351,6 +417,14 @@ class DocumentStore:
             image,
             thumbnail,
         )
+
+
+def keyword_expression(query: str) -> str | None:
+    """An FTS5 MATCH expression for a user's words: each word of `query` quoted (a phrase of one
+    word, so nothing in it is FTS5 syntax), OR-ed, first MAX_KEYWORD_TERMS distinct words; None when
+    it has no words."""
+    words = list(dict.fromkeys(word.lower() for word in _WORD.findall(query)))[:MAX_KEYWORD_TERMS]
+    return " OR ".join(f'"{word}"' for word in words) or None
 
 
 def encode_metadata(metadata: dict[str, Any]) -> str:

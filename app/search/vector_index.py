@@ -227,6 +227,14 @@ class VectorIndex:
         keys[:, :top] = allowed[order]
         return scores, keys
 
+    def exact_scores(self, query: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+        """(m,) scores of stored `vectors` (m, dim) for `query` (dim,), as `search` would give them."""
+        query = self.prepare(query)[0]
+        vectors = self.prepare(vectors)
+        if self.metric == "l2":
+            return -((vectors - query) ** 2).sum(-1)
+        return vectors @ query
+
     def _to_similarity(self, scores: np.ndarray) -> np.ndarray:
         """Higher is better for every metric: l2 distances come back negated."""
         return -scores if self.metric == "l2" else scores

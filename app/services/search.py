@@ -17,12 +17,14 @@ from app.core.errors import (
     DuplicateIds,
     InvalidRequest,
     InvalidVector,
+    KeywordSearchUnavailable,
     OptimizeRunning,
     WrongDimension,
 )
 from app.inference.images import ImageLimits, open_image, thumbnail_jpeg
 from app.inference.registry import ModelRegistry
-from app.schemas.search import CreateIndexRequest, DocumentIn, SearchRequest, UpsertRequest
+from app.schemas.search import CreateIndexRequest, DocumentIn, HybridOptions, SearchRequest, UpsertRequest
+from app.search import fusion
 from app.search.collection import Collection
 from app.search.manager import CollectionManager
 from app.search.store import Document
@@ -179,51 +181,104 @@ async def search(
     name: str,
     body: SearchRequest,
 ) -> SearchOutcome:
-    """First stage (vector search with filters), then, when asked, rerank its candidates."""
+    """First stage (dense, keyword or hybrid, with filters), then, when asked, rerank its candidates."""
     start = time.perf_counter()
     collection = collections.get(name)
     if body.rerank and body.query is None:
         raise InvalidRequest("rerank needs a text query")
-    if body.vector is not None:
-        query = as_vector(body.vector, collection.config.dim, "query vector")
-    elif body.image is not None:
-        _, result = await embed_inputs(registry, settings, fetcher, collection.config.model, [ImageInput(body.image)])
-        query = result.vectors[0]
-    else:
-        _, result = await embed_texts(registry, settings, collection.config.model, [body.query or ""])
-        query = result.vectors[0]
-    params = SearchParams(ef_search=body.ef_search, nprobe=body.nprobe)
     include = set(body.include)
     rescorer = _stored_rescorer(registry, collection, body)  # before the search: a 503 costs nothing
     reembed = body.rerank is not None and rescorer is None  # the reranker reads the candidates' texts
     fetch = max(body.top_k, body.rerank.candidates) if body.rerank else body.top_k
-    found_hits = await asyncio.to_thread(
-        collection.search,
-        query,
-        fetch,
-        body.filter,
-        include | ({"document"} if reembed else set()),
-        params,
-        body.modality,
-    )
+    # keyword mode embeds the query only to give a reranker the dense scores it fuses with
+    needs_vector = body.mode != "keyword" or body.rerank is not None
+    query = await _query_vector(registry, settings, fetcher, collection, body) if needs_vector else None
+    params = SearchParams(ef_search=body.ef_search, nprobe=body.nprobe)
+    if body.mode == "dense":
+        assert query is not None
+        ranked = await asyncio.to_thread(collection.dense_keys, query, fetch, body.filter, params, body.modality)
+    else:
+        ranked, keyword_scores = await _keyword_ranking(collection, body, query, fetch, params)
+    fields = include | ({"document"} if reembed else set())
+    found_hits = await asyncio.to_thread(collection.hits, ranked, fields)
     found = [{**asdict(h), "thumbnail": thumbnail_uri(h.thumbnail)} for h in found_hits]
+    if body.mode != "dense":
+        keys = [h.key for h in found_hits]
+        dense = await asyncio.to_thread(collection.dense_scores, query, keys) if query is not None else {}
+        for hit in found:
+            hit["dense_score"], hit["keyword_score"] = dense.get(hit["key"]), keyword_scores.get(hit["key"])
     if body.rerank and found:
-        first_stage = np.array([h["score"] for h in found], dtype=np.float32)
-        if rescorer is not None:  # stored second-stage vectors: one query embedding
-            ids = [h["id"] for h in found]
-            scores = await rescoring.rescored(rescorer, collection, body.query or "", ids, first_stage)
-        else:
-            texts = [h["document"] or "" for h in found]
-            outcome = await rerank(
-                registry, settings, body.rerank.model, body.query or "", texts, first_stage=first_stage
-            )
-            scores = outcome.scores
-        for hit, score in zip(found, scores, strict=True):
-            hit["first_stage_score"], hit["score"] = hit["score"], float(score)
-            if "document" not in include:
+        await _rerank_hits(registry, settings, collection, body, rescorer, found)
+        if "document" not in include:
+            for hit in found:
                 hit["document"] = None
         found = sorted(found, key=lambda h: -h["score"])[: body.rerank.top_n or body.top_k]
+    for hit in found:
+        del hit["key"]
     return SearchOutcome(found, round((time.perf_counter() - start) * 1000, 3), collection.index.spec)
+
+
+async def _query_vector(
+    registry: ModelRegistry, settings: Settings, fetcher: ImageFetcher, collection: Collection, body: SearchRequest
+) -> np.ndarray:
+    """(dim,) the query as a vector: given, or embedded (text or image) by the collection's model."""
+    if body.vector is not None:
+        return as_vector(body.vector, collection.config.dim, "query vector")
+    if body.image is not None:
+        _, result = await embed_inputs(registry, settings, fetcher, collection.config.model, [ImageInput(body.image)])
+        return result.vectors[0]
+    _, result = await embed_texts(registry, settings, collection.config.model, [body.query or ""])
+    return result.vectors[0]
+
+
+async def _keyword_ranking(
+    collection: Collection, body: SearchRequest, query: np.ndarray | None, fetch: int, params: SearchParams
+) -> tuple[list[tuple[int, float]], dict[int, float]]:
+    """Keyword mode: the BM25 ranking; hybrid: BM25 and dense fused. Returns the ranking cut to
+    `fetch` and every candidate's BM25 score."""
+    options = body.hybrid or HybridOptions()
+    depth = fetch if body.mode == "keyword" else max(fetch, options.candidates)
+    keyword = await asyncio.to_thread(collection.keyword_keys, body.query or "", depth, body.filter, body.modality)
+    if not keyword and not await asyncio.to_thread(collection.store.has_text):
+        raise KeywordSearchUnavailable(
+            f"index '{collection.config.name}' holds no documents with text: {body.mode} search needs text to match"
+        )
+    keyword_scores = dict(keyword)
+    if body.mode == "keyword":
+        return keyword, keyword_scores
+    assert query is not None
+    dense = await asyncio.to_thread(collection.dense_keys, query, depth, body.filter, params, body.modality)
+    if options.fusion == "rrf":
+        fused = fusion.reciprocal_rank(dense, keyword, options.dense_weight, options.rrf_k)
+    else:
+        fused = fusion.convex(dense, keyword, options.dense_weight)
+    return [(f.key, f.score) for f in fused[:fetch]], keyword_scores
+
+
+async def _rerank_hits(
+    registry: ModelRegistry,
+    settings: Settings,
+    collection: Collection,
+    body: SearchRequest,
+    rescorer: rescoring.Rescorer | None,
+    found: list[dict[str, Any]],
+) -> None:
+    """Rescore `found` in place: `score` becomes the reranker's, `first_stage_score` the one before.
+    A reranker that fuses with the first stage fuses with the vector score (in keyword and hybrid
+    modes the exact dense score, as its fusion weight was fitted on cosines)."""
+    assert body.rerank is not None
+    dense_mode = body.mode == "dense"
+    # a hit deleted since it was found has no dense score: 0 (it is about to vanish anyway)
+    first_stage = np.array([h["score"] if dense_mode else h["dense_score"] or 0.0 for h in found], dtype=np.float32)
+    if rescorer is not None:  # stored second-stage vectors: one query embedding
+        ids = [h["id"] for h in found]
+        scores = await rescoring.rescored(rescorer, collection, body.query or "", ids, first_stage)
+    else:
+        texts = [h["document"] or "" for h in found]
+        outcome = await rerank(registry, settings, body.rerank.model, body.query or "", texts, first_stage=first_stage)
+        scores = outcome.scores
+    for hit, score in zip(found, scores, strict=True):
+        hit["first_stage_score"], hit["score"] = hit["score"], float(score)
 
 
 def _stored_rescorer(registry: ModelRegistry, collection: Collection, body: SearchRequest) -> rescoring.Rescorer | None:

@@ -20,6 +20,7 @@ EXPECTED_STATUS = {
     errors.InvalidIndexSpec: 422,
     errors.InvalidIndexName: 422,
     errors.InvalidMetric: 422,
+    errors.KeywordSearchUnavailable: 422,
     errors.WrongModelKind: 400,
     errors.ReadOnly: 403,
     errors.ReadOnlyKey: 403,
