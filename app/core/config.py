@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     image_url_timeout_s: float = Field(10.0, gt=0, le=120)
     # Memory an `auto` index may use before it falls back from HNSW to IVF-SQ8.
     index_memory_budget_mb: int = Field(4096, ge=16)
+    # Approximate indexes are tuned (efSearch / nprobe) at build time until recall@10 on documents
+    # held out of the index reaches this with 95% confidence.
+    recall_target: float = Field(0.95, gt=0, le=1)
     # A collection snapshots its FAISS index after this many writes; a restart replays the rest
     # from the SQLite op log (smaller = faster restarts, more snapshot I/O).
     snapshot_every_ops: int = Field(20_000, ge=1)

@@ -16,7 +16,7 @@ from app.core.errors import (
     InvalidMetric,
     ReadOnly,
 )
-from app.search.collection import NAME_PATTERN, Collection, CollectionConfig
+from app.search.collection import DEFAULT_RECALL_TARGET, NAME_PATTERN, Collection, CollectionConfig
 from app.search.filters import FilterLimits
 from app.search.lock import CollectionLock
 from app.search.vector_index import METRICS, validate_spec
@@ -40,6 +40,7 @@ class CollectionManager:
         read_only: bool = False,
         filter_limits: FilterLimits | None = None,
         holder: str = "server",
+        recall_target: float = DEFAULT_RECALL_TARGET,
     ) -> None:
         """`holder`: who this process is, in the writer lock of each collection it opens for writing
         ("server", "builder"); someone refused the lock is told."""
@@ -49,6 +50,7 @@ class CollectionManager:
         self.memory_budget_bytes = memory_budget_bytes
         self.snapshot_every_ops = snapshot_every_ops
         self.filter_limits = filter_limits or FilterLimits()
+        self.recall_target = recall_target
         self.collections: dict[str, Collection] = {}
         # Collections found on disk that could not be opened: name -> reason (in /ready and GET /indexes).
         self.failed: dict[str, str] = {}
@@ -63,14 +65,22 @@ class CollectionManager:
             settings.read_only,
             FilterLimits(settings.filter_max_depth, settings.filter_max_conditions),
             holder,
+            settings.recall_target,
         )
 
     def _open(self, folder: Path, config: CollectionConfig, lock: CollectionLock | None = None) -> Collection:
         if lock is None and not self.read_only:
             lock = CollectionLock(folder, self.holder)
-        return Collection(
-            folder, config, self.memory_budget_bytes, self.snapshot_every_ops, self.read_only, self.filter_limits, lock
-        )  # a lock held elsewhere: opened for reads, writes get CollectionLocked until it is free
+        return Collection(  # a lock held elsewhere: opened for reads, writes get CollectionLocked until it is free
+            folder,
+            config,
+            self.memory_budget_bytes,
+            self.snapshot_every_ops,
+            self.read_only,
+            self.filter_limits,
+            lock,
+            self.recall_target,
+        )
 
     def open_one(self, name: str, require_lock: bool = False) -> Collection | None:
         """Open only collection `name` (a batch build touches no other); None if it does not exist.
