@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from app.core.errors import DuplicateIds, InvalidIndexSpec, OptimizeRunning
+from app.search import index_choice
 from app.search.filters import FilterLimits, compile_filter
 from app.search.lock import CollectionLock
 from app.search.store import Change, Document, DocumentStore, StoreSnapshot
@@ -28,7 +29,6 @@ from app.search.vector_index import (
     BuildReport,
     SearchParams,
     VectorIndex,
-    choose_spec,
     training_points_needed,
     tune,
     validate_spec,
@@ -188,15 +188,15 @@ class Collection:
         return index
 
     @staticmethod
-    def _training_sample(snap: StoreSnapshot) -> np.ndarray:
-        """The first TRAINING_SAMPLE vectors in key order, (m, dim): read only as far as needed
-        (a 1M collection is not loaded whole to train on a fifth of it)."""
+    def _training_sample(snap: StoreSnapshot, size: int = TRAINING_SAMPLE) -> np.ndarray:
+        """The first `size` vectors in key order, (m, dim): read only as far as needed (a 1M
+        collection is not loaded whole to train on a fifth of it)."""
         chunks: list[np.ndarray] = []
         taken = 0
         for _, vectors in snap.iter_vectors(batch=50_000):
-            chunks.append(vectors[: TRAINING_SAMPLE - taken])
+            chunks.append(vectors[: size - taken])
             taken += len(chunks[-1])
-            if taken >= TRAINING_SAMPLE:
+            if taken >= size:
                 break
         return np.vstack(chunks) if chunks else np.empty((0, snap.dim), np.float32)
 
@@ -389,12 +389,13 @@ class Collection:
             snap = reading.enter_context(self.store.snapshot())
             self._catch_up_from = snap.last_op  # prune_ops keeps every op after it
         with reading:
-            chosen = choose_spec(snap.count(), self.config.dim, self.memory_budget_bytes) if spec == "auto" else spec
+            chosen, candidates = self._choose_auto(snap) if spec == "auto" else (spec, [])
             held_out = self._held_out_keys(snap) if chosen != "Flat" else np.empty(0, np.int64)
             new_index = self._build_from_store(chosen, snap, held_out)
             report = self._measure_and_tune(new_index, snap, held_out)
             if len(held_out):
                 new_index.add(held_out, snap.vectors(held_out))
+            report.candidates = [asdict(c) for c in candidates]
         with self._write_lock:  # block writers only for the catch-up and the swap
             self._catch_up(new_index, self.store.changes_since(snap.last_op))
             with self._index_lock:
@@ -405,6 +406,14 @@ class Collection:
             self.config.save(self.folder)
             self.snapshot()
         return report
+
+    def _choose_auto(self, snap: StoreSnapshot) -> tuple[str, list[index_choice.Candidate]]:
+        """Flat while small; above that, the candidates tried on a sample (index_choice)."""
+        n = snap.count()
+        if n <= index_choice.FLAT_MAX:
+            return "Flat", []
+        sample = self._training_sample(snap, index_choice.SAMPLE)
+        return index_choice.choose(sample, n, self.config.metric, self.memory_budget_bytes, self.recall_target)
 
     @staticmethod
     def _held_out_keys(snap: StoreSnapshot) -> np.ndarray:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -89,6 +89,8 @@ class BuildReport:
     recall_queries: str = "held-out documents"
     recall_lower_bound: float | None = None  # one-sided 95% bound of recall_at_10
     recall_target: float | None = None
+    # `auto` only: every index type tried on a sample, with its recall, latency and memory.
+    candidates: list[dict[str, Any]] = field(default_factory=list)
 
 
 class VectorIndex:
@@ -287,16 +289,6 @@ class VectorIndex:
         vector_index = cls(dim, metric, meta["spec"], index)
         vector_index.defaults = SearchParams(meta.get("ef_search"), meta.get("nprobe"))
         return vector_index, int(meta["applied_op"])
-
-
-def choose_spec(n: int, dim: int, memory_budget_bytes: int) -> str:
-    """autofaiss-style: exact when small, HNSW when it fits the memory budget, IVF-SQ8 otherwise."""
-    if n <= 50_000:
-        return "Flat"
-    if n * (dim * 4 + 32 * 2 * 4 + 16) <= memory_budget_bytes:
-        return "HNSW32"
-    nlist = min(65_536, max(256, int(4 * math.sqrt(n))))
-    return f"IVF{nlist},SQ8"
 
 
 def recall_per_query(index: VectorIndex, exact: VectorIndex, queries: np.ndarray, params: SearchParams) -> np.ndarray:

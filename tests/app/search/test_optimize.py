@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from app.search.vector_index import choose_spec
+from app.search import index_choice
 from tests.conftest import settings_for
 
 DIM = 384
@@ -24,10 +24,46 @@ def clustered(n: int, seed: int = 0, clusters: int = 50) -> np.ndarray:
     return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
 
 
-def test_auto_follows_size_and_memory_budget() -> None:
-    assert choose_spec(10_000, DIM, 1 << 30) == "Flat"
-    assert choose_spec(1_000_000, DIM, 4 << 30) == "HNSW32"
-    assert choose_spec(1_000_000, DIM, 512 << 20).startswith("IVF4000,SQ8")
+def test_auto_candidates_and_their_memory() -> None:
+    assert index_choice.candidate_specs(1_000_000, DIM) == ["HNSW32", "IVF4000,SQ8", "IVF4000,Flat"]
+    assert index_choice.estimated_memory("HNSW32", 1_000_000, DIM) == 1_000_000 * (DIM * 4 + 256 + 16)
+    assert index_choice.estimated_memory("IVF4000,SQ8", 1_000_000, DIM) == 1_000_000 * (DIM + 8) + 4000 * DIM * 4
+    assert index_choice.trial_spec("IVF4000,SQ8", 99_800) == "IVF1263,SQ8"  # as many points per list
+
+
+@pytest.mark.parametrize("budget_mb", [64, 2])
+def test_auto_tries_what_fits_and_picks_the_fastest_reaching_the_target(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, budget_mb: int
+) -> None:
+    from app.search.collection import Collection, CollectionConfig
+    from app.search.store import Document
+
+    monkeypatch.setattr(index_choice, "FLAT_MAX", 1_000)
+    dim, n = 64, 6_000
+    rng = np.random.default_rng(5)
+    points = rng.normal(size=(20, dim))[rng.integers(0, 20, n)] + 0.9 * rng.normal(size=(n, dim))
+    config = CollectionConfig("auto", "m", dim)
+    config.save(tmp_path)
+    collection = Collection(tmp_path, config, budget_mb << 20)
+    collection.upsert([Document(f"v{i}", None, {}, points[i].astype(np.float32)) for i in range(n)])
+    report = collection.optimize()
+    candidates = {c["spec"]: c for c in report.candidates}
+    assert set(candidates) == {"HNSW32", "IVF309,SQ8", "IVF309,Flat"}
+    tried = [c for c in candidates.values() if c["skipped"] is None]
+    if budget_mb == 2:  # HNSW's ~3 MiB does not fit: skipped, with the reason
+        assert "over the budget" in candidates["HNSW32"]["skipped"] and candidates["HNSW32"]["p50_ms"] is None
+        assert len(tried) == 2
+    else:
+        assert len(tried) == 3
+    for c in tried:
+        assert c["recall_at_10"] is not None and c["p50_ms"] > 0 and c["memory_bytes"] > 0 and c["search_defaults"]
+    reaching = [c for c in tried if c["recall_lower_bound"] >= collection.recall_target]
+    assert reaching  # on this data every type can be tuned to 0.95
+    assert report.spec == min(reaching, key=lambda c: c["p50_ms"])["spec"] == collection.index.spec
+    assert report.recall_at_10 is not None and collection.index.live == n
+    described = collection.describe()["last_build"]
+    assert described["candidates"] == report.candidates  # GET /indexes/{name} shows them
+    collection.close()
 
 
 def _upsert(client: TestClient, name: str, vectors: np.ndarray, start: int = 0) -> None:

@@ -1,0 +1,115 @@
+"""`auto`: the index type chosen by measured cost.
+
+Up to FLAT_MAX vectors an exact (Flat) index is fast enough and needs no tuning. Above it, every
+candidate whose estimated memory for the whole collection fits the budget is built on a sample of
+the collection (SAMPLE vectors), tuned to the recall target on queries held out of that sample, and
+timed on them one query at a time (as search runs); the fastest one that reaches the target wins,
+or, when none does, the one with the best recall. Every candidate's figures are recorded.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from app.search.vector_index import VectorIndex, tune
+
+FLAT_MAX = 50_000
+SAMPLE = 100_000  # vectors each candidate is built on
+TRIAL_QUERIES = 200
+HNSW_LINKS = 32
+
+
+@dataclass
+class Candidate:
+    spec: str
+    memory_bytes: int  # estimated for the whole collection
+    recall_at_10: float | None = None  # on the sample's held-out queries, tuned
+    recall_lower_bound: float | None = None
+    search_defaults: dict[str, int] | None = None
+    p50_ms: float | None = None  # single-query latency on the sample
+    build_seconds: float | None = None
+    skipped: str | None = None  # why it was not tried
+
+
+def ivf_lists(n: int) -> int:
+    return min(65_536, max(256, int(4 * math.sqrt(n))))
+
+
+def estimated_memory(spec: str, n: int, dim: int) -> int:
+    """Bytes `spec` takes for n vectors of `dim` (vectors, links or codes, ids, centroids)."""
+    if spec.startswith("HNSW"):
+        return n * (dim * 4 + HNSW_LINKS * 2 * 4 + 16)
+    lists = int(spec[3:].split(",")[0])
+    code = dim if spec.endswith("SQ8") else dim * 4
+    return n * (code + 8) + lists * dim * 4
+
+
+def candidate_specs(n: int, dim: int) -> list[str]:
+    """What `auto` tries above FLAT_MAX (IVF's list count for the whole collection, scaled down
+    to the sample when tried)."""
+    lists = ivf_lists(n)
+    return [f"HNSW{HNSW_LINKS}", f"IVF{lists},SQ8", f"IVF{lists},Flat"]
+
+
+def trial_spec(spec: str, sample_size: int) -> str:
+    """`spec` for a sample: IVF with the list count the sample's size calls for (same points per list)."""
+    if spec.startswith("IVF"):
+        return f"IVF{ivf_lists(sample_size)}," + spec.split(",", 1)[1]
+    return spec
+
+
+def choose(
+    sample: np.ndarray, n: int, metric: str, memory_budget_bytes: int, target: float
+) -> tuple[str, list[Candidate]]:
+    """(the spec to build for n vectors, every candidate's figures). `sample`: (m, dim) vectors of
+    the collection, m > TRIAL_QUERIES."""
+    dim = sample.shape[1]
+    order = np.random.default_rng(0).permutation(len(sample))
+    queries, data = sample[order[:TRIAL_QUERIES]], sample[order[TRIAL_QUERIES:]]
+    keys = np.arange(len(data), dtype=np.int64)
+    exact = VectorIndex(dim, metric, "Flat")
+    exact.add(keys, data)
+    candidates = []
+    for spec in candidate_specs(n, dim):
+        candidate = Candidate(spec, estimated_memory(spec, n, dim))
+        if candidate.memory_bytes > memory_budget_bytes:
+            candidate.skipped = f"needs ~{candidate.memory_bytes >> 20} MiB, over the budget"
+        else:
+            _trial(candidate, trial_spec(spec, len(data)), data, keys, queries, exact, target)
+        candidates.append(candidate)
+    tried = [c for c in candidates if c.skipped is None]
+    if not tried:  # nothing fits: the smallest
+        return min(candidates, key=lambda c: c.memory_bytes).spec, candidates
+    reaching = [c for c in tried if (c.recall_lower_bound or 0) >= target]
+    best = min(reaching, key=lambda c: c.p50_ms or 0) if reaching else max(tried, key=lambda c: c.recall_at_10 or 0)
+    return best.spec, candidates
+
+
+def _trial(
+    candidate: Candidate,
+    spec: str,
+    data: np.ndarray,
+    keys: np.ndarray,
+    queries: np.ndarray,
+    exact: VectorIndex,
+    target: float,
+) -> None:
+    start = time.perf_counter()
+    index = VectorIndex(data.shape[1], exact.metric, spec)
+    index.train(data)
+    index.add(keys, data)
+    candidate.build_seconds = round(time.perf_counter() - start, 2)
+    tuned = tune(index, exact, queries, target)
+    candidate.recall_at_10 = round(tuned.recall, 4)
+    candidate.recall_lower_bound = round(tuned.lower_bound, 4)
+    candidate.search_defaults = {k: v for k, v in asdict(tuned.params).items() if v is not None}
+    seconds = []
+    for query in queries:
+        started = time.perf_counter()
+        index.search(query[None, :], 10)
+        seconds.append(time.perf_counter() - started)
+    candidate.p50_ms = round(1000 * float(np.median(seconds)), 4)
