@@ -51,9 +51,10 @@ def export(
     target = out or Path("models") / name
     if if_missing and (target / "manifest.json").is_file():
         manifest = Manifest.load(target)
-        if not manifest.verify_files(target):
+        if not manifest.verify_files(target) and manifest.quantization is not None:
             typer.echo(f"{target}: present and intact, not re-exported")
             return
+        # a folder exported before int8 calibration ranges existed is re-exported to gain them
     from training.data.parity import ParityDataError, load_parity_sentences
     from training.export.text import export_text_model
 

@@ -190,6 +190,16 @@ _TOWERS: dict[ModelKind, tuple[bool, bool]] = {  # kind -> (text tower, image to
 }
 
 
+class Quantization(_Strict):
+    """Per-dimension ranges of the model's (served, normalised) embeddings over a calibration set:
+    int8 / uint8 output maps [min, max] of each dimension onto 256 steps (sentence-transformers'
+    `quantize_embeddings` with `ranges`). Measured at export."""
+
+    ranges: list[list[float]] = Field(description="[[min per dimension], [max per dimension]]")
+    calibrated_on: str
+    n_samples: int = Field(gt=0)
+
+
 class Manifest(_Strict):
     """Schema v2: a section per tower (`text`, `image`), a shared `dim` where the kind embeds, the
     kind's own section (`blockrank`), and parity per tower x backend x precision. Version-1 files
@@ -209,6 +219,7 @@ class Manifest(_Strict):
     source: SourceInfo
     parity: list[VariantParity] = Field(default_factory=list)
     eval_scores: dict[str, float] = Field(default_factory=dict)
+    quantization: Quantization | None = None  # embedding kinds: int8 / uint8 output ranges
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
     @model_validator(mode="before")
@@ -239,6 +250,12 @@ class Manifest(_Strict):
         for what, wanted, present in rules:
             if wanted != present:
                 raise ValueError(f"a {self.kind.value} model {'needs' if wanted else 'has no'} {what}")
+        if self.quantization is not None:
+            ranges = self.quantization.ranges
+            if len(ranges) != 2 or any(len(row) != self.dim for row in ranges):
+                raise ValueError(f"`quantization.ranges` must be 2 rows of {self.dim} values (min, max)")
+            if any(not (low <= high) for low, high in zip(*ranges, strict=True)):
+                raise ValueError("`quantization.ranges`: every min must be <= its max (and finite)")
         return self
 
     @property

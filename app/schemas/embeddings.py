@@ -58,7 +58,11 @@ class EmbeddingRequest(StrictRequest):
 
     input: Inputs = Field(description='a string, or a non-empty list of strings and {"image": ...} items')
     model: str | None = Field(None, description="model folder name; default model if omitted")
-    encoding_format: Literal["float", "base64"] = "float"
+    encoding_format: Literal["float", "base64", "int8", "uint8", "binary", "ubinary"] = Field(
+        "float",
+        description="float; base64 (little-endian float32); int8 / uint8 (each dimension's calibrated range in 256 "
+        "steps); binary / ubinary (sign bits, 8 per byte, as int8 / uint8): sentence-transformers' semantics",
+    )
     dimensions: Integer | None = Field(None, ge=1, description="truncate to this many dimensions, then re-normalise")
     user: str | None = Field(None, description="OpenAI field, accepted and ignored")
     truncate: bool = Field(True, description="Tessera extension: false -> 413 for inputs over the model's max tokens")
@@ -69,7 +73,7 @@ class EmbeddingRequest(StrictRequest):
 class EmbeddingData(BaseModel):
     object: Literal["embedding"] = "embedding"
     index: int
-    embedding: list[float] | str
+    embedding: list[float] | list[int] | str
 
 
 class Usage(BaseModel):
@@ -95,5 +99,8 @@ class EmbedRequest(StrictRequest):
         "right", description="TEI field; Tessera truncates the end of an input only"
     )
     dimensions: Integer | None = Field(None, ge=1)
+    encoding_format: Literal["float", "int8", "uint8", "binary", "ubinary"] = Field(
+        "float", description="as /v1/embeddings (Tessera extension; TEI answers floats)"
+    )
 
     _normalize_input = field_validator("inputs", mode="before")(_as_input_list)

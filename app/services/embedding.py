@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from app.core.config import Settings
-from app.core.errors import InputTooLong, InvalidDimensions, TooManyInputs, UnsupportedInput
+from app.core.errors import InputTooLong, InvalidDimensions, InvalidRequest, TooManyInputs, UnsupportedInput
+from app.inference.quantize import FORMATS, QuantizedFormat, quantize
 from app.inference.registry import ModelRegistry
 from app.inference.served import Capability, Embedder, EmbeddingResult
 from app.services.image_sources import ImageFetcher, image_bytes
@@ -52,6 +53,33 @@ async def embed_texts(
     if dimensions is not None and dimensions > embedder.dim:
         raise InvalidDimensions(f"dimensions={dimensions} exceeds the model's {embedder.dim}")
     return embedder, await embedder.embed_text(texts, truncate=truncate)
+
+
+QUANTIZED_FORMATS = FORMATS  # encoding formats answered as integers
+
+
+def check_quantizable(embedder: Embedder, fmt: str, dimensions: int | None, normalized: bool = True) -> None:
+    """int8 / uint8 output needs the model's calibration ranges, for its full, normalised vectors."""
+    if fmt not in ("int8", "uint8"):
+        return
+    if embedder.manifest.quantization is None:
+        raise InvalidRequest(
+            f"model '{embedder.name}' has no calibration ranges for {fmt} output (exported before them): "
+            "re-export it with `python -m training export`, or ask for binary, ubinary or float"
+        )
+    if dimensions is not None and dimensions < embedder.dim:
+        raise InvalidRequest(
+            f"{fmt} output is calibrated on all {embedder.dim} dimensions: leave out `dimensions`, "
+            "or ask for binary, ubinary or float"
+        )
+    if not normalized:
+        raise InvalidRequest(f"{fmt} output is calibrated on normalised vectors: leave `normalize` true")
+
+
+def quantized(embedder: Embedder, vectors: np.ndarray, fmt: QuantizedFormat) -> np.ndarray:
+    """`vectors` (n, dim) in a quantised format (check_quantizable first)."""
+    ranges = embedder.manifest.quantization.ranges if embedder.manifest.quantization else None
+    return quantize(vectors, fmt, ranges)
 
 
 def truncate_dims(vectors: np.ndarray, dimensions: int | None, renormalize: bool) -> np.ndarray:

@@ -83,7 +83,7 @@ def test_long_input_truncated_by_default_and_413_when_truncate_false(client: Tes
         ({"input": [1, 2, 3]}, 422, "invalid_request"),
         ({"input": ["ok", None]}, 422, "invalid_request"),
         ({}, 422, "invalid_request"),
-        ({"input": "x", "encoding_format": "int8"}, 422, "invalid_request"),
+        ({"input": "x", "encoding_format": "int4"}, 422, "invalid_request"),
         ({"input": "x", "dimensions": 0}, 422, "invalid_request"),
         ({"input": "x", "dimensions": 385}, 422, "invalid_dimensions"),
         ({"input": "x", "model": "no-such-model"}, 404, "model_not_found"),

@@ -24,6 +24,7 @@ from app.core.manifest import (
     OnnxIO,
     Pooling,
     Precision,
+    Quantization,
     SourceInfo,
     TextTower,
     VariantParity,
@@ -190,6 +191,7 @@ def export_text_model(
             reference = st_model.encode(
                 parity_sentences, batch_size=32, convert_to_numpy=True, normalize_embeddings=False
             )
+        manifest.quantization = calibration_ranges(reference, normalize, f"{len(parity_sentences)} parity sentences")
         models: list[TextModel] = []
         measured = open_candidates(
             lambda b, p: measure_variant(staging, manifest, b, p, parity_sentences, reference, threads)
@@ -210,6 +212,19 @@ def export_text_model(
         del models
         manifest.save(staging)
     return manifest
+
+
+def calibration_ranges(embeddings: np.ndarray, normalize: bool, calibrated_on: str) -> Quantization:
+    """Per-dimension [min, max] of the embeddings as served ((n, dim) model outputs, L2-normalised
+    first where the graph normalises): what int8 / uint8 output is scaled by."""
+    vectors = np.asarray(embeddings, dtype=np.float64)
+    if normalize:
+        vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12)
+    return Quantization(
+        ranges=[vectors.min(axis=0).tolist(), vectors.max(axis=0).tolist()],
+        calibrated_on=calibrated_on,
+        n_samples=len(vectors),
+    )
 
 
 def _embedding_dim(st_model) -> int:  # type: ignore[no-untyped-def]

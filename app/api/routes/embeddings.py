@@ -11,7 +11,14 @@ from starlette.responses import Response
 
 from app.api.deps import FetcherDep, RegistryDep, SettingsDep
 from app.schemas.embeddings import EmbeddingRequest, EmbeddingResponse, EmbedRequest, ImageItem
-from app.services.embedding import ImageInput, embed_inputs, truncate_dims
+from app.services.embedding import (
+    QUANTIZED_FORMATS,
+    ImageInput,
+    check_quantizable,
+    embed_inputs,
+    quantized,
+    truncate_dims,
+)
 
 router = APIRouter(tags=["embeddings"])
 
@@ -36,11 +43,17 @@ def _items(inputs: list[str | ImageItem]) -> list[str | ImageInput]:
 async def create_embeddings(
     body: EmbeddingRequest, registry: RegistryDep, settings: SettingsDep, fetcher: FetcherDep
 ) -> Response:
+    check_quantizable(registry.embedder(body.model), body.encoding_format, body.dimensions)  # before any work
     embedder, result = await embed_inputs(
         registry, settings, fetcher, body.model, _items(body.input), body.truncate, body.dimensions
     )
     vectors = truncate_dims(result.vectors, body.dimensions, renormalize=True)
-    if body.encoding_format == "base64":
+    if body.encoding_format in QUANTIZED_FORMATS:
+        data = [
+            {"object": "embedding", "index": i, "embedding": row}
+            for i, row in enumerate(quantized(embedder, vectors, body.encoding_format))  # type: ignore[arg-type]
+        ]
+    elif body.encoding_format == "base64":
         little_endian = np.ascontiguousarray(vectors, dtype="<f4")
         data = [
             {"object": "embedding", "index": i, "embedding": base64.b64encode(row.tobytes()).decode()}
@@ -57,13 +70,16 @@ async def create_embeddings(
     return Response(orjson.dumps(payload, option=_NUMPY_JSON), media_type="application/json")
 
 
-@router.post("/embed", response_model=list[list[float]], responses=ERROR_RESPONSES)
+@router.post("/embed", response_model=list[list[float]] | list[list[int]], responses=ERROR_RESPONSES)
 async def embed(body: EmbedRequest, registry: RegistryDep, settings: SettingsDep, fetcher: FetcherDep) -> Response:
-    _, result = await embed_inputs(
+    check_quantizable(registry.embedder(body.model), body.encoding_format, body.dimensions, body.normalize)
+    embedder, result = await embed_inputs(
         registry, settings, fetcher, body.model, _items(body.inputs), body.truncate, body.dimensions
     )
     if body.normalize or result.unnormalized is None:
         vectors = truncate_dims(result.vectors, body.dimensions, renormalize=True)
     else:
         vectors = truncate_dims(result.unnormalized, body.dimensions, renormalize=False)
+    if body.encoding_format in QUANTIZED_FORMATS:
+        vectors = quantized(embedder, vectors, body.encoding_format)  # type: ignore[arg-type]
     return Response(orjson.dumps(vectors, option=_NUMPY_JSON), media_type="application/json")
