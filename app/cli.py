@@ -62,7 +62,7 @@ def index_build(
         Path,
         typer.Option(
             "--input",
-            help="JSONL/CSV/Parquet file or folder of them; for an image model, a folder of JPEG/PNG/WebP images "
+            help="JSONL/CSV/Parquet/NPY file or folder of them; for an image model, a folder of JPEG/PNG/WebP images "
             "(recursively; optional metadata.jsonl keyed by 'file')",
         ),
     ],

@@ -165,7 +165,8 @@ def index_types(base: np.ndarray, n: int, budget_mb: int) -> dict:
             params, recall = None, 1.0
         else:
             assert exact is not None
-            params = tune(index, exact, queries[:200], DEFAULT_RECALL_TARGET).params  # as the service tunes
+            _, truth = exact.search(queries[:200], 10)
+            params = tune(index, truth, queries[:200], DEFAULT_RECALL_TARGET).params  # as the service tunes
             recall = recall_at_10(index, exact, queries[200:], params)  # reported on the other 800
         latency = single_query_latency(index, queries[200:])
         results[spec] = {

@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     # Approximate indexes are tuned (efSearch / nprobe) at build time until recall@10 on documents
     # held out of the index reaches this with 95% confidence.
     recall_target: float = Field(0.95, gt=0, le=1)
+    # An IVF index re-trains in the background once the collection holds this many times the
+    # vectors it was trained on.
+    ivf_retrain_growth: float = Field(2.0, gt=1)
     # A collection snapshots its FAISS index after this many writes; a restart replays the rest
     # from the SQLite op log (smaller = faster restarts, more snapshot I/O).
     snapshot_every_ops: int = Field(20_000, ge=1)

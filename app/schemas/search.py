@@ -57,7 +57,14 @@ class DocumentIn(StrictRequest):
     model_config = ConfigDict(
         strict=True,
         extra="forbid",
-        json_schema_extra={"anyOf": [{"required": ["text"]}, {"required": ["vector"]}, {"required": ["image"]}]},
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["text"]},
+                {"required": ["vector"]},
+                {"required": ["vector_base64"]},
+                {"required": ["image"]},
+            ]
+        },
     )
 
     id: Text = Field(
@@ -70,6 +77,11 @@ class DocumentIn(StrictRequest):
         None, description="text to embed; with `image`, the image's caption (stored, not embedded)"
     )
     vector: list[FiniteFloat] | None = Field(None, description="bring your own vector (the collection's dim)")
+    vector_base64: Text | None = Field(
+        None,
+        description="the same as base64 of little-endian float32 (what /v1/embeddings returns with "
+        "encoding_format base64): several times faster to send and parse than a JSON array",
+    )
     image: Text | None = Field(
         None, description="image collections: the image to embed (base64, data URI, or an http(s) URL if enabled)"
     )
@@ -86,11 +98,17 @@ class DocumentIn(StrictRequest):
 
     @model_validator(mode="after")
     def _text_or_vector(self) -> DocumentIn:
-        if self.text is None and self.vector is None and self.image is None:
+        if self.text is None and self.vector is None and self.vector_base64 is None and self.image is None:
             raise ValueError("each document needs text, image or vector")
-        if self.image is not None and self.vector is not None:
+        if self.vector is not None and self.vector_base64 is not None:
+            raise ValueError("give vector or vector_base64, not both")
+        if self.image is not None and (self.vector is not None or self.vector_base64 is not None):
             raise ValueError("give image or vector, not both")
         return self
+
+    @property
+    def has_vector(self) -> bool:
+        return self.vector is not None or self.vector_base64 is not None
 
 
 class UpsertRequest(StrictRequest):

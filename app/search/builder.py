@@ -1,8 +1,10 @@
 """Batch index building: stream a file or folder of records, embed in large batches, write the
 same on-disk collection the server loads. Resumable; `ray` runs the embedding on Ray Data.
 
-Input: JSONL (`.jsonl`, and `.json` read as JSONL: one object per line), CSV (a header row) or
-Parquet. Fields: `id` (string or integer; BEIR's `_id` too), `text` (BEIR's `title` is prepended),
+Input: JSONL (`.jsonl`, and `.json` read as JSONL: one object per line), CSV (a header row),
+Parquet, or NPY (`.npy`: an (n, dim) array of precomputed vectors, read memory-mapped; ids one per
+line in a sibling `<name>.ids` file, else `<name>:<row>`; no text or metadata). Fields: `id`
+(string or integer; BEIR's `_id` too), `text` (BEIR's `title` is prepended),
 optional `vector` (a precomputed embedding of the model's dimension: then `text` may be omitted),
 optional `metadata` (an object); every other field is metadata as well.
 
@@ -48,7 +50,8 @@ from app.search.vector_index import validate_spec
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_SUFFIXES = {".jsonl", ".json", ".csv", ".parquet"}
+SUPPORTED_SUFFIXES = {".jsonl", ".json", ".csv", ".parquet", ".npy"}
+NPY_CHUNK = 8192  # rows of an .npy file checked and read at a time
 ENCODE_BATCH = 64  # rows per forward pass inside a window (length-sorted), same for both engines
 IMAGE_ENCODE_BATCH = 32  # images per forward pass
 ENCODE_WINDOW = 2048  # records embedded together (one Ray row); commits are smaller (batch_size)
@@ -94,15 +97,18 @@ def input_files(path: Path) -> tuple[list[Path], list[Path]]:
     """(files to read, files in a folder that are skipped for their suffix), sorted."""
     if path.is_file():
         if path.suffix not in SUPPORTED_SUFFIXES:
-            raise InputError(f"{path}: unsupported file type {path.suffix!r}: use .jsonl, .json, .csv or .parquet")
+            raise InputError(
+                f"{path}: unsupported file type {path.suffix!r}: use .jsonl, .json, .csv, .parquet or .npy"
+            )
         return [path], []
     if not path.is_dir():
         raise InputError(f"{path}: no such file or folder")
     found = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
     files = [p for p in found if p.suffix in SUPPORTED_SUFFIXES]
     if not files:
-        raise InputError(f"{path}: no .jsonl, .json, .csv or .parquet file in this folder")
-    return files, [p for p in found if p.suffix not in SUPPORTED_SUFFIXES]
+        raise InputError(f"{path}: no .jsonl, .json, .csv, .parquet or .npy file in this folder")
+    id_files = {p.with_suffix(".ids") for p in files if p.suffix == ".npy"}  # read with their .npy
+    return files, [p for p in found if p.suffix not in SUPPORTED_SUFFIXES and p not in id_files]
 
 
 def _check_id(value: Any, where: str) -> str:
@@ -242,6 +248,43 @@ def _parquet_records(file: Path, dim: int | None) -> Iterator[Record]:
             yield _record(raw, f"{file}: row group {group}, row {row_no}", dim)
 
 
+def _npy_records(file: Path, dim: int | None) -> Iterator[Record]:
+    """Rows of an (n, dim) .npy array (memory-mapped: a 1M x 384 file is never loaded whole), ids
+    from `<name>.ids` (one per line) or `<name>:<row>`."""
+    try:
+        array = np.load(file, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise InputError(f"{file}: not a readable .npy array ({exc})") from exc
+    if array.ndim != 2 or array.dtype.kind not in "fiu":
+        raise InputError(f"{file}: expected a 2-d numeric array (rows x dimensions), got {array.dtype} {array.shape}")
+    if dim is not None and array.shape[1] != dim:
+        raise InputError(f"{file}: vectors have {array.shape[1]} dimensions; the model has {dim}")
+    ids = _npy_ids(file, len(array))
+    for start in range(0, len(array), NPY_CHUNK):
+        chunk = np.asarray(array[start : start + NPY_CHUNK], dtype=np.float32)
+        bad = np.flatnonzero(~np.isfinite(chunk).all(axis=1))
+        if len(bad):
+            raise InputError(f"{file}: row {start + int(bad[0])}: vector contains NaN or infinity")
+        for offset, vector in enumerate(chunk):
+            row = start + offset
+            where = f"{file}: row {row}"
+            doc_id = _check_id(ids[row], where) if ids is not None else f"{file.stem}:{row}"
+            yield Record(doc_id, None, {}, vector, where)
+
+
+def _npy_ids(file: Path, rows: int) -> list[str] | None:
+    id_file = file.with_suffix(".ids")
+    if not id_file.is_file():
+        return None
+    try:
+        ids = id_file.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{id_file}: not UTF-8 text") from exc
+    if len(ids) != rows:
+        raise InputError(f"{id_file}: {len(ids)} ids for {rows} rows of {file.name}")
+    return ids
+
+
 def _image_records(root: Path, files: list[Path]) -> Iterator[Record]:
     sidecar = read_sidecar(root, InputError)
     for file, relative, entry in iter_images(root, files, sidecar):
@@ -264,6 +307,8 @@ def read_records(files: list[Path], dim: int | None = None, images_root: Path | 
             yield from _jsonl_records(file, dim)
         elif file.suffix == ".csv":
             yield from _csv_records(file, dim)
+        elif file.suffix == ".npy":
+            yield from _npy_records(file, dim)
         else:
             yield from _parquet_records(file, dim)
 
@@ -379,7 +424,9 @@ def plan_input(
             skip.add(ordinal)
     if rows - len(skip) == 0:
         raise InputError(f"{source}: no records" + (f" ({empty} with an empty text left out)" if empty else ""))
-    return InputPlan(files, skipped, rows, skip, len(duplicated), empty, without_vector, fingerprint(files))
+    id_files = [f.with_suffix(".ids") for f in files if f.suffix == ".npy" and f.with_suffix(".ids").is_file()]
+    prints = fingerprint(files + id_files)  # a changed .ids file is a changed input too
+    return InputPlan(files, skipped, rows, skip, len(duplicated), empty, without_vector, prints)
 
 
 def _batches(records: Iterator[Record], size: int) -> Iterator[list[Record]]:
@@ -676,17 +723,21 @@ def _run_build(
             checkpoint.save(committed[0], plan)  # after the durable upsert
             progress.committed(committed[0], plan.records)
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="index-writer") as writer:
-        pending: Future[None] | None = None
-        for window, vectors, problems in embed_stream:
+    collection.defer_indexing()  # the store alone until the end; the index is built once from it
+    try:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="index-writer") as writer:
+            pending: Future[None] | None = None
+            for window, vectors, problems in embed_stream:
+                if pending is not None:
+                    pending.result()  # in order; re-raises a failed commit
+                pending = writer.submit(commit, window, vectors, problems)
             if pending is not None:
-                pending.result()  # in order; re-raises a failed commit
-            pending = writer.submit(commit, window, vectors, problems)
-        if pending is not None:
-            pending.result()
-    embedded = committed[0] - done
-    elapsed = time.perf_counter() - start
-    report = collection.optimize(options.index_spec) if options.optimize else None
+                pending.result()
+        embedded = committed[0] - done
+        elapsed = time.perf_counter() - start
+        report = collection.optimize(options.index_spec) if options.optimize else None
+    finally:
+        collection.resume_indexing()  # a no-op after optimize; else the index replays the writes
     collection.snapshot()
     checkpoint.finish()
     return {

@@ -13,6 +13,7 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from app.search.vector_index import (
     BuildReport,
     SearchParams,
     VectorIndex,
+    exact_top_k,
     training_points_needed,
     tune,
     validate_spec,
@@ -43,6 +45,9 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 # (benchmarks/results/recall_estimate.md).
 RECALL_SAMPLE = 200
 DEFAULT_RECALL_TARGET = 0.95  # recall@10, reached with 95% confidence on the held-out sample
+# An IVF index's lists were trained on the vectors it held then; once the collection has grown past
+# this factor, new vectors crowd lists fitted to other data, and it re-trains in the background.
+DEFAULT_RETRAIN_GROWTH = 2.0
 TRAINING_SAMPLE = 200_000  # vectors an IVF/PQ index trains on
 
 
@@ -94,6 +99,7 @@ class Collection:
         filter_limits: FilterLimits | None = None,
         lock: CollectionLock | None = None,
         recall_target: float = DEFAULT_RECALL_TARGET,
+        retrain_growth: float = DEFAULT_RETRAIN_GROWTH,
     ) -> None:
         """`lock`: the collection's writer lock (None on a read-only replica). If another process
         holds it, the collection opens for reads and writes answer CollectionLocked until it is free."""
@@ -106,6 +112,8 @@ class Collection:
         self.last_error: str | None = None  # the last background optimise's failure, if it failed
         self.memory_budget_bytes = memory_budget_bytes
         self.recall_target = recall_target
+        self.retrain_growth = retrain_growth
+        self.retraining: threading.Thread | None = None
         self.snapshot_every_ops = snapshot_every_ops
         self.read_only = read_only
         self.store = DocumentStore(folder / "documents.sqlite", config.dim, read_only)
@@ -114,6 +122,7 @@ class Collection:
         self._optimizing = threading.Lock()
         self._ops_since_snapshot = 0
         self._catch_up_from: int | None = None  # an optimise replays ops after this: keep them
+        self._deferred_from: int | None = None  # defer_indexing: the op the index stopped at
         self.lock = lock
         if lock is not None:
             lock.try_acquire()
@@ -180,10 +189,8 @@ class Collection:
                 index = VectorIndex(self.config.dim, self.config.metric, "Flat")
             else:
                 index.train(sample)
-        for keys, vectors in snap.iter_vectors():
-            if leave_out is not None and len(leave_out):
-                kept = ~np.isin(keys, leave_out)
-                keys, vectors = keys[kept], vectors[kept]
+        chunks = snap.iter_vectors() if leave_out is None else _without(snap.iter_vectors(), leave_out)
+        for keys, vectors in chunks:
             index.add(keys, vectors)
         return index
 
@@ -222,9 +229,10 @@ class Collection:
         with self._write_lock:
             self._check_write_lock()
             removed, added = self.store.upsert(docs)  # durable from here on
-            with self._index_lock:
-                self.index.remove(removed)
-                self.index.add(np.asarray(added, dtype=np.int64), np.stack([d.vector for d in docs]))
+            if self._deferred_from is None:
+                with self._index_lock:
+                    self.index.remove(removed)
+                    self.index.add(np.asarray(added, dtype=np.int64), np.stack([d.vector for d in docs]))
             self._after_write(len(removed) + len(added))
         return len(added)
 
@@ -232,18 +240,66 @@ class Collection:
         with self._write_lock:
             self._check_write_lock()
             found, keys = self.store.delete(ids)
-            with self._index_lock:
-                self.index.remove(keys)
+            if self._deferred_from is None:
+                with self._index_lock:
+                    self.index.remove(keys)
             self._after_write(len(keys))
         return found
 
+    def defer_indexing(self) -> None:
+        """Bulk loading (the batch builder): from here on writes go to the store only (durable and
+        in the op log, as always) and the in-memory index is left alone, so a million-vector build
+        holds no growing exact index beside the one `optimize` builds from the store at the end,
+        and writes no snapshots meanwhile. `optimize` (which builds from the store) or
+        `resume_indexing` (which replays the ops into the index) ends it; a crash meanwhile loses
+        nothing (a restart replays the op log after the last snapshot)."""
+        with self._write_lock:
+            if self._deferred_from is None:
+                self._deferred_from = self.store.last_op()
+
+    def resume_indexing(self) -> None:
+        """End `defer_indexing`: the index catches up with every write since."""
+        with self._write_lock:
+            if self._deferred_from is not None:
+                with self._index_lock:
+                    self._catch_up(self.index, self.store.changes_since(self._deferred_from))
+                self._deferred_from = None
+
     def _after_write(self, ops: int) -> None:
+        if self._deferred_from is not None:
+            return  # no snapshot of an index that lacks these writes; no retrain either
         self._ops_since_snapshot += ops
         if self._ops_since_snapshot >= self.snapshot_every_ops:
             self.snapshot()
+        self._retrain_if_grown()
+
+    def _retrain_if_grown(self) -> None:
+        """Start a background rebuild (reads go on, no write is lost: see `optimize`) when an IVF
+        index holds more than `retrain_growth` times the vectors it was trained on."""
+        trained_on = (self.config.last_build or {}).get("n") or 0
+        if not self.index.is_ivf or not trained_on or self.index.live <= self.retrain_growth * trained_on:
+            return
+        if self._optimizing.locked() or (self.retraining is not None and self.retraining.is_alive()):
+            return
+        log.info(
+            "%s: %d vectors, trained on %d: re-training in the background",
+            self.config.name,
+            self.index.live,
+            trained_on,
+        )
+        self.retraining = threading.Thread(target=self._retrain, name=f"retrain-{self.config.name}", daemon=True)
+        self.retraining.start()
+
+    def _retrain(self) -> None:
+        try:
+            self.optimize()
+        except Exception as exc:  # recorded as last_build_error by optimize; a retrain is best-effort
+            log.warning("%s: background re-train failed: %r", self.config.name, exc)
 
     def snapshot(self) -> None:
         """Persist the index; the ops it contains can then be pruned from the log."""
+        if self._deferred_from is not None:
+            return  # the index lacks the deferred writes: a snapshot would claim them and prune their ops
         with self._index_lock:
             applied = self.store.last_op()
             self.index.save(self.snapshot_path, applied)
@@ -401,6 +457,7 @@ class Collection:
             with self._index_lock:
                 self.index = new_index
             self._catch_up_from = None
+            self._deferred_from = None  # built from the store: it holds every deferred write
             report.build_seconds = round(time.perf_counter() - start, 2)
             self.config.last_build = asdict(report)
             self.config.save(self.folder)
@@ -431,11 +488,10 @@ class Collection:
             return BuildReport(index.spec, n, 1.0 if n else None, 0)
         if not len(held_out):  # under 10 documents: nothing to measure on
             return BuildReport(index.spec, n, None, 0)
-        exact = VectorIndex(self.config.dim, self.config.metric, "Flat")
-        for keys, vectors in snap.iter_vectors():
-            kept = ~np.isin(keys, held_out)
-            exact.add(keys[kept], vectors[kept])
-        tuned = tune(index, exact, snap.vectors(held_out), self.recall_target)
+        queries = snap.vectors(held_out)
+        # streamed over the store: no second copy of the vectors (1.5 GB at 1M x 384)
+        truth = exact_top_k(_without(snap.iter_vectors(), held_out), queries, self.config.metric)
+        tuned = tune(index, truth, queries, self.recall_target)
         defaults = {k: v for k, v in asdict(tuned.params).items() if v is not None}
         return BuildReport(
             index.spec,
@@ -451,3 +507,12 @@ class Collection:
         self.store.close()
         if self.lock is not None:
             self.lock.release()
+
+
+def _without(
+    chunks: Iterator[tuple[np.ndarray, np.ndarray]], left_out: np.ndarray
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """`chunks` of (keys, vectors) without the keys in `left_out`."""
+    for keys, vectors in chunks:
+        kept = ~np.isin(keys, left_out)
+        yield keys[kept], vectors[kept]

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from app.search.vector_index import VectorIndex, tune
+from app.search.vector_index import VectorIndex, exact_top_k, tune
 
 FLAT_MAX = 50_000
 SAMPLE = 100_000  # vectors each candidate is built on
@@ -71,15 +71,14 @@ def choose(
     order = np.random.default_rng(0).permutation(len(sample))
     queries, data = sample[order[:TRIAL_QUERIES]], sample[order[TRIAL_QUERIES:]]
     keys = np.arange(len(data), dtype=np.int64)
-    exact = VectorIndex(dim, metric, "Flat")
-    exact.add(keys, data)
+    truth = exact_top_k([(keys, data)], queries, metric)
     candidates = []
     for spec in candidate_specs(n, dim):
         candidate = Candidate(spec, estimated_memory(spec, n, dim))
         if candidate.memory_bytes > memory_budget_bytes:
             candidate.skipped = f"needs ~{candidate.memory_bytes >> 20} MiB, over the budget"
         else:
-            _trial(candidate, trial_spec(spec, len(data)), data, keys, queries, exact, target)
+            _trial(candidate, trial_spec(spec, len(data)), metric, data, keys, queries, truth, target)
         candidates.append(candidate)
     tried = [c for c in candidates if c.skipped is None]
     if not tried:  # nothing fits: the smallest
@@ -92,18 +91,19 @@ def choose(
 def _trial(
     candidate: Candidate,
     spec: str,
+    metric: str,
     data: np.ndarray,
     keys: np.ndarray,
     queries: np.ndarray,
-    exact: VectorIndex,
+    truth: np.ndarray,
     target: float,
 ) -> None:
     start = time.perf_counter()
-    index = VectorIndex(data.shape[1], exact.metric, spec)
+    index = VectorIndex(data.shape[1], metric, spec)
     index.train(data)
     index.add(keys, data)
     candidate.build_seconds = round(time.perf_counter() - start, 2)
-    tuned = tune(index, exact, queries, target)
+    tuned = tune(index, truth, queries, target)
     candidate.recall_at_10 = round(tuned.recall, 4)
     candidate.recall_lower_bound = round(tuned.lower_bound, 4)
     candidate.search_defaults = {k: v for k, v in asdict(tuned.params).items() if v is not None}

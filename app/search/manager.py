@@ -16,7 +16,13 @@ from app.core.errors import (
     InvalidMetric,
     ReadOnly,
 )
-from app.search.collection import DEFAULT_RECALL_TARGET, NAME_PATTERN, Collection, CollectionConfig
+from app.search.collection import (
+    DEFAULT_RECALL_TARGET,
+    DEFAULT_RETRAIN_GROWTH,
+    NAME_PATTERN,
+    Collection,
+    CollectionConfig,
+)
 from app.search.filters import FilterLimits
 from app.search.lock import CollectionLock
 from app.search.vector_index import METRICS, validate_spec
@@ -41,6 +47,7 @@ class CollectionManager:
         filter_limits: FilterLimits | None = None,
         holder: str = "server",
         recall_target: float = DEFAULT_RECALL_TARGET,
+        retrain_growth: float = DEFAULT_RETRAIN_GROWTH,
     ) -> None:
         """`holder`: who this process is, in the writer lock of each collection it opens for writing
         ("server", "builder"); someone refused the lock is told."""
@@ -51,6 +58,7 @@ class CollectionManager:
         self.snapshot_every_ops = snapshot_every_ops
         self.filter_limits = filter_limits or FilterLimits()
         self.recall_target = recall_target
+        self.retrain_growth = retrain_growth
         self.collections: dict[str, Collection] = {}
         # Collections found on disk that could not be opened: name -> reason (in /ready and GET /indexes).
         self.failed: dict[str, str] = {}
@@ -66,6 +74,7 @@ class CollectionManager:
             FilterLimits(settings.filter_max_depth, settings.filter_max_conditions),
             holder,
             settings.recall_target,
+            settings.ivf_retrain_growth,
         )
 
     def _open(self, folder: Path, config: CollectionConfig, lock: CollectionLock | None = None) -> Collection:
@@ -80,6 +89,7 @@ class CollectionManager:
             self.filter_limits,
             lock,
             self.recall_target,
+            self.retrain_growth,
         )
 
     def open_one(self, name: str, require_lock: bool = False) -> Collection | None:

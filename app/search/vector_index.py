@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -291,9 +291,36 @@ class VectorIndex:
         return vector_index, int(meta["applied_op"])
 
 
-def recall_per_query(index: VectorIndex, exact: VectorIndex, queries: np.ndarray, params: SearchParams) -> np.ndarray:
-    """(q,) overlap of each query's top-10 with exact search's top-10."""
-    _, truth = exact.search(queries, 10)
+def exact_top_k(
+    chunks: Iterable[tuple[np.ndarray, np.ndarray]], queries: np.ndarray, metric: str, k: int = 10
+) -> np.ndarray:
+    """(q, k) keys of each query's exact top-k over `chunks` of (keys (m,), vectors (m, dim)), best
+    first, -1 where fewer exist: streamed, so a million stored vectors are never held at once."""
+    scorer = VectorIndex(queries.shape[1], metric, "Flat")  # for prepare / exact_scores semantics only
+    prepared = scorer.prepare(queries)
+    best_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    best_keys = np.full((len(queries), k), -1, dtype=np.int64)
+    for keys, vectors in chunks:
+        if not len(keys):
+            continue
+        stored = scorer.prepare(vectors)
+        sims = _neg_l2(prepared, stored) if metric == "l2" else prepared @ stored.T  # (q, m)
+        scores = np.concatenate([best_scores, sims], axis=1)
+        candidates = np.concatenate([best_keys, np.broadcast_to(keys, (len(queries), len(keys)))], axis=1)
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        best_scores = np.take_along_axis(scores, top, axis=1)
+        best_keys = np.take_along_axis(candidates, top, axis=1)
+    best_keys[~np.isfinite(best_scores)] = -1
+    return best_keys
+
+
+def _neg_l2(queries: np.ndarray, stored: np.ndarray) -> np.ndarray:
+    """-(squared l2 distance), (q, m), without materialising (q, m, dim)."""
+    return -((queries**2).sum(1)[:, None] - 2 * queries @ stored.T + (stored**2).sum(1)[None, :])
+
+
+def recall_per_query(index: VectorIndex, truth: np.ndarray, queries: np.ndarray, params: SearchParams) -> np.ndarray:
+    """(q,) overlap of each query's top-10 from `index` with its true top-10 keys `truth` (q, 10)."""
     _, got = index.search(queries, 10, params=params)
     return np.array(
         [len(set(t[t >= 0]) & set(g[g >= 0])) / max(1, (t >= 0).sum()) for t, g in zip(truth, got, strict=True)]
@@ -302,7 +329,8 @@ def recall_per_query(index: VectorIndex, exact: VectorIndex, queries: np.ndarray
 
 def recall_at_10(index: VectorIndex, exact: VectorIndex, queries: np.ndarray, params: SearchParams) -> float:
     """Mean overlap of the top-10 with exact search's top-10 over `queries`."""
-    return float(np.mean(recall_per_query(index, exact, queries, params)))
+    _, truth = exact.search(queries, 10)
+    return float(np.mean(recall_per_query(index, truth, queries, params)))
 
 
 EF_SEARCH_STEPS = (16, 32, 64, 128, 256, 512, 1024, 2048)
@@ -319,9 +347,9 @@ class Tuned:
     lower_bound: float  # recall - CONFIDENCE_Z x its standard error
 
 
-def tune(index: VectorIndex, exact: VectorIndex, queries: np.ndarray, target: float) -> Tuned:
-    """The cheapest efSearch / nprobe whose recall@10 against `exact` reaches `target` with 95%
-    confidence (or the largest tried); sets it as the index's default."""
+def tune(index: VectorIndex, truth: np.ndarray, queries: np.ndarray, target: float) -> Tuned:
+    """The cheapest efSearch / nprobe whose recall@10 against the true top-10 keys `truth` (q, 10)
+    reaches `target` with 95% confidence (or the largest tried); sets it as the index's default."""
     if index.is_graph:
         candidates = [SearchParams(ef_search=ef) for ef in EF_SEARCH_STEPS]
     elif index.is_ivf:
@@ -331,7 +359,7 @@ def tune(index: VectorIndex, exact: VectorIndex, queries: np.ndarray, target: fl
         candidates = [SearchParams()]
     tuned = Tuned(candidates[0], 0.0, 0.0)
     for params in candidates:
-        recalls = recall_per_query(index, exact, queries, params)
+        recalls = recall_per_query(index, truth, queries, params)
         error = float(np.std(recalls, ddof=1) / np.sqrt(len(recalls))) if len(recalls) > 1 else 0.0
         tuned = Tuned(params, float(np.mean(recalls)), float(np.mean(recalls)) - CONFIDENCE_Z * error)
         if tuned.lower_bound >= target:

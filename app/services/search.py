@@ -47,6 +47,26 @@ log = logging.getLogger(__name__)
 _background: set[asyncio.Task[Any]] = set()
 
 
+def document_vector(document: DocumentIn, dim: int) -> np.ndarray | None:
+    """The vector a document brings (a JSON array or base64 float32), checked; None if it brings none."""
+    if document.vector is not None:
+        return as_vector(document.vector, dim, f"vector of {document.id!r}")
+    if document.vector_base64 is None:
+        return None
+    try:
+        raw = base64.b64decode(document.vector_base64, validate=True)
+    except ValueError as exc:
+        raise InvalidVector(f"vector_base64 of {document.id!r} is not valid base64") from exc
+    if len(raw) != dim * 4:
+        raise WrongDimension(
+            f"vector_base64 of {document.id!r} holds {len(raw)} bytes; the collection's {dim} float32 take {dim * 4}"
+        )
+    vector = np.frombuffer(raw, dtype="<f4").astype(np.float32)
+    if not np.isfinite(vector).all():
+        raise InvalidVector(f"vector_base64 of {document.id!r} contains NaN or infinity")
+    return vector
+
+
 def as_vector(values: list[float], dim: int, what: str) -> np.ndarray:
     """A client-supplied vector of the collection's size, finite."""
     if len(values) != dim:
@@ -95,9 +115,7 @@ async def upsert(
     rescorer = rescoring.for_collection(registry, collection)  # before any work: no write lacks its vector
     if len({d.id for d in body.documents}) != len(body.documents):
         raise DuplicateIds("duplicate ids in one request")
-    vectors: list[np.ndarray | None] = [
-        as_vector(d.vector, dim, f"vector of {d.id!r}") if d.vector is not None else None for d in body.documents
-    ]
+    vectors: list[np.ndarray | None] = [document_vector(d, dim) for d in body.documents]
     thumbnails: list[bytes | None] = [None] * len(body.documents)
     image_rows = [i for i, d in enumerate(body.documents) if d.image is not None]
     if image_rows:
@@ -149,7 +167,7 @@ async def _embed_images(
 def _modality(document: DocumentIn) -> str | None:
     if document.image is not None:
         return "image"
-    return "text" if document.vector is None else None
+    return None if document.has_vector else "text"
 
 
 def _image_reference(image: str | None, image_ref: str | None) -> str | None:

@@ -166,3 +166,47 @@ def test_records_without_id_or_text_are_rejected(tmp_path: Path) -> None:
     path = _write_jsonl(tmp_path / "x.jsonl", [{"id": "1", "text": "a"}, {"text": "no id"}])
     with pytest.raises(InputError, match=r"x.jsonl:2: no 'id' field"):
         list(read_records([path]))
+
+
+def test_npy_vectors_with_and_without_ids(default_models_dir: Path, tmp_path: Path) -> None:
+    settings = settings_for(default_models_dir, data_dir=tmp_path / "data")
+    vectors = np.random.default_rng(4).normal(size=(300, 384)).astype(np.float32)
+    folder = tmp_path / "npy"
+    folder.mkdir()
+    np.save(folder / "part1.npy", vectors[:200])
+    (folder / "part1.ids").write_text("".join(f"doc-{i}\n" for i in range(200)))
+    np.save(folder / "part2.npy", vectors[200:].astype(np.float64))  # any float type, stored as float32
+    result = build_index(settings, "minilm-l6", folder, "vec", BuildOptions(batch_size=64))
+    assert result["records"] == result["size"] == 300
+    stored = _vectors(settings, "vec")
+    assert np.allclose(stored["doc-7"], vectors[7]) and np.allclose(stored["part2:50"], vectors[250], atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("problem", "message"),
+    [
+        ("nan", "row 17: vector contains NaN"),
+        ("dim", "vectors have 16 dimensions; the model has 384"),
+        ("ids", "2 ids for 40 rows"),
+        ("corrupt", "not a readable .npy array"),
+        ("bad id", "row 3"),
+    ],
+)
+def test_npy_input_problems_name_the_file_and_row(default_models_dir: Path, tmp_path: Path, problem, message) -> None:
+    vectors = np.random.default_rng(5).normal(size=(40, 384)).astype(np.float32)
+    path = tmp_path / "x.npy"
+    if problem == "nan":
+        vectors[17, 3] = np.nan
+    if problem == "dim":
+        vectors = vectors[:, :16]
+    np.save(path, vectors)
+    if problem == "ids":
+        (tmp_path / "x.ids").write_text("a\nb\n")
+    if problem == "bad id":
+        (tmp_path / "x.ids").write_text("".join(("bad/id" if i == 3 else f"v{i}") + "\n" for i in range(40)))
+    if problem == "corrupt":
+        path.write_bytes(b"\x93NUMPY garbage")
+    settings = settings_for(default_models_dir, data_dir=tmp_path / "data")
+    with pytest.raises(InputError, match=message.replace("(", r"\(")):
+        build_index(settings, "minilm-l6", path, "bad", BuildOptions())
+    assert not (tmp_path / "data" / "indexes" / "bad").exists()  # nothing half-written

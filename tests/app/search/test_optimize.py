@@ -241,3 +241,48 @@ def test_recall_is_measured_on_held_out_documents_and_tracks_fresh_queries(tmp_p
     truth = recall_at_10(collection.index, exact, fresh, collection.index.defaults)
     assert abs(report.recall_at_10 - truth) <= 0.03 and truth >= collection.recall_target - 0.02
     collection.close()
+
+
+def test_ivf_retrains_in_the_background_once_the_collection_has_grown(tmp_path: Path) -> None:
+    from app.search.collection import Collection, CollectionConfig
+    from app.search.store import Document
+
+    dim = 32
+    vectors = np.random.default_rng(9).normal(size=(2_400, dim)).astype(np.float32)
+    config = CollectionConfig("grow", "m", dim, index="IVF16,Flat")
+    config.save(tmp_path)
+    collection = Collection(tmp_path, config, 1 << 30, retrain_growth=2.0)
+
+    def add(start: int, stop: int) -> None:
+        collection.upsert([Document(f"v{i}", None, {}, vectors[i]) for i in range(start, stop)])
+
+    add(0, 1_000)
+    assert collection.optimize().n == 1_000 and collection.index.is_ivf
+    add(1_000, 2_000)  # exactly 2x: not past the factor
+    assert collection.retraining is None
+    add(2_000, 2_100)  # past it: a background re-train starts
+    assert collection.retraining is not None
+    add(2_100, 2_400)  # writes go on meanwhile
+    collection.retraining.join(timeout=60)
+    assert collection.config.last_build["n"] >= 2_100 and collection.last_error is None
+    assert collection.index.live == collection.store.count() == 2_400  # nothing lost
+    hits = collection.search(vectors[2_350], 1, None, set(), collection.index.defaults)
+    assert hits[0].id == "v2350"
+    collection.close()
+
+
+@pytest.mark.parametrize("metric", ["cosine", "ip", "l2"])
+def test_streamed_exact_top_k_matches_flat_search(metric: str) -> None:
+    from app.search.vector_index import VectorIndex, exact_top_k
+
+    rng = np.random.default_rng(2)
+    vectors = rng.normal(size=(3_000, 16)).astype(np.float32)
+    keys = np.arange(100, 3_100, dtype=np.int64)
+    queries = rng.normal(size=(20, 16)).astype(np.float32)
+    flat = VectorIndex(16, metric, "Flat")
+    flat.add(keys, vectors)
+    _, expected = flat.search(queries, 10)
+    chunks = [(keys[i : i + 700], vectors[i : i + 700]) for i in range(0, 3_000, 700)]  # uneven chunks
+    assert np.array_equal(exact_top_k(chunks, queries, metric), expected)
+    few = exact_top_k([(keys[:3], vectors[:3])], queries, metric)  # fewer than k stored: -1 fills
+    assert (few[:, 3:] == -1).all() and set(few[0, :3]) == {100, 101, 102}

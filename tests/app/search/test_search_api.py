@@ -159,3 +159,26 @@ def test_read_only_replica_serves_the_writer_data_and_refuses_writes(default_mod
     finally:
         for path in [tmp_path, *tmp_path.rglob("*")]:
             path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+def test_vectors_as_base64_float32(client: TestClient) -> None:
+    import base64
+
+    assert client.post("/indexes", json={"name": "b64"}).status_code == 201
+    vector = np.random.default_rng(0).normal(size=384).astype("<f4")
+    encoded = base64.b64encode(vector.tobytes()).decode()
+    put = client.put("/indexes/b64/documents", json={"documents": [{"id": "v", "vector_base64": encoded}]})
+    assert put.status_code == 200, put.text
+    hits = client.post("/indexes/b64/search", json={"vector": vector.tolist(), "include": ["vector"]}).json()["hits"]
+    assert hits[0]["id"] == "v" and np.allclose(hits[0]["vector"], vector, atol=1e-6)  # stored as sent
+    bad = {
+        "not base64": "###",
+        "wrong size": base64.b64encode(vector[:10].tobytes()).decode(),
+        "nan": base64.b64encode(np.full(384, np.nan, dtype="<f4").tobytes()).decode(),
+    }
+    for what, value in bad.items():
+        response = client.put("/indexes/b64/documents", json={"documents": [{"id": what, "vector_base64": value}]})
+        assert response.status_code == 422 and "vector_base64" in response.json()["error"]["message"], what
+    both = {"id": "x", "vector": vector.tolist(), "vector_base64": encoded}
+    assert client.put("/indexes/b64/documents", json={"documents": [both]}).status_code == 422
+    assert client.get("/indexes/b64").json()["size"] == 1  # nothing half-written
