@@ -110,11 +110,17 @@ class Tessera(Server):
     def create(self, name: str) -> None:
         self.client.post("/indexes", json={"name": name, "model": "minilm-l6"}).raise_for_status()  # type: ignore[union-attr]
 
-    def add(self, name: str, ids: list[int], vectors: np.ndarray, client: httpx.Client | None = None) -> None:
+    def add(
+        self, name: str, ids: list[int], vectors: np.ndarray, client: httpx.Client | None = None, b64: bool = False
+    ) -> None:
         docs = [
-            {"id": str(i), "vector": v.tolist(), "metadata": metadata(i)} for i, v in zip(ids, vectors, strict=True)
+            {"id": str(i), "metadata": metadata(i), **({"vector_base64": encode(v)} if b64 else {"vector": v.tolist()})}
+            for i, v in zip(ids, vectors, strict=True)
         ]
         (client or self.client).put(f"/indexes/{name}/documents", json={"documents": docs}).raise_for_status()  # type: ignore[union-attr]
+
+    def drop(self, name: str) -> None:
+        self.client.delete(f"/indexes/{name}").raise_for_status()  # type: ignore[union-attr]
 
     def finish(self, name: str) -> float:
         start = time.perf_counter()

@@ -249,27 +249,39 @@ def _parquet_records(file: Path, dim: int | None) -> Iterator[Record]:
 
 
 def _npy_records(file: Path, dim: int | None) -> Iterator[Record]:
-    """Rows of an (n, dim) .npy array (memory-mapped: a 1M x 384 file is never loaded whole), ids
-    from `<name>.ids` (one per line) or `<name>:<row>`."""
-    try:
-        array = np.load(file, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise InputError(f"{file}: not a readable .npy array ({exc})") from exc
-    if array.ndim != 2 or array.dtype.kind not in "fiu":
-        raise InputError(f"{file}: expected a 2-d numeric array (rows x dimensions), got {array.dtype} {array.shape}")
-    if dim is not None and array.shape[1] != dim:
-        raise InputError(f"{file}: vectors have {array.shape[1]} dimensions; the model has {dim}")
-    ids = _npy_ids(file, len(array))
-    for start in range(0, len(array), NPY_CHUNK):
-        chunk = np.asarray(array[start : start + NPY_CHUNK], dtype=np.float32)
-        bad = np.flatnonzero(~np.isfinite(chunk).all(axis=1))
-        if len(bad):
-            raise InputError(f"{file}: row {start + int(bad[0])}: vector contains NaN or infinity")
-        for offset, vector in enumerate(chunk):
-            row = start + offset
-            where = f"{file}: row {row}"
-            doc_id = _check_id(ids[row], where) if ids is not None else f"{file.stem}:{row}"
-            yield Record(doc_id, None, {}, vector, where)
+    """Rows of an (n, dim) .npy array, read NPY_CHUNK rows at a time from the file (not mapped: a
+    1M x 384 file never sits in memory whole), ids from `<name>.ids` (one per line) or `<name>:<row>`."""
+    with file.open("rb") as handle:
+        try:
+            version = np.lib.format.read_magic(handle)
+            if version not in ((1, 0), (2, 0)):
+                raise ValueError(f"format version {version[0]}.{version[1]} (1.0 and 2.0 are read)")
+            read_header = (
+                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            )
+            shape, fortran, dtype = read_header(handle)
+        except (ValueError, OSError, EOFError) as exc:
+            raise InputError(f"{file}: not a readable .npy array ({exc})") from exc
+        if len(shape) != 2 or fortran or dtype.kind not in "fiu" or dtype.hasobject:
+            raise InputError(f"{file}: expected a 2-d numeric C-order array (rows x dimensions), got {dtype} {shape}")
+        rows, width = shape
+        if dim is not None and width != dim:
+            raise InputError(f"{file}: vectors have {width} dimensions; the model has {dim}")
+        ids = _npy_ids(file, rows)
+        for start in range(0, rows, NPY_CHUNK):
+            count = min(NPY_CHUNK, rows - start)
+            flat = np.fromfile(handle, dtype=dtype, count=count * width)
+            if len(flat) != count * width:
+                raise InputError(f"{file}: truncated at row {start + len(flat) // max(1, width)} of {rows}")
+            chunk = flat.reshape(count, width).astype(np.float32)
+            bad = np.flatnonzero(~np.isfinite(chunk).all(axis=1))
+            if len(bad):
+                raise InputError(f"{file}: row {start + int(bad[0])}: vector contains NaN or infinity")
+            for offset, vector in enumerate(chunk):
+                row = start + offset
+                where = f"{file}: row {row}"
+                doc_id = _check_id(ids[row], where) if ids is not None else f"{file.stem}:{row}"
+                yield Record(doc_id, None, {}, vector, where)
 
 
 def _npy_ids(file: Path, rows: int) -> list[str] | None:

@@ -13,6 +13,7 @@ import logging
 import re
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
@@ -48,6 +49,8 @@ DEFAULT_RECALL_TARGET = 0.95  # recall@10, reached with 95% confidence on the he
 # An IVF index's lists were trained on the vectors it held then; once the collection has grown past
 # this factor, new vectors crowd lists fitted to other data, and it re-trains in the background.
 DEFAULT_RETRAIN_GROWTH = 2.0
+FILTER_CACHE_ENTRIES = 64  # distinct filters whose matching keys are kept (until the next write)
+FILTER_CACHE_KEYS = 4_000_000  # and at most this many keys in all (32 MB)
 TRAINING_SAMPLE = 200_000  # vectors an IVF/PQ index trains on
 
 
@@ -123,6 +126,10 @@ class Collection:
         self._ops_since_snapshot = 0
         self._catch_up_from: int | None = None  # an optimise replays ops after this: keep them
         self._deferred_from: int | None = None  # defer_indexing: the op the index stopped at
+        self._write_version = 0  # bumped by every write (before it is acknowledged)
+        self._filter_cache: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+        self._filter_cache_version = 0
+        self._filter_cache_lock = threading.Lock()
         self.lock = lock
         if lock is not None:
             lock.try_acquire()
@@ -218,6 +225,7 @@ class Collection:
         self.config = CollectionConfig.load(self.folder)
         with self._index_lock:
             self.index = self._open_index()
+        self._write_version += 1  # what the other process wrote: cached filter results are stale
 
     @property
     def writable(self) -> bool:
@@ -229,6 +237,7 @@ class Collection:
         with self._write_lock:
             self._check_write_lock()
             removed, added = self.store.upsert(docs)  # durable from here on
+            self._write_version += 1
             if self._deferred_from is None:
                 with self._index_lock:
                     self.index.remove(removed)
@@ -240,6 +249,7 @@ class Collection:
         with self._write_lock:
             self._check_write_lock()
             found, keys = self.store.delete(ids)
+            self._write_version += 1
             if self._deferred_from is None:
                 with self._index_lock:
                     self.index.remove(keys)
@@ -339,10 +349,34 @@ class Collection:
         """(key, vector score) of the nearest `top_k` documents meeting the filter, best first."""
         allowed = None
         if filter_spec or modality:
-            allowed = self.store.keys_matching(*self._condition(filter_spec, modality))
+            allowed = self._matching_keys(*self._condition(filter_spec, modality))
         with self._index_lock:
             scores, keys = self.index.search(query[None, :], top_k, allowed, params, self.store.stacked_vectors)
         return [(int(k), float(s)) for k, s in zip(keys[0], scores[0], strict=True) if k >= 0]
+
+    def _matching_keys(self, where: str, params: list[Any]) -> np.ndarray:
+        """Keys meeting a compiled filter, cached per (filter, write version): evaluating it scans
+        every row's JSON (~0.1 s at 100k documents), and the same filters (a tenant, a language)
+        come again and again. Any write in this process empties the cache."""
+        cache_key = (where, json.dumps(params))
+        with self._filter_cache_lock:
+            if self._filter_cache_version != self._write_version:
+                self._filter_cache.clear()
+                self._filter_cache_version = self._write_version
+            cached = self._filter_cache.get(cache_key)
+            if cached is not None:
+                self._filter_cache.move_to_end(cache_key)
+                return cached
+            version = self._write_version
+        keys = self.store.keys_matching(where, params)
+        with self._filter_cache_lock:
+            if version == self._write_version:  # no write since: still true
+                self._filter_cache[cache_key] = keys
+                while len(self._filter_cache) > FILTER_CACHE_ENTRIES or (
+                    sum(len(v) for v in self._filter_cache.values()) > FILTER_CACHE_KEYS
+                ):
+                    self._filter_cache.popitem(last=False)
+        return keys
 
     def keyword_keys(
         self, query: str, top_k: int, filter_spec: dict[str, Any] | None, modality: str | None = None

@@ -190,6 +190,7 @@ def test_npy_vectors_with_and_without_ids(default_models_dir: Path, tmp_path: Pa
         ("ids", "2 ids for 40 rows"),
         ("corrupt", "not a readable .npy array"),
         ("bad id", "row 3"),
+        ("truncated", "truncated at row 39 of 40"),
     ],
 )
 def test_npy_input_problems_name_the_file_and_row(default_models_dir: Path, tmp_path: Path, problem, message) -> None:
@@ -206,6 +207,8 @@ def test_npy_input_problems_name_the_file_and_row(default_models_dir: Path, tmp_
         (tmp_path / "x.ids").write_text("".join(("bad/id" if i == 3 else f"v{i}") + "\n" for i in range(40)))
     if problem == "corrupt":
         path.write_bytes(b"\x93NUMPY garbage")
+    if problem == "truncated":
+        path.write_bytes(path.read_bytes()[:-100])
     settings = settings_for(default_models_dir, data_dir=tmp_path / "data")
     with pytest.raises(InputError, match=message.replace("(", r"\(")):
         build_index(settings, "minilm-l6", path, "bad", BuildOptions())

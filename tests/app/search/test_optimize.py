@@ -286,3 +286,71 @@ def test_streamed_exact_top_k_matches_flat_search(metric: str) -> None:
     assert np.array_equal(exact_top_k(chunks, queries, metric), expected)
     few = exact_top_k([(keys[:3], vectors[:3])], queries, metric)  # fewer than k stored: -1 fills
     assert (few[:, 3:] == -1).all() and set(few[0, :3]) == {100, 101, 102}
+
+
+def test_cached_filter_results_never_outlive_a_write(tmp_path: Path) -> None:
+    from app.search.collection import Collection, CollectionConfig
+    from app.search.store import Document
+    from app.search.vector_index import SearchParams
+
+    dim = 8
+    rng = np.random.default_rng(6)
+    config = CollectionConfig("cache", "m", dim, index="HNSW16")
+    config.save(tmp_path)
+    collection = Collection(tmp_path, config, 1 << 30)
+    docs = [
+        Document(f"d{i}", None, {"tag": "a" if i % 2 else "b"}, rng.normal(size=dim).astype(np.float32))
+        for i in range(6_000)
+    ]
+    collection.upsert(docs)
+    query = docs[1].vector
+
+    def tagged_a() -> list[str]:
+        return [h.id for h in collection.search(query, 5, {"tag": "a"}, set(), SearchParams())]
+
+    first = tagged_a()
+    assert first[0] == "d1" and tagged_a() == first  # the second answer comes from the cache
+    collection.upsert([Document("d1", None, {"tag": "b"}, query)])  # no longer matches
+    assert "d1" not in tagged_a()
+    collection.upsert([Document("new", None, {"tag": "a"}, query)])  # a new match
+    assert tagged_a()[0] == "new"
+    collection.delete(["new"])
+    assert "new" not in tagged_a()
+    collection.close()
+
+
+def test_selective_filters_search_wider() -> None:
+    """A filter matching a tenth of an IVF index widens nprobe (4x) so its recall holds."""
+    from app.search.vector_index import SearchParams, VectorIndex, exact_top_k
+
+    rng = np.random.default_rng(8)
+    centres = rng.normal(size=(40, 32))
+    vectors = (centres[rng.integers(0, 40, 20_000)] + 0.8 * rng.normal(size=(20_000, 32))).astype(np.float32)
+    keys = np.arange(20_000, dtype=np.int64)
+    index = VectorIndex(32, "cosine", "IVF128,Flat")
+    index.train(vectors)
+    index.add(keys, vectors)
+    index.defaults = SearchParams(nprobe=4)
+    allowed = np.sort(rng.choice(keys, 6_000, replace=False))  # over the exact-scoring limit
+    queries = (centres[rng.integers(0, 40, 100)] + 0.8 * rng.normal(size=(100, 32))).astype(np.float32)
+    mask = np.isin(keys, allowed)
+    truth = exact_top_k([(keys[mask], vectors[mask])], queries, "cosine")
+    assert index._widened(SearchParams(), len(allowed)).nprobe == 4 * 2  # sqrt(20000 / 6000) -> 2x
+
+    def recall(found: np.ndarray) -> float:
+        return float(np.mean([len(set(t) & set(f)) / 10 for t, f in zip(truth, found, strict=True)]))
+
+    _, widened = index.search(queries, 10, allowed)
+    assert set(widened[widened >= 0].tolist()) <= set(allowed.tolist())
+    narrow = faiss_search_without_widening(index, queries, allowed)
+    assert recall(widened) >= recall(narrow) and recall(widened) >= 0.9
+
+
+def faiss_search_without_widening(index, queries: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    import faiss
+
+    params = faiss.SearchParametersIVF()
+    params.nprobe = index.defaults.nprobe
+    params.sel = faiss.IDSelectorBatch(allowed)
+    _, keys = index.index.search(index.prepare(queries), 10, params=params)
+    return keys
