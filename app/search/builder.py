@@ -107,7 +107,7 @@ def input_files(path: Path) -> tuple[list[Path], list[Path]]:
     files = [p for p in found if p.suffix in SUPPORTED_SUFFIXES]
     if not files:
         raise InputError(f"{path}: no .jsonl, .json, .csv, .parquet or .npy file in this folder")
-    id_files = {p.with_suffix(".ids") for p in files if p.suffix == ".npy"}  # read with their .npy
+    id_files = {npy_id_file(p) for p in files if p.suffix == ".npy"}  # read with their .npy
     return files, [p for p in found if p.suffix not in SUPPORTED_SUFFIXES and p not in id_files]
 
 
@@ -284,8 +284,13 @@ def _npy_records(file: Path, dim: int | None) -> Iterator[Record]:
                 yield Record(doc_id, None, {}, vector, where)
 
 
+def npy_id_file(file: Path) -> Path:
+    """Where the ids of an .npy input's rows are: `<name>.ids` beside it."""
+    return file.with_suffix(".ids")
+
+
 def _npy_ids(file: Path, rows: int) -> list[str] | None:
-    id_file = file.with_suffix(".ids")
+    id_file = npy_id_file(file)
     if not id_file.is_file():
         return None
     try:
@@ -436,7 +441,7 @@ def plan_input(
             skip.add(ordinal)
     if rows - len(skip) == 0:
         raise InputError(f"{source}: no records" + (f" ({empty} with an empty text left out)" if empty else ""))
-    id_files = [f.with_suffix(".ids") for f in files if f.suffix == ".npy" and f.with_suffix(".ids").is_file()]
+    id_files = [npy_id_file(f) for f in files if f.suffix == ".npy" and npy_id_file(f).is_file()]
     prints = fingerprint(files + id_files)  # a changed .ids file is a changed input too
     return InputPlan(files, skipped, rows, skip, len(duplicated), empty, without_vector, prints)
 

@@ -134,10 +134,7 @@ class VectorIndex:
         return faiss.vector_to_array(self.index.id_map).astype(np.int64)
 
     def prepare(self, vectors: np.ndarray) -> np.ndarray:
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dim)
-        if self.metric == "cosine":
-            vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12)
-        return vectors
+        return _prepared(vectors, self.metric, self.dim)
 
     def train(self, vectors: np.ndarray) -> None:
         if not self.index.is_trained:
@@ -230,11 +227,7 @@ class VectorIndex:
         keys = np.full((n_q, k), -1, dtype=np.int64)
         if len(allowed) == 0:
             return scores, keys
-        vectors = self.prepare(fetch(allowed))  # (m, dim)
-        if self.metric == "l2":
-            sims = -((queries[:, None, :] - vectors[None, :, :]) ** 2).sum(-1)  # (q, m)
-        else:
-            sims = queries @ vectors.T  # (q, m)
+        sims = _similarities(queries, self.prepare(fetch(allowed)), self.metric)  # (q, m)
         top = min(k, len(allowed))
         order = np.argsort(-sims, axis=1, kind="stable")[:, :top]
         scores[:, :top] = np.take_along_axis(sims, order, axis=1)
@@ -243,11 +236,7 @@ class VectorIndex:
 
     def exact_scores(self, query: np.ndarray, vectors: np.ndarray) -> np.ndarray:
         """(m,) scores of stored `vectors` (m, dim) for `query` (dim,), as `search` would give them."""
-        query = self.prepare(query)[0]
-        vectors = self.prepare(vectors)
-        if self.metric == "l2":
-            return -((vectors - query) ** 2).sum(-1)
-        return vectors @ query
+        return _similarities(self.prepare(query), self.prepare(vectors), self.metric)[0]
 
     def _widened(self, params: SearchParams, matching: int) -> SearchParams:
         """Search breadth for a filter matching `matching` of the vectors: a query's nearest
@@ -314,15 +303,14 @@ def exact_top_k(
 ) -> np.ndarray:
     """(q, k) keys of each query's exact top-k over `chunks` of (keys (m,), vectors (m, dim)), best
     first, -1 where fewer exist: streamed, so a million stored vectors are never held at once."""
-    scorer = VectorIndex(queries.shape[1], metric, "Flat")  # for prepare / exact_scores semantics only
-    prepared = scorer.prepare(queries)
+    dim = queries.shape[1]
+    prepared = _prepared(queries, metric, dim)
     best_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
     best_keys = np.full((len(queries), k), -1, dtype=np.int64)
     for keys, vectors in chunks:
         if not len(keys):
             continue
-        stored = scorer.prepare(vectors)
-        sims = _neg_l2(prepared, stored) if metric == "l2" else prepared @ stored.T  # (q, m)
+        sims = _similarities(prepared, _prepared(vectors, metric, dim), metric)  # (q, m)
         scores = np.concatenate([best_scores, sims], axis=1)
         candidates = np.concatenate([best_keys, np.broadcast_to(keys, (len(queries), len(keys)))], axis=1)
         top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
@@ -332,9 +320,22 @@ def exact_top_k(
     return best_keys
 
 
-def _neg_l2(queries: np.ndarray, stored: np.ndarray) -> np.ndarray:
-    """-(squared l2 distance), (q, m), without materialising (q, m, dim)."""
-    return -((queries**2).sum(1)[:, None] - 2 * queries @ stored.T + (stored**2).sum(1)[None, :])
+def _prepared(vectors: np.ndarray, metric: str, dim: int) -> np.ndarray:
+    """(m, dim) contiguous float32, unit length for cosine: what the index stores and searches with."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, dim)
+    if metric == "cosine":
+        vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12)
+    return vectors
+
+
+def _similarities(queries: np.ndarray, vectors: np.ndarray, metric: str) -> np.ndarray:
+    """(q, m) scores, higher is better, of prepared `vectors` (m, dim) for prepared `queries`
+    (q, dim): the dot product, or -(squared l2 distance) computed a query at a time (never a
+    (q, m, dim) array)."""
+    if metric != "l2":
+        return queries @ vectors.T
+    rows = [-((vectors - query) ** 2).sum(-1) for query in queries]
+    return np.array(rows, dtype=np.float32).reshape(len(queries), len(vectors))
 
 
 def recall_per_query(index: VectorIndex, truth: np.ndarray, queries: np.ndarray, params: SearchParams) -> np.ndarray:
