@@ -351,7 +351,7 @@ class Collection:
         if filter_spec or modality:
             allowed = self._matching_keys(*self._condition(filter_spec, modality))
         with self._index_lock:
-            scores, keys = self.index.search(query[None, :], top_k, allowed, params, self.store.stacked_vectors)
+            scores, keys = self.index.search(query[None, :], top_k, allowed, params, self.store.live_vectors)
         return [(int(k), float(s)) for k, s in zip(keys[0], scores[0], strict=True) if k >= 0]
 
     def _matching_keys(self, where: str, params: list[Any]) -> np.ndarray:

@@ -373,10 +373,14 @@ class DocumentStore:
                 out.update((k, np.frombuffer(v, dtype=np.float32)) for k, v in rows)
         return out
 
-    def stacked_vectors(self, keys: np.ndarray) -> np.ndarray:
-        """Vectors of `keys` in that order, (m, dim); every key must be live."""
+    def live_vectors(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(the keys of `keys` still stored, in that order (m,), their vectors (m, dim)): a key
+        deleted since the caller found it (a concurrent write) is left out, never an error."""
         found = self.vectors_for([int(k) for k in keys])
-        return np.stack([found[int(k)] for k in keys]) if len(keys) else np.empty((0, self.dim), np.float32)
+        present = np.array([k for k in keys if int(k) in found], dtype=np.int64)
+        if not len(present):
+            return present, np.empty((0, self.dim), np.float32)
+        return present, np.stack([found[int(k)] for k in present])
 
     def iter_vectors(self, batch: int = 10_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """All live (keys, vectors) in key order, in chunks: (n,), (n, dim). Not one snapshot: a

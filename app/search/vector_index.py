@@ -32,7 +32,8 @@ HNSW_EF_CONSTRUCTION = 128
 # and fall back to exact only when that comes up short. Reading 50k vectors from SQLite per query
 # took ~0.2 s at 100k documents (benchmarks/results/vs_chroma.md).
 EXACT_FALLBACK_MAX = 4_096
-VectorFetch = Callable[[np.ndarray], np.ndarray]  # keys (m,) -> vectors (m, dim), in that order
+# keys (m,) -> (the keys still stored (m',), their vectors (m', dim)), in that order
+VectorFetch = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 class IndexSpecError(InvalidIndexSpec):
@@ -227,7 +228,8 @@ class VectorIndex:
         keys = np.full((n_q, k), -1, dtype=np.int64)
         if len(allowed) == 0:
             return scores, keys
-        sims = _similarities(queries, self.prepare(fetch(allowed)), self.metric)  # (q, m)
+        allowed, vectors = fetch(allowed)  # keys deleted since the filter ran drop out here
+        sims = _similarities(queries, self.prepare(vectors), self.metric)  # (q, m)
         top = min(k, len(allowed))
         order = np.argsort(-sims, axis=1, kind="stable")[:, :top]
         scores[:, :top] = np.take_along_axis(sims, order, axis=1)

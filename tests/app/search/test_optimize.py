@@ -354,3 +354,25 @@ def faiss_search_without_widening(index, queries: np.ndarray, allowed: np.ndarra
     params.sel = faiss.IDSelectorBatch(allowed)
     _, keys = index.index.search(index.prepare(queries), 10, params=params)
     return keys
+
+
+def test_a_filtered_search_racing_a_delete_leaves_the_deleted_key_out(tmp_path: Path) -> None:
+    """The keys a filter matched may be deleted before their vectors are read (a concurrent write,
+    or a cached filter result read just before the write bumps the version): left out, not a 500."""
+    from app.search.collection import Collection, CollectionConfig
+    from app.search.store import Document
+
+    dim = 8
+    rng = np.random.default_rng(7)
+    config = CollectionConfig("race", "m", dim)
+    config.save(tmp_path)
+    collection = Collection(tmp_path, config, 1 << 30)
+    collection.upsert([Document(f"d{i}", None, {"t": 1}, rng.normal(size=dim).astype(np.float32)) for i in range(50)])
+    allowed = collection.store.keys_matching("1", [])  # what the filter matched
+    collection.delete(["d0", "d1"])  # then a writer deleted two of them
+    present, vectors = collection.store.live_vectors(allowed)
+    assert len(present) == len(vectors) == 48 and {1, 2}.isdisjoint(present.tolist())
+    query = rng.normal(size=dim).astype(np.float32)
+    _, keys = collection.index.search(query[None, :], 50, allowed, fetch=collection.store.live_vectors)
+    assert set(keys[0][keys[0] >= 0].tolist()) == set(present.tolist())
+    collection.close()
