@@ -106,7 +106,7 @@ def main() -> None:
         results["date"] = time.strftime("%Y-%m-%d %H:%M")
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(results, indent=2))
-        REPORT.write_text(markdown(results))
+        REPORT.write_text(_keep_spliced(markdown(results)))
     print(REPORT.read_text())
 
 
@@ -114,6 +114,17 @@ def _mean_std(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.4f}"
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def _keep_spliced(report: str) -> str:
+    """The sections other benchmarks splice into this report (benchmarks/training_processes.py,
+    between its markers) survive a rewrite."""
+    begin, end = "<!-- processes:", "<!-- /processes -->"
+    old = REPORT.read_text() if REPORT.is_file() else ""
+    if begin in old and end in old:
+        kept = begin + old.split(begin, 1)[1].split(end, 1)[0] + end
+        return report.rstrip("\n") + "\n\n" + kept + "\n"
+    return report
 
 
 def markdown(results: dict) -> str:

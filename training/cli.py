@@ -185,31 +185,56 @@ def _run_yaml(
     base model stops with one line and exit code 2."""
     from training.config import ConfigError, load_yaml_config
     from training.data.beir import DatasetError
+    from training.distributed import DistributedSetupError
 
     try:
         metrics = run(load_yaml_config(config, config_model, overrides))
-    except (ConfigError, DatasetError, ModelSourceError) as exc:
+    except (ConfigError, DatasetError, ModelSourceError, DistributedSetupError) as exc:
         _fail(exc)
-    typer.echo(json.dumps(metrics, indent=2))
+    if metrics:  # under torchrun only rank 0 reports
+        typer.echo(json.dumps(metrics, indent=2))
 
 
 @app.command()
 def train(
-    config: Annotated[Path, typer.Option(help="run config (YAML)")],
+    config: Annotated[Path | None, typer.Option(help="run config (YAML); --resume: the run's own")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override: key.sub=value (YAML value)")] = None,
+    resume: Annotated[Path | None, typer.Option(help="continue a run from its checkpoint: runs/<name>")] = None,
 ) -> None:
-    """Fine-tune an encoder contrastively; writes runs/<name>/ (and a model folder if `export:`)."""
-    from training.config import ConfigError, load_config
+    """Fine-tune an encoder contrastively; writes runs/<name>/ (and a model folder if `export:`).
+    Under `torchrun --nproc_per_node N -m training train ...` the processes train one global batch."""
+    from training.checkpoint import CheckpointError
+    from training.config import ConfigError
     from training.data.beir import DatasetError
+    from training.distributed import DistributedSetupError
     from training.trainer import train as run_training
 
     try:
-        result = run_training(load_config(config, _overrides(set_)))
-    except (ConfigError, DatasetError, ModelSourceError) as exc:
+        run_config = _train_config(config, resume, _overrides(set_))
+        result = run_training(run_config, resume=resume is not None)
+    except (ConfigError, DatasetError, ModelSourceError, CheckpointError, DistributedSetupError) as exc:
         _fail(exc)
+    if not result.metrics:  # not rank 0: it reports
+        return
     typer.echo(json.dumps(result.metrics, indent=2))
     if result.export_dir:
         typer.echo(f"exported {result.export_dir}")
+
+
+def _train_config(config: Path | None, resume: Path | None, overrides: dict[str, Any]):  # type: ignore[no-untyped-def]
+    """The config to run: `config`, or to resume `runs/<name>`, the run's resolved config.yaml (the
+    run folder found where it is now, wherever runs_dir said)."""
+    from training.checkpoint import CheckpointError
+    from training.config import ConfigError, load_config
+
+    if resume is None:
+        if config is None:
+            raise ConfigError("train: give --config FILE (or --resume runs/<name>)")
+        return load_config(config, overrides)
+    if not (resume / "config.yaml").is_file() and config is None:
+        raise CheckpointError(f"{resume}: not a run folder (no config.yaml); give the run's folder, runs/<name>")
+    loaded = load_config(config or resume / "config.yaml", overrides)
+    return loaded.model_copy(update={"runs_dir": resume.parent, "name": resume.name})
 
 
 @app.command("train-reranker")

@@ -20,6 +20,7 @@ import json
 import logging
 import random
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from app.inference.text_model import TextModel
 from training.config import ClipTrainConfig
 from training.data.clipart import Clip, clip_path, load_clips, split_clips
 from training.data.images import Identity, emoji_path, load_identities, load_idx_split, split_identities
+from training.distributed import Workers, gather_segments, setup_workers, shard_rows, shutdown, sum_gradients
 from training.eval.clip import retrieval_recall, unit, zero_shot_accuracy
 from training.eval.images import cross_style_recall
 from training.export.image import tower_section
@@ -280,13 +282,13 @@ def evaluate(head: ClipImageHead, data: ClipData, text_map: nn.Module | None = N
     return scores
 
 
-def _batches(train: TrainSet, batch_size: int, rng: random.Random) -> list[list[int]]:
-    """One image per caption group (an emoji's styles take turns), shuffled, cut into batches."""
+def _batches(train: TrainSet, batch_size: int, rng: random.Random, min_batch: int = 2) -> list[list[int]]:
+    """One image per caption group (an emoji's styles take turns), shuffled, cut into batches of at
+    least `min_batch` (every rank of a data-parallel run needs one image)."""
     picks = [rng.choice(group) for group in train.groups]
     rng.shuffle(picks)
-    return [
-        picks[i : i + batch_size] for i in range(0, len(picks) - 1, batch_size) if len(picks[i : i + batch_size]) > 1
-    ]
+    cuts = (picks[i : i + batch_size] for i in range(0, len(picks), batch_size))
+    return [batch for batch in cuts if len(batch) >= max(2, min_batch)]
 
 
 def _intra_pairs(
@@ -299,50 +301,83 @@ def _intra_pairs(
     return anchors, [rng.choice([j for j in group_of[i] if j != i]) for i in anchors]
 
 
+@dataclass
+class ClipStep:
+    """What one step trains: the head (and text map), the loss, the optional intra-modal term."""
+
+    head: ClipImageHead
+    loss_fn: nn.Module
+    intra: nn.Module | None
+    intra_weight: float
+    text_map: nn.Module | None
+    workers: Workers
+
+    def _images(self, pooled: torch.Tensor, rows: list[int]) -> torch.Tensor:
+        """(len(rows), dim) head outputs of the global rows; this rank computes its share."""
+        mine = shard_rows(rows, [1], len(rows), self.workers)
+        return gather_segments(self.head(pooled[mine].float()), [1], len(rows), self.workers)
+
+    def loss(self, train: TrainSet, batch: list[int], pairs: tuple[list[int], list[int]] | None) -> torch.Tensor:
+        """The global batch's loss, identical on every rank; backward reaches this rank's rows."""
+        images = self._images(train.pooled, batch)  # (b, dim)
+        fixed = train.texts[train.text_of[batch]]  # (b, dim) fixed caption vectors
+        texts = fixed
+        if self.text_map is not None:
+            mine = shard_rows(fixed, [1], len(batch), self.workers)
+            texts = gather_segments(self.text_map(mine), [1], len(batch), self.workers)
+        if isinstance(self.loss_fn, CWCLLoss):  # soft targets from the fixed text side's similarities
+            loss = self.loss_fn(images, texts, reference=fixed)
+        else:
+            loss = self.loss_fn(images, texts)
+        if pairs is not None and self.intra is not None:
+            anchors, views = pairs
+            loss = loss + self.intra_weight * self.intra(
+                self._images(train.pooled, anchors), self._images(train.pooled, views)
+            )
+        return loss
+
+    def trainable(self) -> list[nn.Parameter]:
+        """The parameters each rank computes its share of (gradients summed across ranks)."""
+        params = [p for p in self.head.parameters() if p.requires_grad]
+        return params + (list(self.text_map.parameters()) if self.text_map is not None else [])
+
+
 def fit(
     head: ClipImageHead,
     data: ClipData,
     config: ClipTrainConfig,
     rng: random.Random,
-    run: RunFolder,
+    run: RunFolder | None,
     text_map: nn.Module | None = None,
+    workers: Workers | None = None,
 ) -> nn.Module:
-    """Train `head` (and `text_map`); returns the loss module (its learned temperature is kept)."""
+    """Train `head` (and `text_map`); returns the loss module (its learned temperature is kept).
+    Data parallel under torchrun: `config.batch_size` per process, rank 0 (`run`) logs."""
+    workers = workers or Workers()
     loss_fn = build_embedding_loss(config.loss)
     intra = InfoNCELoss(0.05, learnable_temperature=False, symmetric=True) if config.intra_modal_weight else None
-    params = [p for p in head.parameters() if p.requires_grad] + list(loss_fn.parameters())
-    if text_map is not None:
-        params += list(text_map.parameters())
+    step_fn = ClipStep(head, loss_fn, intra, config.intra_modal_weight, text_map, workers)
+    params = step_fn.trainable() + list(loss_fn.parameters())
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     train = data.train
-    total = config.epochs * len(_batches(train, config.batch_size, random.Random(0)))
+    global_batch, min_batch = config.batch_size * workers.world_size, workers.world_size
+    total = config.epochs * len(_batches(train, global_batch, random.Random(0), min_batch))
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.learning_rate, total_steps=total, pct_start=0.1)
     group_of = {i: g for g in train.groups if len(g) > 1 for i in g}  # image -> its caption group
     head.train()
     step, started = 0, time.monotonic()
-    with run.step_log() as steps:
+    with run.step_log() if run is not None else nullcontext() as steps:
         for epoch in range(config.epochs):
-            for batch in _batches(train, config.batch_size, rng):
-                images = head(train.pooled[batch].float())  # (b, dim)
-                texts = train.texts[train.text_of[batch]]  # (b, dim) fixed caption vectors
-                if text_map is not None:
-                    texts = text_map(texts)
-                if isinstance(loss_fn, CWCLLoss):  # soft targets from the fixed text side's similarities
-                    loss = loss_fn(images, texts, reference=train.texts[train.text_of[batch]])
-                else:
-                    loss = loss_fn(images, texts)
+            for batch in _batches(train, global_batch, rng, min_batch):
                 pairs = _intra_pairs(group_of, batch, rng) if intra is not None else None
-                if pairs is not None:
-                    anchors, views = pairs
-                    loss = loss + config.intra_modal_weight * intra(  # type: ignore[misc]
-                        head(train.pooled[anchors].float()), head(train.pooled[views].float())
-                    )
+                loss = step_fn.loss(train, batch, pairs)
                 optimizer.zero_grad()
                 loss.backward()
+                sum_gradients(step_fn.trainable(), workers)
                 optimizer.step()
                 schedule.step()
                 step += 1
-                if step % 20 == 0:
+                if step % 20 == 0 and steps is not None:
                     steps.write({"step": step, "epoch": epoch, "loss": round(loss.item(), 5)})
     log.info("fit: %d steps in %.1f s", step, time.monotonic() - started)
     return loss_fn
@@ -380,19 +415,27 @@ def conse_head(text_model: Path, tower: str = "mobilenet_v2") -> ClipImageHead:
 
 
 def train_clip(config: ClipTrainConfig) -> dict:
-    """Train, evaluate before (ConSE) and after on held-out data, save the head, export."""
+    """Train, evaluate before (ConSE) and after on held-out data, save the head, export. Under
+    torchrun every process trains its share of each global batch; rank 0 fills the feature cache
+    first, and alone evaluates, writes the run folder and exports (the others return {})."""
+    workers = setup_workers("cpu")  # the head trains on cached features: small, CPU-bound
     rng = seed_everything(config.seed)
-    run = RunFolder(config.runs_dir, config.name)
-    run.write_config(config)
-    data = prepare(config)
+    run = RunFolder(config.runs_dir, config.name) if workers.is_main else None
+    if run is not None:
+        run.write_config(config)
+    with workers.main_first():
+        data = prepare(config)
     conse = build_head(config.model_copy(update={"conse": True, "residual": "none"}), data.class_vectors)
-    before = evaluate(conse, data)
+    before = evaluate(conse, data) if run is not None else {}
     head = build_head(config, data.class_vectors)
     text_map = None
     if config.text_projection:
         text_map = nn.Linear(head.config.dim, head.config.dim, bias=False)
         nn.init.eye_(text_map.weight)
-    loss = fit(head, data, config, rng, run, text_map)
+    loss = fit(head, data, config, rng, run, text_map, workers)
+    shutdown(workers)
+    if run is None:
+        return {}
     after = evaluate(head, data, text_map)
     head.save(run.path / "model")
     metrics = {

@@ -88,6 +88,12 @@ class TrainConfig(Strict):
     eval_sts: Path | None = Path("../shared/data/stsbenchmark/sts-dev.csv")
     eval_before: bool = True  # evaluate the base model too (metrics.json "before")
     export: ExportConfig | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when torch sees a GPU
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast of the forward passes; fp16 needs CUDA
+    # Save `<run>/checkpoint.pt` every K steps (0 = never), for `train --resume runs/<name>`; it is
+    # removed when the run finishes unless keep_checkpoint.
+    checkpoint_every: int = Field(100, ge=0)
+    keep_checkpoint: bool = False
 
     @model_validator(mode="after")
     def _compatible(self) -> TrainConfig:

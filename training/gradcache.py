@@ -21,10 +21,27 @@ def _chunks(texts: list[str], size: int) -> list[list[str]]:
     return [texts[i : i + size] for i in range(0, len(texts), size)]
 
 
+# Data parallel (training/distributed.py): group i's local embeddings -> the global group's, and the
+# global group's gradient -> this rank's rows of it. Identity for one process.
+Gather = Callable[[int, torch.Tensor], torch.Tensor]
+
+
+def _identity(_: int, tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
+
+
 def gradcache_backward(
-    embed: Embed, groups: list[list[str]], loss_fn: Callable[..., torch.Tensor], chunk_size: int
+    embed: Embed,
+    groups: list[list[str]],
+    loss_fn: Callable[..., torch.Tensor],
+    chunk_size: int,
+    gather: Gather = _identity,
+    local_rows: Gather = _identity,
+    scale: Callable[[torch.Tensor], torch.Tensor] = lambda loss: loss,
 ) -> torch.Tensor:
-    """Backward of `loss_fn(*embeddings of each group)` in chunks; returns the (detached) loss."""
+    """Backward of `loss_fn(*embeddings of each group)` in chunks; returns the (detached) loss.
+    Under data parallelism `groups` are this rank's rows, `gather` builds the global groups the loss
+    sees and `local_rows` takes this rank's rows of their gradients; `scale` is fp16 loss scaling."""
     cached: list[torch.Tensor] = []
     states: list[list[torch.Tensor]] = []
     with torch.no_grad():
@@ -35,16 +52,17 @@ def gradcache_backward(
                 group_states.append(torch.get_rng_state())
                 parts.append(embed(chunk))
             states.append(group_states)
-            cached.append(torch.cat(parts).requires_grad_())  # (n_group, dim)
+            cached.append(gather(len(cached), torch.cat(parts)).requires_grad_())  # (n_group, dim)
     loss = loss_fn(*cached)
-    loss.backward()  # -> cached[i].grad and the loss's own parameters
+    scale(loss).backward()  # -> cached[i].grad and the loss's own parameters
     after = torch.get_rng_state()
-    for texts, group_states, reps in zip(groups, states, cached, strict=True):
+    for index, (texts, group_states, reps) in enumerate(zip(groups, states, cached, strict=True)):
+        grads = local_rows(index, reps.grad)  # type: ignore[arg-type]  # (n_local, dim)
         offset = 0
         for chunk, state in zip(_chunks(texts, chunk_size), group_states, strict=True):
             torch.set_rng_state(state)
             embeddings = embed(chunk)  # (chunk, dim), with a graph
-            grad = reps.grad[offset : offset + len(chunk)]  # type: ignore[index]
+            grad = grads[offset : offset + len(chunk)]
             (embeddings * grad).sum().backward()
             offset += len(chunk)
     torch.set_rng_state(after)

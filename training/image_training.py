@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from training.data.images import (
     load_idx_split,
     split_identities,
 )
+from training.distributed import Workers, gather_segments, setup_workers, shard_rows, shutdown, sum_gradients
 from training.eval.images import cross_style_recall, identity_map, precision_at_k
 from training.export.image import image_tower_section
 from training.features import cached, onnx_outputs
@@ -249,47 +251,75 @@ def _evaluate(model: ImageEncoder, data: _Data, config: ImageTrainConfig) -> dic
 
 
 def _fit(
-    encoder: ImageEncoder, train_set: ImageSet, config: ImageTrainConfig, rng: random.Random, run: RunFolder
+    encoder: ImageEncoder,
+    train_set: ImageSet,
+    config: ImageTrainConfig,
+    rng: random.Random,
+    run: RunFolder | None,
+    workers: Workers | None = None,
 ) -> None:
     """InfoNCE (or another pair loss) between two views of each identity, one pair per identity per
-    epoch, on the cached activations; one JSON line per step in the run folder."""
+    epoch, on the cached activations; one JSON line per step in the run folder (rank 0's `run`).
+    Data parallel under torchrun: the global batch is `batch_size` x processes, each rank embeds its
+    share of both views, the loss sees the gathered batch and the gradients are summed (the
+    one-process step exactly when no BatchNorm trains, i.e. unfreeze_blocks 0)."""
+    workers = workers or Workers()
+    if workers.enabled and config.unfreeze_blocks:
+        # SyncBatchNorm runs on GPUs only; on CPU processes each rank normalises by its own shard.
+        log.warning("unfreeze_blocks > 0 under %d processes: BatchNorm statistics are per process", workers.world_size)
     loss_fn = build_embedding_loss(config.loss)
     if loss_fn.layout != BatchLayout.PAIRS:
         raise ValueError(f"loss {config.loss.name} does not take (view, view) pairs")
-    params = [p for p in encoder.parameters() if p.requires_grad] + list(loss_fn.parameters())
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    steps_per_epoch = max(1, len(_pairs(train_set, random.Random(0))) // config.batch_size)
+    trainable = [p for p in encoder.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        trainable + list(loss_fn.parameters()), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    global_batch = config.batch_size * workers.world_size
+    steps_per_epoch = max(1, len(_pairs(train_set, random.Random(0))) // global_batch)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, config.learning_rate, total_steps=steps_per_epoch * config.epochs, pct_start=0.1
     )
+
+    def embed(rows: list[int]) -> torch.Tensor:  # (len(rows), dim); this rank computes its share
+        mine = shard_rows(rows, [1], len(rows), workers)
+        local = encoder.from_activations(train_set.activations[mine].float())  # frozen activations in
+        return gather_segments(local, [1], len(rows), workers)
+
     step = 0
-    with run.step_log() as steps:
+    with run.step_log() if run is not None else nullcontext() as steps:
         for epoch in range(config.epochs):
             encoder.train()
             pairs = _pairs(train_set, rng)
-            for start in range(0, steps_per_epoch * config.batch_size, config.batch_size):
-                batch = pairs[start : start + config.batch_size]
-                left = train_set.activations[[a for a, _ in batch]].float()  # (b, ...) frozen activations
-                right = train_set.activations[[b for _, b in batch]].float()
-                loss = loss_fn(encoder.from_activations(left), encoder.from_activations(right))
+            for start in range(0, steps_per_epoch * global_batch, global_batch):
+                batch = pairs[start : start + global_batch]
+                loss = loss_fn(embed([a for a, _ in batch]), embed([b for _, b in batch]))
                 optimizer.zero_grad()
                 loss.backward()
+                sum_gradients(trainable, workers)
                 optimizer.step()
                 scheduler.step()
                 step += 1
-                steps.write({"step": step, "epoch": epoch, "loss": round(loss.item(), 5)})
+                if steps is not None:
+                    steps.write({"step": step, "epoch": epoch, "loss": round(loss.item(), 5)})
 
 
 def train_image_encoder(config: ImageTrainConfig) -> dict:
-    """Train, evaluate before/after on held-out identities and Fashion-MNIST, save, export."""
+    """Train, evaluate before/after on held-out identities and Fashion-MNIST, save, export. Under
+    torchrun rank 0 prepares the cached activations first, and alone evaluates, saves and exports."""
+    workers = setup_workers("cpu")  # trains on cached activations of a frozen tower
     rng = seed_everything(config.seed)
-    run = RunFolder(config.runs_dir, config.name)
-    run.write_config(config)
+    run = RunFolder(config.runs_dir, config.name) if workers.is_main else None
+    if run is not None:
+        run.write_config(config)
     encoder = _encoder(config)
     baseline = ImageEncoder(ImageEncoderConfig(config.tower, None, config.unfreeze_blocks), pretrained=True).eval()
-    data = _prepare(encoder, config)
-    before = _evaluate(baseline, data, config)
-    _fit(encoder, data.train, config, rng, run)
+    with workers.main_first():
+        data = _prepare(encoder, config)
+    before = _evaluate(baseline, data, config) if run is not None else {}
+    _fit(encoder, data.train, config, rng, run, workers)
+    shutdown(workers)
+    if run is None:
+        return {}
     after = _evaluate(encoder.eval(), data, config)
     encoder.save(run.path / "model")
     metrics = {

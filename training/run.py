@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
@@ -52,9 +52,13 @@ class RunFolder:
         (self.path / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
 
     @contextmanager
-    def step_log(self) -> Iterator[StepLog]:
+    def step_log(self, previous: Iterable[dict[str, Any]] = ()) -> Iterator[StepLog]:
+        """A fresh steps.jsonl, starting with `previous` records (a resumed run's steps so far)."""
         with self.steps_path.open("w") as handle:
-            yield StepLog(handle)
+            log = StepLog(handle)
+            for record in previous:
+                log.write(record)
+            yield log
 
     def write_json(self, name: str, data: Any) -> None:
         (self.path / name).write_text(json.dumps(data, indent=2))

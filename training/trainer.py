@@ -15,6 +15,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,10 +24,29 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from training.checkpoint import (
+    CHECKPOINT_NAME,
+    CheckpointError,
+    load_checkpoint,
+    remove_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from training.config import TrainConfig
 from training.data.beir import RetrievalDataset
 from training.data.examples import load_retrieval, load_sts
 from training.data.sts import StsPair
+from training.distributed import (
+    Workers,
+    autocast,
+    check_precision,
+    gather_segments,
+    setup_workers,
+    shard_rows,
+    shutdown,
+    sum_gradients,
+)
 from training.eval.first_stage import judged_queries
 from training.gradcache import gradcache_backward
 from training.losses.layouts import BatchLayout
@@ -37,7 +57,7 @@ from training.sources import load_sentence_transformer
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BatchSampler", "RunResult", "evaluate", "make_embed", "train"]
+__all__ = ["BatchSampler", "RunResult", "StsSampler", "evaluate", "make_embed", "train"]
 
 
 @dataclass
@@ -48,22 +68,58 @@ class RunResult:
     steps: list[dict[str, float]] = field(default_factory=list)
 
 
-class BatchSampler:
+class ResumableSampler:
+    """A sampler whose stream of batches can be stopped and restarted at the same batch: an epoch is
+    a function of the RNG state at its start, so the state is (that RNG state, batches taken)."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self._epoch_start = self.rng.getstate()
+        self._taken = 0
+        self._skip = 0
+
+    def epoch(self) -> Iterator[list[Any]]:
+        raise NotImplementedError
+
+    def stream(self) -> Iterator[list[Any]]:
+        """Epoch after epoch, forever (the loop stops at its step count)."""
+        while True:
+            self._epoch_start = self.rng.getstate()
+            self._taken = 0
+            for batch in self.epoch():
+                self._taken += 1
+                if self._taken > self._skip:
+                    yield batch
+            self._skip = 0
+
+    def state(self) -> dict[str, Any]:
+        return {"epoch_start": self._epoch_start, "taken": self._taken}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.rng.setstate(state["epoch_start"])
+        self._skip = state["taken"]
+
+
+class BatchSampler(ResumableSampler):
     """Every (query, positive) pair once per epoch (multiple positives per query), shuffled, in
     batches where no query and no document appears twice: a repeated query's other positive, or a
-    shared document, would be an in-batch false negative. Conflicting pairs wait for a later batch."""
+    shared document, would be an in-batch false negative. Conflicting pairs wait for a later batch.
+    Under data parallelism `batch_size` is the global batch, which the ranks share
+    (training/distributed.py): every pair is still seen once per epoch, by one rank."""
 
-    def __init__(self, dataset: RetrievalDataset, batch_size: int, seed: int) -> None:
+    def __init__(self, dataset: RetrievalDataset, batch_size: int, seed: int, min_batch: int = 2) -> None:
+        super().__init__(seed)
         self.dataset = dataset
         self.batch_size = batch_size
-        self.rng = random.Random(seed)
+        self.min_batch = max(2, min_batch)  # every rank needs at least one example
         self.query_ids = sorted(q for q in dataset.queries if dataset.qrels.get(q))
         self.pairs = [(q, d) for q in self.query_ids for d in sorted(dataset.qrels[q])]
 
     def epoch(self) -> Iterator[list[tuple[str, str]]]:
         waiting = self.pairs[:]
         self.rng.shuffle(waiting)
-        while len(waiting) > 1:
+        batches: list[list[tuple[str, str]]] = []
+        while waiting:
             batch: list[tuple[str, str]] = []
             queries: set[str] = set()
             docs: set[str] = set()
@@ -75,10 +131,42 @@ class BatchSampler:
                     docs.add(doc)
                 else:
                     later.append((query_id, doc))
-            if len(batch) < 2:
-                return
-            yield batch
+            if len(batch) < self.min_batch:  # a tail too small to batch (one query's last positives):
+                self._place(batches, waiting)  # each goes into an earlier batch it does not conflict with
+                break
+            batches.append(batch)
             waiting = later
+        yield from batches
+
+    @staticmethod
+    def _place(batches: list[list[tuple[str, str]]], tail: list[tuple[str, str]]) -> None:
+        """Add each tail pair to the first batch holding neither its query nor its document (one
+        batch grows past batch_size by a pair or two); a pair no batch can take is left out."""
+        for query_id, doc in tail:
+            for batch in batches:
+                if all(q != query_id and d != doc for q, d in batch):
+                    batch.append((query_id, doc))
+                    break
+
+    def steps_per_epoch(self) -> int:
+        return max(1, math.ceil(len(self.pairs) / self.batch_size))
+
+
+class StsSampler(ResumableSampler):
+    """STS sentence pairs, shuffled each epoch, in batches of `batch_size` (at least `min_batch`)."""
+
+    def __init__(self, pairs: list[StsPair], batch_size: int, seed: int, min_batch: int = 2) -> None:
+        super().__init__(seed)
+        self.pairs = pairs
+        self.batch_size = batch_size
+        self.min_batch = max(2, min_batch)
+
+    def epoch(self) -> Iterator[list[StsPair]]:
+        order = self.pairs[:]
+        self.rng.shuffle(order)
+        for start in range(0, len(order), self.batch_size):
+            if len(batch := order[start : start + self.batch_size]) >= self.min_batch:
+                yield batch
 
     def steps_per_epoch(self) -> int:
         return max(1, math.ceil(len(self.pairs) / self.batch_size))
@@ -138,20 +226,6 @@ def _list_groups(
     return [queries, documents], grades
 
 
-def _sts_batches(pairs: list[StsPair], batch_size: int, rng: random.Random) -> Iterator[list[StsPair]]:
-    order = pairs[:]
-    rng.shuffle(order)
-    for start in range(0, len(order) - 1, batch_size):
-        yield order[start : start + batch_size]
-
-
-def _sts_batches(pairs: list[StsPair], batch_size: int, rng: random.Random) -> Iterator[list[StsPair]]:
-    order = pairs[:]
-    rng.shuffle(order)
-    for start in range(0, len(order) - 1, batch_size):
-        yield order[start : start + batch_size]
-
-
 @dataclass
 class TrainingData:
     """What a run trains and evaluates on; loaded before any model, so bad data stops it first."""
@@ -175,16 +249,29 @@ class TrainingData:
 
 @dataclass
 class Batch:
-    """One step's texts (one list per embedded group) and what the loss takes besides embeddings."""
+    """One step's inputs (one list per embedded group) and what the loss takes besides embeddings.
+    `segments[g]` lays group g out for sharding across ranks: consecutive segments of k rows per
+    example (queries [1]; documents [1, hard negatives]; lists [list size])."""
 
     groups: list[list[str]]
+    segments: list[list[int]]
     labels: torch.Tensor | None = None  # grades or gold scores, after the embeddings
     extras: dict[str, torch.Tensor] = field(default_factory=dict)  # keyword inputs (e.g. reference)
 
+    @property
+    def examples(self) -> int:
+        return len(self.groups[0])
+
     def loss_fn(self, loss: nn.Module) -> Callable[..., torch.Tensor]:
         """The loss as a function of the groups' embeddings (what GradCache and the loop call)."""
-        labels = () if self.labels is None else (self.labels,)
-        return lambda *embeddings: loss(*embeddings, *labels, **self.extras)
+
+        def call(*embeddings: torch.Tensor) -> torch.Tensor:
+            device = embeddings[0].device
+            labels = () if self.labels is None else (self.labels.to(device),)
+            extras = {k: v.to(device) for k, v in self.extras.items()}
+            return loss(*embeddings, *labels, **extras)
+
+        return call
 
 
 @dataclass
@@ -192,36 +279,37 @@ class BatchContext:
     config: TrainConfig
     data: TrainingData
     rng: random.Random
+    workers: Workers = field(default_factory=Workers)
     reference_embed: EmbedFn | None = None  # a frozen copy of the base model (soft-target losses)
 
 
 def _pairs(context: BatchContext, batch: list[tuple[str, str]]) -> Batch:
     assert context.data.train_set is not None
-    groups = _pair_groups(
-        batch, context.data.train_set, context.data.negatives, context.config.hard_negatives, context.rng
-    )
-    return Batch(groups)
+    count = context.config.hard_negatives
+    groups = _pair_groups(batch, context.data.train_set, context.data.negatives, count, context.rng)
+    return Batch(groups, [[1], [1, count] if count else [1]])
 
 
 def _pairs_with_reference(context: BatchContext, batch: list[tuple[str, str]]) -> Batch:
     plain = _pairs(context, batch)
     assert context.reference_embed is not None
-    with torch.no_grad():
-        reference = context.reference_embed(plain.groups[1][: len(batch)])  # (b, dim) the positives
-    return Batch(plain.groups, extras={"reference": reference})
+    positives = plain.groups[1][: len(batch)]
+    with torch.no_grad():  # each rank embeds its share of the positives; all ranks see all (b, dim)
+        local = context.reference_embed(shard_rows(positives, [1], len(batch), context.workers))
+        reference = gather_segments(local, [1], len(batch), context.workers)
+    return Batch(plain.groups, plain.segments, extras={"reference": reference})
 
 
 def _graded_lists(context: BatchContext, batch: list[tuple[str, str]]) -> Batch:
     assert context.data.train_set is not None
-    groups, grades = _list_groups(
-        batch, context.data.train_set, context.data.negatives, context.config.loss.list_size, context.rng
-    )
-    return Batch(groups, labels=grades)
+    size = context.config.loss.list_size
+    groups, grades = _list_groups(batch, context.data.train_set, context.data.negatives, size, context.rng)
+    return Batch(groups, [[1], [size]], labels=grades)
 
 
 def _scored_pairs(_: BatchContext, batch: list[StsPair]) -> Batch:
     groups = [[p.sentence1 for p in batch], [p.sentence2 for p in batch]]
-    return Batch(groups, labels=torch.tensor([p.score for p in batch]))
+    return Batch(groups, [[1], [1]], labels=torch.tensor([p.score for p in batch]))
 
 
 # How each batch layout is built from a sampled batch; a loss picks one by its `layout`.
@@ -271,90 +359,147 @@ def _linear_warmup_decay(optimizer: torch.optim.Optimizer, total_steps: int, war
 
 @dataclass
 class Loop:
-    """The optimisation loop's pieces: model parameters, loss, schedule, batches."""
+    """The optimisation loop's pieces: model parameters, loss, schedule, batches, and the ranks."""
 
     embed: EmbedFn
     loss: nn.Module
-    parameters: list[nn.Parameter]
+    model_parameters: list[nn.Parameter]
     optimizer: torch.optim.Optimizer
     scheduler: Scheduler
     build_batch: Callable[[list[Any]], Batch]
-    batches: Iterator[list[Any]]
+    sampler: ResumableSampler
     total_steps: int
     mini_batch_size: int
-    sampler: BatchSampler | None
+    workers: Workers = field(default_factory=Workers)
+    scaler: torch.amp.GradScaler | None = None  # fp16 only
+
+    @property
+    def parameters(self) -> list[nn.Parameter]:
+        return self.model_parameters + list(self.loss.parameters())
 
     def step(self, raw: list[Any]) -> tuple[float, int]:
-        """One optimiser step; returns (loss, texts embedded)."""
+        """One optimiser step on the global batch `raw` (every rank holds the same one and embeds its
+        share); returns (loss, texts embedded by this rank)."""
         batch = self.build_batch(raw)
         loss_fn = batch.loss_fn(self.loss)
+        workers, examples = self.workers, batch.examples
+        local = [shard_rows(g, seg, examples, workers) for g, seg in zip(batch.groups, batch.segments, strict=True)]
+
+        def gather(index: int, embeddings: torch.Tensor) -> torch.Tensor:
+            return gather_segments(embeddings, batch.segments[index], examples, workers)
+
+        def local_rows(index: int, rows: torch.Tensor) -> torch.Tensor:
+            return shard_rows(rows, batch.segments[index], examples, workers)
+
+        scale = self.scaler.scale if self.scaler is not None else (lambda loss: loss)
         if self.mini_batch_size:
-            loss = gradcache_backward(self.embed, batch.groups, loss_fn, self.mini_batch_size)
+            loss = gradcache_backward(self.embed, local, loss_fn, self.mini_batch_size, gather, local_rows, scale)
         else:
-            loss = loss_fn(*[self.embed(g) for g in batch.groups])
-            loss.backward()
+            loss = loss_fn(*[gather(i, self.embed(g)) for i, g in enumerate(local)])
+            scale(loss).backward()
+        sum_gradients(self.model_parameters, workers)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.parameters, 1.0)
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss.item(), sum(len(g) for g in batch.groups)
+        return loss.item(), sum(len(g) for g in local)
 
 
-def _run_loop(loop: Loop, run: RunFolder, name: str, show_progress: bool) -> tuple[list[dict[str, float]], float]:
-    steps: list[dict[str, float]] = []
-    started = time.perf_counter()
-    with run.step_log() as step_log:
-        progress = tqdm(total=loop.total_steps, disable=not show_progress, desc=f"train {name}")
-        for step, raw in zip(range(loop.total_steps), loop.batches, strict=False):
+@dataclass
+class Progress:
+    """Where a run is: the next step, the steps logged so far, the training seconds spent."""
+
+    next_step: int = 0
+    steps: list[dict[str, float]] = field(default_factory=list)
+    train_seconds: float = 0.0
+
+
+def _run_loop(
+    loop: Loop,
+    run: RunFolder | None,
+    config: TrainConfig,
+    progress_state: Progress,
+    checkpoint: Callable[[Progress], None],
+    show_progress: bool,
+) -> Progress:
+    """Steps from `progress_state.next_step` to the end; rank 0 logs each step (run is None on the
+    others) and every `config.checkpoint_every` steps calls `checkpoint`."""
+    state = progress_state
+    started = time.perf_counter() - state.train_seconds
+    with run.step_log(state.steps) if run is not None else nullcontext() as step_log:
+        progress = tqdm(
+            total=loop.total_steps, initial=state.next_step, disable=not show_progress, desc=f"train {config.name}"
+        )
+        for step, raw in zip(range(state.next_step, loop.total_steps), loop.sampler.stream(), strict=False):
             t0 = time.perf_counter()
             loss, texts = loop.step(raw)
             record = {
                 "step": step + 1,
                 "loss": round(loss, 6),
                 "lr": loop.scheduler.get_last_lr()[0],
-                "texts_per_s": round(texts / (time.perf_counter() - t0), 1),
+                "texts_per_s": round(texts * loop.workers.world_size / (time.perf_counter() - t0), 1),
                 "elapsed_s": round(time.perf_counter() - started, 2),
             }
-            steps.append(record)
-            step_log.write(record)
+            state.steps.append(record)
+            state.next_step = step + 1
+            state.train_seconds = time.perf_counter() - started
+            if step_log is not None:
+                step_log.write(record)
+            if (
+                config.checkpoint_every
+                and state.next_step % config.checkpoint_every == 0
+                and state.next_step < loop.total_steps
+            ):
+                checkpoint(state)
             progress.update(1)
             progress.set_postfix(loss=f"{record['loss']:.4f}", rate=f"{record['texts_per_s']:.0f}/s")
         progress.close()
-    return steps, time.perf_counter() - started
+    return state
 
 
-def _build_loop(model, loss_module: nn.Module, config: TrainConfig, data: TrainingData, rng: random.Random) -> Loop:  # type: ignore[no-untyped-def]
-    sampler = BatchSampler(data.train_set, config.batch_size, config.seed) if data.train_set is not None else None
-    per_epoch = sampler.steps_per_epoch() if sampler else max(1, math.ceil(len(data.sts_pairs) / config.batch_size))
+def _build_loop(
+    model, loss_module: nn.Module, config: TrainConfig, data: TrainingData, rng: random.Random, workers: Workers
+) -> Loop:  # type: ignore[no-untyped-def]
+    global_batch = config.batch_size * workers.world_size  # batch_size is per process
+    sampler: ResumableSampler
+    if data.train_set is not None:
+        sampler = BatchSampler(data.train_set, global_batch, config.seed, workers.world_size)
+    else:
+        sampler = StsSampler(data.sts_pairs, global_batch, config.seed, workers.world_size)
+    per_epoch = sampler.steps_per_epoch()  # type: ignore[attr-defined]
     total_steps = min(config.max_steps or per_epoch * config.epochs, per_epoch * config.epochs)
-    parameters = list(model.parameters()) + list(loss_module.parameters())
+    model_parameters = list(model.parameters())
+    parameters = model_parameters + list(loss_module.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = _linear_warmup_decay(optimizer, total_steps, int(total_steps * config.warmup_ratio))
     layout = layout_of(loss_module)
-    context = BatchContext(config, data, rng)
+    context = BatchContext(config, data, rng, workers)
+    mixed = (lambda: autocast(workers.device, config.precision)) if config.precision != "fp32" else None
     if layout == BatchLayout.PAIRS_WITH_REFERENCE:
         # Soft targets come from a frozen copy (the paper's frozen tower): weights from the model being
         # trained feed back (documents drift together, weights rise, scores flatten).
         frozen = copy.deepcopy(model).eval()
         frozen.requires_grad_(False)
-        context.reference_embed = make_embed(frozen)
+        context.reference_embed = make_embed(frozen, workers.device, mixed)
     builder = BATCH_BUILDERS[layout]
-
-    def batches() -> Iterator[Any]:
-        while True:
-            yield from (sampler.epoch() if sampler else _sts_batches(data.sts_pairs, config.batch_size, rng))
-
     return Loop(
-        embed=make_embed(model),
+        embed=make_embed(model, workers.device, mixed),
         loss=loss_module,
-        parameters=parameters,
+        model_parameters=model_parameters,
         optimizer=optimizer,
         scheduler=scheduler,
         build_batch=lambda raw: builder(context, raw),
-        batches=batches(),
+        sampler=sampler,
         total_steps=total_steps,
         mini_batch_size=config.mini_batch_size,
-        sampler=sampler,
+        workers=workers,
+        scaler=torch.amp.GradScaler(workers.device.type) if config.precision == "fp16" else None,
     )
 
 
@@ -376,24 +521,103 @@ def _export(config: TrainConfig, run: RunFolder, after: dict[str, float]) -> Pat
     return export_dir
 
 
-def train(config: TrainConfig, show_progress: bool = True) -> RunResult:
+def _checkpoint_state(loop: Loop, model, rng: random.Random, progress: Progress, run: dict[str, Any]) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """Everything `_restore` needs; every rank calls this at the same step (it gathers RNG states)."""
+    return {
+        "step": progress.next_step,
+        "model": model.state_dict(),
+        "loss": loop.loss.state_dict(),
+        "optimizer": loop.optimizer.state_dict(),
+        "scheduler": loop.scheduler.state_dict(),
+        "scaler": loop.scaler.state_dict() if loop.scaler is not None else {},
+        "sampler": loop.sampler.state(),
+        "rng": {"ranks": loop.workers.gather_objects(rng_state()), "run": rng.getstate()},
+        "run": {
+            **run,
+            "steps": progress.steps,
+            "train_seconds": progress.train_seconds,
+            "world_size": loop.workers.world_size,
+            "total_steps": loop.total_steps,
+        },
+    }
+
+
+def _check_resumable(state: dict[str, Any], config: TrainConfig, workers: Workers) -> None:
+    where = config.runs_dir / config.name / CHECKPOINT_NAME
+    if state["run"]["world_size"] != workers.world_size:
+        raise CheckpointError(
+            f"{where}: written by {state['run']['world_size']} processes, resumed with {workers.world_size}; "
+            "resume with the same number of processes (the global batch depends on it)"
+        )
+
+
+def _restore(loop: Loop, model, rng: random.Random, state: dict[str, Any]) -> Progress:  # type: ignore[no-untyped-def]
+    """Put a checkpoint back, last thing before the loop (model loading consumes RNG draws)."""
+    model.load_state_dict(state["model"])
+    loop.loss.load_state_dict(state["loss"])
+    loop.optimizer.load_state_dict(state["optimizer"])
+    loop.scheduler.load_state_dict(state["scheduler"])
+    if loop.scaler is not None and state["scaler"]:
+        loop.scaler.load_state_dict(state["scaler"])
+    loop.sampler.restore(state["sampler"])
+    rng.setstate(state["rng"]["run"])
+    set_rng_state(state["rng"]["ranks"][loop.workers.rank])
+    run = state["run"]
+    return Progress(state["step"], list(run["steps"]), float(run["train_seconds"]))
+
+
+def _prepare_run(model, config: TrainConfig, data: TrainingData, workers: Workers) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """Rank 0 evaluates the base model and mines hard negatives; every rank gets the negatives."""
+    before: dict[str, float] = {}
+    if workers.is_main:
+        before = evaluate(model, data.eval_set, config.eval_sts) if config.eval_before else {}
+        log.info("before: %s", before)
+        if data.train_set is not None and config.mining.enabled:
+            _add_mined_negatives(model, data, config)
+    data.negatives = workers.broadcast(data.negatives)
+    return {"before": before, "negatives": data.negatives}
+
+
+def train(config: TrainConfig, show_progress: bool = True, resume: bool = False) -> RunResult:
+    """One run (or this rank's part of one under torchrun); `resume` continues the run folder's
+    checkpoint, which is read and checked before anything else."""
+    workers = setup_workers(config.device)
+    check_precision(config.precision, workers.device)
+    resumed = load_checkpoint(config.runs_dir / config.name) if resume else None
+    if resumed is not None:
+        _check_resumable(resumed, config, workers)
     rng = seed_everything(config.seed)
+    if workers.rank:
+        torch.manual_seed(config.seed + workers.rank)  # dropout masks differ from rank to rank
     data = TrainingData.load(config)
-    run = RunFolder(config.runs_dir, config.name)
-    run.write_config(config)
+    run = RunFolder(config.runs_dir, config.name) if workers.is_main else None
+    if run is not None:
+        run.write_config(config)
 
     model = load_sentence_transformer(config.base_model)
     model.max_seq_length = config.max_seq_length
-    loss_module = build_embedding_loss(config.loss)
+    model.to(workers.device)
+    loss_module = build_embedding_loss(config.loss).to(workers.device)
     started = time.perf_counter()
-    before = evaluate(model, data.eval_set, config.eval_sts) if config.eval_before else {}
-    log.info("before: %s", before)
-    if data.train_set is not None and config.mining.enabled:
-        _add_mined_negatives(model, data, config)
+    if resumed is not None:
+        prepared = {"before": resumed["run"]["before"], "negatives": resumed["run"]["negatives"]}
+        data.negatives = prepared["negatives"]
+    else:
+        prepared = _prepare_run(model, config, data, workers)
 
-    loop = _build_loop(model, loss_module, config, data, rng)
+    loop = _build_loop(model, loss_module, config, data, rng, workers)
+    progress = _restore(loop, model, rng, resumed) if resumed is not None else Progress()
+
+    def checkpoint(state: Progress) -> None:
+        snapshot = _checkpoint_state(loop, model, rng, state, prepared)
+        if run is not None:
+            save_checkpoint(run.path, snapshot)
+
     model.train()
-    steps, train_seconds = _run_loop(loop, run, config.name, show_progress)
+    progress = _run_loop(loop, run, config, progress, checkpoint, show_progress)
+    if run is None:  # other ranks: rank 0 saves, evaluates and exports
+        shutdown(workers)
+        return RunResult(config.runs_dir / config.name, {}, None, progress.steps)
 
     model.eval()
     model.save(str(run.path / "model"))
@@ -405,13 +629,20 @@ def train(config: TrainConfig, show_progress: bool = True) -> RunResult:
         "loss": config.loss.name,
         "seed": config.seed,
         "steps": loop.total_steps,
-        "train_seconds": round(train_seconds, 1),
+        "processes": workers.world_size,
+        "device": str(workers.device),
+        "precision": config.precision,
+        "train_seconds": round(progress.train_seconds, 1),
         "total_seconds": round(time.perf_counter() - started, 1),
-        "train_queries": len(sampler.query_ids) if sampler else 0,
-        "train_examples": len(sampler.pairs) if sampler else len(data.sts_pairs),
+        "train_queries": len(sampler.query_ids) if isinstance(sampler, BatchSampler) else 0,
+        "train_examples": len(sampler.pairs) if isinstance(sampler, BatchSampler | StsSampler) else 0,
         "eval_queries": len(judged_queries(data.eval_set)) if data.eval_set else 0,
-        "before": before,
+        "before": prepared["before"],
         "after": after,
     }
     run.write_metrics(metrics)
-    return RunResult(run.path, metrics, _export(config, run, after), steps)
+    export_dir = _export(config, run, after)
+    if not config.keep_checkpoint:
+        remove_checkpoint(run.path)
+    shutdown(workers)
+    return RunResult(run.path, metrics, export_dir, progress.steps)

@@ -14,10 +14,10 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from app.main import create_app
-from tests.conftest import SHARED_DATA, STS_DEV, make_tiny_sentence_transformer, settings_for
+from tests.conftest import STS_DEV, make_tiny_sentence_transformer, settings_for
 from training.cli import app as training_cli
 from training.config import ConfigError, TrainConfig, load_config
-from training.data.beir import DatasetError, convert_cranfield, load_beir
+from training.data.beir import DatasetError, load_beir
 from training.gradcache import gradcache_backward
 from training.losses import InfoNCELoss
 from training.trainer import make_embed, train
@@ -26,31 +26,6 @@ from training.trainer import make_embed, train
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_sentence_transformer(tmp_path_factory.mktemp("tiny-train"))
-
-
-@pytest.fixture(scope="module")
-def cranfield(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return convert_cranfield(SHARED_DATA / "cranfield", tmp_path_factory.mktemp("beir") / "cranfield")
-
-
-@pytest.fixture(scope="module")
-def small_beir(cranfield: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Cranfield cut to 40 judged queries and the documents they judge (plus 100 others)."""
-    dataset = load_beir(cranfield)
-    queries = sorted(dataset.qrels, key=int)[:40]
-    docs = {d for q in queries for d in dataset.qrels[q]} | set(list(dataset.corpus)[:100])
-    out = tmp_path_factory.mktemp("small") / "cran-small"
-    (out / "qrels").mkdir(parents=True)
-    (out / "corpus.jsonl").write_text(
-        "".join(json.dumps({"_id": d, **dataset.corpus[d]}) + "\n" for d in dataset.corpus if d in docs)
-    )
-    (out / "queries.jsonl").write_text(
-        "".join(json.dumps({"_id": q, "text": dataset.queries[q]}) + "\n" for q in queries)
-    )
-    (out / "qrels" / "test.tsv").write_text(
-        "".join(f"{q}\t{d}\t{g}\n" for q in queries for d, g in dataset.qrels[q].items())
-    )
-    return out
 
 
 def _config(tmp_path: Path, tiny_model: Path, data: Path, **overrides: object) -> TrainConfig:

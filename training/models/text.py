@@ -13,11 +13,17 @@ import torch
 EmbedFn = Callable[[list[Any]], torch.Tensor]  # inputs -> (n, dim)
 
 
-def make_embed(model) -> EmbedFn:  # type: ignore[no-untyped-def]
-    """Texts -> (n, dim) sentence embeddings of a sentence-transformers model (train mode as set)."""
+def make_embed(model, device: torch.device | None = None, autocast: Callable[[], Any] | None = None) -> EmbedFn:  # type: ignore[no-untyped-def]
+    """Texts -> (n, dim) float32 sentence embeddings of a sentence-transformers model (train mode as
+    set), tokenised on the CPU and run on `device`, inside `autocast()` (a context factory) when given."""
 
     def embed(texts: list[str]) -> torch.Tensor:
         features = model.tokenize(texts)
-        return model(features)["sentence_embedding"]  # (n, dim)
+        if device is not None:
+            features = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
+        if autocast is None:
+            return model(features)["sentence_embedding"]  # (n, dim)
+        with autocast():
+            return model(features)["sentence_embedding"].float()
 
     return embed
