@@ -182,6 +182,27 @@ def test_a_killed_run_resumed_ends_as_the_uninterrupted_one(
     assert final == pytest.approx(json.loads((expected.run_dir / "metrics.json").read_text())["after"], abs=1e-6)
 
 
+def test_two_processes_resume_their_checkpoint_to_the_same_end(
+    tmp_path: Path, tiny_with_dropout: Path, small_beir: Path
+) -> None:
+    """Each rank's dropout RNG is in the checkpoint: resuming step 2 of a 2-process run (its kept
+    checkpoint) under torchrun repeats steps 3-4 and the metrics exactly."""
+    runs = tmp_path / "runs"
+    config = _write_config(
+        tmp_path / "c.yaml", tiny_with_dropout, small_beir, runs, "pair",
+        max_steps=4, checkpoint_every=2, keep_checkpoint=True,
+    )  # fmt: skip
+    _launch(2, ["-m", "training", "train", "--config", str(config)])
+    first = _losses(runs / "pair")
+    first_metrics = json.loads((runs / "pair" / "metrics.json").read_text())["after"]
+    assert torch.load(runs / "pair" / CHECKPOINT_NAME, weights_only=True)["step"] == 2
+    (runs / "pair" / "metrics.json").unlink()
+    _launch(2, ["-m", "training", "train", "--resume", str(runs / "pair")])
+    assert _losses(runs / "pair") == pytest.approx(first, abs=1e-6) and len(first) == 4
+    again = json.loads((runs / "pair" / "metrics.json").read_text())["after"]
+    assert again == pytest.approx(first_metrics, abs=1e-6)
+
+
 def test_missing_or_corrupt_checkpoints_stop_with_one_line_before_training(
     tmp_path: Path, deterministic_model: Path, small_beir: Path
 ) -> None:
