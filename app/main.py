@@ -16,6 +16,7 @@ from app.api.errors import install_error_handlers
 from app.api.middleware import CancelOnDisconnectMiddleware, MetricsMiddleware, PayloadLimitMiddleware
 from app.api.openapi_doc import install_openapi
 from app.api.routes import classify, embeddings, health, indexes, models, rerank
+from app.api.routes.console import install_console, is_console_path
 from app.core.auth import KeyStore, RateLimiter, parse_keys
 from app.core.config import Settings, get_settings
 from app.inference.registry import ModelRegistry
@@ -60,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(rerank.router)
     app.include_router(classify.router)
     app.include_router(health.router)
+    install_console(app)
     app.add_middleware(CancelOnDisconnectMiddleware)  # innermost: sees the body as the handler reads it
     app.add_middleware(PayloadLimitMiddleware, max_bytes=settings.max_payload_bytes)
     app.add_middleware(MetricsMiddleware)
@@ -69,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         keys=KeyStore(parse_keys(settings.api_keys)),
         limiter=RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst),
         open_paths=frozenset(open_paths),
+        is_open=is_console_path,
         retry_after_s=settings.retry_after_s,
         log_requests=settings.access_log,
     )

@@ -64,4 +64,8 @@ class RunFolder:
         (self.path / name).write_text(json.dumps(data, indent=2))
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
+        """metrics.json, and plots.png drawn from it and steps.jsonl."""
+        from training.plots import write_plots
+
         self.write_json("metrics.json", metrics)
+        write_plots(self.path, metrics)

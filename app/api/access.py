@@ -22,6 +22,7 @@ import re
 import sys
 import time
 import uuid
+from collections.abc import Callable
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -73,11 +74,13 @@ class AccessMiddleware:
         open_paths: frozenset[str],
         retry_after_s: int,
         log_requests: bool = True,
+        is_open: Callable[[str], bool] = lambda _: False,
     ) -> None:
         self.app = app
         self.keys = keys
         self.limiter = limiter
         self.open_paths = open_paths
+        self._is_open_prefix = is_open  # e.g. the console's static files
         self.retry_after_s = retry_after_s
         self.log_requests = log_requests
 
@@ -124,7 +127,8 @@ class AccessMiddleware:
         """The caller's key (None without keys or on an open path); raises 401/403/429 errors."""
         path = scope["path"]
         key = None
-        if self.keys.enabled and path not in self.open_paths and scope["method"] != "OPTIONS":
+        is_open = path in self.open_paths or self._is_open_prefix(path)
+        if self.keys.enabled and not is_open and scope["method"] != "OPTIONS":
             presented = _presented_key(headers)
             if presented is None:
                 raise MissingApiKey("an API key is required: send Authorization: Bearer <key>")
@@ -133,7 +137,7 @@ class AccessMiddleware:
                 raise InvalidApiKey("the API key is not valid")
             if key.read_only and is_write(scope["method"], path):
                 raise ReadOnlyKey(f"key {key.key_id!r} is read-only; {scope['method']} {path} writes")
-        if self.limiter.enabled and path not in self.open_paths:
+        if self.limiter.enabled and not is_open:
             client = scope.get("client")
             caller = key.key_id if key else (client[0] if client else "unknown")
             wait = self.limiter.acquire(caller)

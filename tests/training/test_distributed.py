@@ -140,7 +140,8 @@ def test_torchrun_trains_one_run_that_rank_0_alone_writes(
     result = _launch(2, ["-m", "training", "train", "--config", str(double)])
     assert result.stdout.count('"processes": 2') == 1  # one report, from rank 0
     assert _losses(runs / "two") == pytest.approx(_losses(runs / "one"), abs=1e-5)
-    assert sorted(p.name for p in (runs / "two").iterdir()) == ["config.yaml", "metrics.json", "model", "steps.jsonl"]
+    written = sorted(p.name for p in (runs / "two").iterdir())
+    assert written == ["config.yaml", "metrics.json", "model", "plots.png", "steps.jsonl"]
     assert sorted(p.name for p in runs.iterdir()) == ["one", "two"]
     metrics = json.loads((runs / "two" / "metrics.json").read_text())
     assert metrics["processes"] == 2 and metrics["steps"] == 3 and metrics["device"] == "cpu"

@@ -84,6 +84,7 @@ def test_each_retrieval_loss_trains(tmp_path: Path, tiny_model: Path, small_beir
     assert metrics["eval_queries"] == 20 and 0 <= metrics["after"]["ndcg@10"] <= 1
     assert 0 <= metrics["after"]["roc_auc"] <= 1
     assert (result.run_dir / "model" / "modules.json").is_file()
+    assert (result.run_dir / "plots.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # loss, lr, rate, before/after
 
 
 def test_cosent_on_sts(tmp_path: Path, tiny_model: Path) -> None:
