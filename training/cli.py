@@ -237,6 +237,28 @@ def _train_config(config: Path | None, resume: Path | None, overrides: dict[str,
     return loaded.model_copy(update={"runs_dir": resume.parent, "name": resume.name})
 
 
+@app.command("eval-splits")
+def eval_splits(
+    config: Annotated[Path, typer.Option(help="run config (YAML), data.format beir with a query_split")],
+    splits: Annotated[int, typer.Option(help="how many query splits (seeds 0..K-1)")] = 5,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override: key.sub=value (YAML value)")] = None,
+) -> None:
+    """Train and evaluate a config on K query splits; every metric's change as mean +- std and min,
+    over all splits, the selection splits (0, 1: tune on these) and the report splits (the rest)."""
+    from training.config import ConfigError, load_config
+    from training.data.beir import DatasetError
+    from training.splits import markdown, plan_splits, run_splits
+    from training.trainer import train as run_training
+
+    try:
+        run_config = load_config(config, _overrides(set_))
+        plan = plan_splits(run_config, splits)
+        result = run_splits(run_config, plan, lambda c: run_training(c, show_progress=False))
+    except (ConfigError, DatasetError, ModelSourceError) as exc:
+        _fail(exc)
+    typer.echo(markdown(result))
+
+
 @app.command("train-reranker")
 def train_reranker(config: Annotated[Path, typer.Option(help="reranker run config (YAML)")]) -> None:
     """Train a cross-encoder reranker, evaluate it reranking the bi-encoder's top-k, export it."""

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from training.sources import DEFAULT_BASE_MODEL
 
-LossName = Literal["infonce", "dcl", "mw", "cwcl", "listwise", "cosent", "siglip"]
+LossName = Literal["infonce", "dcl", "mw", "cwcl", "listwise", "wasserstein", "cosent", "siglip"]
 
 
 class ConfigError(ValueError):
@@ -41,8 +41,8 @@ class LossConfig(Strict):
     learnable_temperature: bool = False
     symmetric: bool = False  # infonce only
     matryoshka_dims: list[int] = Field(default_factory=list)  # e.g. [384, 256, 128, 64]
-    list_size: int = Field(8, ge=2)  # listwise: candidates per query (positives + negatives)
-    target_temperature: float = Field(1.0, gt=0)  # listwise: softmax(grade / this) over relevant documents
+    list_size: int = Field(8, ge=2)  # listwise, wasserstein: candidates per query (positives + negatives)
+    target_temperature: float = Field(1.0, gt=0)  # listwise, wasserstein: softmax(grade / this) over relevant docs
     # cwcl: soft targets exp((cos - 1) / this) between positives; null = the paper's (1 + cos) / 2
     weight_temperature: float | None = Field(0.1, gt=0)
 
@@ -101,8 +101,8 @@ class TrainConfig(Strict):
             raise ValueError("loss cosent needs data.format sts")
         if self.data.format == "sts" and self.loss.name != "cosent":
             raise ValueError("data.format sts trains with loss cosent")
-        if self.loss.name == "listwise" and self.data.format != "beir":
-            raise ValueError("loss listwise needs graded qrels: data.format beir")
+        if self.loss.name in ("listwise", "wasserstein") and self.data.format != "beir":
+            raise ValueError(f"loss {self.loss.name} needs graded qrels: data.format beir")
         return self
 
 

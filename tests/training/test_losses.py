@@ -16,6 +16,7 @@ from training.losses import (
     MarginMSELoss,
     MatryoshkaLoss,
     SigLIPLoss,
+    WassersteinListwiseLoss,
 )
 
 E = math.e
@@ -127,6 +128,35 @@ def test_listwise_softmax() -> None:
     assert ListwiseSoftmaxLoss(1.0)(queries, docs, torch.tensor([[1, 0], [0, 0]])).item() == pytest.approx(
         math.log(1 + 1 / E), abs=1e-5
     )
+
+
+def test_wasserstein_listwise_is_the_cdf_gap_along_the_grades() -> None:
+    query = torch.tensor([[1.0, 0]])
+    docs = torch.tensor([[1.0, 0], [0, 1], [-1.0, 0]])  # cosines 1, 0, -1
+    z = E + 1 + 1 / E
+    p = [E / z, 1 / z, (1 / E) / z]  # model softmax at τ = 1
+    q1 = 1 / (E + 1)  # target softmax([2, 1]) over the relevant documents: grade-1 share
+    # levels 0 < 1 < 2: |F_p(0) - F_q(0)| + |F_p(1) - F_q(1)|, unit gaps
+    expected = abs(p[2] - 0) + abs(p[1] + p[2] - q1)
+    loss = WassersteinListwiseLoss(1.0)(query, docs, torch.tensor([[2, 1, 0]]))
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+    # an ignored document leaves both distributions; the gap 0 -> 2 costs 2 per unit of misplaced mass
+    p_kept = (1 / E) / (E + 1 / E)
+    loss = WassersteinListwiseLoss(1.0)(query, docs, torch.tensor([[2, -1, 0]]))
+    assert loss.item() == pytest.approx(2 * p_kept, abs=1e-6)
+    # documents of one grade are interchangeable: swapping two equal grades changes nothing
+    same = WassersteinListwiseLoss(1.0)(query, docs, torch.tensor([[1, 1, 0]])).item()
+    assert same == pytest.approx(abs(p[2] - 0), abs=1e-6)
+    # rows without a relevant document are skipped; none at all gives 0 with a graph
+    two = torch.tensor([[1.0, 0], [0, 1]])
+    both = WassersteinListwiseLoss(1.0)(two, docs, torch.tensor([[2, 1, 0], [0, 0, 0]])).item()
+    assert both == pytest.approx(expected, abs=1e-6)
+    nothing = WassersteinListwiseLoss(1.0)(query.requires_grad_(), docs, torch.tensor([[0, 0, -1]]))
+    assert nothing.item() == 0.0 and nothing.requires_grad
+    # its gradient pulls the query towards the highest grade
+    moving = torch.tensor([[0.6, 0.8]], requires_grad=True)
+    WassersteinListwiseLoss(0.1)(moving, docs, torch.tensor([[2, 1, 0]])).backward()
+    assert moving.grad[0, 0] < 0  # increasing the first coordinate (towards the grade-2 document) lowers it
 
 
 def test_cosent() -> None:

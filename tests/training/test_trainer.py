@@ -74,7 +74,7 @@ def test_gradcache_gives_the_full_batch_gradients(tiny_model: Path) -> None:
     assert torch.allclose(grads[0][1], grads[1][1], atol=1e-6), (grads[0][1] - grads[1][1]).abs().max()
 
 
-@pytest.mark.parametrize("loss", ["infonce", "dcl", "mw", "cwcl", "listwise"])
+@pytest.mark.parametrize("loss", ["infonce", "dcl", "mw", "cwcl", "listwise", "wasserstein"])
 def test_each_retrieval_loss_trains(tmp_path: Path, tiny_model: Path, small_beir: Path, loss: str) -> None:
     config = _config(tmp_path, tiny_model, small_beir, **{"loss.name": loss, "name": f"run-{loss}", "eval_sts": None})
     result = train(config, show_progress=False)

@@ -15,6 +15,7 @@ from training.losses.margin_mse import MarginMSELoss
 from training.losses.matryoshka import MatryoshkaLoss
 from training.losses.mw import MannWhitneyLoss
 from training.losses.siglip import SigLIPLoss
+from training.losses.wasserstein import WassersteinListwiseLoss
 
 __all__ = [
     "CWCLLoss",
@@ -27,4 +28,5 @@ __all__ = [
     "MarginMSELoss",
     "MatryoshkaLoss",
     "SigLIPLoss",
+    "WassersteinListwiseLoss",
 ]

@@ -20,6 +20,7 @@ from training.losses.matryoshka import MatryoshkaLoss
 from training.losses.mw import MannWhitneyLoss
 from training.losses.pointwise_bce import PointwiseBCELoss
 from training.losses.siglip import SigLIPLoss
+from training.losses.wasserstein import WassersteinListwiseLoss
 
 
 class LossSettings(Protocol):
@@ -41,6 +42,7 @@ EMBEDDING_LOSSES: dict[str, Callable[[LossSettings], nn.Module]] = {
     "mw": lambda s: MannWhitneyLoss(s.temperature, s.learnable_temperature),
     "cwcl": lambda s: CWCLLoss(s.temperature, s.learnable_temperature, s.weight_temperature),
     "listwise": lambda s: ListwiseSoftmaxLoss(s.temperature, s.target_temperature, s.learnable_temperature),
+    "wasserstein": lambda s: WassersteinListwiseLoss(s.temperature, s.target_temperature, s.learnable_temperature),
     "cosent": lambda _: CoSENTLoss(),
     "siglip": lambda s: SigLIPLoss(learnable=s.learnable_temperature),
 }

@@ -1,0 +1,78 @@
+"""eval-splits: one config over K query splits, deltas summarised; bad plans stop before training."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from tests.conftest import make_tiny_sentence_transformer
+from training.cli import app as training_cli
+from training.config import ConfigError, TrainConfig
+from training.splits import metric_deltas, plan_splits, summarize
+
+
+def _config(tmp_path: Path, model: Path, data: Path, **extra: object) -> dict:
+    return {
+        "name": "sp",
+        "base_model": str(model),
+        "data": {"format": "beir", "path": str(data), "query_split": {"seed": 0, "train_fraction": 0.5}},
+        "batch_size": 8,
+        "max_steps": 2,
+        "max_seq_length": 32,
+        "runs_dir": str(tmp_path / "runs"),
+        "eval_sts": None,
+        "mining": {"enabled": False},
+        "checkpoint_every": 0,
+        **extra,
+    }
+
+
+def test_summary_is_mean_std_and_min_of_each_metric_s_change() -> None:
+    assert metric_deltas({"before": {"ndcg@10": 0.4, "queries": 20}, "after": {"ndcg@10": 0.45, "queries": 20}}) == {
+        "ndcg@10": pytest.approx(0.05)
+    }
+    summary = summarize({0: {"ndcg@10": 0.05}, 1: {"ndcg@10": 0.01}, 2: {"ndcg@10": 0.03}})["ndcg@10"]
+    assert summary["mean"] == pytest.approx(0.03) and summary["min"] == pytest.approx(0.01)
+    assert summary["std"] == pytest.approx(statistics.stdev([0.05, 0.01, 0.03]))
+    assert summary["splits"] == {0: 0.05, 1: 0.01, 2: 0.03}
+
+
+def test_eval_splits_runs_each_split_and_reports_selection_apart(tmp_path: Path, small_beir: Path) -> None:
+    model = make_tiny_sentence_transformer(tmp_path / "tiny")
+    config_path = tmp_path / "c.yaml"
+    config_path.write_text(yaml.safe_dump(_config(tmp_path, model, small_beir)))
+    result = CliRunner().invoke(training_cli, ["eval-splits", "--config", str(config_path), "--splits", "3"])
+    assert result.exit_code == 0, result.output
+    assert "ndcg@10" in result.output and "selection [0, 1]" in result.output and "report [2]" in result.output
+    summary = json.loads((tmp_path / "runs" / "sp-splits.json").read_text())
+    assert summary["seeds"] == [0, 1, 2] and summary["report_splits"] == [2]
+    for seed in (0, 1, 2):  # each split trained on its own queries and scored on its own held-out half
+        metrics = json.loads((tmp_path / "runs" / f"sp-split{seed}" / "metrics.json").read_text())
+        expected = metrics["after"]["ndcg@10"] - metrics["before"]["ndcg@10"]
+        assert summary["all"]["ndcg@10"]["splits"][str(seed)] == pytest.approx(expected)
+    held_out = [json.loads((tmp_path / "runs" / f"sp-split{s}" / "metrics.json").read_text()) for s in (0, 1)]
+    assert held_out[0]["before"] != held_out[1]["before"]  # different held-out queries
+    assert summary["report"]["ndcg@10"]["mean"] == pytest.approx(summary["all"]["ndcg@10"]["splits"]["2"])
+
+
+def test_bad_split_plans_stop_with_one_line_before_training(tmp_path: Path, small_beir: Path) -> None:
+    config = TrainConfig.model_validate(_config(tmp_path, tmp_path / "no-model", small_beir))
+    with pytest.raises(ConfigError, match="at least 2 splits"):
+        plan_splits(config, 1)
+    starved = config.model_copy(update={"data": config.data.model_copy(update={"query_split": None})})
+    with pytest.raises(ConfigError, match=r"needs data\.format beir with a query_split"):
+        plan_splits(starved, 3)
+    tiny_fraction = config.data.query_split.model_copy(update={"train_fraction": 0.01})  # type: ignore[union-attr]
+    no_train = config.model_copy(update={"data": config.data.model_copy(update={"query_split": tiny_fraction})})
+    with pytest.raises(ConfigError, match=r"train_fraction: 0\.01 leaves no training query in split 0"):
+        plan_splits(no_train, 2)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(_config(tmp_path, tmp_path / "no-model", small_beir)))
+    result = CliRunner().invoke(training_cli, ["eval-splits", "--config", str(path), "--splits", "1"])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()

@@ -1,0 +1,134 @@
+"""One config over several query splits: does its gain hold, or was it one lucky split?
+
+`python -m training eval-splits --config X.yaml` trains and evaluates the config once per query
+split seed (`data.query_split.seed` = 0 .. K-1 by default), each run in `runs/<name>-split<seed>/`,
+and reports every metric's change (after - before, on that split's held-out queries) as mean, std
+and minimum over the splits. Hyper-parameters are to be chosen on the *selection* splits (0 and 1
+by default) only; the *report* splits (the others) are summarised apart, so a reported gain was
+never tuned on. Everything is checked before the first run: the data loads, K >= 2, and every split
+leaves training and held-out queries.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from training.config import ConfigError, TrainConfig
+from training.data.examples import load_retrieval
+
+DEFAULT_SELECTION = (0, 1)
+
+
+@dataclass(frozen=True)
+class SplitPlan:
+    seeds: list[int]
+    selection: list[int]  # seeds tuned on; the others are the report splits
+
+    @property
+    def report(self) -> list[int]:
+        return [s for s in self.seeds if s not in self.selection]
+
+
+def plan_splits(config: TrainConfig, count: int, selection: tuple[int, ...] = DEFAULT_SELECTION) -> SplitPlan:
+    """The split seeds to run, checked against the data (one-line ConfigError naming the key)."""
+    where = f"{config.name}: data.query_split"
+    if count < 2:
+        raise ConfigError(f"{where}: eval-splits needs at least 2 splits (got {count})")
+    if config.data.format != "beir" or config.data.query_split is None:
+        raise ConfigError(f"{where}: eval-splits needs data.format beir with a query_split")
+    dataset, _ = load_retrieval(config.data.format, config.data.path, config.data.qrels_split)
+    seeds = list(range(count))
+    for seed in seeds:
+        train, held_out = dataset.split_queries(seed, config.data.query_split.train_fraction)
+        if not train.qrels or not held_out.qrels:
+            empty = "training" if not train.qrels else "held-out"
+            raise ConfigError(
+                f"{where}.train_fraction: {config.data.query_split.train_fraction} leaves no {empty} query "
+                f"in split {seed} ({len(dataset.qrels)} judged queries)"
+            )
+    return SplitPlan(seeds, [s for s in selection if s in seeds])
+
+
+def summarize(deltas: dict[int, dict[str, float]]) -> dict[str, dict[str, Any]]:
+    """metric -> {mean, std, min, splits: {seed: delta}} over the given splits' deltas."""
+    metrics = sorted({m for values in deltas.values() for m in values})
+    summary: dict[str, dict[str, Any]] = {}
+    for metric in metrics:
+        values = {seed: d[metric] for seed, d in deltas.items() if metric in d}
+        series = list(values.values())
+        summary[metric] = {
+            "mean": statistics.fmean(series),
+            "std": statistics.stdev(series) if len(series) > 1 else 0.0,
+            "min": min(series),
+            "splits": values,
+        }
+    return summary
+
+
+def metric_deltas(metrics: dict[str, Any]) -> dict[str, float]:
+    """after - before for every numeric metric in both (the query count is not a metric)."""
+    before, after = metrics.get("before") or {}, metrics.get("after") or {}
+    return {
+        k: float(after[k]) - float(before[k])
+        for k in after
+        if k != "queries" and isinstance(after[k], int | float) and isinstance(before.get(k), int | float)
+    }
+
+
+def run_splits(config: TrainConfig, plan: SplitPlan, train: Callable[[TrainConfig], Any]) -> dict[str, Any]:
+    """Train `config` on every split of `plan` (with `train`, returning an object with .metrics);
+    writes `<runs_dir>/<name>-splits.json` and returns it."""
+    if not config.eval_before:
+        config = config.model_copy(update={"eval_before": True})  # a delta needs the base model's scores
+    runs: dict[int, dict[str, Any]] = {}
+    for seed in plan.seeds:
+        split = config.data.query_split.model_copy(update={"seed": seed})  # type: ignore[union-attr]
+        data = config.data.model_copy(update={"query_split": split})
+        run_config = config.model_copy(update={"name": f"{config.name}-split{seed}", "data": data, "export": None})
+        runs[seed] = train(run_config).metrics
+    deltas = {seed: metric_deltas(metrics) for seed, metrics in runs.items()}
+    result = {
+        "name": config.name,
+        "seeds": plan.seeds,
+        "selection_splits": plan.selection,
+        "report_splits": plan.report,
+        "all": summarize(deltas),
+        "selection": summarize({s: deltas[s] for s in plan.selection}) if plan.selection else {},
+        "report": summarize({s: deltas[s] for s in plan.report}) if plan.report else {},
+        "before": {seed: m.get("before", {}) for seed, m in runs.items()},
+        "after": {seed: m.get("after", {}) for seed, m in runs.items()},
+    }
+    out = Path(config.runs_dir) / f"{config.name}-splits.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    return result
+
+
+REPORTED = ("ndcg@10", "mrr@10", "recall@100", "sts_spearman")
+
+
+def markdown(result: dict[str, Any], metrics: tuple[str, ...] = REPORTED) -> str:
+    """The change of each metric: mean ± std and min, over all splits, the selection and the report."""
+    lines = [
+        f"{result['name']}: change after - before on each split's held-out queries",
+        "",
+        "| metric | all splits: mean ± std (min) | selection "
+        + str(result["selection_splits"])
+        + " | report "
+        + str(result["report_splits"])
+        + " |",
+        "|---|---|---|---|",
+    ]
+    for metric in metrics:
+        cells = []
+        for part in ("all", "selection", "report"):
+            entry = result[part].get(metric)
+            cells.append(f"{entry['mean']:+.4f} ± {entry['std']:.4f} ({entry['min']:+.4f})" if entry else "–")
+        if any(c != "–" for c in cells):
+            lines.append(f"| {metric} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
