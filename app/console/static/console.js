@@ -197,11 +197,15 @@ function writeFilterJson() {
   $("filter-json").value = filter ? JSON.stringify(filter) : "";
 }
 
+const STOPWORDS = new Set("the and for with from that this are was were has have not but its into than then".split(" "));
+
+// The query's words marked where a word of the text starts with them ("layer" marks "layers"),
+// words of 3+ letters that are not stopwords, so "on" does not light up inside "equations".
 function highlight(text, query) {
-  const words = (query || "").toLowerCase().match(/[\p{L}\p{N}]{2,}/gu) || [];
+  const words = ((query || "").toLowerCase().match(/[\p{L}\p{N}]{3,}/gu) || []).filter((w) => !STOPWORDS.has(w));
   if (words.length === 0) return [document.createTextNode(text)];
   const escaped = [...new Set(words)].map((w) => w.replace(/[.*+?^${}()|[\]\\]/g, "\\$&"));
-  const pattern = new RegExp(`(${escaped.join("|")})`, "giu");
+  const pattern = new RegExp(`(?<![\\p{L}\\p{N}])(${escaped.join("|")})`, "giu");
   return text.split(pattern).map((part, i) => (i % 2 === 1 ? el("mark", { text: part }) : document.createTextNode(part)));
 }
 
