@@ -59,6 +59,10 @@ class MiningConfig(Strict):
     # window; a candidate whose relevance exceeds rescore_margin x the lowest positive's is dropped too.
     rescore_model: str | None = None
     rescore_margin: float = Field(0.9, ge=0)
+    # Teacher filter: a stronger bi-encoder (e.g. pypi:all_mpnet_base_v2) scores the window; a candidate
+    # whose teacher cosine exceeds teacher_margin x the lowest positive's is a likely false negative.
+    teacher_model: str | None = None
+    teacher_margin: float = Field(0.95, gt=0, le=1)
 
 
 class ExportConfig(Strict):

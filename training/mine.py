@@ -6,7 +6,9 @@ unlabelled positives: the "false negative" filter of NV-Retriever's positive-awa
 Moreira et al. 2024), and sample `per_query` of the rest. With a `rescorer` (a cross-encoder, passed
 in by the caller), the window is rescored and the same filter runs again on its relevance (sigmoid
 of the logit), against `rescore_margin` x the lowest positive's: the bi-encoder misses unlabelled
-positives a cross-encoder catches.
+positives a cross-encoder catches. With a `teacher` (a stronger bi-encoder, also passed in), the
+same filter runs on the teacher's cosines against `teacher_margin` (teacher-filtered mining, as in
+NV-Retriever's "TopK-PercPos" with a teacher model).
 """
 
 from __future__ import annotations
@@ -31,8 +33,10 @@ def mine_negatives(  # type: ignore[no-untyped-def]
     seed: int = 0,
     rescorer: PairScorer | None = None,
     corpus: CorpusIndex | None = None,
+    teacher: PairScorer | None = None,
 ) -> dict[str, list[str]]:
-    """`corpus`: the corpus already encoded by `model` (skips encoding it again)."""
+    """`corpus`: the corpus already encoded by `model` (skips encoding it again); `rescorer` gives
+    relevance logits, `teacher` similarities (both for (query, document) pairs)."""
     corpus = corpus or CorpusIndex.build(model, dataset)
     query_ids = judged_queries(dataset)
     query_vectors = corpus.encode_queries([dataset.queries[q] for q in query_ids])  # (q, dim)
@@ -53,17 +57,32 @@ def mine_negatives(  # type: ignore[no-untyped-def]
             if rank >= start and j >= 0 and doc_ids[j] not in positives and score <= threshold
         ]
         if rescorer is not None and candidates:
-            candidates = _rescore(rescorer, dataset, query_id, candidates, config.rescore_margin)
+            candidates = _rescore(rescorer, dataset, query_id, candidates, config.rescore_margin, _sigmoid)
+        if teacher is not None and candidates:
+            candidates = _rescore(teacher, dataset, query_id, candidates, config.teacher_margin, _identity)
         negatives[query_id] = rng.sample(candidates, min(config.per_query, len(candidates)))
     return negatives
 
 
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-logits))
+
+
+def _identity(scores: np.ndarray) -> np.ndarray:
+    return scores
+
+
 def _rescore(
-    rescorer: PairScorer, dataset: RetrievalDataset, query_id: str, candidates: list[str], margin: float
+    rescorer: PairScorer,
+    dataset: RetrievalDataset,
+    query_id: str,
+    candidates: list[str],
+    margin: float,
+    to_relevance: Callable[[np.ndarray], np.ndarray],
 ) -> list[str]:
+    """The candidates whose relevance (by `rescorer`) stays at or under `margin` x the lowest positive's."""
     query = dataset.queries[query_id]
     positives = list(dataset.qrels[query_id])
-    logits = rescorer([(query, dataset.doc_text(d)) for d in positives + candidates])
-    relevance = 1.0 / (1.0 + np.exp(-logits))  # (p + c,)
+    relevance = to_relevance(rescorer([(query, dataset.doc_text(d)) for d in positives + candidates]))  # (p + c,)
     threshold = margin * float(relevance[: len(positives)].min())
     return [d for d, r in zip(candidates, relevance[len(positives) :], strict=True) if r <= threshold]

@@ -33,7 +33,7 @@ from training.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from training.config import TrainConfig
+from training.config import ConfigError, TrainConfig
 from training.data.beir import RetrievalDataset
 from training.data.examples import load_retrieval, load_sts
 from training.data.sts import StsPair
@@ -51,9 +51,9 @@ from training.eval.first_stage import judged_queries
 from training.gradcache import gradcache_backward
 from training.losses.layouts import BatchLayout
 from training.losses.registry import build_embedding_loss, layout_of
-from training.models.text import EmbedFn, make_embed
+from training.models.text import EmbedFn, make_embed, similarity_scorer
 from training.run import RunFolder, seed_everything
-from training.sources import load_sentence_transformer
+from training.sources import ModelSourceError, load_sentence_transformer
 
 log = logging.getLogger(__name__)
 
@@ -332,12 +332,24 @@ def evaluate(model, eval_set: RetrievalDataset | None, sts_path: Path | None) ->
     return scores
 
 
-def _add_mined_negatives(model, data: TrainingData, config: TrainConfig) -> None:  # type: ignore[no-untyped-def]
+def _mining_teacher(config: TrainConfig):  # type: ignore[no-untyped-def]
+    """The bi-encoder that filters mined negatives (`mining.teacher_model`), loaded before anything
+    slow so a bad source stops the run at once; None without one."""
+    if not (config.mining.enabled and config.mining.teacher_model):
+        return None
+    try:
+        return similarity_scorer(load_sentence_transformer(config.mining.teacher_model))
+    except ModelSourceError as exc:
+        raise ConfigError(f"{config.name}: mining.teacher_model: {exc}") from exc
+
+
+def _add_mined_negatives(model, data: TrainingData, config: TrainConfig, teacher=None) -> None:  # type: ignore[no-untyped-def]
     from training.mine import mine_negatives
     from training.models.cross_encoder import mining_rescorer
 
     assert data.train_set is not None
-    mined = mine_negatives(model, data.train_set, config.mining, config.seed, mining_rescorer(config.mining))
+    rescorer = mining_rescorer(config.mining)
+    mined = mine_negatives(model, data.train_set, config.mining, config.seed, rescorer, teacher=teacher)
     for query_id, docs in mined.items():
         known = data.negatives.get(query_id, [])
         data.negatives[query_id] = known + [d for d in docs if d not in known]
@@ -566,14 +578,15 @@ def _restore(loop: Loop, model, rng: random.Random, state: dict[str, Any]) -> Pr
     return Progress(state["step"], list(run["steps"]), float(run["train_seconds"]))
 
 
-def _prepare_run(model, config: TrainConfig, data: TrainingData, workers: Workers) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    """Rank 0 evaluates the base model and mines hard negatives; every rank gets the negatives."""
+def _prepare_run(model, config: TrainConfig, data: TrainingData, workers: Workers, teacher=None) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """Rank 0 evaluates the base model and mines hard negatives (filtered by `teacher`, if any);
+    every rank gets the negatives."""
     before: dict[str, float] = {}
     if workers.is_main:
         before = evaluate(model, data.eval_set, config.eval_sts) if config.eval_before else {}
         log.info("before: %s", before)
         if data.train_set is not None and config.mining.enabled:
-            _add_mined_negatives(model, data, config)
+            _add_mined_negatives(model, data, config, teacher)
     data.negatives = workers.broadcast(data.negatives)
     return {"before": before, "negatives": data.negatives}
 
@@ -590,6 +603,8 @@ def train(config: TrainConfig, show_progress: bool = True, resume: bool = False)
     if workers.rank:
         torch.manual_seed(config.seed + workers.rank)  # dropout masks differ from rank to rank
     data = TrainingData.load(config)
+    fresh_main = workers.is_main and resumed is None and data.train_set is not None
+    teacher = _mining_teacher(config) if fresh_main else None  # a bad source stops the run here
     run = RunFolder(config.runs_dir, config.name) if workers.is_main else None
     if run is not None:
         run.write_config(config)
@@ -603,7 +618,7 @@ def train(config: TrainConfig, show_progress: bool = True, resume: bool = False)
         prepared = {"before": resumed["run"]["before"], "negatives": resumed["run"]["negatives"]}
         data.negatives = prepared["negatives"]
     else:
-        prepared = _prepare_run(model, config, data, workers)
+        prepared = _prepare_run(model, config, data, workers, teacher)
 
     loop = _build_loop(model, loss_module, config, data, rng, workers)
     progress = _restore(loop, model, rng, resumed) if resumed is not None else Progress()

@@ -394,6 +394,43 @@ def test_mining_rescored_by_a_cross_encoder_drops_what_it_scores_high(tmp_path: 
     assert sum(map(len, none_left.values())) == 0
 
 
+def test_teacher_filtered_mining_drops_what_the_teacher_scores_near_the_positives(small_beir: Path) -> None:
+    from training.config import MiningConfig
+    from training.mine import mine_negatives
+    from training.sources import DEFAULT_BASE_MODEL, load_sentence_transformer
+
+    dataset = load_beir(small_beir)
+    model = load_sentence_transformer(DEFAULT_BASE_MODEL)  # a random tiny model leaves no window
+    window = {"rank_window": (0, 30), "per_query": 30, "margin": 1.0}
+    plain = mine_negatives(model, dataset, MiningConfig(**window))
+    flagged = {q: set(docs[::3]) for q, docs in plain.items()}  # the teacher calls every third a positive
+
+    def teacher(pairs: list[tuple[str, str]]) -> np.ndarray:
+        by_text = {(dataset.queries[q], dataset.doc_text(d)): q for q in plain for d in flagged[q]}
+        positives = {(dataset.queries[q], dataset.doc_text(d)) for q in plain for d in dataset.qrels[q]}
+        return np.array([0.9 if p in by_text else 0.8 if p in positives else 0.3 for p in pairs])
+
+    config = MiningConfig(**window, teacher_margin=1.0)
+    filtered = mine_negatives(model, dataset, config, teacher=teacher)
+    for query_id, negatives in filtered.items():
+        assert set(negatives) == set(plain[query_id]) - flagged[query_id]
+    assert sum(map(len, flagged.values())) > 0
+
+
+def test_a_teacher_that_cannot_be_loaded_stops_before_training(
+    tmp_path: Path, tiny_model: Path, small_beir: Path
+) -> None:
+    config = _config(tmp_path, tiny_model, small_beir, **{"mining.teacher_model": str(tmp_path / "no-teacher")})
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    result = CliRunner().invoke(training_cli, ["train", "--config", str(path)])
+    assert result.exit_code == 2 and "mining.teacher_model" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "runs" / "tiny-run" / "steps.jsonl").exists()
+    teacher = _config(tmp_path, tiny_model, small_beir, **{"mining.teacher_model": str(tiny_model), "eval_sts": None})
+    assert train(teacher, show_progress=False).metrics["steps"] == 3  # a loadable teacher filters and trains
+
+
 def test_blockrank_distillation_moves_scores_towards_the_teacher(tiny_model: Path, small_beir: Path) -> None:
     from training.blockrank import TrainingQuery, attach_teacher_scores, train_blockrank
     from training.eval.first_stage import encode

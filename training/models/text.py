@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 
 EmbedFn = Callable[[list[Any]], torch.Tensor]  # inputs -> (n, dim)
@@ -27,3 +28,18 @@ def make_embed(model, device: torch.device | None = None, autocast: Callable[[],
             return model(features)["sentence_embedding"].float()
 
     return embed
+
+
+def similarity_scorer(model) -> Callable[[list[tuple[str, str]]], np.ndarray]:  # type: ignore[no-untyped-def]
+    """(query, document) pairs -> (n,) cosines of a sentence-transformers model (a mining teacher);
+    each distinct text is encoded once, across calls."""
+    vectors: dict[str, np.ndarray] = {}
+
+    def score(pairs: list[tuple[str, str]]) -> np.ndarray:
+        missing = list(dict.fromkeys(t for pair in pairs for t in pair if t not in vectors))
+        if missing:
+            encoded = model.encode(missing, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+            vectors.update(zip(missing, encoded, strict=True))
+        return np.array([float(vectors[q] @ vectors[d]) for q, d in pairs], dtype=np.float32)
+
+    return score
