@@ -65,6 +65,16 @@ class MiningConfig(Strict):
     teacher_margin: float = Field(0.95, gt=0, le=1)
 
 
+class DistillationConfig(Strict):
+    """Distil a stronger bi-encoder's in-batch score distribution beside the contrastive loss
+    (training/losses/distillation.py); its vectors are cached in `cache_dir`."""
+
+    teacher: str = "pypi:all_mpnet_base_v2"
+    weight: float = Field(1.0, ge=0)
+    teacher_temperature: float = Field(0.05, gt=0)
+    cache_dir: Path = Path("data/cache")
+
+
 class ExportConfig(Strict):
     name: str
     parity_data: Path = Path("../shared/data/stsbenchmark/sts-dev.csv")
@@ -92,6 +102,7 @@ class TrainConfig(Strict):
     eval_sts: Path | None = Path("../shared/data/stsbenchmark/sts-dev.csv")
     eval_before: bool = True  # evaluate the base model too (metrics.json "before")
     export: ExportConfig | None = None
+    distillation: DistillationConfig | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when torch sees a GPU
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast of the forward passes; fp16 needs CUDA
     # Save `<run>/checkpoint.pt` every K steps (0 = never), for `train --resume runs/<name>`; it is
@@ -105,6 +116,8 @@ class TrainConfig(Strict):
             raise ValueError("loss cosent needs data.format sts")
         if self.data.format == "sts" and self.loss.name != "cosent":
             raise ValueError("data.format sts trains with loss cosent")
+        if self.distillation is not None and self.loss.name not in ("infonce", "dcl", "mw", "siglip"):
+            raise ValueError(f"distillation wraps a pair loss (infonce, dcl, mw, siglip), not {self.loss.name}")
         if self.loss.name in ("listwise", "wasserstein") and self.data.format != "beir":
             raise ValueError(f"loss {self.loss.name} needs graded qrels: data.format beir")
         return self

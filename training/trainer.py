@@ -49,11 +49,13 @@ from training.distributed import (
 )
 from training.eval.first_stage import judged_queries
 from training.gradcache import gradcache_backward
+from training.losses.distillation import TeacherDistillationLoss
 from training.losses.layouts import BatchLayout
 from training.losses.registry import build_embedding_loss, layout_of
 from training.models.text import EmbedFn, make_embed, similarity_scorer
 from training.run import RunFolder, seed_everything
 from training.sources import ModelSourceError, load_sentence_transformer
+from training.teacher import TeacherVectors, teacher_vectors
 
 log = logging.getLogger(__name__)
 
@@ -172,15 +174,16 @@ class StsSampler(ResumableSampler):
         return max(1, math.ceil(len(self.pairs) / self.batch_size))
 
 
-def _pair_groups(
+def _pair_ids(
     batch: list[tuple[str, str]],
     dataset: RetrievalDataset,
     negatives: dict[str, list[str]],
     count: int,
     rng: random.Random,
-) -> list[list[str]]:
-    queries = [dataset.queries[q] for q, _ in batch]
-    documents = [dataset.doc_text(d) for _, d in batch]
+) -> tuple[list[str], list[str]]:
+    """(query ids, document ids): the positives, then `count` negatives per query, query-major."""
+    query_ids = [q for q, _ in batch]
+    doc_ids = [d for _, d in batch]
     if count:
         pool = [d for _, d in batch]
         for query_id, _ in batch:  # query-major: query i's negatives are rows b + i*count ...
@@ -190,8 +193,19 @@ def _pair_groups(
                 candidate = rng.choice(pool)
                 if candidate not in dataset.qrels[query_id]:
                     picks.append(candidate)
-            documents += [dataset.doc_text(d) for d in picks]
-    return [queries, documents]
+            doc_ids += picks
+    return query_ids, doc_ids
+
+
+def _pair_groups(
+    batch: list[tuple[str, str]],
+    dataset: RetrievalDataset,
+    negatives: dict[str, list[str]],
+    count: int,
+    rng: random.Random,
+) -> list[list[str]]:
+    query_ids, doc_ids = _pair_ids(batch, dataset, negatives, count, rng)
+    return [[dataset.queries[q] for q in query_ids], [dataset.doc_text(d) for d in doc_ids]]
 
 
 def _list_groups(
@@ -281,6 +295,7 @@ class BatchContext:
     rng: random.Random
     workers: Workers = field(default_factory=Workers)
     reference_embed: EmbedFn | None = None  # a frozen copy of the base model (soft-target losses)
+    teacher: TeacherVectors | None = None  # a stronger bi-encoder's cached vectors (distillation)
 
 
 def _pairs(context: BatchContext, batch: list[tuple[str, str]]) -> Batch:
@@ -300,6 +315,15 @@ def _pairs_with_reference(context: BatchContext, batch: list[tuple[str, str]]) -
     return Batch(plain.groups, plain.segments, extras={"reference": reference})
 
 
+def _pairs_with_teacher(context: BatchContext, batch: list[tuple[str, str]]) -> Batch:
+    data, count = context.data.train_set, context.config.hard_negatives
+    assert data is not None and context.teacher is not None
+    query_ids, doc_ids = _pair_ids(batch, data, context.data.negatives, count, context.rng)
+    groups = [[data.queries[q] for q in query_ids], [data.doc_text(d) for d in doc_ids]]
+    teacher_scores = context.teacher.scores(query_ids, doc_ids)  # (b, n)
+    return Batch(groups, [[1], [1, count] if count else [1]], extras={"teacher_scores": teacher_scores})
+
+
 def _graded_lists(context: BatchContext, batch: list[tuple[str, str]]) -> Batch:
     assert context.data.train_set is not None
     size = context.config.loss.list_size
@@ -316,6 +340,7 @@ def _scored_pairs(_: BatchContext, batch: list[StsPair]) -> Batch:
 BATCH_BUILDERS: dict[BatchLayout, Callable[[BatchContext, list[Any]], Batch]] = {
     BatchLayout.PAIRS: _pairs,
     BatchLayout.PAIRS_WITH_REFERENCE: _pairs_with_reference,
+    BatchLayout.PAIRS_WITH_TEACHER: _pairs_with_teacher,
     BatchLayout.GRADED_LISTS: _graded_lists,
     BatchLayout.SCORED_PAIRS: _scored_pairs,
 }
@@ -332,15 +357,34 @@ def evaluate(model, eval_set: RetrievalDataset | None, sts_path: Path | None) ->
     return scores
 
 
+def _load_teacher(config: TrainConfig, source: str, key: str):  # type: ignore[no-untyped-def]
+    """A teacher bi-encoder; a source that cannot be loaded is one line naming the config key."""
+    try:
+        return load_sentence_transformer(source)
+    except ModelSourceError as exc:
+        raise ConfigError(f"{config.name}: {key}: {exc}") from exc
+
+
 def _mining_teacher(config: TrainConfig):  # type: ignore[no-untyped-def]
     """The bi-encoder that filters mined negatives (`mining.teacher_model`), loaded before anything
     slow so a bad source stops the run at once; None without one."""
     if not (config.mining.enabled and config.mining.teacher_model):
         return None
-    try:
-        return similarity_scorer(load_sentence_transformer(config.mining.teacher_model))
-    except ModelSourceError as exc:
-        raise ConfigError(f"{config.name}: mining.teacher_model: {exc}") from exc
+    return similarity_scorer(_load_teacher(config, config.mining.teacher_model, "mining.teacher_model"))
+
+
+def _distillation_vectors(config: TrainConfig, data: TrainingData, workers: Workers, model=None):  # type: ignore[no-untyped-def]
+    """The distillation teacher's cached vectors of the training texts (None without distillation).
+    Rank 0 encodes and caches first; the others read the cache (and load the teacher only on a miss)."""
+    settings = config.distillation
+    if settings is None or data.train_set is None:
+        return None
+
+    def load():  # type: ignore[no-untyped-def]
+        return model if model is not None else _load_teacher(config, settings.teacher, "distillation.teacher")
+
+    with workers.main_first():
+        return teacher_vectors(load, settings.teacher, data.train_set, data.negatives, settings.cache_dir)
 
 
 def _add_mined_negatives(model, data: TrainingData, config: TrainConfig, teacher=None) -> None:  # type: ignore[no-untyped-def]
@@ -475,9 +519,15 @@ def _run_loop(
     return state
 
 
-def _build_loop(
-    model, loss_module: nn.Module, config: TrainConfig, data: TrainingData, rng: random.Random, workers: Workers
-) -> Loop:  # type: ignore[no-untyped-def]
+def _build_loop(  # type: ignore[no-untyped-def]
+    model,
+    loss_module: nn.Module,
+    config: TrainConfig,
+    data: TrainingData,
+    rng: random.Random,
+    workers: Workers,
+    teacher: TeacherVectors | None = None,
+) -> Loop:
     global_batch = config.batch_size * workers.world_size  # batch_size is per process
     sampler: ResumableSampler
     if data.train_set is not None:
@@ -491,7 +541,7 @@ def _build_loop(
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = _linear_warmup_decay(optimizer, total_steps, int(total_steps * config.warmup_ratio))
     layout = layout_of(loss_module)
-    context = BatchContext(config, data, rng, workers)
+    context = BatchContext(config, data, rng, workers, teacher=teacher)
     mixed = (lambda: autocast(workers.device, config.precision)) if config.precision != "fp32" else None
     if layout == BatchLayout.PAIRS_WITH_REFERENCE:
         # Soft targets come from a frozen copy (the paper's frozen tower): weights from the model being
@@ -605,6 +655,9 @@ def train(config: TrainConfig, show_progress: bool = True, resume: bool = False)
     data = TrainingData.load(config)
     fresh_main = workers.is_main and resumed is None and data.train_set is not None
     teacher = _mining_teacher(config) if fresh_main else None  # a bad source stops the run here
+    distiller = None
+    if workers.is_main and config.distillation is not None:
+        distiller = _load_teacher(config, config.distillation.teacher, "distillation.teacher")
     run = RunFolder(config.runs_dir, config.name) if workers.is_main else None
     if run is not None:
         run.write_config(config)
@@ -612,7 +665,13 @@ def train(config: TrainConfig, show_progress: bool = True, resume: bool = False)
     model = load_sentence_transformer(config.base_model)
     model.max_seq_length = config.max_seq_length
     model.to(workers.device)
-    loss_module = build_embedding_loss(config.loss).to(workers.device)
+    loss_module = build_embedding_loss(config.loss)
+    if config.distillation is not None:
+        settings = config.distillation
+        loss_module = TeacherDistillationLoss(
+            loss_module, settings.weight, config.loss.temperature, settings.teacher_temperature
+        )
+    loss_module = loss_module.to(workers.device)
     started = time.perf_counter()
     if resumed is not None:
         prepared = {"before": resumed["run"]["before"], "negatives": resumed["run"]["negatives"]}
@@ -620,7 +679,8 @@ def train(config: TrainConfig, show_progress: bool = True, resume: bool = False)
     else:
         prepared = _prepare_run(model, config, data, workers, teacher)
 
-    loop = _build_loop(model, loss_module, config, data, rng, workers)
+    vectors = _distillation_vectors(config, data, workers, distiller)
+    loop = _build_loop(model, loss_module, config, data, rng, workers, vectors)
     progress = _restore(loop, model, rng, resumed) if resumed is not None else Progress()
 
     def checkpoint(state: Progress) -> None:

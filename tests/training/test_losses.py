@@ -18,6 +18,7 @@ from training.losses import (
     SigLIPLoss,
     WassersteinListwiseLoss,
 )
+from training.losses.distillation import TeacherDistillationLoss
 
 E = math.e
 EYE = torch.eye(2)
@@ -157,6 +158,25 @@ def test_wasserstein_listwise_is_the_cdf_gap_along_the_grades() -> None:
     moving = torch.tensor([[0.6, 0.8]], requires_grad=True)
     WassersteinListwiseLoss(0.1)(moving, docs, torch.tensor([[2, 1, 0]])).backward()
     assert moving.grad[0, 0] < 0  # increasing the first coordinate (towards the grade-2 document) lowers it
+
+
+def test_teacher_distillation_adds_the_kl_to_the_teacher_s_in_batch_distribution() -> None:
+    queries = torch.tensor([[1.0, 0], [0, 1]])
+    docs = torch.tensor([[1.0, 0], [0.6, 0.8]])  # the two positives (PAIRS layout, no hard negatives)
+    inner = InfoNCELoss(0.5)
+    student = (queries @ docs.T) / 0.5
+    # a teacher that agrees with the student (same cosines, same temperature): KL 0, the inner loss alone
+    agreeing = TeacherDistillationLoss(inner, weight=3.0, temperature=0.5, teacher_temperature=0.5)
+    value = agreeing(queries, docs, queries @ docs.T).item()
+    assert value == pytest.approx(inner(queries, docs).item(), abs=1e-6)
+    # a flat teacher: KL(uniform || softmax(student)) per row = -log 2 - mean(log softmax(row)), weighted
+    flat = TeacherDistillationLoss(inner, weight=2.0, temperature=0.5, teacher_temperature=1.0)
+    log_probs = torch.log_softmax(student, dim=1)
+    kl = (-math.log(2) - log_probs.mean(dim=1)).mean().item()
+    value = flat(queries, docs, torch.zeros(2, 2)).item()
+    assert value == pytest.approx(inner(queries, docs).item() + 2.0 * kl, abs=1e-6)
+    with pytest.raises(ValueError, match="wraps a pair loss"):
+        TeacherDistillationLoss(ListwiseSoftmaxLoss(), 1.0)
 
 
 def test_cosent() -> None:

@@ -431,6 +431,29 @@ def test_a_teacher_that_cannot_be_loaded_stops_before_training(
     assert train(teacher, show_progress=False).metrics["steps"] == 3  # a loadable teacher filters and trains
 
 
+def test_distillation_from_a_teacher_trains_with_cached_vectors(
+    tmp_path: Path, tiny_model: Path, small_beir: Path
+) -> None:
+    teacher = make_tiny_sentence_transformer(tmp_path / "teacher")  # another random model: a different view
+    cache = tmp_path / "cache"
+    distil = {"teacher": str(teacher), "weight": 0.5, "cache_dir": str(cache)}
+    config = _config(tmp_path, tiny_model, small_beir, distillation=distil, eval_sts=None)
+    first = train(config, show_progress=False)
+    assert first.metrics["steps"] == 3 and all(s["loss"] == s["loss"] for s in first.steps)
+    cached = sorted(cache.glob("*.pt"))
+    assert len(cached) == 2  # the training queries' and the documents' vectors
+    plain = train(_config(tmp_path, tiny_model, small_beir, name="plain", eval_sts=None), show_progress=False)
+    assert plain.steps[0]["loss"] != first.steps[0]["loss"]  # the KL term is in the loss
+    again = train(config.model_copy(update={"name": "again"}), show_progress=False)
+    assert sorted(cache.glob("*.pt")) == cached and again.steps[0]["loss"] == pytest.approx(first.steps[0]["loss"])
+    with pytest.raises(ConfigError, match=r"distillation\.teacher"):
+        bad = {**distil, "teacher": str(tmp_path / "missing")}
+        train(_config(tmp_path, tiny_model, small_beir, name="bad", distillation=bad), show_progress=False)
+    assert not (tmp_path / "runs" / "bad" / "steps.jsonl").exists()
+    with pytest.raises(ValueError, match="distillation wraps a pair loss"):
+        _config(tmp_path, tiny_model, small_beir, distillation=distil, **{"loss.name": "cwcl"})
+
+
 def test_blockrank_distillation_moves_scores_towards_the_teacher(tiny_model: Path, small_beir: Path) -> None:
     from training.blockrank import TrainingQuery, attach_teacher_scores, train_blockrank
     from training.eval.first_stage import encode

@@ -11,6 +11,8 @@ class BatchLayout(StrEnum):
     PAIRS = "pairs"
     # PAIRS + `reference` (b, dim): the positives embedded by a frozen copy of the base model
     PAIRS_WITH_REFERENCE = "pairs+reference"
+    # PAIRS + `teacher_scores` (b, n): a teacher's cosines of every query against every batch document
+    PAIRS_WITH_TEACHER = "pairs+teacher"
     # queries (b, dim), documents (b * s, dim), grades (b, b * s): graded lists, -1 = ignore
     GRADED_LISTS = "graded_lists"
     # left (b, dim), right (b, dim), scores (b,): sentence pairs with a gold similarity
