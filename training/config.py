@@ -29,10 +29,14 @@ class QuerySplit(Strict):
 
 
 class DataConfig(Strict):
-    format: Literal["beir", "pairs", "triplets", "sts"]
+    format: Literal["beir", "pairs", "triplets", "sts", "corpus"]
     path: Path
     qrels_split: str = "test"  # BEIR qrels file name (qrels/<split>.tsv)
     query_split: QuerySplit | None = QuerySplit()  # BEIR only; None = train on every query
+    # format corpus (no labels): queries made from the documents themselves (training/data/pseudo.py);
+    # a BEIR folder's own queries and qrels, if any, only evaluate (held-out half of query_split)
+    pseudo_queries: Literal["titles", "first_sentences"] = "titles"
+    pseudo_query_limit: int | None = Field(None, ge=1)
 
 
 class LossConfig(Strict):

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from training.config import ConfigError, TrainConfig
-from training.data.examples import load_retrieval
+from training.data.beir import load_beir
 
 DEFAULT_SELECTION = (0, 1)
 
@@ -39,9 +39,9 @@ def plan_splits(config: TrainConfig, count: int, selection: tuple[int, ...] = DE
     where = f"{config.name}: data.query_split"
     if count < 2:
         raise ConfigError(f"{where}: eval-splits needs at least 2 splits (got {count})")
-    if config.data.format != "beir" or config.data.query_split is None:
-        raise ConfigError(f"{where}: eval-splits needs data.format beir with a query_split")
-    dataset, _ = load_retrieval(config.data.format, config.data.path, config.data.qrels_split)
+    if config.data.format not in ("beir", "corpus") or config.data.query_split is None:
+        raise ConfigError(f"{where}: eval-splits needs data.format beir (or corpus) with a query_split")
+    dataset = load_beir(config.data.path, config.data.qrels_split)  # the judged queries that evaluate
     seeds = list(range(count))
     for seed in seeds:
         train, held_out = dataset.split_queries(seed, config.data.query_split.train_fraction)

@@ -34,8 +34,9 @@ from training.checkpoint import (
     set_rng_state,
 )
 from training.config import ConfigError, TrainConfig
-from training.data.beir import RetrievalDataset
+from training.data.beir import RetrievalDataset, load_beir
 from training.data.examples import load_retrieval, load_sts
+from training.data.pseudo import corpus_file, pseudo_query_dataset
 from training.data.sts import StsPair
 from training.distributed import (
     Workers,
@@ -253,12 +254,26 @@ class TrainingData:
     def load(cls, config: TrainConfig) -> TrainingData:
         if config.data.format == "sts":
             return cls(sts_pairs=load_sts(config.data.path))
+        if config.data.format == "corpus":
+            return cls._unlabelled(config)
         dataset, negatives = load_retrieval(config.data.format, config.data.path, config.data.qrels_split)
         if config.data.format == "beir" and config.data.query_split is not None:
             split = config.data.query_split
             train_set, eval_set = dataset.split_queries(split.seed, split.train_fraction)
             return cls(train_set, eval_set, negatives)
         return cls(dataset, None, negatives)
+
+    @classmethod
+    def _unlabelled(cls, config: TrainConfig) -> TrainingData:
+        """Pseudo-queries to train on; the folder's real judged queries (held-out half) to evaluate."""
+        data = config.data
+        train_set = pseudo_query_dataset(corpus_file(data.path), data.pseudo_queries, data.pseudo_query_limit)
+        eval_set = None
+        if data.path.is_dir() and (data.path / "qrels" / f"{data.qrels_split}.tsv").is_file():
+            eval_set = load_beir(data.path, data.qrels_split)
+            if data.query_split is not None:  # the same held-out half a labelled run scores on
+                eval_set = eval_set.split_queries(data.query_split.seed, data.query_split.train_fraction)[1]
+        return cls(train_set, eval_set, {})
 
 
 @dataclass

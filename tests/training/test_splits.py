@@ -65,7 +65,7 @@ def test_bad_split_plans_stop_with_one_line_before_training(tmp_path: Path, smal
     with pytest.raises(ConfigError, match="at least 2 splits"):
         plan_splits(config, 1)
     starved = config.model_copy(update={"data": config.data.model_copy(update={"query_split": None})})
-    with pytest.raises(ConfigError, match=r"needs data\.format beir with a query_split"):
+    with pytest.raises(ConfigError, match=r"needs data\.format beir \(or corpus\) with a query_split"):
         plan_splits(starved, 3)
     tiny_fraction = config.data.query_split.model_copy(update={"train_fraction": 0.01})  # type: ignore[union-attr]
     no_train = config.model_copy(update={"data": config.data.model_copy(update={"query_split": tiny_fraction})})
