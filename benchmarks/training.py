@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import sys
 import tempfile
@@ -117,14 +118,11 @@ def _mean_std(values: list[float]) -> str:
 
 
 def _keep_spliced(report: str) -> str:
-    """The sections other benchmarks splice into this report (benchmarks/training_processes.py,
-    between its markers) survive a rewrite."""
-    begin, end = "<!-- processes:", "<!-- /processes -->"
+    """The sections other benchmarks splice into this report (between `<!-- name: script -->` and
+    `<!-- /name -->`: training_processes.py, training_splits.py) survive a rewrite."""
     old = REPORT.read_text() if REPORT.is_file() else ""
-    if begin in old and end in old:
-        kept = begin + old.split(begin, 1)[1].split(end, 1)[0] + end
-        return report.rstrip("\n") + "\n\n" + kept + "\n"
-    return report
+    kept = [m.group(0) for m in re.finditer(r"<!-- (\w+): [^>]*-->.*?<!-- /\1 -->", old, re.S)]
+    return report.rstrip("\n") + "".join(f"\n\n{section}" for section in kept) + "\n"
 
 
 def markdown(results: dict) -> str:

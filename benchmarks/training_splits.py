@@ -1,0 +1,100 @@
+"""Does fine-tuning help on every query split, or on the one it was tuned on? Writes
+benchmarks/results/training_splits.{json,md} and the "Splits" section of benchmarks/training.md.
+
+Each config runs through `training.splits` (the code behind `python -m training eval-splits`): K
+query splits (seeds 0..K-1, held-out half of each), every metric's change after - before as mean ±
+std and minimum; the selection splits (0, 1) are where settings may be tuned, the report splits
+(2..K-1) are reported apart. Configs default to the Cranfield default.
+
+Run: .venv/bin/python benchmarks/training_splits.py [--configs training/configs/cranfield.yaml] [--splits 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.chdir(ROOT)
+
+from training.config import load_config  # noqa: E402
+from training.splits import markdown, plan_splits, run_splits  # noqa: E402
+from training.trainer import train  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "training_splits.json"
+REPORT = ROOT / "benchmarks" / "results" / "training_splits.md"
+TRAINING_REPORT = ROOT / "benchmarks" / "training.md"
+BEGIN, END = "<!-- splits: benchmarks/training_splits.py -->", "<!-- /splits -->"
+TARGETS = "mean Δ nDCG@10 ≥ +0.05 and every split ≥ +0.03; STS-B Spearman drop ≤ 1 point"
+
+
+def _section(results: dict) -> str:
+    lines = [
+        BEGIN,
+        "## Splits: the gain over query splits (issue 19)",
+        "",
+        f"{results['machine']}; {results['date']}. Command: `.venv/bin/python benchmarks/training_splits.py "
+        f"--splits {results['splits']}`. Changes are after - before on each split's held-out queries.",
+        "",
+    ]
+    for entry in results["configs"]:
+        lines += [f"### `{entry['config']}` ({entry['minutes']:.0f} min)", "", entry["table"]]
+        ndcg = entry["result"]["all"].get("ndcg@10")
+        sts = entry["result"]["all"].get("sts_spearman")
+        if ndcg:
+            per_split = ", ".join(f"{seed}: {v:+.4f}" for seed, v in ndcg["splits"].items())
+            lines.append(f"nDCG@10 change per split: {per_split}.")
+        if ndcg and sts:
+            met = ndcg["mean"] >= 0.05 and ndcg["min"] >= 0.03 and sts["min"] >= -1.0
+            lines.append(f"Labelled Cranfield targets ({TARGETS}): {'met' if met else 'not met'}.")
+        lines.append("")
+    lines += [END, ""]
+    return "\n".join(lines)
+
+
+def _splice(report: Path, section: str) -> None:
+    text = report.read_text() if report.is_file() else ""
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + section.rstrip("\n") + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    report.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--configs", default="training/configs/cranfield.yaml")
+    parser.add_argument("--splits", type=int, default=5)
+    args = parser.parse_args()
+    entries = []
+    with tempfile.TemporaryDirectory() as runs:
+        for path in args.configs.split(","):
+            config = load_config(Path(path), {"runs_dir": runs, "export": None})
+            plan = plan_splits(config, args.splits)
+            started = time.perf_counter()
+            result = run_splits(config, plan, lambda c: train(c, show_progress=False))
+            minutes = (time.perf_counter() - started) / 60
+            entries.append({"config": path, "minutes": minutes, "result": result, "table": markdown(result)})
+            print(markdown(result), flush=True)
+    results = {
+        "machine": f"{os.cpu_count()} cores, {platform.machine()}",
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "splits": args.splits,
+        "configs": entries,
+    }
+    RESULTS.write_text(json.dumps(results, indent=2))
+    section = _section(results)
+    REPORT.write_text(section)
+    _splice(TRAINING_REPORT, section)
+
+
+if __name__ == "__main__":
+    main()
