@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from report import splice_section  # benchmarks/report.py (this script's folder)
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "training_processes.json"
 REPORT = ROOT / "benchmarks" / "results" / "training_processes.md"
@@ -121,17 +123,6 @@ def _notes(rows: list[dict]) -> list[str]:
     ]
 
 
-def _splice(report: Path, section: str) -> None:
-    """Put `section` into the training report between its markers (appended the first time)."""
-    text = report.read_text() if report.is_file() else ""
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section.rstrip("\n") + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    report.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=12)
@@ -161,7 +152,7 @@ def main() -> None:
 def _write(results: dict) -> None:
     section = markdown(results)
     REPORT.write_text(section)
-    _splice(TRAINING_REPORT, section)
+    splice_section(TRAINING_REPORT, BEGIN, END, section)
     print(section)
 
 

@@ -24,6 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.chdir(ROOT)
 
+from report import splice_section  # noqa: E402  # benchmarks/report.py
+
 from training.config import load_config  # noqa: E402
 from training.splits import markdown, plan_splits, run_splits  # noqa: E402
 from training.trainer import train  # noqa: E402
@@ -59,16 +61,6 @@ def _section(results: dict) -> str:
     return "\n".join(lines)
 
 
-def _splice(report: Path, section: str) -> None:
-    text = report.read_text() if report.is_file() else ""
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section.rstrip("\n") + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    report.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--configs", default="training/configs/cranfield.yaml")
@@ -93,7 +85,7 @@ def main() -> None:
     RESULTS.write_text(json.dumps(results, indent=2))
     section = _section(results)
     REPORT.write_text(section)
-    _splice(TRAINING_REPORT, section)
+    splice_section(TRAINING_REPORT, BEGIN, END, section)
 
 
 if __name__ == "__main__":

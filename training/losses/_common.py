@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from training.losses.layouts import BatchLayout
+
 
 def cosine_scores(queries: torch.Tensor, documents: torch.Tensor) -> torch.Tensor:
     """(b, dim) x (n, dim) -> (b, n) cosine similarities."""
@@ -27,3 +29,24 @@ class Temperature(nn.Module):
 
     def forward(self) -> torch.Tensor:
         return self.log_value.exp().clamp(0.01, 1.0)
+
+
+def graded_targets(grades: torch.Tensor, target_temperature: float) -> torch.Tensor:
+    """(b, n) grades -> (b, n) target distribution softmax(grade / τ_target) over the relevant
+    (grade > 0) documents of each row, 0 elsewhere; rows without one come out NaN (callers skip them)."""
+    logits = (grades.float() / target_temperature).masked_fill(grades <= 0, float("-inf"))
+    return torch.softmax(logits, dim=1)
+
+
+class GradedListLoss(nn.Module):
+    """Base of the losses over graded lists: a (fixed or learned) score temperature and the target
+    temperature of `graded_targets`."""
+
+    layout = BatchLayout.GRADED_LISTS
+
+    def __init__(
+        self, temperature: float = 0.05, target_temperature: float = 1.0, learnable_temperature: bool = False
+    ) -> None:
+        super().__init__()
+        self.temperature = Temperature(temperature, learnable_temperature)
+        self.target_temperature = target_temperature

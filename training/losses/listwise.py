@@ -19,28 +19,16 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from training.losses._common import Temperature, cosine_scores
-from training.losses.layouts import BatchLayout
+from training.losses._common import GradedListLoss, cosine_scores, graded_targets
 
 
-class ListwiseSoftmaxLoss(nn.Module):
-    layout = BatchLayout.GRADED_LISTS
-
-    def __init__(
-        self, temperature: float = 0.05, target_temperature: float = 1.0, learnable_temperature: bool = False
-    ) -> None:
-        super().__init__()
-        self.temperature = Temperature(temperature, learnable_temperature)
-        self.target_temperature = target_temperature
-
+class ListwiseSoftmaxLoss(GradedListLoss):
     def forward(self, queries: torch.Tensor, documents: torch.Tensor, grades: torch.Tensor) -> torch.Tensor:
         scores = cosine_scores(queries, documents) / self.temperature()  # (b, n)
         valid = grades >= 0  # (b, n)
         relevant = grades > 0  # (b, n)
         has_target = relevant.any(dim=1)  # (b,) a row without a relevant document teaches nothing
-        target_logits = (grades.float() / self.target_temperature).masked_fill(~relevant, float("-inf"))
-        targets = torch.softmax(target_logits[has_target], dim=1)  # (b', n)
+        targets = graded_targets(grades[has_target], self.target_temperature)  # (b', n)
         log_probs = F.log_softmax(scores.masked_fill(~valid, float("-inf"))[has_target], dim=1)  # (b', n)
         return -(targets * log_probs.masked_fill(~valid[has_target], 0.0)).sum(1).mean()

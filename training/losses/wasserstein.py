@@ -20,22 +20,11 @@ lists; this is its 1-D form on the grade axis.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from training.losses._common import Temperature, cosine_scores
-from training.losses.layouts import BatchLayout
+from training.losses._common import GradedListLoss, cosine_scores, graded_targets
 
 
-class WassersteinListwiseLoss(nn.Module):
-    layout = BatchLayout.GRADED_LISTS
-
-    def __init__(
-        self, temperature: float = 0.05, target_temperature: float = 1.0, learnable_temperature: bool = False
-    ) -> None:
-        super().__init__()
-        self.temperature = Temperature(temperature, learnable_temperature)
-        self.target_temperature = target_temperature
-
+class WassersteinListwiseLoss(GradedListLoss):
     def forward(self, queries: torch.Tensor, documents: torch.Tensor, grades: torch.Tensor) -> torch.Tensor:
         valid = grades >= 0  # (b, n)
         relevant = grades > 0  # (b, n)
@@ -44,8 +33,7 @@ class WassersteinListwiseLoss(nn.Module):
             return queries.sum() * 0.0  # nothing to learn, still a graph
         scores = cosine_scores(queries, documents) / self.temperature()  # (b, n)
         probs = torch.softmax(scores.masked_fill(~valid, float("-inf"))[rows], dim=1)  # (b', n)
-        target_logits = (grades.float() / self.target_temperature).masked_fill(~relevant, float("-inf"))
-        targets = torch.softmax(target_logits[rows], dim=1)  # (b', n)
+        targets = graded_targets(grades[rows], self.target_temperature)  # (b', n)
         kept = grades[rows]  # (b', n)
         levels = torch.unique(kept[kept >= 0])  # (G,) ascending grade levels
         # mass at or below each level: (b', G), via a (b', n, G) indicator
