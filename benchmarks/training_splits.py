@@ -27,7 +27,7 @@ os.chdir(ROOT)
 from report import splice_section  # noqa: E402  # benchmarks/report.py
 
 from training.config import load_config  # noqa: E402
-from training.splits import markdown, plan_splits, run_splits  # noqa: E402
+from training.splits import DEFAULT_SELECTION, SplitPlan, assemble, markdown, plan_splits, run_splits  # noqa: E402
 from training.trainer import train  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "training_splits.json"
@@ -65,7 +65,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--configs", default="training/configs/cranfield.yaml")
     parser.add_argument("--splits", type=int, default=5)
+    parser.add_argument(
+        "--summarize-runs", type=Path, help="a runs folder of a stopped run: report the splits it finished"
+    )
     args = parser.parse_args()
+    if args.summarize_runs:
+        _write([_finished(args.summarize_runs, Path(p), args.splits) for p in args.configs.split(",")], args.splits)
+        return
     entries = []
     with tempfile.TemporaryDirectory() as runs:
         for path in args.configs.split(","):
@@ -76,10 +82,29 @@ def main() -> None:
             minutes = (time.perf_counter() - started) / 60
             entries.append({"config": path, "minutes": minutes, "result": result, "table": markdown(result)})
             print(markdown(result), flush=True)
+    _write(entries, args.splits)
+
+
+def _finished(runs: Path, config_path: Path, count: int) -> dict:
+    """The entry for the splits of `config_path` that have a metrics.json under `runs`."""
+    config = load_config(config_path)
+    metrics = {}
+    for seed in range(count):
+        path = runs / f"{config.name}-split{seed}" / "metrics.json"
+        if path.is_file():
+            metrics[seed] = json.loads(path.read_text())
+    plan = SplitPlan(sorted(metrics), [s for s in DEFAULT_SELECTION if s in metrics])
+    result = assemble(config.name, plan, metrics)
+    minutes = sum(m.get("total_seconds", 0) for m in metrics.values()) / 60
+    note = f"{len(metrics)} of {count} splits finished (the run was stopped)." if len(metrics) < count else ""
+    return {"config": str(config_path), "minutes": minutes, "result": result, "table": markdown(result) + "\n" + note}
+
+
+def _write(entries: list[dict], splits: int) -> None:
     results = {
         "machine": f"{os.cpu_count()} cores, {platform.machine()}",
         "date": time.strftime("%Y-%m-%d %H:%M"),
-        "splits": args.splits,
+        "splits": splits,
         "configs": entries,
     }
     RESULTS.write_text(json.dumps(results, indent=2))

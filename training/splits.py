@@ -80,6 +80,22 @@ def metric_deltas(metrics: dict[str, Any]) -> dict[str, float]:
     }
 
 
+def assemble(name: str, plan: SplitPlan, runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """The summary of finished runs (seed -> metrics.json): all splits, selection and report apart."""
+    deltas = {seed: metric_deltas(metrics) for seed, metrics in runs.items()}
+    return {
+        "name": name,
+        "seeds": plan.seeds,
+        "selection_splits": plan.selection,
+        "report_splits": plan.report,
+        "all": summarize(deltas),
+        "selection": summarize({s: deltas[s] for s in plan.selection}) if plan.selection else {},
+        "report": summarize({s: deltas[s] for s in plan.report}) if plan.report else {},
+        "before": {seed: m.get("before", {}) for seed, m in runs.items()},
+        "after": {seed: m.get("after", {}) for seed, m in runs.items()},
+    }
+
+
 def run_splits(config: TrainConfig, plan: SplitPlan, train: Callable[[TrainConfig], Any]) -> dict[str, Any]:
     """Train `config` on every split of `plan` (with `train`, returning an object with .metrics);
     writes `<runs_dir>/<name>-splits.json` and returns it."""
@@ -91,18 +107,7 @@ def run_splits(config: TrainConfig, plan: SplitPlan, train: Callable[[TrainConfi
         data = config.data.model_copy(update={"query_split": split})
         run_config = config.model_copy(update={"name": f"{config.name}-split{seed}", "data": data, "export": None})
         runs[seed] = train(run_config).metrics
-    deltas = {seed: metric_deltas(metrics) for seed, metrics in runs.items()}
-    result = {
-        "name": config.name,
-        "seeds": plan.seeds,
-        "selection_splits": plan.selection,
-        "report_splits": plan.report,
-        "all": summarize(deltas),
-        "selection": summarize({s: deltas[s] for s in plan.selection}) if plan.selection else {},
-        "report": summarize({s: deltas[s] for s in plan.report}) if plan.report else {},
-        "before": {seed: m.get("before", {}) for seed, m in runs.items()},
-        "after": {seed: m.get("after", {}) for seed, m in runs.items()},
-    }
+    result = assemble(config.name, plan, runs)
     out = Path(config.runs_dir) / f"{config.name}-splits.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
