@@ -198,17 +198,6 @@ def _pair_ids(
     return query_ids, doc_ids
 
 
-def _pair_groups(
-    batch: list[tuple[str, str]],
-    dataset: RetrievalDataset,
-    negatives: dict[str, list[str]],
-    count: int,
-    rng: random.Random,
-) -> list[list[str]]:
-    query_ids, doc_ids = _pair_ids(batch, dataset, negatives, count, rng)
-    return [[dataset.queries[q] for q in query_ids], [dataset.doc_text(d) for d in doc_ids]]
-
-
 def _list_groups(
     batch: list[tuple[str, str]],
     dataset: RetrievalDataset,
@@ -313,11 +302,17 @@ class BatchContext:
     teacher: TeacherVectors | None = None  # a stronger bi-encoder's cached vectors (distillation)
 
 
+def _pair_batch(context: BatchContext, batch: list[tuple[str, str]]) -> tuple[Batch, list[str], list[str]]:
+    """The PAIRS batch and the ids behind its rows (query ids, document ids)."""
+    data, count = context.data.train_set, context.config.hard_negatives
+    assert data is not None
+    query_ids, doc_ids = _pair_ids(batch, data, context.data.negatives, count, context.rng)
+    groups = [[data.queries[q] for q in query_ids], [data.doc_text(d) for d in doc_ids]]
+    return Batch(groups, [[1], [1, count] if count else [1]]), query_ids, doc_ids
+
+
 def _pairs(context: BatchContext, batch: list[tuple[str, str]]) -> Batch:
-    assert context.data.train_set is not None
-    count = context.config.hard_negatives
-    groups = _pair_groups(batch, context.data.train_set, context.data.negatives, count, context.rng)
-    return Batch(groups, [[1], [1, count] if count else [1]])
+    return _pair_batch(context, batch)[0]
 
 
 def _pairs_with_reference(context: BatchContext, batch: list[tuple[str, str]]) -> Batch:
@@ -331,12 +326,10 @@ def _pairs_with_reference(context: BatchContext, batch: list[tuple[str, str]]) -
 
 
 def _pairs_with_teacher(context: BatchContext, batch: list[tuple[str, str]]) -> Batch:
-    data, count = context.data.train_set, context.config.hard_negatives
-    assert data is not None and context.teacher is not None
-    query_ids, doc_ids = _pair_ids(batch, data, context.data.negatives, count, context.rng)
-    groups = [[data.queries[q] for q in query_ids], [data.doc_text(d) for d in doc_ids]]
-    teacher_scores = context.teacher.scores(query_ids, doc_ids)  # (b, n)
-    return Batch(groups, [[1], [1, count] if count else [1]], extras={"teacher_scores": teacher_scores})
+    assert context.teacher is not None
+    plain, query_ids, doc_ids = _pair_batch(context, batch)
+    plain.extras["teacher_scores"] = context.teacher.scores(query_ids, doc_ids)  # (b, n)
+    return plain
 
 
 def _graded_lists(context: BatchContext, batch: list[tuple[str, str]]) -> Batch:
