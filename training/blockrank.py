@@ -13,14 +13,10 @@ candidates from the bi-encoder, zero-shot evaluation, training, evaluation, expo
 
 from __future__ import annotations
 
-import json
 import random
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from app.inference.blockrank import BlockRankModel
@@ -29,7 +25,15 @@ from training.data.beir import RetrievalDataset
 from training.losses.blockrank_infonce import blockrank_loss
 from training.losses.listwise_distillation import ListwiseDistillationLoss
 from training.models.blockrank import answer_ids, dropout_off, forward_with_answer, trainable_parameters
-from training.run import RunFolder, seed_everything
+from training.rerank_lists import (
+    QueryMixture,
+    TrainingQuery,
+    attach_teacher_scores,
+    draw_list,
+    labelled_queries,
+    title_queries,
+)
+from training.run import RunFolder, seed_everything, step_log_at
 
 
 def rerank_with_blockrank(
@@ -50,65 +54,10 @@ def rerank_with_blockrank(
     return run
 
 
-@dataclass
-class TrainingQuery:
-    """One query BlockRank trains on, with the first stage's candidates for it."""
-
-    text: str
-    candidates: list[str]  # first-stage ranking: hard negatives, or the pool a pseudo-query's list is drawn from
-    qrels: dict[str, int] | None = None  # judged documents; None for a pseudo-query (distillation only)
-    teacher: dict[str, float] | None = None  # teacher score per candidate (listwise distillation)
-
-
-def labelled_queries(train_set: RetrievalDataset, candidates: dict[str, list[str]]) -> list[TrainingQuery]:
-    return [
-        TrainingQuery(train_set.queries[q], candidates[q], train_set.qrels[q])
-        for q in train_set.queries
-        if train_set.qrels.get(q) and candidates.get(q)
-    ]
-
-
-def title_queries(dataset: RetrievalDataset, min_words: int = 3) -> dict[str, str]:
-    """Pseudo-queries without judgements: each document's title (titles of < `min_words` words are
-    too vague to rank by). Keyed `title:<doc id>`."""
-    titles = {}
-    for doc_id, doc in dataset.corpus.items():
-        title = (doc.get("title") or "").strip()
-        if len(title.split()) >= min_words:
-            titles[f"title:{doc_id}"] = title
-    return titles
-
-
-def attach_teacher_scores(
-    queries: list[TrainingQuery],
-    doc_text: dict[str, str],
-    teachers: list,  # type: ignore[type-arg]  # sentence-transformers bi-encoders
-    known_doc_vectors: dict[int, dict[str, np.ndarray]] | None = None,
-) -> None:
-    """Set each query's teacher scores: the mean over teachers of cosine(query, candidate).
-    `known_doc_vectors` maps a teacher's index to document vectors by id it already encoded."""
-    from training.eval.first_stage import encode
-
-    # candidates and judged documents: a judged one the first stage missed can be a training positive
-    scored = [list(dict.fromkeys([*q.candidates, *(q.qrels or {})])) for q in queries]
-    docs = sorted({d for ids in scored for d in ids})
-    total = {i: np.zeros(len(ids)) for i, ids in enumerate(scored)}
-    for t, teacher in enumerate(teachers):
-        if known_doc_vectors and t in known_doc_vectors:
-            doc_vectors = known_doc_vectors[t]
-        else:
-            doc_vectors = dict(zip(docs, encode(teacher, [doc_text[d] for d in docs]), strict=True))
-        query_vectors = encode(teacher, [q.text for q in queries])
-        for i, ids in enumerate(scored):
-            total[i] += np.stack([doc_vectors[d] for d in ids]) @ query_vectors[i]
-    for i, query in enumerate(queries):
-        query.teacher = dict(zip(scored[i], (total[i] / len(teachers)).tolist(), strict=True))
-
-
 def train_blockrank(
     model: BlockRankModel,
     tokenizer,  # type: ignore[no-untyped-def]
-    queries: list[TrainingQuery],
+    queries: list[TrainingQuery] | QueryMixture,
     doc_text: dict[str, str],
     steps: int,
     list_size: int = 16,
@@ -123,7 +72,8 @@ def train_blockrank(
     pseudo_fraction: float = 0.5,
 ) -> list[dict[str, float]]:
     """Train on `queries`: judged ones with the label loss (+ distillation where they carry teacher
-    scores); pseudo-queries (no qrels) with distillation only, drawn with probability `pseudo_fraction`."""
+    scores), unjudged ones with distillation only. A list of queries draws the unjudged ones with
+    probability `pseudo_fraction`; a `QueryMixture` draws by its own weights."""
     rng = random.Random(seed)
     torch.manual_seed(seed)
     dropout_off(model)  # one prompt per step: dropout noise would dominate the small batch
@@ -131,39 +81,17 @@ def train_blockrank(
     parameters = list(model.parameters()) if answer_loss else trainable_parameters(model)
     optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.01)
     distill = ListwiseDistillationLoss(distill_temperature)
-    judged = [q for q in queries if q.qrels]
-    pseudo = [q for q in queries if not q.qrels and q.teacher]
-    if not judged and not pseudo:
-        raise ValueError("no training queries: none is judged and none has teacher scores")
-
-    def passes(pool: list[TrainingQuery]) -> Iterator[TrainingQuery]:
-        while pool:  # an empty pool is never drawn from (see use_pseudo)
-            rng.shuffle(pool)  # a new pass over this kind of query
-            yield from pool
-
-    next_judged, next_pseudo = passes(judged), passes(pseudo)
+    if isinstance(queries, QueryMixture):
+        mixture = queries
+    else:
+        mixture = QueryMixture.judged_and_pseudo(queries, pseudo_fraction, rng)
     history = []
     started = time.perf_counter()
-    handle = log_path.open("w") if log_path else None
 
-    try:
+    with step_log_at(log_path) as log:
         for step in range(steps):
-            use_pseudo = bool(pseudo) and (not judged or rng.random() < pseudo_fraction)
-            query = next(next_pseudo if use_pseudo else next_judged)
-            pool = query.candidates[: 3 * list_size]
-            target = None
-            if query.qrels:
-                # The positive comes from the first stage's candidates when it found any: prompts then look
-                # like the ones to rerank, and a judged document the retriever missed (often unlike the
-                # query) against hard negatives (like it) would teach "unlike the query = relevant".
-                found = {d: g for d, g in query.qrels.items() if d in query.candidates} or query.qrels
-                positive = rng.choices(list(found), weights=list(found.values()))[0]
-                negatives = [d for d in pool if d not in query.qrels]
-                chosen = [positive, *rng.sample(negatives, min(len(negatives), list_size - 1))]
-                rng.shuffle(chosen)
-                target = chosen.index(positive)
-            else:
-                chosen = rng.sample(pool, min(len(pool), list_size))
+            source, query = mixture.next()
+            chosen, target = draw_list(query, list_size, rng)
             inputs = model.encode_prompt(tokenizer, query.text, [doc_text[d] for d in chosen])
             if answer_loss and target is not None:
                 scores, answer = forward_with_answer(model, inputs, answer_ids(tokenizer, target + 1))
@@ -183,15 +111,12 @@ def train_blockrank(
                 "step": step + 1,
                 "loss": round(loss.item(), 5),
                 "pseudo": int(target is None),
+                "source": source,
                 "elapsed_s": round(time.perf_counter() - started, 1),
             }
             history.append(record)
-            if handle:
-                handle.write(json.dumps(record) + "\n")
-                handle.flush()
-    finally:
-        if handle:
-            handle.close()
+            if log:
+                log.write(record)
     model.eval()
     return history
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -20,10 +21,12 @@ from training.config import CrossEncoderConfig
 from training.data.beir import RetrievalDataset, load_beir
 from training.eval.first_stage import CorpusIndex, judged_queries
 from training.eval.metrics import ir_metrics, ranked_run
+from training.losses.listwise_distillation import ListwiseDistillationLoss
 from training.losses.registry import build_cross_encoder_loss
 from training.mine import mine_negatives
 from training.models.cross_encoder import load_classifier, mining_rescorer, rerank_run
-from training.run import RunFolder, seed_everything
+from training.rerank_lists import QueryMixture, draw_list
+from training.run import RunFolder, seed_everything, step_log_at
 from training.sources import load_sentence_transformer
 
 log = logging.getLogger(__name__)
@@ -121,3 +124,69 @@ def train_cross_encoder(config: CrossEncoderConfig, show_progress: bool = True) 
             eval_scores={f"{dataset.name}/rerank-ndcg@10": round(metrics["reranked"]["ndcg@10"], 5)},
         )
     return metrics
+
+
+def train_on_lists(
+    model,  # type: ignore[no-untyped-def]
+    tokenizer,  # type: ignore[no-untyped-def]
+    mixture: QueryMixture,
+    doc_text: dict[str, str],
+    steps: int,
+    list_size: int = 8,
+    lists_per_step: int = 4,
+    learning_rate: float = 3e-5,
+    distill_weight: float = 1.0,
+    distill_temperature: float = 0.02,
+    seed: int = 0,
+    log_path: Path | None = None,
+) -> list[dict[str, float]]:
+    """Train the cross-encoder on lists drawn from `mixture` (as BlockRank trains): a judged list's
+    loss is the softmax cross-entropy of its logits with the drawn positive as the answer; a list
+    whose query carries teacher scores adds `distill_weight` x the listwise KL to the teachers'
+    distribution (an unjudged query has that term only). Returns the per-step log."""
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01)
+    distill = ListwiseDistillationLoss(distill_temperature)
+    history = []
+    started = time.perf_counter()
+    with step_log_at(log_path) as log:
+        for step in range(steps):
+            lists = []
+            for _ in range(lists_per_step):
+                _, query = mixture.next()
+                chosen, target = draw_list(query, list_size, rng)
+                lists.append((query, chosen, target))
+            features = tokenizer(
+                [query.text for query, chosen, _ in lists for _ in chosen],
+                [doc_text[d] for _, chosen, _ in lists for d in chosen],
+                padding=True,
+                truncation="only_second",
+                return_tensors="pt",
+            )
+            logits = model(**features).logits[:, 0]  # (pairs,): every list's documents in turn
+            losses = []
+            for (query, chosen, target), scores in zip(lists, logits.split([len(c) for _, c, _ in lists]), strict=True):
+                loss = scores.new_zeros(())  # scores: (N,) this list's logits
+                if target is not None:
+                    loss = loss + torch.nn.functional.cross_entropy(scores[None], torch.tensor([target]))
+                if query.teacher is not None and distill_weight > 0:
+                    teacher = torch.tensor([query.teacher[d] for d in chosen], dtype=scores.dtype)  # (N,)
+                    loss = loss + distill_weight * distill(scores, teacher)
+                losses.append(loss)
+            loss = torch.stack(losses).mean()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            record = {
+                "step": step + 1,
+                "loss": round(loss.item(), 5),
+                "elapsed_s": round(time.perf_counter() - started, 1),
+            }
+            history.append(record)
+            if log:
+                log.write(record)
+    model.eval()
+    return history

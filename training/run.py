@@ -39,6 +39,16 @@ class StepLog:
         self._handle.flush()  # a killed run keeps every step it finished
 
 
+@contextmanager
+def step_log_at(path: Path | None) -> Iterator[StepLog | None]:
+    """A StepLog writing a fresh `path`; None when there is no path (no log kept)."""
+    if path is None:
+        yield None
+        return
+    with path.open("w") as handle:
+        yield StepLog(handle)
+
+
 class RunFolder:
     def __init__(self, runs_dir: Path, name: str) -> None:
         self.path = runs_dir / name

@@ -455,9 +455,10 @@ def test_distillation_from_a_teacher_trains_with_cached_vectors(
 
 
 def test_blockrank_distillation_moves_scores_towards_the_teacher(tiny_model: Path, small_beir: Path) -> None:
-    from training.blockrank import TrainingQuery, attach_teacher_scores, train_blockrank
+    from training.blockrank import train_blockrank
     from training.eval.first_stage import encode
     from training.models.blockrank import load_blockrank
+    from training.rerank_lists import TrainingQuery, attach_teacher_scores
     from training.sources import load_sentence_transformer
 
     dataset = load_beir(small_beir)

@@ -22,7 +22,7 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 MIN_QUERY_WORDS, MIN_POSITIVE_WORDS = 3, 8
 
 
-def _first_sentence(text: str) -> tuple[str, str] | None:
+def first_sentence(text: str) -> tuple[str, str] | None:
     parts = _SENTENCE_END.split(text.strip(), maxsplit=1)
     if len(parts) < 2:
         return None
@@ -40,7 +40,7 @@ def pseudo_query_dataset(corpus_file: Path, kind: PseudoQueries, limit: int | No
         if kind == "titles":
             query, positive = title, {"title": "", "text": body}
         else:
-            split = _first_sentence(body)
+            split = first_sentence(body)
             if split is None:
                 continue
             query, rest = split
