@@ -478,14 +478,17 @@ class Collection:
         with self._write_lock:
             snap = reading.enter_context(self.store.snapshot())
             self._catch_up_from = snap.last_op  # prune_ops keeps every op after it
+            ops_at_build = self.store.ops_written()
         with reading:
-            chosen, candidates = self._choose_auto(snap) if spec == "auto" else (spec, [])
+            churn = self._write_churn(ops_at_build) if spec == "auto" else None
+            chosen, candidates = self._choose_auto(snap, churn) if spec == "auto" else (spec, [])
             held_out = self._held_out_keys(snap) if chosen != "Flat" else np.empty(0, np.int64)
             new_index = self._build_from_store(chosen, snap, held_out)
             report = self._measure_and_tune(new_index, snap, held_out)
             if len(held_out):
                 new_index.add(held_out, snap.vectors(held_out))
             report.candidates = [asdict(c) for c in candidates]
+            report.ops_at_build, report.write_churn = ops_at_build, churn
         with self._write_lock:  # block writers only for the catch-up and the swap
             self._catch_up(new_index, self.store.changes_since(snap.last_op))
             with self._index_lock:
@@ -498,13 +501,24 @@ class Collection:
             self.snapshot()
         return report
 
-    def _choose_auto(self, snap: StoreSnapshot) -> tuple[str, list[index_choice.Candidate]]:
+    def _choose_auto(self, snap: StoreSnapshot, churn: float | None) -> tuple[str, list[index_choice.Candidate]]:
         """Flat while small; above that, the candidates tried on a sample (index_choice)."""
         n = snap.count()
         if n <= index_choice.FLAT_MAX:
             return "Flat", []
         sample = self._training_sample(snap, index_choice.SAMPLE)
-        return index_choice.choose(sample, n, self.config.metric, self.memory_budget_bytes, self.recall_target)
+        write_heavy = churn is not None and churn >= index_choice.WRITE_HEAVY_CHURN
+        return index_choice.choose(
+            sample, n, self.config.metric, self.memory_budget_bytes, self.recall_target, write_heavy
+        )
+
+    def _write_churn(self, ops_now: int) -> float | None:
+        """Documents written (added or deleted) since the previous build, per document that build
+        held; None before the first build (or one recorded without its op counter)."""
+        previous = self.config.last_build or {}
+        if "ops_at_build" not in previous or not previous.get("n"):
+            return None
+        return round((ops_now - previous["ops_at_build"]) / previous["n"], 3)
 
     @staticmethod
     def _held_out_keys(snap: StoreSnapshot) -> np.ndarray:

@@ -5,6 +5,12 @@ candidate whose estimated memory for the whole collection fits the budget is bui
 the collection (SAMPLE vectors), tuned to the recall target on queries held out of that sample, and
 timed on them one query at a time (as search runs); the fastest one that reaches the target wins,
 or, when none does, the one with the best recall. Every candidate's figures are recorded.
+
+Write-heavy collections (since the previous build, at least WRITE_HEAVY_CHURN writes per document
+that build held) do not get an IVF index while a graph index fits: IVF assigns every new vector to
+lists trained on an older snapshot, so its recall at the tuned nprobe decays as the data drifts, and
+each re-train is a full rebuild; HNSW inserts each vector into its graph as it comes and keeps its
+recall under adds.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ FLAT_MAX = 50_000
 SAMPLE = 100_000  # vectors each candidate is built on
 TRIAL_QUERIES = 200
 HNSW_LINKS = 32
+WRITE_HEAVY_CHURN = 1.0  # writes since the previous build per document it held
 
 
 @dataclass
@@ -63,20 +70,27 @@ def trial_spec(spec: str, sample_size: int) -> str:
 
 
 def choose(
-    sample: np.ndarray, n: int, metric: str, memory_budget_bytes: int, target: float
+    sample: np.ndarray, n: int, metric: str, memory_budget_bytes: int, target: float, write_heavy: bool = False
 ) -> tuple[str, list[Candidate]]:
     """(the spec to build for n vectors, every candidate's figures). `sample`: (m, dim) vectors of
-    the collection, m > TRIAL_QUERIES."""
+    the collection, m > TRIAL_QUERIES. `write_heavy`: IVF is not tried while a graph index fits."""
     dim = sample.shape[1]
     order = np.random.default_rng(0).permutation(len(sample))
     queries, data = sample[order[:TRIAL_QUERIES]], sample[order[TRIAL_QUERIES:]]
     keys = np.arange(len(data), dtype=np.int64)
     truth = exact_top_k([(keys, data)], queries, metric)
     candidates = []
-    for spec in candidate_specs(n, dim):
+    specs = candidate_specs(n, dim)
+    graph_fits = any(not s.startswith("IVF") and estimated_memory(s, n, dim) <= memory_budget_bytes for s in specs)
+    for spec in specs:
         candidate = Candidate(spec, estimated_memory(spec, n, dim))
         if candidate.memory_bytes > memory_budget_bytes:
             candidate.skipped = f"needs ~{candidate.memory_bytes >> 20} MiB, over the budget"
+        elif write_heavy and graph_fits and spec.startswith("IVF"):
+            candidate.skipped = (
+                f"write-heavy collection (>= {WRITE_HEAVY_CHURN:g} writes per document since the last build): "
+                "IVF's lists would drift from the data; a graph index keeps its recall under adds"
+            )
         else:
             _trial(candidate, trial_spec(spec, len(data)), metric, data, keys, queries, truth, target)
         candidates.append(candidate)

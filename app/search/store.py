@@ -357,6 +357,13 @@ class DocumentStore:
             row = self._db.execute("SELECT MAX(op) FROM ops").fetchone()
         return row[0] or 0
 
+    def ops_written(self) -> int:
+        """Ops ever written (one per document added or deleted), pruned ones included: the op log's
+        AUTOINCREMENT counter, which never goes back."""
+        with self._locked():
+            row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'ops'").fetchone()
+        return row[0] if row else 0
+
     def changes_since(self, op: int) -> list[Change]:
         with self._locked():
             rows = self._db.execute("SELECT op, kind, key FROM ops WHERE op > ? ORDER BY op", (op,)).fetchall()

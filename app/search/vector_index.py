@@ -97,6 +97,9 @@ class BuildReport:
     recall_target: float | None = None
     # `auto` only: every index type tried on a sample, with its recall, latency and memory.
     candidates: list[dict[str, Any]] = field(default_factory=list)
+    ops_at_build: int = 0  # the store's op counter when the build read it (writes since = now - this)
+    # `auto` only: writes since the previous build per document it held (None: no previous build)
+    write_churn: float | None = None
 
 
 class VectorIndex:

@@ -66,6 +66,43 @@ def test_auto_tries_what_fits_and_picks_the_fastest_reaching_the_target(
     collection.close()
 
 
+def test_a_write_heavy_collection_gets_a_graph_index_not_ivf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`auto` measures writes since the previous build per document it held; from WRITE_HEAVY_CHURN
+    on it skips IVF (which would drift) while HNSW fits, and records why; below it, IVF competes."""
+    from app.search.collection import Collection, CollectionConfig
+    from app.search.store import Document
+
+    monkeypatch.setattr(index_choice, "FLAT_MAX", 1_000)
+    dim = 32
+    points = np.random.default_rng(3).normal(size=(8_000, dim)).astype(np.float32)
+    config = CollectionConfig("busy", "m", dim)
+    config.save(tmp_path)
+    collection = Collection(tmp_path, config, 1 << 30)
+
+    def write(start: int, stop: int) -> None:
+        collection.upsert([Document(f"v{i}", None, {}, points[i]) for i in range(start, stop)])
+
+    write(0, 2_000)
+    first = collection.optimize()
+    assert first.write_churn is None and first.ops_at_build == collection.store.ops_written() == 2_000
+    assert all(c["skipped"] is None for c in first.candidates)  # no history: everything competes
+    write(2_000, 2_500)  # 500 writes per 2,000 documents: churn 0.25
+    calm = collection.optimize()
+    assert calm.write_churn == 0.25 and all(c["skipped"] is None for c in calm.candidates)
+    collection.delete([f"v{i}" for i in range(0, 1_000)])
+    write(2_500, 5_000)  # 1,000 deletes + 2,500 adds per 2,500 documents: churn 1.4
+    busy = collection.optimize()
+    assert busy.write_churn == 1.4
+    skipped = {c["spec"]: c["skipped"] for c in busy.candidates}
+    assert skipped["HNSW32"] is None and busy.spec == "HNSW32" == collection.index.spec
+    assert all("write-heavy" in (why or "") for spec, why in skipped.items() if spec.startswith("IVF"))
+    # when no graph index fits the budget, IVF is tried after all
+    sample = points[:3_000]
+    spec, tried = index_choice.choose(sample, 4_000, "cosine", 700_000, 0.9, write_heavy=True)
+    assert spec.startswith("IVF") and "over the budget" in (tried[0].skipped or "")
+    collection.close()
+
+
 def _upsert(client: TestClient, name: str, vectors: np.ndarray, start: int = 0) -> None:
     for offset in range(0, len(vectors), 500):
         chunk = vectors[offset : offset + 500]
