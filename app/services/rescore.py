@@ -90,12 +90,12 @@ async def second_vectors(rescorer: Rescorer, texts: list[str]) -> np.ndarray:
 
 
 async def rescored(
-    rescorer: Rescorer, collection: Collection, query: str, ids: list[str], first_stage: np.ndarray
+    rescorer: Rescorer, collection: Collection, query_vector: np.ndarray, ids: list[str], first_stage: np.ndarray
 ) -> np.ndarray:
-    """(n,) fused scores of the hits `ids`; a hit without a stored vector (it brought its own vector
-    and no text) keeps its first-stage score in place of the cosine."""
+    """(n,) fused scores of the hits `ids` for the query's (dim,) second-stage vector; a hit without
+    a stored vector (it brought its own vector and no text) keeps its first-stage score in place of
+    the cosine."""
     weight = float(collection.config.rescore["weight"])  # type: ignore[index]
-    query_vector = (await second_vectors(rescorer, [query]))[0]
     stored = await asyncio.to_thread(collection.store.rescore_vectors, ids)
     cosines = np.array(
         [float(stored[i] @ query_vector) if i in stored else float(first_stage[row]) for row, i in enumerate(ids)],

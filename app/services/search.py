@@ -204,9 +204,38 @@ async def search(
     collection = collections.get(name)
     if body.rerank and body.query is None:
         raise InvalidRequest("rerank needs a text query")
-    include = set(body.include)
     rescorer = _stored_rescorer(registry, collection, body)  # before the search: a 503 costs nothing
-    reembed = body.rerank is not None and rescorer is None  # the reranker reads the candidates' texts
+    stored = None
+    if rescorer is not None:  # the second-stage query embedding needs no first stage: it runs beside it
+        stored = _StoredRescore(rescorer, asyncio.ensure_future(rescoring.second_vectors(rescorer, [body.query or ""])))
+    try:
+        return await _search_stages(registry, settings, fetcher, collection, body, start, stored)
+    finally:
+        if stored is not None and not stored.query_vectors.done():
+            stored.query_vectors.cancel()  # the first stage failed: nothing will read it
+        elif stored is not None and not stored.query_vectors.cancelled():
+            stored.query_vectors.exception()  # read: a failure nobody awaited (no hits) is not logged as lost
+
+
+@dataclass
+class _StoredRescore:
+    """Rerank from the collection's stored second-stage vectors."""
+
+    rescorer: rescoring.Rescorer
+    query_vectors: asyncio.Future[np.ndarray]  # (1, dim): the query by the rescore model, in flight
+
+
+async def _search_stages(
+    registry: ModelRegistry,
+    settings: Settings,
+    fetcher: ImageFetcher,
+    collection: Collection,
+    body: SearchRequest,
+    start: float,
+    stored: _StoredRescore | None,
+) -> SearchOutcome:
+    include = set(body.include)
+    reembed = body.rerank is not None and stored is None  # the reranker reads the candidates' texts
     fetch = max(body.top_k, body.rerank.candidates) if body.rerank else body.top_k
     # keyword mode embeds the query only to give a reranker the dense scores it fuses with
     needs_vector = body.mode != "keyword" or body.rerank is not None
@@ -226,7 +255,7 @@ async def search(
         for hit in found:
             hit["dense_score"], hit["keyword_score"] = dense.get(hit["key"]), keyword_scores.get(hit["key"])
     if body.rerank and found:
-        await _rerank_hits(registry, settings, collection, body, rescorer, found)
+        await _rerank_hits(registry, settings, collection, body, stored, found)
         if "document" not in include:
             for hit in found:
                 hit["document"] = None
@@ -278,7 +307,7 @@ async def _rerank_hits(
     settings: Settings,
     collection: Collection,
     body: SearchRequest,
-    rescorer: rescoring.Rescorer | None,
+    stored: _StoredRescore | None,
     found: list[dict[str, Any]],
 ) -> None:
     """Rescore `found` in place: `score` becomes the reranker's, `first_stage_score` the one before.
@@ -288,9 +317,10 @@ async def _rerank_hits(
     dense_mode = body.mode == "dense"
     # a hit deleted since it was found has no dense score: 0 (it is about to vanish anyway)
     first_stage = np.array([h["score"] if dense_mode else h["dense_score"] or 0.0 for h in found], dtype=np.float32)
-    if rescorer is not None:  # stored second-stage vectors: one query embedding
+    if stored is not None:  # stored second-stage vectors: one query embedding
         ids = [h["id"] for h in found]
-        scores = await rescoring.rescored(rescorer, collection, body.query or "", ids, first_stage)
+        query_vector = (await stored.query_vectors)[0]
+        scores = await rescoring.rescored(stored.rescorer, collection, query_vector, ids, first_stage)
     else:
         texts = [h["document"] or "" for h in found]
         outcome = await rerank(registry, settings, body.rerank.model, body.query or "", texts, first_stage=first_stage)

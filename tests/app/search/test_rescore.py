@@ -93,6 +93,24 @@ def test_documents_without_text_keep_their_first_stage_score(client: TestClient)
     assert only["score"] == pytest.approx(1.5 * only["first_stage_score"], abs=1e-4)
 
 
+def test_a_failing_first_stage_drops_the_second_stage_query_embedding(client: TestClient) -> None:
+    """The second-stage query embedding starts beside the first stage; when the first stage fails
+    (here: hybrid search over a collection without text) the request still gets its 4xx, and when it
+    finds nothing the result is empty; the next searches are unaffected."""
+    _create(client, "untexted")
+    vector = client.post("/v1/embeddings", json={"input": ["lift"]}).json()["data"][0]["embedding"]
+    body = {"query": QUERY, "mode": "hybrid", "rerank": {"candidates": 2}}
+    response = client.post("/indexes/untexted/search", json=body)  # empty: neither text nor hits
+    assert response.status_code == 422 and response.json()["error"]["code"] == "keyword_search_unavailable"
+    assert _search(client, "untexted", rerank={"candidates": 2}) == []
+    client.put("/indexes/untexted/documents", json={"documents": [{"id": "v", "vector": vector}]})
+    for _ in range(3):
+        response = client.post("/indexes/untexted/search", json=body)
+        assert response.status_code == 422, response.text
+    hits = _search(client, "untexted", rerank={"candidates": 2})
+    assert [h["id"] for h in hits] == ["v"] and hits[0]["score"] == pytest.approx(1.5 * hits[0]["first_stage_score"])
+
+
 @pytest.mark.parametrize(
     ("rescore", "status", "code"),
     [
