@@ -37,6 +37,7 @@ import numpy as np
 from app.core.config import Settings
 from app.core.errors import InvalidRequest
 from app.core.manifest import MANIFEST_FILE, Manifest, ModelKind
+from app.core.memory import release_free_memory
 from app.core.text import MAX_ID_CHARS, document_id_problem, is_encodable
 from app.inference.image_model import ImageFileEncoder, ImageModel
 from app.inference.images import ImageLimits
@@ -752,6 +753,7 @@ def _run_build(
                 pending.result()
         embedded = committed[0] - done
         elapsed = time.perf_counter() - start
+        release_free_memory()  # the ingest's chunks: the index build starts from live data only
         report = collection.optimize(options.index_spec) if options.optimize else None
     finally:
         collection.resume_indexing()  # a no-op after optimize; else the index replays the writes

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from app.core.errors import DuplicateIds, InvalidIndexSpec, OptimizeRunning
+from app.core.memory import release_free_memory
 from app.search import index_choice
 from app.search.filters import FilterLimits, compile_filter
 from app.search.lock import CollectionLock
@@ -51,7 +52,10 @@ DEFAULT_RECALL_TARGET = 0.95  # recall@10, reached with 95% confidence on the he
 DEFAULT_RETRAIN_GROWTH = 2.0
 FILTER_CACHE_ENTRIES = 64  # distinct filters whose matching keys are kept (until the next write)
 FILTER_CACHE_KEYS = 4_000_000  # and at most this many keys in all (32 MB)
-TRAINING_SAMPLE = 200_000  # vectors an IVF/PQ index trains on
+# Vectors an IVF/PQ index trains on: TRAINING_PER_LIST per list (or PQ centroid), within
+# [TRAINING_SAMPLE_MIN, TRAINING_SAMPLE]. k-means wants tens of points per centroid; more costs
+# memory at build time (the sample, and IVF-SQ's residuals of it) for little recall (tuning sets nprobe).
+TRAINING_SAMPLE, TRAINING_SAMPLE_MIN, TRAINING_PER_LIST = 200_000, 50_000, 25
 
 
 @dataclass
@@ -181,38 +185,46 @@ class Collection:
         """An index of `spec` holding exactly the documents of `snap` (but `leave_out` keys). A spec
         that needs training data the collection does not have yet gives an exact (Flat) index
         until the next optimise."""
-        index = VectorIndex(self.config.dim, self.config.metric, spec)
-        if not index.index.is_trained:
-            sample = self._training_sample(snap)
-            needed = max(1, training_points_needed(spec))
-            if len(sample) < needed:
-                log.warning(
-                    "%s: %s needs %d vectors to train, %d stored: exact (Flat) until then",
-                    self.config.name,
-                    spec,
-                    needed,
-                    len(sample),
-                )
-                index = VectorIndex(self.config.dim, self.config.metric, "Flat")
-            else:
-                index.train(sample)
+        index = self._trained_index(spec, snap)  # its training sample is freed before the index fills
+        release_free_memory()
         chunks = snap.iter_vectors() if leave_out is None else _without(snap.iter_vectors(), leave_out)
         for keys, vectors in chunks:
             index.add(keys, vectors)
+        return index
+
+    def _trained_index(self, spec: str, snap: StoreSnapshot) -> VectorIndex:
+        """An empty index of `spec`, trained on a sample of `snap` if it needs training."""
+        index = VectorIndex(self.config.dim, self.config.metric, spec)
+        if index.index.is_trained:
+            return index
+        needed = max(1, training_points_needed(spec))
+        size = min(TRAINING_SAMPLE, max(TRAINING_SAMPLE_MIN, TRAINING_PER_LIST * needed))
+        sample = self._training_sample(snap, size)
+        if len(sample) < needed:
+            log.warning(
+                "%s: %s needs %d vectors to train, %d stored: exact (Flat) until then",
+                self.config.name,
+                spec,
+                needed,
+                len(sample),
+            )
+            return VectorIndex(self.config.dim, self.config.metric, "Flat")
+        index.train(sample)
         return index
 
     @staticmethod
     def _training_sample(snap: StoreSnapshot, size: int = TRAINING_SAMPLE) -> np.ndarray:
         """The first `size` vectors in key order, (m, dim): read only as far as needed (a 1M
         collection is not loaded whole to train on a fifth of it)."""
-        chunks: list[np.ndarray] = []
+        sample = np.empty((min(size, snap.count()), snap.dim), np.float32)  # filled in place: no second copy
         taken = 0
         for _, vectors in snap.iter_vectors(batch=50_000):
-            chunks.append(vectors[: size - taken])
-            taken += len(chunks[-1])
-            if taken >= size:
+            part = vectors[: len(sample) - taken]
+            sample[taken : taken + len(part)] = part
+            taken += len(part)
+            if taken >= len(sample):
                 break
-        return np.vstack(chunks) if chunks else np.empty((0, snap.dim), np.float32)
+        return sample[:taken]
 
     # --- writes ------------------------------------------------------------------------------
     def _check_write_lock(self) -> None:
@@ -482,6 +494,7 @@ class Collection:
         with reading:
             churn = self._write_churn(ops_at_build) if spec == "auto" else None
             chosen, candidates = self._choose_auto(snap, churn) if spec == "auto" else (spec, [])
+            release_free_memory()  # the trials' samples and indexes: the build's peak is its own
             held_out = self._held_out_keys(snap) if chosen != "Flat" else np.empty(0, np.int64)
             new_index = self._build_from_store(chosen, snap, held_out)
             report = self._measure_and_tune(new_index, snap, held_out)

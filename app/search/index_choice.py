@@ -3,8 +3,9 @@
 Up to FLAT_MAX vectors an exact (Flat) index is fast enough and needs no tuning. Above it, every
 candidate whose estimated memory for the whole collection fits the budget is built on a sample of
 the collection (SAMPLE vectors), tuned to the recall target on queries held out of that sample, and
-timed on them one query at a time (as search runs); the fastest one that reaches the target wins,
-or, when none does, the one with the best recall. Every candidate's figures are recorded.
+timed on them one query at a time (as search runs); the fastest one that reaches the target wins
+(of those within SPEED_TIE of the fastest, the smallest), or, when none does, the one with the best
+recall. Every candidate's figures are recorded.
 
 Write-heavy collections (since the previous build, at least WRITE_HEAVY_CHURN writes per document
 that build held) do not get an IVF index while a graph index fits: IVF assigns every new vector to
@@ -26,6 +27,10 @@ from app.search.vector_index import VectorIndex, exact_top_k, tune
 FLAT_MAX = 50_000
 SAMPLE = 100_000  # vectors each candidate is built on
 TRIAL_QUERIES = 200
+TRUTH_CHUNK = 10_000
+# Candidates whose p50 is within this factor of the fastest count as equally fast (single-query
+# timings on a busy machine move by 10-30%); the one using the least memory of those wins.
+SPEED_TIE = 1.3
 HNSW_LINKS = 32
 WRITE_HEAVY_CHURN = 1.0  # writes since the previous build per document it held
 
@@ -73,12 +78,14 @@ def choose(
     sample: np.ndarray, n: int, metric: str, memory_budget_bytes: int, target: float, write_heavy: bool = False
 ) -> tuple[str, list[Candidate]]:
     """(the spec to build for n vectors, every candidate's figures). `sample`: (m, dim) vectors of
-    the collection, m > TRIAL_QUERIES. `write_heavy`: IVF is not tried while a graph index fits."""
+    the collection, m > TRIAL_QUERIES, shuffled in place (not copied: at 100k it is 150 MB).
+    `write_heavy`: IVF is not tried while a graph index fits."""
     dim = sample.shape[1]
-    order = np.random.default_rng(0).permutation(len(sample))
-    queries, data = sample[order[:TRIAL_QUERIES]], sample[order[TRIAL_QUERIES:]]
+    np.random.default_rng(0).shuffle(sample)
+    queries, data = sample[:TRIAL_QUERIES], sample[TRIAL_QUERIES:]
     keys = np.arange(len(data), dtype=np.int64)
-    truth = exact_top_k([(keys, data)], queries, metric)
+    chunks = ((keys[i : i + TRUTH_CHUNK], data[i : i + TRUTH_CHUNK]) for i in range(0, len(data), TRUTH_CHUNK))
+    truth = exact_top_k(chunks, queries, metric)  # chunked: one (queries x sample) block is ~0.5 GB of temporaries
     candidates = []
     specs = candidate_specs(n, dim)
     graph_fits = any(not s.startswith("IVF") and estimated_memory(s, n, dim) <= memory_budget_bytes for s in specs)
@@ -94,12 +101,22 @@ def choose(
         else:
             _trial(candidate, trial_spec(spec, len(data)), metric, data, keys, queries, truth, target)
         candidates.append(candidate)
+    return pick(candidates, target).spec, candidates
+
+
+def pick(candidates: list[Candidate], target: float) -> Candidate:
+    """The winner among measured `candidates`: of those whose recall bound reaches `target`, the
+    smallest of the ones within SPEED_TIE of the fastest; none reaching it: the best recall;
+    none tried: the smallest."""
     tried = [c for c in candidates if c.skipped is None]
-    if not tried:  # nothing fits: the smallest
-        return min(candidates, key=lambda c: c.memory_bytes).spec, candidates
+    if not tried:
+        return min(candidates, key=lambda c: c.memory_bytes)
     reaching = [c for c in tried if (c.recall_lower_bound or 0) >= target]
-    best = min(reaching, key=lambda c: c.p50_ms or 0) if reaching else max(tried, key=lambda c: c.recall_at_10 or 0)
-    return best.spec, candidates
+    if not reaching:
+        return max(tried, key=lambda c: c.recall_at_10 or 0)
+    fastest = min(c.p50_ms or 0 for c in reaching)
+    close = [c for c in reaching if (c.p50_ms or 0) <= SPEED_TIE * fastest]
+    return min(close, key=lambda c: c.memory_bytes)
 
 
 def _trial(
