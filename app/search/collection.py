@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from app.core.errors import DuplicateIds, InvalidIndexSpec, OptimizeRunning
+from app.core.errors import CollectionNotFound, DuplicateIds, InvalidIndexSpec, OptimizeRunning
 from app.core.memory import release_free_memory
 from app.search import index_choice
 from app.search.filters import FilterLimits, compile_filter
@@ -234,7 +234,10 @@ class Collection:
             return
         if not self.lock.try_acquire():
             raise self.lock.refusal(self.config.name, "writes resume when it finishes")
-        self.config = CollectionConfig.load(self.folder)
+        try:
+            self.config = CollectionConfig.load(self.folder)
+        except FileNotFoundError:  # deleted by the other process meanwhile
+            raise CollectionNotFound(f"index '{self.config.name}' was deleted") from None
         with self._index_lock:
             self.index = self._open_index()
         self._write_version += 1  # what the other process wrote: cached filter results are stale
