@@ -33,7 +33,7 @@ from training.rerank_lists import (
     labelled_queries,
     title_queries,
 )
-from training.run import RunFolder, seed_everything, step_log_at
+from training.run import RunFolder, seed_everything, step_history
 
 
 def rerank_with_blockrank(
@@ -85,10 +85,7 @@ def train_blockrank(
         mixture = queries
     else:
         mixture = QueryMixture.judged_and_pseudo(queries, pseudo_fraction, rng)
-    history = []
-    started = time.perf_counter()
-
-    with step_log_at(log_path) as log:
+    with step_history(log_path) as history:
         for step in range(steps):
             source, query = mixture.next()
             chosen, target = draw_list(query, list_size, rng)
@@ -107,18 +104,9 @@ def train_blockrank(
             torch.nn.utils.clip_grad_norm_(parameters, 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            record = {
-                "step": step + 1,
-                "loss": round(loss.item(), 5),
-                "pseudo": int(target is None),
-                "source": source,
-                "elapsed_s": round(time.perf_counter() - started, 1),
-            }
-            history.append(record)
-            if log:
-                log.write(record)
+            history.add(step=step + 1, loss=round(loss.item(), 5), pseudo=int(target is None), source=source)
     model.eval()
-    return history
+    return history.records
 
 
 def run_blockrank(config: BlockRankConfig, show_progress: bool = True) -> dict:

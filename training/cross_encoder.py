@@ -26,7 +26,7 @@ from training.losses.registry import build_cross_encoder_loss
 from training.mine import mine_negatives
 from training.models.cross_encoder import load_classifier, mining_rescorer, rerank_run
 from training.rerank_lists import QueryMixture, draw_list
-from training.run import RunFolder, seed_everything, step_log_at
+from training.run import RunFolder, seed_everything, step_history
 from training.sources import load_sentence_transformer
 
 log = logging.getLogger(__name__)
@@ -149,9 +149,7 @@ def train_on_lists(
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01)
     distill = ListwiseDistillationLoss(distill_temperature)
-    history = []
-    started = time.perf_counter()
-    with step_log_at(log_path) as log:
+    with step_history(log_path) as history:
         for step in range(steps):
             lists = []
             for _ in range(lists_per_step):
@@ -180,13 +178,6 @@ def train_on_lists(
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            record = {
-                "step": step + 1,
-                "loss": round(loss.item(), 5),
-                "elapsed_s": round(time.perf_counter() - started, 1),
-            }
-            history.append(record)
-            if log:
-                log.write(record)
+            history.add(step=step + 1, loss=round(loss.item(), 5))
     model.eval()
-    return history
+    return history.records

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,14 +40,30 @@ class StepLog:
         self._handle.flush()  # a killed run keeps every step it finished
 
 
+class StepHistory:
+    """A training loop's per-step records, each with the seconds since the loop started: kept in
+    `records` (what the loop returns) and, with a log, written as they come."""
+
+    def __init__(self, log: StepLog | None) -> None:
+        self.records: list[dict[str, Any]] = []
+        self._log = log
+        self._started = time.perf_counter()
+
+    def add(self, **fields: Any) -> None:
+        record = {**fields, "elapsed_s": round(time.perf_counter() - self._started, 1)}
+        self.records.append(record)
+        if self._log is not None:
+            self._log.write(record)
+
+
 @contextmanager
-def step_log_at(path: Path | None) -> Iterator[StepLog | None]:
-    """A StepLog writing a fresh `path`; None when there is no path (no log kept)."""
+def step_history(path: Path | None) -> Iterator[StepHistory]:
+    """A StepHistory that also writes a fresh `path` (JSONL) when one is given."""
     if path is None:
-        yield None
+        yield StepHistory(None)
         return
     with path.open("w") as handle:
-        yield StepLog(handle)
+        yield StepHistory(StepLog(handle))
 
 
 class RunFolder:

@@ -236,7 +236,8 @@ class Collection:
             raise self.lock.refusal(self.config.name, "writes resume when it finishes")
         try:
             self.config = CollectionConfig.load(self.folder)
-        except FileNotFoundError:  # deleted by the other process meanwhile
+        except FileNotFoundError:  # deleted by the other process meanwhile: nothing to write to
+            self.lock.release()
             raise CollectionNotFound(f"index '{self.config.name}' was deleted") from None
         with self._index_lock:
             self.index = self._open_index()
