@@ -232,12 +232,12 @@ class Collection:
         may be free now: take it, and reload from disk what that process wrote meanwhile."""
         if self.read_only or self.lock is None or self.lock.held:
             return
-        if not self.lock.try_acquire():
-            raise self.lock.refusal(self.config.name, "writes resume when it finishes")
-        try:
+        try:  # the folder (lock file, config) can vanish: deleted meanwhile, there is nothing to write to
+            if not self.lock.try_acquire():
+                raise self.lock.refusal(self.config.name, "writes resume when it finishes")
             self.config = CollectionConfig.load(self.folder)
-        except FileNotFoundError:  # deleted by the other process meanwhile: nothing to write to
-            self.lock.release()
+        except FileNotFoundError:
+            self.lock.release()  # a no-op when it was not taken
             raise CollectionNotFound(f"index '{self.config.name}' was deleted") from None
         with self._index_lock:
             self.index = self._open_index()

@@ -428,3 +428,31 @@ def test_a_filtered_search_racing_a_delete_leaves_the_deleted_key_out(tmp_path: 
     _, keys = collection.index.search(query[None, :], 50, allowed, fetch=collection.store.live_vectors)
     assert set(keys[0][keys[0] >= 0].tolist()) == set(present.tolist())
     collection.close()
+
+
+def test_a_write_after_another_process_deleted_the_collection_is_a_404(tmp_path: Path) -> None:
+    """A collection opened while another process held its writer lock re-takes the lock on its
+    first write; if that process deleted the collection meanwhile (lock file and config gone) the
+    write is CollectionNotFound (404), not a FileNotFoundError (500), and holds no lock."""
+    import shutil
+
+    from app.core.errors import CollectionNotFound
+    from app.search.collection import Collection, CollectionConfig
+    from app.search.lock import CollectionLock
+    from app.search.store import Document
+
+    folder = tmp_path / "gone"
+    folder.mkdir()
+    config = CollectionConfig("gone", "m", 4)
+    config.save(folder)
+    other = CollectionLock(folder, "builder")
+    assert other.try_acquire()
+    lock = CollectionLock(folder, "server")
+    collection = Collection(folder, config, 1 << 20, lock=lock)
+    assert not lock.held
+    other.release()
+    collection.store.close()
+    shutil.rmtree(folder)
+    with pytest.raises(CollectionNotFound, match="was deleted"):
+        collection.upsert([Document("a", None, {}, np.ones(4, np.float32))])
+    assert not lock.held
