@@ -6,10 +6,11 @@ import numpy as np
 from fastapi import APIRouter
 
 from app.api.deps import FetcherDep, RegistryDep, SettingsDep
+from app.api.json_route import FastJSONRoute
 from app.schemas.classify import ClassifyRequest, ClassifyResponse, ImageLabels, LabelScore
 from app.services.classify import classify
 
-router = APIRouter(tags=["classify"])
+router = APIRouter(tags=["classify"], route_class=FastJSONRoute)
 
 ERROR_RESPONSES: dict[int | str, dict[str, str]] = {
     400: {"description": "the model is not a clip model"},

@@ -10,6 +10,7 @@ from fastapi import APIRouter
 from starlette.responses import Response
 
 from app.api.deps import FetcherDep, RegistryDep, SettingsDep
+from app.api.json_route import FastJSONRoute
 from app.schemas.embeddings import EmbeddingRequest, EmbeddingResponse, EmbedRequest, ImageItem
 from app.services.embedding import (
     QUANTIZED_FORMATS,
@@ -20,7 +21,7 @@ from app.services.embedding import (
     truncate_dims,
 )
 
-router = APIRouter(tags=["embeddings"])
+router = APIRouter(tags=["embeddings"], route_class=FastJSONRoute)
 
 ERROR_RESPONSES: dict[int | str, dict[str, str]] = {
     400: {"description": "an input the model does not embed (an image for a text model, text for an image model)"},

@@ -8,10 +8,11 @@ import uuid
 from fastapi import APIRouter
 
 from app.api.deps import RegistryDep, SettingsDep
+from app.api.json_route import FastJSONRoute
 from app.schemas.rerank import RerankDocument, RerankRequest, RerankResponse, RerankResult, RerankUsage
 from app.services.rerank import rerank as rerank_documents
 
-router = APIRouter(tags=["rerank"])
+router = APIRouter(tags=["rerank"], route_class=FastJSONRoute)
 
 
 @router.post("/v1/rerank", response_model=RerankResponse, response_model_exclude_none=True)

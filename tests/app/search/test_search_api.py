@@ -182,3 +182,25 @@ def test_vectors_as_base64_float32(client: TestClient) -> None:
     both = {"id": "x", "vector": vector.tolist(), "vector_base64": encoded}
     assert client.put("/indexes/b64/documents", json={"documents": [both]}).status_code == 422
     assert client.get("/indexes/b64").json()["size"] == 1  # nothing half-written
+
+
+def test_hits_have_every_documented_field_and_any_stored_metadata(client: TestClient) -> None:
+    """Search writes its JSON itself (not through SearchResponse): every SearchHit field is there,
+    and metadata orjson cannot write (an integer past 64 bits, which a batch build can store) is
+    still returned exactly."""
+    from app.schemas.search import SearchHit
+    from app.search.store import Document
+
+    _fill(client)
+    text = "The cat sat on the mat."
+    vector = np.array(client.post("/v1/embeddings", json={"input": text}).json()["data"][0]["embedding"], "float32")
+    metadata = {"n": 2**70, "nested": {"deep": [1, "x"]}}
+    client.app.state.collections.get("docs").upsert([Document("huge", text, metadata, vector)])  # type: ignore[attr-defined]
+    body = client.post("/indexes/docs/search", json={"query": "cat on a mat", "top_k": 7}).json()
+    assert set(body) == {"hits", "took_ms", "index_type"} and len(body["hits"]) == 7
+    for hit in body["hits"]:
+        assert list(hit) == list(SearchHit.model_fields)
+    huge = next(h for h in body["hits"] if h["id"] == "huge")
+    assert huge["metadata"] == {"n": 2**70, "nested": {"deep": [1, "x"]}}
+    plain = client.post("/indexes/docs/search", json={"query": "cat", "top_k": 1, "include": []}).json()
+    assert plain["hits"][0]["metadata"] is None and plain["hits"][0]["document"] is None
