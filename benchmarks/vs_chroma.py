@@ -16,7 +16,7 @@ the two servers:
 - durability: a server killed with SIGKILL mid-ingest, restarted; documents acknowledged vs found.
 
 Usage: bash benchmarks/setup_chroma.sh && .venv/bin/python benchmarks/vs_chroma.py [--n 100000]
-Writes benchmarks/results/vs_chroma.json and .md.
+Writes benchmarks/results/vs_chroma.json and .md (other sizes: vs_chroma_1m.*, vs_chroma_<n>k.*).
 """
 
 from __future__ import annotations
@@ -369,6 +369,13 @@ def best(runs: list[dict]) -> dict:
     return max(runs, key=lambda r: r["qps"])
 
 
+def results_stem(n: int) -> str:
+    """vs_chroma for the default 100k run; vs_chroma_1m (etc.) for other sizes, kept beside it."""
+    if n == 100_000:
+        return "vs_chroma"
+    return f"vs_chroma_{n // 1_000_000}m" if n % 1_000_000 == 0 else f"vs_chroma_{n // 1000}k"
+
+
 def write_markdown(report: dict) -> None:
     t, c = report["Tessera"], report["Chroma"]
     lines = [
@@ -412,7 +419,7 @@ def write_markdown(report: dict) -> None:
             f"| kill -9 mid-ingest, {name}: acknowledged / found after restart / lost | "
             f"{k['acknowledged']} / {k['found_after_restart']} / {k['lost']} | | |"
         )
-    (RESULTS / "vs_chroma.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{results_stem(report['n'])}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
@@ -426,7 +433,7 @@ def main() -> None:
     os.environ.setdefault("TESSERA_INDEX_MEMORY_BUDGET_MB", "4096")
     report = run_all(args.n, args.queries)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "vs_chroma.json").write_text(json.dumps(report, indent=2))
+    (RESULTS / f"{results_stem(args.n)}.json").write_text(json.dumps(report, indent=2))
     write_markdown(report)
 
 

@@ -19,6 +19,31 @@ def _malloc_trim():  # type: ignore[no-untyped-def]
         return None
 
 
+@functools.cache
+def _mallopt():  # type: ignore[no-untyped-def]
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return None
+
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
+LARGE_BLOCK_BYTES = 1 << 20
+
+
+def map_large_blocks_directly() -> None:
+    """Blocks of 1 MiB and more get their own mapping, returned to the system when freed. glibc
+    otherwise raises its mmap threshold after each freed large block, up to 32 MB, and then serves
+    a build's per-chunk arrays (10-20 MB each) from the heap, where they stay after use: at the end
+    of a 1M-vector build the exact-recall pass left ~100 MB behind. A fixed threshold ends that
+    adaptation. A no-op where there is no glibc."""
+    mallopt = _mallopt()
+    if mallopt is not None:
+        mallopt(M_MMAP_THRESHOLD, LARGE_BLOCK_BYTES)
+
+
 def release_free_memory() -> None:
     """glibc keeps freed blocks below its adaptive mmap threshold (up to 32 MB: a build's chunks)
     in the heap; `malloc_trim` returns them, so each build phase starts from its live data rather

@@ -37,7 +37,7 @@ import numpy as np
 from app.core.config import Settings
 from app.core.errors import InvalidRequest
 from app.core.manifest import MANIFEST_FILE, Manifest, ModelKind
-from app.core.memory import release_free_memory
+from app.core.memory import map_large_blocks_directly, release_free_memory
 from app.core.text import MAX_ID_CHARS, document_id_problem, is_encodable
 from app.inference.image_model import ImageFileEncoder, ImageModel
 from app.inference.images import ImageLimits
@@ -650,6 +650,7 @@ def build_index(
     Checks, in order, before anything is written: the name and spec, the model's manifest, the
     whole input, and the collection's writer lock."""
     options = options or BuildOptions()
+    map_large_blocks_directly()  # the ingest's chunks go back to the system when freed
     progress = progress or BuildProgress()
     if options.engine not in {"local", "ray"}:
         raise InputError(f"engine {options.engine!r}: use local or ray")

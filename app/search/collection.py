@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from app.core.errors import CollectionNotFound, DuplicateIds, InvalidIndexSpec, OptimizeRunning
-from app.core.memory import release_free_memory
+from app.core.memory import map_large_blocks_directly, release_free_memory
 from app.search import index_choice
 from app.search.filters import FilterLimits, compile_filter
 from app.search.lock import CollectionLock
@@ -46,6 +46,7 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 # (a graph search lands on the very node); held-out ones track queries near the data
 # (benchmarks/results/recall_estimate.md).
 RECALL_SAMPLE = 200
+TRUTH_BATCH = 2_000  # stored vectors per chunk of the exact top-10 pass (~15 MB of temporaries)
 DEFAULT_RECALL_TARGET = 0.95  # recall@10, reached with 95% confidence on the held-out sample
 # An IVF index's lists were trained on the vectors it held then; once the collection has grown past
 # this factor, new vectors crowd lists fitted to other data, and it re-trains in the background.
@@ -187,9 +188,7 @@ class Collection:
         until the next optimise."""
         index = self._trained_index(spec, snap)  # its training sample is freed before the index fills
         release_free_memory()
-        chunks = snap.iter_vectors() if leave_out is None else _without(snap.iter_vectors(), leave_out)
-        for keys, vectors in chunks:
-            index.add(keys, vectors)
+        index.fill(lambda: snap.iter_vectors() if leave_out is None else _without(snap.iter_vectors(), leave_out))
         return index
 
     def _trained_index(self, spec: str, snap: StoreSnapshot) -> VectorIndex:
@@ -490,6 +489,7 @@ class Collection:
 
     def _rebuild(self, spec: str) -> BuildReport:
         start = time.perf_counter()
+        map_large_blocks_directly()  # the build's chunks go back to the system when freed
         reading = ExitStack()
         with self._write_lock:
             snap = reading.enter_context(self.store.snapshot())
@@ -555,7 +555,8 @@ class Collection:
             return BuildReport(index.spec, n, None, 0)
         queries = snap.vectors(held_out)
         # streamed over the store: no second copy of the vectors (1.5 GB at 1M x 384)
-        truth = exact_top_k(_without(snap.iter_vectors(), held_out), queries, self.config.metric)
+        # small chunks: this pass runs when the new index is whole, at the build's memory peak
+        truth = exact_top_k(_without(snap.iter_vectors(TRUTH_BATCH), held_out), queries, self.config.metric)
         tuned = tune(index, truth, queries, self.recall_target)
         defaults = {k: v for k, v in asdict(tuned.params).items() if v is not None}
         return BuildReport(

@@ -340,6 +340,43 @@ def test_streamed_exact_top_k_matches_flat_search(metric: str) -> None:
     assert (few[:, 3:] == -1).all() and set(few[0, :3]) == {100, 101, 102}
 
 
+@pytest.mark.parametrize(("spec", "metric"), [("IVF16,SQ8", "cosine"), ("IVF16,Flat", "l2"), ("HNSW8", "ip")])
+def test_fill_in_two_passes_builds_the_index_one_pass_builds(spec: str, metric: str) -> None:
+    """IVF fills size every list first (then write with the same assignments): the index must hold
+    exactly what adding chunk by chunk gives, ids and codes, on top of what it held before."""
+    import faiss
+
+    from app.search.vector_index import SearchParams, VectorIndex
+
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(4_000, 16)).astype(np.float32)
+    keys = np.arange(10, 4_010, dtype=np.int64)
+    chunks = [(keys[i : i + 900], vectors[i : i + 900]) for i in range(500, 4_000, 900)] + [(keys[:0], vectors[:0])]
+    one_pass, two_pass = VectorIndex(16, metric, spec), VectorIndex(16, metric, spec)
+    for index in (one_pass, two_pass):
+        index.train(vectors)
+        index.add(keys[:500], vectors[:500])  # lists already holding vectors grow from their size
+    for chunk_keys, chunk_vectors in chunks:
+        one_pass.add(chunk_keys, chunk_vectors)
+    calls = []
+    two_pass.fill(lambda: calls.append(1) or iter(chunks))
+    assert two_pass.ntotal == one_pass.ntotal == 4_000
+    assert len(calls) == (2 if spec.startswith("IVF") else 1)
+    queries = rng.normal(size=(50, 16)).astype(np.float32)
+    params = SearchParams(nprobe=16) if spec.startswith("IVF") else SearchParams()
+    expected_scores, expected = one_pass.search(queries, 10, params=params)
+    scores, found = two_pass.search(queries, 10, params=params)
+    assert np.array_equal(found, expected) and np.allclose(scores, expected_scores)
+    if spec.startswith("IVF"):  # every list holds the same ids in the same order
+        a, b = (faiss.extract_index_ivf(i.index).invlists for i in (one_pass, two_pass))
+        for list_no in range(16):
+            size = a.list_size(list_no)
+            assert b.list_size(list_no) == size
+            ids_a = faiss.rev_swig_ptr(a.get_ids(list_no), size).copy() if size else np.array([])
+            ids_b = faiss.rev_swig_ptr(b.get_ids(list_no), size).copy() if size else np.array([])
+            assert np.array_equal(ids_a, ids_b)
+
+
 def test_cached_filter_results_never_outlive_a_write(tmp_path: Path) -> None:
     from app.search.collection import Collection, CollectionConfig
     from app.search.store import Document
