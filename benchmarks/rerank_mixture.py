@@ -89,6 +89,12 @@ def main() -> None:
     )
     parser.add_argument("--kinds", default="cross-encoder,blockrank")
     parser.add_argument("--export", type=Path, default=None)
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the runs in results/rerank_mixture.json that this invocation does not redo (finish a "
+        "stopped run, e.g. --variants without-msmarco --kinds blockrank)",
+    )
     args = parser.parse_args()
 
     import torch
@@ -147,12 +153,14 @@ def main() -> None:
 
     encoder_source = resolve_source(BACKBONE)
     results: dict = {"references": references, "runs": [], "sources": {n: len(q) for n, q in data.sources.items()}}
+    if args.merge and (RESULTS / "rerank_mixture.json").is_file():
+        results["runs"] = json.loads((RESULTS / "rerank_mixture.json").read_text())["runs"]
     results["wall_seconds"] = None
     if "blockrank" in args.kinds.split(","):
         model, tokenizer = load_blockrank(encoder_source, doc_tokens=96, kind="encoder")
         for name, (test, candidates) in held_out.items():
             run = rerank_with_blockrank(model, tokenizer, test, candidates)
-            results["runs"].append({"kind": "blockrank", "variant": "zero-shot", "test": name, **_scores(run, test)})
+            _add_run(results, {"kind": "blockrank", "variant": "zero-shot", "test": name, **_scores(run, test)})
     to_export: dict = {}
     for variant in args.variants.split(","):
         left_out = variant.removeprefix("without-") if variant != "all" else None
@@ -176,7 +184,7 @@ def main() -> None:
             for name in tests:
                 test, candidates = held_out[name]
                 entry = {"kind": kind, "variant": variant, "test": name, "steps": steps, "train_seconds": seconds}
-                results["runs"].append({**entry, **_scores(rerank(test, candidates), test)})
+                _add_run(results, {**entry, **_scores(rerank(test, candidates), test)})
                 print(results["runs"][-1], flush=True)
             if args.export and kind not in to_export:  # the first trained of each kind: for latency
                 to_export[kind] = (model, tokenizer)
@@ -185,6 +193,12 @@ def main() -> None:
     print(_write(results, args))
     for kind, (model, tokenizer) in to_export.items():
         _export(kind, model, tokenizer, args.export, held_out)
+
+
+def _add_run(results: dict, run: dict) -> None:
+    """Append `run`, replacing an earlier one of the same kind, variant and test (--merge)."""
+    key = (run["kind"], run["variant"], run["test"])
+    results["runs"] = [r for r in results["runs"] if (r["kind"], r["variant"], r["test"]) != key] + [run]
 
 
 def _write(results: dict, args: argparse.Namespace) -> str:
