@@ -34,11 +34,12 @@ LARGE_BLOCK_BYTES = 1 << 20
 
 
 def map_large_blocks_directly() -> None:
-    """Blocks of 1 MiB and more get their own mapping, returned to the system when freed. glibc
-    otherwise raises its mmap threshold after each freed large block, up to 32 MB, and then serves
-    a build's per-chunk arrays (10-20 MB each) from the heap, where they stay after use: at the end
-    of a 1M-vector build the exact-recall pass left ~100 MB behind. A fixed threshold ends that
-    adaptation. A no-op where there is no glibc."""
+    """Blocks of 1 MiB and more that the heap has no free room for get their own mapping,
+    returned to the system when freed. glibc otherwise raises its mmap threshold after each freed
+    large block, up to 32 MB, and then grows the heap for a build's per-chunk arrays (10-20 MB
+    each), where they stay after use: at the end of a 1M-vector build the exact-recall pass left
+    ~100 MB behind. A fixed threshold ends that adaptation (free room already in the heap is still
+    used first). A no-op where there is no glibc."""
     mallopt = _mallopt()
     if mallopt is not None:
         mallopt(M_MMAP_THRESHOLD, LARGE_BLOCK_BYTES)
