@@ -9,22 +9,12 @@ import sys
 
 
 @functools.cache
-def _malloc_trim():  # type: ignore[no-untyped-def]
+def _glibc_function(name: str):  # type: ignore[no-untyped-def]
+    """glibc's `name` (malloc_trim, mallopt), or None off Linux or without glibc (musl has neither)."""
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return libc.malloc_trim
-    except (OSError, AttributeError):  # not glibc (e.g. musl has no malloc_trim)
-        return None
-
-
-@functools.cache
-def _mallopt():  # type: ignore[no-untyped-def]
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
     except (OSError, AttributeError):
         return None
 
@@ -40,7 +30,7 @@ def map_large_blocks_directly() -> None:
     each), where they stay after use: at the end of a 1M-vector build the exact-recall pass left
     ~100 MB behind. A fixed threshold ends that adaptation (free room already in the heap is still
     used first). A no-op where there is no glibc."""
-    mallopt = _mallopt()
+    mallopt = _glibc_function("mallopt")
     if mallopt is not None:
         mallopt(M_MMAP_THRESHOLD, LARGE_BLOCK_BYTES)
 
@@ -49,6 +39,6 @@ def release_free_memory() -> None:
     """glibc keeps freed blocks below its adaptive mmap threshold (up to 32 MB: a build's chunks)
     in the heap; `malloc_trim` returns them, so each build phase starts from its live data rather
     than the previous phase's high-water mark. A no-op where there is no glibc."""
-    trim = _malloc_trim()
+    trim = _glibc_function("malloc_trim")
     if trim is not None:
         trim(0)

@@ -246,7 +246,7 @@ async def _search_stages(
         assert query is not None
         # one thread hop for search and fetch: each hop costs ~0.1 ms of a ~1 ms request
         found_hits = await asyncio.to_thread(
-            _dense_hits, collection, query, fetch, body.filter, params, body.modality, fields
+            collection.search, query, fetch, body.filter, fields, params, body.modality
         )
     else:
         ranked, keyword_scores = await _keyword_ranking(collection, body, query, fetch, params)
@@ -266,18 +266,6 @@ async def _search_stages(
     for hit in found:
         del hit["key"]
     return SearchOutcome(found, round((time.perf_counter() - start) * 1000, 3), collection.index.spec)
-
-
-def _dense_hits(
-    collection: Collection,
-    query: np.ndarray,
-    top_k: int,
-    filter_spec: dict[str, Any] | None,
-    params: SearchParams,
-    modality: str | None,
-    fields: set[str],
-) -> list[Hit]:
-    return collection.hits(collection.dense_keys(query, top_k, filter_spec, params, modality), fields)
 
 
 def _hit_fields(hit: Hit) -> dict[str, Any]:
