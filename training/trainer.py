@@ -698,8 +698,8 @@ def train(config: TrainConfig, show_progress: bool = True, resume: bool = False)
 
     model.train()
     progress = _run_loop(loop, run, config, progress, checkpoint, show_progress)
+    shutdown(workers)  # the last collective: what follows is rank 0's alone, however long it takes
     if run is None:  # other ranks: rank 0 saves, evaluates and exports
-        shutdown(workers)
         return RunResult(config.runs_dir / config.name, {}, None, progress.steps)
 
     model.eval()
@@ -727,5 +727,4 @@ def train(config: TrainConfig, show_progress: bool = True, resume: bool = False)
     export_dir = _export(config, run, after)
     if not config.keep_checkpoint:
         remove_checkpoint(run.path)
-    shutdown(workers)
     return RunResult(run.path, metrics, export_dir, progress.steps)
