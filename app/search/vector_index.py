@@ -274,10 +274,13 @@ class VectorIndex:
         return _similarities(self.prepare(query), self.prepare(vectors), self.metric)[0]
 
     def _widened(self, params: SearchParams, matching: int) -> SearchParams:
-        """Search breadth for a filter matching `matching` of the vectors: a query's nearest
-        matches lie farther out the rarer they are, so efSearch / nprobe grow with
-        sqrt(1 / selectivity) (at most 16x); e.g. 4x for a filter matching a tenth."""
-        factor = min(16, math.ceil(math.sqrt(max(1, self.live) / max(1, matching))))
+        """Search breadth for a filter matching `matching` of the vectors. A filter uncorrelated
+        with position keeps each neighbour with probability f, so a query's top-10 matches are
+        spread like its unfiltered top-10/f: efSearch / nprobe grow with 1 / f (at most 16x);
+        e.g. 10x for a filter matching a tenth. Measured at 100k (IVF1264,SQ8, nprobe 8 tuned to
+        0.95): a tenth-selective filter reached recall@10 0.94-0.95 at 4x (sqrt(1 / f), the previous
+        rule) and 0.958-0.964 at 10x, for 0.07 ms more per query."""
+        factor = min(16, math.ceil(max(1, self.live) / max(1, matching)))
         if factor <= 1:
             return params
         ef = (params.ef_search or self.defaults.ef_search or 64) * factor
