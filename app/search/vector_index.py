@@ -274,18 +274,20 @@ class VectorIndex:
         return _similarities(self.prepare(query), self.prepare(vectors), self.metric)[0]
 
     def _widened(self, params: SearchParams, matching: int) -> SearchParams:
-        """Search breadth for a filter matching `matching` of the vectors. A filter uncorrelated
-        with position keeps each neighbour with probability f, so a query's top-10 matches are
-        spread like its unfiltered top-10/f: efSearch / nprobe grow with 1 / f (at most 16x);
-        e.g. 10x for a filter matching a tenth. Measured at 100k (IVF1264,SQ8, nprobe 8 tuned to
-        0.95): a tenth-selective filter reached recall@10 0.94-0.95 at 4x (sqrt(1 / f), the previous
-        rule) and 0.958-0.964 at 10x, for 0.07 ms more per query."""
+        """Search breadth for a filter matching `matching` of the vectors. IVF: a filter
+        uncorrelated with position keeps each neighbour with probability f, so a query's top-10
+        matches are spread over the lists its unfiltered top-10/f lie in: nprobe grows with 1 / f
+        (at most 16x). HNSW is left as tuned: its filtered search already keeps exploring until it
+        holds efSearch matching candidates. benchmarks/results/filtered_recall.md (100k): IVF-SQ8
+        at a tenth 0.896 unwidened, 0.955 at sqrt(1 / f) (the earlier rule), 0.969 at 1 / f, for
+        0.2 ms more; HNSW32 0.978 unwidened, 0.988 at 10x for 12x the latency."""
+        if not self.is_ivf:
+            return params
         factor = min(16, math.ceil(max(1, self.live) / max(1, matching)))
         if factor <= 1:
             return params
-        ef = (params.ef_search or self.defaults.ef_search or 64) * factor
         nprobe = (params.nprobe or self.defaults.nprobe or 16) * factor
-        return SearchParams(ef_search=ef, nprobe=nprobe)
+        return SearchParams(ef_search=params.ef_search, nprobe=nprobe)
 
     def _to_similarity(self, scores: np.ndarray) -> np.ndarray:
         """Higher is better for every metric: l2 distances come back negated."""
