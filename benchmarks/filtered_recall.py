@@ -3,10 +3,10 @@
 100k synthetic MiniLM-like vectors (Dirichlet mixtures of three real embeddings plus noise, as
 benchmarks/search.py), indexed as `auto` picks at that size (IVF-SQ8) and as HNSW32, each tuned to
 recall@10 >= 0.95 unfiltered on 200 held-out queries (the service's `tune`). Then 200 other queries
-under filters uncorrelated with position matching 25%, 10% and 5% of the documents (all above the
+under filters uncorrelated with position matching 50%, 25%, 10% and 5% of the documents (all above the
 exact-scoring limit, so the approximate index answers), with the search breadth (nprobe / efSearch)
-widened by: nothing, sqrt(1 / f) (the rule before 2026-11-30) and 1 / f, both capped at 16x;
-"served" marks what `VectorIndex._widened` does now (1 / f for IVF, nothing for HNSW). Recall@10 is against the exact top-10 among the matching documents;
+widened by: nothing, sqrt(1 / f) (the rule before 2026-11-30), 1 / f and 2 / f, all capped at
+16x; "served" marks what `VectorIndex._widened` does now (2 / f for IVF, nothing for HNSW). Recall@10 is against the exact top-10 among the matching documents;
 latency is one query at a time on one thread.
 
 Usage: .venv/bin/python benchmarks/filtered_recall.py
@@ -33,11 +33,12 @@ from benchmarks.search import synthetic_vectors  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 N = 100_000
-SELECTIVITIES = (0.25, 0.10, 0.05)
+SELECTIVITIES = (0.50, 0.25, 0.10, 0.05)
 RULES = {
     "none": lambda f: 1,
     "sqrt(1/f)": lambda f: min(16, math.ceil(math.sqrt(1 / f))),
     "1/f": lambda f: min(16, math.ceil(1 / f)),
+    "2/f": lambda f: min(16, math.ceil(2 / f)),
 }
 
 
