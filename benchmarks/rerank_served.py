@@ -176,50 +176,81 @@ def timed_few(client: httpx.Client, path: str, body: dict, requests: int) -> dic
     return percentiles(seconds)
 
 
-def latency(reranker: str, requests: int, search_requests: int, rerank_calls: bool = True) -> dict:
-    texts = cranfield_texts()
-    query = LATENCY_QUERY
+def cranfield_queries() -> list[str]:
+    dataset = load_beir(DATASETS["cranfield"])
+    return [dataset.queries[q] for q in sorted(dataset.queries)]
+
+
+STORED_ROW = "search, top 10 reranked from 50 with stored second-stage vectors"
+SERVED_STREAMS = Settings.model_fields["bi_encoder_streams"].default
+
+
+def _fill(client: httpx.Client, reranker: str, docs: list[dict]) -> None:
+    """Collections `plain` (minilm-l6) and `stored` (minilm-l6 + the reranker's stored vectors)."""
+    for name, extra in (("plain", {}), ("stored", {"rescore": {"model": reranker}})):
+        client.post("/indexes", json={"name": name, "model": "minilm-l6", **extra}).raise_for_status()
+        for start in range(0, len(docs), 128):
+            client.put(f"/indexes/{name}/documents", json={"documents": docs[start : start + 128]}).raise_for_status()
+
+
+def latency(
+    reranker: str, requests: int, search_requests: int, rerank_calls: bool = True, streams: tuple[int, ...] = (1,)
+) -> dict:
+    """Rows of p50/p99 ms. Search rows use varied Cranfield queries (one per round, the same query
+    for every row of a round). One server per `streams` value (the reranker's
+    TESSERA_BI_ENCODER_STREAMS), all up at once and their requests interleaved, so every setting
+    sees the same machine; /v1/rerank and re-embedding rows come from the first server."""
+    texts, queries = cranfield_texts(), cranfield_queries()
     work = Path(tempfile.mkdtemp(prefix="rerank-bench-"))
-    server = start_tessera(
-        ROOT / "models", f"minilm-l6,{reranker}", work / "data", PORT, {"TESSERA_DEFAULT_RERANKER": reranker}
-    )
-    base = f"http://127.0.0.1:{PORT}"
+    servers = {
+        n: start_tessera(
+            ROOT / "models",
+            f"minilm-l6,{reranker}",
+            work / f"data-{n}",
+            PORT + k,
+            {"TESSERA_DEFAULT_RERANKER": reranker, "TESSERA_BI_ENCODER_STREAMS": str(n)},
+        )
+        for k, n in enumerate(streams)
+    }
+    bases = {n: f"http://127.0.0.1:{PORT + k}" for k, n in enumerate(streams)}
+    clients = {n: httpx.Client(base_url=base, timeout=120) for n, base in bases.items()}
     out: dict[str, dict] = {}
     try:
-        wait_ready(f"{base}/ready")
-        with httpx.Client(base_url=base, timeout=120) as client:
-            for n in (10, 30, 100) if rerank_calls else ():
-                body = {"query": query, "documents": texts[:n]}
-                out[f"/v1/rerank, {n} documents"] = timed_few(client, "/v1/rerank", body, requests)
-            docs = [{"id": str(i), "text": t} for i, t in enumerate(texts) if t.strip()]
-            second_stage = {"model": reranker}
-            for name, extra in (("plain", {}), ("stored", {"rescore": second_stage})):
-                client.post("/indexes", json={"name": name, "model": "minilm-l6", **extra}).raise_for_status()
-                for start in range(0, len(docs), 128):
-                    batch = {"documents": docs[start : start + 128]}
-                    client.put(f"/indexes/{name}/documents", json=batch).raise_for_status()
-            search = {"query": query, "top_k": 10}
-            reembed = {**search, "rerank": {"model": reranker, "candidates": 50}}
-            out["search, top 10 reranked from 50 by re-embedding the candidates"] = timed_few(
-                client, "/indexes/plain/search", reembed, min(requests, 5)
-            )
-            # plain and stored-vector rescoring interleaved, so both see the same machine
-            rows = {"search, top 10": ("plain", search)}
-            rows["search, top 10 reranked from 50 with stored second-stage vectors"] = (
-                "stored",
-                {**search, "rerank": {"candidates": 50}},
-            )
-            seconds: dict[str, list[float]] = {label: [] for label in rows}
-            for attempt in range(search_requests + 1):
-                for label, (name, body) in rows.items():
-                    started = time.perf_counter()
-                    client.post(f"/indexes/{name}/search", json=body).raise_for_status()
-                    if attempt:  # the first round warms up
-                        seconds[label].append(time.perf_counter() - started)
-            out.update({label: percentiles(values) for label, values in seconds.items()})
+        docs = [{"id": str(i), "text": t} for i, t in enumerate(texts) if t.strip()]
+        for n, client in clients.items():
+            wait_ready(f"{bases[n]}/ready")
+            _fill(client, reranker, docs)
+        first = clients[streams[0]]
+        for n in (10, 30, 100) if rerank_calls else ():
+            body = {"query": LATENCY_QUERY, "documents": texts[:n]}
+            out[f"/v1/rerank, {n} documents"] = timed_few(first, "/v1/rerank", body, requests)
+        search = {"query": LATENCY_QUERY, "top_k": 10}
+        out["search, top 10 reranked from 50 by re-embedding the candidates"] = timed_few(
+            first,
+            "/indexes/plain/search",
+            {**search, "rerank": {"model": reranker, "candidates": 50}},
+            min(requests, 5),
+        )
+        rows: dict[str, tuple[httpx.Client, str, dict]] = {}
+        for n, client in clients.items():
+            suffix = "" if n == SERVED_STREAMS else f" (bi-encoder streams {n})"
+            rows["search, top 10" + suffix] = (client, "plain", {"top_k": 10})
+            rows[STORED_ROW + suffix] = (client, "stored", {"top_k": 10, "rerank": {"candidates": 50}})
+        seconds: dict[str, list[float]] = {label: [] for label in rows}
+        for attempt in range(search_requests + 1):  # the first round warms up
+            query = queries[attempt % len(queries)]
+            for label, (client, name, body) in rows.items():
+                started = time.perf_counter()
+                client.post(f"/indexes/{name}/search", json={**body, "query": query}).raise_for_status()
+                if attempt:
+                    seconds[label].append(time.perf_counter() - started)
+        out.update({label: percentiles(values) for label, values in seconds.items()})
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        for client in clients.values():
+            client.close()
+        for server in servers.values():
+            server.terminate()
+            server.wait(timeout=30)
     return out
 
 
@@ -253,6 +284,13 @@ def main() -> None:
     parser.add_argument("--search-requests", type=int, default=100, help="per search row (plain / stored, interleaved)")
     parser.add_argument("--no-rerank-calls", action="store_true", help="skip /v1/rerank rows (see --kinds)")
     parser.add_argument(
+        "--bi-encoder-streams",
+        type=int,
+        nargs="+",
+        default=[SERVED_STREAMS, 2],
+        help="search rows per TESSERA_BI_ENCODER_STREAMS value (one server each, interleaved)",
+    )
+    parser.add_argument(
         "--kinds",
         type=Path,
         nargs="+",
@@ -264,7 +302,9 @@ def main() -> None:
         write_kinds_latency(kinds_latency(args.kinds, args.requests), args.requests)
         return
     report = {name: quality(name, folder, args.reranker) for name, folder in DATASETS.items()}
-    report["latency"] = latency(args.reranker, args.requests, args.search_requests, not args.no_rerank_calls)
+    report["latency"] = latency(
+        args.reranker, args.requests, args.search_requests, not args.no_rerank_calls, tuple(args.bi_encoder_streams)
+    )
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "rerank_served.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = [
@@ -288,7 +328,7 @@ def main() -> None:
         lines.append("")
     lines += [
         f"## Latency (2 cores, sequential requests: /v1/rerank {args.requests} per row, re-embedding 5, plain and "
-        f"stored-vector search {args.search_requests} each, interleaved)",
+        f"stored-vector search {args.search_requests} each over varied Cranfield queries, interleaved)",
         "",
         "| call | p50 ms | p99 ms |",
         "|---|---|---|",
@@ -296,13 +336,21 @@ def main() -> None:
     for label, m in report["latency"].items():
         lines.append(f"| {label} | {m['p50_ms']} | {m['p99_ms']} |")
     plain = report["latency"]["search, top 10"]["p50_ms"]
-    stored = report["latency"]["search, top 10 reranked from 50 with stored second-stage vectors"]["p50_ms"]
+    stored = report["latency"][STORED_ROW]["p50_ms"]
     embedded = report["latency"]["search, top 10 reranked from 50 by re-embedding the candidates"]["p50_ms"]
     lines += [
         "",
         f"Search with rescore from stored vectors: p50 **{stored / plain:.2f}x** plain search (target <= 2x); "
         f"reranking by re-embedding the 50 candidates: {embedded / plain:.1f}x.",
     ]
+    for n in args.bi_encoder_streams:
+        if n != SERVED_STREAMS:
+            suffix = f" (bi-encoder streams {n})"
+            other = (
+                report["latency"][STORED_ROW + suffix]["p50_ms"]
+                / report["latency"]["search, top 10" + suffix]["p50_ms"]
+            )
+            lines.append(f"With the reranker on {n} streams (a server of its own, interleaved): {other:.2f}x.")
     (RESULTS / "rerank_served.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

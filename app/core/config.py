@@ -31,6 +31,10 @@ class Settings(BaseSettings):
     # streams beat one two-thread pass here for short and long inputs alike
     # (benchmarks/results/embed_http.md): no barrier stalls when the event loop takes a core.
     streams: int = Field(2, ge=1)
+    # Streams of a bi-encoder reranker (the rescore model): its single query embedding is on search's
+    # latency path, where one stream of every thread halves it (all-mpnet-base-v2: 14 vs 25 ms)
+    # while its document throughput is unchanged (28-30 docs/s either way; rerank_reading.md).
+    bi_encoder_streams: int = Field(1, ge=1)
     # OpenVINO's cache of kernels compiled per input shape (its default, thousands, grows memory
     # without bound under varied batches); and padding of each batch's length up to a multiple of
     # pad_to_multiple tokens, so fewer distinct shapes reach the backends (1 = no rounding).

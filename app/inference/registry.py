@@ -231,7 +231,9 @@ class BiEncoderScorer(Scorer):
     capabilities = frozenset({Capability.SCORE})
 
     def __init__(self, folder: Path, manifest: Manifest, settings: Settings) -> None:
-        self.encoder = TextEncoder(folder, manifest, settings)
+        # its query embedding is on search's latency path: its own stream count (Settings)
+        latency_first = settings.model_copy(update={"streams": settings.bi_encoder_streams})
+        self.encoder = TextEncoder(folder, manifest, latency_first)
         super().__init__(folder, manifest, self.encoder.variant)
         self.weights = manifest.bi_encoder or BiEncoderSpec()
 

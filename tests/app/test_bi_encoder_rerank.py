@@ -13,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.core.manifest import BiEncoderSpec, Manifest, ModelKind
+from app.inference.registry import BiEncoderScorer, TextEncoder
 from app.main import create_app
 from tests.conftest import make_bi_encoder_copy, make_tiny_sentence_transformer, settings_for
 
@@ -109,6 +110,19 @@ def test_the_default_reranker_setting_wins(models: Path, tmp_path: Path) -> None
     with TestClient(create_app(settings)) as client:
         response = client.post("/v1/rerank", json={"query": QUERY, "documents": DOCS})
         assert response.status_code == 404 and "nope" in response.json()["error"]["message"]
+
+
+def test_a_bi_encoder_runs_its_own_streams(models: Path) -> None:
+    """Its query embedding is on search's latency path: one stream of every thread, while embedding
+    models keep `streams` concurrent passes."""
+    settings = settings_for(models, streams=2, bi_encoder_streams=1, threads=2)
+    folder = models / "minilm-rerank"
+    scorer = BiEncoderScorer(folder, Manifest.load(folder), settings)
+    first = TextEncoder(models / "minilm-l6", Manifest.load(models / "minilm-l6"), settings)
+    assert scorer.encoder.batcher.workers == 1 and first.batcher.workers == 2
+    if scorer.encoder.backend == "openvino":
+        assert scorer.encoder.model.session._compiled.get_property("NUM_STREAMS") == 1
+        assert scorer.encoder.model.session._compiled.get_property("INFERENCE_NUM_THREADS") == 2
 
 
 def test_the_exporter_writes_a_bi_encoder_folder(tmp_path: Path, sts_sentences: list[str]) -> None:
