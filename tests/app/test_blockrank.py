@@ -81,7 +81,9 @@ def test_a_documents_hidden_states_ignore_other_documents(model_and_tokenizer, d
         _, (_, many, _) = model.forward_blocks(
             model.encode_prompt(tokenizer, QUERY, documents[:12]), return_hidden=True
         )
-    assert torch.allclose(few, many[:3], atol=1e-6)
+    # Summed in another order (a wider batch, two threads), float32 moves by up to ~5e-6 on values
+    # up to ~6 (one thread: 0.0); attention that reached the other nine documents would move far more.
+    assert torch.allclose(few, many[:3], atol=1e-4)
 
 
 def test_full_attention_baseline_differs_and_loss_trains(model_and_tokenizer, documents) -> None:  # type: ignore[no-untyped-def]
