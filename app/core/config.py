@@ -9,6 +9,10 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# Concurrent forward passes per model: each is a thread and a backend stream; far more than cores
+# only costs memory, and a runaway value (100000) made every model fail to load.
+MAX_STREAMS = 256
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TESSERA_", env_file=".env", extra="ignore")
@@ -30,11 +34,11 @@ class Settings(BaseSettings):
     # Forward passes run concurrently per model, each on threads/streams cores. Two single-thread
     # streams beat one two-thread pass here for short and long inputs alike
     # (benchmarks/results/embed_http.md): no barrier stalls when the event loop takes a core.
-    streams: int = Field(2, ge=1)
+    streams: int = Field(2, ge=1, le=MAX_STREAMS)
     # Streams of a bi-encoder reranker (the rescore model): its single query embedding is on search's
     # latency path, where one stream of every thread halves it (all-mpnet-base-v2: 14 vs 25 ms)
     # while its document throughput is unchanged (28-30 docs/s either way; rerank_reading.md).
-    bi_encoder_streams: int = Field(1, ge=1)
+    bi_encoder_streams: int = Field(1, ge=1, le=MAX_STREAMS)
     # OpenVINO's cache of kernels compiled per input shape (its default, thousands, grows memory
     # without bound under varied batches); and padding of each batch's length up to a multiple of
     # pad_to_multiple tokens, so fewer distinct shapes reach the backends (1 = no rounding).

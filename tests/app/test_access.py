@@ -169,3 +169,8 @@ def test_serve_refuses_an_open_non_loopback_bind_and_bad_settings_in_one_line() 
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
         "error: TESSERA_PORT='99999': Input should be less than or equal to 65535"
     ]
+    # a stream is a thread and a backend request: a runaway value is refused before any model loads
+    many = _serve({"TESSERA_STREAMS": "100000"})
+    assert many.returncode == 2 and many.stderr.strip().splitlines() == [
+        "error: TESSERA_STREAMS='100000': Input should be less than or equal to 256"
+    ]
