@@ -46,7 +46,7 @@ Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
 _M = r"(?:[2-9]|[1-9][0-9]|1[0-9]{2}|2[0-4][0-9]|25[0-6])"
 _NLIST = r"(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-6])"
 INDEX_SPEC_PATTERN = (
-    rf"^(?:auto|Flat|HNSW{_M}(?:,Flat)?|IVF{_NLIST},(?:Flat|SQ8|SQ4|PQ[1-9][0-9]{{0,3}}(?:x(?:[1-9]|10))?))$"
+    rf"^(?:auto|Flat|HNSW{_M}(?:,Flat)?|IVF{_NLIST},(?:Flat|SQ8|SQ4|RaBitQ|PQ[1-9][0-9]{{0,3}}(?:x(?:[1-9]|10))?))$"
 )
 # A collection name (also the path segment): what `app.search.collection.NAME_PATTERN` accepts.
 INDEX_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"

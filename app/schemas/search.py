@@ -41,7 +41,10 @@ class CreateIndexRequest(StrictRequest):
     index: str = Field(
         "auto",
         json_schema_extra={"pattern": INDEX_SPEC_PATTERN},  # checked by validate_spec, with a clearer message
-        description="auto, or a FAISS factory string: Flat, HNSW32, IVF1024,SQ8, IVF1024,PQ48",
+        description=(
+            "auto, or a FAISS factory string: Flat, HNSW32, IVF1024,SQ8, IVF1024,PQ48, IVF1024,RaBitQ "
+            "(binary codes, one bit per dimension; searches rescore the shortlist with the stored float vectors)"
+        ),
     )
     thumbnails: bool = Field(
         False, description="image collections: keep a small JPEG of each image (otherwise only its reference)"

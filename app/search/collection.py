@@ -138,7 +138,7 @@ class Collection:
         self.lock = lock
         if lock is not None:
             lock.try_acquire()
-        self.index = self._open_index()
+        self.index = self._serving(self._open_index())
 
     # --- opening -----------------------------------------------------------------------------
     @property
@@ -150,6 +150,11 @@ class Collection:
         if spec == "auto":
             return (self.config.last_build or {}).get("spec", "Flat")
         return spec
+
+    def _serving(self, index: VectorIndex) -> VectorIndex:
+        """`index`, reading the float vectors a binary index rescores with from this store."""
+        index.rescore_from = self.store.live_vectors
+        return index
 
     def _open_index(self) -> VectorIndex:
         loaded = VectorIndex.load(self.snapshot_path, self.config.dim, self.config.metric)
@@ -198,7 +203,7 @@ class Collection:
             return index
         needed = max(1, training_points_needed(spec))
         size = min(TRAINING_SAMPLE, max(TRAINING_SAMPLE_MIN, TRAINING_PER_LIST * needed))
-        sample = self._training_sample(snap, size)
+        _, sample = self._training_sample(snap, size)
         if len(sample) < needed:
             log.warning(
                 "%s: %s needs %d vectors to train, %d stored: exact (Flat) until then",
@@ -212,18 +217,20 @@ class Collection:
         return index
 
     @staticmethod
-    def _training_sample(snap: StoreSnapshot, size: int = TRAINING_SAMPLE) -> np.ndarray:
-        """The first `size` vectors in key order, (m, dim): read only as far as needed (a 1M
-        collection is not loaded whole to train on a fifth of it)."""
+    def _training_sample(snap: StoreSnapshot, size: int = TRAINING_SAMPLE) -> tuple[np.ndarray, np.ndarray]:
+        """The first `size` (keys (m,), vectors (m, dim)) in key order: read only as far as needed
+        (a 1M collection is not loaded whole to train on a fifth of it)."""
         sample = np.empty((min(size, snap.count()), snap.dim), np.float32)  # filled in place: no second copy
+        sample_keys = np.empty(len(sample), np.int64)
         taken = 0
-        for _, vectors in snap.iter_vectors(batch=50_000):
+        for keys, vectors in snap.iter_vectors(batch=50_000):
             part = vectors[: len(sample) - taken]
             sample[taken : taken + len(part)] = part
+            sample_keys[taken : taken + len(part)] = keys[: len(part)]
             taken += len(part)
             if taken >= len(sample):
                 break
-        return sample[:taken]
+        return sample_keys[:taken], sample[:taken]
 
     # --- writes ------------------------------------------------------------------------------
     def _check_write_lock(self) -> None:
@@ -239,7 +246,7 @@ class Collection:
             self.lock.release()  # a no-op when it was not taken
             raise CollectionNotFound(f"index '{self.config.name}' was deleted") from None
         with self._index_lock:
-            self.index = self._open_index()
+            self.index = self._serving(self._open_index())
         self._write_version += 1  # what the other process wrote: cached filter results are stale
 
     @property
@@ -446,7 +453,7 @@ class Collection:
                 "size": self.store.count(),
                 "index_vectors": index.live,
                 "memory_bytes": index.memory_bytes(),
-                "search_defaults": {"ef_search": index.defaults.ef_search, "nprobe": index.defaults.nprobe},
+                "search_defaults": asdict(index.defaults),
                 "last_build": self.config.last_build,
                 "last_build_error": self.last_error,
                 "optimizing": self._optimizing.locked(),
@@ -509,7 +516,7 @@ class Collection:
         with self._write_lock:  # block writers only for the catch-up and the swap
             self._catch_up(new_index, self.store.changes_since(snap.last_op))
             with self._index_lock:
-                self.index = new_index
+                self.index = self._serving(new_index)
             self._catch_up_from = None
             self._deferred_from = None  # built from the store: it holds every deferred write
             report.build_seconds = round(time.perf_counter() - start, 2)
@@ -523,10 +530,17 @@ class Collection:
         n = snap.count()
         if n <= index_choice.FLAT_MAX:
             return "Flat", []
-        sample = self._training_sample(snap, index_choice.SAMPLE)
+        sample_keys, sample = self._training_sample(snap, index_choice.SAMPLE)
         write_heavy = churn is not None and churn >= index_choice.WRITE_HEAVY_CHURN
         return index_choice.choose(
-            sample, n, self.config.metric, self.memory_budget_bytes, self.recall_target, write_heavy
+            sample,
+            n,
+            self.config.metric,
+            self.memory_budget_bytes,
+            self.recall_target,
+            write_heavy,
+            sample_keys,
+            snap.live_vectors,
         )
 
     def _write_churn(self, ops_now: int) -> float | None:
@@ -557,7 +571,11 @@ class Collection:
         # streamed over the store: no second copy of the vectors (1.5 GB at 1M x 384)
         # small chunks: this pass runs when the new index is whole, at the build's memory peak
         truth = exact_top_k(_without(snap.iter_vectors(TRUTH_BATCH), held_out), queries, self.config.metric)
-        tuned = tune(index, truth, queries, self.recall_target)
+        index.rescore_from = snap.live_vectors  # a binary index rescores as served, from the store
+        try:
+            tuned = tune(index, truth, queries, self.recall_target)
+        finally:
+            index.rescore_from = None  # the snapshot closes after the build; the swap points it at the store
         defaults = {k: v for k, v in asdict(tuned.params).items() if v is not None}
         return BuildReport(
             index.spec,

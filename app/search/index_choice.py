@@ -7,6 +7,10 @@ timed on them one query at a time (as search runs); the fastest one that reaches
 (of those within SPEED_TIE of the fastest, the smallest), or, when none does, the one with the best
 recall. Every candidate's figures are recorded.
 
+The binary candidate (IVF lists of RaBitQ codes, one bit per dimension) shortlists by code and
+rescores with float vectors read from the store, so its trial reads them from the store too (as
+served): its latency includes that read, and its memory is the codes only (~1/7 of SQ8's).
+
 Write-heavy collections (since the previous build, at least WRITE_HEAVY_CHURN writes per document
 that build held) do not get an IVF index while a graph index fits: IVF assigns every new vector to
 lists trained on an older snapshot, so its recall at the tuned nprobe decays as the data drifts, and
@@ -22,7 +26,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from app.search.vector_index import VectorIndex, exact_top_k, tune
+from app.search.vector_index import VectorFetch, VectorIndex, binary_code_bytes, exact_top_k, tune
 
 FLAT_MAX = 50_000
 SAMPLE = 100_000  # vectors each candidate is built on
@@ -56,7 +60,7 @@ def estimated_memory(spec: str, n: int, dim: int) -> int:
     if spec.startswith("HNSW"):
         return n * (dim * 4 + HNSW_LINKS * 2 * 4 + 16)
     lists = int(spec[3:].split(",")[0])
-    code = dim if spec.endswith("SQ8") else dim * 4
+    code = {"SQ8": dim, "RaBitQ": binary_code_bytes(dim)}.get(spec.split(",")[1], dim * 4)
     return n * (code + 8) + lists * dim * 4
 
 
@@ -64,7 +68,7 @@ def candidate_specs(n: int, dim: int) -> list[str]:
     """What `auto` tries above FLAT_MAX (IVF's list count for the whole collection, scaled down
     to the sample when tried)."""
     lists = ivf_lists(n)
-    return [f"HNSW{HNSW_LINKS}", f"IVF{lists},SQ8", f"IVF{lists},Flat"]
+    return [f"HNSW{HNSW_LINKS}", f"IVF{lists},SQ8", f"IVF{lists},RaBitQ", f"IVF{lists},Flat"]
 
 
 def trial_spec(spec: str, sample_size: int) -> str:
@@ -75,15 +79,32 @@ def trial_spec(spec: str, sample_size: int) -> str:
 
 
 def choose(
-    sample: np.ndarray, n: int, metric: str, memory_budget_bytes: int, target: float, write_heavy: bool = False
+    sample: np.ndarray,
+    n: int,
+    metric: str,
+    memory_budget_bytes: int,
+    target: float,
+    write_heavy: bool = False,
+    sample_keys: np.ndarray | None = None,
+    fetch: VectorFetch | None = None,
 ) -> tuple[str, list[Candidate]]:
     """(the spec to build for n vectors, every candidate's figures). `sample`: (m, dim) vectors of
     the collection, m > TRIAL_QUERIES, shuffled in place (not copied: at 100k it is 150 MB).
-    `write_heavy`: IVF is not tried while a graph index fits."""
+    `write_heavy`: IVF is not tried while a graph index fits. `sample_keys` (m,): the store's keys
+    of the sample's rows, and `fetch` reading their vectors from the store, for the binary
+    candidate's rescoring; without them it rescores from the sample in memory."""
     dim = sample.shape[1]
+    # One seed for both: Generator.shuffle draws the same swaps for any array of the same length,
+    # so row i of the sample stays paired with key i (tests/app/search/test_optimize.py checks it).
     np.random.default_rng(0).shuffle(sample)
+    if sample_keys is None or fetch is None:
+        sample_keys = np.arange(len(sample), dtype=np.int64)
+        fetch = in_memory_fetch(sample_keys, sample)
+    else:
+        sample_keys = np.array(sample_keys, dtype=np.int64)
+        np.random.default_rng(0).shuffle(sample_keys)
     queries, data = sample[:TRIAL_QUERIES], sample[TRIAL_QUERIES:]
-    keys = np.arange(len(data), dtype=np.int64)
+    keys = sample_keys[TRIAL_QUERIES:]
     chunks = ((keys[i : i + TRUTH_CHUNK], data[i : i + TRUTH_CHUNK]) for i in range(0, len(data), TRUTH_CHUNK))
     truth = exact_top_k(chunks, queries, metric)  # chunked: one (queries x sample) block is ~0.5 GB of temporaries
     candidates = []
@@ -99,7 +120,7 @@ def choose(
                 "IVF's lists would drift from the data; a graph index keeps its recall under adds"
             )
         else:
-            _trial(candidate, trial_spec(spec, len(data)), metric, data, keys, queries, truth, target)
+            _trial(candidate, trial_spec(spec, len(data)), metric, data, keys, queries, truth, target, fetch)
         candidates.append(candidate)
     return pick(candidates, target).spec, candidates
 
@@ -128,9 +149,11 @@ def _trial(
     queries: np.ndarray,
     truth: np.ndarray,
     target: float,
+    fetch: VectorFetch,
 ) -> None:
     start = time.perf_counter()
     index = VectorIndex(data.shape[1], metric, spec)
+    index.rescore_from = fetch
     index.train(data)
     index.add(keys, data)
     candidate.build_seconds = round(time.perf_counter() - start, 2)
@@ -144,3 +167,14 @@ def _trial(
         index.search(query[None, :], 10)
         seconds.append(time.perf_counter() - started)
     candidate.p50_ms = round(1000 * float(np.median(seconds)), 4)
+
+
+def in_memory_fetch(keys: np.ndarray, vectors: np.ndarray) -> VectorFetch:
+    """A `fetch` over vectors held in memory: `keys` (m,) name the rows of `vectors` (m, dim)."""
+    row_of = {int(key): row for row, key in enumerate(keys)}
+
+    def fetch(wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        present = np.array([k for k in wanted if int(k) in row_of], dtype=np.int64)
+        return present, vectors[[row_of[int(k)] for k in present]].reshape(len(present), vectors.shape[1])
+
+    return fetch

@@ -118,15 +118,28 @@ class StoreSnapshot:
 
     def vectors(self, keys: np.ndarray) -> np.ndarray:
         """Vectors of `keys` (all present in this snapshot) in that order: (m, dim)."""
+        found = self._read(keys)
+        if not len(keys):
+            return np.empty((0, self.dim), np.float32)
+        return np.stack([np.frombuffer(found[int(k)], dtype=np.float32) for k in keys])
+
+    def live_vectors(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(the keys of `keys` in this snapshot, in that order (m,), their vectors (m, dim)): the
+        `fetch` a build's binary index rescores with while it is tuned."""
+        found = self._read(keys)
+        present = np.array([k for k in keys if int(k) in found], dtype=np.int64)
+        if not len(present):
+            return present, np.empty((0, self.dim), np.float32)
+        return present, np.stack([np.frombuffer(found[int(k)], dtype=np.float32) for k in present])
+
+    def _read(self, keys: np.ndarray) -> dict[int, bytes]:
         found: dict[int, bytes] = {}
         wanted = [int(k) for k in keys]
         for start in range(0, len(wanted), 500):
             chunk = wanted[start : start + 500]
             marks = ",".join("?" * len(chunk))
             found.update(self.db.execute(f"SELECT key, vector FROM documents WHERE key IN ({marks})", chunk))
-        if not wanted:
-            return np.empty((0, self.dim), np.float32)
-        return np.stack([np.frombuffer(found[k], dtype=np.float32) for k in wanted])
+        return found
 
 
 class DocumentStore:

@@ -25,9 +25,12 @@ def clustered(n: int, seed: int = 0, clusters: int = 50) -> np.ndarray:
 
 
 def test_auto_candidates_and_their_memory() -> None:
-    assert index_choice.candidate_specs(1_000_000, DIM) == ["HNSW32", "IVF4000,SQ8", "IVF4000,Flat"]
+    assert index_choice.candidate_specs(1_000_000, DIM) == ["HNSW32", "IVF4000,SQ8", "IVF4000,RaBitQ", "IVF4000,Flat"]
     assert index_choice.estimated_memory("HNSW32", 1_000_000, DIM) == 1_000_000 * (DIM * 4 + 256 + 16)
     assert index_choice.estimated_memory("IVF4000,SQ8", 1_000_000, DIM) == 1_000_000 * (DIM + 8) + 4000 * DIM * 4
+    # sign bits and two floats per vector: 56 bytes of code for 384 dimensions
+    binary = index_choice.estimated_memory("IVF4000,RaBitQ", 1_000_000, DIM)
+    assert binary == 1_000_000 * (DIM // 8 + 8 + 8) + 4000 * DIM * 4
     assert index_choice.trial_spec("IVF4000,SQ8", 99_800) == "IVF1263,SQ8"  # as many points per list
 
 
@@ -61,13 +64,13 @@ def test_auto_tries_what_fits_and_picks_the_fastest_reaching_the_target(
     collection.upsert([Document(f"v{i}", None, {}, points[i].astype(np.float32)) for i in range(n)])
     report = collection.optimize()
     candidates = {c["spec"]: c for c in report.candidates}
-    assert set(candidates) == {"HNSW32", "IVF309,SQ8", "IVF309,Flat"}
+    assert set(candidates) == {"HNSW32", "IVF309,SQ8", "IVF309,RaBitQ", "IVF309,Flat"}
     tried = [c for c in candidates.values() if c["skipped"] is None]
     if budget_mb == 2:  # HNSW's ~3 MiB does not fit: skipped, with the reason
         assert "over the budget" in candidates["HNSW32"]["skipped"] and candidates["HNSW32"]["p50_ms"] is None
-        assert len(tried) == 2
-    else:
         assert len(tried) == 3
+    else:
+        assert len(tried) == 4
     for c in tried:
         assert c["recall_at_10"] is not None and c["p50_ms"] > 0 and c["memory_bytes"] > 0 and c["search_defaults"]
     reaching = [c for c in tried if c["recall_lower_bound"] >= collection.recall_target]
@@ -135,7 +138,9 @@ def _wait_for_build(client: TestClient, name: str) -> dict:
     raise AssertionError("optimise did not finish")
 
 
-@pytest.mark.parametrize(("spec", "param"), [("HNSW16", "ef_search"), ("IVF32,Flat", "nprobe")])
+@pytest.mark.parametrize(
+    ("spec", "param"), [("HNSW16", "ef_search"), ("IVF32,Flat", "nprobe"), ("IVF32,RaBitQ", "nprobe")]
+)
 def test_optimize_measures_recall_tunes_and_survives_restart(
     default_models_dir: Path, tmp_path: Path, spec: str, param: str
 ) -> None:
@@ -154,6 +159,8 @@ def test_optimize_measures_recall_tunes_and_survives_restart(
         assert build["recall_at_10"] >= 0.95 and build["sample_queries"] == 200
         tuned = build["search_defaults"][param]
         assert info["search_defaults"][param] == tuned
+        depth = info["search_defaults"]["rescore_depth"]  # binary codes: the shortlist depth is tuned too
+        assert (depth in (4, 8, 16, 32, 64)) if spec.endswith("RaBitQ") else depth is None
 
         # Deletes after the build: gone from results immediately (HNSW hides them until a rebuild).
         deleted = [f"v{i}" for i in range(0, 4000, 10)]
@@ -169,6 +176,7 @@ def test_optimize_measures_recall_tunes_and_survives_restart(
     with TestClient(create_app(settings)) as client:  # restart: snapshot + replayed deletes
         info = client.get("/indexes/vec").json()
         assert info["size"] == info["index_vectors"] == 3600 and info["search_defaults"][param] == tuned
+        assert info["search_defaults"]["rescore_depth"] == depth
         got = client.post("/indexes/vec/search", json={"vector": vectors[10].tolist(), "top_k": 5}).json()
         assert "v10" not in {h["id"] for h in got["hits"]}
         got = client.post("/indexes/vec/search", json={"vector": vectors[11].tolist(), "top_k": 1}).json()
@@ -195,7 +203,7 @@ def test_filtered_search_on_an_approximate_index_returns_the_exact_top_k(
         assert [h["id"] for h in got] == [f"v{i}" for i in exact]
 
 
-@pytest.mark.parametrize("spec", ["Flat", "HNSW16", "IVF32,Flat"])
+@pytest.mark.parametrize("spec", ["Flat", "HNSW16", "IVF32,Flat", "IVF32,RaBitQ"])
 def test_optimize_under_concurrent_writes_holds_exactly_the_stored_set(tmp_path: Path, spec: str) -> None:
     """Writers upsert (new ids and re-upserts) and delete while optimise rebuilds, several times:
     the index ends with every stored document exactly once and nothing else, and keeps it after a
@@ -265,7 +273,7 @@ def _ivf_ids(index) -> list[int]:  # type: ignore[no-untyped-def]
     return ids
 
 
-@pytest.mark.parametrize("spec", ["HNSW16", "IVF100,Flat"])
+@pytest.mark.parametrize("spec", ["HNSW16", "IVF100,Flat", "IVF100,RaBitQ"])
 def test_recall_is_measured_on_held_out_documents_and_tracks_fresh_queries(tmp_path: Path, spec: str) -> None:
     """The build's recall estimate (documents held out of the index while it is tuned) is close to
     the recall of queries the collection never saw, and the held-out documents end up indexed."""
@@ -340,7 +348,9 @@ def test_streamed_exact_top_k_matches_flat_search(metric: str) -> None:
     assert (few[:, 3:] == -1).all() and set(few[0, :3]) == {100, 101, 102}
 
 
-@pytest.mark.parametrize(("spec", "metric"), [("IVF16,SQ8", "cosine"), ("IVF16,Flat", "l2"), ("HNSW8", "ip")])
+@pytest.mark.parametrize(
+    ("spec", "metric"), [("IVF16,SQ8", "cosine"), ("IVF16,Flat", "l2"), ("HNSW8", "ip"), ("IVF16,RaBitQ", "cosine")]
+)
 def test_fill_in_two_passes_builds_the_index_one_pass_builds(spec: str, metric: str) -> None:
     """IVF fills size every list first (then write with the same assignments): the index must hold
     exactly what adding chunk by chunk gives, ids and codes, on top of what it held before."""
@@ -375,6 +385,71 @@ def test_fill_in_two_passes_builds_the_index_one_pass_builds(spec: str, metric: 
             ids_a = faiss.rev_swig_ptr(a.get_ids(list_no), size).copy() if size else np.array([])
             ids_b = faiss.rev_swig_ptr(b.get_ids(list_no), size).copy() if size else np.array([])
             assert np.array_equal(ids_a, ids_b)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2", "ip"])
+def test_a_binary_index_shortlists_by_code_and_scores_with_the_stored_vectors(metric: str) -> None:
+    """IVF-RaBitQ keeps one bit per dimension: alone its top-10 misses many true neighbours; with
+    the store's float vectors (`fetch`) it rescores a shortlist, its scores are the exact ones (as
+    Flat gives them for the same keys), and a deep enough shortlist (these near-random clustered
+    vectors need 64x; tuning picks it per build) recovers IVF-Flat's recall at the same nprobe."""
+    from app.search.index_choice import in_memory_fetch
+    from app.search.vector_index import SearchParams, VectorIndex, exact_top_k, recall_per_query
+
+    vectors = clustered(6_000, seed=4)
+    if metric != "cosine":
+        vectors = vectors * np.random.default_rng(5).uniform(0.5, 2.0, (len(vectors), 1)).astype(np.float32)
+    keys = np.arange(7, 6_007, dtype=np.int64)
+    queries = clustered(100, seed=6)
+    truth = exact_top_k([(keys, vectors)], queries, metric)
+    binary, ivf_flat, flat = (VectorIndex(DIM, metric, s) for s in ("IVF32,RaBitQ", "IVF32,Flat", "Flat"))
+    for index in (binary, ivf_flat, flat):
+        index.train(vectors)
+        index.add(keys, vectors)
+    params = SearchParams(nprobe=8, rescore_depth=64)
+    codes_only = recall_per_query(binary, truth, queries, params).mean()
+    fetch = in_memory_fetch(keys, vectors)
+    binary.rescore_from = fetch
+    rescored = recall_per_query(binary, truth, queries, params).mean()
+    assert rescored >= recall_per_query(ivf_flat, truth, queries, params).mean() - 0.03
+    assert rescored >= codes_only + 0.2
+    shallow = recall_per_query(binary, truth, queries, SearchParams(nprobe=8, rescore_depth=4)).mean()
+    assert shallow < rescored - 0.1
+    scores, found = binary.search(queries[:5], 10, params=params)
+    for row in range(5):
+        flat_scores = flat.exact_scores(queries[row], vectors[found[row] - 7])
+        assert np.allclose(scores[row], flat_scores, atol=1e-5)  # exact, best first
+        assert np.all(np.diff(scores[row]) <= 1e-6)
+    # a key the store no longer holds (deleted after the index search) drops out, never an error
+    gone = int(found[0, 0])
+    scores, found = binary.search(queries[:1], 10, params=params, fetch=lambda k: fetch(k[k != gone]))
+    assert gone not in found[0] and (found[0] >= 0).all()
+    # a filter: every hit matches it
+    allowed = keys[::2]
+    _, found = binary.search(queries[:3], 10, allowed=allowed, params=params, fetch=fetch)
+    assert np.isin(found[found >= 0], allowed).all()
+    assert binary.memory_bytes() * 5 < ivf_flat.memory_bytes() // 4  # ~1/27 of float32 here
+    # a deep result list reads a bounded shortlist, not top_k x depth vectors
+    asked: list[int] = []
+    every_list = SearchParams(nprobe=32, rescore_depth=64)
+    binary.search(queries[:1], 1_000, params=every_list, fetch=lambda k: asked.append(len(k)) or fetch(k))
+    assert asked == [4_096]
+
+
+def test_auto_keeps_each_sample_row_paired_with_its_store_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`choose` shuffles the sample and its keys with one seed: the binary candidate rescores with
+    vectors fetched by key, so a broken pairing would rescore with the wrong vectors."""
+    monkeypatch.setattr(index_choice, "candidate_specs", lambda n, dim: ["IVF16,RaBitQ"])
+    sample = clustered(3_000, seed=8)
+    store_keys = np.arange(3_000, dtype=np.int64) * 7 + 11
+    fetch = index_choice.in_memory_fetch(store_keys.copy(), sample.copy())  # the unshuffled pairing
+    _, tried = index_choice.choose(sample, 3_000, "cosine", 1 << 30, 0.9, sample_keys=store_keys, fetch=fetch)
+    assert tried[0].recall_at_10 is not None and tried[0].recall_at_10 >= 0.9
+    # the shuffle itself: the same permutation for a (m,) and an (m, d) array
+    rows, keys = np.repeat(np.arange(5_000.0)[:, None], 3, axis=1), np.arange(5_000)
+    np.random.default_rng(0).shuffle(rows)
+    np.random.default_rng(0).shuffle(keys)
+    assert np.array_equal(rows[:, 0], keys)
 
 
 def test_cached_filter_results_never_outlive_a_write(tmp_path: Path) -> None:
