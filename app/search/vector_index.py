@@ -412,11 +412,21 @@ def exact_top_k(
         sims = _similarities(prepared, _prepared(vectors, metric, dim), metric)  # (q, m)
         scores = np.concatenate([best_scores, sims], axis=1)
         candidates = np.concatenate([best_keys, np.broadcast_to(keys, (len(queries), len(keys)))], axis=1)
-        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        top = _top_k_columns(scores, k)
         best_scores = np.take_along_axis(scores, top, axis=1)
         best_keys = np.take_along_axis(candidates, top, axis=1)
     best_keys[~np.isfinite(best_scores)] = -1
     return best_keys
+
+
+def _top_k_columns(scores: np.ndarray, k: int) -> np.ndarray:
+    """(q, min(k, m)) column indices of each row's k highest `scores` (q, m), best first: a partition
+    then a sort of those k (a full sort of each 10k-wide chunk was ~12x slower, ~20 s of a 1M build)."""
+    if scores.shape[1] <= k:
+        return np.argsort(-scores, axis=1, kind="stable")
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1)
 
 
 def _prepared(vectors: np.ndarray, metric: str, dim: int) -> np.ndarray:
