@@ -181,6 +181,14 @@ def test_npy_vectors_with_and_without_ids(default_models_dir: Path, tmp_path: Pa
     stored = _vectors(settings, "vec")
     assert np.allclose(stored["doc-7"], vectors[7]) and np.allclose(stored["part2:50"], vectors[250], atol=1e-6)
 
+    # `--engine ray`: precomputed vectors need no embedding, so Ray is never started and the
+    # collection holds exactly what the local engine wrote (ids, vectors, store keys)
+    on_ray = settings_for(default_models_dir, data_dir=tmp_path / "ray")
+    ray_result = build_index(on_ray, "minilm-l6", folder, "vec", BuildOptions(batch_size=64, engine="ray"))
+    assert ray_result["records"] == ray_result["size"] == 300
+    from_ray = _vectors(on_ray, "vec")
+    assert list(from_ray) == list(stored) and all(np.array_equal(from_ray[k], stored[k]) for k in stored)
+
 
 @pytest.mark.parametrize(
     ("problem", "message"),
