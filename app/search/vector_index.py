@@ -6,6 +6,7 @@ import json
 import math
 import os
 import re
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -470,6 +471,7 @@ NPROBE_STEPS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 # One-sided 95% bound: a 200-query estimate scatters by about +-0.01 around the truth, so tuning
 # stops where the estimate's lower bound, not the estimate itself, reaches the target.
 CONFIDENCE_Z = 1.645
+TIMED_QUERIES = 100  # single queries timed per alternative where tuning weighs speed (binary codes)
 
 
 @dataclass
@@ -482,23 +484,59 @@ class Tuned:
 def tune(index: VectorIndex, truth: np.ndarray, queries: np.ndarray, target: float) -> Tuned:
     """The cheapest efSearch / nprobe whose recall@10 against the true top-10 keys `truth` (q, 10)
     reaches `target` with 95% confidence (or the largest tried); sets it as the index's default.
-    A binary index first gets the shallowest rescoring depth that reaches the target probing every
-    list (what the codes lose, apart from what probing too few lists loses), then its nprobe."""
-    if index.is_graph:
-        candidates = [SearchParams(ef_search=ef) for ef in EF_SEARCH_STEPS]
-    elif index.is_ivf:
-        nlist = faiss.extract_index_ivf(index.index).nlist
-        depth = None
-        if index.is_binary:
-            every_list = [SearchParams(nprobe=nlist, rescore_depth=d) for d in RESCORE_DEPTHS]
-            depth = _cheapest(index, truth, queries, target, every_list).params.rescore_depth
-        steps = [p for p in NPROBE_STEPS if p < nlist] + [nlist]
-        candidates = [SearchParams(nprobe=p, rescore_depth=depth) for p in steps]
+    A binary index tunes its rescoring depth with it (`_tune_binary`)."""
+    if index.is_binary:
+        tuned = _tune_binary(index, truth, queries, target)
     else:
-        candidates = [SearchParams()]
-    tuned = _cheapest(index, truth, queries, target, candidates)
+        if index.is_graph:
+            candidates = [SearchParams(ef_search=ef) for ef in EF_SEARCH_STEPS]
+        elif index.is_ivf:
+            candidates = [SearchParams(nprobe=p) for p in _nprobe_steps(index)]
+        else:
+            candidates = [SearchParams()]
+        tuned = _cheapest(index, truth, queries, target, candidates)
     index.defaults = tuned.params
     return tuned
+
+
+def _nprobe_steps(index: VectorIndex) -> list[int]:
+    nlist = faiss.extract_index_ivf(index.index).nlist
+    return [p for p in NPROBE_STEPS if p < nlist] + [nlist]
+
+
+def _tune_binary(index: VectorIndex, truth: np.ndarray, queries: np.ndarray, target: float) -> Tuned:
+    """Depth and nprobe trade against each other: a deeper shortlist makes up for codes that rank
+    true neighbours lower, and may let fewer lists be probed, but reads more vectors. The shallowest
+    depth reaching the target probing every list (what the codes alone lose) and the next two
+    depths each get their cheapest nprobe; the one of those whose single queries run fastest (timed
+    as served, reading from `rescore_from`) wins. No depth reaching it: the deepest, every list."""
+    steps = _nprobe_steps(index)
+    every_list = [SearchParams(nprobe=steps[-1], rescore_depth=d) for d in RESCORE_DEPTHS]
+    shallowest = _cheapest(index, truth, queries, target, every_list)
+    if shallowest.lower_bound < target:
+        return shallowest
+    options: list[Tuned] = []
+    for depth in [d for d in RESCORE_DEPTHS if d >= (shallowest.params.rescore_depth or 0)][:3]:
+        most = options[-1].params.nprobe if options else steps[-1]  # deeper never needs more lists
+        tried = [SearchParams(nprobe=p, rescore_depth=depth) for p in steps if p <= (most or steps[-1])]
+        tuned = _cheapest(index, truth, queries, target, tried)
+        if tuned.lower_bound >= target:
+            options.append(tuned)
+        if tuned.params.nprobe == steps[0]:  # nothing cheaper left to trade for
+            break
+    if len(options) == 1:
+        return options[0]
+    return min(options, key=lambda t: _single_query_ms(index, queries[:TIMED_QUERIES], t.params))
+
+
+def _single_query_ms(index: VectorIndex, queries: np.ndarray, params: SearchParams) -> float:
+    """Median ms of `queries` searched one at a time with `params`."""
+    seconds = []
+    for query in queries:
+        start = time.perf_counter()
+        index.search(query[None, :], 10, params=params)
+        seconds.append(time.perf_counter() - start)
+    return 1000 * float(np.median(seconds))
 
 
 def _cheapest(

@@ -436,6 +436,40 @@ def test_a_binary_index_shortlists_by_code_and_scores_with_the_stored_vectors(me
     assert asked == [4_096]
 
 
+def test_binary_tuning_trades_depth_for_lists_and_keeps_the_faster(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tuning a binary index: the shallowest depth reaching the target with every list probed, and
+    the next depths with their cheapest nprobe (never more lists than a shallower depth needed);
+    the fastest alternative by timed single queries wins, and every alternative reaches the target."""
+    from app.search import vector_index
+    from app.search.vector_index import RESCORE_DEPTHS, VectorIndex, exact_top_k, tune
+
+    vectors = clustered(6_000, seed=9)
+    keys = np.arange(1, 6_001, dtype=np.int64)
+    queries = clustered(200, seed=10)
+    truth = exact_top_k([(keys, vectors)], queries, "cosine")
+    timed: dict[tuple[int | None, int | None], float] = {}
+
+    def fake_ms(index, queries, params):  # type: ignore[no-untyped-def]
+        # probing a list costs more than reading a vector here: the deeper shortlist wins when it saves lists
+        timed[(params.rescore_depth, params.nprobe)] = cost = 10.0 * (params.nprobe or 0) + (params.rescore_depth or 0)
+        return cost
+
+    monkeypatch.setattr(vector_index, "_single_query_ms", fake_ms)
+    index = VectorIndex(DIM, "cosine", "IVF32,RaBitQ")
+    index.train(vectors)
+    index.add(keys, vectors)
+    index.rescore_from = index_choice.in_memory_fetch(keys, vectors)
+    # on these near-random vectors one bit per dimension ranks poorly: 0.8 needs a deep shortlist
+    tuned = tune(index, truth, queries, 0.8)
+    assert tuned.lower_bound >= 0.8 and index.defaults == tuned.params
+    depths = sorted(d for d, _ in timed)
+    assert len(timed) >= 2 and depths == [d for d in RESCORE_DEPTHS if d >= depths[0]][: len(depths)]
+    by_depth = dict(timed)
+    nprobes = [p for _, p in sorted(by_depth)]
+    assert nprobes == sorted(nprobes, reverse=True)  # a deeper shortlist never probes more lists
+    assert (tuned.params.rescore_depth, tuned.params.nprobe) == min(timed, key=timed.__getitem__)
+
+
 def test_auto_keeps_each_sample_row_paired_with_its_store_key(monkeypatch: pytest.MonkeyPatch) -> None:
     """`choose` shuffles the sample and its keys with one seed: the binary candidate rescores with
     vectors fetched by key, so a broken pairing would rescore with the wrong vectors."""
