@@ -18,8 +18,12 @@ def make_embed(model, device: torch.device | None = None, autocast: Callable[[],
     """Texts -> (n, dim) float32 sentence embeddings of a sentence-transformers model (train mode as
     set), tokenised on the CPU and run on `device`, inside `autocast()` (a context factory) when given."""
 
+    # sentence-transformers 6 renamed `tokenize` to `preprocess` (same features; the old name logs a
+    # deprecation on every call); 5.x, which pyproject allows, has only `tokenize`.
+    preprocess = getattr(model, "preprocess", None) or model.tokenize
+
     def embed(texts: list[str]) -> torch.Tensor:
-        features = model.tokenize(texts)
+        features = preprocess(texts)
         if device is not None:
             features = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
         if autocast is None:
