@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from app.search.vector_index import VectorFetch, VectorIndex, binary_code_bytes, exact_top_k, tune
+from app.search.vector_index import VectorFetch, VectorIndex, binary_code_bytes, exact_top_k, single_query_ms, tune
 
 FLAT_MAX = 50_000
 SAMPLE = 100_000  # vectors each candidate is built on
@@ -161,12 +161,7 @@ def _trial(
     candidate.recall_at_10 = round(tuned.recall, 4)
     candidate.recall_lower_bound = round(tuned.lower_bound, 4)
     candidate.search_defaults = {k: v for k, v in asdict(tuned.params).items() if v is not None}
-    seconds = []
-    for query in queries:
-        started = time.perf_counter()
-        index.search(query[None, :], 10)
-        seconds.append(time.perf_counter() - started)
-    candidate.p50_ms = round(1000 * float(np.median(seconds)), 4)
+    candidate.p50_ms = round(single_query_ms(index, queries, index.defaults), 4)
 
 
 def in_memory_fetch(keys: np.ndarray, vectors: np.ndarray) -> VectorFetch:

@@ -526,10 +526,10 @@ def _tune_binary(index: VectorIndex, truth: np.ndarray, queries: np.ndarray, tar
             break
     if len(options) == 1:
         return options[0]
-    return min(options, key=lambda t: _single_query_ms(index, queries[:TIMED_QUERIES], t.params))
+    return min(options, key=lambda t: single_query_ms(index, queries[:TIMED_QUERIES], t.params))
 
 
-def _single_query_ms(index: VectorIndex, queries: np.ndarray, params: SearchParams) -> float:
+def single_query_ms(index: VectorIndex, queries: np.ndarray, params: SearchParams) -> float:
     """Median ms of `queries` searched one at a time with `params`."""
     seconds = []
     for query in queries:

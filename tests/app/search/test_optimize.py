@@ -454,7 +454,7 @@ def test_binary_tuning_trades_depth_for_lists_and_keeps_the_faster(monkeypatch: 
         timed[(params.rescore_depth, params.nprobe)] = cost = 10.0 * (params.nprobe or 0) + (params.rescore_depth or 0)
         return cost
 
-    monkeypatch.setattr(vector_index, "_single_query_ms", fake_ms)
+    monkeypatch.setattr(vector_index, "single_query_ms", fake_ms)
     index = VectorIndex(DIM, "cosine", "IVF32,RaBitQ")
     index.train(vectors)
     index.add(keys, vectors)
