@@ -223,6 +223,8 @@ def test_embeddings_models_and_collections_pages(page, console_server: str, tmp_
     upload = tmp_path / "notes.csv"
     upload.write_text('id,text,topic\na1,"Shock waves, on a wedge",flow\na2,Heat transfer at the nose,heat\n')
     page.fill("#upload-new", "notes")
+    assert page.input_value("#upload-model") == "minilm-l6"  # the default model, unless chosen
+    page.select_option("#upload-model", "clip-conse")
     page.set_input_files("#upload-file", str(upload))
     page.click("#upload-form button[type=submit]")
     expect(page.locator("#upload-status")).to_contain_text("uploaded 2 documents")
@@ -230,9 +232,22 @@ def test_embeddings_models_and_collections_pages(page, console_server: str, tmp_
     assert "notes" in page.inner_text("#col-table")
     stored = httpx.get(f"{console_server}/indexes/notes/documents/a1", headers=HEADERS).json()
     assert stored["text"] == "Shock waves, on a wedge" and stored["metadata"] == {"topic": "flow"}
+    assert httpx.get(f"{console_server}/indexes/notes", headers=HEADERS).json()["model"] == "clip-conse"
 
     page.locator("#col-table button[aria-label='optimize notes']").click()
-    expect(page.locator("#message")).to_contain_text("notes")
+    expect(page.locator("#message")).to_contain_text("Optimized notes", timeout=60_000)
+
+    asked: list[str] = []
+    page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
+    page.locator("#col-table button[aria-label='delete notes']").click()
+    expect(page.locator("#col-table")).to_contain_text("notes")  # declined: nothing sent
+    assert asked == ["Delete collection notes and its 2 documents? This cannot be undone."]
+    assert httpx.get(f"{console_server}/indexes/notes", headers=HEADERS).status_code == 200
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator("#col-table button[aria-label='delete notes']").click()
+    expect(page.locator("#message")).to_contain_text("Deleted notes.")
+    assert "notes" not in page.inner_text("#col-table") and "cranfield" in page.inner_text("#col-table")
+    assert httpx.get(f"{console_server}/indexes/notes", headers=HEADERS).status_code == 404
     assert page.errors == []
     if os.environ.get("TESSERA_CONSOLE_SCREENSHOT"):  # the README's picture: the search page
         page.click("nav a[data-page=search]")

@@ -120,7 +120,9 @@ async function refresh() {
   $("search-rerank").disabled = rerankers.length === 0;
   $("search-reranker").disabled = rerankers.length === 0;
   const embedders = state.models.filter((m) => m.capabilities.some((c) => c.startsWith("embed:")));
-  fillSelect($("emb-model"), embedders.map((m) => [m.id, `${m.id} (${m.kind}, ${m.dim}d)`]), $("emb-model").value || state.defaultModel);
+  const embedderOptions = embedders.map((m) => [m.id, `${m.id} (${m.kind}, ${m.dim}d)`]);
+  fillSelect($("emb-model"), embedderOptions, $("emb-model").value || state.defaultModel);
+  fillSelect($("upload-model"), embedderOptions, $("upload-model").value || state.defaultModel);
   const clips = state.models.filter((m) => m.kind === "clip");
   fillSelect($("cls-model"), clips.map((m) => [m.id, m.id]));
   document.querySelector('nav a[data-page="classify"]').hidden = clips.length === 0;
@@ -393,8 +395,11 @@ function renderCollections() {
     const button = el("button", { type: "button", class: "secondary", text: "Optimize", "aria-label": `optimize ${c.name}` });
     button.disabled = c.optimizing;
     button.addEventListener("click", () => optimize(c.name));
+    const remove = el("button", { type: "button", class: "danger", text: "Delete", "aria-label": `delete ${c.name}` });
+    remove.addEventListener("click", () => deleteCollection(c));
     const recall = c.last_build && c.last_build.recall_at_10 != null ? fmt(c.last_build.recall_at_10, 3) : "–";
-    return [c.name, c.model, c.size, c.index_type, `${(c.memory_bytes / 1048576).toFixed(2)} MiB`, recall, collectionStatus(c), button];
+    const actions = el("span", { class: "row" }, button, remove);
+    return [c.name, c.model, c.size, c.index_type, `${(c.memory_bytes / 1048576).toFixed(2)} MiB`, recall, collectionStatus(c), actions];
   });
   $("col-table").replaceChildren(table(["collection", "model", "documents", "index", "memory", "recall@10", "status", ""], rows));
 }
@@ -412,6 +417,17 @@ async function optimize(name) {
     }
     const c = state.collections.find((x) => x.name === name);
     showMessage(c && c.last_build_error ? `Optimize ${name} failed: ${c.last_build_error}` : `Optimized ${name}: ${c ? c.index_type : ""}`, c && c.last_build_error ? "error" : "info");
+  });
+}
+
+// Deleting drops every document and the index on the server: the browser asks first.
+async function deleteCollection(c) {
+  if (!window.confirm(`Delete collection ${c.name} and its ${c.size} documents? This cannot be undone.`)) return;
+  await guarded(async () => {
+    await api(`/indexes/${encodeURIComponent(c.name)}`, { method: "DELETE" });
+    await refresh();
+    renderCollections();
+    showMessage(`Deleted ${c.name}.`, "info");
   });
 }
 
@@ -473,7 +489,7 @@ async function runUpload(event) {
     const documents = documentsFrom(file.name, await file.text());
     if (documents.length === 0) throw new Error(`${file.name}: no documents in it`);
     let name = $("upload-new").value.trim();
-    if (name) await api("/indexes", { method: "POST", body: { name } });
+    if (name) await api("/indexes", { method: "POST", body: { name, model: $("upload-model").value || undefined } });
     else name = $("upload-collection").value;
     if (!name) throw new Error("choose a collection or name a new one");
     bar.hidden = false;
