@@ -13,7 +13,7 @@ import math
 import re
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +82,26 @@ class Change:
     key: int
 
 
+def _vector_bytes(db: sqlite3.Connection, keys: Iterable[int]) -> dict[int, bytes]:
+    """key -> stored float32 bytes of those `keys` present in `db` (500 per query: SQLite's
+    bound-parameter limit)."""
+    found: dict[int, bytes] = {}
+    wanted = [int(k) for k in keys]
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        found.update(db.execute(f"SELECT key, vector FROM documents WHERE key IN ({marks})", chunk))
+    return found
+
+
+def _present_in_order(keys: np.ndarray, found: dict[int, bytes], dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the keys of `keys` that `found` holds, in that order (m,), their vectors (m, dim))."""
+    present = np.array([k for k in keys if int(k) in found], dtype=np.int64)
+    if not len(present):
+        return present, np.empty((0, dim), np.float32)
+    return present, np.stack([np.frombuffer(found[int(k)], dtype=np.float32) for k in present])
+
+
 def _chunks(db: sqlite3.Connection, dim: int, batch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """All live (keys, vectors) of `db` in key order, in chunks: (n,), (n, dim)."""
     last = -1
@@ -118,7 +138,7 @@ class StoreSnapshot:
 
     def vectors(self, keys: np.ndarray) -> np.ndarray:
         """Vectors of `keys` (all present in this snapshot) in that order: (m, dim)."""
-        found = self._read(keys)
+        found = _vector_bytes(self.db, keys)
         if not len(keys):
             return np.empty((0, self.dim), np.float32)
         return np.stack([np.frombuffer(found[int(k)], dtype=np.float32) for k in keys])
@@ -126,20 +146,7 @@ class StoreSnapshot:
     def live_vectors(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(the keys of `keys` in this snapshot, in that order (m,), their vectors (m, dim)): the
         `fetch` a build's binary index rescores with while it is tuned."""
-        found = self._read(keys)
-        present = np.array([k for k in keys if int(k) in found], dtype=np.int64)
-        if not len(present):
-            return present, np.empty((0, self.dim), np.float32)
-        return present, np.stack([np.frombuffer(found[int(k)], dtype=np.float32) for k in present])
-
-    def _read(self, keys: np.ndarray) -> dict[int, bytes]:
-        found: dict[int, bytes] = {}
-        wanted = [int(k) for k in keys]
-        for start in range(0, len(wanted), 500):
-            chunk = wanted[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            found.update(self.db.execute(f"SELECT key, vector FROM documents WHERE key IN ({marks})", chunk))
-        return found
+        return _present_in_order(keys, _vector_bytes(self.db, keys), self.dim)
 
 
 class DocumentStore:
@@ -383,24 +390,16 @@ class DocumentStore:
         return [Change(*r) for r in rows]
 
     def vectors_for(self, keys: list[int]) -> dict[int, np.ndarray]:
-        out: dict[int, np.ndarray] = {}
         with self._locked():
-            for start in range(0, len(keys), 500):
-                chunk = keys[start : start + 500]
-                rows = self._db.execute(
-                    f"SELECT key, vector FROM documents WHERE key IN ({','.join('?' * len(chunk))})", chunk
-                ).fetchall()
-                out.update((k, np.frombuffer(v, dtype=np.float32)) for k, v in rows)
-        return out
+            found = _vector_bytes(self._db, keys)
+        return {k: np.frombuffer(v, dtype=np.float32) for k, v in found.items()}
 
     def live_vectors(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(the keys of `keys` still stored, in that order (m,), their vectors (m, dim)): a key
         deleted since the caller found it (a concurrent write) is left out, never an error."""
-        found = self.vectors_for([int(k) for k in keys])
-        present = np.array([k for k in keys if int(k) in found], dtype=np.int64)
-        if not len(present):
-            return present, np.empty((0, self.dim), np.float32)
-        return present, np.stack([found[int(k)] for k in present])
+        with self._locked():
+            found = _vector_bytes(self._db, keys)
+        return _present_in_order(keys, found, self.dim)
 
     def iter_vectors(self, batch: int = 10_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """All live (keys, vectors) in key order, in chunks: (n,), (n, dim). Not one snapshot: a
