@@ -202,17 +202,18 @@ def latency(
     sees the same machine; /v1/rerank and re-embedding rows come from the first server."""
     texts, queries = cranfield_texts(), cranfield_queries()
     work = Path(tempfile.mkdtemp(prefix="rerank-bench-"))
+    ports = {n: PORT + k for k, n in enumerate(streams)}
     servers = {
         n: start_tessera(
             ROOT / "models",
             f"minilm-l6,{reranker}",
             work / f"data-{n}",
-            PORT + k,
+            port,
             {"TESSERA_DEFAULT_RERANKER": reranker, "TESSERA_BI_ENCODER_STREAMS": str(n)},
         )
-        for k, n in enumerate(streams)
+        for n, port in ports.items()
     }
-    bases = {n: f"http://127.0.0.1:{PORT + k}" for k, n in enumerate(streams)}
+    bases = {n: f"http://127.0.0.1:{port}" for n, port in ports.items()}
     clients = {n: httpx.Client(base_url=base, timeout=120) for n, base in bases.items()}
     out: dict[str, dict] = {}
     try:
