@@ -460,13 +460,15 @@ class Collection:
             }
 
     # --- rebuild -----------------------------------------------------------------------------
-    def check_buildable(self, spec: str) -> None:
-        """InvalidIndexSpec unless `spec` can be built for this collection's vectors and size now."""
-        validate_spec(spec, self.config.dim)
+    def check_buildable(self, spec: str) -> str:
+        """`spec`, canonical, if it can be built for this collection's vectors and size now, else
+        InvalidIndexSpec."""
+        spec = validate_spec(spec, self.config.dim)
         if spec != "auto":
             needed, stored = training_points_needed(spec), self.store.count()
             if needed > stored:
                 raise InvalidIndexSpec(f"{spec} needs at least {needed} vectors to train; the collection has {stored}")
+        return spec
 
     def optimize(self, spec: str | None = None) -> BuildReport:
         """Build a new index (chosen by `auto` or given), measure recall@10 against exact search on
@@ -477,8 +479,7 @@ class Collection:
         store at op position P (taken under the write lock, which also pins the op log from P on),
         then every op after P is replayed under the write lock before the swap: each document is in
         it exactly once, whatever the writers did meanwhile."""
-        spec = self.config.index if spec is None else spec
-        self.check_buildable(spec)
+        spec = self.check_buildable(self.config.index if spec is None else spec)
         with self._write_lock:
             self._check_write_lock()
         if not self._optimizing.acquire(blocking=False):

@@ -135,7 +135,7 @@ class CollectionManager:
         validate_name(name)
         if metric not in METRICS:
             raise InvalidMetric(f"unknown metric {metric!r}: {sorted(METRICS)}")
-        validate_spec(index, dim)
+        index = validate_spec(index, dim)
         with self._lock:
             if name in self.collections or name in self.failed:
                 raise CollectionExists(f"index {name!r} already exists")

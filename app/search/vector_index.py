@@ -53,7 +53,9 @@ class IndexSpecError(InvalidIndexSpec):
 
 
 def validate_spec(spec: str, dim: int | None = None) -> str:
-    """`spec` if this service can build it (for vectors of `dim`, when given), else IndexSpecError.
+    """`spec` in its canonical form (numbers without leading zeros: `IVF04,Flat` is `IVF4,Flat`,
+    the form the published pattern allows) if this service can build it (for vectors of `dim`,
+    when given), else IndexSpecError.
 
     A strict whitelist, not a trial build: FAISS answers some bad parameters by aborting the
     process (HNSW with M < 2), which no exception handler survives."""
@@ -71,7 +73,7 @@ def validate_spec(spec: str, dim: int | None = None) -> str:
         m = int(match["pq"])
         if m < 1 or (dim is not None and (m > dim or dim % m)):
             raise IndexSpecError(f"index spec {spec!r}: PQ{m} needs m to divide the dimension ({dim})")
-    return spec
+    return re.sub(r"\d+", lambda number: str(int(number.group())), spec)
 
 
 def _in_range(spec: str, what: str, value: str | None, bounds: tuple[int, int]) -> None:

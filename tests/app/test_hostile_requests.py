@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -56,6 +57,22 @@ def test_unbuildable_index_specs_are_refused_and_leave_nothing(client: TestClien
     _json_error(client.post("/indexes/x/optimize", json={"index": spec}), 422, "invalid_index_spec")
     client.put("/indexes/x/documents", json={"documents": [{"id": "a", "vector": _vec(0)}]})
     assert client.post("/indexes/x/search", json={"vector": _vec(0), "top_k": 1}).json()["hits"][0]["id"] == "a"
+
+
+def test_numbers_with_leading_zeros_are_stored_in_canonical_form(client: TestClient) -> None:
+    """`IVF004,Flat` builds what `IVF4,Flat` builds and is recorded as that: the spec a collection
+    reports is the one its published pattern allows."""
+    assert client.post("/indexes", json={"name": "z", "index": "HNSW016"}).status_code == 201
+    assert client.get("/indexes/z").json()["index_spec"] == "HNSW16"
+    docs = [{"id": str(i), "vector": _vec(i)} for i in range(20)]
+    client.put("/indexes/z/documents", json={"documents": docs})
+    assert client.post("/indexes/z/optimize", json={"index": "IVF004,SQ8"}).status_code == 202
+    for _ in range(200):
+        info = client.get("/indexes/z").json()
+        if not info["optimizing"] and info["last_build"]:
+            break
+        time.sleep(0.05)
+    assert info["index_type"] == "IVF4,SQ8" and info["last_build"]["spec"] == "IVF4,SQ8", info
 
 
 def test_optimize_with_too_little_data_to_train_is_refused_up_front(client: TestClient) -> None:
