@@ -96,6 +96,17 @@ def client(default_models_dir: Path) -> Iterator[TestClient]:
         yield test_client
 
 
+def wait_for_build(client: TestClient, name: str) -> dict:
+    """GET /indexes/{name} once its background optimise has finished (at most 120 s)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        info = client.get(f"/indexes/{name}").json()
+        if info["last_build"] and not info["optimizing"]:
+            return info
+        time.sleep(0.1)
+    raise AssertionError("optimise did not finish")
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

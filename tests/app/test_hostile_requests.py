@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -17,7 +16,7 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.search.collection import CollectionConfig
 from app.search.store import Document
-from tests.conftest import live_server, settings_for
+from tests.conftest import live_server, settings_for, wait_for_build
 
 DIM = 384
 
@@ -67,11 +66,7 @@ def test_numbers_with_leading_zeros_are_stored_in_canonical_form(client: TestCli
     docs = [{"id": str(i), "vector": _vec(i)} for i in range(20)]
     client.put("/indexes/z/documents", json={"documents": docs})
     assert client.post("/indexes/z/optimize", json={"index": "IVF004,SQ8"}).status_code == 202
-    for _ in range(200):
-        info = client.get("/indexes/z").json()
-        if not info["optimizing"] and info["last_build"]:
-            break
-        time.sleep(0.05)
+    info = wait_for_build(client, "z")
     assert info["index_type"] == "IVF4,SQ8" and info["last_build"]["spec"] == "IVF4,SQ8", info
 
 

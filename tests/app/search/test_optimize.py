@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.search import index_choice
-from tests.conftest import settings_for
+from tests.conftest import settings_for, wait_for_build
 
 DIM = 384
 
@@ -128,16 +127,6 @@ def _upsert(client: TestClient, name: str, vectors: np.ndarray, start: int = 0) 
         assert client.put(f"/indexes/{name}/documents", json={"documents": docs}).status_code == 200
 
 
-def _wait_for_build(client: TestClient, name: str) -> dict:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        info = client.get(f"/indexes/{name}").json()
-        if info["last_build"] and not info["optimizing"]:
-            return info
-        time.sleep(0.1)
-    raise AssertionError("optimise did not finish")
-
-
 @pytest.mark.parametrize(
     ("spec", "param"), [("HNSW16", "ef_search"), ("IVF32,Flat", "nprobe"), ("IVF32,RaBitQ", "nprobe")]
 )
@@ -153,7 +142,7 @@ def test_optimize_measures_recall_tunes_and_survives_restart(
         # Reads keep working while the rebuild runs.
         hits = client.post("/indexes/vec/search", json={"vector": vectors[7].tolist(), "top_k": 1}).json()["hits"]
         assert hits[0]["id"] == "v7"
-        info = _wait_for_build(client, "vec")
+        info = wait_for_build(client, "vec")
         assert info["index_type"] == spec and info["size"] == info["index_vectors"] == 4000
         build = info["last_build"]
         assert build["recall_at_10"] >= 0.95 and build["sample_queries"] == 200
@@ -193,7 +182,7 @@ def test_filtered_search_on_an_approximate_index_returns_the_exact_top_k(
         for offset in range(0, len(docs), 500):
             client.put("/indexes/f/documents", json={"documents": docs[offset : offset + 500]})
         client.post("/indexes/f/optimize")
-        _wait_for_build(client, "f")
+        wait_for_build(client, "f")
         query = vectors[5]
         matching = np.array([i for i in range(3000) if i % 97 == 3])
         exact = matching[np.argsort(-(vectors[matching] @ query))][:10]
