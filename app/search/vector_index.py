@@ -20,9 +20,12 @@ from app.core.errors import InvalidIndexSpec
 METRICS = {"cosine": faiss.METRIC_INNER_PRODUCT, "ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
 # Index factory strings we accept: exact, graph, inverted lists with flat/SQ/PQ/binary codes. The
 # numbers are checked by `validate_spec` too: FAISS aborts the process (not an exception) on some.
+# ASCII digits only: `\d` alone also matches other scripts' digits ("IVF٣"), which int() reads but
+# FAISS's parser refuses.
 SPEC_PATTERN = re.compile(
     r"^(?:Flat|HNSW(?P<m>\d{1,4})(?:,Flat)?"
-    r"|IVF(?P<nlist>\d{1,7}),(?:Flat|SQ8|SQ4|RaBitQ|PQ(?P<pq>\d{1,4})(?:x(?P<bits>\d{1,2}))?))$"
+    r"|IVF(?P<nlist>\d{1,7}),(?:Flat|SQ8|SQ4|RaBitQ|PQ(?P<pq>\d{1,4})(?:x(?P<bits>\d{1,2}))?))$",
+    re.ASCII,
 )
 # Binary codes (RaBitQ: one bit per dimension and two floats per vector, a 384-d vector in 56 bytes
 # instead of 1,536) only shortlist: a search takes depth x k candidates by their codes and orders
@@ -73,7 +76,7 @@ def validate_spec(spec: str, dim: int | None = None) -> str:
         m = int(match["pq"])
         if m < 1 or (dim is not None and (m > dim or dim % m)):
             raise IndexSpecError(f"index spec {spec!r}: PQ{m} needs m to divide the dimension ({dim})")
-    return re.sub(r"\d+", lambda number: str(int(number.group())), spec)
+    return re.sub(r"[0-9]+", lambda number: str(int(number.group())), spec)
 
 
 def _in_range(spec: str, what: str, value: str | None, bounds: tuple[int, int]) -> None:
