@@ -248,12 +248,13 @@ def eval_splits(
     from training.config import ConfigError, load_config
     from training.data.beir import DatasetError
     from training.splits import markdown, plan_splits, run_splits
+    from training.trainer import evaluate_source
     from training.trainer import train as run_training
 
     try:
         run_config = load_config(config, _overrides(set_))
         plan = plan_splits(run_config, splits)
-        result = run_splits(run_config, plan, lambda c: run_training(c, show_progress=False))
+        result = run_splits(run_config, plan, lambda c: run_training(c, show_progress=False), evaluate_source)
     except (ConfigError, DatasetError, ModelSourceError) as exc:
         _fail(exc)
     typer.echo(markdown(result))

@@ -96,22 +96,53 @@ def assemble(name: str, plan: SplitPlan, runs: dict[int, dict[str, Any]]) -> dic
     }
 
 
-def run_splits(config: TrainConfig, plan: SplitPlan, train: Callable[[TrainConfig], Any]) -> dict[str, Any]:
-    """Train `config` on every split of `plan` (with `train`, returning an object with .metrics);
-    writes `<runs_dir>/<name>-splits.json` and returns it."""
+def run_splits(
+    config: TrainConfig,
+    plan: SplitPlan,
+    train: Callable[[TrainConfig], Any],
+    evaluate: Callable[[str, TrainConfig], dict[str, float]] | None = None,
+) -> dict[str, Any]:
+    """Train `config` on every split of `plan` (with `train`, returning an object with .metrics and
+    .run_dir); writes `<runs_dir>/<name>-splits.json` and returns it.
+
+    A `corpus` config trains on pseudo-queries only, so its training is the same on every split:
+    with `evaluate` (model source, split config -> retrieval scores) it is trained once, on the
+    first split, and the base and trained models are then scored on each other split's held-out
+    half (STS, split-independent, is the trained run's)."""
     if not config.eval_before:
         config = config.model_copy(update={"eval_before": True})  # a delta needs the base model's scores
     runs: dict[int, dict[str, Any]] = {}
+    trained_once: Any = None
     for seed in plan.seeds:
-        split = config.data.query_split.model_copy(update={"seed": seed})  # type: ignore[union-attr]
-        data = config.data.model_copy(update={"query_split": split})
-        run_config = config.model_copy(update={"name": f"{config.name}-split{seed}", "data": data, "export": None})
-        runs[seed] = train(run_config).metrics
+        run_config = _split_config(config, seed)
+        if trained_once is not None and evaluate is not None:
+            runs[seed] = _rescored(trained_once, run_config, evaluate)
+            continue
+        trained = train(run_config)
+        runs[seed] = trained.metrics
+        if config.data.format == "corpus":
+            trained_once = trained
     result = assemble(config.name, plan, runs)
     out = Path(config.runs_dir) / f"{config.name}-splits.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     return result
+
+
+def _split_config(config: TrainConfig, seed: int) -> TrainConfig:
+    split = config.data.query_split.model_copy(update={"seed": seed})  # type: ignore[union-attr]
+    data = config.data.model_copy(update={"query_split": split})
+    return config.model_copy(update={"name": f"{config.name}-split{seed}", "data": data, "export": None})
+
+
+def _rescored(trained: Any, config: TrainConfig, evaluate: Callable[[str, TrainConfig], dict[str, float]]) -> dict:
+    """The metrics of `trained` (a run on another split of a corpus config) on `config`'s split."""
+    before, after = evaluate(config.base_model, config), evaluate(str(trained.run_dir / "model"), config)
+    for scores, measured in ((before, trained.metrics["before"]), (after, trained.metrics["after"])):
+        if "sts_spearman" in measured:  # the same sentences on every split
+            scores["sts_spearman"] = measured["sts_spearman"]
+    trained_on = trained.metrics["name"]
+    return {**trained.metrics, "name": config.name, "trained_on": trained_on, "before": before, "after": after}
 
 
 REPORTED = ("ndcg@10", "mrr@10", "recall@100", "sts_spearman")

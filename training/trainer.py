@@ -365,6 +365,14 @@ def evaluate(model, eval_set: RetrievalDataset | None, sts_path: Path | None) ->
     return scores
 
 
+def evaluate_source(source: str, config: TrainConfig) -> dict[str, float]:
+    """Retrieval scores of the model at `source` on `config`'s evaluation set (the held-out half of
+    its query split), at the config's sequence length; no STS."""
+    model = load_sentence_transformer(source)
+    model.max_seq_length = config.max_seq_length
+    return evaluate(model, TrainingData.load(config).eval_set, None)
+
+
 def _load_teacher(config: TrainConfig, source: str, key: str):  # type: ignore[no-untyped-def]
     """A teacher bi-encoder; a source that cannot be loaded is one line naming the config key."""
     try:

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 from tests.conftest import make_tiny_sentence_transformer
 from training.cli import app as training_cli
 from training.config import ConfigError, TrainConfig
-from training.splits import metric_deltas, plan_splits, summarize
+from training.splits import metric_deltas, plan_splits, run_splits, summarize
+from training.trainer import evaluate_source, train
 
 
 def _config(tmp_path: Path, model: Path, data: Path, **extra: object) -> dict:
@@ -76,3 +77,29 @@ def test_bad_split_plans_stop_with_one_line_before_training(tmp_path: Path, smal
     result = CliRunner().invoke(training_cli, ["eval-splits", "--config", str(path), "--splits", "1"])
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_corpus_config_is_trained_once_and_scored_on_every_split(tmp_path: Path, small_beir: Path) -> None:
+    """Pseudo-queries never see a real query: one training run, each split's held-out half scored
+    by the base and the trained model (the same scores a fresh evaluation of that split gives)."""
+    model = make_tiny_sentence_transformer(tmp_path / "tiny")
+    data = {"format": "corpus", "path": str(small_beir), "pseudo_queries": "first_sentences"}
+    config = TrainConfig.model_validate(
+        {**_config(tmp_path, model, small_beir), "data": {**data, "query_split": {"seed": 0}}}
+    )
+    trained: list[str] = []
+
+    def train_once(run_config: TrainConfig):  # type: ignore[no-untyped-def]
+        trained.append(run_config.name)
+        return train(run_config, show_progress=False)
+
+    result = run_splits(config, plan_splits(config, 3), train_once, evaluate_source)
+    assert trained == ["sp-split0"] and not (tmp_path / "runs" / "sp-split1").exists()
+    model_dir = tmp_path / "runs" / "sp-split0" / "model"
+    for seed in (1, 2):
+        split = config.data.query_split.model_copy(update={"seed": seed})  # type: ignore[union-attr]
+        split_config = config.model_copy(update={"data": config.data.model_copy(update={"query_split": split})})
+        before, after = evaluate_source(str(model), split_config), evaluate_source(str(model_dir), split_config)
+        assert result["before"][seed] == before and result["after"][seed] == after
+        assert result["all"]["ndcg@10"]["splits"][seed] == pytest.approx(after["ndcg@10"] - before["ndcg@10"])
+    assert result["before"][1] != result["before"][2]  # different held-out queries
