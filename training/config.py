@@ -69,6 +69,9 @@ class MiningConfig(Strict):
     teacher_margin: float = Field(0.95, gt=0, le=1)
 
 
+TEACHER_CACHE = Path("data/cache")  # teachers' vectors by text (training/teacher.py)
+
+
 class DistillationConfig(Strict):
     """Distil a stronger bi-encoder's in-batch score distribution beside the contrastive loss
     (training/losses/distillation.py); its vectors are cached in `cache_dir`."""
@@ -76,7 +79,7 @@ class DistillationConfig(Strict):
     teacher: str = "pypi:all_mpnet_base_v2"
     weight: float = Field(1.0, ge=0)
     teacher_temperature: float = Field(0.05, gt=0)
-    cache_dir: Path = Path("data/cache")
+    cache_dir: Path = TEACHER_CACHE
 
 
 class ExportConfig(Strict):

@@ -1,20 +1,73 @@
-"""A teacher bi-encoder's unit vectors of the texts a run's batches can hold (its training queries,
-their positives and their mined negatives), encoded once and cached on disk under a key naming the
-teacher and every text, so distillation costs one matrix product per step, and a second run with
-the same data and teacher costs nothing."""
+"""A teacher bi-encoder's unit vectors by text, each text encoded once: kept in memory for the run
+and on disk (append-only shards per teacher, keyed by each text's hash), so teacher-filtered mining,
+distillation and every later run over the same texts (other splits, other configs) share one
+encoding. The teacher is large (all-mpnet-base-v2 takes ~1 s per Cranfield abstract on 2 cores):
+encoding a corpus once instead of once per use and per split is most of a teacher run's time.
+
+The cache is keyed by the teacher's source string: a local teacher folder retrained in place needs
+its cache folder removed."""
 
 from __future__ import annotations
 
 import hashlib
+import os
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from training.data.beir import RetrievalDataset
-from training.features import cached
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class TeacherEncoder:
+    """Texts -> (n, dim) float32 unit vectors of one teacher; `load_model` is called on the first
+    text missing from the cache only."""
+
+    def __init__(self, load_model: Callable[[], Any], source: str, cache_dir: Path) -> None:
+        self._load_model = load_model
+        self._model: Any = None
+        self.folder = cache_dir / f"teacher-{_digest(source)[:16]}"
+        self._vectors: dict[str, np.ndarray] | None = None  # text digest -> (dim,) float16
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        known = self._known()
+        keys = [_digest(t) for t in texts]
+        missing = {k: t for k, t in zip(keys, texts, strict=True) if k not in known}
+        if missing:
+            if self._model is None:
+                self._model = self._load_model()
+            vectors = self._model.encode(
+                list(missing.values()), normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+            ).astype(np.float16)
+            self._write_shard(list(missing), vectors)
+            known.update(zip(missing, vectors, strict=True))
+        if not keys:
+            return np.zeros((0, 0), dtype=np.float32)
+        return np.stack([known[k] for k in keys]).astype(np.float32)
+
+    def _known(self) -> dict[str, np.ndarray]:
+        if self._vectors is None:
+            self._vectors = {}
+            for shard in sorted(self.folder.glob("shard-*.npz")):
+                with np.load(shard) as data:
+                    self._vectors.update(zip(data["keys"].tolist(), data["vectors"], strict=True))
+        return self._vectors
+
+    def _write_shard(self, keys: list[str], vectors: np.ndarray) -> None:
+        """One shard per encoding, written whole then renamed: a reader never sees half a shard."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        name = f"shard-{uuid.uuid4().hex}"
+        partial = self.folder / f"{name}.partial.npz"
+        np.savez(partial, keys=np.array(keys), vectors=vectors)
+        os.replace(partial, self.folder / f"{name}.npz")
 
 
 @dataclass
@@ -32,30 +85,18 @@ class TeacherVectors:
 
 
 def teacher_vectors(
-    load_model: Callable[[], Any],
-    source: str,
-    dataset: RetrievalDataset,
-    negatives: dict[str, list[str]],
-    cache_dir: Path,
+    encoder: TeacherEncoder, dataset: RetrievalDataset, negatives: dict[str, list[str]]
 ) -> TeacherVectors:
-    """`load_model` is called only on a cache miss (the teacher is large)."""
+    """The teacher's vectors of every text a run's batches can hold: its training queries, their
+    positives and their mined negatives."""
     query_ids = sorted(q for q in dataset.queries if dataset.qrels.get(q))
     wanted = {d for q in query_ids for d in dataset.qrels[q]} | {d for q in query_ids for d in negatives.get(q, [])}
     doc_ids = sorted(d for d in wanted if d in dataset.corpus)
-    query_texts = [dataset.queries[q] for q in query_ids]
-    doc_texts = [dataset.doc_text(d) for d in doc_ids]
-
-    def encode(texts: list[str]) -> torch.Tensor:
-        vectors = load_model().encode(texts, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
-        return torch.from_numpy(vectors).to(torch.float16)
-
-    def key(kind: str, ids: list[str], texts: list[str]) -> str:
-        digest = hashlib.sha256("\x00".join(ids + texts).encode()).hexdigest()
-        return f"teacher|{source}|{kind}|{digest}"
-
+    queries = encoder.encode([dataset.queries[q] for q in query_ids])
+    documents = encoder.encode([dataset.doc_text(d) for d in doc_ids])
     return TeacherVectors(
         {q: i for i, q in enumerate(query_ids)},
         {d: i for i, d in enumerate(doc_ids)},
-        cached(cache_dir, key("queries", query_ids, query_texts), lambda: encode(query_texts)),
-        cached(cache_dir, key("documents", doc_ids, doc_texts), lambda: encode(doc_texts)),
+        torch.from_numpy(queries).to(torch.float16),
+        torch.from_numpy(documents).to(torch.float16),
     )

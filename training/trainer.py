@@ -33,7 +33,7 @@ from training.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from training.config import ConfigError, TrainConfig
+from training.config import TEACHER_CACHE, ConfigError, TrainConfig
 from training.data.beir import RetrievalDataset, load_beir
 from training.data.examples import load_retrieval, load_sts
 from training.data.pseudo import corpus_file, pseudo_query_dataset
@@ -56,7 +56,7 @@ from training.losses.registry import build_embedding_loss, layout_of
 from training.models.text import EmbedFn, make_embed, similarity_scorer
 from training.run import RunFolder, seed_everything
 from training.sources import ModelSourceError, load_sentence_transformer
-from training.teacher import TeacherVectors, teacher_vectors
+from training.teacher import TeacherEncoder, TeacherVectors, teacher_vectors
 
 log = logging.getLogger(__name__)
 
@@ -381,26 +381,43 @@ def _load_teacher(config: TrainConfig, source: str, key: str):  # type: ignore[n
         raise ConfigError(f"{config.name}: {key}: {exc}") from exc
 
 
-def _mining_teacher(config: TrainConfig):  # type: ignore[no-untyped-def]
-    """The bi-encoder that filters mined negatives (`mining.teacher_model`), loaded before anything
-    slow so a bad source stops the run at once; None without one."""
+def _teacher_encoders(config: TrainConfig) -> dict[str, TeacherEncoder]:
+    """One encoder per teacher source the config names (mining's filter, distillation), loaded before
+    anything slow so a bad source stops the run at once with one line naming its key; a source named
+    by both is loaded and encoded once."""
+    wanted: dict[str, str] = {}
+    if config.mining.enabled and config.mining.teacher_model:
+        wanted.setdefault(config.mining.teacher_model, "mining.teacher_model")
+    if config.distillation is not None:
+        wanted.setdefault(config.distillation.teacher, "distillation.teacher")
+    cache_dir = config.distillation.cache_dir if config.distillation is not None else TEACHER_CACHE
+    encoders = {}
+    for source, key in wanted.items():
+        model = _load_teacher(config, source, key)
+        encoders[source] = TeacherEncoder(lambda model=model: model, source, cache_dir)
+    return encoders
+
+
+def _mining_teacher(config: TrainConfig, encoders: dict[str, TeacherEncoder]):  # type: ignore[no-untyped-def]
+    """The scorer that filters mined negatives (`mining.teacher_model`); None without one."""
     if not (config.mining.enabled and config.mining.teacher_model):
         return None
-    return similarity_scorer(_load_teacher(config, config.mining.teacher_model, "mining.teacher_model"))
+    return similarity_scorer(encoders[config.mining.teacher_model].encode)
 
 
-def _distillation_vectors(config: TrainConfig, data: TrainingData, workers: Workers, model=None):  # type: ignore[no-untyped-def]
-    """The distillation teacher's cached vectors of the training texts (None without distillation).
-    Rank 0 encodes and caches first; the others read the cache (and load the teacher only on a miss)."""
+def _distillation_vectors(
+    config: TrainConfig, data: TrainingData, workers: Workers, encoders: dict[str, TeacherEncoder]
+) -> TeacherVectors | None:
+    """The distillation teacher's vectors of the training texts (None without distillation). Rank 0
+    encodes and caches first; the others read the cache (and load the teacher only on a miss)."""
     settings = config.distillation
     if settings is None or data.train_set is None:
         return None
-
-    def load():  # type: ignore[no-untyped-def]
-        return model if model is not None else _load_teacher(config, settings.teacher, "distillation.teacher")
-
+    encoder = encoders.get(settings.teacher) or TeacherEncoder(
+        lambda: _load_teacher(config, settings.teacher, "distillation.teacher"), settings.teacher, settings.cache_dir
+    )
     with workers.main_first():
-        return teacher_vectors(load, settings.teacher, data.train_set, data.negatives, settings.cache_dir)
+        return teacher_vectors(encoder, data.train_set, data.negatives)
 
 
 def _add_mined_negatives(model, data: TrainingData, config: TrainConfig, teacher=None) -> None:  # type: ignore[no-untyped-def]
@@ -670,10 +687,8 @@ def train(config: TrainConfig, show_progress: bool = True, resume: bool = False)
         torch.manual_seed(config.seed + workers.rank)  # dropout masks differ from rank to rank
     data = TrainingData.load(config)
     fresh_main = workers.is_main and resumed is None and data.train_set is not None
-    teacher = _mining_teacher(config) if fresh_main else None  # a bad source stops the run here
-    distiller = None
-    if workers.is_main and config.distillation is not None:
-        distiller = _load_teacher(config, config.distillation.teacher, "distillation.teacher")
+    encoders = _teacher_encoders(config) if workers.is_main else {}  # a bad source stops the run here
+    teacher = _mining_teacher(config, encoders) if fresh_main else None
     run = RunFolder(config.runs_dir, config.name) if workers.is_main else None
     if run is not None:
         run.write_config(config)
@@ -695,7 +710,7 @@ def train(config: TrainConfig, show_progress: bool = True, resume: bool = False)
     else:
         prepared = _prepare_run(model, config, data, workers, teacher)
 
-    vectors = _distillation_vectors(config, data, workers, distiller)
+    vectors = _distillation_vectors(config, data, workers, encoders)
     loop = _build_loop(model, loss_module, config, data, rng, workers, vectors)
     progress = _restore(loop, model, rng, resumed) if resumed is not None else Progress()
 

@@ -440,18 +440,31 @@ def test_distillation_from_a_teacher_trains_with_cached_vectors(
     config = _config(tmp_path, tiny_model, small_beir, distillation=distil, eval_sts=None)
     first = train(config, show_progress=False)
     assert first.metrics["steps"] == 3 and all(s["loss"] == s["loss"] for s in first.steps)
-    cached = sorted(cache.glob("*.pt"))
+    cached = sorted(cache.glob("teacher-*/shard-*.npz"))
     assert len(cached) == 2  # the training queries' and the documents' vectors
     plain = train(_config(tmp_path, tiny_model, small_beir, name="plain", eval_sts=None), show_progress=False)
     assert plain.steps[0]["loss"] != first.steps[0]["loss"]  # the KL term is in the loss
     again = train(config.model_copy(update={"name": "again"}), show_progress=False)
-    assert sorted(cache.glob("*.pt")) == cached and again.steps[0]["loss"] == pytest.approx(first.steps[0]["loss"])
+    assert sorted(cache.glob("teacher-*/shard-*.npz")) == cached  # nothing encoded again
+    assert again.steps[0]["loss"] == pytest.approx(first.steps[0]["loss"])
     with pytest.raises(ConfigError, match=r"distillation\.teacher"):
         bad = {**distil, "teacher": str(tmp_path / "missing")}
         train(_config(tmp_path, tiny_model, small_beir, name="bad", distillation=bad), show_progress=False)
     assert not (tmp_path / "runs" / "bad" / "steps.jsonl").exists()
     with pytest.raises(ValueError, match="distillation wraps a pair loss"):
         _config(tmp_path, tiny_model, small_beir, distillation=distil, **{"loss.name": "cwcl"})
+
+
+def test_a_teacher_that_filters_mining_and_distils_encodes_each_text_once(
+    tmp_path: Path, tiny_model: Path, small_beir: Path
+) -> None:
+    cache = tmp_path / "cache"
+    both = {"mining.teacher_model": str(tiny_model), "mining.teacher_margin": 1.0, "eval_sts": None}
+    distil = {"teacher": str(tiny_model), "cache_dir": str(cache)}
+    assert train(_config(tmp_path, tiny_model, small_beir, distillation=distil, **both), show_progress=False).steps
+    (folder,) = cache.glob("teacher-*")  # one teacher, shared by mining and distillation
+    keys = [k for shard in folder.glob("shard-*.npz") for k in np.load(shard)["keys"].tolist()]
+    assert len(keys) > 0 and len(keys) == len(set(keys))
 
 
 def test_blockrank_distillation_moves_scores_towards_the_teacher(tiny_model: Path, small_beir: Path) -> None:

@@ -34,16 +34,13 @@ def make_embed(model, device: torch.device | None = None, autocast: Callable[[],
     return embed
 
 
-def similarity_scorer(model) -> Callable[[list[tuple[str, str]]], np.ndarray]:  # type: ignore[no-untyped-def]
-    """(query, document) pairs -> (n,) cosines of a sentence-transformers model (a mining teacher);
-    each distinct text is encoded once, across calls."""
-    vectors: dict[str, np.ndarray] = {}
+def similarity_scorer(encode: Callable[[list[str]], np.ndarray]) -> Callable[[list[tuple[str, str]]], np.ndarray]:
+    """(query, document) pairs -> (n,) cosines of unit vectors by `encode` (a mining teacher's
+    `TeacherEncoder.encode`, which encodes each distinct text once)."""
 
     def score(pairs: list[tuple[str, str]]) -> np.ndarray:
-        missing = list(dict.fromkeys(t for pair in pairs for t in pair if t not in vectors))
-        if missing:
-            encoded = model.encode(missing, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
-            vectors.update(zip(missing, encoded, strict=True))
+        texts = list(dict.fromkeys(t for pair in pairs for t in pair))
+        vectors = dict(zip(texts, encode(texts), strict=True))
         return np.array([float(vectors[q] @ vectors[d]) for q, d in pairs], dtype=np.float32)
 
     return score
