@@ -27,6 +27,14 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+MAX_SHARDS = 32
+
+
+def _read(shard: Path) -> dict[str, np.ndarray]:
+    with np.load(shard) as data:
+        return dict(zip(data["keys"].tolist(), data["vectors"], strict=True))
+
+
 class TeacherEncoder:
     """Texts -> (n, dim) float32 unit vectors of one teacher; `load_model` is called on the first
     text missing from the cache only."""
@@ -47,8 +55,8 @@ class TeacherEncoder:
             vectors = self._model.encode(
                 list(missing.values()), normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
             ).astype(np.float16)
-            self._write_shard(list(missing), vectors)
             known.update(zip(missing, vectors, strict=True))
+            self._write_shard(list(missing), vectors)
         if not keys:
             return np.zeros((0, 0), dtype=np.float32)
         return np.stack([known[k] for k in keys]).astype(np.float32)
@@ -57,17 +65,30 @@ class TeacherEncoder:
         if self._vectors is None:
             self._vectors = {}
             for shard in sorted(self.folder.glob("shard-*.npz")):
-                with np.load(shard) as data:
-                    self._vectors.update(zip(data["keys"].tolist(), data["vectors"], strict=True))
+                self._vectors.update(_read(shard))
         return self._vectors
 
     def _write_shard(self, keys: list[str], vectors: np.ndarray) -> None:
-        """One shard per encoding, written whole then renamed: a reader never sees half a shard."""
+        """One shard per encoding, written whole then renamed: a reader never sees half a shard.
+        Past MAX_SHARDS (mining encodes per query) the shards are merged into one, written before
+        they are removed, so every vector is on disk at every moment."""
         self.folder.mkdir(parents=True, exist_ok=True)
+        self._save(keys, vectors)
+        shards = sorted(self.folder.glob("shard-*.npz"))
+        if len(shards) <= MAX_SHARDS:
+            return
+        merged: dict[str, np.ndarray] = {}
+        for shard in shards:  # from disk: another process's shards are kept too
+            merged.update(_read(shard))
+        self._save(list(merged), np.stack(list(merged.values())))
+        for shard in shards:
+            shard.unlink(missing_ok=True)
+
+    def _save(self, keys: list[str], vectors: np.ndarray) -> None:
         name = f"shard-{uuid.uuid4().hex}"
-        partial = self.folder / f"{name}.partial.npz"
+        partial, final = self.folder / f"partial-{name}.npz", self.folder / f"{name}.npz"  # only `final` is read
         np.savez(partial, keys=np.array(keys), vectors=vectors)
-        os.replace(partial, self.folder / f"{name}.npz")
+        os.replace(partial, final)
 
 
 @dataclass

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from tests.conftest import make_tiny_sentence_transformer
+from training import teacher
 from training.sources import load_sentence_transformer
 from training.teacher import TeacherEncoder
 
@@ -40,4 +41,19 @@ def test_each_text_is_encoded_once_and_read_back_by_a_later_run(tmp_path: Path) 
     other = TeacherEncoder(lambda: counting, "teacher-b", tmp_path / "cache")  # another teacher, its own vectors
     other.encode(["wing flutter"])
     assert counting.encoded[-1] == "wing flutter" and len(list((tmp_path / "cache").glob("teacher-*"))) == 2
-    assert not list((tmp_path / "cache").rglob("*.partial.npz"))
+    assert not list((tmp_path / "cache").rglob("partial-*"))
+
+
+def test_shards_past_the_limit_are_merged_and_nothing_is_lost(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(teacher, "MAX_SHARDS", 2)
+    model = CountingModel(load_sentence_transformer(str(make_tiny_sentence_transformer(tmp_path / "teacher"))))
+    encoder = TeacherEncoder(lambda: model, "t", tmp_path / "cache")
+    texts = [f"query {i} about wings" for i in range(7)]
+    vectors = np.concatenate([encoder.encode([t]) for t in texts])  # one shard each, as mining writes them
+    shards = list(encoder.folder.glob("shard-*.npz"))
+    assert 1 <= len(shards) <= 2 and not list(encoder.folder.glob("partial-*"))
+
+    def must_not_load():  # type: ignore[no-untyped-def]
+        raise AssertionError("every text is cached: the teacher must not load")
+
+    assert np.array_equal(TeacherEncoder(must_not_load, "t", tmp_path / "cache").encode(texts), vectors)
