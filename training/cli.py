@@ -427,7 +427,7 @@ def mine(
         if cfg.data.format == "beir" and cfg.data.query_split is not None:
             dataset = dataset.split_queries(cfg.data.query_split.seed, cfg.data.query_split.train_fraction)[0]
         model = load_sentence_transformer(cfg.base_model)
-        teacher = _mining_teacher(cfg, _teacher_encoders(cfg))
+        teacher = _mining_teacher(cfg, _teacher_encoders(cfg, distillation=False))
     except (ConfigError, DatasetError, ModelSourceError) as exc:
         _fail(exc)
     negatives = mine_negatives(model, dataset, cfg.mining, cfg.seed, mining_rescorer(cfg.mining), teacher=teacher)

@@ -381,14 +381,14 @@ def _load_teacher(config: TrainConfig, source: str, key: str):  # type: ignore[n
         raise ConfigError(f"{config.name}: {key}: {exc}") from exc
 
 
-def _teacher_encoders(config: TrainConfig) -> dict[str, TeacherEncoder]:
-    """One encoder per teacher source the config names (mining's filter, distillation), loaded before
-    anything slow so a bad source stops the run at once with one line naming its key; a source named
-    by both is loaded and encoded once."""
+def _teacher_encoders(config: TrainConfig, distillation: bool = True) -> dict[str, TeacherEncoder]:
+    """One encoder per teacher source the config names (mining's filter, and distillation's unless
+    `distillation` is False), loaded before anything slow so a bad source stops the run at once with
+    one line naming its key; a source named by both is loaded and encoded once."""
     wanted: dict[str, str] = {}
     if config.mining.enabled and config.mining.teacher_model:
         wanted.setdefault(config.mining.teacher_model, "mining.teacher_model")
-    if config.distillation is not None:
+    if distillation and config.distillation is not None:
         wanted.setdefault(config.distillation.teacher, "distillation.teacher")
     cache_dir = config.distillation.cache_dir if config.distillation is not None else TEACHER_CACHE
     encoders = {}

@@ -467,6 +467,21 @@ def test_a_teacher_that_filters_mining_and_distils_encodes_each_text_once(
     assert len(keys) > 0 and len(keys) == len(set(keys))
 
 
+def test_mine_uses_the_mining_teacher_only(tmp_path: Path, tiny_model: Path, small_beir: Path) -> None:
+    """`training mine` loads `mining.teacher_model`; a distillation teacher has no part in mining."""
+    from training.sources import DEFAULT_BASE_MODEL
+
+    distil = {"teacher": str(tmp_path / "not-a-model"), "cache_dir": str(tmp_path / "cache")}
+    mining = {"mining.teacher_model": str(tiny_model), "mining.teacher_margin": 1.0, "mining.margin": 1.0}
+    window = {"mining.rank_window": [0, 30], "base_model": DEFAULT_BASE_MODEL}  # a random tiny model leaves no window
+    config = _config(tmp_path, tiny_model, small_beir, distillation=distil, **mining, **window)
+    path, out = tmp_path / "c.yaml", tmp_path / "negatives.jsonl"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    result = CliRunner().invoke(training_cli, ["mine", "--config", str(path), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.is_file() and list((tmp_path / "cache").glob("teacher-*"))  # the mining teacher's vectors
+
+
 def test_blockrank_distillation_moves_scores_towards_the_teacher(tiny_model: Path, small_beir: Path) -> None:
     from training.blockrank import train_blockrank
     from training.eval.first_stage import encode
