@@ -101,7 +101,7 @@ def main() -> None:
             minutes = (time.perf_counter() - started) / 60
             table = markdown(result)
             entries.append({"config": path, "minutes": minutes, "date": _now(), "result": result, "table": table})
-            print(markdown(result), flush=True)
+            print(table, flush=True)
     _write(entries, args.splits)
 
 

@@ -381,12 +381,12 @@ def _load_teacher(config: TrainConfig, source: str, key: str):  # type: ignore[n
         raise ConfigError(f"{config.name}: {key}: {exc}") from exc
 
 
-def _teacher_encoders(config: TrainConfig, distillation: bool = True) -> dict[str, TeacherEncoder]:
-    """One encoder per teacher source the config names (mining's filter, and distillation's unless
-    `distillation` is False), loaded before anything slow so a bad source stops the run at once with
+def _teacher_encoders(config: TrainConfig, mining: bool = True, distillation: bool = True) -> dict[str, TeacherEncoder]:
+    """One encoder per teacher source the config names (mining's filter and distillation's, each
+    unless its flag is False), loaded before anything slow so a bad source stops the run at once with
     one line naming its key; a source named by both is loaded and encoded once."""
     wanted: dict[str, str] = {}
-    if config.mining.enabled and config.mining.teacher_model:
+    if mining and config.mining.enabled and config.mining.teacher_model:
         wanted.setdefault(config.mining.teacher_model, "mining.teacher_model")
     if distillation and config.distillation is not None:
         wanted.setdefault(config.distillation.teacher, "distillation.teacher")
@@ -687,7 +687,8 @@ def train(config: TrainConfig, show_progress: bool = True, resume: bool = False)
         torch.manual_seed(config.seed + workers.rank)  # dropout masks differ from rank to rank
     data = TrainingData.load(config)
     fresh_main = workers.is_main and resumed is None and data.train_set is not None
-    encoders = _teacher_encoders(config) if workers.is_main else {}  # a bad source stops the run here
+    # a bad source stops the run here; a resumed run has mined already and needs no mining teacher
+    encoders = _teacher_encoders(config, mining=fresh_main) if workers.is_main else {}
     teacher = _mining_teacher(config, encoders) if fresh_main else None
     run = RunFolder(config.runs_dir, config.name) if workers.is_main else None
     if run is not None:
