@@ -182,7 +182,11 @@ def cranfield_queries() -> list[str]:
 
 
 STORED_ROW = "search, top 10 reranked from 50 with stored second-stage vectors"
-SERVED_STREAMS = Settings.model_fields["bi_encoder_streams"].default
+# Server settings compared side by side with the defaults ("" = as served): row suffix -> environment.
+COMPARISONS: dict[str, dict[str, dict[str, str]]] = {
+    "query-variant": {" (no query variant: single queries on the batch variant)": {"TESSERA_QUERY_VARIANT": "off"}},
+    "streams": {" (bi-encoder streams 2)": {"TESSERA_BI_ENCODER_STREAMS": "2"}},
+}
 
 
 def _fill(client: httpx.Client, reranker: str, docs: list[dict]) -> None:
@@ -194,24 +198,29 @@ def _fill(client: httpx.Client, reranker: str, docs: list[dict]) -> None:
 
 
 def latency(
-    reranker: str, requests: int, search_requests: int, rerank_calls: bool = True, streams: tuple[int, ...] = (1,)
+    reranker: str,
+    requests: int,
+    search_requests: int,
+    rerank_calls: bool = True,
+    others: dict[str, dict[str, str]] | None = None,
 ) -> dict:
     """Rows of p50/p99 ms. Search rows use varied Cranfield queries (one per round, the same query
-    for every row of a round). One server per `streams` value (the reranker's
-    TESSERA_BI_ENCODER_STREAMS), all up at once and their requests interleaved, so every setting
-    sees the same machine; /v1/rerank and re-embedding rows come from the first server."""
+    for every row of a round). One server as served plus one per entry of `others` (row suffix ->
+    environment), all up at once and their requests interleaved, so every setting sees the same
+    machine; /v1/rerank and re-embedding rows come from the first server."""
     texts, queries = cranfield_texts(), cranfield_queries()
     work = Path(tempfile.mkdtemp(prefix="rerank-bench-"))
-    ports = {n: PORT + k for k, n in enumerate(streams)}
+    settings = {"": {}, **(others or {})}
+    ports = {suffix: PORT + k for k, suffix in enumerate(settings)}
     servers = {
-        n: start_tessera(
+        suffix: start_tessera(
             ROOT / "models",
             f"minilm-l6,{reranker}",
-            work / f"data-{n}",
-            port,
-            {"TESSERA_DEFAULT_RERANKER": reranker, "TESSERA_BI_ENCODER_STREAMS": str(n)},
+            work / f"data-{k}",
+            ports[suffix],
+            {"TESSERA_DEFAULT_RERANKER": reranker, **env},
         )
-        for n, port in ports.items()
+        for k, (suffix, env) in enumerate(settings.items())
     }
     bases = {n: f"http://127.0.0.1:{port}" for n, port in ports.items()}
     clients = {n: httpx.Client(base_url=base, timeout=120) for n, base in bases.items()}
@@ -221,7 +230,7 @@ def latency(
         for n, client in clients.items():
             wait_ready(f"{bases[n]}/ready")
             _fill(client, reranker, docs)
-        first = clients[streams[0]]
+        first = clients[""]
         for n in (10, 30, 100) if rerank_calls else ():
             body = {"query": LATENCY_QUERY, "documents": texts[:n]}
             out[f"/v1/rerank, {n} documents"] = timed_few(first, "/v1/rerank", body, requests)
@@ -233,8 +242,7 @@ def latency(
             min(requests, 5),
         )
         rows: dict[str, tuple[httpx.Client, str, dict]] = {}
-        for n, client in clients.items():
-            suffix = "" if n == SERVED_STREAMS else f" (bi-encoder streams {n})"
+        for suffix, client in clients.items():
             rows["search, top 10" + suffix] = (client, "plain", {"top_k": 10})
             rows[STORED_ROW + suffix] = (client, "stored", {"top_k": 10, "rerank": {"candidates": 50}})
         seconds: dict[str, list[float]] = {label: [] for label in rows}
@@ -285,11 +293,10 @@ def main() -> None:
     parser.add_argument("--search-requests", type=int, default=100, help="per search row (plain / stored, interleaved)")
     parser.add_argument("--no-rerank-calls", action="store_true", help="skip /v1/rerank rows (see --kinds)")
     parser.add_argument(
-        "--bi-encoder-streams",
-        type=int,
-        nargs="+",
-        default=[SERVED_STREAMS, 2],
-        help="search rows per TESSERA_BI_ENCODER_STREAMS value (one server each, interleaved)",
+        "--compare",
+        choices=sorted(COMPARISONS),
+        default="query-variant",
+        help="search rows also from servers with these settings (one server each, interleaved)",
     )
     parser.add_argument(
         "--kinds",
@@ -304,7 +311,7 @@ def main() -> None:
         return
     report = {name: quality(name, folder, args.reranker) for name, folder in DATASETS.items()}
     report["latency"] = latency(
-        args.reranker, args.requests, args.search_requests, not args.no_rerank_calls, tuple(args.bi_encoder_streams)
+        args.reranker, args.requests, args.search_requests, not args.no_rerank_calls, COMPARISONS[args.compare]
     )
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "rerank_served.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -344,14 +351,14 @@ def main() -> None:
         f"Search with rescore from stored vectors: p50 **{stored / plain:.2f}x** plain search (target <= 2x); "
         f"reranking by re-embedding the 50 candidates: {embedded / plain:.1f}x.",
     ]
-    for n in args.bi_encoder_streams:
-        if n != SERVED_STREAMS:
-            suffix = f" (bi-encoder streams {n})"
-            other = (
-                report["latency"][STORED_ROW + suffix]["p50_ms"]
-                / report["latency"]["search, top 10" + suffix]["p50_ms"]
-            )
-            lines.append(f"With the reranker on {n} streams (a server of its own, interleaved): {other:.2f}x.")
+    for suffix in COMPARISONS[args.compare]:
+        other = (
+            report["latency"][STORED_ROW + suffix]["p50_ms"] / report["latency"]["search, top 10" + suffix]["p50_ms"]
+        )
+        lines.append(
+            f"A server of its own{suffix}, interleaved: stored rescore {report['latency'][STORED_ROW + suffix]['p50_ms']}"
+            f" ms p50, {other:.2f}x its plain search; as served {stored} ms ({stored / plain:.2f}x)."
+        )
     (RESULTS / "rerank_served.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -233,9 +233,12 @@ def clip_models_dir(tmp_path_factory: pytest.TempPathFactory, default_models_dir
     return models
 
 
-def make_bi_encoder_copy(default_models_dir: Path, target: Path, first_stage_weight: float = 0.5) -> Path:
+def make_bi_encoder_copy(
+    default_models_dir: Path, target: Path, first_stage_weight: float = 0.5, query_ms: dict[str, float] | None = None
+) -> Path:
     """models/minilm-l6's files as a bi-encoder reranker folder (its graph untouched, so its scores
-    can be checked against the text model's own vectors)."""
+    can be checked against the text model's own vectors). Single-query latencies are dropped, so it
+    runs one variant, unless `query_ms` (variant key -> ms) sets them."""
     import shutil
 
     from app.core.manifest import BiEncoderSpec, Manifest, ModelKind
@@ -244,5 +247,7 @@ def make_bi_encoder_copy(default_models_dir: Path, target: Path, first_stage_wei
     manifest = Manifest.load(target)
     manifest.name, manifest.kind = target.name, ModelKind.BI_ENCODER
     manifest.bi_encoder = BiEncoderSpec(model_weight=1.0, first_stage_weight=first_stage_weight, fitted_on="test")
+    for variant in manifest.parity:
+        variant.query_ms = (query_ms or {}).get(variant.key)
     Manifest.model_validate(manifest.model_dump()).save(target)
     return target

@@ -11,7 +11,7 @@ import numpy as np
 from app.backends.base import BackendUnavailable, InferenceSession, per_stream_threads
 from app.core.manifest import Backend, Precision
 
-_HINTS = {Precision.FP32: "f32", Precision.BF16: "bf16", Precision.INT8: "f32"}
+_HINTS = {Precision.FP32: "f32", Precision.BF16: "bf16"}
 
 
 @cache
@@ -41,8 +41,11 @@ class OpenVinoSession(InferenceSession):
         if precision not in self.supported_precisions():
             raise BackendUnavailable(f"openvino cannot run {precision} on this CPU")
         core = _core()
+        # int8: a weight-only int8 file (weights decompressed inside each MatMul), its activations
+        # in the CPU's best float precision: bf16 where it has it (as measured at export), else f32.
+        hint = _HINTS.get(precision) or ("bf16" if Precision.BF16 in self.supported_precisions() else "f32")
         config = {
-            "INFERENCE_PRECISION_HINT": _HINTS[precision],
+            "INFERENCE_PRECISION_HINT": hint,
             # Explicit streams: each concurrent infer request runs on its own cores.
             "NUM_STREAMS": str(max(1, streams)),
             "INFERENCE_NUM_THREADS": str(per_stream_threads(threads, streams) * max(1, streams)),
@@ -70,7 +73,7 @@ class OpenVinoSession(InferenceSession):
             capabilities = set(_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
         except Exception:  # library missing or no CPU plugin
             return set()
-        precisions = {Precision.FP32}
+        precisions = {Precision.FP32, Precision.INT8}
         if "BF16" in capabilities:
             precisions.add(Precision.BF16)
         return precisions

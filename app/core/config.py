@@ -39,6 +39,12 @@ class Settings(BaseSettings):
     # latency path, where one stream of every thread halves it (all-mpnet-base-v2: 14 vs 25 ms)
     # while its document throughput is unchanged (28-30 docs/s either way; rerank_reading.md).
     bi_encoder_streams: int = Field(1, ge=1, le=MAX_STREAMS)
+    # Which text models also open their lowest-latency variant (by the export's query_ms, e.g.
+    # weight-only int8) for passes of one input alone, when clearly faster than their batch variant:
+    # `rerankers` (bi-encoder rerankers, whose single query is on search-with-rescore's latency path),
+    # `all` (embedding models too: a text embedded alone then differs slightly from the same text in
+    # a batch, within the parity bar), `off`. Each costs a second compiled model's memory.
+    query_variant: Literal["off", "rerankers", "all"] = "rerankers"
     # OpenVINO's cache of kernels compiled per input shape (its default, thousands, grows memory
     # without bound under varied batches); and padding of each batch's length up to a multiple of
     # pad_to_multiple tokens, so fewer distinct shapes reach the backends (1 = no rounding).

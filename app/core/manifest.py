@@ -53,7 +53,7 @@ class Backend(StrEnum):
 class Precision(StrEnum):
     FP32 = "fp32"
     BF16 = "bf16"
-    INT8 = "int8"
+    INT8 = "int8"  # int8 weights in their own ONNX file (the variant's onnx_file); float activations
 
 
 class _Strict(BaseModel):
@@ -126,6 +126,9 @@ class VariantParity(_Strict):
     reference: str = "sentence-transformers fp32 (PyTorch)"
     # Throughput measured at export time on the exporting machine; used to rank variants.
     samples_per_s: float | None = None
+    # Median ms of one short input on its own (a query), measured beside the other variants at export;
+    # the service runs single queries on the variant fastest by it (see TextModel).
+    query_ms: float | None = None
     # CPU capabilities the variant needs (OpenVINO capability names, e.g. "BF16").
     requires: list[str] = Field(default_factory=list)
     # Score models (cross-encoders): largest |logit - reference logit|; min_cosine is then the

@@ -25,7 +25,7 @@ from app.inference.images import ImageDecoder, ImageLimits
 from app.inference.served import Capability, Embedder, EmbeddingResult, Scorer, ServedModel
 from app.inference.text_model import TextModel
 from app.inference.tokenizer import Tokenized
-from app.inference.variants import choose_variant
+from app.inference.variants import choose_query_variant, choose_variant
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,10 @@ def warm_up(forward: Callable[[list[np.ndarray]], np.ndarray], sequence: np.ndar
     """One forward pass on the loading thread before any request. OpenVINO's Python binding
     initialises its numpy bridge once per process (pybind11 `gil_safe_call_once_and_store`); when
     the first two passes of a server's first burst reach it at once from two stream threads, both
-    threads deadlock there and the server hangs for good (seen under load). Done here, it never races."""
+    threads deadlock there and the server hangs for good (seen under load). Done here, it never races.
+    Then a pass of two: a text model runs single inputs on its own query variant (`TextModel`)."""
     forward([sequence])
+    forward([sequence, sequence])
 
 
 def _inline(texts: list[str]) -> bool:
@@ -84,9 +86,20 @@ class TextEncoder(_Batched, Embedder):
 
     capabilities = frozenset({Capability.EMBED_TEXT})
 
-    def __init__(self, folder: Path, manifest: Manifest, settings: Settings, batcher_name: str | None = None) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        manifest: Manifest,
+        settings: Settings,
+        batcher_name: str | None = None,
+        query_variant: bool | None = None,
+    ) -> None:
+        """`query_variant`: open the lowest-latency variant for single inputs (default: per the
+        `query_variant` setting for an embedding model)."""
         variant = choose_variant(manifest, settings.backend, settings.precision)
         super().__init__(folder, manifest, variant)
+        if query_variant is None:
+            query_variant = settings.query_variant == "all"
         self.model = TextModel(
             folder,
             manifest,
@@ -94,7 +107,11 @@ class TextEncoder(_Batched, Embedder):
             threads=settings.threads,
             streams=settings.streams,
             pad_to_multiple=settings.pad_to_multiple,
+            query_variant=choose_query_variant(manifest, settings.backend, settings.precision)
+            if query_variant
+            else None,
         )
+        self.query_variant = self.model.query_variant
         self.batcher = make_batcher(
             batcher_name or manifest.name, self.model.forward, (len(self.model.outputs), self.dim), settings
         )
@@ -233,8 +250,9 @@ class BiEncoderScorer(Scorer):
     def __init__(self, folder: Path, manifest: Manifest, settings: Settings) -> None:
         # its query embedding is on search's latency path: its own stream count (Settings)
         latency_first = settings.model_copy(update={"streams": settings.bi_encoder_streams})
-        self.encoder = TextEncoder(folder, manifest, latency_first)
+        self.encoder = TextEncoder(folder, manifest, latency_first, query_variant=settings.query_variant != "off")
         super().__init__(folder, manifest, self.encoder.variant)
+        self.query_variant = self.encoder.query_variant
         self.weights = manifest.bi_encoder or BiEncoderSpec()
 
     def start(self) -> None:

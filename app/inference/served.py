@@ -36,6 +36,7 @@ class ServedModel:
     """A model folder loaded for serving: its manifest, the variant it runs, its lifecycle."""
 
     capabilities: frozenset[Capability] = frozenset()
+    query_variant: VariantParity | None = None  # a text model's variant for one input alone, if another
 
     def __init__(self, folder: Path, manifest: Manifest, variant: VariantParity | None) -> None:
         self.folder = folder
@@ -90,6 +91,7 @@ class ServedModel:
                 if v
                 else None
             ),
+            "query_variant": self.query_variant.key if self.query_variant else None,
             "variants": [p.model_dump(mode="json", exclude_none=True) for p in m.parity],
             "blockrank": m.blockrank.model_dump(mode="json") if m.blockrank else None,
             "eval_scores": m.eval_scores,

@@ -40,9 +40,13 @@ class TextModel:
         threads: int = 0,
         streams: int = 1,
         pad_to_multiple: int = 1,
+        onnx_file: str | None = None,
+        query_variant: VariantParity | None = None,
     ) -> None:
-        """Run `variant` (from the manifest) or an explicit backend/precision on the fp32 file.
-        `pad_to_multiple`: the serving path's batch length rounding (offline `encode` pads exactly)."""
+        """Run `variant` (from the manifest) or an explicit backend/precision on `onnx_file` (default:
+        the tower's fp32 file). `pad_to_multiple`: the serving path's batch length rounding (offline
+        `encode` pads exactly). `query_variant`: another variant for passes of one input alone
+        (`choose_query_variant`), opened beside the first when it differs."""
         self.folder = folder
         self.manifest = manifest
         self.variant = variant
@@ -52,9 +56,13 @@ class TextModel:
         self.graph: OnnxIO = tower.onnx
         self.tokenizer = TextTokenizer(folder / tower.tokenizer_file, tower.max_tokens)
         self.session, self.backend, self.precision = open_variant(
-            folder, variant, backend, precision, threads, streams, default_file=tower.onnx_file
+            folder, variant, backend, precision, threads, streams, default_file=onnx_file or tower.onnx_file
         )
         self.pad_to_multiple = pad_to_multiple
+        self.query_variant = query_variant if query_variant not in (None, variant) else None
+        self.query_session: InferenceSession | None = None
+        if self.query_variant is not None:
+            self.query_session, _, _ = open_variant(folder, self.query_variant, None, None, threads, streams)
 
     @property
     def dim(self) -> int:
@@ -69,9 +77,11 @@ class TextModel:
         return self.graph.outputs
 
     def forward(self, sequences: list[np.ndarray]) -> np.ndarray:
-        """One forward pass over unpadded id sequences -> (batch, outputs, dim)."""
-        feeds = self.tokenizer.pad(sequences, self.session.input_names, self.pad_to_multiple)
-        return np.stack(self.session.run(feeds, self.outputs), axis=1)
+        """One forward pass over unpadded id sequences -> (batch, outputs, dim); one sequence alone
+        runs on the query session when there is one."""
+        session = self.query_session if self.query_session is not None and len(sequences) == 1 else self.session
+        feeds = self.tokenizer.pad(sequences, session.input_names, self.pad_to_multiple)
+        return np.stack(session.run(feeds, self.outputs), axis=1)
 
     def encode(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
         """Synchronous encoding for offline jobs: length-sorted batches, original order out."""

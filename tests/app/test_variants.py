@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from app.core.manifest import Manifest, VariantParity
-from app.inference.variants import NoServableVariant, choose_variant
+from app.inference.variants import NoServableVariant, choose_query_variant, choose_variant
 
 
 def _manifest(default_models_dir: Path, variants: list[VariantParity]) -> Manifest:
@@ -41,3 +41,25 @@ def test_auto_picks_fastest_variant_that_clears_parity(default_models_dir: Path)
 def test_no_variant_raises(default_models_dir: Path) -> None:
     with pytest.raises(NoServableVariant):
         choose_variant(_manifest(default_models_dir, []))
+
+
+def test_single_queries_get_the_lowest_latency_servable_variant(default_models_dir: Path) -> None:
+    def timed(backend: str, precision: str, min_cos: float, speed: float, query_ms: float | None) -> VariantParity:
+        return _variant(backend, precision, min_cos, speed).model_copy(update={"query_ms": query_ms})
+
+    variants = [
+        timed("openvino", "fp32", 1.0, 30, 40.0),
+        timed("openvino", "int8", 0.9997, 64, 8.0),  # slower in batches, fastest alone
+        timed("onnxruntime", "int8", 0.79, 200, 2.0),  # fastest of all but wrong vectors
+        timed("onnxruntime", "fp32", 1.0, 96, 14.0),
+    ]
+    manifest = _manifest(default_models_dir, variants)
+    assert choose_variant(manifest).key == "onnxruntime-fp32"
+    assert choose_query_variant(manifest).key == "openvino-int8"
+    assert choose_query_variant(manifest, precision="fp32").key == "onnxruntime-fp32"  # explicit pins both
+    # An export without latencies (older folders): single queries run the throughput choice.
+    unmeasured = _manifest(default_models_dir, [v.model_copy(update={"query_ms": None}) for v in variants])
+    assert choose_query_variant(unmeasured).key == "onnxruntime-fp32"
+    # Faster alone, but by less than QUERY_VARIANT_GAIN: not worth a second session.
+    close = [variants[0], variants[1].model_copy(update={"query_ms": 13.0}), variants[3]]
+    assert choose_query_variant(_manifest(default_models_dir, close)).key == "onnxruntime-fp32"

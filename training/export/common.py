@@ -26,14 +26,18 @@ CANDIDATE_VARIANTS: list[tuple[Backend, Precision, list[str]]] = [
     (Backend.OPENVINO, Precision.FP32, []),
     (Backend.OPENVINO, Precision.BF16, ["BF16"]),
 ]
+# Variants that run a weight-only int8 copy of the graph (training/export/quantize.py): int8 weights,
+# activations in bf16 where the CPU has it (else fp32). Text exporters add them.
+INT8_VARIANTS: list[tuple[Backend, Precision, list[str]]] = [(Backend.OPENVINO, Precision.INT8, [])]
 
 
 def open_candidates(
     open_model: Callable[[Backend, Precision], T],
+    variants: Sequence[tuple[Backend, Precision, list[str]]] = CANDIDATE_VARIANTS,
 ) -> Iterator[tuple[Backend, Precision, list[str], T]]:
-    """Each candidate variant this machine can run, opened by `open_model(backend, precision)`;
-    the others are skipped (logged), not failed: an export on a CPU without bf16 still succeeds."""
-    for backend, precision, requires in CANDIDATE_VARIANTS:
+    """Each of `variants` this machine can run, opened by `open_model(backend, precision)`; the
+    others are skipped (logged), not failed: an export on a CPU without bf16 still succeeds."""
+    for backend, precision, requires in variants:
         if not available(backend, precision):
             log.info("skipping %s-%s: not available on this machine", backend, precision)
             continue
@@ -59,6 +63,18 @@ def measure_speeds(models: Sequence[_Encodes], inputs: Any, rounds: int = 3) -> 
             model.encode(inputs, batch_size=32)
             best[i] = max(best[i], len(inputs) / (time.perf_counter() - start))
     return [round(x, 1) for x in best]
+
+
+def measure_query_latency(models: Sequence[_Encodes], queries: Sequence[Any]) -> list[float]:
+    """Median ms of one input on its own per model (a search query's path), calls interleaved
+    across models for the same reason as `measure_speeds`."""
+    times: list[list[float]] = [[] for _ in models]
+    for query in queries:
+        for i, model in enumerate(models):
+            start = time.perf_counter()
+            model.encode([query], batch_size=1)
+            times[i].append((time.perf_counter() - start) * 1000)
+    return [round(float(np.median(t)), 2) for t in times]
 
 
 def row_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -31,12 +31,24 @@ from app.core.manifest import (
     sha256_file,
 )
 from app.inference.text_model import TextModel
-from training.export.common import measure_speeds, open_candidates, row_cosine, staged_folder, version
+from training.export.common import (
+    CANDIDATE_VARIANTS,
+    INT8_VARIANTS,
+    measure_query_latency,
+    measure_speeds,
+    open_candidates,
+    row_cosine,
+    staged_folder,
+    version,
+)
+from training.export.quantize import weight_only_int8
 from training.sources import load_sentence_transformer
 
 log = logging.getLogger(__name__)
 
 ONNX_FILE = "model.onnx"
+INT8_ONNX_FILE = "model.int8.onnx"  # weight-only int8 copy (training/export/quantize.py)
+QUERY_LATENCY_SAMPLES = 100
 TOKENIZER_FILE = "tokenizer.json"
 
 
@@ -135,16 +147,17 @@ def measure_variant(
     sentences: list[str],
     reference: np.ndarray,  # (n, dim) sentence-transformers embeddings, fp32
     threads: int = 0,
+    onnx_file: str = ONNX_FILE,
 ) -> tuple[VariantParity, TextModel]:
     """Parity of one variant against the reference; speed is measured later, interleaved."""
-    model = TextModel(folder, manifest, backend=backend, precision=precision, threads=threads)
+    model = TextModel(folder, manifest, backend=backend, precision=precision, threads=threads, onnx_file=onnx_file)
     model.encode(sentences[:64])  # warm-up: compilation and allocator
     vectors = model.encode(sentences, batch_size=32)
     cosines = row_cosine(vectors, reference)
     parity = VariantParity(
         backend=backend,
         precision=precision,
-        onnx_file=ONNX_FILE,
+        onnx_file=onnx_file,
         min_cosine=float(cosines.min()),
         mean_cosine=float(cosines.mean()),
         n_samples=len(sentences),
@@ -173,6 +186,9 @@ def export_text_model(
         if not (staging / TOKENIZER_FILE).is_file():
             raise ValueError("the model's tokenizer has no fast (tokenizer.json) form")
         _strip_tokenizer_padding(staging / TOKENIZER_FILE)
+        variants = [(v, ONNX_FILE) for v in CANDIDATE_VARIANTS]
+        if weight_only_int8(staging / ONNX_FILE, staging / INT8_ONNX_FILE):
+            variants += [(v, INT8_ONNX_FILE) for v in INT8_VARIANTS]
         files = {p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.is_file() and p.name != "manifest.json"}
         manifest = Manifest(
             name=name,
@@ -193,25 +209,47 @@ def export_text_model(
             )
         manifest.quantization = calibration_ranges(reference, normalize, f"{len(parity_sentences)} parity sentences")
         models: list[TextModel] = []
+        file_of = {(backend, precision): onnx_file for (backend, precision, _), onnx_file in variants}
         measured = open_candidates(
-            lambda b, p: measure_variant(staging, manifest, b, p, parity_sentences, reference, threads)
+            lambda b, p: measure_variant(
+                staging, manifest, b, p, parity_sentences, reference, threads, onnx_file=file_of[b, p]
+            ),
+            [variant for variant, _ in variants],
         )
         for _, _, requires, (parity, model) in measured:
             parity.requires = requires
             manifest.parity.append(parity)
             models.append(model)
-        for parity, speed in zip(manifest.parity, measure_speeds(models, parity_sentences[:500]), strict=True):
-            parity.samples_per_s = speed
+        speeds = measure_speeds(models, parity_sentences[:500])
+        latencies = measure_query_latency(models, _short(parity_sentences, QUERY_LATENCY_SAMPLES))
+        for parity, speed, latency in zip(manifest.parity, speeds, latencies, strict=True):
+            parity.samples_per_s, parity.query_ms = speed, latency
             log.info(
-                "%s: min cos %.6f mean %.6f, %.0f sentences/s",
+                "%s: min cos %.6f mean %.6f, %.0f sentences/s, one query %.1f ms",
                 parity.key,
                 parity.min_cosine,
                 parity.mean_cosine,
                 speed,
+                latency,
             )
         del models
+        _drop_unservable_int8(staging, manifest)
         manifest.save(staging)
     return manifest
+
+
+def _short(sentences: list[str], n: int) -> list[str]:
+    """The `n` shortest sentences: query-like inputs for the single-query latency."""
+    return sorted(sentences, key=len)[:n]
+
+
+def _drop_unservable_int8(folder: Path, manifest: Manifest) -> None:
+    """An int8 graph no variant may serve is not shipped (its parity stays in the manifest, as measured)."""
+    if INT8_ONNX_FILE in manifest.files and not any(
+        p.servable for p in manifest.parity if p.onnx_file == INT8_ONNX_FILE
+    ):
+        del manifest.files[INT8_ONNX_FILE]
+        (folder / INT8_ONNX_FILE).unlink()
 
 
 def calibration_ranges(embeddings: np.ndarray, normalize: bool, calibrated_on: str) -> Quantization:

@@ -6,6 +6,7 @@ degrades the collection (reported in /ready; plain search works; writes and rera
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from app.core.manifest import Manifest
 from app.main import create_app
 from app.search.builder import BuildOptions, InputError, build_index
 from app.search.manager import CollectionManager
@@ -199,3 +201,38 @@ def test_second_stage_vectors_survive_sigkill(models: Path, tmp_path: Path) -> N
         manager.close()
     assert set(stored) == set(acked)
     assert all(abs(float(np.linalg.norm(v)) - 1) < 1e-4 for v in stored.values())
+
+
+def test_a_reranker_on_its_int8_query_variant_rescores_within_the_parity_bar(
+    default_models_dir: Path, tmp_path: Path
+) -> None:
+    """The rescore query alone runs on the reranker's weight-only int8 graph (here: declared fastest
+    alone); its documents, embedded in batches, on the batch variant. Rescoring then agrees with
+    re-embedding the candidates (all in one batch) to the parity bar, and ranks the same."""
+    models = tmp_path / "models"
+    shutil.copytree(default_models_dir / "minilm-l6", models / "minilm-l6")
+    manifest = Manifest.load(models / "minilm-l6")
+    if not any(v.key == "openvino-int8" and v.servable for v in manifest.parity):
+        pytest.skip("no servable int8 graph in this export (OpenVINO missing)")
+    make_bi_encoder_copy(
+        default_models_dir,
+        models / "minilm-rerank",
+        query_ms={"openvino-int8": 1.0, "openvino-bf16": 9.0, "openvino-fp32": 9.0, "onnxruntime-fp32": 9.0},
+    )
+    settings = settings_for(models, data_dir=tmp_path / "data", default_reranker="minilm-rerank")
+    with TestClient(create_app(settings)) as client:
+        described = client.get("/v1/models/minilm-rerank").json()
+        assert described["query_variant"] == "openvino-int8" and described["precision"] != "int8"
+        assert client.get("/v1/models/minilm-l6").json()["query_variant"] is None  # embedding models: one variant
+        _create(client, "stored")
+        assert client.post("/indexes", json={"name": "plain", "model": "minilm-l6"}).status_code == 201
+        docs = [{"id": f"d{i}", "text": t} for i, t in enumerate(TEXTS)]
+        for name in ("stored", "plain"):
+            assert client.put(f"/indexes/{name}/documents", json={"documents": docs}).status_code == 200
+        stored = _search(client, "stored", rerank={"candidates": 6})
+        embedded = _search(client, "plain", rerank={"model": "minilm-rerank", "candidates": 6})
+    assert [h["id"] for h in stored] == [h["id"] for h in embedded]
+    scores = np.array([[a["score"], b["score"]] for a, b in zip(stored, embedded, strict=True)])
+    # min cosine 0.9997 to the reference bounds a score's change by ~sqrt(2 x 0.0003) = 0.025
+    assert np.abs(scores[:, 0] - scores[:, 1]).max() < 1e-2
+    assert np.abs(scores[:, 0] - scores[:, 1]).max() > 0  # the query really ran on another graph
