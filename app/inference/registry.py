@@ -17,7 +17,7 @@ from app.backends.openvino_backend import configure_cpu
 from app.core import metrics
 from app.core.config import Settings
 from app.core.errors import ModelNotFound, UnsupportedInput, WrongModelKind
-from app.core.manifest import MANIFEST_FILE, BiEncoderSpec, Manifest, ModelKind
+from app.core.manifest import MANIFEST_FILE, BiEncoderSpec, Manifest, ModelKind, VariantParity
 from app.inference.batcher import DynamicBatcher
 from app.inference.cross_encoder import CrossEncoderModel
 from app.inference.image_model import ImageModel
@@ -59,10 +59,8 @@ def warm_up(forward: Callable[[list[np.ndarray]], np.ndarray], sequence: np.ndar
     """One forward pass on the loading thread before any request. OpenVINO's Python binding
     initialises its numpy bridge once per process (pybind11 `gil_safe_call_once_and_store`); when
     the first two passes of a server's first burst reach it at once from two stream threads, both
-    threads deadlock there and the server hangs for good (seen under load). Done here, it never races.
-    Then a pass of two: a text model runs single inputs on its own query variant (`TextModel`)."""
+    threads deadlock there and the server hangs for good (seen under load). Done here, it never races."""
     forward([sequence])
-    forward([sequence, sequence])
 
 
 def _inline(texts: list[str]) -> bool:
@@ -111,12 +109,18 @@ class TextEncoder(_Batched, Embedder):
             if query_variant
             else None,
         )
-        self.query_variant = self.model.query_variant
         self.batcher = make_batcher(
             batcher_name or manifest.name, self.model.forward, (len(self.model.outputs), self.dim), settings
         )
         self._tokens = metrics.TOKENS.labels(manifest.name)
-        warm_up(self.model.forward, self.model.tokenize(["warm up"])[0].ids)
+        sequence = self.model.tokenize(["warm up"])[0].ids
+        warm_up(self.model.forward, sequence)  # a query session, when there is one, takes this pass
+        if self.model.query_session is not None:
+            self.model.forward([sequence, sequence])  # and the batch session this one
+
+    @property
+    def query_variant(self) -> VariantParity | None:
+        return self.model.query_variant
 
     async def tokenize(self, texts: list[str], truncate: bool) -> list[Tokenized]:
         if _inline(texts):
@@ -252,7 +256,6 @@ class BiEncoderScorer(Scorer):
         latency_first = settings.model_copy(update={"streams": settings.bi_encoder_streams})
         self.encoder = TextEncoder(folder, manifest, latency_first, query_variant=settings.query_variant != "off")
         super().__init__(folder, manifest, self.encoder.variant)
-        self.query_variant = self.encoder.query_variant
         self.weights = manifest.bi_encoder or BiEncoderSpec()
 
     def start(self) -> None:
@@ -269,6 +272,10 @@ class BiEncoderScorer(Scorer):
         result = await self.encoder.embed_text([query, *documents], truncate)
         vectors = result.vectors  # (1 + n, dim), unit rows
         return (vectors[1:] @ vectors[0]).astype(np.float32), result.tokens
+
+    @property
+    def query_variant(self) -> VariantParity | None:
+        return self.encoder.query_variant
 
     def fuse(self, first_stage: np.ndarray, scores: np.ndarray) -> np.ndarray:
         return self.weights.model_weight * scores + self.weights.first_stage_weight * first_stage

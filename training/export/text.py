@@ -186,9 +186,7 @@ def export_text_model(
         if not (staging / TOKENIZER_FILE).is_file():
             raise ValueError("the model's tokenizer has no fast (tokenizer.json) form")
         _strip_tokenizer_padding(staging / TOKENIZER_FILE)
-        variants = [(v, ONNX_FILE) for v in CANDIDATE_VARIANTS]
-        if weight_only_int8(staging / ONNX_FILE, staging / INT8_ONNX_FILE):
-            variants += [(v, INT8_ONNX_FILE) for v in INT8_VARIANTS]
+        quantised = weight_only_int8(staging / ONNX_FILE, staging / INT8_ONNX_FILE) > 0
         files = {p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.is_file() and p.name != "manifest.json"}
         manifest = Manifest(
             name=name,
@@ -209,12 +207,11 @@ def export_text_model(
             )
         manifest.quantization = calibration_ranges(reference, normalize, f"{len(parity_sentences)} parity sentences")
         models: list[TextModel] = []
-        file_of = {(backend, precision): onnx_file for (backend, precision, _), onnx_file in variants}
         measured = open_candidates(
             lambda b, p: measure_variant(
-                staging, manifest, b, p, parity_sentences, reference, threads, onnx_file=file_of[b, p]
+                staging, manifest, b, p, parity_sentences, reference, threads, onnx_file=_graph_file(p)
             ),
-            [variant for variant, _ in variants],
+            CANDIDATE_VARIANTS + (INT8_VARIANTS if quantised else []),
         )
         for _, _, requires, (parity, model) in measured:
             parity.requires = requires
@@ -236,6 +233,11 @@ def export_text_model(
         _drop_unservable_int8(staging, manifest)
         manifest.save(staging)
     return manifest
+
+
+def _graph_file(precision: Precision) -> str:
+    """int8 variants run the weight-only int8 copy; the others the fp32 graph."""
+    return INT8_ONNX_FILE if precision == Precision.INT8 else ONNX_FILE
 
 
 def _short(sentences: list[str], n: int) -> list[str]:
