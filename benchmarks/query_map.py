@@ -1,0 +1,142 @@
+"""Can search rescore with stored mpnet vectors without running mpnet on the query?
+
+Issue 15's latency target (search with stored second-stage vectors <= 2x plain search) is missed
+because the rescore query is embedded by all-mpnet-base-v2 (~5x MiniLM's compute). The cheapest
+query encoder aligned to mpnet's space is a linear map of the first stage's own query vector:
+`normalise(W @ minilm(q))`, W (384 -> 768) fitted by ridge regression to mpnet's vectors of the same
+texts, so the rescore query costs one matrix-vector product.
+
+Fit set: the STS-B train sentences (a seeded sample) plus the *train* half's queries of both
+datasets (seed 0, as benchmarks/rerank.py); never a held-out query. Ridge lambda is fixed (0.1).
+Evaluation: the held-out half, candidates = minilm-l6's top-50, nDCG@10 of the first stage, of
+mpnet's query (cosine alone; fused `cosine + w x first stage`, w fitted on the train half from a
+fixed grid), and of the mapped query (same two forms). Served ONNX variants throughout; document
+vectors come from the cache of benchmarks/rerank_served.py.
+
+Usage: .venv/bin/python benchmarks/query_map.py [--fit-sentences 6000]
+Writes benchmarks/results/query_map.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.rerank_served import DATASETS, FUSION_GRID, cached_vectors, served  # noqa: E402
+from training.data.beir import RetrievalDataset, load_beir  # noqa: E402
+from training.data.sts import sts_sentences  # noqa: E402
+from training.eval.metrics import ir_metrics, ranked_run, top_k_ids  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+STS_TRAIN = ROOT.parent / "shared" / "data" / "stsbenchmark" / "sts-train.csv"
+RIDGE = 0.1
+Encode = Callable[[list[str]], np.ndarray]
+
+
+def fit_map(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """(384, 768) ridge solution of first @ W ~ second (rows: unit vectors of the same texts)."""
+    gram = first.T @ first + RIDGE * np.eye(first.shape[1], dtype=first.dtype)
+    return np.linalg.solve(gram, first.T @ second)
+
+
+def unit(rows: np.ndarray) -> np.ndarray:
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True).clip(min=1e-12)
+
+
+def judged(split: RetrievalDataset) -> dict[str, str]:
+    return {q: t for q, t in split.queries.items() if split.qrels.get(q)}
+
+
+def evaluate(name: str, dataset: RetrievalDataset, first, second, mapping: np.ndarray) -> dict:  # type: ignore[no-untyped-def]
+    train, held_out = dataset.split_queries(0)
+    doc_ids = list(dataset.corpus)
+    first_docs = cached_vectors(first, name, doc_ids, [dataset.doc_text(d) for d in doc_ids])
+    doc_matrix = np.stack([first_docs[d] for d in doc_ids])
+    splits = {}
+    for label, split in (("train", train), ("held_out", held_out)):
+        queries = judged(split)
+        ids = sorted(queries)
+        texts = [queries[q] for q in ids]
+        q_first = first.encode(texts)
+        splits[label] = (ids, q_first, top_k_ids(ids, q_first, doc_ids, doc_matrix, 50), second.encode(texts))
+    pool = sorted({d for _, _, cands, _ in splits.values() for c in cands.values() for d in c})
+    second_docs = cached_vectors(second, name, pool, [dataset.doc_text(d) for d in pool])
+
+    def scores(label: str, query_side: str, w: float) -> dict:
+        ids, q_first, cands, q_second = splits[label]
+        q_rescore = q_second if query_side == "mpnet" else unit(q_first @ mapping)
+        return {
+            q: {d: float(second_docs[d] @ q_rescore[i]) + w * float(first_docs[d] @ q_first[i]) for d in cands[q]}
+            for i, q in enumerate(ids)
+        }
+
+    rows = {"first stage (minilm-l6)": ir_metrics(ranked_run(splits["held_out"][2]), held_out.qrels)["ndcg@10"]}
+    fitted = {}
+    for side in ("mpnet", "mapped"):
+        w = max(FUSION_GRID, key=lambda w: ir_metrics(scores("train", side, w), train.qrels)["ndcg@10"])
+        fitted[side] = w
+        rows[f"{side} query, cosine alone"] = ir_metrics(scores("held_out", side, 0.0), held_out.qrels)["ndcg@10"]
+        rows[f"{side} query, fused (w = {w})"] = ir_metrics(scores("held_out", side, w), held_out.qrels)["ndcg@10"]
+    _, q_first, _, q_second = splits["held_out"]
+    alignment = float((unit(q_first @ mapping) * q_second).sum(axis=1).mean())
+    return {"queries": len(splits["held_out"][0]), "fitted_weights": fitted, "alignment": alignment, "ndcg@10": rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--fit-sentences", type=int, default=6000)
+    args = parser.parse_args()
+    first, second = served("minilm-l6"), served("mpnet-rerank")
+    datasets = {name: load_beir(folder) for name, folder in DATASETS.items()}
+    sentences = sts_sentences(STS_TRAIN)
+    np.random.default_rng(0).shuffle(sentences)
+    fit_texts = sentences[: args.fit_sentences]
+    for dataset in datasets.values():
+        fit_texts += list(judged(dataset.split_queries(0)[0]).values())
+    started = time.perf_counter()
+    fit_first, fit_second = first.encode(fit_texts), second.encode(fit_texts)
+    mapping = fit_map(fit_first, fit_second)
+    fit_alignment = float((unit(fit_first @ mapping) * fit_second).sum(axis=1).mean())
+    report = {
+        "fit_texts": len(fit_texts),
+        "fit_alignment": fit_alignment,
+        "fit_seconds": round(time.perf_counter() - started, 1),
+        **{name: evaluate(name, dataset, first, second, mapping) for name, dataset in datasets.items()},
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "query_map.json").write_text(json.dumps(report, indent=2) + "\n")
+    lines = [
+        "# Rescoring with stored mpnet vectors and a mapped MiniLM query",
+        "",
+        f"`benchmarks/query_map.py --fit-sentences {args.fit_sentences}`: W (384 -> 768) fitted by ridge "
+        f"(lambda {RIDGE}) on {len(fit_texts)} texts (STS-B train sentences + the train half's queries); "
+        f"mean cosine of the mapped vector to mpnet's on the fit set {fit_alignment:.3f}. Held-out half "
+        "(seed 0), top-50 of minilm-l6, nDCG@10; fusion weights fitted on the train half.",
+        "",
+    ]
+    for name in datasets:
+        part = report[name]
+        base = part["ndcg@10"]["first stage (minilm-l6)"]
+        lines += [
+            f"## {name} ({part['queries']} held-out queries; mapped-query cosine to mpnet's {part['alignment']:.3f})",
+            "",
+            "| query side | nDCG@10 | vs first stage |",
+            "|---|---|---|",
+            *(f"| {row} | {value:.4f} | {value - base:+.4f} |" for row, value in part["ndcg@10"].items()),
+            "",
+        ]
+    (RESULTS / "query_map.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
