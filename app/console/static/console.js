@@ -507,10 +507,11 @@ async function runUpload(event) {
       bar.value = start + chunk.length;
       status.textContent = `uploaded ${start + chunk.length} of ${documents.length}…`;
     }
-    status.textContent = `uploaded ${documents.length} documents into ${name} (now ${size})`;
     $("upload-new").value = "";
     await refresh();
     renderCollections();
+    // said last: when it reads "uploaded", the table already shows the collection
+    status.textContent = `uploaded ${documents.length} documents into ${name} (now ${size})`;
   }, status);
 }
 
