@@ -37,6 +37,10 @@ RESCORE_DEPTHS = (4, 8, 16, 32, 64)
 # At most this many candidates are read and rescored per query (a top_k of 1,000 at depth 64 would
 # read 64,000 vectors, ~100 MB, per request); deep result lists get a shallower shortlist.
 RESCORE_SHORTLIST_MAX = 4_096
+# FAISS's OpenMP threads (OpenMP keeps the count per calling thread): a search of one query runs
+# on one, as parallelism comes from concurrent requests and a two-thread exact search of one query
+# measured slower than one thread here (benchmarks/faiss_threads.py); everything else gets them all.
+FAISS_THREADS = faiss.omp_get_max_threads()
 HNSW_M_RANGE = (2, 256)  # M < 2 aborts inside FAISS (HNSW.cpp assertion) or segfaults
 IVF_NLIST_RANGE = (1, 65_536)
 PQ_BITS_RANGE = (1, 10)  # 16 bits asks FAISS for ~100 GB of polysemous-training memory
@@ -281,7 +285,7 @@ class VectorIndex:
         rescoring = self.is_binary and fetch is not None
         depth = params.rescore_depth or self.defaults.rescore_depth or RESCORE_DEPTHS[0]
         shortlist = max(k, min(k * depth, RESCORE_SHORTLIST_MAX)) if rescoring else k
-        scores, keys = self.index.search(queries, shortlist, params=search_params)
+        scores, keys = _faiss_search(self.index, queries, shortlist, search_params)
         if rescoring:
             scores, keys = self._rescored(queries, keys, k, fetch)
         else:
@@ -433,6 +437,20 @@ def _top_k_columns(scores: np.ndarray, k: int) -> np.ndarray:
     part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
     order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
     return np.take_along_axis(part, order, axis=1)
+
+
+def _faiss_search(
+    index: faiss.Index, queries: np.ndarray, k: int, params: faiss.SearchParameters | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """`index.search`, one query on one OpenMP thread (FAISS_THREADS); the thread's count is put
+    back after, so FAISS work that later runs on this pooled thread (training, adds) keeps them all."""
+    if len(queries) != 1:
+        return index.search(queries, k, params=params)
+    faiss.omp_set_num_threads(1)
+    try:
+        return index.search(queries, k, params=params)
+    finally:
+        faiss.omp_set_num_threads(FAISS_THREADS)
 
 
 def _prepared(vectors: np.ndarray, metric: str, dim: int) -> np.ndarray:

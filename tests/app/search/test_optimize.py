@@ -337,6 +337,55 @@ def test_streamed_exact_top_k_matches_flat_search(metric: str) -> None:
     assert (few[:, 3:] == -1).all() and set(few[0, :3]) == {100, 101, 102}
 
 
+def test_one_query_searches_on_one_faiss_thread_and_gives_it_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A single query runs with one OpenMP thread, a batch with all; the calling (pooled) thread
+    keeps its full count afterwards, even when the search raises, so an index build that later
+    runs on it is not left single-threaded. Results are those of the batch search."""
+    import faiss
+
+    from app.search import vector_index
+
+    original = vector_index.FAISS_THREADS
+    monkeypatch.setattr(vector_index, "FAISS_THREADS", 3)  # a count this thread does not have yet
+    faiss.omp_set_num_threads(3)
+    try:
+        _check_one_query_threads(monkeypatch)
+    finally:
+        faiss.omp_set_num_threads(original)
+
+
+def _check_one_query_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    import faiss
+
+    from app.search.vector_index import VectorIndex
+
+    rng = np.random.default_rng(5)
+    index = VectorIndex(16, "cosine", "Flat")
+    index.add(np.arange(500, dtype=np.int64), rng.normal(size=(500, 16)).astype(np.float32))
+    seen: list[int] = []
+    real_search = index.index.search
+
+    def spying(*args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(faiss.omp_get_max_threads())
+        return real_search(*args, **kwargs)
+
+    monkeypatch.setattr(index.index, "search", spying)
+    queries = rng.normal(size=(4, 16)).astype(np.float32)
+    batch_scores, batch_keys = index.search(queries, 5)
+    for row in range(4):
+        scores, keys = index.search(queries[row : row + 1], 5)
+        assert np.array_equal(keys[0], batch_keys[row]) and np.allclose(scores[0], batch_scores[row], atol=1e-5)
+    assert seen == [3, 1, 1, 1, 1] and faiss.omp_get_max_threads() == 3
+
+    def failing(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("faiss failed")
+
+    monkeypatch.setattr(index.index, "search", failing)
+    with pytest.raises(RuntimeError):
+        index.search(queries[:1], 5)
+    assert faiss.omp_get_max_threads() == 3
+
+
 @pytest.mark.parametrize(
     ("spec", "metric"), [("IVF16,SQ8", "cosine"), ("IVF16,Flat", "l2"), ("HNSW8", "ip"), ("IVF16,RaBitQ", "cosine")]
 )
