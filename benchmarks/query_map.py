@@ -23,7 +23,6 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -31,15 +30,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.rerank_served import DATASETS, FUSION_GRID, cached_vectors, served  # noqa: E402
+from app.inference.text_model import TextModel  # noqa: E402
+from benchmarks.rerank_served import DATASETS, fused, rescore_held_out, served  # noqa: E402
 from training.data.beir import RetrievalDataset, load_beir  # noqa: E402
 from training.data.sts import sts_sentences  # noqa: E402
-from training.eval.metrics import ir_metrics, ranked_run, top_k_ids  # noqa: E402
+from training.eval.metrics import ir_metrics, ranked_run  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 STS_TRAIN = ROOT.parent / "shared" / "data" / "stsbenchmark" / "sts-train.csv"
 RIDGE = 0.1
-Encode = Callable[[list[str]], np.ndarray]
 
 
 def fit_map(first: np.ndarray, second: np.ndarray) -> np.ndarray:
@@ -56,39 +55,28 @@ def judged(split: RetrievalDataset) -> dict[str, str]:
     return {q: t for q, t in split.queries.items() if split.qrels.get(q)}
 
 
-def evaluate(name: str, dataset: RetrievalDataset, first, second, mapping: np.ndarray) -> dict:  # type: ignore[no-untyped-def]
-    train, held_out = dataset.split_queries(0)
-    doc_ids = list(dataset.corpus)
-    first_docs = cached_vectors(first, name, doc_ids, [dataset.doc_text(d) for d in doc_ids])
-    doc_matrix = np.stack([first_docs[d] for d in doc_ids])
-    splits = {}
-    for label, split in (("train", train), ("held_out", held_out)):
-        queries = judged(split)
-        ids = sorted(queries)
-        texts = [queries[q] for q in ids]
-        q_first = first.encode(texts)
-        splits[label] = (ids, q_first, top_k_ids(ids, q_first, doc_ids, doc_matrix, 50), second.encode(texts))
-    pool = sorted({d for _, _, cands, _ in splits.values() for c in cands.values() for d in c})
-    second_docs = cached_vectors(second, name, pool, [dataset.doc_text(d) for d in pool])
+def evaluate(name: str, dataset: RetrievalDataset, first: TextModel, second: TextModel, mapping: np.ndarray) -> dict:
+    def mpnet(texts: list[str], _: np.ndarray) -> np.ndarray:
+        return second.encode(texts)
 
-    def scores(label: str, query_side: str, w: float) -> dict:
-        ids, q_first, cands, q_second = splits[label]
-        q_rescore = q_second if query_side == "mpnet" else unit(q_first @ mapping)
-        return {
-            q: {d: float(second_docs[d] @ q_rescore[i]) + w * float(first_docs[d] @ q_first[i]) for d in cands[q]}
-            for i, q in enumerate(ids)
-        }
+    def mapped(_: list[str], q_first: np.ndarray) -> np.ndarray:
+        return unit(q_first @ mapping)
 
-    rows = {"first stage (minilm-l6)": ir_metrics(ranked_run(splits["held_out"][2]), held_out.qrels)["ndcg@10"]}
-    fitted = {}
-    for side in ("mpnet", "mapped"):
-        w = max(FUSION_GRID, key=lambda w: ir_metrics(scores("train", side, w), train.qrels)["ndcg@10"])
-        fitted[side] = w
-        rows[f"{side} query, cosine alone"] = ir_metrics(scores("held_out", side, 0.0), held_out.qrels)["ndcg@10"]
-        rows[f"{side} query, fused (w = {w})"] = ir_metrics(scores("held_out", side, w), held_out.qrels)["ndcg@10"]
-    _, q_first, _, q_second = splits["held_out"]
-    alignment = float((unit(q_first @ mapping) * q_second).sum(axis=1).mean())
-    return {"queries": len(splits["held_out"][0]), "fitted_weights": fitted, "alignment": alignment, "ndcg@10": rows}
+    held_out, candidates, sides = rescore_held_out(name, dataset, first, second, {"mpnet": mpnet, "mapped": mapped})
+    rows = {"first stage (minilm-l6)": ir_metrics(ranked_run(candidates), held_out.qrels)["ndcg@10"]}
+    for side, run in sides.items():
+        rows[f"{side} query, cosine alone"] = ir_metrics(run.second, held_out.qrels)["ndcg@10"]
+        rows[f"{side} query, fused (w = {run.weight})"] = ir_metrics(
+            fused(run.first, run.second, run.weight), held_out.qrels
+        )["ndcg@10"]
+    texts = [held_out.queries[q] for q in sorted(candidates)]
+    alignment = float((mapped(texts, first.encode(texts)) * second.encode(texts)).sum(axis=1).mean())
+    return {
+        "queries": len(candidates),
+        "fitted_weights": {side: run.weight for side, run in sides.items()},
+        "alignment": alignment,
+        "ndcg@10": rows,
+    }
 
 
 def main() -> None:

@@ -25,6 +25,8 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -39,7 +41,7 @@ from app.inference.text_model import TextModel  # noqa: E402
 from app.inference.variants import choose_variant  # noqa: E402
 from benchmarks.embed_http import start_tessera, wait_ready  # noqa: E402
 from benchmarks.report import splice_section  # noqa: E402
-from training.data.beir import load_beir  # noqa: E402
+from training.data.beir import RetrievalDataset, load_beir  # noqa: E402
 from training.eval.metrics import ir_metrics, ranked_run, top_k_ids  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -74,48 +76,76 @@ def cached_vectors(model: TextModel, dataset: str, ids: list[str], texts: list[s
     return dict(zip(ids, vectors, strict=True))
 
 
-def quality(name: str, folder: Path, reranker: str) -> dict:
-    dataset = load_beir(folder)
-    train, held_out = dataset.split_queries(0)
-    first, second = served("minilm-l6"), served(reranker)
-    doc_ids = list(dataset.corpus)
-    doc_texts = [dataset.doc_text(d) for d in doc_ids]
-    first_docs = cached_vectors(first, name, doc_ids, doc_texts)
-    doc_matrix = np.stack([first_docs[d] for d in doc_ids])
+# A rescoring query side: (query texts, their first-stage unit vectors (n, d1)) -> (n, d2) unit
+# vectors in the second-stage model's space (its own encoding, or something cheaper aligned to it).
+QuerySide = Callable[[list[str], np.ndarray], np.ndarray]
 
-    def candidates(split) -> tuple[dict[str, list[str]], dict[str, str]]:  # type: ignore[no-untyped-def]
+
+@dataclass
+class Rescored:
+    """One query side over the held-out half: first-stage and second-stage cosines per query and
+    candidate, and the fusion weight fitted on the train half."""
+
+    first: dict[str, dict[str, float]]
+    second: dict[str, dict[str, float]]
+    weight: float
+
+
+def fused(first: dict, second: dict, w: float) -> dict:
+    """`second + w x first` per query and candidate."""
+    return {q: {d: second[q][d] + w * first[q][d] for d in second[q]} for q in second}
+
+
+def rescore_held_out(
+    name: str, dataset: RetrievalDataset, first: TextModel, second: TextModel, sides: dict[str, QuerySide]
+) -> tuple[RetrievalDataset, dict[str, list[str]], dict[str, Rescored]]:
+    """(held-out half, its first-stage top-50 per query, each side's rescoring) for query split
+    seed 0; each side's fusion weight is fitted on the train half's queries only."""
+    train, held_out = dataset.split_queries(0)
+    doc_ids = list(dataset.corpus)
+    first_docs = cached_vectors(first, name, doc_ids, [dataset.doc_text(d) for d in doc_ids])
+    doc_matrix = np.stack([first_docs[d] for d in doc_ids])
+    halves = {}
+    for label, split in (("train", train), ("held_out", held_out)):
         queries = {q: t for q, t in split.queries.items() if split.qrels.get(q)}
         ids = sorted(queries)
-        return top_k_ids(ids, first.encode([queries[q] for q in ids]), doc_ids, doc_matrix, 50), queries
-
-    train_candidates, train_queries = candidates(train)
-    eval_candidates, eval_queries = candidates(held_out)
-    pool = sorted({d for c in (*train_candidates.values(), *eval_candidates.values()) for d in c})
+        texts = [queries[q] for q in ids]
+        q_first = first.encode(texts)
+        halves[label] = (ids, texts, q_first, top_k_ids(ids, q_first, doc_ids, doc_matrix, 50))
+    pool = sorted({d for *_, cands in halves.values() for c in cands.values() for d in c})
     second_docs = cached_vectors(second, name, pool, [dataset.doc_text(d) for d in pool])
 
-    def runs(cands: dict[str, list[str]], queries: dict[str, str]) -> tuple[dict, dict]:
-        """(first-stage cosines, reranker cosines) per query and candidate."""
-        ids = sorted(cands)
-        q_first = dict(zip(ids, first.encode([queries[q] for q in ids]), strict=True))
-        q_second = dict(zip(ids, second.encode([queries[q] for q in ids]), strict=True))
-        f = {q: {d: float(first_docs[d] @ q_first[q]) for d in cands[q]} for q in ids}
-        s = {q: {d: float(second_docs[d] @ q_second[q]) for d in cands[q]} for q in ids}
+    def cosines(label: str, side: QuerySide) -> tuple[dict, dict]:
+        ids, texts, q_first, cands = halves[label]
+        q_second = side(texts, q_first)
+        f = {q: {d: float(first_docs[d] @ q_first[i]) for d in cands[q]} for i, q in enumerate(ids)}
+        s = {q: {d: float(second_docs[d] @ q_second[i]) for d in cands[q]} for i, q in enumerate(ids)}
         return f, s
 
-    def fused(f: dict, s: dict, w: float) -> dict:
-        return {q: {d: s[q][d] + w * f[q][d] for d in s[q]} for q in s}
+    rescored = {}
+    for side_name, side in sides.items():
+        train_f, train_s = cosines("train", side)
+        fitted = max(FUSION_GRID, key=lambda w: ir_metrics(fused(train_f, train_s, w), train.qrels)["ndcg@10"])
+        rescored[side_name] = Rescored(*cosines("held_out", side), fitted)
+    return held_out, halves["held_out"][3], rescored
 
-    train_f, train_s = runs(train_candidates, train_queries)
-    fitted = max(FUSION_GRID, key=lambda w: ir_metrics(fused(train_f, train_s, w), train.qrels)["ndcg@10"])
-    eval_f, eval_s = runs(eval_candidates, eval_queries)
+
+def quality(name: str, folder: Path, reranker: str) -> dict:
+    second = served(reranker)
+
+    def own(texts: list[str], _: np.ndarray) -> np.ndarray:
+        return second.encode(texts)
+
+    held_out, candidates, sides = rescore_held_out(name, load_beir(folder), served("minilm-l6"), second, {"own": own})
+    run = sides["own"]
     rows = {
-        "first stage (minilm-l6)": ir_metrics(ranked_run(eval_candidates), held_out.qrels),
-        f"{reranker} cosine alone (served default)": ir_metrics(eval_s, held_out.qrels),
-        f"{reranker} fused, w = {fitted} fitted on the train half": ir_metrics(
-            fused(eval_f, eval_s, fitted), held_out.qrels
+        "first stage (minilm-l6)": ir_metrics(ranked_run(candidates), held_out.qrels),
+        f"{reranker} cosine alone (served default)": ir_metrics(run.second, held_out.qrels),
+        f"{reranker} fused, w = {run.weight} fitted on the train half": ir_metrics(
+            fused(run.first, run.second, run.weight), held_out.qrels
         ),
     }
-    return {"queries": len(eval_candidates), "fitted_weight": fitted, "rows": rows}
+    return {"queries": len(candidates), "fitted_weight": run.weight, "rows": rows}
 
 
 def percentiles(seconds: list[float]) -> dict:
