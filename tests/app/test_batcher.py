@@ -180,11 +180,14 @@ def _metric(base_url: str, name: str) -> float:
 
 def test_http_inputs_of_clients_that_disconnect_are_dropped_not_computed(default_models_dir) -> None:
     """Clients that give up (time out and close the connection) while their inputs wait: the server
-    cancels their requests and the batcher drops those inputs instead of embedding them for nobody."""
+    cancels their requests, and inputs not yet computed are never computed. A request cancelled
+    while it waits in the queue is dropped by the batcher; one cancelled while still tokenising (a
+    loaded machine) never reaches the queue. Either way the forward passes stay far short of all
+    the inputs sent."""
     settings = settings_for(default_models_dir, streams=1, max_batch_size=4, batch_token_budget=512)
     long_texts = [" ".join(["turbulent boundary layer"] * 60)] * 32
     with live_server(settings) as base_url:
-        dropped_before = _metric_or_zero(base_url, 'tessera_dropped_items_total{model="minilm-l6"}')
+        computed_before = _metric_or_zero(base_url, 'tessera_batch_size_sum{model="minilm-l6"}')
 
         async def impatient(n: int) -> int:
             async with httpx.AsyncClient(base_url=base_url, timeout=0.2) as http:
@@ -199,8 +202,8 @@ def test_http_inputs_of_clients_that_disconnect_are_dropped_not_computed(default
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and _metric_or_zero(base_url, 'tessera_queue_depth{model="minilm-l6"}') > 0:
             time.sleep(0.2)
-        dropped = _metric_or_zero(base_url, 'tessera_dropped_items_total{model="minilm-l6"}') - dropped_before
-        assert dropped >= 32, dropped  # at least one whole request's inputs were never computed
+        computed = _metric_or_zero(base_url, 'tessera_batch_size_sum{model="minilm-l6"}') - computed_before
+        assert computed <= 8 * 32 - 32, computed  # at least one whole request's inputs were never computed
         ok = httpx.post(f"{base_url}/v1/embeddings", json={"input": "still serving"}, timeout=30)
         assert ok.status_code == 200
 
