@@ -72,6 +72,10 @@ def _section(results: dict) -> str:
         if ndcg:
             per_split = ", ".join(f"{seed}: {v:+.4f}" for seed, v in ndcg["splits"].items())
             lines.append(f"nDCG@10 change per split: {per_split}.")
+        chosen = entry["result"].get("chosen_steps")
+        if chosen:
+            steps = ", ".join(f"{seed}: {step}" for seed, step in chosen.items())
+            lines.append(f"Validation kept the weights after step (0 = the base model) per split: {steps}.")
         target = targets(entry["config"], entry["result"])
         if target:
             lines.append(target)

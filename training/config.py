@@ -82,6 +82,16 @@ class DistillationConfig(Strict):
     cache_dir: Path = TEACHER_CACHE
 
 
+class ValidationConfig(Strict):
+    """Hold `fraction` of the training queries out of training, score the model on them at step 0 and
+    every `every` steps, and keep the best weights, the base model's included (training/validation.py)."""
+
+    fraction: float = Field(0.2, gt=0, lt=1)
+    every: int = Field(10, ge=1)
+    metric: Literal["ndcg@10", "mrr@10", "recall@100", "roc_auc"] = "ndcg@10"
+    seed: int = 0
+
+
 class ExportConfig(Strict):
     name: str
     parity_data: Path = Path("../shared/data/stsbenchmark/sts-dev.csv")
@@ -110,6 +120,7 @@ class TrainConfig(Strict):
     eval_before: bool = True  # evaluate the base model too (metrics.json "before")
     export: ExportConfig | None = None
     distillation: DistillationConfig | None = None
+    validation: ValidationConfig | None = None  # checkpoint selection on held-out training queries
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when torch sees a GPU
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast of the forward passes; fp16 needs CUDA
     # Save `<run>/checkpoint.pt` every K steps (0 = never), for `train --resume runs/<name>`; it is
@@ -125,6 +136,8 @@ class TrainConfig(Strict):
             raise ValueError("data.format sts trains with loss cosent")
         if self.distillation is not None and self.loss.name not in ("infonce", "dcl", "mw", "siglip"):
             raise ValueError(f"distillation wraps a pair loss (infonce, dcl, mw, siglip), not {self.loss.name}")
+        if self.validation is not None and self.data.format not in ("beir", "corpus"):
+            raise ValueError(f"validation needs judged queries (data.format beir or corpus), not {self.data.format}")
         if self.loss.name in ("listwise", "wasserstein") and self.data.format != "beir":
             raise ValueError(f"loss {self.loss.name} needs graded qrels: data.format beir")
         return self

@@ -93,6 +93,8 @@ def assemble(name: str, plan: SplitPlan, runs: dict[int, dict[str, Any]]) -> dic
         "report": summarize({s: deltas[s] for s in plan.report}) if plan.report else {},
         "before": {seed: m.get("before", {}) for seed, m in runs.items()},
         "after": {seed: m.get("after", {}) for seed, m in runs.items()},
+        # the step whose weights each run kept, for configs with checkpoint selection (0 = the base model)
+        "chosen_steps": {seed: m["validation"]["chosen_step"] for seed, m in runs.items() if "validation" in m},
     }
 
 

@@ -57,6 +57,7 @@ from training.models.text import EmbedFn, make_embed, similarity_scorer
 from training.run import RunFolder, seed_everything
 from training.sources import ModelSourceError, load_sentence_transformer
 from training.teacher import TeacherEncoder, TeacherVectors, teacher_vectors
+from training.validation import CheckpointSelector, split_validation
 
 log = logging.getLogger(__name__)
 
@@ -238,9 +239,17 @@ class TrainingData:
     eval_set: RetrievalDataset | None = None
     negatives: dict[str, list[str]] = field(default_factory=dict)
     sts_pairs: list[StsPair] = field(default_factory=list)
+    validation_set: RetrievalDataset | None = None  # training queries held out for checkpoint selection
 
     @classmethod
     def load(cls, config: TrainConfig) -> TrainingData:
+        data = cls._load(config)
+        if config.validation is not None and data.train_set is not None:
+            data.train_set, data.validation_set = split_validation(data.train_set, config, config.validation)
+        return data
+
+    @classmethod
+    def _load(cls, config: TrainConfig) -> TrainingData:
         if config.data.format == "sts":
             return cls(sts_pairs=load_sts(config.data.path))
         if config.data.format == "corpus":
@@ -516,9 +525,11 @@ def _run_loop(
     progress_state: Progress,
     checkpoint: Callable[[Progress], None],
     show_progress: bool,
+    after_step: Callable[[Progress], None] | None = None,
 ) -> Progress:
     """Steps from `progress_state.next_step` to the end; rank 0 logs each step (run is None on the
-    others) and every `config.checkpoint_every` steps calls `checkpoint`."""
+    others), `after_step` (if any) follows every step, and every `config.checkpoint_every` steps
+    calls `checkpoint`."""
     state = progress_state
     started = time.perf_counter() - state.train_seconds
     with run.step_log(state.steps) if run is not None else nullcontext() as step_log:
@@ -540,6 +551,10 @@ def _run_loop(
             state.train_seconds = time.perf_counter() - started
             if step_log is not None:
                 step_log.write(record)
+            if after_step is not None:
+                hook_started = time.perf_counter()
+                after_step(state)
+                started += time.perf_counter() - hook_started  # validating is not training time
             if (
                 config.checkpoint_every
                 and state.next_step % config.checkpoint_every == 0
@@ -596,6 +611,12 @@ def _build_loop(  # type: ignore[no-untyped-def]
         workers=workers,
         scaler=torch.amp.GradScaler(workers.device.type) if config.precision == "fp16" else None,
     )
+
+
+def _selector(config: TrainConfig, data: TrainingData) -> CheckpointSelector | None:
+    if config.validation is None or data.validation_set is None:
+        return None
+    return CheckpointSelector(data.validation_set, config.validation.metric, config.validation.every)
 
 
 def _export(config: TrainConfig, run: RunFolder, after: dict[str, float]) -> Path | None:
@@ -715,18 +736,34 @@ def train(config: TrainConfig, show_progress: bool = True, resume: bool = False)
     loop = _build_loop(model, loss_module, config, data, rng, workers, vectors)
     progress = _restore(loop, model, rng, resumed) if resumed is not None else Progress()
 
+    selector = _selector(config, data) if run is not None else None
+    if selector is not None:
+        if resumed is not None and resumed.get("validation") is not None:
+            selector.load_state(resumed["validation"])
+        elif progress.next_step == 0:
+            selector.observe(model, 0)
+
     def checkpoint(state: Progress) -> None:
         snapshot = _checkpoint_state(loop, model, rng, state, prepared)
         if run is not None:
+            snapshot["validation"] = selector.state() if selector is not None else None
             save_checkpoint(run.path, snapshot)
 
+    def validate(state: Progress) -> None:
+        if selector is not None and selector.due(state.next_step, loop.total_steps):
+            score = selector.observe(model, state.next_step)
+            log.info("validation %s after step %d: %.4f", selector.metric, state.next_step, score)
+
     model.train()
-    progress = _run_loop(loop, run, config, progress, checkpoint, show_progress)
+    progress = _run_loop(loop, run, config, progress, checkpoint, show_progress, validate)
     shutdown(workers)  # the last collective: what follows is rank 0's alone, however long it takes
     if run is None:  # other ranks: rank 0 saves, evaluates and exports
         return RunResult(config.runs_dir / config.name, {}, None, progress.steps)
 
     model.eval()
+    if selector is not None:
+        selector.restore_best(model)
+        log.info("validation kept the weights after step %s of %d", selector.best_step, loop.total_steps)
     model.save(str(run.path / "model"))
     after = evaluate(model, data.eval_set, config.eval_sts)
     log.info("after: %s", after)
@@ -747,6 +784,8 @@ def train(config: TrainConfig, show_progress: bool = True, resume: bool = False)
         "before": prepared["before"],
         "after": after,
     }
+    if selector is not None:
+        metrics["validation"] = selector.summary()
     run.write_metrics(metrics)
     export_dir = _export(config, run, after)
     if not config.keep_checkpoint:

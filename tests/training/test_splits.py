@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from tests.conftest import make_tiny_sentence_transformer
 from training.cli import app as training_cli
 from training.config import ConfigError, TrainConfig
-from training.splits import metric_deltas, plan_splits, run_splits, summarize
+from training.splits import SplitPlan, assemble, metric_deltas, plan_splits, run_splits, summarize
 from training.trainer import evaluate_source, train
 
 
@@ -59,6 +59,17 @@ def test_eval_splits_runs_each_split_and_reports_selection_apart(tmp_path: Path,
     held_out = [json.loads((tmp_path / "runs" / f"sp-split{s}" / "metrics.json").read_text()) for s in (0, 1)]
     assert held_out[0]["before"] != held_out[1]["before"]  # different held-out queries
     assert summary["report"]["ndcg@10"]["mean"] == pytest.approx(summary["all"]["ndcg@10"]["splits"]["2"])
+    assert summary["chosen_steps"] == {}  # no checkpoint selection in this config
+
+
+def test_splits_record_the_step_each_validated_run_kept() -> None:
+    runs = {
+        0: {"before": {"ndcg@10": 0.5}, "after": {"ndcg@10": 0.5}, "validation": {"chosen_step": 0}},
+        1: {"before": {"ndcg@10": 0.5}, "after": {"ndcg@10": 0.6}, "validation": {"chosen_step": 20}},
+    }
+    result = assemble("v", SplitPlan([0, 1], [0]), runs)
+    assert result["chosen_steps"] == {0: 0, 1: 20}
+    assert result["all"]["ndcg@10"]["splits"] == {0: 0.0, 1: pytest.approx(0.1)}
 
 
 def test_bad_split_plans_stop_with_one_line_before_training(tmp_path: Path, small_beir: Path) -> None:

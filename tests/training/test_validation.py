@@ -1,0 +1,179 @@
+"""Checkpoint selection on held-out training queries: which queries validate, which weights a run
+keeps (the base model's included), and that the choice survives a resumed run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from tests.conftest import make_tiny_sentence_transformer
+from training.cli import app as training_cli
+from training.config import ConfigError, TrainConfig, load_config
+from training.data.beir import load_beir
+from training.sources import load_sentence_transformer
+from training.trainer import Loop, TrainingData, train
+from training.validation import CheckpointSelector
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_sentence_transformer(tmp_path_factory.mktemp("tiny-validation"))
+
+
+def _raw(tmp_path: Path, tiny_model: Path, data: Path, **extra: object) -> dict:
+    return {
+        "name": "validated",
+        "base_model": str(tiny_model),
+        "data": {"format": "beir", "path": str(data)},
+        "batch_size": 8,
+        "max_steps": 3,
+        "max_seq_length": 64,
+        "learning_rate": 1e-3,  # large enough that every step moves the weights visibly
+        "runs_dir": str(tmp_path / "runs"),
+        "eval_sts": None,
+        "mining": {"enabled": False},
+        "validation": {"fraction": 0.25, "every": 1},
+        **extra,
+    }
+
+
+def _config(tmp_path: Path, tiny_model: Path, data: Path, **extra: object) -> TrainConfig:
+    return TrainConfig.model_validate(_raw(tmp_path, tiny_model, data, **extra))
+
+
+def _weights(source: str | Path) -> dict[str, torch.Tensor]:
+    return load_sentence_transformer(str(source)).state_dict()
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _distance_from(base: dict[str, torch.Tensor]):  # type: ignore[no-untyped-def]
+    """A validation score that falls as the weights leave the base model's: training that hurts."""
+
+    def score(self: CheckpointSelector, model) -> float:  # type: ignore[no-untyped-def]
+        state = model.state_dict()
+        return -sum(float((state[k].float() - base[k].float()).norm()) for k in base)
+
+    return score
+
+
+def test_validation_queries_come_out_of_the_training_half_only(tmp_path: Path, tiny_model: Path, small_beir) -> None:
+    config = _config(tmp_path, tiny_model, small_beir)
+    data = TrainingData.load(config)
+    train_half, held_out = load_beir(small_beir).split_queries(0, 0.5)
+    assert data.train_set is not None and data.validation_set is not None and data.eval_set is not None
+    trained, validating = set(data.train_set.qrels), set(data.validation_set.qrels)
+    assert len(validating) == 5 and len(trained) == 15  # 20 training queries, a quarter validate
+    assert not trained & validating and trained | validating == set(train_half.qrels)
+    assert set(data.eval_set.qrels) == set(held_out.qrels)  # the held-out half is untouched
+
+
+def test_a_run_that_never_beats_the_base_model_ships_the_base_model(
+    tmp_path: Path, tiny_model: Path, small_beir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = _weights(tiny_model)
+    monkeypatch.setattr(CheckpointSelector, "score", _distance_from(base))
+    result = train(_config(tmp_path, tiny_model, small_beir), show_progress=False)
+    validation = result.metrics["validation"]
+    assert [h["step"] for h in validation["history"]] == [0, 1, 2, 3]
+    assert validation["chosen_step"] == 0 and validation["kept_base"] and validation["queries"] == 5
+    assert _same(_weights(result.run_dir / "model"), base)
+    assert result.metrics["train_queries"] == 15
+    assert result.metrics["after"] == pytest.approx(result.metrics["before"], abs=1e-6)  # the same model
+
+
+def test_the_run_keeps_the_weights_of_its_best_validation_step(
+    tmp_path: Path, tiny_model: Path, small_beir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[dict[str, torch.Tensor]] = []
+    scripted = iter([0.30, 0.35, 0.50, 0.40])  # steps 0, 1, 2, 3: the best is after step 2
+
+    def score(self: CheckpointSelector, model) -> float:  # type: ignore[no-untyped-def]
+        seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return next(scripted)
+
+    monkeypatch.setattr(CheckpointSelector, "score", score)
+    result = train(_config(tmp_path, tiny_model, small_beir), show_progress=False)
+    assert result.metrics["validation"]["chosen_step"] == 2 and not result.metrics["validation"]["kept_base"]
+    saved = _weights(result.run_dir / "model")
+    assert _same(saved, seen[2])
+    assert not _same(saved, seen[3]) and not _same(saved, seen[0])  # neither the last nor the base weights
+
+
+def test_a_resumed_run_selects_over_the_steps_before_the_kill_too(
+    tmp_path: Path, tiny_model: Path, small_beir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = _weights(tiny_model)
+    monkeypatch.setattr(CheckpointSelector, "score", _distance_from(base))
+    config = _config(tmp_path, tiny_model, small_beir, max_steps=6, checkpoint_every=2, validation={"every": 2})
+    real_step, calls = Loop.step, {"n": 0}
+
+    def dies_at_step_5(self: Loop, raw_batch: list) -> tuple[float, int]:
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt("killed")
+        return real_step(self, raw_batch)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Loop, "step", dies_at_step_5)
+        with pytest.raises(KeyboardInterrupt):
+            train(config, show_progress=False)
+    result = CliRunner().invoke(training_cli, ["train", "--resume", str(tmp_path / "runs" / "validated")])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "runs" / "validated" / "metrics.json").read_text())
+    assert [h["step"] for h in metrics["validation"]["history"]] == [0, 2, 4, 6]
+    assert metrics["validation"]["chosen_step"] == 0  # the base model, scored before the kill
+    assert _same(_weights(tmp_path / "runs" / "validated" / "model"), base)
+
+
+def test_real_validation_scores_are_the_retrieval_metric_of_the_validation_queries(
+    tmp_path: Path, tiny_model: Path, small_beir: Path
+) -> None:
+    from training.eval.retrieval import evaluate_retrieval
+
+    config = _config(tmp_path, tiny_model, small_beir, max_steps=2, validation={"every": 1, "metric": "mrr@10"})
+    result = train(config, show_progress=False)
+    validation = result.metrics["validation"]
+    base = load_sentence_transformer(str(tiny_model))
+    base_score = evaluate_retrieval(base, TrainingData.load(config).validation_set)["mrr@10"]
+    assert validation["metric"] == "mrr@10"
+    assert validation["history"][0]["mrr@10"] == pytest.approx(base_score, abs=1e-5)
+    best = max(validation["history"], key=lambda h: h["mrr@10"])  # the first of equal scores
+    assert validation["chosen_step"] == best["step"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"validation": {"fraction": 0.99}}, "validation.fraction: 0.99 leaves no training query"),
+        ({"validation": {"fraction": 1e-17}}, "leaves no validation query"),
+        ({"validation": {"every": 0}}, "validation.every"),
+        ({"validation": {"metric": "bleu"}}, "validation.metric"),
+    ],
+)
+def test_bad_validation_settings_stop_before_training(
+    tmp_path: Path, tiny_model: Path, small_beir: Path, extra: dict, message: str
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(_raw(tmp_path, tiny_model, small_beir, **extra)))
+    with pytest.raises(ConfigError, match=message):
+        TrainingData.load(load_config(path))
+    assert not (tmp_path / "runs").exists()
+
+
+def test_validation_needs_judged_queries(tmp_path: Path, tiny_model: Path) -> None:
+    from tests.conftest import STS_DEV
+
+    path = tmp_path / "sts.yaml"
+    raw = _raw(tmp_path, tiny_model, STS_DEV, **{"loss": {"name": "cosent"}})
+    raw["data"] = {"format": "sts", "path": str(STS_DEV), "query_split": None}
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match="validation needs judged queries"):
+        load_config(path)
