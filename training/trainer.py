@@ -616,7 +616,8 @@ def _build_loop(  # type: ignore[no-untyped-def]
 def _selector(config: TrainConfig, data: TrainingData) -> CheckpointSelector | None:
     if config.validation is None or data.validation_set is None:
         return None
-    return CheckpointSelector(data.validation_set, config.validation.metric, config.validation.every)
+    settings = config.validation
+    return CheckpointSelector(data.validation_set, settings.metric, settings.every, settings.min_standard_errors)
 
 
 def _export(config: TrainConfig, run: RunFolder, after: dict[str, float]) -> Path | None:

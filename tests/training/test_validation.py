@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from tests.conftest import make_tiny_sentence_transformer
 from training.cli import app as training_cli
 from training.config import ConfigError, TrainConfig, load_config
-from training.data.beir import load_beir
+from training.data.beir import RetrievalDataset, load_beir
 from training.sources import load_sentence_transformer
 from training.trainer import Loop, TrainingData, train
 from training.validation import CheckpointSelector
@@ -57,11 +57,12 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 def _distance_from(base: dict[str, torch.Tensor]):  # type: ignore[no-untyped-def]
     """A validation score that falls as the weights leave the base model's: training that hurts."""
 
-    def score(self: CheckpointSelector, model) -> float:  # type: ignore[no-untyped-def]
+    def score_queries(self: CheckpointSelector, model) -> dict[str, float]:  # type: ignore[no-untyped-def]
         state = model.state_dict()
-        return -sum(float((state[k].float() - base[k].float()).norm()) for k in base)
+        distance = sum(float((state[k].float() - base[k].float()).norm()) for k in base)
+        return dict.fromkeys(self.dataset.qrels, -distance)
 
-    return score
+    return score_queries
 
 
 def test_validation_queries_come_out_of_the_training_half_only(tmp_path: Path, tiny_model: Path, small_beir) -> None:
@@ -79,7 +80,7 @@ def test_a_run_that_never_beats_the_base_model_ships_the_base_model(
     tmp_path: Path, tiny_model: Path, small_beir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     base = _weights(tiny_model)
-    monkeypatch.setattr(CheckpointSelector, "score", _distance_from(base))
+    monkeypatch.setattr(CheckpointSelector, "score_queries", _distance_from(base))
     result = train(_config(tmp_path, tiny_model, small_beir), show_progress=False)
     validation = result.metrics["validation"]
     assert [h["step"] for h in validation["history"]] == [0, 1, 2, 3]
@@ -95,11 +96,11 @@ def test_the_run_keeps_the_weights_of_its_best_validation_step(
     seen: list[dict[str, torch.Tensor]] = []
     scripted = iter([0.30, 0.35, 0.50, 0.40])  # steps 0, 1, 2, 3: the best is after step 2
 
-    def score(self: CheckpointSelector, model) -> float:  # type: ignore[no-untyped-def]
+    def score_queries(self: CheckpointSelector, model) -> dict[str, float]:  # type: ignore[no-untyped-def]
         seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
-        return next(scripted)
+        return dict.fromkeys(self.dataset.qrels, next(scripted))  # every query gains alike: no noise
 
-    monkeypatch.setattr(CheckpointSelector, "score", score)
+    monkeypatch.setattr(CheckpointSelector, "score_queries", score_queries)
     result = train(_config(tmp_path, tiny_model, small_beir), show_progress=False)
     assert result.metrics["validation"]["chosen_step"] == 2 and not result.metrics["validation"]["kept_base"]
     saved = _weights(result.run_dir / "model")
@@ -111,7 +112,7 @@ def test_a_resumed_run_selects_over_the_steps_before_the_kill_too(
     tmp_path: Path, tiny_model: Path, small_beir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     base = _weights(tiny_model)
-    monkeypatch.setattr(CheckpointSelector, "score", _distance_from(base))
+    monkeypatch.setattr(CheckpointSelector, "score_queries", _distance_from(base))
     config = _config(tmp_path, tiny_model, small_beir, max_steps=6, checkpoint_every=2, validation={"every": 2})
     real_step, calls = Loop.step, {"n": 0}
 
@@ -145,8 +146,33 @@ def test_real_validation_scores_are_the_retrieval_metric_of_the_validation_queri
     base_score = evaluate_retrieval(base, TrainingData.load(config).validation_set)["mrr@10"]
     assert validation["metric"] == "mrr@10"
     assert validation["history"][0]["mrr@10"] == pytest.approx(base_score, abs=1e-5)
-    best = max(validation["history"], key=lambda h: h["mrr@10"])  # the first of equal scores
+    eligible = [h for h in validation["history"] if h["step"] == 0 or h["gain"] > h["stderr"]]
+    best = max(eligible, key=lambda h: h["mrr@10"])  # the first of equal scores
     assert validation["chosen_step"] == best["step"]
+
+
+def _selector_over(gains_by_step: list[list[float]], min_standard_errors: float) -> CheckpointSelector:
+    """A selector fed per-query scores (base 0.5 + the given gains) at steps 0, 1, 2, ..."""
+    queries = [f"q{i}" for i in range(len(gains_by_step[0]))]
+    dataset = RetrievalDataset({}, dict.fromkeys(queries, "text"), {q: {"d": 1} for q in queries})
+    selector = CheckpointSelector(dataset, "ndcg@10", every=1, min_standard_errors=min_standard_errors)
+    feed = iter(gains_by_step)
+    selector.score_queries = lambda model: {q: 0.5 + g for q, g in zip(queries, next(feed), strict=True)}
+    model = torch.nn.Linear(2, 2)
+    for step in range(len(gains_by_step)):
+        selector.observe(model, step)
+    return selector
+
+
+def test_a_gain_within_the_noise_of_few_queries_keeps_the_base_model() -> None:
+    noisy = [[0.0] * 6, [0.30, -0.25, 0.20, -0.20, 0.25, -0.24]]  # mean +0.01, standard error ~0.1
+    assert _selector_over(noisy, min_standard_errors=1.0).best_step == 0
+    assert _selector_over(noisy, min_standard_errors=0.0).best_step == 1  # any gain, noise included
+    steady = [[0.0] * 6, [0.02, 0.03, 0.02, 0.04, 0.03, 0.02]]  # mean +0.027, every query gains
+    selector = _selector_over(steady, min_standard_errors=1.0)
+    assert selector.best_step == 1 and selector.history[1]["gain"] == pytest.approx(0.0267, abs=1e-4)
+    mixed = [[0.0] * 6, [0.02] * 6, [0.2, -0.1, 0.2, -0.1, 0.2, -0.1]]  # higher mean, but noisy
+    assert _selector_over(mixed, min_standard_errors=1.0).best_step == 1
 
 
 @pytest.mark.parametrize(
@@ -156,6 +182,7 @@ def test_real_validation_scores_are_the_retrieval_metric_of_the_validation_queri
         ({"validation": {"fraction": 1e-17}}, "leaves no validation query"),
         ({"validation": {"every": 0}}, "validation.every"),
         ({"validation": {"metric": "bleu"}}, "validation.metric"),
+        ({"validation": {"min_standard_errors": -1}}, "validation.min_standard_errors"),
     ],
 )
 def test_bad_validation_settings_stop_before_training(

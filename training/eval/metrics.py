@@ -20,23 +20,32 @@ def _top(run: Run, k: int) -> Run:
     return {q: dict(sorted(docs.items(), key=lambda kv: -kv[1])[:k]) for q, docs in run.items()}
 
 
-def ir_metrics(run: Run, qrels: Qrels) -> dict[str, float]:
-    """Mean nDCG@10, MRR@10, Recall@10/100 and MAP@100 over the judged queries of `run`."""
+def per_query_metrics(run: Run, qrels: Qrels) -> dict[str, dict[str, float]]:
+    """query id -> nDCG@10, MRR@10, Recall@10/100 and MAP@100, for the judged queries of `run`."""
     judged = {q: r for q, r in qrels.items() if r and q in run}
     if not judged:
         raise ValueError("no query of the run has a positive judgement")
     evaluator = pytrec_eval.RelevanceEvaluator(judged, MEASURES)
     full = evaluator.evaluate({q: run[q] for q in judged})
     top10 = evaluator.evaluate(_top({q: run[q] for q in judged}, 10))
-    mean = lambda values: float(np.mean(list(values)))  # noqa: E731
     return {
-        "ndcg@10": mean(v["ndcg_cut_10"] for v in full.values()),
-        "mrr@10": mean(v["recip_rank"] for v in top10.values()),
-        "recall@10": mean(v["recall_10"] for v in full.values()),
-        "recall@100": mean(v["recall_100"] for v in full.values()),
-        "map@100": mean(v["map_cut_100"] for v in full.values()),
-        "queries": float(len(judged)),
+        q: {
+            "ndcg@10": full[q]["ndcg_cut_10"],
+            "mrr@10": top10[q]["recip_rank"],
+            "recall@10": full[q]["recall_10"],
+            "recall@100": full[q]["recall_100"],
+            "map@100": full[q]["map_cut_100"],
+        }
+        for q in judged
     }
+
+
+def ir_metrics(run: Run, qrels: Qrels) -> dict[str, float]:
+    """Mean nDCG@10, MRR@10, Recall@10/100 and MAP@100 over the judged queries of `run`."""
+    per_query = per_query_metrics(run, qrels)
+    names = ("ndcg@10", "mrr@10", "recall@10", "recall@100", "map@100")
+    means = {name: float(np.mean([scores[name] for scores in per_query.values()])) for name in names}
+    return {**means, "queries": float(len(per_query))}
 
 
 def dense_run(

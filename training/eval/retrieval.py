@@ -10,7 +10,7 @@ from sklearn.metrics import roc_auc_score
 from training.data.beir import RetrievalDataset
 from training.data.sts import read_sts
 from training.eval.first_stage import CorpusIndex, encode, judged_queries
-from training.eval.metrics import Qrels, Run, ir_metrics
+from training.eval.metrics import Qrels, Run, ir_metrics, per_query_metrics
 
 
 def roc_auc(run: Run, qrels: Qrels) -> float:
@@ -37,6 +37,13 @@ def evaluate_retrieval(model, dataset: RetrievalDataset, k: int = 100) -> dict[s
     query_ids = judged_queries(dataset)
     run = CorpusIndex.build(model, dataset).run(query_ids, [dataset.queries[q] for q in query_ids], k)
     return {**ir_metrics(run, dataset.qrels), "roc_auc": roc_auc(run, dataset.qrels)}
+
+
+def retrieval_per_query(model, dataset: RetrievalDataset, k: int = 100) -> dict[str, dict[str, float]]:  # type: ignore[no-untyped-def]
+    """query id -> retrieval metrics over the whole corpus, for each judged query of `dataset`."""
+    query_ids = judged_queries(dataset)
+    run = CorpusIndex.build(model, dataset).run(query_ids, [dataset.queries[q] for q in query_ids], k)
+    return per_query_metrics(run, dataset.qrels)
 
 
 def evaluate_sts(model, path: Path) -> float:  # type: ignore[no-untyped-def]
