@@ -8,7 +8,26 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import SHARED_DATA
+from training.config import TrainConfig
 from training.data.beir import convert_cranfield, load_beir
+from training.trainer import Loop, train
+
+
+def train_killed_at_step(config: TrainConfig, step: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run `config` until its `step`-th training step raises KeyboardInterrupt (a killed run: the
+    run folder and its last checkpoint stay behind)."""
+    real_step, calls = Loop.step, {"n": 0}
+
+    def dies(self: Loop, raw_batch: list) -> tuple[float, int]:
+        calls["n"] += 1
+        if calls["n"] == step:
+            raise KeyboardInterrupt("killed")
+        return real_step(self, raw_batch)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Loop, "step", dies)
+        with pytest.raises(KeyboardInterrupt):
+            train(config, show_progress=False)
 
 
 @pytest.fixture(scope="session")

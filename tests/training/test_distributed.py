@@ -15,12 +15,13 @@ import yaml
 from typer.testing import CliRunner
 
 from tests.conftest import _free_port, make_tiny_sentence_transformer
+from tests.training.conftest import train_killed_at_step
 from training.checkpoint import CHECKPOINT_NAME, CheckpointError
 from training.cli import app as training_cli
 from training.config import TrainConfig
 from training.data.beir import load_beir
 from training.distributed import DistributedSetupError, Workers, shard_bounds, shard_rows
-from training.trainer import BatchSampler, Loop, _check_resumable, train
+from training.trainer import BatchSampler, _check_resumable, train
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS_SCRIPT = Path(__file__).with_name("distributed_steps.py")
@@ -159,18 +160,7 @@ def test_a_killed_run_resumed_ends_as_the_uninterrupted_one(
     expected = train(whole, show_progress=False)
     assert not (expected.run_dir / CHECKPOINT_NAME).exists()  # removed once the run finished
 
-    real_step, calls = Loop.step, {"n": 0}
-
-    def dies_at_step_5(self: Loop, raw_batch: list) -> tuple[float, int]:
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt("killed")
-        return real_step(self, raw_batch)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(Loop, "step", dies_at_step_5)
-        with pytest.raises(KeyboardInterrupt):
-            train(resumed, show_progress=False)
+    train_killed_at_step(resumed, 5, monkeypatch)
     run_dir = tmp_path / "runs" / "killed"
     assert (run_dir / CHECKPOINT_NAME).is_file() and len(_losses(run_dir)) == 4
 

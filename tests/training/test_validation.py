@@ -12,11 +12,12 @@ import yaml
 from typer.testing import CliRunner
 
 from tests.conftest import make_tiny_sentence_transformer
+from tests.training.conftest import train_killed_at_step
 from training.cli import app as training_cli
 from training.config import ConfigError, TrainConfig, load_config
 from training.data.beir import RetrievalDataset, load_beir
 from training.sources import load_sentence_transformer
-from training.trainer import Loop, TrainingData, train
+from training.trainer import TrainingData, train
 from training.validation import CheckpointSelector
 
 
@@ -114,18 +115,7 @@ def test_a_resumed_run_selects_over_the_steps_before_the_kill_too(
     base = _weights(tiny_model)
     monkeypatch.setattr(CheckpointSelector, "score_queries", _distance_from(base))
     config = _config(tmp_path, tiny_model, small_beir, max_steps=6, checkpoint_every=2, validation={"every": 2})
-    real_step, calls = Loop.step, {"n": 0}
-
-    def dies_at_step_5(self: Loop, raw_batch: list) -> tuple[float, int]:
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt("killed")
-        return real_step(self, raw_batch)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(Loop, "step", dies_at_step_5)
-        with pytest.raises(KeyboardInterrupt):
-            train(config, show_progress=False)
+    train_killed_at_step(config, 5, monkeypatch)
     result = CliRunner().invoke(training_cli, ["train", "--resume", str(tmp_path / "runs" / "validated")])
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "runs" / "validated" / "metrics.json").read_text())

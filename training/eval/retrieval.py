@@ -33,17 +33,20 @@ def roc_auc(run: Run, qrels: Qrels) -> float:
     return float(roc_auc_score(labels, scores))
 
 
-def evaluate_retrieval(model, dataset: RetrievalDataset, k: int = 100) -> dict[str, float]:  # type: ignore[no-untyped-def]
+def _corpus_run(model, dataset: RetrievalDataset, k: int) -> Run:  # type: ignore[no-untyped-def]
+    """The model's exact top-k over the whole corpus for each judged query of `dataset`."""
     query_ids = judged_queries(dataset)
-    run = CorpusIndex.build(model, dataset).run(query_ids, [dataset.queries[q] for q in query_ids], k)
+    return CorpusIndex.build(model, dataset).run(query_ids, [dataset.queries[q] for q in query_ids], k)
+
+
+def evaluate_retrieval(model, dataset: RetrievalDataset, k: int = 100) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    run = _corpus_run(model, dataset, k)
     return {**ir_metrics(run, dataset.qrels), "roc_auc": roc_auc(run, dataset.qrels)}
 
 
 def retrieval_per_query(model, dataset: RetrievalDataset, k: int = 100) -> dict[str, dict[str, float]]:  # type: ignore[no-untyped-def]
     """query id -> retrieval metrics over the whole corpus, for each judged query of `dataset`."""
-    query_ids = judged_queries(dataset)
-    run = CorpusIndex.build(model, dataset).run(query_ids, [dataset.queries[q] for q in query_ids], k)
-    return per_query_metrics(run, dataset.qrels)
+    return per_query_metrics(_corpus_run(model, dataset, k), dataset.qrels)
 
 
 def evaluate_sts(model, path: Path) -> float:  # type: ignore[no-untyped-def]
