@@ -86,12 +86,16 @@ class ValidationConfig(Strict):
     """Hold `fraction` of the training queries out of training, score the model on them at step 0 and
     every `every` steps, and keep the best weights, the base model's included (training/validation.py).
     A checkpoint replaces the base model only if its mean per-query gain over the base exceeds
-    `min_standard_errors` standard errors of those gains (0: any gain)."""
+    `min_standard_errors` standard errors of those gains (0: any gain). With `significance` set, the
+    bar is instead a one-sided paired t-test at that level, divided among the checkpoints the run
+    compares (Bonferroni): the best of many noisy checkpoints must beat the base model by more than
+    the best of many noisy draws would."""
 
     fraction: float = Field(0.2, gt=0, lt=1)
     every: int = Field(10, ge=1)
     metric: Literal["ndcg@10", "mrr@10", "recall@10", "recall@100", "map@100"] = "ndcg@10"
     min_standard_errors: float = Field(1.0, ge=0)
+    significance: float | None = Field(None, gt=0, lt=1)
     seed: int = 0
 
 

@@ -48,7 +48,7 @@ from training.distributed import (
     shutdown,
     sum_gradients,
 )
-from training.eval.first_stage import judged_queries
+from training.eval.first_stage import BaseCorpus, CorpusIndex, corpus_of, judged_queries
 from training.gradcache import gradcache_backward
 from training.losses.distillation import TeacherDistillationLoss
 from training.losses.layouts import BatchLayout
@@ -363,12 +363,16 @@ BATCH_BUILDERS: dict[BatchLayout, Callable[[BatchContext, list[Any]], Batch]] = 
 }
 
 
-def evaluate(model, eval_set: RetrievalDataset | None, sts_path: Path | None) -> dict[str, float]:  # type: ignore[no-untyped-def]
+def evaluate(  # type: ignore[no-untyped-def]
+    model, eval_set: RetrievalDataset | None, sts_path: Path | None, corpus: CorpusIndex | None = None
+) -> dict[str, float]:
+    """Retrieval metrics on `eval_set` (`corpus`: its corpus as the model encodes it now, if known)
+    and STS Spearman."""
     from training.eval.retrieval import evaluate_retrieval, evaluate_sts
 
     scores: dict[str, float] = {}
     if eval_set is not None:
-        scores.update(evaluate_retrieval(model, eval_set))
+        scores.update(evaluate_retrieval(model, eval_set, corpus=corpus))
     if sts_path is not None and sts_path.is_file():
         scores["sts_spearman"] = evaluate_sts(model, sts_path)
     return scores
@@ -429,13 +433,16 @@ def _distillation_vectors(
         return teacher_vectors(encoder, data.train_set, data.negatives)
 
 
-def _add_mined_negatives(model, data: TrainingData, config: TrainConfig, teacher=None) -> None:  # type: ignore[no-untyped-def]
+def _add_mined_negatives(  # type: ignore[no-untyped-def]
+    model, data: TrainingData, config: TrainConfig, teacher=None, corpus: CorpusIndex | None = None
+) -> None:
     from training.mine import mine_negatives
     from training.models.cross_encoder import mining_rescorer
 
     assert data.train_set is not None
     rescorer = mining_rescorer(config.mining)
-    mined = mine_negatives(model, data.train_set, config.mining, config.seed, rescorer, teacher=teacher)
+    corpus = corpus_of(model, data.train_set, corpus)
+    mined = mine_negatives(model, data.train_set, config.mining, config.seed, rescorer, corpus=corpus, teacher=teacher)
     for query_id, docs in mined.items():
         known = data.negatives.get(query_id, [])
         data.negatives[query_id] = known + [d for d in docs if d not in known]
@@ -617,7 +624,9 @@ def _selector(config: TrainConfig, data: TrainingData) -> CheckpointSelector | N
     if config.validation is None or data.validation_set is None:
         return None
     settings = config.validation
-    return CheckpointSelector(data.validation_set, settings.metric, settings.every, settings.min_standard_errors)
+    return CheckpointSelector(
+        data.validation_set, settings.metric, settings.every, settings.min_standard_errors, settings.significance
+    )
 
 
 def _export(config: TrainConfig, run: RunFolder, after: dict[str, float]) -> Path | None:
@@ -683,15 +692,21 @@ def _restore(loop: Loop, model, rng: random.Random, state: dict[str, Any]) -> Pr
     return Progress(state["step"], list(run["steps"]), float(run["train_seconds"]))
 
 
-def _prepare_run(model, config: TrainConfig, data: TrainingData, workers: Workers, teacher=None) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    """Rank 0 evaluates the base model and mines hard negatives (filtered by `teacher`, if any);
-    every rank gets the negatives."""
+def _prepare_run(  # type: ignore[no-untyped-def]
+    model, config: TrainConfig, data: TrainingData, workers: Workers, teacher=None, base: BaseCorpus | None = None
+) -> dict[str, Any]:
+    """Rank 0 evaluates the base model and mines hard negatives (filtered by `teacher`, if any),
+    both over `base`'s one encoding of the corpus; every rank gets the negatives."""
     before: dict[str, float] = {}
     if workers.is_main:
-        before = evaluate(model, data.eval_set, config.eval_sts) if config.eval_before else {}
+        base = base or BaseCorpus(model)
+        if config.eval_before and data.eval_set is not None:
+            before = evaluate(model, data.eval_set, config.eval_sts, base.index(data.eval_set))
+        elif config.eval_before:
+            before = evaluate(model, None, config.eval_sts)
         log.info("before: %s", before)
         if data.train_set is not None and config.mining.enabled:
-            _add_mined_negatives(model, data, config, teacher)
+            _add_mined_negatives(model, data, config, teacher, base.index(data.train_set))
     data.negatives = workers.broadcast(data.negatives)
     return {"before": before, "negatives": data.negatives}
 
@@ -727,11 +742,12 @@ def train(config: TrainConfig, show_progress: bool = True, resume: bool = False)
         )
     loss_module = loss_module.to(workers.device)
     started = time.perf_counter()
+    base = BaseCorpus(model) if workers.is_main and resumed is None else None  # valid until the first step
     if resumed is not None:
         prepared = {"before": resumed["run"]["before"], "negatives": resumed["run"]["negatives"]}
         data.negatives = prepared["negatives"]
     else:
-        prepared = _prepare_run(model, config, data, workers, teacher)
+        prepared = _prepare_run(model, config, data, workers, teacher, base)
 
     vectors = _distillation_vectors(config, data, workers, encoders)
     loop = _build_loop(model, loss_module, config, data, rng, workers, vectors)
@@ -739,10 +755,11 @@ def train(config: TrainConfig, show_progress: bool = True, resume: bool = False)
 
     selector = _selector(config, data) if run is not None else None
     if selector is not None:
+        selector.plan(loop.total_steps)
         if resumed is not None and resumed.get("validation") is not None:
             selector.load_state(resumed["validation"])
         elif progress.next_step == 0:
-            selector.observe(model, 0)
+            selector.observe(model, 0, base.index(selector.dataset) if base is not None else None)
 
     def checkpoint(state: Progress) -> None:
         snapshot = _checkpoint_state(loop, model, rng, state, prepared)
@@ -766,7 +783,7 @@ def train(config: TrainConfig, show_progress: bool = True, resume: bool = False)
         selector.restore_best(model)
         log.info("validation kept the weights after step %s of %d", selector.best_step, loop.total_steps)
     model.save(str(run.path / "model"))
-    after = evaluate(model, data.eval_set, config.eval_sts)
+    after = evaluate(model, data.eval_set, config.eval_sts, selector.best_corpus if selector is not None else None)
     log.info("after: %s", after)
     sampler = loop.sampler
     metrics = {

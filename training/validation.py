@@ -5,7 +5,11 @@ lower held-out nDCG@10 by ~0.02: benchmarks/training.md). With `validation:` in 
 fraction of the training queries never trains; the model is scored on them before the first step
 and every `every` steps, and the run ends with the best-scoring weights, the base model's
 included. A checkpoint may replace the base model only if its mean per-query gain over it exceeds
-`min_standard_errors` standard errors, so a gain within the noise of a few queries does not count.
+`min_standard_errors` standard errors, so a gain within the noise of a few queries does not count;
+or, with `significance` set, if a one-sided paired t-test of the per-query gains rejects "no gain"
+at `significance` divided by the number of checkpoints compared (Bonferroni). The second bar accounts
+for the selection itself: the best of K noisy checkpoints beats the base model by chance far more
+often than one checkpoint does, and with 6 validation queries one standard error is a low bar.
 A run that does not beat the base model clearly on its validation queries ships the base model,
 and says so (`metrics.json` "validation": chosen_step 0, kept_base true). It guards, it does not
 guarantee: on MS MARCO split 1 a +0.014 nDCG@10 gain on 6 validation queries (standard error
@@ -26,6 +30,7 @@ import torch
 
 from training.config import ConfigError, TrainConfig, ValidationConfig
 from training.data.beir import RetrievalDataset
+from training.eval.first_stage import CorpusIndex, corpus_of
 
 
 def split_validation(
@@ -54,37 +59,66 @@ class CheckpointSelector:
     metric: str
     every: int
     min_standard_errors: float = 1.0
+    significance: float | None = None  # set: the bar is a t-test at this level over `comparisons`
+    comparisons: int = 1  # checkpoints after the base model the run will score (`plan`)
     history: list[dict[str, Any]] = field(default_factory=list)
     base_scores: dict[str, float] | None = None  # query id -> the base model's metric
     best_step: int | None = None
     best_score: float = float("-inf")
     best_state: dict[str, torch.Tensor] | None = None
+    best_corpus: CorpusIndex | None = None  # the corpus as the best weights encode it (the final evaluation's)
+    _last_corpus: CorpusIndex | None = field(default=None, repr=False)
+
+    def plan(self, total_steps: int) -> None:
+        """Record how many checkpoints after the base model a run of `total_steps` steps scores."""
+        self.comparisons = max(1, sum(1 for step in range(1, total_steps + 1) if self.due(step, total_steps)))
+
+    def critical_value(self, queries: int) -> float:
+        """Standard errors a checkpoint's mean gain must exceed to replace the base model, with
+        `queries` validation queries (infinite when a t-test has too few to run)."""
+        if self.significance is None:
+            return self.min_standard_errors
+        if queries < 2:
+            return math.inf
+        from scipy.stats import t  # a training dependency (sentence-transformers needs it)
+
+        return float(t.ppf(1 - self.significance / self.comparisons, queries - 1))
 
     def due(self, step: int, total_steps: int) -> bool:
         """Whether to score after `step` steps (0 = the base model); the last step always is."""
         return step == 0 or step % self.every == 0 or step == total_steps
 
-    def score_queries(self, model) -> dict[str, float]:  # type: ignore[no-untyped-def]
-        """query id -> the model's validation metric (full-corpus retrieval) for each validation query."""
+    def score_queries(self, model, corpus: CorpusIndex | None = None) -> dict[str, float]:  # type: ignore[no-untyped-def]
+        """query id -> the model's validation metric (full-corpus retrieval) for each validation
+        query; `corpus`: the corpus already encoded by the model as it is now."""
         from training.eval.retrieval import retrieval_per_query
 
-        return {q: scores[self.metric] for q, scores in retrieval_per_query(model, self.dataset).items()}
+        self._last_corpus = corpus_of(model, self.dataset, corpus)
+        per_query = retrieval_per_query(model, self.dataset, corpus=self._last_corpus)
+        return {q: scores[self.metric] for q, scores in per_query.items()}
 
-    def observe(self, model, step: int) -> float:  # type: ignore[no-untyped-def]
-        """Score the model after `step` steps; keep its weights if it is the best eligible so far."""
-        scores = self.score_queries(model)
+    def observe(self, model, step: int, corpus: CorpusIndex | None = None) -> float:  # type: ignore[no-untyped-def]
+        """Score the model after `step` steps (`corpus`: the corpus it encoded in these weights, if
+        known); keep its weights if it is the best eligible so far."""
+        self._last_corpus = None
+        scores = self.score_queries(model, corpus)
         mean = statistics.fmean(scores.values())
         if self.base_scores is None:  # the first observation is the base model
             self.base_scores = scores
         gain, error = self._gain(scores)
-        eligible = step == 0 or gain > self.min_standard_errors * error
+        eligible = step == 0 or self._beats_base(gain, error, len(scores))
         self.history.append(
             {"step": step, self.metric: round(mean, 6), "gain": round(gain, 6), "stderr": round(error, 6)}
         )
         if eligible and mean > self.best_score:  # strictly better: a tie keeps the earlier weights
             self.best_score, self.best_step = mean, step
             self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            self.best_corpus = self._last_corpus
         return mean
+
+    def _beats_base(self, gain: float, error: float, queries: int) -> bool:
+        critical = self.critical_value(queries)
+        return gain > 0 and critical < math.inf and gain > critical * error
 
     def _gain(self, scores: dict[str, float]) -> tuple[float, float]:
         """(mean, standard error) of the per-query gains over the base model."""
@@ -121,7 +155,14 @@ class CheckpointSelector:
             "metric": self.metric,
             "every": self.every,
             "min_standard_errors": self.min_standard_errors,
+            "significance": self.significance,
+            "comparisons": self.comparisons,
+            "critical_value": _finite_or_none(self.critical_value(len(self.dataset.qrels))),
             "history": self.history,
             "chosen_step": self.best_step,
             "kept_base": self.best_step == 0,
         }
+
+
+def _finite_or_none(value: float) -> float | None:
+    return round(value, 4) if math.isfinite(value) else None

@@ -4,6 +4,8 @@ keeps (the base model's included), and that the choice survives a resumed run.""
 from __future__ import annotations
 
 import json
+import math
+import statistics
 from pathlib import Path
 
 import pytest
@@ -58,7 +60,7 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 def _distance_from(base: dict[str, torch.Tensor]):  # type: ignore[no-untyped-def]
     """A validation score that falls as the weights leave the base model's: training that hurts."""
 
-    def score_queries(self: CheckpointSelector, model) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    def score_queries(self: CheckpointSelector, model, corpus=None) -> dict[str, float]:  # type: ignore[no-untyped-def]
         state = model.state_dict()
         distance = sum(float((state[k].float() - base[k].float()).norm()) for k in base)
         return dict.fromkeys(self.dataset.qrels, -distance)
@@ -97,7 +99,7 @@ def test_the_run_keeps_the_weights_of_its_best_validation_step(
     seen: list[dict[str, torch.Tensor]] = []
     scripted = iter([0.30, 0.35, 0.50, 0.40])  # steps 0, 1, 2, 3: the best is after step 2
 
-    def score_queries(self: CheckpointSelector, model) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    def score_queries(self: CheckpointSelector, model, corpus=None) -> dict[str, float]:  # type: ignore[no-untyped-def]
         seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
         return dict.fromkeys(self.dataset.qrels, next(scripted))  # every query gains alike: no noise
 
@@ -141,13 +143,21 @@ def test_real_validation_scores_are_the_retrieval_metric_of_the_validation_queri
     assert validation["chosen_step"] == best["step"]
 
 
-def _selector_over(gains_by_step: list[list[float]], min_standard_errors: float) -> CheckpointSelector:
-    """A selector fed per-query scores (base 0.5 + the given gains) at steps 0, 1, 2, ..."""
+def _selector_over(
+    gains_by_step: list[list[float]],
+    min_standard_errors: float = 1.0,
+    significance: float | None = None,
+    planned_steps: int | None = None,
+) -> CheckpointSelector:
+    """A selector fed per-query scores (base 0.5 + the given gains) at steps 0, 1, 2, ...; it plans
+    for `planned_steps` steps (default: the steps fed), each one scored."""
     queries = [f"q{i}" for i in range(len(gains_by_step[0]))]
     dataset = RetrievalDataset({}, dict.fromkeys(queries, "text"), {q: {"d": 1} for q in queries})
     selector = CheckpointSelector(dataset, "ndcg@10", every=1, min_standard_errors=min_standard_errors)
+    selector.significance = significance
+    selector.plan(planned_steps or len(gains_by_step) - 1)
     feed = iter(gains_by_step)
-    selector.score_queries = lambda model: {q: 0.5 + g for q, g in zip(queries, next(feed), strict=True)}
+    selector.score_queries = lambda model, corpus=None: {q: 0.5 + g for q, g in zip(queries, next(feed), strict=True)}
     model = torch.nn.Linear(2, 2)
     for step in range(len(gains_by_step)):
         selector.observe(model, step)
@@ -165,6 +175,37 @@ def test_a_gain_within_the_noise_of_few_queries_keeps_the_base_model() -> None:
     assert _selector_over(mixed, min_standard_errors=1.0).best_step == 1
 
 
+def test_the_significance_bar_rises_with_the_checkpoints_compared() -> None:
+    # 6 queries, mean gain 0.03, paired t statistic 2.24: one checkpoint passes a one-sided test at 5%
+    # (t_5 critical 2.015); as the best of 4 it must pass at 1.25% (critical 3.16) and does not.
+    gains = [0.03 + d for d in (0.03, -0.03, 0.03, -0.03, 0.03, -0.03)]
+    t_statistic = statistics.fmean(gains) / (statistics.stdev(gains) / math.sqrt(6))
+    assert t_statistic == pytest.approx(2.236, abs=1e-3)
+    alone = _selector_over([[0.0] * 6, gains], significance=0.05)
+    assert alone.comparisons == 1 and alone.critical_value(6) == pytest.approx(2.015, abs=1e-3)
+    assert alone.best_step == 1
+    among_four = _selector_over([[0.0] * 6, gains], significance=0.05, planned_steps=4)
+    assert among_four.comparisons == 4 and among_four.critical_value(6) == pytest.approx(3.163, abs=1e-3)
+    assert among_four.best_step == 0 and among_four.summary()["kept_base"]
+    assert _selector_over([[0.0] * 6, gains], min_standard_errors=1.0, planned_steps=4).best_step == 1
+    clear = [0.05, 0.06, 0.05, 0.07, 0.06, 0.05]  # every query gains: t ~ 16
+    assert _selector_over([[0.0] * 6, clear], significance=0.05, planned_steps=4).best_step == 1
+
+
+def test_a_t_test_needs_two_validation_queries() -> None:
+    selector = _selector_over([[0.0], [0.5]], significance=0.05)
+    assert selector.best_step == 0 and selector.summary()["critical_value"] is None
+    assert json.loads(json.dumps(selector.summary(), allow_nan=False))["kept_base"]
+
+
+def test_planned_comparisons_count_every_scored_step_after_the_base() -> None:
+    selector = _selector_over([[0.0] * 3], significance=0.05)
+    selector.every = 10
+    for total, expected in ((40, 4), (45, 5), (5, 1), (10, 1)):
+        selector.plan(total)
+        assert selector.comparisons == expected, total
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
@@ -173,6 +214,8 @@ def test_a_gain_within_the_noise_of_few_queries_keeps_the_base_model() -> None:
         ({"validation": {"every": 0}}, "validation.every"),
         ({"validation": {"metric": "bleu"}}, "validation.metric"),
         ({"validation": {"min_standard_errors": -1}}, "validation.min_standard_errors"),
+        ({"validation": {"significance": 0}}, "validation.significance"),
+        ({"validation": {"significance": 1.5}}, "validation.significance"),
     ],
 )
 def test_bad_validation_settings_stop_before_training(
@@ -194,3 +237,52 @@ def test_validation_needs_judged_queries(tmp_path: Path, tiny_model: Path) -> No
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(ConfigError, match="validation needs judged queries"):
         load_config(path)
+
+
+@pytest.mark.parametrize(("bar", "chosen"), [({"min_standard_errors": 1.0}, 2), ({"significance": 0.05}, 0)])
+def test_a_trained_run_tests_its_best_checkpoint_against_the_checkpoints_it_compared(
+    tmp_path: Path, tiny_model: Path, small_beir: Path, monkeypatch: pytest.MonkeyPatch, bar: dict, chosen: int
+) -> None:
+    # 5 validation queries; step 2 gains 0.04 on average with a paired t statistic of 2.98: past one
+    # standard error, and past one test at 5% (t_4 critical 2.13), not past 5% shared by 3 checkpoints
+    # (critical 3.19).
+    noisy = [0.04 + d for d in (0.03, -0.03, 0.03, -0.03, 0.0)]
+    scripted = iter([[0.0] * 5, [0.01, -0.01, 0.01, -0.01, 0.0], noisy, [-0.01] * 5])  # steps 0-3
+
+    def score_queries(self: CheckpointSelector, model, corpus=None) -> dict[str, float]:  # type: ignore[no-untyped-def]
+        return {q: 0.5 + g for q, g in zip(sorted(self.dataset.qrels), next(scripted), strict=True)}
+
+    monkeypatch.setattr(CheckpointSelector, "score_queries", score_queries)
+    config = _config(tmp_path, tiny_model, small_beir, validation={"fraction": 0.25, "every": 1, **bar})
+    validation = train(config, show_progress=False).metrics["validation"]
+    assert validation["comparisons"] == 3 and validation["chosen_step"] == chosen
+    if "significance" in bar:
+        assert validation["critical_value"] == pytest.approx(3.186, abs=1e-3)
+
+
+def test_the_base_model_encodes_the_corpus_once_and_the_kept_weights_are_not_encoded_again(
+    tmp_path: Path, tiny_model: Path, small_beir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from training.eval.first_stage import CorpusIndex
+    from training.eval.retrieval import evaluate_retrieval
+
+    builds: list[int] = []
+    real_build = CorpusIndex.build.__func__  # type: ignore[attr-defined]
+
+    def counted(cls, model, dataset):  # type: ignore[no-untyped-def]
+        builds.append(len(dataset.corpus))
+        return real_build(cls, model, dataset)
+
+    monkeypatch.setattr(CorpusIndex, "build", classmethod(counted))
+    config = _config(tmp_path, tiny_model, small_beir, mining={"enabled": True, "rank_window": [1, 10]})
+    result = train(config, show_progress=False)
+    # the base model: evaluated, mined with and validated on one encoding; steps 1-3 one each; the
+    # final evaluation reuses the kept step's
+    assert len(builds) == 1 + 3
+    monkeypatch.undo()
+    saved = load_sentence_transformer(str(result.run_dir / "model"))
+    fresh = evaluate_retrieval(saved, TrainingData.load(config).eval_set)
+    assert {k: result.metrics["after"][k] for k in fresh} == pytest.approx(fresh, abs=1e-5)
+    assert result.metrics["before"] == pytest.approx(
+        evaluate_retrieval(load_sentence_transformer(str(tiny_model)), TrainingData.load(config).eval_set), abs=1e-5
+    )

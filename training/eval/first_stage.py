@@ -57,6 +57,28 @@ class CorpusIndex:
         return dict(zip(self.doc_ids, self.doc_vectors, strict=True))
 
 
+def corpus_of(model, dataset: RetrievalDataset, known: CorpusIndex | None = None) -> CorpusIndex:  # type: ignore[no-untyped-def]
+    """`known` when it holds `dataset`'s corpus (the caller vouches that `model` made it with its
+    present weights), else the corpus encoded by `model` now."""
+    if known is not None and known.doc_ids == list(dataset.corpus):
+        return known
+    return CorpusIndex.build(model, dataset)
+
+
+class BaseCorpus:
+    """A corpus as one model encodes it in its present weights: encoded on first use, then shared by
+    whatever ranks that corpus before the weights change (a run's evaluation of the base model, its
+    mining and its first validation score use one encoding instead of three)."""
+
+    def __init__(self, model) -> None:  # type: ignore[no-untyped-def]
+        self.model = model
+        self._index: CorpusIndex | None = None
+
+    def index(self, dataset: RetrievalDataset) -> CorpusIndex:
+        self._index = corpus_of(self.model, dataset, self._index)
+        return self._index
+
+
 def judged_queries(dataset: RetrievalDataset) -> list[str]:
     """Query ids with at least one positive judgement (BEIR evaluates only these)."""
     return [q for q in dataset.queries if dataset.qrels.get(q)]

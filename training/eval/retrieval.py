@@ -9,7 +9,7 @@ from sklearn.metrics import roc_auc_score
 
 from training.data.beir import RetrievalDataset
 from training.data.sts import read_sts
-from training.eval.first_stage import CorpusIndex, encode, judged_queries
+from training.eval.first_stage import CorpusIndex, corpus_of, encode, judged_queries
 from training.eval.metrics import Qrels, Run, ir_metrics, per_query_metrics
 
 
@@ -33,20 +33,26 @@ def roc_auc(run: Run, qrels: Qrels) -> float:
     return float(roc_auc_score(labels, scores))
 
 
-def _corpus_run(model, dataset: RetrievalDataset, k: int) -> Run:  # type: ignore[no-untyped-def]
-    """The model's exact top-k over the whole corpus for each judged query of `dataset`."""
+def _corpus_run(model, dataset: RetrievalDataset, k: int, corpus: CorpusIndex | None) -> Run:  # type: ignore[no-untyped-def]
+    """The model's exact top-k over the whole corpus for each judged query of `dataset`; `corpus`:
+    that corpus already encoded by the model in its present weights (encoded here if None)."""
     query_ids = judged_queries(dataset)
-    return CorpusIndex.build(model, dataset).run(query_ids, [dataset.queries[q] for q in query_ids], k)
+    corpus = corpus_of(model, dataset, corpus)
+    return corpus.run(query_ids, [dataset.queries[q] for q in query_ids], k)
 
 
-def evaluate_retrieval(model, dataset: RetrievalDataset, k: int = 100) -> dict[str, float]:  # type: ignore[no-untyped-def]
-    run = _corpus_run(model, dataset, k)
+def evaluate_retrieval(  # type: ignore[no-untyped-def]
+    model, dataset: RetrievalDataset, k: int = 100, corpus: CorpusIndex | None = None
+) -> dict[str, float]:
+    run = _corpus_run(model, dataset, k, corpus)
     return {**ir_metrics(run, dataset.qrels), "roc_auc": roc_auc(run, dataset.qrels)}
 
 
-def retrieval_per_query(model, dataset: RetrievalDataset, k: int = 100) -> dict[str, dict[str, float]]:  # type: ignore[no-untyped-def]
+def retrieval_per_query(  # type: ignore[no-untyped-def]
+    model, dataset: RetrievalDataset, k: int = 100, corpus: CorpusIndex | None = None
+) -> dict[str, dict[str, float]]:
     """query id -> retrieval metrics over the whole corpus, for each judged query of `dataset`."""
-    return per_query_metrics(_corpus_run(model, dataset, k), dataset.qrels)
+    return per_query_metrics(_corpus_run(model, dataset, k, corpus), dataset.qrels)
 
 
 def evaluate_sts(model, path: Path) -> float:  # type: ignore[no-untyped-def]
