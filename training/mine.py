@@ -20,7 +20,7 @@ import numpy as np
 
 from training.config import MiningConfig
 from training.data.beir import RetrievalDataset
-from training.eval.first_stage import CorpusIndex, judged_queries
+from training.eval.first_stage import CorpusIndex, corpus_of, judged_queries
 
 # (query, document) pairs -> (n,) relevance logits (see training.models.cross_encoder.pair_scorer)
 PairScorer = Callable[[list[tuple[str, str]]], np.ndarray]
@@ -35,9 +35,10 @@ def mine_negatives(  # type: ignore[no-untyped-def]
     corpus: CorpusIndex | None = None,
     teacher: PairScorer | None = None,
 ) -> dict[str, list[str]]:
-    """`corpus`: the corpus already encoded by `model` (skips encoding it again); `rescorer` gives
-    relevance logits, `teacher` similarities (both for (query, document) pairs)."""
-    corpus = corpus or CorpusIndex.build(model, dataset)
+    """`corpus`: the corpus already encoded by `model` (skips encoding it again; ignored if it holds
+    another corpus); `rescorer` gives relevance logits, `teacher` similarities (both for (query,
+    document) pairs)."""
+    corpus = corpus_of(model, dataset, corpus)
     query_ids = judged_queries(dataset)
     query_vectors = corpus.encode_queries([dataset.queries[q] for q in query_ids])  # (q, dim)
     start, end = config.rank_window

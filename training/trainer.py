@@ -48,7 +48,7 @@ from training.distributed import (
     shutdown,
     sum_gradients,
 )
-from training.eval.first_stage import BaseCorpus, CorpusIndex, corpus_of, judged_queries
+from training.eval.first_stage import BaseCorpus, CorpusIndex, judged_queries
 from training.gradcache import gradcache_backward
 from training.losses.distillation import TeacherDistillationLoss
 from training.losses.layouts import BatchLayout
@@ -441,7 +441,6 @@ def _add_mined_negatives(  # type: ignore[no-untyped-def]
 
     assert data.train_set is not None
     rescorer = mining_rescorer(config.mining)
-    corpus = corpus_of(model, data.train_set, corpus)
     mined = mine_negatives(model, data.train_set, config.mining, config.seed, rescorer, corpus=corpus, teacher=teacher)
     for query_id, docs in mined.items():
         known = data.negatives.get(query_id, [])
@@ -700,10 +699,9 @@ def _prepare_run(  # type: ignore[no-untyped-def]
     before: dict[str, float] = {}
     if workers.is_main:
         base = base or BaseCorpus(model)
-        if config.eval_before and data.eval_set is not None:
-            before = evaluate(model, data.eval_set, config.eval_sts, base.index(data.eval_set))
-        elif config.eval_before:
-            before = evaluate(model, None, config.eval_sts)
+        if config.eval_before:
+            known = base.index(data.eval_set) if data.eval_set is not None else None
+            before = evaluate(model, data.eval_set, config.eval_sts, known)
         log.info("before: %s", before)
         if data.train_set is not None and config.mining.enabled:
             _add_mined_negatives(model, data, config, teacher, base.index(data.train_set))

@@ -157,7 +157,7 @@ class CheckpointSelector:
             "min_standard_errors": self.min_standard_errors,
             "significance": self.significance,
             "comparisons": self.comparisons,
-            "critical_value": _finite_or_none(self.critical_value(len(self.dataset.qrels))),
+            "critical_value": _finite_or_none(self.critical_value(len(self.base_scores or {}))),  # as applied
             "history": self.history,
             "chosen_step": self.best_step,
             "kept_base": self.best_step == 0,
