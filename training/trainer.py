@@ -709,6 +709,58 @@ def _prepare_run(  # type: ignore[no-untyped-def]
     return {"before": before, "negatives": data.negatives}
 
 
+def _loss_module(config: TrainConfig) -> torch.nn.Module:
+    """The configured loss, wrapped to add the teacher's distribution when `distillation` is set."""
+    loss_module = build_embedding_loss(config.loss)
+    if config.distillation is None:
+        return loss_module
+    settings = config.distillation
+    return TeacherDistillationLoss(loss_module, settings.weight, config.loss.temperature, settings.teacher_temperature)
+
+
+def _start_selector(
+    config: TrainConfig,
+    data: TrainingData,
+    model: Any,  # SentenceTransformer
+    total_steps: int,
+    progress: Progress,
+    resumed: dict[str, Any] | None,
+    base: BaseCorpus | None,
+) -> CheckpointSelector | None:
+    """The checkpoint selector (None without validation), with the base model scored at step 0 or
+    a resumed run's scores restored."""
+    selector = _selector(config, data)
+    if selector is None:
+        return None
+    selector.plan(total_steps)
+    if resumed is not None and resumed.get("validation") is not None:
+        selector.load_state(resumed["validation"])
+    elif progress.next_step == 0:
+        selector.observe(model, 0, base.index(selector.dataset) if base is not None else None)
+    return selector
+
+
+def _run_metrics(
+    config: TrainConfig, data: TrainingData, loop: Loop, workers: Workers, progress: Progress, seconds: float
+) -> dict[str, Any]:
+    """What metrics.json says about the run itself (the scores are added by the caller)."""
+    sampler = loop.sampler
+    return {
+        "name": config.name,
+        "loss": config.loss.name,
+        "seed": config.seed,
+        "steps": loop.total_steps,
+        "processes": workers.world_size,
+        "device": str(workers.device),
+        "precision": config.precision,
+        "train_seconds": round(progress.train_seconds, 1),
+        "total_seconds": round(seconds, 1),
+        "train_queries": len(sampler.query_ids) if isinstance(sampler, BatchSampler) else 0,
+        "train_examples": len(sampler.pairs) if isinstance(sampler, BatchSampler | StsSampler) else 0,
+        "eval_queries": len(judged_queries(data.eval_set)) if data.eval_set else 0,
+    }
+
+
 def train(config: TrainConfig, show_progress: bool = True, resume: bool = False) -> RunResult:
     """One run (or this rank's part of one under torchrun); `resume` continues the run folder's
     checkpoint, which is read and checked before anything else."""
@@ -732,13 +784,7 @@ def train(config: TrainConfig, show_progress: bool = True, resume: bool = False)
     model = load_sentence_transformer(config.base_model)
     model.max_seq_length = config.max_seq_length
     model.to(workers.device)
-    loss_module = build_embedding_loss(config.loss)
-    if config.distillation is not None:
-        settings = config.distillation
-        loss_module = TeacherDistillationLoss(
-            loss_module, settings.weight, config.loss.temperature, settings.teacher_temperature
-        )
-    loss_module = loss_module.to(workers.device)
+    loss_module = _loss_module(config).to(workers.device)
     started = time.perf_counter()
     base = BaseCorpus(model) if workers.is_main and resumed is None else None  # valid until the first step
     if resumed is not None:
@@ -751,13 +797,9 @@ def train(config: TrainConfig, show_progress: bool = True, resume: bool = False)
     loop = _build_loop(model, loss_module, config, data, rng, workers, vectors)
     progress = _restore(loop, model, rng, resumed) if resumed is not None else Progress()
 
-    selector = _selector(config, data) if run is not None else None
-    if selector is not None:
-        selector.plan(loop.total_steps)
-        if resumed is not None and resumed.get("validation") is not None:
-            selector.load_state(resumed["validation"])
-        elif progress.next_step == 0:
-            selector.observe(model, 0, base.index(selector.dataset) if base is not None else None)
+    selector = None
+    if run is not None:  # rank 0 validates
+        selector = _start_selector(config, data, model, loop.total_steps, progress, resumed, base)
 
     def checkpoint(state: Progress) -> None:
         snapshot = _checkpoint_state(loop, model, rng, state, prepared)
@@ -783,23 +825,8 @@ def train(config: TrainConfig, show_progress: bool = True, resume: bool = False)
     model.save(str(run.path / "model"))
     after = evaluate(model, data.eval_set, config.eval_sts, selector.best_corpus if selector is not None else None)
     log.info("after: %s", after)
-    sampler = loop.sampler
-    metrics = {
-        "name": config.name,
-        "loss": config.loss.name,
-        "seed": config.seed,
-        "steps": loop.total_steps,
-        "processes": workers.world_size,
-        "device": str(workers.device),
-        "precision": config.precision,
-        "train_seconds": round(progress.train_seconds, 1),
-        "total_seconds": round(time.perf_counter() - started, 1),
-        "train_queries": len(sampler.query_ids) if isinstance(sampler, BatchSampler) else 0,
-        "train_examples": len(sampler.pairs) if isinstance(sampler, BatchSampler | StsSampler) else 0,
-        "eval_queries": len(judged_queries(data.eval_set)) if data.eval_set else 0,
-        "before": prepared["before"],
-        "after": after,
-    }
+    metrics = _run_metrics(config, data, loop, workers, progress, time.perf_counter() - started)
+    metrics |= {"before": prepared["before"], "after": after}
     if selector is not None:
         metrics["validation"] = selector.summary()
     run.write_metrics(metrics)
