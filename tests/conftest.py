@@ -234,11 +234,17 @@ def clip_models_dir(tmp_path_factory: pytest.TempPathFactory, default_models_dir
 
 
 def make_bi_encoder_copy(
-    default_models_dir: Path, target: Path, first_stage_weight: float = 0.5, query_ms: dict[str, float] | None = None
+    default_models_dir: Path,
+    target: Path,
+    first_stage_weight: float = 0.5,
+    query_ms: dict[str, float] | None = None,
+    samples_per_s: dict[str, float] | None = None,
 ) -> Path:
     """models/minilm-l6's files as a bi-encoder reranker folder (its graph untouched, so its scores
     can be checked against the text model's own vectors). Single-query latencies are dropped, so it
-    runs one variant, unless `query_ms` (variant key -> ms) sets them."""
+    runs one variant, unless `query_ms` (variant key -> ms) sets them. `samples_per_s` (variant key
+    -> throughput) overrides the export's measured throughput, which differs between machines, for
+    a test that needs a known batch variant."""
     import shutil
 
     from app.core.manifest import BiEncoderSpec, Manifest, ModelKind
@@ -249,5 +255,6 @@ def make_bi_encoder_copy(
     manifest.bi_encoder = BiEncoderSpec(model_weight=1.0, first_stage_weight=first_stage_weight, fitted_on="test")
     for variant in manifest.parity:
         variant.query_ms = (query_ms or {}).get(variant.key)
+        variant.samples_per_s = (samples_per_s or {}).get(variant.key, variant.samples_per_s)
     Manifest.model_validate(manifest.model_dump()).save(target)
     return target
