@@ -47,7 +47,7 @@ from app.search.collection import Collection
 from app.search.image_input import SIDECAR, check_header, image_files, iter_images, read_sidecar, sidecar_fields
 from app.search.manager import CollectionManager, validate_name
 from app.search.store import Document, encode_metadata
-from app.search.vector_index import validate_spec
+from app.search.vector_index import BuildReport, validate_spec
 
 log = logging.getLogger(__name__)
 
@@ -703,56 +703,21 @@ def _run_build(
     records = (r for i, r in enumerate(plan.read(collection.config.dim)) if i not in plan.skip)
     records = itertools.islice(records, done, None)  # what an earlier run already committed
     start = time.perf_counter()
-    batch_size = options.batch_size
     # Embed a window of records at a time (length-sorted inside it, so little padding) and commit it
     # in `batch_size` chunks on a writer thread while the next window is embedded.
-    windows = _batches(records, max(batch_size, options.encode_window))
+    windows = _batches(records, max(options.batch_size, options.encode_window))
     embed_stream = _embedded(windows, model, model_name, settings, options)
-    committed = [done]
-    bad_images = list(plan.bad_images)
-
-    def commit(window: list[Record], vectors: np.ndarray, problems: dict[int, str]) -> None:
-        for row, problem in sorted(problems.items()):
-            if options.on_bad_image == OnBadImage.ERROR:
-                raise InputError(
-                    f"{window[row].where}: {problem} (--on-bad-image skip leaves such files out; "
-                    "the build resumes after the last commit)"
-                )
-            bad_images.append(f"{window[row].where}: {problem}")
-        for offset in range(0, len(window), batch_size):
-            chunk = window[offset : offset + batch_size]
-            rows = vectors[offset : offset + batch_size]
-            dim = collection.config.dim
-            docs = [
-                Document(
-                    r.id,
-                    r.text,
-                    r.metadata,
-                    v[:dim],
-                    r.image,
-                    modality="image" if r.image else "text",
-                    rescore_vector=v[dim:] if len(v) > dim and np.isfinite(v[dim]) else None,
-                )
-                for i, (r, v) in enumerate(zip(chunk, rows, strict=True))
-                if offset + i not in problems
-            ]
-            if docs:
-                collection.upsert(docs)
-            committed[0] += len(chunk)
-            checkpoint.save(committed[0], plan)  # after the durable upsert
-            progress.committed(committed[0], plan.records)
-
+    writer = _WindowWriter(collection, checkpoint, plan, options, progress, done)
     collection.defer_indexing()  # the store alone until the end; the index is built once from it
     try:
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="index-writer") as writer:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="index-writer") as pool:
             pending: Future[None] | None = None
             for window, vectors, problems in embed_stream:
                 if pending is not None:
                     pending.result()  # in order; re-raises a failed commit
-                pending = writer.submit(commit, window, vectors, problems)
+                pending = pool.submit(writer.commit, window, vectors, problems)
             if pending is not None:
                 pending.result()
-        embedded = committed[0] - done
         elapsed = time.perf_counter() - start
         release_free_memory()  # the ingest's chunks: the index build starts from live data only
         report = collection.optimize(options.index_spec) if options.optimize else None
@@ -760,14 +725,84 @@ def _run_build(
         collection.resume_indexing()  # a no-op after optimize; else the index replays the writes
     collection.snapshot()
     checkpoint.finish()
+    return _build_report(collection, plan, options, writer, done, elapsed, report)
+
+
+class _WindowWriter:
+    """Commits embedded windows in `batch_size` chunks, each durable before the checkpoint moves past
+    it (so a resumed build restarts after the last commit and loses nothing acknowledged)."""
+
+    def __init__(
+        self,
+        collection: Collection,
+        checkpoint: Checkpoint,
+        plan: InputPlan,
+        options: BuildOptions,
+        progress: BuildProgress,
+        done: int,
+    ) -> None:
+        self.collection, self.checkpoint, self.plan = collection, checkpoint, plan
+        self.options, self.progress = options, progress
+        self.committed = done  # records committed, this run's and earlier runs'
+        self.bad_images = list(plan.bad_images)
+
+    def commit(self, window: list[Record], vectors: np.ndarray, problems: dict[int, str]) -> None:
+        """`vectors` (len(window), dim [+ rescore dim]); `problems`: window row -> why its image failed."""
+        for row, problem in sorted(problems.items()):
+            if self.options.on_bad_image == OnBadImage.ERROR:
+                raise InputError(
+                    f"{window[row].where}: {problem} (--on-bad-image skip leaves such files out; "
+                    "the build resumes after the last commit)"
+                )
+            self.bad_images.append(f"{window[row].where}: {problem}")
+        batch_size = self.options.batch_size
+        for offset in range(0, len(window), batch_size):
+            chunk = window[offset : offset + batch_size]
+            rows = vectors[offset : offset + batch_size]
+            docs = [
+                self._document(record, vector)
+                for i, (record, vector) in enumerate(zip(chunk, rows, strict=True))
+                if offset + i not in problems
+            ]
+            if docs:
+                self.collection.upsert(docs)
+            self.committed += len(chunk)
+            self.checkpoint.save(self.committed, self.plan)  # after the durable upsert
+            self.progress.committed(self.committed, self.plan.records)
+
+    def _document(self, record: Record, vector: np.ndarray) -> Document:
+        # the rescore model's vector, when there is one, follows the first; NaN marks a record without
+        dim = self.collection.config.dim
+        second = vector[dim:] if len(vector) > dim and np.isfinite(vector[dim]) else None
+        return Document(
+            record.id,
+            record.text,
+            record.metadata,
+            vector[:dim],
+            record.image,
+            modality="image" if record.image else "text",
+            rescore_vector=second,
+        )
+
+
+def _build_report(
+    collection: Collection,
+    plan: InputPlan,
+    options: BuildOptions,
+    writer: _WindowWriter,
+    done: int,
+    elapsed: float,
+    report: BuildReport | None,
+) -> dict[str, Any]:
+    embedded = writer.committed - done
     return {
         "index": collection.config.name,
-        "records": committed[0],
+        "records": writer.committed,
         "written_this_run": embedded,
         "resumed_from": done,
         "duplicates": plan.duplicates,
         "empty_skipped": plan.empty,
-        "bad_images_skipped": bad_images,
+        "bad_images_skipped": writer.bad_images,
         "on_duplicate": options.on_duplicate.value,
         "files_read": [str(f) for f in plan.files],
         "files_skipped": [str(f) for f in plan.skipped_files],
