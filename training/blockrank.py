@@ -16,6 +16,7 @@ from __future__ import annotations
 import random
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -34,6 +35,9 @@ from training.rerank_lists import (
     title_queries,
 )
 from training.run import RunFolder, seed_everything, step_history
+
+if TYPE_CHECKING:
+    from training.eval.first_stage import CorpusIndex
 
 
 def rerank_with_blockrank(
@@ -133,19 +137,10 @@ def run_blockrank(config: BlockRankConfig, show_progress: bool = True) -> dict:
     eval_candidates = candidates(eval_set, config.candidates)
     pool = max(config.candidates, 3 * config.list_size)
     queries = labelled_queries(train_set, candidates(train_set, pool))
-    if config.pseudo_queries == "titles":
-        titles = title_queries(dataset)
-        title_candidates = corpus.top_k(list(titles), list(titles.values()), pool)
-        queries += [TrainingQuery(titles[q], title_candidates[q]) for q in titles]
     doc_text = {d: dataset.doc_text(d) for d in corpus.doc_ids}
+    queries += _pseudo_queries(config, dataset, corpus, pool)
     if config.teachers:
-        teachers = [
-            bi_encoder if source == config.first_stage_model else load_sentence_transformer(source)
-            for source in config.teachers
-        ]
-        reused = {t: corpus.vectors_by_id() for t, teacher in enumerate(teachers) if teacher is bi_encoder}
-        attach_teacher_scores(queries, doc_text, teachers, reused)
-        del teachers
+        _attach_teachers(config, queries, doc_text, bi_encoder, corpus)
     model, tokenizer = load_blockrank(source, config.layer, config.doc_tokens, kind=config.backbone)
     metrics: dict = {
         "name": config.name,
@@ -181,16 +176,60 @@ def run_blockrank(config: BlockRankConfig, show_progress: bool = True) -> dict:
     metrics["trained"] = ir_metrics(rerank_with_blockrank(model, tokenizer, eval_set, eval_candidates), eval_set.qrels)
     run.write_metrics(metrics)
     if config.export is not None:
-        from training.export.blockrank import export_blockrank
-
-        query_id, docs = next(iter(eval_candidates.items()))
-        export_blockrank(
-            model,
-            tokenizer,
-            config.export.models_dir / config.export.name,
-            config.export.name,
-            config.base_model,
-            (eval_set.queries[query_id], [eval_set.doc_text(d) for d in docs[:8]]),
-            eval_scores={f"{dataset.name}/rerank-ndcg@10": round(metrics["trained"]["ndcg@10"], 5)},
-        )
+        _export(config, model, tokenizer, eval_set, eval_candidates, metrics["trained"]["ndcg@10"], dataset.name)
     return metrics
+
+
+def _pseudo_queries(
+    config: BlockRankConfig, dataset: RetrievalDataset, corpus: CorpusIndex, pool: int
+) -> list[TrainingQuery]:
+    """Titles as queries (`pseudo_queries: titles`), each with the first stage's top `pool` documents."""
+    if config.pseudo_queries != "titles":
+        return []
+    titles = title_queries(dataset)
+    title_candidates = corpus.top_k(list(titles), list(titles.values()), pool)
+    return [TrainingQuery(titles[q], title_candidates[q]) for q in titles]
+
+
+def _attach_teachers(
+    config: BlockRankConfig,
+    queries: list[TrainingQuery],
+    doc_text: dict[str, str],
+    bi_encoder: Any,
+    corpus: CorpusIndex,
+) -> None:
+    """The teachers' scores on every query's candidates; the first stage's own corpus vectors are
+    reused when it is one of the teachers."""
+    from training.sources import load_sentence_transformer
+
+    teachers = [
+        bi_encoder if source == config.first_stage_model else load_sentence_transformer(source)
+        for source in config.teachers
+    ]
+    reused = {t: corpus.vectors_by_id() for t, teacher in enumerate(teachers) if teacher is bi_encoder}
+    attach_teacher_scores(queries, doc_text, teachers, reused)
+
+
+def _export(
+    config: BlockRankConfig,
+    model: Any,
+    tokenizer: Any,
+    eval_set: RetrievalDataset,
+    eval_candidates: dict[str, list[str]],
+    ndcg: float,
+    dataset_name: str,
+) -> None:
+    """The trained model as a served folder; its parity is checked on one held-out query's top 8."""
+    from training.export.blockrank import export_blockrank
+
+    assert config.export is not None
+    query_id, docs = next(iter(eval_candidates.items()))
+    export_blockrank(
+        model,
+        tokenizer,
+        config.export.models_dir / config.export.name,
+        config.export.name,
+        config.base_model,
+        (eval_set.queries[query_id], [eval_set.doc_text(d) for d in docs[:8]]),
+        eval_scores={f"{dataset_name}/rerank-ndcg@10": round(ndcg, 5)},
+    )
