@@ -11,11 +11,12 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from app.core.manifest import Manifest, ModelKind, OnnxIO, VariantParity, sha256_file
+from app.core.manifest import Backend, Manifest, ModelKind, OnnxIO, Precision, VariantParity, sha256_file
 from app.inference.cross_encoder import SCORE_OUTPUT, CrossEncoderModel
 from training.export.common import open_candidates, staged_folder
 from training.export.text import ONNX_FILE, TOKENIZER_FILE, _strip_tokenizer_padding, score_model_manifest
@@ -48,26 +49,7 @@ def export_cross_encoder(
     model = AutoModelForSequenceClassification.from_pretrained(source, attn_implementation="eager").eval()
     tokenizer = AutoTokenizer.from_pretrained(source)
     with staged_folder(out_dir, name) as staging:
-        # A padded batch, so the traced graph keeps the attention-mask path (an all-ones sample
-        # lets transformers drop the mask, and padded batches would then score wrongly).
-        example = tokenizer(
-            ["a query", "another query"],
-            ["a document", "a much longer document with more words"],
-            padding=True,
-            return_tensors="pt",
-        )
-        with torch.inference_mode():
-            torch.onnx.export(
-                _Scorer(model),
-                (example["input_ids"], example["attention_mask"], example["token_type_ids"]),
-                str(staging / ONNX_FILE),
-                input_names=INPUTS,
-                output_names=[SCORE_OUTPUT],
-                dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in INPUTS}, SCORE_OUTPUT: {0: "batch"}},
-                opset_version=17,
-                dynamo=False,
-                do_constant_folding=True,
-            )
+        _trace(model, tokenizer, staging / ONNX_FILE)
         tokenizer.save_pretrained(str(staging))
         _strip_tokenizer_padding(staging / TOKENIZER_FILE)
         manifest = score_model_manifest(
@@ -90,29 +72,64 @@ def export_cross_encoder(
         reference = _torch_scores(fresh, sequences, reference_model)
         opened = open_candidates(lambda b, p: CrossEncoderModel(staging, manifest, backend=b, precision=p))
         for backend, precision, requires, runner in opened:
-            start = time.perf_counter()
-            scores = np.concatenate(
-                [runner.forward(sequences[i : i + 32])[:, 0, 0] for i in range(0, len(sequences), 32)]
-            )
-            elapsed = time.perf_counter() - start
-            a, b = scores - scores.mean(), reference - reference.mean()
-            correlation = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
-            parity = VariantParity(
-                backend=backend,
-                precision=precision,
-                onnx_file=ONNX_FILE,
-                min_cosine=correlation,
-                mean_cosine=correlation,
-                max_abs_error=float(np.abs(scores - reference).max()),
-                n_samples=len(sequences),
-                reference="transformers fp32 (PyTorch) logits",
-                samples_per_s=round(len(sequences) / elapsed, 1),
-                requires=requires,
-            )
+            parity = _variant_parity(runner, sequences, reference, backend, precision, requires)
             manifest.parity.append(parity)
-            log.info("%s: correlation %.6f, max |error| %.5f", parity.key, correlation, parity.max_abs_error)
+            log.info("%s: correlation %.6f, max |error| %.5f", parity.key, parity.min_cosine, parity.max_abs_error)
         manifest.save(staging)
     return manifest
+
+
+def _trace(model: Any, tokenizer: Any, path: Path) -> None:
+    """The scorer as an ONNX graph with dynamic batch and sequence axes."""
+    # A padded batch, so the traced graph keeps the attention-mask path (an all-ones sample
+    # lets transformers drop the mask, and padded batches would then score wrongly).
+    example = tokenizer(
+        ["a query", "another query"],
+        ["a document", "a much longer document with more words"],
+        padding=True,
+        return_tensors="pt",
+    )
+    with torch.inference_mode():
+        torch.onnx.export(
+            _Scorer(model),
+            (example["input_ids"], example["attention_mask"], example["token_type_ids"]),
+            str(path),
+            input_names=INPUTS,
+            output_names=[SCORE_OUTPUT],
+            dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in INPUTS}, SCORE_OUTPUT: {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+            do_constant_folding=True,
+        )
+
+
+def _variant_parity(
+    runner: CrossEncoderModel,
+    sequences: list[np.ndarray],
+    reference: np.ndarray,
+    backend: Backend,
+    precision: Precision,
+    requires: list[str],
+) -> VariantParity:
+    """One variant's scores against PyTorch's `reference` (n,): a score has no direction, so the
+    cosine fields hold the Pearson correlation (scores centred), and its throughput."""
+    start = time.perf_counter()
+    scores = np.concatenate([runner.forward(sequences[i : i + 32])[:, 0, 0] for i in range(0, len(sequences), 32)])
+    elapsed = time.perf_counter() - start
+    a, b = scores - scores.mean(), reference - reference.mean()
+    correlation = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
+    return VariantParity(
+        backend=backend,
+        precision=precision,
+        onnx_file=ONNX_FILE,
+        min_cosine=correlation,
+        mean_cosine=correlation,
+        max_abs_error=float(np.abs(scores - reference).max()),
+        n_samples=len(sequences),
+        reference="transformers fp32 (PyTorch) logits",
+        samples_per_s=round(len(sequences) / elapsed, 1),
+        requires=requires,
+    )
 
 
 def _torch_scores(model, sequences: list[np.ndarray], runner: CrossEncoderModel) -> np.ndarray:  # type: ignore[no-untyped-def]
