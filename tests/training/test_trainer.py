@@ -13,6 +13,7 @@ import yaml
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
+import training.trainer as trainer_module
 from app.main import create_app
 from tests.conftest import STS_DEV, make_tiny_sentence_transformer, settings_for
 from training.cli import app as training_cli
@@ -432,7 +433,7 @@ def test_a_teacher_that_cannot_be_loaded_stops_before_training(
 
 
 def test_distillation_from_a_teacher_trains_with_cached_vectors(
-    tmp_path: Path, tiny_model: Path, small_beir: Path
+    tmp_path: Path, tiny_model: Path, small_beir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     teacher = make_tiny_sentence_transformer(tmp_path / "teacher")  # another random model: a different view
     cache = tmp_path / "cache"
@@ -444,7 +445,11 @@ def test_distillation_from_a_teacher_trains_with_cached_vectors(
     assert len(cached) == 2  # the training queries' and the documents' vectors
     plain = train(_config(tmp_path, tiny_model, small_beir, name="plain", eval_sts=None), show_progress=False)
     assert plain.steps[0]["loss"] != first.steps[0]["loss"]  # the KL term is in the loss
+    loads: list[str] = []
+    load_teacher = trainer_module._load_teacher
+    monkeypatch.setattr(trainer_module, "_load_teacher", lambda *a: loads.append(a[1]) or load_teacher(*a))
     again = train(config.model_copy(update={"name": "again"}), show_progress=False)
+    assert loads == []  # every text was cached: the teacher model is never loaded
     assert sorted(cache.glob("teacher-*/shard-*.npz")) == cached  # nothing encoded again
     assert again.steps[0]["loss"] == pytest.approx(first.steps[0]["loss"])
     with pytest.raises(ConfigError, match=r"distillation\.teacher"):
