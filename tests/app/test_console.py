@@ -222,7 +222,13 @@ def test_embeddings_models_and_collections_pages(page, console_server: str, tmp_
     assert "photos" in page.inner_text("#col-table")
     upload = tmp_path / "notes.csv"
     upload.write_text('id,text,topic\na1,"Shock waves, on a wedge",flow\na2,Heat transfer at the nose,heat\n')
+    # into an existing collection, the picker shows (disabled) the model that collection embeds with
+    page.select_option("#upload-collection", "photos")
+    photos_model = httpx.get(f"{console_server}/indexes/photos", headers=HEADERS).json()["model"]
+    assert photos_model != "minilm-l6" and page.input_value("#upload-model") == photos_model
+    assert page.is_disabled("#upload-model")
     page.fill("#upload-new", "notes")
+    assert page.is_enabled("#upload-model")
     assert page.input_value("#upload-model") == "minilm-l6"  # the default model, unless chosen
     page.select_option("#upload-model", "clip-conse")
     page.set_input_files("#upload-file", str(upload))

@@ -7,7 +7,7 @@ const KEY_STORAGE = "tessera-api-key"; // sessionStorage: gone when the tab clos
 const PAGES = ["search", "embeddings", "classify", "models", "collections"];
 const FILTER_OPS = ["$eq", "$gt", "$gte", "$lt", "$lte", "$in"];
 const UPLOAD_CHUNK = 64;
-const state = { models: [], collections: [], defaultModel: null, queryImage: null };
+const state = { models: [], collections: [], defaultModel: null, queryImage: null, uploadModel: null };
 
 // --- the API -------------------------------------------------------------------------------
 
@@ -122,12 +122,13 @@ async function refresh() {
   const embedders = state.models.filter((m) => m.capabilities.some((c) => c.startsWith("embed:")));
   const embedderOptions = embedders.map((m) => [m.id, `${m.id} (${m.kind}, ${m.dim}d)`]);
   fillSelect($("emb-model"), embedderOptions, $("emb-model").value || state.defaultModel);
-  fillSelect($("upload-model"), embedderOptions, $("upload-model").value || state.defaultModel);
+  fillSelect($("upload-model"), embedderOptions, state.uploadModel || state.defaultModel);
   const clips = state.models.filter((m) => m.kind === "clip");
   fillSelect($("cls-model"), clips.map((m) => [m.id, m.id]));
   document.querySelector('nav a[data-page="classify"]').hidden = clips.length === 0;
   onCollectionChange();
   onEmbeddingModelChange();
+  syncUploadModel();
   return true;
 }
 
@@ -479,6 +480,17 @@ function documentsFrom(name, text) {
   });
 }
 
+// A collection keeps the model it was created with: the picker chooses only for a new one, and
+// otherwise shows (disabled) the model the chosen collection embeds with.
+function syncUploadModel() {
+  const picker = $("upload-model");
+  const creating = $("upload-new").value.trim() !== "";
+  const existing = state.collections.find((c) => c.name === $("upload-collection").value);
+  picker.disabled = !creating;
+  if (creating) picker.value = state.uploadModel || state.defaultModel;
+  else if (existing) picker.value = existing.model;
+}
+
 async function runUpload(event) {
   event.preventDefault();
   const status = $("upload-status");
@@ -550,6 +562,9 @@ async function start() {
   $("emb-model").addEventListener("change", onEmbeddingModelChange);
   $("cls-form").addEventListener("submit", runClassify);
   $("upload-form").addEventListener("submit", runUpload);
+  $("upload-new").addEventListener("input", syncUploadModel);
+  $("upload-collection").addEventListener("change", syncUploadModel);
+  $("upload-model").addEventListener("change", () => { state.uploadModel = $("upload-model").value; });
   wireImageZone();
   window.addEventListener("hashchange", route);
   route();
