@@ -82,6 +82,16 @@ class DistillationConfig(Strict):
     cache_dir: Path = TEACHER_CACHE
 
 
+class WarmStartConfig(Strict):
+    """Start from the model another config trains (domain adaptation, then labels: GPL's order).
+    The stage must be unlabelled (`data.format: corpus`), so it never sees a real query, held-out
+    ones included, and must start from the same `base_model`; it is trained first in the same
+    `runs_dir`, or reused when its run there finished with the same config. "before" stays the
+    base model's scores, so a run's change counts both stages."""
+
+    config: Path
+
+
 class ValidationConfig(Strict):
     """Hold `fraction` of the training queries out of training, score the model on them at step 0 and
     every `every` steps, and keep the best weights, the base model's included (training/validation.py).
@@ -128,6 +138,7 @@ class TrainConfig(Strict):
     export: ExportConfig | None = None
     distillation: DistillationConfig | None = None
     validation: ValidationConfig | None = None  # checkpoint selection on held-out training queries
+    warm_start: WarmStartConfig | None = None  # train from an unlabelled stage's model
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when torch sees a GPU
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast of the forward passes; fp16 needs CUDA
     # Save `<run>/checkpoint.pt` every K steps (0 = never), for `train --resume runs/<name>`; it is
@@ -179,6 +190,10 @@ def _load(path: Path, model: type[BaseModel], overrides: dict | None = None) -> 
     data = getattr(config, "data", None)
     if isinstance(data, DataConfig) and not data.path.exists() and (path.parent / data.path).exists():
         data.path = path.parent / data.path
+    warm_start = getattr(config, "warm_start", None)
+    relative = isinstance(warm_start, WarmStartConfig) and not warm_start.config.exists()
+    if relative and (path.parent / warm_start.config).exists():
+        warm_start.config = path.parent / warm_start.config
     return config
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -33,7 +34,7 @@ from training.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from training.config import TEACHER_CACHE, ConfigError, TrainConfig
+from training.config import TEACHER_CACHE, ConfigError, TrainConfig, load_config
 from training.data.beir import RetrievalDataset, load_beir
 from training.data.examples import load_retrieval, load_sts
 from training.data.pseudo import corpus_file, pseudo_query_dataset
@@ -381,9 +382,51 @@ def evaluate(  # type: ignore[no-untyped-def]
 def evaluate_source(source: str, config: TrainConfig) -> dict[str, float]:
     """Retrieval scores of the model at `source` on `config`'s evaluation set (the held-out half of
     its query split), at the config's sequence length; no STS."""
+    return _evaluate_source(source, config, TrainingData.load(config).eval_set, None)
+
+
+def _evaluate_source(
+    source: str, config: TrainConfig, eval_set: RetrievalDataset | None, sts: Path | None
+) -> dict[str, float]:
     model = load_sentence_transformer(source)
     model.max_seq_length = config.max_seq_length
-    return evaluate(model, TrainingData.load(config).eval_set, None)
+    return evaluate(model, eval_set, sts)
+
+
+def _warm_start_model(config: TrainConfig, workers: Workers, show_progress: bool) -> str | None:
+    """The model folder of `warm_start.config`'s run in `runs_dir`, trained here first unless a
+    finished run of that same config is there; None without a warm start."""
+    if config.warm_start is None:
+        return None
+    path = config.warm_start.config
+    where = f"{config.name}: warm_start.config {path}"
+    try:
+        stage = load_config(path, {"runs_dir": str(config.runs_dir), "export": None})
+    except ConfigError as exc:
+        raise ConfigError(f"{config.name}: warm_start.config: {exc}") from exc
+    if stage.data.format != "corpus":
+        raise ConfigError(
+            f"{where}: data.format {stage.data.format}; a warm-start stage must be unlabelled (corpus), "
+            "or it could train on this run's held-out queries"
+        )
+    if stage.base_model != config.base_model:
+        raise ConfigError(f"{where}: starts from {stage.base_model}, this run from {config.base_model}; use one")
+    if stage.warm_start is not None or stage.name == config.name:
+        raise ConfigError(f"{where}: a stage needs its own name and no warm start of its own")
+    folder = config.runs_dir / stage.name
+    if not _finished_with(folder, stage):
+        if workers.enabled:
+            raise ConfigError(f"{where}: not trained; train it first, in one process, into {config.runs_dir}")
+        log.info("warm start: training %s first", stage.name)
+        train(stage, show_progress=show_progress)
+    return str(folder / "model")
+
+
+def _finished_with(folder: Path, config: TrainConfig) -> bool:
+    """Whether `folder` holds a finished run (metrics and model) of exactly `config`."""
+    if not ((folder / "metrics.json").is_file() and (folder / "model").is_dir() and (folder / "config.yaml").is_file()):
+        return False
+    return yaml.safe_load((folder / "config.yaml").read_text()) == config.model_dump(mode="json")
 
 
 def _load_teacher(config: TrainConfig, source: str, key: str):  # type: ignore[no-untyped-def]
@@ -699,14 +742,23 @@ def _restore(loop: Loop, model, rng: random.Random, state: dict[str, Any]) -> Pr
 
 
 def _prepare_run(  # type: ignore[no-untyped-def]
-    model, config: TrainConfig, data: TrainingData, workers: Workers, teacher=None, base: BaseCorpus | None = None
+    model,
+    config: TrainConfig,
+    data: TrainingData,
+    workers: Workers,
+    teacher=None,
+    base: BaseCorpus | None = None,
+    warm_started: bool = False,
 ) -> dict[str, Any]:
-    """Rank 0 evaluates the base model and mines hard negatives (filtered by `teacher`, if any),
-    both over `base`'s one encoding of the corpus; every rank gets the negatives."""
+    """Rank 0 evaluates the base model and mines hard negatives with `model` (filtered by `teacher`,
+    if any), both over `base`'s one encoding of the corpus; every rank gets the negatives. A
+    warm-started `model` is the stage's: "before" is then `config.base_model`'s own scores."""
     before: dict[str, float] = {}
     if workers.is_main:
         base = base or BaseCorpus(model)
-        if config.eval_before:
+        if config.eval_before and warm_started:
+            before = _evaluate_source(config.base_model, config, data.eval_set, config.eval_sts)
+        elif config.eval_before:
             known = base.index(data.eval_set) if data.eval_set is not None else None
             before = evaluate(model, data.eval_set, config.eval_sts, known)
         log.info("before: %s", before)
@@ -776,6 +828,7 @@ def train(config: TrainConfig, show_progress: bool = True, resume: bool = False)
     resumed = load_checkpoint(config.runs_dir / config.name) if resume else None
     if resumed is not None:
         _check_resumable(resumed, config, workers)
+    warm_start = _warm_start_model(config, workers, show_progress)  # before seeding: a stage reseeds
     rng = seed_everything(config.seed)
     if workers.rank:
         torch.manual_seed(config.seed + workers.rank)  # dropout masks differ from rank to rank
@@ -788,7 +841,7 @@ def train(config: TrainConfig, show_progress: bool = True, resume: bool = False)
     if run is not None:
         run.write_config(config)
 
-    model = load_sentence_transformer(config.base_model)
+    model = load_sentence_transformer(warm_start or config.base_model)
     model.max_seq_length = config.max_seq_length
     model.to(workers.device)
     loss_module = _loss_module(config).to(workers.device)
@@ -798,7 +851,7 @@ def train(config: TrainConfig, show_progress: bool = True, resume: bool = False)
         prepared = {"before": resumed["run"]["before"], "negatives": resumed["run"]["negatives"]}
         data.negatives = prepared["negatives"]
     else:
-        prepared = _prepare_run(model, config, data, workers, teacher, base)
+        prepared = _prepare_run(model, config, data, workers, teacher, base, warm_start is not None)
 
     vectors = _distillation_vectors(config, data, workers, encoders)
     loop = _build_loop(model, loss_module, config, data, rng, workers, vectors)
@@ -834,6 +887,8 @@ def train(config: TrainConfig, show_progress: bool = True, resume: bool = False)
     log.info("after: %s", after)
     metrics = _run_metrics(config, data, loop, workers, progress, time.perf_counter() - started)
     metrics |= {"before": prepared["before"], "after": after}
+    if warm_start is not None:
+        metrics["warm_start"] = {"config": str(config.warm_start.config), "model": warm_start}  # type: ignore[union-attr]
     if selector is not None:
         metrics["validation"] = selector.summary()
     run.write_metrics(metrics)

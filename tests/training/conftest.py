@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA, make_tiny_sentence_transformer
 from training.config import TrainConfig
 from training.data.beir import convert_cranfield, load_beir
 from training.trainer import Loop, train
@@ -28,6 +28,12 @@ def train_killed_at_step(config: TrainConfig, step: int, monkeypatch: pytest.Mon
         patch.setattr(Loop, "step", dies)
         with pytest.raises(KeyboardInterrupt):
             train(config, show_progress=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random sentence-transformers model (one per test module: a test may train it)."""
+    return make_tiny_sentence_transformer(tmp_path_factory.mktemp("tiny-model"))
 
 
 @pytest.fixture(scope="session")

@@ -24,11 +24,6 @@ from training.losses import InfoNCELoss
 from training.trainer import make_embed, train
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_sentence_transformer(tmp_path_factory.mktemp("tiny-train"))
-
-
 def _config(tmp_path: Path, tiny_model: Path, data: Path, **overrides: object) -> TrainConfig:
     raw: dict = {
         "name": "tiny-run",

@@ -13,7 +13,6 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from tests.conftest import make_tiny_sentence_transformer
 from tests.training.conftest import train_killed_at_step
 from training.cli import app as training_cli
 from training.config import ConfigError, TrainConfig, load_config
@@ -21,11 +20,6 @@ from training.data.beir import RetrievalDataset, load_beir
 from training.sources import load_sentence_transformer
 from training.trainer import TrainingData, train
 from training.validation import CheckpointSelector
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_sentence_transformer(tmp_path_factory.mktemp("tiny-validation"))
 
 
 def _raw(tmp_path: Path, tiny_model: Path, data: Path, **extra: object) -> dict:
