@@ -33,25 +33,35 @@ from training.trainer import evaluate_source, train  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results" / "training_splits.json"
 REPORT = ROOT / "benchmarks" / "results" / "training_splits.md"
 TRAINING_REPORT = ROOT / "benchmarks" / "training.md"
+TARGET_SPLITS = 5  # issue 19 judges a config over five query splits
 BEGIN, END = "<!-- splits: benchmarks/training_splits.py -->", "<!-- /splits -->"
 
 
 def targets(config_path: str, result: dict) -> str | None:
-    """Issue 19's target line for this config's data, met or not (None for data it sets none for)."""
+    """Issue 19's target line for this config's data (None for data it sets none for): met or not
+    over TARGET_SPLITS splits; over fewer, not met only when a split already broke a per-split
+    floor (no later split can mend that), else not judged yet."""
     ndcg, sts = result["all"].get("ndcg@10"), result["all"].get("sts_spearman")
     if not ndcg:
         return None
     config = load_config(Path(config_path))
     if "cranfield" in str(config.data.path) and config.data.format == "corpus":
-        text, met = "Cranfield, no labels: mean Δ nDCG@10 ≥ +0.02", ndcg["mean"] >= 0.02
+        text, mean_ok, floors_ok = "Cranfield, no labels: mean Δ nDCG@10 ≥ +0.02", ndcg["mean"] >= 0.02, True
     elif "cranfield" in str(config.data.path):
         text = "Labelled Cranfield: mean Δ nDCG@10 ≥ +0.05 and every split ≥ +0.03; STS-B Spearman drop ≤ 1 point"
-        met = ndcg["mean"] >= 0.05 and ndcg["min"] >= 0.03 and bool(sts) and sts["min"] >= -1.0
+        mean_ok, floors_ok = ndcg["mean"] >= 0.05, ndcg["min"] >= 0.03 and bool(sts) and sts["min"] >= -1.0
     elif "msmarco" in str(config.data.path):
-        text, met = "MS MARCO: mean Δ nDCG@10 ≥ 0, no split below -0.01", ndcg["mean"] >= 0 and ndcg["min"] >= -0.01
+        text = "MS MARCO: mean Δ nDCG@10 ≥ 0, no split below -0.01"
+        mean_ok, floors_ok = ndcg["mean"] >= 0, ndcg["min"] >= -0.01
     else:
         return None
-    return f"Target ({text}): {'met' if met else 'not met'}."
+    finished = len(ndcg["splits"])
+    if finished >= TARGET_SPLITS or not floors_ok:
+        verdict = "met" if mean_ok and floors_ok else "not met"
+    else:
+        lean = "within" if mean_ok else "short of"
+        verdict = f"not judged, {finished} of {TARGET_SPLITS} splits run (the mean so far {lean} it)"
+    return f"Target ({text}): {verdict}."
 
 
 def _section(results: dict) -> str:
