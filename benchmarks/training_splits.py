@@ -101,12 +101,16 @@ def main() -> None:
     parser.add_argument(
         "--summarize-runs", type=Path, help="a runs folder of a stopped run: report the splits it finished"
     )
+    parser.add_argument(
+        "--runs-dir", type=Path, help="keep the runs here (default: a temporary folder); finished splits are reused"
+    )
     args = parser.parse_args()
     if args.summarize_runs:
         _write([_finished(args.summarize_runs, Path(p), args.splits) for p in args.configs.split(",")], args.splits)
         return
     entries = []
-    with tempfile.TemporaryDirectory() as runs:
+    with tempfile.TemporaryDirectory() as temporary:
+        runs = str(args.runs_dir or temporary)
         for path in args.configs.split(","):
             config = load_config(Path(path), {"runs_dir": runs, "export": None})
             plan = plan_splits(config, args.splits)

@@ -31,6 +31,19 @@ def seed_everything(seed: int) -> random.Random:
     return random.Random(seed)
 
 
+def finished_metrics(folder: Path, config: BaseModel) -> dict[str, Any] | None:
+    """The metrics of the finished run of exactly `config` in `folder` (its metrics.json and model
+    written), else None. `runs_dir` is not compared: a runs folder moved or copied still counts."""
+    paths = [folder / "metrics.json", folder / "model", folder / "config.yaml"]
+    if not all(p.exists() for p in paths):
+        return None
+    recorded = yaml.safe_load(paths[2].read_text()) or {}
+    wanted = config.model_dump(mode="json")
+    recorded.pop("runs_dir", None)
+    wanted.pop("runs_dir", None)
+    return json.loads(paths[0].read_text()) if recorded == wanted else None
+
+
 class StepLog:
     def __init__(self, handle: TextIO) -> None:
         self._handle = handle

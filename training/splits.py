@@ -20,6 +20,7 @@ from typing import Any
 
 from training.config import ConfigError, TrainConfig
 from training.data.beir import load_beir
+from training.run import finished_metrics
 
 DEFAULT_SELECTION = (0, 1)
 
@@ -105,7 +106,9 @@ def run_splits(
     evaluate: Callable[[str, TrainConfig], dict[str, float]] | None = None,
 ) -> dict[str, Any]:
     """Train `config` on every split of `plan` (with `train`, returning an object with .metrics and
-    .run_dir); writes `<runs_dir>/<name>-splits.json` and returns it.
+    .run_dir); writes `<runs_dir>/<name>-splits.json` and returns it. A split whose run in
+    `runs_dir` finished with the same config is not trained again, so a stopped run goes on where
+    it stopped, and more splits can be added to a finished one.
 
     A `corpus` config trains on pseudo-queries only, so its training is the same on every split:
     with `evaluate` (model source, split config -> retrieval scores) it is trained once, on the
@@ -120,7 +123,9 @@ def run_splits(
         if trained_once is not None and evaluate is not None:
             runs[seed] = _rescored(trained_once, run_config, evaluate)
             continue
-        trained = train(run_config)
+        folder = Path(config.runs_dir) / run_config.name
+        done = finished_metrics(folder, run_config)  # a stopped run goes on at its first unfinished split
+        trained = _Finished(folder, done) if done is not None else train(run_config)
         runs[seed] = trained.metrics
         if config.data.format == "corpus":
             trained_once = trained
@@ -129,6 +134,14 @@ def run_splits(
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     return result
+
+
+@dataclass(frozen=True)
+class _Finished:
+    """A split's run finished earlier (what `train` returns, as far as this module reads it)."""
+
+    run_dir: Path
+    metrics: dict[str, Any]
 
 
 def _split_config(config: TrainConfig, seed: int) -> TrainConfig:

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -55,7 +54,7 @@ from training.losses.distillation import TeacherDistillationLoss
 from training.losses.layouts import BatchLayout
 from training.losses.registry import build_embedding_loss, layout_of
 from training.models.text import EmbedFn, make_embed, similarity_scorer
-from training.run import RunFolder, seed_everything
+from training.run import RunFolder, finished_metrics, seed_everything
 from training.sources import ModelSourceError, load_sentence_transformer, resolve_source
 from training.teacher import TeacherEncoder, TeacherVectors, teacher_vectors
 from training.validation import CheckpointSelector, split_validation
@@ -414,19 +413,12 @@ def _warm_start_model(config: TrainConfig, workers: Workers, show_progress: bool
     if stage.warm_start is not None or stage.name == config.name:
         raise ConfigError(f"{where}: a stage needs its own name and no warm start of its own")
     folder = config.runs_dir / stage.name
-    if not _finished_with(folder, stage):
+    if finished_metrics(folder, stage) is None:
         if workers.enabled:
             raise ConfigError(f"{where}: not trained; train it first, in one process, into {config.runs_dir}")
         log.info("warm start: training %s first", stage.name)
         train(stage, show_progress=show_progress)
     return str(folder / "model")
-
-
-def _finished_with(folder: Path, config: TrainConfig) -> bool:
-    """Whether `folder` holds a finished run (metrics and model) of exactly `config`."""
-    if not ((folder / "metrics.json").is_file() and (folder / "model").is_dir() and (folder / "config.yaml").is_file()):
-        return False
-    return yaml.safe_load((folder / "config.yaml").read_text()) == config.model_dump(mode="json")
 
 
 def _load_teacher(config: TrainConfig, source: str, key: str):  # type: ignore[no-untyped-def]

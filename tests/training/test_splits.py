@@ -114,3 +114,24 @@ def test_a_corpus_config_is_trained_once_and_scored_on_every_split(tmp_path: Pat
         assert result["before"][seed] == before and result["after"][seed] == after
         assert result["all"]["ndcg@10"]["splits"][seed] == pytest.approx(after["ndcg@10"] - before["ndcg@10"])
     assert result["before"][1] != result["before"][2]  # different held-out queries
+
+
+def test_a_stopped_run_goes_on_at_its_first_unfinished_split(tmp_path: Path, small_beir: Path) -> None:
+    """Splits whose run finished with the same config are reused (also from a moved runs folder);
+    a changed config trains again."""
+    model = make_tiny_sentence_transformer(tmp_path / "tiny")
+    config = TrainConfig.model_validate(_config(tmp_path, model, small_beir))
+    trained: list[str] = []
+
+    def counted(run_config: TrainConfig):  # type: ignore[no-untyped-def]
+        trained.append(run_config.name)
+        return train(run_config, show_progress=False)
+
+    first = run_splits(config, plan_splits(config, 2), counted)
+    (tmp_path / "runs").rename(tmp_path / "moved")
+    moved = config.model_copy(update={"runs_dir": tmp_path / "moved"})
+    more = run_splits(moved, plan_splits(moved, 3), counted)
+    assert trained == ["sp-split0", "sp-split1", "sp-split2"]  # splits 0 and 1 were not trained again
+    assert more["after"][0] == first["after"][0] and more["after"][1] == first["after"][1]
+    run_splits(moved.model_copy(update={"max_steps": 1}), plan_splits(moved, 2), counted)
+    assert trained[3:] == ["sp-split0", "sp-split1"]
