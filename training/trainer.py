@@ -740,7 +740,6 @@ def _prepare_run(  # type: ignore[no-untyped-def]
     workers: Workers,
     teacher=None,
     base: BaseCorpus | None = None,
-    warm_started: bool = False,
 ) -> dict[str, Any]:
     """Rank 0 evaluates the base model and mines hard negatives with `model` (filtered by `teacher`,
     if any), both over `base`'s one encoding of the corpus; every rank gets the negatives. A
@@ -748,7 +747,7 @@ def _prepare_run(  # type: ignore[no-untyped-def]
     before: dict[str, float] = {}
     if workers.is_main:
         base = base or BaseCorpus(model)
-        if config.eval_before and warm_started:
+        if config.eval_before and config.warm_start is not None:
             before = _evaluate_source(config.base_model, config, data.eval_set, config.eval_sts)
         elif config.eval_before:
             known = base.index(data.eval_set) if data.eval_set is not None else None
@@ -843,7 +842,7 @@ def train(config: TrainConfig, show_progress: bool = True, resume: bool = False)
         prepared = {"before": resumed["run"]["before"], "negatives": resumed["run"]["negatives"]}
         data.negatives = prepared["negatives"]
     else:
-        prepared = _prepare_run(model, config, data, workers, teacher, base, warm_start is not None)
+        prepared = _prepare_run(model, config, data, workers, teacher, base)
 
     vectors = _distillation_vectors(config, data, workers, encoders)
     loop = _build_loop(model, loss_module, config, data, rng, workers, vectors)
