@@ -86,12 +86,31 @@ def _section(results: dict) -> str:
         if chosen:
             steps = ", ".join(f"{seed}: {step}" for seed, step in chosen.items())
             lines.append(f"Validation kept the weights after step (0 = the base model) per split: {steps}.")
+        synthetic = entry["result"].get("synthetic_lists")
+        if synthetic:
+            lines.append(f"Synthetic lists per split: {synthetic_line(synthetic)}.")
         target = targets(entry["config"], entry["result"])
         if target:
             lines.append(target)
         lines.append("")
     lines += [END, ""]
     return "\n".join(lines)
+
+
+def synthetic_line(per_split: dict) -> str:
+    """Per split: lists and documents synthesised, and the generator's pace where it ran (a split
+    whose lists all came from the cache generated nothing)."""
+    parts = []
+    for seed, stats in per_split.items():
+        pace = (
+            f", {stats['generated']} generations at {stats['lists_per_minute']:.1f} lists/min"
+            if stats.get("lists_per_minute")
+            else ", all from the cache"
+        )
+        parts.append(
+            f"{seed}: {stats['queries']} queries, {stats['documents']} documents kept ({stats['dropped']} too short){pace}"
+        )
+    return "; ".join(parts)
 
 
 def main() -> None:

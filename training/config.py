@@ -8,8 +8,9 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from training.sources import DEFAULT_BASE_MODEL
+from training.sources import DEFAULT_BASE_MODEL, SMOLLM2
 
+GRADED_LOSSES = ("listwise", "wasserstein")  # losses that read grades, not only positives
 LossName = Literal["infonce", "dcl", "mw", "cwcl", "listwise", "wasserstein", "cosent", "siglip"]
 
 
@@ -82,6 +83,16 @@ class DistillationConfig(Strict):
     cache_dir: Path = TEACHER_CACHE
 
 
+class SyntheticListsConfig(Strict):
+    """Graded lists written by a causal LM for `budget` training queries (training/synthetic.py):
+    one document per relevance level, judged at that level, cached in `cache_dir`."""
+
+    generator: str = SMOLLM2
+    budget: int = Field(ge=1)  # training queries given a synthetic list (one generation per level each)
+    max_new_tokens: int = Field(96, ge=8, le=512)
+    cache_dir: Path = TEACHER_CACHE
+
+
 class WarmStartConfig(Strict):
     """Start from the model another config trains (domain adaptation, then labels: GPL's order).
     The stage must be unlabelled (`data.format: corpus`), so it never sees a real query, held-out
@@ -139,6 +150,7 @@ class TrainConfig(Strict):
     distillation: DistillationConfig | None = None
     validation: ValidationConfig | None = None  # checkpoint selection on held-out training queries
     warm_start: WarmStartConfig | None = None  # train from an unlabelled stage's model
+    synthetic_lists: SyntheticListsConfig | None = None  # graded lists by a causal LM (graded losses)
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when torch sees a GPU
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast of the forward passes; fp16 needs CUDA
     # Save `<run>/checkpoint.pt` every K steps (0 = never), for `train --resume runs/<name>`; it is
@@ -158,6 +170,11 @@ class TrainConfig(Strict):
             raise ValueError(f"validation needs judged queries (data.format beir or corpus), not {self.data.format}")
         if self.loss.name in ("listwise", "wasserstein") and self.data.format != "beir":
             raise ValueError(f"loss {self.loss.name} needs graded qrels: data.format beir")
+        if self.synthetic_lists is not None and (self.data.format != "beir" or self.loss.name not in GRADED_LOSSES):
+            raise ValueError(
+                f"synthetic_lists add graded documents for a graded loss ({', '.join(GRADED_LOSSES)}) on "
+                f"data.format beir, not loss {self.loss.name} on {self.data.format}"
+            )
         return self
 
 

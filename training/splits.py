@@ -96,6 +96,8 @@ def assemble(name: str, plan: SplitPlan, runs: dict[int, dict[str, Any]]) -> dic
         "after": {seed: m.get("after", {}) for seed, m in runs.items()},
         # the step whose weights each run kept, for configs with checkpoint selection (0 = the base model)
         "chosen_steps": {seed: m["validation"]["chosen_step"] for seed, m in runs.items() if "validation" in m},
+        # what synthetic_lists added per run and how fast the generator wrote it (training/synthetic.py)
+        "synthetic_lists": {seed: m["synthetic_lists"] for seed, m in runs.items() if m.get("synthetic_lists")},
     }
 
 

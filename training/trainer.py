@@ -56,6 +56,7 @@ from training.losses.registry import build_embedding_loss, layout_of
 from training.models.text import EmbedFn, make_embed, similarity_scorer
 from training.run import RunFolder, finished_metrics, seed_everything
 from training.sources import ModelSourceError, load_sentence_transformer, resolve_source
+from training.synthetic import LEVELS, CausalLMGenerator, GenerationCache, synthesise_lists
 from training.teacher import TeacherEncoder, TeacherVectors, teacher_vectors
 from training.validation import CheckpointSelector, split_validation
 
@@ -240,6 +241,7 @@ class TrainingData:
     negatives: dict[str, list[str]] = field(default_factory=dict)
     sts_pairs: list[StsPair] = field(default_factory=list)
     validation_set: RetrievalDataset | None = None  # training queries held out for checkpoint selection
+    synthesis: dict[str, Any] | None = None  # what synthetic_lists added (metrics.json)
 
     @classmethod
     def load(cls, config: TrainConfig) -> TrainingData:
@@ -419,6 +421,39 @@ def _warm_start_model(config: TrainConfig, workers: Workers, show_progress: bool
         log.info("warm start: training %s first", stage.name)
         train(stage, show_progress=show_progress)
     return str(folder / "model")
+
+
+def _synthetic_lists(config: TrainConfig, data: TrainingData, workers: Workers) -> RetrievalDataset | None:
+    """The training set plus `synthetic_lists` graded documents (training/synthetic.py), generated
+    or read from the cache; None without `synthetic_lists`. An unusable generator stops the run here
+    with one line naming the key."""
+    settings = config.synthetic_lists
+    if settings is None or data.train_set is None:
+        return None
+    if workers.enabled:
+        raise ConfigError(f"{config.name}: synthetic_lists: run in one process (ranks would each generate)")
+    try:
+        folder = resolve_source(settings.generator)
+    except ModelSourceError as exc:
+        raise ConfigError(f"{config.name}: synthetic_lists.generator: {exc}") from exc
+    generator: CausalLMGenerator | None = None
+
+    def generate(prompts: list[str]) -> list[str]:
+        nonlocal generator
+        if generator is None:  # loaded on the first prompt missing from the cache only
+            try:
+                generator = CausalLMGenerator(folder, settings.max_new_tokens)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"{config.name}: synthetic_lists.generator: {settings.generator}: {exc}") from exc
+        return generator(prompts)
+
+    cache = GenerationCache(settings.cache_dir, f"{settings.generator}|{settings.max_new_tokens}")
+    with_lists, stats = synthesise_lists(data.train_set, generate, cache, settings.budget, config.seed)
+    per_minute = 60 * stats.generated / len(LEVELS) / stats.seconds if stats.generated else None
+    pace = None if per_minute is None else round(per_minute, 2)
+    data.synthesis = {**vars(stats), "seconds": round(stats.seconds, 1), "lists_per_minute": pace}
+    log.info("synthetic lists: %s", data.synthesis)
+    return with_lists
 
 
 def _load_teacher(config: TrainConfig, source: str, key: str):  # type: ignore[no-untyped-def]
@@ -808,6 +843,7 @@ def _run_metrics(
         "train_queries": len(sampler.query_ids) if isinstance(sampler, BatchSampler) else 0,
         "train_examples": len(sampler.pairs) if isinstance(sampler, BatchSampler | StsSampler) else 0,
         "eval_queries": len(judged_queries(data.eval_set)) if data.eval_set else 0,
+        "synthetic_lists": data.synthesis,
     }
 
 
@@ -824,6 +860,7 @@ def train(config: TrainConfig, show_progress: bool = True, resume: bool = False)
     if workers.rank:
         torch.manual_seed(config.seed + workers.rank)  # dropout masks differ from rank to rank
     data = TrainingData.load(config)
+    synthetic = _synthetic_lists(config, data, workers)  # before any model; joins after mining
     fresh_main = workers.is_main and resumed is None and data.train_set is not None
     # a bad source stops the run here; a resumed run has mined already and needs no mining teacher
     encoders = _teacher_encoders(config, mining=fresh_main) if workers.is_main else {}
@@ -843,6 +880,8 @@ def train(config: TrainConfig, show_progress: bool = True, resume: bool = False)
         data.negatives = prepared["negatives"]
     else:
         prepared = _prepare_run(model, config, data, workers, teacher, base)
+    if synthetic is not None:  # mined on the real judgements alone: a weak synthetic positive would lower the
+        data.train_set = synthetic  # false-negative threshold, and the corpus encoding stays shared
 
     vectors = _distillation_vectors(config, data, workers, encoders)
     loop = _build_loop(model, loss_module, config, data, rng, workers, vectors)

@@ -59,7 +59,7 @@ def test_eval_splits_runs_each_split_and_reports_selection_apart(tmp_path: Path,
     held_out = [json.loads((tmp_path / "runs" / f"sp-split{s}" / "metrics.json").read_text()) for s in (0, 1)]
     assert held_out[0]["before"] != held_out[1]["before"]  # different held-out queries
     assert summary["report"]["ndcg@10"]["mean"] == pytest.approx(summary["all"]["ndcg@10"]["splits"]["2"])
-    assert summary["chosen_steps"] == {}  # no checkpoint selection in this config
+    assert summary["chosen_steps"] == {} and summary["synthetic_lists"] == {}  # neither in this config
 
 
 def test_splits_record_the_step_each_validated_run_kept() -> None:
@@ -69,6 +69,9 @@ def test_splits_record_the_step_each_validated_run_kept() -> None:
     }
     result = assemble("v", SplitPlan([0, 1], [0]), runs)
     assert result["chosen_steps"] == {0: 0, 1: 20}
+    synthetic = {"queries": 2, "documents": 5, "dropped": 1, "generated": 6, "seconds": 9.0, "lists_per_minute": 8.0}
+    runs[1]["synthetic_lists"] = synthetic
+    assert assemble("v", SplitPlan([0, 1], [0]), runs)["synthetic_lists"] == {1: synthetic}
     assert result["all"]["ndcg@10"]["splits"] == {0: 0.0, 1: pytest.approx(0.1)}
 
 
