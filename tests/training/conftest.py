@@ -7,10 +7,32 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SHARED_DATA, make_tiny_sentence_transformer
+from tests.conftest import SHARED_DATA, STS_DEV, make_tiny_sentence_transformer
 from training.config import TrainConfig
 from training.data.beir import convert_cranfield, load_beir
 from training.trainer import Loop, train
+
+
+def tiny_train_config(tmp_path: Path, tiny_model: Path, data: Path, **overrides: object) -> TrainConfig:
+    """A 3-step run of `tiny_model` on BEIR folder `data`; `overrides` by dotted key (`"loss.name"`)."""
+    raw: dict = {
+        "name": "tiny-run",
+        "base_model": str(tiny_model),
+        "data": {"format": "beir", "path": str(data)},
+        "batch_size": 8,
+        "max_steps": 3,
+        "max_seq_length": 64,
+        "runs_dir": str(tmp_path / "runs"),
+        "eval_sts": str(STS_DEV),
+        "mining": {"per_query": 4, "rank_window": [2, 30]},
+    }
+    for key, value in overrides.items():
+        node = raw
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return TrainConfig.model_validate(raw)
 
 
 def train_killed_at_step(config: TrainConfig, step: int, monkeypatch: pytest.MonkeyPatch) -> None:

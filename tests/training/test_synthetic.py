@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from tests.conftest import make_tiny_llama
+from tests.training.conftest import tiny_train_config
 from training.config import ConfigError, TrainConfig, load_config
 from training.data.beir import RetrievalDataset
 from training.synthetic import LEVELS, CausalLMGenerator, GenerationCache, clean_generation, synthesise_lists
@@ -95,20 +96,8 @@ def test_a_causal_lm_writes_one_completion_per_prompt_deterministically(tmp_path
 
 
 def _config(tmp_path: Path, tiny_model: Path, data: Path, **overrides: object) -> TrainConfig:
-    raw: dict = {
-        "name": "synth-run",
-        "base_model": str(tiny_model),
-        "data": {"format": "beir", "path": str(data)},
-        "loss": {"name": "wasserstein", "list_size": 4},
-        "batch_size": 8,
-        "max_steps": 3,
-        "max_seq_length": 64,
-        "runs_dir": str(tmp_path / "runs"),
-        "eval_sts": None,
-        "mining": {"per_query": 4, "rank_window": [2, 30]},
-    }
-    raw.update(overrides)
-    return TrainConfig.model_validate(raw)
+    graded = {"name": "synth-run", "loss.name": "wasserstein", "loss.list_size": 4, "eval_sts": None}
+    return tiny_train_config(tmp_path, tiny_model, data, **{**graded, **overrides})
 
 
 def test_a_run_trains_on_synthetic_lists_and_records_them(tmp_path: Path, tiny_model: Path, small_beir: Path) -> None:

@@ -16,33 +16,15 @@ from typer.testing import CliRunner
 import training.trainer as trainer_module
 from app.main import create_app
 from tests.conftest import STS_DEV, make_tiny_sentence_transformer, settings_for
+from tests.training.conftest import tiny_train_config
 from training.cli import app as training_cli
-from training.config import ConfigError, TrainConfig, load_config
+from training.config import ConfigError, load_config
 from training.data.beir import DatasetError, load_beir
 from training.gradcache import gradcache_backward
 from training.losses import InfoNCELoss
 from training.trainer import make_embed, train
 
-
-def _config(tmp_path: Path, tiny_model: Path, data: Path, **overrides: object) -> TrainConfig:
-    raw: dict = {
-        "name": "tiny-run",
-        "base_model": str(tiny_model),
-        "data": {"format": "beir", "path": str(data)},
-        "batch_size": 8,
-        "max_steps": 3,
-        "max_seq_length": 64,
-        "runs_dir": str(tmp_path / "runs"),
-        "eval_sts": str(STS_DEV),
-        "mining": {"per_query": 4, "rank_window": [2, 30]},
-    }
-    for key, value in overrides.items():
-        node = raw
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return TrainConfig.model_validate(raw)
+_config = tiny_train_config
 
 
 def test_gradcache_gives_the_full_batch_gradients(tiny_model: Path) -> None:
