@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 import numpy as np
 import yaml
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 
 def seed_everything(seed: int) -> random.Random:
@@ -33,11 +33,16 @@ def seed_everything(seed: int) -> random.Random:
 
 def finished_metrics(folder: Path, config: BaseModel) -> dict[str, Any] | None:
     """The metrics of the finished run of exactly `config` in `folder` (its metrics.json and model
-    written), else None. `runs_dir` is not compared: a runs folder moved or copied still counts."""
+    written), else None. `runs_dir` is not compared: a runs folder moved or copied still counts.
+    The recorded config is read back through the config's own model, so a key added since (with a
+    default that changes nothing) does not make an unchanged run look different."""
     paths = [folder / "metrics.json", folder / "model", folder / "config.yaml"]
     if not all(p.exists() for p in paths):
         return None
-    recorded = yaml.safe_load(paths[2].read_text()) or {}
+    try:
+        recorded = type(config).model_validate(yaml.safe_load(paths[2].read_text()) or {}).model_dump(mode="json")
+    except (ValidationError, yaml.YAMLError):
+        return None  # written by a version whose keys this one no longer reads: not the same run
     wanted = config.model_dump(mode="json")
     recorded.pop("runs_dir", None)
     wanted.pop("runs_dir", None)

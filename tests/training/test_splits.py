@@ -138,3 +138,13 @@ def test_a_stopped_run_goes_on_at_its_first_unfinished_split(tmp_path: Path, sma
     assert more["after"][0] == first["after"][0] and more["after"][1] == first["after"][1]
     run_splits(moved.model_copy(update={"max_steps": 1}), plan_splits(moved, 2), counted)
     assert trained[3:] == ["sp-split0", "sp-split1"]
+    # a run recorded before a config key existed (the key at its default) is the same run
+    recorded = tmp_path / "moved" / "sp-split2" / "config.yaml"
+    raw = yaml.safe_load(recorded.read_text())
+    assert raw.pop("synthetic_lists") is None
+    recorded.write_text(yaml.safe_dump(raw))
+    run_splits(moved, plan_splits(moved, 3), counted)
+    assert trained[5:] == ["sp-split0", "sp-split1"]  # split 2 reused (0 and 1 hold the max_steps 1 runs)
+    recorded.write_text(yaml.safe_dump({**raw, "learning_rat": 1.0}))  # a key no version reads: not reused
+    run_splits(moved, plan_splits(moved, 3), counted)
+    assert trained[7:] == ["sp-split2"]
