@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import sys
@@ -124,6 +125,8 @@ def main() -> None:
         "--runs-dir", type=Path, help="keep the runs here (default: a temporary folder); finished splits are reused"
     )
     args = parser.parse_args()
+    # as `python -m training` does: a long split run shows its stages (mining, synthetic lists, validation)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.summarize_runs:
         _write([_finished(args.summarize_runs, Path(p), args.splits) for p in args.configs.split(",")], args.splits)
         return
