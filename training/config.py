@@ -168,7 +168,7 @@ class TrainConfig(Strict):
             raise ValueError(f"distillation wraps a pair loss (infonce, dcl, mw, siglip), not {self.loss.name}")
         if self.validation is not None and self.data.format not in ("beir", "corpus"):
             raise ValueError(f"validation needs judged queries (data.format beir or corpus), not {self.data.format}")
-        if self.loss.name in ("listwise", "wasserstein") and self.data.format != "beir":
+        if self.loss.name in GRADED_LOSSES and self.data.format != "beir":
             raise ValueError(f"loss {self.loss.name} needs graded qrels: data.format beir")
         if self.synthetic_lists is not None and (self.data.format != "beir" or self.loss.name not in GRADED_LOSSES):
             raise ValueError(
@@ -182,6 +182,17 @@ def load_config(path: Path, overrides: dict | None = None) -> TrainConfig:
     return _load(path, TrainConfig, overrides)  # type: ignore[return-value]
 
 
+def set_dotted(raw: dict, overrides: dict) -> dict:
+    """`raw` with each `overrides` value set at its dotted key (`"loss.name"`), parents made as needed."""
+    for dotted, value in overrides.items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return raw
+
+
 def _load(path: Path, model: type[BaseModel], overrides: dict | None = None) -> BaseModel:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
@@ -191,12 +202,7 @@ def _load(path: Path, model: type[BaseModel], overrides: dict | None = None) -> 
         raise ConfigError(f"{path}: not valid YAML ({exc.__class__.__name__})") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    for dotted, value in (overrides or {}).items():
-        node = raw
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
+    set_dotted(raw, overrides or {})
     try:
         config = model.model_validate(raw)
     except ValidationError as exc:

@@ -20,6 +20,7 @@ import hashlib
 import json
 import random
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,6 +95,12 @@ class SynthesisStats:
     generated: int  # prompts sent to the generator this run (the rest came from the cache)
     seconds: float  # time in the generator
 
+    def record(self) -> dict[str, int | float | None]:
+        """What metrics.json keeps: the counts, and the generator's pace when it ran (None when
+        every document came from the cache)."""
+        pace = round(60 * self.generated / len(LEVELS) / self.seconds, 2) if self.generated else None
+        return {**vars(self), "seconds": round(self.seconds, 1), "lists_per_minute": pace}
+
 
 def synthesise_lists(
     dataset: RetrievalDataset,
@@ -105,13 +112,12 @@ def synthesise_lists(
     """`dataset` plus up to `budget` queries' synthetic graded documents (ids `syn-<query>-g<grade>`),
     the queries drawn at random (by `seed`) among the judged ones. The input dataset, and the corpus
     it may share with an evaluation set, are left unchanged."""
-    import time
-
     judged = sorted(q for q in dataset.queries if dataset.qrels.get(q))
     random.Random(seed).shuffle(judged)
     chosen = judged[:budget]
     prompts = {(q, grade): level_prompt(dataset.queries[q], text) for q in chosen for grade, text in LEVELS}
-    missing = [p for p in prompts.values() if cache.key(p) not in cache.known()]
+    # one generation per distinct prompt: two queries with the same text share their documents
+    missing = [p for p in dict.fromkeys(prompts.values()) if cache.key(p) not in cache.known()]
     started = time.perf_counter()
     for start in range(0, len(missing), PROMPTS_PER_CALL):
         part = missing[start : start + PROMPTS_PER_CALL]

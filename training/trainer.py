@@ -56,7 +56,7 @@ from training.losses.registry import build_embedding_loss, layout_of
 from training.models.text import EmbedFn, make_embed, similarity_scorer
 from training.run import RunFolder, finished_metrics, seed_everything
 from training.sources import ModelSourceError, load_sentence_transformer, resolve_source
-from training.synthetic import LEVELS, CausalLMGenerator, GenerationCache, synthesise_lists
+from training.synthetic import CausalLMGenerator, GenerationCache, synthesise_lists
 from training.teacher import TeacherEncoder, TeacherVectors, teacher_vectors
 from training.validation import CheckpointSelector, split_validation
 
@@ -449,9 +449,7 @@ def _synthetic_lists(config: TrainConfig, data: TrainingData, workers: Workers) 
 
     cache = GenerationCache(settings.cache_dir, f"{settings.generator}|{settings.max_new_tokens}")
     with_lists, stats = synthesise_lists(data.train_set, generate, cache, settings.budget, config.seed)
-    per_minute = 60 * stats.generated / len(LEVELS) / stats.seconds if stats.generated else None
-    pace = None if per_minute is None else round(per_minute, 2)
-    data.synthesis = {**vars(stats), "seconds": round(stats.seconds, 1), "lists_per_minute": pace}
+    data.synthesis = stats.record()
     log.info("synthetic lists: %s", data.synthesis)
     return with_lists
 

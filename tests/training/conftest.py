@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import SHARED_DATA, STS_DEV, make_tiny_sentence_transformer
-from training.config import TrainConfig
+from training.config import TrainConfig, set_dotted
 from training.data.beir import convert_cranfield, load_beir
 from training.trainer import Loop, train
 
@@ -26,13 +26,7 @@ def tiny_train_config(tmp_path: Path, tiny_model: Path, data: Path, **overrides:
         "eval_sts": str(STS_DEV),
         "mining": {"per_query": 4, "rank_window": [2, 30]},
     }
-    for key, value in overrides.items():
-        node = raw
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return TrainConfig.model_validate(raw)
+    return TrainConfig.model_validate(set_dotted(raw, overrides))
 
 
 def train_killed_at_step(config: TrainConfig, step: int, monkeypatch: pytest.MonkeyPatch) -> None:
