@@ -25,7 +25,7 @@ FASHION_MNIST := data/fashion-mnist/t10k-images-idx3-ubyte.gz
 CLIPART := data/openclipart/captions.jsonl
 CLIPART_DEMO := data/demo/openclipart/metadata.jsonl
 # The served image encoder: MobileNetV2 trained on emoji art styles (training/configs/emoji-image.yaml).
-IMAGE_MODEL := models/mobilenet-v2-emoji/manifest.json
+IMAGE_MODEL := models/efficientnet-lite0-emoji/manifest.json
 # The served image-text model: MiniLM's space, images mapped in (training/configs/serve-clip.yaml).
 CLIP_MODEL := models/clip-minilm/manifest.json
 # The default reranker: all-mpnet-base-v2 (PyPI, split zip) exported as a bi-encoder reranker.
@@ -96,7 +96,7 @@ $(CLIPART_DEMO): $(CLIPART)
 
 image-data: $(EMOJI) $(FASHION_MNIST) $(CLIPART)
 
-# The served image encoder (see IMAGE_MODEL); its run folder is runs/mobilenet-v2-emoji.
+# The served image encoder (see IMAGE_MODEL); its run folder is runs/efficientnet-lite0-emoji.
 image-model: $(IMAGE_MODEL)
 $(IMAGE_MODEL): $(EMOJI) training/configs/serve-image.yaml | $(INSTALLED)
 	$(PY) -m training train-image --config training/configs/serve-image.yaml

@@ -11,7 +11,7 @@
    the builder's own file encoder (ImageFileEncoder), images/s.
 
 Measurements alternate in one run (best of `--rounds`), alone on the machine.
-Usage: .venv/bin/python benchmarks/image_throughput.py [--model mobilenet-v2-emoji] [--duration 15]
+Usage: .venv/bin/python benchmarks/image_throughput.py [--model efficientnet-lite0-emoji] [--duration 15]
 Writes benchmarks/results/image_throughput.json and .md.
 """
 
@@ -171,7 +171,7 @@ def building(models_dir: Path, model: str, settings: Settings, images: list[byte
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--model", default="mobilenet-v2-emoji")
+    parser.add_argument("--model", default="efficientnet-lite0-emoji")
     parser.add_argument("--models-dir", type=Path, default=ROOT / "models")
     parser.add_argument("--duration", type=int, default=15)
     parser.add_argument("--connections", type=int, default=4)

@@ -334,6 +334,15 @@ def train_image_encoder(config: ImageTrainConfig) -> dict:
     return metrics
 
 
+def raw_features_metrics(config: ImageTrainConfig, tower: str) -> dict:
+    """Metrics of `tower`'s raw pooled ImageNet features (no head, no training) on `config`'s split
+    and evaluation sets: a baseline from another tower than the one trained (the issue's baseline is
+    MobileNetV2's, whichever tower is served)."""
+    other = config.model_copy(update={"tower": tower})
+    baseline = ImageEncoder(ImageEncoderConfig(other.tower, None, other.unfreeze_blocks), pretrained=True).eval()
+    return _evaluate(baseline, _prepare(baseline, other), other)
+
+
 def export_trained(model_dir: Path, config: ImageTrainConfig, scores: dict) -> Path:
     from training.export.image import export_image_model, parity_image_files
 

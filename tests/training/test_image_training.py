@@ -10,7 +10,7 @@ import pytest
 from training.config import ImageTrainConfig
 from training.data.images import load_identities, split_identities
 from training.eval.images import cross_style_recall, identity_map, precision_at_k
-from training.image_training import train_image_encoder
+from training.image_training import raw_features_metrics, train_image_encoder
 
 ROOT = Path(__file__).resolve().parents[2]
 EMOJI = ROOT / "data" / "emoji"
@@ -59,3 +59,28 @@ def test_training_beats_raw_features_on_held_out_codepoints(tmp_path: Path) -> N
     assert "held_out_style recall@1 (mean)" in after  # openmoji: never trained on
     assert (tmp_path / "runs" / "tiny-emoji" / "model" / "image_encoder.pt").is_file()
     assert (tmp_path / "runs" / "tiny-emoji" / "steps.jsonl").read_text().count("\n") == 15 * (200 // 64)
+
+
+def test_raw_features_of_another_tower_on_the_same_split(tmp_path: Path) -> None:
+    """The issue's baseline (MobileNetV2's raw features) is measured on the split a Lite0 run uses:
+    the same held-out identities give the same numbers as MobileNetV2's own `before`."""
+    if not (EMOJI / "identities.jsonl").is_file():
+        pytest.fail("data/emoji is missing: run `make image-data` (make test does it)")
+    common = {
+        "data": EMOJI,
+        "max_identities": 120,
+        "test_identities": 60,
+        "epochs": 1,
+        "batch_size": 32,
+        "fashion_mnist": None,
+        "cache_dir": tmp_path / "cache",
+        "runs_dir": tmp_path / "runs",
+        "split_seed": 4,
+    }
+    lite0 = ImageTrainConfig(name="lite0", tower="efficientnet_lite0", **common)
+    mobilenet = ImageTrainConfig(name="mobilenet", tower="mobilenet_v2", **common)
+    baseline = raw_features_metrics(lite0, "mobilenet_v2")
+    own_before = train_image_encoder(mobilenet)["before"]
+    assert baseline == own_before
+    assert baseline != train_image_encoder(lite0)["before"]  # another tower's features, not Lite0's
+    assert 0.0 < baseline["google->twitter recall@1"] <= 1.0
