@@ -7,12 +7,13 @@ image tower, trainable image and text projections, no ConSE). Splits 1, 2, 3 of 
 and emoji codepoints (the recipe was chosen on split 0, benchmarks/clip_reading.md); COCO-mini
 photos and the zero-shot sets are the same in every split (never trained on).
 
-Usage: .venv/bin/python benchmarks/clip_training.py   (needs `make model image-data`; ~15 min here,
+Usage: .venv/bin/python benchmarks/clip_training.py [--tower mobilenet_v2|efficientnet_lite0] [--out STEM]   (needs `make model image-data`; ~15 min here,
 most of it caching tower features once). Writes benchmarks/results/clip_training.json and .md.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import sys
@@ -101,16 +102,25 @@ def run_row(data: ClipData, base: ClipTrainConfig, row: dict, seed: int) -> dict
     return evaluate(head, data, text_map)
 
 
+TOWER_NAMES = {"mobilenet_v2": "MobileNetV2", "efficientnet_lite0": "EfficientNet-Lite0"}
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tower", choices=sorted(TOWER_NAMES), default="mobilenet_v2")  # the served tower
+    parser.add_argument("--out", default="clip_training", help="results file stem under benchmarks/results")
+    parser.add_argument("--rows", nargs="+", choices=sorted(ROWS), help="only these trained rows (default: all)")
+    args = parser.parse_args()
+    rows = {name: row for name, row in ROWS.items() if not args.rows or name in args.rows}
     torch.set_num_threads(2)
     report: dict[str, dict[str, list[float]]] = {"chance": {}}
     started = time.monotonic()
     for split in SPLITS:
-        base = ClipTrainConfig(name="bench", split_seed=split, seed=split)
+        base = ClipTrainConfig(name="bench", split_seed=split, seed=split, tower=args.tower)
         data = prepare(base)
         for k, v in chance(data).items():
             report["chance"].setdefault(k, []).append(v)
-        for name, row in ROWS.items():
+        for name, row in rows.items():
             scores = run_row(data, base, row, seed=split)
             for k, v in scores.items():
                 report.setdefault(name, {}).setdefault(k, []).append(v)
@@ -118,11 +128,13 @@ def main() -> None:
                 f"split {split} {name}: " + ", ".join(f"{m.split(' ', 1)[0][:5]} {scores[m]:.3f}" for m in METRICS[:6])
             )
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "clip_training.json").write_text(json.dumps({"splits": SPLITS, "rows": report}, indent=2) + "\n")
-    write_markdown(report, time.monotonic() - started)
+    (RESULTS / f"{args.out}.json").write_text(
+        json.dumps({"splits": SPLITS, "tower": args.tower, "rows": report}, indent=2) + "\n"
+    )
+    write_markdown(report, time.monotonic() - started, TOWER_NAMES[args.tower], args.out)
 
 
-def write_markdown(report: dict[str, dict[str, list[float]]], seconds: float) -> None:
+def write_markdown(report: dict[str, dict[str, list[float]]], seconds: float, tower: str, stem: str) -> None:
     def cell(values: list[float]) -> str:
         mean = statistics.fmean(values)
         return f"{mean:.3f} ± {statistics.pstdev(values):.3f}" if len(values) > 1 and mean > 0.0 else f"{mean:.4f}"
@@ -132,7 +144,7 @@ def write_markdown(report: dict[str, dict[str, list[float]]], seconds: float) ->
         "",
         "Produced by `benchmarks/clip_training.py` in "
         f"{seconds / 60:.0f} min. Text tower: all-MiniLM-L6-v2, unchanged (except the LiT row). Image "
-        "tower: MobileNetV2 (ImageNet), frozen. Trained on OpenClipart captions and emoji names "
+        f"tower: {tower} (ImageNet), frozen. Trained on OpenClipart captions and emoji names "
         "(splits 1-3 by file / codepoint; the recipe was chosen on split 0). COCO-mini (80 photos, 400 "
         "captions), Fashion-MNIST and MNIST test are never trained on.",
         "",
@@ -141,7 +153,7 @@ def write_markdown(report: dict[str, dict[str, list[float]]], seconds: float) ->
     ]
     for name, scores in report.items():
         lines.append(f"| {name} | " + " | ".join(cell(scores[m]) if m in scores else "-" for m in METRICS) + " |")
-    (RESULTS / "clip_training.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
