@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from training.clip_training import ClipData, build_head, evaluate, fit, prepare  # noqa: E402
 from training.config import ClipTrainConfig, LossConfig  # noqa: E402
+from training.models.image_towers import TOWER_TITLES  # noqa: E402
 from training.run import RunFolder, seed_everything  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -102,12 +103,9 @@ def run_row(data: ClipData, base: ClipTrainConfig, row: dict, seed: int) -> dict
     return evaluate(head, data, text_map)
 
 
-TOWER_NAMES = {"mobilenet_v2": "MobileNetV2", "efficientnet_lite0": "EfficientNet-Lite0"}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--tower", choices=sorted(TOWER_NAMES), default="mobilenet_v2")  # the served tower
+    parser.add_argument("--tower", choices=sorted(TOWER_TITLES), default="mobilenet_v2")  # the served tower
     parser.add_argument("--out", default="clip_training", help="results file stem under benchmarks/results")
     parser.add_argument("--rows", nargs="+", choices=sorted(ROWS), help="only these trained rows (default: all)")
     args = parser.parse_args()
@@ -131,7 +129,7 @@ def main() -> None:
     (RESULTS / f"{args.out}.json").write_text(
         json.dumps({"splits": SPLITS, "tower": args.tower, "rows": report}, indent=2) + "\n"
     )
-    write_markdown(report, time.monotonic() - started, TOWER_NAMES[args.tower], args.out)
+    write_markdown(report, time.monotonic() - started, TOWER_TITLES[args.tower], args.out)
 
 
 def write_markdown(report: dict[str, dict[str, list[float]]], seconds: float, tower: str, stem: str) -> None:

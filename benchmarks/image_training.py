@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from training.config import ImageTrainConfig, load_yaml_config  # noqa: E402
 from training.image_training import raw_features_metrics, train_image_encoder  # noqa: E402
+from training.models.image_towers import TOWER_TITLES  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 ISSUE_BASELINE_TOWER = "mobilenet_v2"  # the issue states its target against MobileNetV2's raw features
@@ -95,12 +96,9 @@ def summarise(runs: list[dict]) -> dict:
     return out
 
 
-TOWER_NAMES = {"mobilenet_v2": "MobileNetV2", "efficientnet_lite0": "EfficientNet-Lite0"}
-
-
 def render(report: dict) -> str:
-    tower = TOWER_NAMES.get(report.get("tower", ISSUE_BASELINE_TOWER), report.get("tower"))
-    issue_baseline = TOWER_NAMES[ISSUE_BASELINE_TOWER]
+    tower = TOWER_TITLES[report.get("tower", ISSUE_BASELINE_TOWER)]
+    issue_baseline = TOWER_TITLES[ISSUE_BASELINE_TOWER]
     other = tower != issue_baseline
     lines = [
         "# Image-to-image contrastive training: before vs after",

@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from app.core.manifest import Manifest  # noqa: E402
 from app.inference.text_model import TextModel  # noqa: E402
+from app.inference.tokenizer import TextTokenizer  # noqa: E402
 from benchmarks.rerank_served import cranfield_queries  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -58,7 +59,7 @@ def served_variants(texts: list[str]) -> list[dict]:
     rows = []
     for name in MODELS:
         folder = ROOT / "models" / name
-        manifest = Manifest.model_validate_json((folder / "manifest.json").read_text())
+        manifest = Manifest.load(folder)
         for variant in (v for v in manifest.parity if v.tower == "text"):
             for threads in (1, 2):
                 model = TextModel(folder, manifest, variant, threads=threads, streams=1)
@@ -73,7 +74,7 @@ def openvino_options(texts: list[str]) -> list[dict]:
     import openvino as ov
 
     folder = ROOT / "models" / "mpnet-rerank"
-    manifest = Manifest.model_validate_json((folder / "manifest.json").read_text())
+    manifest = Manifest.load(folder)
     reference = TextModel(folder, manifest, None, threads=2)
     ids = [t.ids for t in reference.tokenize(texts)]
     exact = np.stack([reference.forward([seq])[0, 0] for seq in ids])
@@ -160,8 +161,8 @@ def main() -> None:
     args = parser.parse_args()
     texts = cranfield_queries()[: args.queries]
     folder = ROOT / "models" / "minilm-l6"
-    manifest = Manifest.model_validate_json((folder / "manifest.json").read_text())
-    tokens = [len(t.ids) for t in TextModel(folder, manifest, None).tokenize(texts)]
+    tower = Manifest.load(folder).text_tower
+    tokens = [len(t.ids) for t in TextTokenizer(folder / tower.tokenizer_file, tower.max_tokens).encode(texts)]
     report = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "queries": len(texts),

@@ -200,6 +200,11 @@ def fashion_mnist_set(encoder: ImageEncoder, config: ImageTrainConfig) -> tuple[
     return activations, labels
 
 
+def _raw_encoder(config: ImageTrainConfig) -> ImageEncoder:
+    """The tower's raw pooled ImageNet features, no head: the `before` of a run."""
+    return ImageEncoder(ImageEncoderConfig(config.tower, None, config.unfreeze_blocks), pretrained=True).eval()
+
+
 def _encoder(config: ImageTrainConfig) -> ImageEncoder:
     return ImageEncoder(
         ImageEncoderConfig(
@@ -312,7 +317,7 @@ def train_image_encoder(config: ImageTrainConfig) -> dict:
     if run is not None:
         run.write_config(config)
     encoder = _encoder(config)
-    baseline = ImageEncoder(ImageEncoderConfig(config.tower, None, config.unfreeze_blocks), pretrained=True).eval()
+    baseline = _raw_encoder(config)
     with workers.main_first():
         data = _prepare(encoder, config)
     before = _evaluate(baseline, data, config) if run is not None else {}
@@ -339,7 +344,7 @@ def raw_features_metrics(config: ImageTrainConfig, tower: str) -> dict:
     and evaluation sets: a baseline from another tower than the one trained (the issue's baseline is
     MobileNetV2's, whichever tower is served)."""
     other = config.model_copy(update={"tower": tower})
-    baseline = ImageEncoder(ImageEncoderConfig(other.tower, None, other.unfreeze_blocks), pretrained=True).eval()
+    baseline = _raw_encoder(other)
     return _evaluate(baseline, _prepare(baseline, other), other)
 
 

@@ -204,6 +204,7 @@ class EfficientNetLite0(nn.Module):
 # --- loading ---------------------------------------------------------------------------------------
 
 TOWERS: dict[str, type[nn.Module]] = {"mobilenet_v2": MobileNetV2, "efficientnet_lite0": EfficientNetLite0}
+TOWER_TITLES = {"mobilenet_v2": "MobileNetV2", "efficientnet_lite0": "EfficientNet-Lite0"}  # for reports
 
 
 def weights_path(name: str) -> Path:
