@@ -24,7 +24,7 @@ FASHION_MNIST := data/fashion-mnist/t10k-images-idx3-ubyte.gz
 # OpenClipart (Debian, public domain): captioned clip art for image-text training and the demo.
 CLIPART := data/openclipart/captions.jsonl
 CLIPART_DEMO := data/demo/openclipart/metadata.jsonl
-# The served image encoder: MobileNetV2 trained on emoji art styles (training/configs/emoji-image.yaml).
+# The served image encoder: EfficientNet-Lite0 trained on emoji art styles (training/configs/serve-image.yaml).
 IMAGE_MODEL := models/efficientnet-lite0-emoji/manifest.json
 # The served image-text model: MiniLM's space, images mapped in (training/configs/serve-clip.yaml).
 CLIP_MODEL := models/clip-minilm/manifest.json

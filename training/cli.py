@@ -321,7 +321,9 @@ def export_clip(
     text_model: Annotated[Path, typer.Option(help="the exported text model the head maps into")] = Path(
         "models/minilm-l6"
     ),
-    tower: Annotated[str, typer.Option(help="image tower of a conse head")] = "mobilenet_v2",
+    tower: Annotated[
+        str, typer.Option(help="image tower of a conse head (default: the served clip model's)")
+    ] = "efficientnet_lite0",
     name: Annotated[str, typer.Option(help="model name served by the API")] = "clip-conse",
     out: Annotated[Path | None, typer.Option(help="output folder (default models/<name>)")] = None,
     parity_images: Annotated[

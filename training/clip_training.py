@@ -402,6 +402,7 @@ def build_head(config: ClipTrainConfig, class_vectors: torch.Tensor) -> ClipImag
         residual=config.residual,
         residual_hidden=config.residual_hidden,
         residual_scale=config.residual_scale,
+        residual_gate=config.residual_gate,
     )
     return ClipImageHead(head_config, _classifier(load_tower(config.tower)), class_vectors)
 

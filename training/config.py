@@ -352,6 +352,7 @@ class ClipTrainConfig(Strict):
     residual: Literal["mlp", "linear", "none"] = "mlp"
     residual_hidden: int = Field(1024, ge=8)
     residual_scale: float | None = Field(0.6, gt=0)  # None: unbounded (see training/models/clip.py)
+    residual_gate: Literal["none", "uncertainty"] = "none"  # see training/models/clip.py
     # LiT-style comparison: a trainable linear map on the text side too (changes the text space, so
     # such a model is measured, not exported).
     text_projection: bool = False

@@ -53,6 +53,27 @@ def test_the_learned_map_turns_conse_by_exactly_its_bounded_length(classifier: t
     np.testing.assert_allclose(shift.norm(dim=-1).numpy(), 0.6, atol=1e-5)
 
 
+def test_the_uncertainty_gate_shrinks_the_turn_by_the_towers_top_probability(classifier: torch.nn.Linear) -> None:
+    config = ClipImageConfig(
+        dim=DIM, residual="mlp", residual_hidden=32, residual_scale=1.0, residual_gate="uncertainty"
+    )
+    head = ClipImageHead(config, classifier, class_vectors())
+    # One confident input (its features along the top class's weights) and flat ones.
+    confident = classifier.weight[7].clamp_min(0) * 40
+    pooled = torch.cat([confident[None], torch.rand(3, 1280) * 0.01])
+    with torch.no_grad():
+        shift = (head(pooled) - head.conse(pooled)).norm(dim=-1)
+        top = torch.softmax(classifier(pooled), dim=-1).max(dim=-1).values
+    torch.testing.assert_close(shift, 1.0 - top)
+    assert top[0] > 0.9 and shift[0] < 0.1  # a named image keeps ConSE's direction
+    assert (shift[1:] > 0.9).all()  # an unnamed one is turned by (almost) the full bound
+
+
+def test_an_unknown_gate_is_refused(classifier: torch.nn.Linear) -> None:
+    with pytest.raises(ValueError, match="residual_gate"):
+        ClipImageHead(ClipImageConfig(dim=DIM, residual_gate="entropy"), classifier, class_vectors())
+
+
 def test_an_unbounded_map_starts_as_conse_exactly(classifier: torch.nn.Linear) -> None:
     config = ClipImageConfig(dim=DIM, residual="linear", residual_scale=None)
     head = ClipImageHead(config, classifier, class_vectors())
