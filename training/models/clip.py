@@ -52,7 +52,9 @@ class ClipImageConfig:
     # "uncertainty": the bounded map's output is further scaled by 1 - the tower's top ImageNet
     # probability (softmax at temperature 1), so it turns an image's vector most where the tower
     # cannot name what it sees (drawings: median top probability ~0.18 on Lite0) and least where it
-    # can (the ImageNet-like photos that ConSE already places well). "none": a fixed length.
+    # can (the ImageNet-like photos that ConSE already places well). "none": a fixed length, and the
+    # served choice: confidence hardly separates photos from drawings, and gated runs lost on every
+    # column but COCO R@1 (benchmarks/clip_reading.md).
     residual_gate: str = "none"
 
 
