@@ -2,11 +2,11 @@
 
 Rows: chance; ConSE (no training); the served recipe (InfoNCE, ConSE + an MLP of pooled features
 bounded to length 0.6, + a TCL-style intra-modal term: two emoji styles of one codepoint); the same
-without the TCL term; that with CWCL and SigLIP; the learned map unbounded (what happens to photos); the bounded map
-gated by the tower's uncertainty; LiT-style (locked image tower, trainable image and text
-projections, no ConSE). Splits 1, 2, 3 of OpenClipart files
-and emoji codepoints (the recipe was chosen on split 0, benchmarks/clip_reading.md); COCO-mini
-photos and the zero-shot sets are the same in every split (never trained on).
+without the TCL term; that with CWCL and SigLIP; the learned map unbounded (what happens to photos);
+the bounded map gated by the tower's uncertainty; LiT-style (locked image tower, trainable image
+and text projections, no ConSE). Splits 1, 2, 3 of OpenClipart files and emoji codepoints (the
+recipe was chosen on split 0, benchmarks/clip_reading.md); COCO-mini photos and the zero-shot sets
+are the same in every split (never trained on).
 
 Usage: .venv/bin/python benchmarks/clip_training.py [--tower efficientnet_lite0|mobilenet_v2] [--out STEM]
 (needs `make model image-data`; ~15 min here, most of it caching tower features once). Writes

@@ -70,6 +70,8 @@ class ClipImageHead(nn.Module):
         # (1000, dim) unit text vectors of the class names.
         self.class_vectors = nn.Parameter(class_vectors.clone(), requires_grad=config.train_classes)
         feature_dim = classifier.in_features  # type: ignore[union-attr]
+        if config.residual_gate not in ("none", "uncertainty"):
+            raise ValueError(f"unknown residual_gate {config.residual_gate!r}: none or uncertainty")
         self.residual = _residual(config, feature_dim)
 
     def conse(self, pooled: torch.Tensor) -> torch.Tensor:
@@ -140,8 +142,6 @@ def _residual(config: ClipImageConfig, feature_dim: int) -> nn.Module | None:
         )
     else:
         raise ValueError(f"unknown residual {config.residual!r}: mlp, linear or none")
-    if config.residual_gate not in ("none", "uncertainty"):
-        raise ValueError(f"unknown residual_gate {config.residual_gate!r}: none or uncertainty")
     last = residual if isinstance(residual, nn.Linear) else residual[-1]
     if config.conse and config.residual_scale is None:
         nn.init.zeros_(last.weight)  # added unbounded: starts as ConSE exactly
