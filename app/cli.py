@@ -74,7 +74,19 @@ def index_build(
     batch_size: Annotated[int, typer.Option(min=1, help="records per durable commit (and per chunk)")] = 256,
     index_spec: Annotated[str, typer.Option("--index-spec", help="auto or a FAISS factory string")] = "auto",
     optimize: Annotated[bool, typer.Option(help="build the final index and measure recall at the end")] = True,
-    if_missing: Annotated[bool, typer.Option("--if-missing", help="skip if the index already exists")] = False,
+    if_missing: Annotated[
+        bool,
+        typer.Option(
+            "--if-missing",
+            help="skip if the index already exists (one embedded by another version of the model is rebuilt)",
+        ),
+    ] = False,
+    replace_stale: Annotated[
+        bool,
+        typer.Option(
+            "--replace-stale", help="an index embedded by another version of the model is deleted and rebuilt"
+        ),
+    ] = False,
     on_duplicate: Annotated[
         str, typer.Option("--on-duplicate", help="an id seen twice: error, last (the last wins) or first")
     ] = "last",
@@ -99,7 +111,7 @@ def index_build(
     Progress and messages go to stderr; the result (JSON) alone to stdout."""
     from app.core.errors import TesseraError
     from app.inference.variants import NoServableVariant
-    from app.search.builder import BuildOptions, OnBadImage, OnDuplicate, OnEmpty, build_index
+    from app.search.builder import BuildOptions, Existing, OnBadImage, OnDuplicate, OnEmpty, build_index, existing_index
 
     settings = _settings_or_exit()
     if on_duplicate not in {d.value for d in OnDuplicate}:
@@ -108,12 +120,17 @@ def index_build(
         _exit(f"--on-empty {on_empty!r}: use error or skip")
     if on_bad_image not in {e.value for e in OnBadImage}:
         _exit(f"--on-bad-image {on_bad_image!r}: use error or skip")
-    folder = settings.data_dir / "indexes" / index
+    try:
+        existing = existing_index(settings, model, index) if if_missing else Existing.NONE
+    except TesseraError as exc:
+        _exit(str(exc))
     # An interrupted build leaves its checkpoint behind: that one is resumed, not skipped.
-    if if_missing and (folder / "collection.json").is_file() and not any(folder.glob("build-*.json")):
+    if existing is Existing.CURRENT:
         typer.echo(f"index {index!r} exists, not rebuilt", err=True)
         typer.echo(json.dumps({"index": index, "skipped": "exists"}))
         return
+    if existing is Existing.STALE:
+        typer.echo(f"index {index!r} was embedded by another version of {model!r}: rebuilding it", err=True)
     options = BuildOptions(
         batch_size=batch_size,
         engine=engine,
@@ -126,6 +143,7 @@ def index_build(
         restart=restart,
         on_bad_image=OnBadImage(on_bad_image),
         rescore=rescore,
+        replace_stale=replace_stale or existing is Existing.STALE,
     )
     progress = _BuildBar(index)
     try:

@@ -32,7 +32,8 @@ _DESCRIPTIONS = {
     "403": "a read-only key (or a read-only replica) on a write",
     "404": "unknown model, collection, document or route",
     "405": "method not allowed on this path",
-    "409": "already exists, or an optimise is running",
+    "409": "already exists, an optimise is running, another process writes the collection, or the collection "
+    "was embedded by another version of its model",
     "413": "payload, input count, input length or image size (bytes, pixels) over a limit",
     "422": "invalid request (types, values, filters, ids), or an image that cannot be decoded or fetched",
     "429": "queue full or rate limit; retry after Retry-After seconds",

@@ -180,6 +180,13 @@ class CollectionLocked(TesseraError):
     code = "index_locked"
 
 
+class ModelVersionChanged(TesseraError):
+    """A collection's vectors come from another version of its model than the served one: embedding
+    more documents into it would mix two embedding spaces."""
+
+    code = "index_model_changed"
+
+
 class OptimizeRunning(TesseraError):
     code = "optimize_running"
 
@@ -211,6 +218,7 @@ HTTP_ERRORS: dict[type[TesseraError], HttpMapping] = {
     CollectionExists: HttpMapping(409),
     OptimizeRunning: HttpMapping(409),
     CollectionLocked: HttpMapping(409),
+    ModelVersionChanged: HttpMapping(409),
     TooManyInputs: HttpMapping(413),
     InputTooLong: HttpMapping(413),
     ImageTooLarge: HttpMapping(413),

@@ -285,6 +285,15 @@ class Manifest(_Strict):
         tmp.replace(path)
         return path
 
+    @property
+    def fingerprint(self) -> str | None:
+        """A short digest of the hashes of every file the model needs: a re-export of the same weights
+        keeps it, a retrained model gets another. Collections record it, so vectors from two versions
+        of a model are never mixed unnoticed. None when the manifest lists no files."""
+        if not self.files:
+            return None
+        return hashlib.sha256(json.dumps(sorted(self.files.items())).encode()).hexdigest()[:16]
+
     def verify_files(self, folder: Path) -> list[str]:
         """Return the problems found (missing files, hash mismatches); empty when intact."""
         problems = []

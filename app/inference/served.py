@@ -78,6 +78,7 @@ class ServedModel:
             "similarity": m.similarity.value if m.dim else None,
             "max_tokens": m.text.max_tokens if m.text else None,
             "towers": self._towers(),
+            "fingerprint": m.fingerprint,
             "backend": self.backend,
             "precision": self.precision,
             "parity": (

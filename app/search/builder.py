@@ -43,7 +43,7 @@ from app.inference.image_model import ImageFileEncoder, ImageModel
 from app.inference.images import ImageLimits
 from app.inference.text_model import TextModel
 from app.inference.variants import choose_variant
-from app.search.collection import Collection
+from app.search.collection import Collection, CollectionConfig
 from app.search.image_input import SIDECAR, check_header, image_files, iter_images, read_sidecar, sidecar_fields
 from app.search.manager import CollectionManager, validate_name
 from app.search.store import Document, encode_metadata
@@ -614,6 +614,31 @@ def model_manifest(settings: Settings, model_name: str) -> Manifest:
     return Manifest.load(folder)
 
 
+class Existing(StrEnum):
+    """What a build would find under an index name."""
+
+    NONE = "none"
+    CURRENT = "current"  # built (no interrupted build), by this version of the model or an unrecorded one
+    INTERRUPTED = "interrupted"  # a build's checkpoint is left: the next build resumes it
+    STALE = "stale"  # embedded by another version of the model
+
+
+def existing_index(settings: Settings, model_name: str, index_name: str) -> Existing:
+    """Read-only look at index `index_name` for a build with `model_name` (`--if-missing`)."""
+    validate_name(index_name)
+    folder = settings.data_dir / "indexes" / index_name
+    if not (folder / "collection.json").is_file():
+        return Existing.NONE
+    try:
+        config = CollectionConfig.load(folder)
+    except (OSError, ValueError, TypeError):  # unreadable: the server reports it; a build would refuse it
+        return Existing.CURRENT
+    # (bound to another model: the build refuses it, as it always did)
+    if config.model == model_name and config.model_changed(model_manifest(settings, model_name).fingerprint):
+        return Existing.STALE
+    return Existing.INTERRUPTED if any(folder.glob("build-*.json")) else Existing.CURRENT
+
+
 @dataclass
 class BuildOptions:
     batch_size: int = 256  # records per durable commit (and checkpoint)
@@ -628,6 +653,9 @@ class BuildOptions:
     encode_window: int = ENCODE_WINDOW
     on_bad_image: OnBadImage = OnBadImage.ERROR
     rescore: str | None = None  # a new collection's second-stage model (an existing one keeps its own)
+    # An existing collection embedded by another version of the model is rebuilt from this input
+    # (else refused: adding to it would mix two embedding spaces).
+    replace_stale: bool = False
 
 
 class BuildProgress:
@@ -668,13 +696,19 @@ def build_index(
     collection: Collection | None = None
     try:
         collection = manager.open_one(index_name, require_lock=True)
+        if collection is not None:
+            collection = _reusable(manager, collection, model_name, manifest, options.replace_stale)
         if collection is None:
             collection = manager.create(
-                index_name, model_name, dim, "cosine", options.index_spec, rescore=_rescore_spec(settings, options)
+                index_name,
+                model_name,
+                dim,
+                "cosine",
+                options.index_spec,
+                rescore=_rescore_spec(settings, options),
+                model_fingerprint=manifest.fingerprint,
             )
             created = True
-        if collection.config.model != model_name:
-            raise InputError(f"index {index_name!r} is bound to model {collection.config.model!r}, not {model_name!r}")
         return _run_build(settings, model_name, source, collection, plan, options, progress)
     except BaseException:
         if created and collection is not None and collection.store.count() == 0:
@@ -682,6 +716,27 @@ def build_index(
         raise
     finally:
         manager.close()
+
+
+def _reusable(
+    manager: CollectionManager, collection: Collection, model_name: str, manifest: Manifest, replace_stale: bool
+) -> Collection | None:
+    """The existing collection to build into, or None once it is deleted to be rebuilt because another
+    version of its model embedded it (`replace_stale`)."""
+    config = collection.config
+    if config.model != model_name:
+        raise InputError(f"index {config.name!r} is bound to model {config.model!r}, not {model_name!r}")
+    if not config.model_changed(manifest.fingerprint):
+        return collection
+    if not replace_stale:
+        raise InputError(
+            f"index {config.name!r} holds vectors of another version of model {model_name!r} (fingerprint "
+            f"{config.model_fingerprint}; the model's is now {manifest.fingerprint}): adding to it would mix two "
+            "embedding spaces. Build into a new index, delete this one, or pass --replace-stale to rebuild it"
+        )
+    log.warning("index %r was embedded by another version of %r: rebuilding it", config.name, model_name)
+    manager.delete(config.name)
+    return None
 
 
 def _run_build(

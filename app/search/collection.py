@@ -71,8 +71,16 @@ class CollectionConfig:
     # Second-stage vectors: {"model": reranker or text model, "dim": its size, "weight": the first
     # stage's weight in the fused score}; None: none are kept.
     rescore: dict[str, Any] | None = None
+    # Manifest.fingerprint of the model version that embedded the vectors (None: not recorded, as
+    # for collections created before it was).
+    model_fingerprint: str | None = None
     created_at: float = field(default_factory=time.time)
     last_build: dict[str, Any] | None = None
+
+    def model_changed(self, fingerprint: str | None) -> bool:
+        """Its vectors come from another version of its model than the one with `fingerprint`
+        (False when either is unknown)."""
+        return None not in (self.model_fingerprint, fingerprint) and self.model_fingerprint != fingerprint
 
     def save(self, folder: Path) -> None:
         tmp = folder / "collection.json.tmp"
@@ -448,6 +456,7 @@ class Collection:
                 "metric": self.config.metric,
                 "thumbnails": self.config.thumbnails,
                 "rescore": self.config.rescore,
+                "model_fingerprint": self.config.model_fingerprint,
                 "index_spec": self.config.index,
                 "index_type": index.spec,
                 "size": self.store.count(),

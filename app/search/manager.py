@@ -131,6 +131,7 @@ class CollectionManager:
         index: str,
         thumbnails: bool = False,
         rescore: dict[str, Any] | None = None,
+        model_fingerprint: str | None = None,
     ) -> Collection:
         validate_name(name)
         if metric not in METRICS:
@@ -145,7 +146,14 @@ class CollectionManager:
             folder.mkdir(parents=True)
             try:
                 config = CollectionConfig(
-                    name=name, model=model, dim=dim, metric=metric, index=index, thumbnails=thumbnails, rescore=rescore
+                    name=name,
+                    model=model,
+                    dim=dim,
+                    metric=metric,
+                    index=index,
+                    thumbnails=thumbnails,
+                    rescore=rescore,
+                    model_fingerprint=model_fingerprint,
                 )
                 config.save(folder)
                 collection = self._open(folder, config)

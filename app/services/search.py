@@ -18,6 +18,7 @@ from app.core.errors import (
     InvalidRequest,
     InvalidVector,
     KeywordSearchUnavailable,
+    ModelVersionChanged,
     OptimizeRunning,
     WrongDimension,
 )
@@ -94,7 +95,29 @@ async def create_collection(
         body.index,
         body.thumbnails,
         rescore,
+        embedder.manifest.fingerprint,
     )
+
+
+def model_version_problem(registry: ModelRegistry, collection: Collection) -> str | None:
+    """Why the collection's vectors do not match its served model (another version embedded them),
+    or None (they match, its model is not served, or a fingerprint is unknown)."""
+    config = collection.config
+    served = registry.models.get(config.model)
+    if served is None or not config.model_changed(served.manifest.fingerprint):
+        return None
+    return (
+        f"index '{config.name}' was embedded by another version of model '{config.model}' (fingerprint "
+        f"{config.model_fingerprint}, served {served.manifest.fingerprint}): rebuild it "
+        "(tessera index build --replace-stale)"
+    )
+
+
+def stale(registry: ModelRegistry, collections: CollectionManager) -> dict[str, str]:
+    """Collections embedded by another version of their model than the one served now, with why (for
+    /ready): their queries are embedded by the new version, so they match the old vectors poorly."""
+    problems = {c.config.name: model_version_problem(registry, c) for c in list(collections.collections.values())}
+    return {name: problem for name, problem in problems.items() if problem is not None}
 
 
 async def upsert(
@@ -113,6 +136,9 @@ async def upsert(
     dim = collection.config.dim
     check_input_count(len(body.documents), settings, "documents")
     rescorer = rescoring.for_collection(registry, collection)  # before any work: no write lacks its vector
+    embeds = any(d.vector is None and d.vector_base64 is None for d in body.documents)
+    if embeds and (problem := model_version_problem(registry, collection)):
+        raise ModelVersionChanged(problem + "; documents that bring their own vector are still accepted")
     if len({d.id for d in body.documents}) != len(body.documents):
         raise DuplicateIds("duplicate ids in one request")
     vectors: list[np.ndarray | None] = [document_vector(d, dim) for d in body.documents]

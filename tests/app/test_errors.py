@@ -33,6 +33,7 @@ EXPECTED_STATUS = {
     errors.CollectionExists: 409,
     errors.OptimizeRunning: 409,
     errors.CollectionLocked: 409,
+    errors.ModelVersionChanged: 409,
     errors.TooManyInputs: 413,
     errors.QueueFull: 429,
     errors.RescoreUnavailable: 503,

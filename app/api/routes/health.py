@@ -11,6 +11,7 @@ from starlette.responses import JSONResponse, Response
 from app.api.deps import CollectionsDep, RegistryDep
 from app.core.metrics import REGISTRY
 from app.services.rescore import degraded
+from app.services.search import stale
 
 router = APIRouter(tags=["health"])
 
@@ -24,8 +25,8 @@ async def health() -> dict[str, str]:
 @router.get("/ready", responses={503: {"description": "models not loaded"}})
 async def ready(registry: RegistryDep, collections: CollectionsDep) -> Any:
     """Readiness: every model folder that was asked for is loaded. Collections that could not be
-    opened, or whose second-stage (rescore) model is missing, are listed (the others serve) but do
-    not make the service unready."""
+    opened, whose second-stage (rescore) model is missing, or whose vectors another version of
+    their model embedded, are listed (the others serve) but do not make the service unready."""
     body = {
         "status": "ready" if registry.ready else "not_ready",
         "models": sorted(registry.models),
@@ -34,6 +35,8 @@ async def ready(registry: RegistryDep, collections: CollectionsDep) -> Any:
         "collections_failed": collections.failed,
         # Searchable, but writes and `rerank` are refused: their second-stage model is missing.
         "collections_degraded": degraded(registry, collections),
+        # Searchable, but their vectors come from another version of their model than the served one.
+        "collections_stale": stale(registry, collections),
     }
     return JSONResponse(body, status_code=200 if registry.ready else 503)
 

@@ -221,3 +221,84 @@ def test_npy_input_problems_name_the_file_and_row(default_models_dir: Path, tmp_
     with pytest.raises(InputError, match=message.replace("(", r"\(")):
         build_index(settings, "minilm-l6", path, "bad", BuildOptions())
     assert not (tmp_path / "data" / "indexes" / "bad").exists()  # nothing half-written
+
+
+def _another_version(models_dir: Path, tmp_path: Path) -> Path:
+    """A models folder whose minilm-l6 is another version of it: one file's content (and so its hash
+    in the manifest) differs, the rest are links to the bundled files."""
+    from app.core.manifest import Manifest, sha256_file
+
+    folder = tmp_path / "models-v2" / "minilm-l6"
+    folder.mkdir(parents=True)
+    for path in (models_dir / "minilm-l6").iterdir():
+        if path.name not in {"manifest.json", "tokenizer_config.json"}:
+            (folder / path.name).symlink_to(path)
+    config = json.loads((models_dir / "minilm-l6" / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "retrained": True}))
+    manifest = Manifest.load(models_dir / "minilm-l6")
+    manifest.files["tokenizer_config.json"] = sha256_file(folder / "tokenizer_config.json")
+    manifest.save(folder)
+    return folder.parent
+
+
+def test_an_index_embedded_by_another_model_version_is_never_mixed_into(
+    default_models_dir: Path, tmp_path: Path, cranfield_records: list[dict], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.core.config import get_settings
+    from app.core.manifest import Manifest
+    from app.search.builder import Existing, existing_index
+    from app.search.collection import CollectionConfig
+
+    data = tmp_path / "data"
+    first, second = default_models_dir, _another_version(default_models_dir, tmp_path)
+    old, new = (Manifest.load(m / "minilm-l6").fingerprint for m in (first, second))
+    assert old and new and old != new
+    source = _write_jsonl(tmp_path / "docs.jsonl", cranfield_records[:24])
+    build_index(settings_for(first, data_dir=data), "minilm-l6", source, "docs", BuildOptions(batch_size=8))
+    folder = data / "indexes" / "docs"
+    assert CollectionConfig.load(folder).model_fingerprint == old
+    assert existing_index(settings_for(first, data_dir=data), "minilm-l6", "docs") is Existing.CURRENT
+    assert existing_index(settings_for(second, data_dir=data), "minilm-l6", "docs") is Existing.STALE
+
+    # Adding to it with the new version would mix two embedding spaces: refused, the index untouched.
+    more = _write_jsonl(tmp_path / "more.jsonl", cranfield_records[24:30])
+    with pytest.raises(InputError, match="another version of model 'minilm-l6'"):
+        build_index(settings_for(second, data_dir=data), "minilm-l6", more, "docs")
+    assert len(_vectors(settings_for(first, data_dir=data), "docs")) == 24
+
+    # A server on the new version still searches it, and /ready says why its results may be off.
+    for models, listed in ((second, True), (first, False)):
+        with TestClient(create_app(settings_for(models, data_dir=data))) as client:
+            ready = client.get("/ready").json()
+            assert ("docs" in ready["collections_stale"]) is listed
+            assert client.get("/indexes/docs").json()["model_fingerprint"] == old
+            assert client.get("/v1/models/minilm-l6").json()["fingerprint"] == (new if listed else old)
+            assert client.post("/indexes/docs/search", json={"query": "boundary layer", "top_k": 3}).status_code == 200
+            # and refuses to embed more documents into it (a document with its own vector is still taken)
+            write = client.put("/indexes/docs/documents", json={"documents": [{"id": "new", "text": "a wing"}]})
+            assert write.status_code == (409 if listed else 200), write.text
+            if listed:
+                assert write.json()["error"]["code"] == "index_model_changed"
+                vector = [1.0] + [0.0] * 383
+                own = {"documents": [{"id": "own", "text": "a wing", "vector": vector}]}
+                assert client.put("/indexes/docs/documents", json=own).status_code == 200
+
+    # `--if-missing` rebuilds it from its input with the new version (and then skips it).
+    monkeypatch.setenv("TESSERA_MODELS_DIR", str(second))
+    monkeypatch.setenv("TESSERA_DATA_DIR", str(data))
+    get_settings.cache_clear()
+    runner = CliRunner()
+    try:
+        rebuilt = runner.invoke(cli, ["index", "build", "--input", str(more), "--index", "docs", "--if-missing"])
+        assert rebuilt.exit_code == 0, rebuilt.output
+        assert "rebuilding" in rebuilt.stderr
+        assert CollectionConfig.load(folder).model_fingerprint == new
+        assert sorted(_vectors(settings_for(second, data_dir=data), "docs")) == sorted(
+            r["id"] for r in cranfield_records[24:30]
+        )
+        again = runner.invoke(cli, ["index", "build", "--input", str(more), "--index", "docs", "--if-missing"])
+        assert again.exit_code == 0 and "not rebuilt" in again.stderr
+    finally:
+        get_settings.cache_clear()
+    # Collections from before fingerprints were recorded are never called stale.
+    assert not CollectionConfig(name="x", model="m", dim=4).model_changed(new)
