@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.inference.text_model import TextModel  # noqa: E402
-from benchmarks.rerank_served import DATASETS, fused, rescore_held_out, served  # noqa: E402
+from benchmarks.rerank_served import DATASETS, Rescored, fused, rescore_held_out, served  # noqa: E402
 from training.data.beir import RetrievalDataset, load_beir  # noqa: E402
 from training.data.sts import sts_sentences  # noqa: E402
 from training.eval.metrics import ir_metrics, ranked_run  # noqa: E402
@@ -55,6 +55,18 @@ def judged(split: RetrievalDataset) -> dict[str, str]:
     return {q: t for q, t in split.queries.items() if split.qrels.get(q)}
 
 
+def ndcg_rows(held_out: RetrievalDataset, candidates: dict[str, list[str]], sides: dict[str, Rescored]) -> dict:
+    """nDCG@10 of the first stage's candidates and of each query side: cosine alone, and fused with
+    the first stage at the weight fitted on the train half."""
+    rows = {"first stage (minilm-l6)": ir_metrics(ranked_run(candidates), held_out.qrels)["ndcg@10"]}
+    for side, run in sides.items():
+        rows[f"{side} query, cosine alone"] = ir_metrics(run.second, held_out.qrels)["ndcg@10"]
+        rows[f"{side} query, fused (w = {run.weight})"] = ir_metrics(
+            fused(run.first, run.second, run.weight), held_out.qrels
+        )["ndcg@10"]
+    return rows
+
+
 def evaluate(name: str, dataset: RetrievalDataset, first: TextModel, second: TextModel, mapping: np.ndarray) -> dict:
     def mpnet(texts: list[str], _: np.ndarray) -> np.ndarray:
         return second.encode(texts)
@@ -63,12 +75,7 @@ def evaluate(name: str, dataset: RetrievalDataset, first: TextModel, second: Tex
         return unit(q_first @ mapping)
 
     held_out, candidates, sides = rescore_held_out(name, dataset, first, second, {"mpnet": mpnet, "mapped": mapped})
-    rows = {"first stage (minilm-l6)": ir_metrics(ranked_run(candidates), held_out.qrels)["ndcg@10"]}
-    for side, run in sides.items():
-        rows[f"{side} query, cosine alone"] = ir_metrics(run.second, held_out.qrels)["ndcg@10"]
-        rows[f"{side} query, fused (w = {run.weight})"] = ir_metrics(
-            fused(run.first, run.second, run.weight), held_out.qrels
-        )["ndcg@10"]
+    rows = ndcg_rows(held_out, candidates, sides)
     texts = [held_out.queries[q] for q in sorted(candidates)]
     alignment = float((mapped(texts, first.encode(texts)) * second.encode(texts)).sum(axis=1).mean())
     return {
