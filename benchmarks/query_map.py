@@ -67,6 +67,18 @@ def ndcg_rows(held_out: RetrievalDataset, candidates: dict[str, list[str]], side
     return rows
 
 
+def dataset_section(name: str, part: dict, side: str) -> list[str]:
+    """One dataset's markdown: its `ndcg_rows` against the first stage, and `side`'s alignment."""
+    base = part["ndcg@10"]["first stage (minilm-l6)"]
+    return [
+        f"## {name} ({part['queries']} held-out queries; {side}-query cosine to mpnet's {part['alignment']:.3f})",
+        "",
+        "| query side | nDCG@10 | vs first stage |",
+        "|---|---|---|",
+        *(f"| {row} | {value:.4f} | {value - base:+.4f} |" for row, value in part["ndcg@10"].items()),
+    ]
+
+
 def evaluate(name: str, dataset: RetrievalDataset, first: TextModel, second: TextModel, mapping: np.ndarray) -> dict:
     def mpnet(texts: list[str], _: np.ndarray) -> np.ndarray:
         return second.encode(texts)
@@ -119,16 +131,7 @@ def main() -> None:
         "",
     ]
     for name in datasets:
-        part = report[name]
-        base = part["ndcg@10"]["first stage (minilm-l6)"]
-        lines += [
-            f"## {name} ({part['queries']} held-out queries; mapped-query cosine to mpnet's {part['alignment']:.3f})",
-            "",
-            "| query side | nDCG@10 | vs first stage |",
-            "|---|---|---|",
-            *(f"| {row} | {value:.4f} | {value - base:+.4f} |" for row, value in part["ndcg@10"].items()),
-            "",
-        ]
+        lines += [*dataset_section(name, report[name], "mapped"), ""]
     (RESULTS / "query_map.md").write_text("\n".join(lines))
     print("\n".join(lines))
 

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.inference.text_model import TextModel  # noqa: E402
-from benchmarks.query_map import STS_TRAIN, fit_map, judged, ndcg_rows  # noqa: E402
+from benchmarks.query_map import STS_TRAIN, dataset_section, fit_map, judged, ndcg_rows  # noqa: E402
 from benchmarks.rerank_served import DATASETS, rescore_held_out, served  # noqa: E402
 from training.data.beir import RetrievalDataset, load_beir  # noqa: E402
 from training.data.sts import sts_sentences  # noqa: E402
@@ -141,15 +141,7 @@ def write(report: dict) -> None:
         + ", ".join(f"{step}: {value:.3f}" for step, value in report["dev_alignment"]),
     ]
     for name, result in report["datasets"].items():
-        first = result["ndcg@10"]["first stage (minilm-l6)"]
-        lines += [
-            "",
-            f"## {name} ({result['queries']} held-out queries; student-query cosine to mpnet's {result['alignment']:.3f})",
-            "",
-            "| query side | nDCG@10 | vs first stage |",
-            "|---|---|---|",
-        ]
-        lines += [f"| {row} | {value:.4f} | {value - first:+.4f} |" for row, value in result["ndcg@10"].items()]
+        lines += ["", *dataset_section(name, result, "student")]
     (RESULTS / "query_student.md").write_text("\n".join(lines) + "\n")
 
 
