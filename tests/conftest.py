@@ -258,3 +258,23 @@ def make_bi_encoder_copy(
         variant.samples_per_s = (samples_per_s or {}).get(variant.key, variant.samples_per_s)
     Manifest.model_validate(manifest.model_dump()).save(target)
     return target
+
+
+def make_another_version(source: Path, target: Path) -> Path:
+    """Model folder `source` as another version of itself at `target`: one file's content (and so its
+    hash in the manifest, and the manifest's fingerprint) differs, the rest are links to `source`'s
+    files (resolved, so `source` may itself be a link)."""
+    import json
+
+    from app.core.manifest import Manifest, sha256_file
+
+    target.mkdir(parents=True)
+    for path in source.iterdir():
+        if path.name not in {"manifest.json", "tokenizer_config.json"}:
+            (target / path.name).symlink_to(path.resolve())
+    config = json.loads((source / "tokenizer_config.json").read_text())
+    (target / "tokenizer_config.json").write_text(json.dumps({**config, "retrained": True}))
+    manifest = Manifest.load(source)
+    manifest.files["tokenizer_config.json"] = sha256_file(target / "tokenizer_config.json")
+    manifest.save(target)
+    return target

@@ -579,17 +579,16 @@ def reads_images(manifest: Manifest, source: Path) -> bool:
     return manifest.kind == ModelKind.CLIP and bool(image_files(source))
 
 
-def _rescore_spec(settings: Settings, options: BuildOptions) -> dict[str, Any] | None:
-    """A new collection's `rescore` record for --rescore (the model's own first-stage weight)."""
-    if options.rescore is None:
+def _rescore_spec(settings: Settings, model_name: str | None) -> dict[str, Any] | None:
+    """A new collection's `rescore` record for second-stage model `model_name` (--rescore): its size,
+    its own first-stage weight and the fingerprint of the version that will embed the vectors."""
+    if model_name is None:
         return None
-    manifest = model_manifest(settings, options.rescore)
+    manifest = model_manifest(settings, model_name)
     if manifest.kind not in (ModelKind.BI_ENCODER, ModelKind.TEXT):
-        raise InputError(
-            f"--rescore {options.rescore!r} is a {manifest.kind.value} model; use a bi-encoder or text model"
-        )
+        raise InputError(f"--rescore {model_name!r} is a {manifest.kind.value} model; use a bi-encoder or text model")
     weight = manifest.bi_encoder.first_stage_weight if manifest.bi_encoder else 0.0
-    return {"model": options.rescore, "dim": manifest.embedding_dim, "weight": weight}
+    return {"model": model_name, "dim": manifest.embedding_dim, "weight": weight, "fingerprint": manifest.fingerprint}
 
 
 def _rescore_model(settings: Settings, collection: Collection, images: bool) -> str | None:
@@ -620,7 +619,7 @@ class Existing(StrEnum):
     NONE = "none"
     CURRENT = "current"  # built (no interrupted build), by this version of the model or an unrecorded one
     INTERRUPTED = "interrupted"  # a build's checkpoint is left: the next build resumes it
-    STALE = "stale"  # embedded by another version of the model
+    STALE = "stale"  # embedded by another version of the model (or of its second-stage model)
 
 
 def existing_index(settings: Settings, model_name: str, index_name: str) -> Existing:
@@ -634,9 +633,20 @@ def existing_index(settings: Settings, model_name: str, index_name: str) -> Exis
     except (OSError, ValueError, TypeError):  # unreadable: the server reports it; a build would refuse it
         return Existing.CURRENT
     # (bound to another model: the build refuses it, as it always did)
-    if config.model == model_name and config.model_changed(model_manifest(settings, model_name).fingerprint):
+    if config.model == model_name and _stale_reason(settings, config, model_manifest(settings, model_name)):
         return Existing.STALE
     return Existing.INTERRUPTED if any(folder.glob("build-*.json")) else Existing.CURRENT
+
+
+def _stale_reason(settings: Settings, config: CollectionConfig, manifest: Manifest) -> str | None:
+    """Why the collection's vectors (first-stage, whose model's manifest is `manifest`, or its
+    second-stage ones) came from another version of their model than the one in the models folder
+    now; None if neither did (a missing second-stage model is reported when the build needs it)."""
+    changed = config.model_changed(manifest.fingerprint)
+    rescore = config.rescore
+    if changed is None and rescore and (settings.models_dir / rescore["model"] / MANIFEST_FILE).is_file():
+        changed = config.rescore_changed(model_manifest(settings, rescore["model"]).fingerprint)
+    return changed
 
 
 @dataclass
@@ -696,8 +706,11 @@ def build_index(
     collection: Collection | None = None
     try:
         collection = manager.open_one(index_name, require_lock=True)
+        rescore_model = options.rescore
         if collection is not None:
-            collection = _reusable(manager, collection, model_name, manifest, options.replace_stale)
+            # a stale collection rebuilt keeps its second-stage model unless --rescore names another
+            rescore_model = rescore_model or (collection.config.rescore or {}).get("model")
+            collection = _reusable(settings, manager, collection, model_name, manifest, options.replace_stale)
         if collection is None:
             collection = manager.create(
                 index_name,
@@ -705,7 +718,7 @@ def build_index(
                 dim,
                 "cosine",
                 options.index_spec,
-                rescore=_rescore_spec(settings, options),
+                rescore=_rescore_spec(settings, rescore_model),
                 model_fingerprint=manifest.fingerprint,
             )
             created = True
@@ -719,22 +732,27 @@ def build_index(
 
 
 def _reusable(
-    manager: CollectionManager, collection: Collection, model_name: str, manifest: Manifest, replace_stale: bool
+    settings: Settings,
+    manager: CollectionManager,
+    collection: Collection,
+    model_name: str,
+    manifest: Manifest,
+    replace_stale: bool,
 ) -> Collection | None:
     """The existing collection to build into, or None once it is deleted to be rebuilt because another
-    version of its model embedded it (`replace_stale`)."""
+    version of its model (or of its second-stage model) embedded it (`replace_stale`)."""
     config = collection.config
     if config.model != model_name:
         raise InputError(f"index {config.name!r} is bound to model {config.model!r}, not {model_name!r}")
-    if not config.model_changed(manifest.fingerprint):
+    changed = _stale_reason(settings, config, manifest)
+    if changed is None:
         return collection
     if not replace_stale:
         raise InputError(
-            f"index {config.name!r} holds vectors of another version of model {model_name!r} (fingerprint "
-            f"{config.model_fingerprint}; the model's is now {manifest.fingerprint}): adding to it would mix two "
-            "embedding spaces. Build into a new index, delete this one, or pass --replace-stale to rebuild it"
+            f"{changed}: adding to it would mix two embedding spaces. Build into a new index, delete this one, "
+            "or pass --replace-stale to rebuild it"
         )
-    log.warning("index %r was embedded by another version of %r: rebuilding it", config.name, model_name)
+    log.warning("%s: rebuilding it", changed)
     manager.delete(config.name)
     return None
 

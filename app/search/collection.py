@@ -69,7 +69,8 @@ class CollectionConfig:
     # Image collections: keep a small JPEG of each image in the store (off: only its reference).
     thumbnails: bool = False
     # Second-stage vectors: {"model": reranker or text model, "dim": its size, "weight": the first
-    # stage's weight in the fused score}; None: none are kept.
+    # stage's weight in the fused score, "fingerprint": that model version's (absent: not
+    # recorded)}; None: none are kept.
     rescore: dict[str, Any] | None = None
     # Manifest.fingerprint of the model version that embedded the vectors (None: not recorded, as
     # for collections created before it was).
@@ -77,10 +78,18 @@ class CollectionConfig:
     created_at: float = field(default_factory=time.time)
     last_build: dict[str, Any] | None = None
 
-    def model_changed(self, fingerprint: str | None) -> bool:
-        """Its vectors come from another version of its model than the one with `fingerprint`
-        (False when either is unknown)."""
-        return None not in (self.model_fingerprint, fingerprint) and self.model_fingerprint != fingerprint
+    def model_changed(self, fingerprint: str | None) -> str | None:
+        """Why its vectors do not match the version of its model with `fingerprint` (another one
+        embedded them), or None (they match, or either fingerprint is unknown)."""
+        return _version_change(self.name, self.model, "vectors", self.model_fingerprint, fingerprint)
+
+    def rescore_changed(self, fingerprint: str | None) -> str | None:
+        """Why its second-stage vectors do not match the version of its rescore model with
+        `fingerprint`, or None (they match, it keeps none, or either fingerprint is unknown)."""
+        if not self.rescore:
+            return None
+        recorded = self.rescore.get("fingerprint")
+        return _version_change(self.name, self.rescore["model"], "second-stage vectors", recorded, fingerprint)
 
     def save(self, folder: Path) -> None:
         tmp = folder / "collection.json.tmp"
@@ -90,6 +99,17 @@ class CollectionConfig:
     @classmethod
     def load(cls, folder: Path) -> CollectionConfig:
         return cls(**json.loads((folder / "collection.json").read_text()))
+
+
+def _version_change(index: str, model: str, vectors: str, recorded: str | None, current: str | None) -> str | None:
+    """The one wording of "these vectors came from another version of that model" (the builder and
+    the server each add what to do about it)."""
+    if None in (recorded, current) or recorded == current:
+        return None
+    return (
+        f"index {index!r} holds {vectors} of another version of model {model!r} (fingerprint {recorded}; "
+        f"the model's is now {current})"
+    )
 
 
 @dataclass

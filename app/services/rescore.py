@@ -29,15 +29,23 @@ class Rescorer:
     encoder: Embedder  # embeds the query and the documents' texts
     default_weight: float  # the first stage's weight unless the collection sets one
     model_weight: float = 1.0  # the cosine's weight (a bi-encoder's manifest; 1 for a text model)
+    fingerprint: str | None = None  # the served version's Manifest.fingerprint
+
+
+# What to do about vectors a previous model version embedded (the server's messages).
+REBUILD_HINT = "rebuild it (tessera index build --replace-stale)"
 
 
 def resolve(registry: ModelRegistry, name: str) -> Rescorer:
     """The rescore model `name`: a bi-encoder reranker, or a text embedding model."""
     model = registry.get(name)
     if isinstance(model, BiEncoderScorer):
-        return Rescorer(name, model.encoder, model.weights.first_stage_weight, model.weights.model_weight)
+        weights = model.weights
+        return Rescorer(
+            name, model.encoder, weights.first_stage_weight, weights.model_weight, model.manifest.fingerprint
+        )
     if isinstance(model, Embedder) and model.kind == ModelKind.TEXT:
-        return Rescorer(name, model, 0.0)
+        return Rescorer(name, model, 0.0, fingerprint=model.manifest.fingerprint)
     raise WrongModelKind(
         f"model '{name}' is a {model.kind.value} model; rescore needs a bi-encoder reranker or a text model"
     )
@@ -49,12 +57,13 @@ def rescore_config(registry: ModelRegistry, first: Embedder, model: str, weight:
         raise InvalidRequest(f"rescore applies to text collections; model '{first.name}' embeds images")
     rescorer = resolve(registry, model)
     chosen = rescorer.default_weight if weight is None else weight
-    return {"model": model, "dim": rescorer.encoder.dim, "weight": chosen}
+    return {"model": model, "dim": rescorer.encoder.dim, "weight": chosen, "fingerprint": rescorer.fingerprint}
 
 
 def for_collection(registry: ModelRegistry, collection: Collection) -> Rescorer | None:
     """The collection's rescorer (None when it keeps no second-stage vectors); RescoreUnavailable
-    when its model is not served or no longer has the stored vectors' size."""
+    when its model is not served, no longer has the stored vectors' size, or is another version
+    than the one that embedded them."""
     spec = collection.config.rescore
     if not spec:
         return None
@@ -70,6 +79,9 @@ def for_collection(registry: ModelRegistry, collection: Collection) -> Rescorer 
             f"index '{collection.config.name}': model '{spec['model']}' now has {rescorer.encoder.dim} dimensions, "
             f"its stored second-stage vectors {spec['dim']}"
         )
+    changed = collection.config.rescore_changed(rescorer.fingerprint)
+    if changed is not None:
+        raise RescoreUnavailable(f"{changed}; plain search works, writes and rerank do not: {REBUILD_HINT}")
     return rescorer
 
 

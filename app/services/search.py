@@ -104,13 +104,8 @@ def model_version_problem(registry: ModelRegistry, collection: Collection) -> st
     or None (they match, its model is not served, or a fingerprint is unknown)."""
     config = collection.config
     served = registry.models.get(config.model)
-    if served is None or not config.model_changed(served.manifest.fingerprint):
-        return None
-    return (
-        f"index '{config.name}' was embedded by another version of model '{config.model}' (fingerprint "
-        f"{config.model_fingerprint}, served {served.manifest.fingerprint}): rebuild it "
-        "(tessera index build --replace-stale)"
-    )
+    reason = None if served is None else config.model_changed(served.manifest.fingerprint)
+    return None if reason is None else f"{reason}: {rescoring.REBUILD_HINT}"
 
 
 def stale(registry: ModelRegistry, collections: CollectionManager) -> dict[str, str]:

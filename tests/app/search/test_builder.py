@@ -15,7 +15,7 @@ from app.cli import cli
 from app.main import create_app
 from app.search.builder import BuildOptions, BuildProgress, InputError, build_index
 from app.search.manager import CollectionManager
-from tests.conftest import SHARED_DATA, settings_for
+from tests.conftest import SHARED_DATA, make_another_version, settings_for
 
 
 @pytest.fixture(scope="module")
@@ -224,21 +224,9 @@ def test_npy_input_problems_name_the_file_and_row(default_models_dir: Path, tmp_
 
 
 def _another_version(models_dir: Path, tmp_path: Path) -> Path:
-    """A models folder whose minilm-l6 is another version of it: one file's content (and so its hash
-    in the manifest) differs, the rest are links to the bundled files."""
-    from app.core.manifest import Manifest, sha256_file
-
-    folder = tmp_path / "models-v2" / "minilm-l6"
-    folder.mkdir(parents=True)
-    for path in (models_dir / "minilm-l6").iterdir():
-        if path.name not in {"manifest.json", "tokenizer_config.json"}:
-            (folder / path.name).symlink_to(path)
-    config = json.loads((models_dir / "minilm-l6" / "tokenizer_config.json").read_text())
-    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "retrained": True}))
-    manifest = Manifest.load(models_dir / "minilm-l6")
-    manifest.files["tokenizer_config.json"] = sha256_file(folder / "tokenizer_config.json")
-    manifest.save(folder)
-    return folder.parent
+    """A models folder whose minilm-l6 is another version of the bundled one."""
+    make_another_version(models_dir / "minilm-l6", tmp_path / "models-v2" / "minilm-l6")
+    return tmp_path / "models-v2"
 
 
 def test_an_index_embedded_by_another_model_version_is_never_mixed_into(

@@ -21,7 +21,7 @@ from app.main import create_app
 from app.search.builder import BuildOptions, InputError, build_index
 from app.search.manager import CollectionManager
 from tests.app.search.test_durability import _start_server
-from tests.conftest import _free_port, make_bi_encoder_copy, settings_for
+from tests.conftest import _free_port, make_another_version, make_bi_encoder_copy, settings_for
 
 QUERY = "How do wings produce lift?"
 TEXTS = [
@@ -69,7 +69,8 @@ def test_stored_vectors_rescore_like_reranking_by_re_embedding(client: TestClien
     for name in ("stored", "plain"):
         assert client.put(f"/indexes/{name}/documents", json={"documents": docs}).status_code == 200
     info = client.get("/indexes/stored").json()
-    assert info["rescore"] == {"model": "minilm-rerank", "dim": 384, "weight": 0.5}
+    fingerprint = client.get("/v1/models/minilm-rerank").json()["fingerprint"]
+    assert info["rescore"] == {"model": "minilm-rerank", "dim": 384, "weight": 0.5, "fingerprint": fingerprint}
     stored = _search(client, "stored", rerank={"candidates": 6})
     embedded = _search(client, "plain", rerank={"model": "minilm-rerank", "candidates": 6})  # re-embeds
     assert [h["id"] for h in stored] == [h["id"] for h in embedded]
@@ -151,6 +152,44 @@ def test_a_missing_rescore_model_degrades_only_writes_and_rerank(models: Path, t
         assert [h["id"] for h in _search(client, "wings")] == ["a"]  # the refused write left nothing
 
 
+def test_second_stage_vectors_of_another_model_version_are_never_mixed_into(models: Path, tmp_path: Path) -> None:
+    """Second-stage vectors record their model version, like first-stage ones: a build or a server on
+    a retrained rescore model neither adds to nor rescores with them; --replace-stale rebuilds the
+    collection with the same second-stage model."""
+    from app.search.builder import Existing, existing_index
+
+    data = tmp_path / "data"
+    source = tmp_path / "docs.jsonl"
+    source.write_text("".join(json.dumps({"id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(TEXTS)))
+    build_index(settings_for(models, data_dir=data), "minilm-l6", source, "v", BuildOptions(rescore="minilm-rerank"))
+    retrained = tmp_path / "models"
+    retrained.mkdir()
+    (retrained / "minilm-l6").symlink_to(models / "minilm-l6")  # the first stage is unchanged
+    make_another_version(models / "minilm-rerank", retrained / "minilm-rerank")
+    old, new = (Manifest.load(m / "minilm-rerank").fingerprint for m in (models, retrained))
+    assert old != new
+    assert existing_index(settings_for(models, data_dir=data), "minilm-l6", "v") is Existing.CURRENT
+    assert existing_index(settings_for(retrained, data_dir=data), "minilm-l6", "v") is Existing.STALE
+    with pytest.raises(InputError, match="second-stage vectors of another version of model 'minilm-rerank'"):
+        build_index(settings_for(retrained, data_dir=data), "minilm-l6", source, "v")
+
+    with TestClient(create_app(settings_for(retrained, data_dir=data))) as client:
+        reason = client.get("/ready").json()["collections_degraded"]["v"]
+        assert f"fingerprint {old}; the model's is now {new}" in reason and "--replace-stale" in reason
+        assert len(_search(client, "v")) == len(TEXTS)  # plain search works
+        rerank = client.post("/indexes/v/search", json={"query": QUERY, "rerank": {}})
+        write = client.put("/indexes/v/documents", json={"documents": [{"id": "b", "text": "more"}]})
+        for response in (rerank, write):
+            assert response.status_code == 503 and response.json()["error"]["code"] == "rescore_model_unavailable"
+
+    options = BuildOptions(replace_stale=True)  # no --rescore: the rebuilt collection keeps its own
+    build_index(settings_for(retrained, data_dir=data), "minilm-l6", source, "v", options)
+    with TestClient(create_app(settings_for(retrained, data_dir=data))) as client:
+        assert client.get("/ready").json()["collections_degraded"] == {}
+        assert client.get("/indexes/v").json()["rescore"]["fingerprint"] == new
+        assert len(_search(client, "v", rerank={"candidates": 6})) == len(TEXTS)
+
+
 @pytest.mark.parametrize("engine", ["local", "ray"])
 def test_the_builder_keeps_second_stage_vectors(models: Path, tmp_path: Path, engine: str) -> None:
     settings = settings_for(models, data_dir=tmp_path / "data", backend="onnxruntime", precision="fp32")
@@ -164,7 +203,13 @@ def test_the_builder_keeps_second_stage_vectors(models: Path, tmp_path: Path, en
     manager.open_all()
     try:
         collection = manager.get("built")
-        assert collection.config.rescore == {"model": "minilm-rerank", "dim": 384, "weight": 0.5}
+        fingerprint = Manifest.load(models / "minilm-rerank").fingerprint
+        assert collection.config.rescore == {
+            "model": "minilm-rerank",
+            "dim": 384,
+            "weight": 0.5,
+            "fingerprint": fingerprint,
+        }
         stored = collection.store.rescore_vectors([r["id"] for r in rows])
         first = {d: collection.store.get(d, with_vector=True).vector for d in stored}  # type: ignore[union-attr]
     finally:
