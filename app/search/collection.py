@@ -437,7 +437,7 @@ class Collection:
     def hits(self, pairs: list[tuple[int, float]], include: set[str]) -> list[Hit]:
         """The documents of scored keys, in that order, with the fields `include` names; a key
         deleted since it was found is left out."""
-        docs = self.store.by_keys([k for k, _ in pairs], with_vector="vector" in include)
+        docs = self.store.by_keys([k for k, _ in pairs], include)
         hits = []
         for key, score in pairs:
             doc = docs.get(key)

@@ -13,7 +13,7 @@ import math
 import re
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +73,12 @@ class Document:
     modality: str | None = None
     # The collection's second-stage (rescore) model's vector of the text, where it declares one.
     rescore_vector: np.ndarray | None = None
+
+
+# What `by_keys` can read besides a document's id (search's `include` names), and their columns.
+DOCUMENT_FIELDS = ("document", "metadata", "vector", "image", "thumbnail")
+DOCUMENT_COLUMNS = ("text", "metadata", "vector", "image", "thumbnail")
+IMAGE_FIELDS = frozenset({"image", "thumbnail"})  # absent on a read-only replica of an older collection
 
 
 @dataclass(slots=True)
@@ -308,18 +314,25 @@ class DocumentStore:
                 out.update((doc_id, np.frombuffer(blob, dtype=np.float32)) for doc_id, blob in rows)
         return out
 
-    def by_keys(self, keys: list[int], with_vector: bool = False) -> dict[int, Document]:
+    def by_keys(self, keys: list[int], fields: Container[str] = DOCUMENT_FIELDS) -> dict[int, Document]:
+        """key -> its document (keys not stored are absent), reading the id and only the columns
+        `fields` names (a subset of DOCUMENT_FIELDS; the others read as None, metadata as {}): a
+        search that returns ids alone then reads neither vectors nor texts."""
+        has_images = "image" in self._columns
+        selected = ", ".join(
+            column if field in fields and (has_images or field not in IMAGE_FIELDS) else "NULL"
+            for field, column in zip(DOCUMENT_FIELDS, DOCUMENT_COLUMNS, strict=True)
+        )
         out: dict[int, Document] = {}
         with self._locked():
             for start in range(0, len(keys), 500):
                 chunk = keys[start : start + 500]
                 rows = self._db.execute(
-                    f"SELECT key, id, text, metadata, vector, {self._image_columns} FROM documents"
-                    f" WHERE key IN ({','.join('?' * len(chunk))})",
+                    f"SELECT key, id, {selected} FROM documents WHERE key IN ({','.join('?' * len(chunk))})",
                     chunk,
                 ).fetchall()
                 for key, *rest in rows:
-                    out[key] = self._document(tuple(rest), with_vector)
+                    out[key] = self._document(tuple(rest), "vector" in fields)
         return out
 
     def modality_clause(self, modality: str) -> tuple[str, list[Any]]:
@@ -435,7 +448,7 @@ class DocumentStore:
         return Document(
             doc_id,
             text,  # ids and texts cannot hold lone surrogates: sqlite3 refuses to store them
-            decode_metadata(metadata),
+            {} if metadata is None else decode_metadata(metadata),  # (None: not read; stored is never NULL)
             np.frombuffer(vector, dtype=np.float32).copy() if with_vector else None,
             image,
             thumbnail,

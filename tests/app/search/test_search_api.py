@@ -204,3 +204,19 @@ def test_hits_have_every_documented_field_and_any_stored_metadata(client: TestCl
     assert huge["metadata"] == {"n": 2**70, "nested": {"deep": [1, "x"]}}
     plain = client.post("/indexes/docs/search", json={"query": "cat", "top_k": 1, "include": []}).json()
     assert plain["hits"][0]["metadata"] is None and plain["hits"][0]["document"] is None
+
+
+def test_search_reads_and_returns_exactly_the_fields_include_names(client: TestClient) -> None:
+    """The store reads only the columns `include` names (ids alone for []), and each field comes back
+    as stored whichever others are asked for."""
+    _fill(client)
+    expected = {i: (t, m) for i, t, m in DOCS}
+    for include in ([], ["document"], ["metadata"], ["vector"], ["document", "metadata", "vector"]):
+        body = {"query": "a cat sleeping", "top_k": 6, "include": include}
+        hits = client.post("/indexes/docs/search", json=body).json()["hits"]
+        assert len(hits) == 6, include
+        for hit in hits:
+            text, metadata = expected[hit["id"]]
+            assert hit["document"] == (text if "document" in include else None)
+            assert hit["metadata"] == (metadata if "metadata" in include else None)
+            assert (hit["vector"] is not None and len(hit["vector"]) == 384) is ("vector" in include)
