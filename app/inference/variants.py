@@ -5,6 +5,9 @@ from __future__ import annotations
 from app.backends import available
 from app.core.manifest import Backend, Manifest, Precision, Tower, VariantParity
 
+# A less exact variant is served for throughput only when at least this much faster than the most
+# exact one near it (the export's measurement varies by a few per cent between runs).
+THROUGHPUT_VARIANT_GAIN = 0.1
 QUERY_VARIANT_GAIN = 0.1  # the latency a query variant must save over the batch variant
 
 
@@ -16,12 +19,16 @@ def choose_variant(
     manifest: Manifest, backend: str = "auto", precision: str = "auto", tower: Tower = "text"
 ) -> VariantParity:
     """`auto`: the fastest variant (by throughput) this machine can run whose parity clears the
-    serving bar.
+    serving bar; among those within THROUGHPUT_VARIANT_GAIN of the fastest, the most exact (so a
+    re-export whose measurement moves a few per cent does not flip the served precision).
 
     An explicit backend/precision narrows the choice but never admits a variant that fails the
     parity bar: wrong vectors are not a speed-up.
     """
-    return max(_servable(manifest, backend, precision, tower), key=_throughput)
+    candidates = _servable(manifest, backend, precision, tower)
+    fastest = max(_throughput(v)[0] for v in candidates)
+    close = [v for v in candidates if _throughput(v)[0] >= fastest * (1 - THROUGHPUT_VARIANT_GAIN)]
+    return max(close, key=lambda v: (v.min_cosine, v.samples_per_s or 0.0))
 
 
 def choose_query_variant(
@@ -35,7 +42,7 @@ def choose_query_variant(
     per cent is within the noise of the export's measurement). Without latencies in the manifest
     (older exports), the throughput choice."""
     candidates = _servable(manifest, backend, precision, tower)
-    batch = max(candidates, key=_throughput)
+    batch = choose_variant(manifest, backend, precision, tower)
     measured = [v for v in candidates if v.query_ms is not None]
     if batch.query_ms is None or not measured:
         return batch

@@ -63,3 +63,15 @@ def test_single_queries_get_the_lowest_latency_servable_variant(default_models_d
     # Faster alone, but by less than QUERY_VARIANT_GAIN: not worth a second session.
     close = [variants[0], variants[1].model_copy(update={"query_ms": 13.0}), variants[3]]
     assert choose_query_variant(_manifest(default_models_dir, close)).key == "onnxruntime-fp32"
+
+
+def test_a_less_exact_variant_must_be_clearly_faster_to_be_served(default_models_dir: Path) -> None:
+    """Within THROUGHPUT_VARIANT_GAIN of the fastest, the most exact variant is served: a re-export
+    measuring int8 a few per cent faster than bf16 does not change the served precision."""
+    bf16 = _variant("openvino", "bf16", 0.99989, 100)
+    for int8_speed, chosen in ((105, "openvino-bf16"), (109, "openvino-bf16"), (112, "openvino-int8")):
+        int8 = _variant("openvino", "int8", 0.99941, int8_speed)
+        manifest = _manifest(default_models_dir, [_variant("openvino", "fp32", 1.0, 46), bf16, int8])
+        assert choose_variant(manifest).key == chosen, int8_speed
+        # single queries fall back to the same batch choice when no latency is measured
+        assert choose_query_variant(manifest).key == chosen
