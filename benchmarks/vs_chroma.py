@@ -11,6 +11,10 @@ the two servers:
 - recall@10 against exact top-10 on 200 held-out queries, with each server's search breadth raised
   until recall@10 >= 0.95 (Tessera's `ef_search` per request, Chroma's `hnsw.ef_search`);
 - single-query search at that setting: p50, p99, queries/s with 1 and 8 concurrent clients;
+- the same with wrk (a C load generator, one thread, 1 and 8 connections), which measures the
+  servers rather than the Python client (8 httpx threads share one GIL and saturate it first), with
+  each server's CPU time per query; where Chroma cannot reach the recall target, Tessera also at
+  the breadth that first reaches Chroma's recall (equal recall);
 - filtered search (`cat` = one value; `num` in a range of 100): p50 and recall against exact;
 - disk used and server RSS;
 - durability: a server killed with SIGKILL mid-ingest, restarted; documents acknowledged vs found.
@@ -53,6 +57,8 @@ TESSERA_PORT, CHROMA_PORT = 8121, 8122
 BATCH = 1000
 TARGET = 0.95
 EF_STEPS = (16, 32, 64, 128, 256, 512, 1024)
+WRK_SECONDS = 10
+MATCH_STEPS = (2, 4, 6, 8, 12, 16, 24, 32, 64, 128, 256, 512)  # Tessera's breadths tried for equal recall
 CHROMA_BASE = "/api/v2/tenants/default_tenant/databases/default_database/collections"
 
 
@@ -76,9 +82,16 @@ class Server:
         self.client: httpx.Client | None = None
 
     def rss_mb(self) -> float:
+        return sum(p.memory_info().rss for p in self._processes()) / 2**20
+
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) the server's processes have used so far."""
+        return sum(sum(p.cpu_times()[:2]) for p in self._processes())
+
+    def _processes(self) -> list[psutil.Process]:
         assert self.process is not None
         proc = psutil.Process(self.process.pid)
-        return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)]) / 2**20
+        return [proc, *proc.children(recursive=True)]
 
     def disk_mb(self) -> float:
         return sum(f.stat().st_size for f in self.data_dir.rglob("*") if f.is_file()) / 2**20
@@ -137,11 +150,16 @@ class Tessera(Server):
         """None: the setting the build tuned; else ef_search (HNSW) or nprobe (IVF) per request."""
         self.breadth = {} if ef is None else {"nprobe" if self.build["spec"].startswith("IVF") else "ef_search": ef}
 
-    def search(self, client: httpx.Client, name: str, query: np.ndarray, where: dict | None = None) -> list[str]:
+    def request(self, name: str, query: np.ndarray, where: dict | None = None) -> tuple[str, dict]:
+        """The search request for `query`: (path, JSON body)."""
         body: dict = {"vector": query.tolist(), "top_k": 10, "include": [], **self.breadth}
         if where:
             body["filter"] = where
-        response = client.post(f"/indexes/{name}/search", json=body)
+        return f"/indexes/{name}/search", body
+
+    def search(self, client: httpx.Client, name: str, query: np.ndarray, where: dict | None = None) -> list[str]:
+        path, body = self.request(name, query, where)
+        response = client.post(path, json=body)
         response.raise_for_status()
         return [h["id"] for h in response.json()["hits"]]
 
@@ -199,11 +217,15 @@ class Chroma(Server):
         body = {"new_configuration": {"hnsw": {"ef_search": ef}}}
         self.client.put(f"{CHROMA_BASE}/{self._id(name)}", json=body).raise_for_status()  # type: ignore[union-attr]
 
-    def search(self, client: httpx.Client, name: str, query: np.ndarray, where: dict | None = None) -> list[str]:
+    def request(self, name: str, query: np.ndarray, where: dict | None = None) -> tuple[str, dict]:
         body: dict = {"query_embeddings": [query.tolist()], "n_results": 10, "include": []}
         if where:
             body["where"] = where
-        response = client.post(f"{CHROMA_BASE}/{self._id(name)}/query", json=body)
+        return f"{CHROMA_BASE}/{self._id(name)}/query", body
+
+    def search(self, client: httpx.Client, name: str, query: np.ndarray, where: dict | None = None) -> list[str]:
+        path, body = self.request(name, query, where)
+        response = client.post(path, json=body)
         response.raise_for_status()
         return response.json()["ids"][0]
 
@@ -246,6 +268,88 @@ def latency(server: Server, name: str, queries: np.ndarray, clients: int, where:
         "p99_ms": round(1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], 2),
         "qps": round(len(ordered) / wall, 1),
     }
+
+
+def wrk_rounds(
+    servers: list[Server], queries: np.ndarray, tune_queries: np.ndarray, truth: list[set[str]], report: dict
+) -> None:
+    """wrk at 1 and 8 connections, two interleaved rounds per server at its tuned breadth; where
+    Chroma stays under the recall target, Tessera also at the breadth that first reaches Chroma's
+    recall (equal recall), interleaved with the others."""
+    tessera, chroma = servers
+    tuned = report["Tessera"]["ef_search"]
+    runs: list[tuple[Server, int | None, str]] = [(tessera, tuned, "wrk"), (chroma, None, "wrk")]
+    if report["Chroma"]["recall@10"] < TARGET:
+        matched, reached = MATCH_STEPS[-1], 0.0
+        for breadth in MATCH_STEPS:
+            tessera.set_breadth("bench", breadth)  # type: ignore[attr-defined]
+            with tessera.new_client() as client:  # type: ignore[attr-defined]
+                reached = recall([tessera.search(client, "bench", q) for q in tune_queries], truth)  # type: ignore[attr-defined]
+            if reached >= report["Chroma"]["recall@10"]:
+                matched = breadth
+                break
+        report["Tessera"]["matched"] = {"breadth": matched, "recall@10": round(reached, 4)}
+        runs.append((tessera, matched, "matched wrk"))
+    for connections in (1, 8):
+        for _ in range(2):
+            for server, breadth, key in runs:
+                if server is tessera:
+                    tessera.set_breadth("bench", breadth)  # type: ignore[attr-defined]
+                result = wrk_run(server, "bench", queries, connections)
+                report[server.name].setdefault(f"{key} {connections}", []).append(result)
+                print(server.name, key, connections, result, flush=True)
+    tessera.set_breadth("bench", tuned)  # type: ignore[attr-defined]
+
+
+def wrk_run(server: Server, name: str, queries: np.ndarray, connections: int, seconds: int = WRK_SECONDS) -> dict:
+    """Search throughput with wrk (one C thread keeping `connections` requests in flight, the
+    queries' bodies in turn): the server's capacity rather than a Python client's, which holds the
+    GIL on this 2-core machine. Also the server's CPU time per query."""
+    requests = [server.request(name, q) for q in queries]  # type: ignore[attr-defined]
+    bodies = ",\n".join(f"[==[{json.dumps(body)}]==]" for _, body in requests)
+    script = (
+        f"local bodies = {{{bodies}}}\nlocal i = 0\nlocal path = {json.dumps(requests[0][0])}\n"
+        "request = function()\n  i = i % #bodies + 1\n"
+        '  return wrk.format("POST", path, {["Content-Type"] = "application/json"}, bodies[i])\nend\n'
+    )
+    port = TESSERA_PORT if server.name == "Tessera" else CHROMA_PORT
+    with tempfile.NamedTemporaryFile("w", suffix=".lua") as lua:
+        lua.write(script)
+        lua.flush()
+        cpu = server.cpu_s()
+        out = subprocess.run(
+            [
+                "wrk",
+                "-t1",
+                f"-c{connections}",
+                f"-d{seconds}s",
+                "--latency",
+                "-s",
+                lua.name,
+                f"http://127.0.0.1:{port}",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        cpu = server.cpu_s() - cpu
+    if "Non-2xx" in out or "Socket errors" in out:
+        raise RuntimeError(f"{server.name}: wrk saw failed requests:\n{out}")
+    done = int(out.split(" requests in ")[0].split()[-1])
+    return {
+        "qps": float(out.split("Requests/sec:")[1].split()[0]),
+        "p50_ms": _wrk_ms(out, "50%"),
+        "p99_ms": _wrk_ms(out, "99%"),
+        "server_cpu_ms_per_query": round(1000 * cpu / done, 3),
+    }
+
+
+def _wrk_ms(out: str, percentile: str) -> float:
+    value = out.split(f" {percentile}")[1].split()[0]
+    for unit, scale in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
+        if value.endswith(unit):
+            return round(float(value[: -len(unit)]) * scale, 3)
+    raise ValueError(f"wrk latency {value!r}")
 
 
 def floor_ms(server: Server, requests: int) -> float:
@@ -357,6 +461,7 @@ def run_all(n: int, queries_n: int) -> dict:
                     result = latency(server, "bench", timed_queries, clients)
                     report[server.name].setdefault(f"{clients} clients", []).append(result)
                     print(server.name, clients, result, flush=True)
+        wrk_rounds(servers, timed_queries, tune_queries, truth, report)
         for _ in range(2):  # interleaved as the search rounds; the lower of two
             for server in servers:
                 floor = floor_ms(server, len(timed_queries))
@@ -394,6 +499,28 @@ def results_stem(n: int) -> str:
     return f"vs_chroma_{n // 1_000_000}m" if n % 1_000_000 == 0 else f"vs_chroma_{n // 1000}k"
 
 
+def _wrk_rows(t: dict, c: dict) -> list[str]:
+    rows = []
+    for connections in (1, 8):
+        bt, bc = best(t[f"wrk {connections}"]), best(c[f"wrk {connections}"])
+        rows.append(
+            f"| wrk, {connections} connection(s): q/s, p50 / p99 ms, server CPU ms per query | {bt['qps']}, "
+            f"{bt['p50_ms']} / {bt['p99_ms']}, {bt['server_cpu_ms_per_query']} | {bc['qps']}, {bc['p50_ms']} / "
+            f"{bc['p99_ms']}, {bc['server_cpu_ms_per_query']} | {bt['qps'] / bc['qps']:.2f}× q/s |"
+        )
+    if "matched" in t:
+        m = t["matched"]
+        for connections in (1, 8):
+            bm, bc = best(t[f"matched wrk {connections}"]), best(c[f"wrk {connections}"])
+            rows.append(
+                f"| equal recall (Tessera breadth {m['breadth']}, recall {m['recall@10']}): wrk, {connections} "
+                f"connection(s), q/s, p50 / p99 ms, server CPU ms per query | {bm['qps']}, {bm['p50_ms']} / "
+                f"{bm['p99_ms']}, {bm['server_cpu_ms_per_query']} | {bc['qps']}, {bc['p50_ms']} / {bc['p99_ms']}, "
+                f"{bc['server_cpu_ms_per_query']} | {bm['qps'] / bc['qps']:.2f}× q/s |"
+            )
+    return rows
+
+
 def write_markdown(report: dict) -> None:
     t, c = report["Tessera"], report["Chroma"]
     lines = [
@@ -402,7 +529,9 @@ def write_markdown(report: dict) -> None:
         f"`.venv/bin/python benchmarks/vs_chroma.py --n {report['n']}`: {report['n']:,} × {report['dim']}-d vectors "
         "with metadata, both servers on loopback on this 2-core machine, JSON over httpx for both (Chroma via its "
         "REST API), phases alternating; search breadth raised per server until recall@10 ≥ 0.95 on 200 held-out "
-        "queries; latency over 800 other queries, best of 2 interleaved rounds.",
+        "queries; latency over 800 other queries, best of 2 interleaved rounds. The wrk rows drive the same "
+        f"queries with wrk (one C thread, {WRK_SECONDS} s per run, best of 2 interleaved rounds): the servers' "
+        "capacity, where the Python client's 8 threads are bound by its own GIL.",
         "",
         "| | Tessera | Chroma 1.5.9 | ratio |",
         "|---|---|---|---|",
@@ -422,6 +551,8 @@ def write_markdown(report: dict) -> None:
             f"| {clients} client(s): q/s, p50 / p99 ms | {bt['qps']}, {bt['p50_ms']} / {bt['p99_ms']} | "
             f"{bc['qps']}, {bc['p50_ms']} / {bc['p99_ms']} | {bt['qps'] / bc['qps']:.2f}× q/s |"
         )
+    if "wrk 1" in t:
+        lines += _wrk_rows(t, c)
     if "floor_p50_ms" in t:
         above_t = best(t["1 clients"])["p50_ms"] - t["floor_p50_ms"]
         above_c = best(c["1 clients"])["p50_ms"] - c["floor_p50_ms"]
