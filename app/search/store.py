@@ -318,21 +318,35 @@ class DocumentStore:
         """key -> its document (keys not stored are absent), reading the id and only the columns
         `fields` names (a subset of DOCUMENT_FIELDS; the others read as None, metadata as {}): a
         search that returns ids alone then reads neither vectors nor texts."""
+        with self._locked():
+            return self._by_keys(keys, fields)
+
+    def by_keys_now(self, keys: list[int], fields: Container[str] = DOCUMENT_FIELDS) -> dict[int, Document] | None:
+        """`by_keys`, or None at once when a writer holds the store (the caller then reads on a
+        worker thread instead of waiting on the event loop)."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            self._check_open()
+            return self._by_keys(keys, fields)
+        finally:
+            self._lock.release()
+
+    def _by_keys(self, keys: list[int], fields: Container[str]) -> dict[int, Document]:
         has_images = "image" in self._columns
         selected = ", ".join(
             column if field in fields and (has_images or field not in IMAGE_FIELDS) else "NULL"
             for field, column in zip(DOCUMENT_FIELDS, DOCUMENT_COLUMNS, strict=True)
         )
         out: dict[int, Document] = {}
-        with self._locked():
-            for start in range(0, len(keys), 500):
-                chunk = keys[start : start + 500]
-                rows = self._db.execute(
-                    f"SELECT key, id, {selected} FROM documents WHERE key IN ({','.join('?' * len(chunk))})",
-                    chunk,
-                ).fetchall()
-                for key, *rest in rows:
-                    out[key] = self._document(tuple(rest), "vector" in fields)
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            rows = self._db.execute(
+                f"SELECT key, id, {selected} FROM documents WHERE key IN ({','.join('?' * len(chunk))})",
+                chunk,
+            ).fetchall()
+            for key, *rest in rows:
+                out[key] = self._document(tuple(rest), "vector" in fields)
         return out
 
     def modality_clause(self, modality: str) -> tuple[str, list[Any]]:

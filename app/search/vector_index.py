@@ -237,6 +237,24 @@ class VectorIndex:
                 per_vector = self.dim * 4
         return self.ntotal * (per_vector + 16)  # + id map
 
+    def vectors_compared(self, params: SearchParams) -> int | None:
+        """About how many stored vectors one unfiltered query is compared with (plus the hidden keys
+        it must skip), or None where that is not bounded this way (a binary index, which rescores
+        from the store; other specs)."""
+        if self.is_binary:
+            return None
+        if self.spec == "Flat":
+            return self.ntotal
+        if self.is_ivf:
+            nlist = int(re.findall(r"IVF(\d+)", self.spec)[0])
+            nprobe = params.nprobe or self.defaults.nprobe or 16
+            return nlist + self.ntotal * min(nprobe, nlist) // nlist
+        if self.is_graph:
+            m = int(re.findall(r"\d+", self.spec)[0])
+            ef = params.ef_search or self.defaults.ef_search or 64
+            return ef * 2 * m + len(self.tombstones)
+        return None
+
     def _params(self, selector: faiss.IDSelector | None, params: SearchParams) -> faiss.SearchParameters | None:
         if self.is_graph:
             p = faiss.SearchParametersHNSW()

@@ -265,10 +265,7 @@ async def _search_stages(
     fields = include | ({"document"} if reembed else set())
     if body.mode == "dense":
         assert query is not None
-        # one thread hop for search and fetch: each hop costs ~0.1 ms of a ~1 ms request
-        found_hits = await asyncio.to_thread(
-            collection.search, query, fetch, body.filter, fields, params, body.modality
-        )
+        found_hits = await _dense_hits(collection, body, query, fetch, fields, params)
     else:
         ranked, keyword_scores = await _keyword_ranking(collection, body, query, fetch, params)
         found_hits = await asyncio.to_thread(collection.hits, ranked, fields)
@@ -287,6 +284,19 @@ async def _search_stages(
     for hit in found:
         del hit["key"]
     return SearchOutcome(found, round((time.perf_counter() - start) * 1000, 3), collection.index.spec)
+
+
+async def _dense_hits(
+    collection: Collection, body: SearchRequest, query: np.ndarray, fetch: int, fields: set[str], params: SearchParams
+) -> list[Hit]:
+    """The dense first stage: on the event loop when cheap and unfiltered (a thread hop costs more
+    than the search under concurrent load), else in one thread hop for search and fetch."""
+    if body.filter is None and body.modality is None:
+        pairs = collection.dense_keys_now(query, fetch, params)
+        if pairs is not None:
+            found = collection.hits_now(pairs, fields)
+            return found if found is not None else await asyncio.to_thread(collection.hits, pairs, fields)
+    return await asyncio.to_thread(collection.search, query, fetch, body.filter, fields, params, body.modality)
 
 
 def _hit_fields(hit: Hit) -> dict[str, Any]:

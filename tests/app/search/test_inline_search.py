@@ -1,0 +1,119 @@
+"""Cheap unfiltered searches run on the event loop (no thread hop), and fall back to a worker
+thread, never waiting on the loop, when a writer holds the index or the store."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from app.search import collection as collection_module
+from app.search.collection import Collection
+from app.search.manager import CollectionManager
+from app.search.store import Document
+from app.search.vector_index import SearchParams, VectorIndex
+from tests.app.search.test_optimize import DIM, clustered
+from tests.conftest import settings_for
+
+
+@pytest.fixture
+def collection(tmp_path: Path) -> Iterator[Collection]:
+    manager = CollectionManager(tmp_path, 1 << 30)
+    created = manager.create("inline", "m", DIM, "cosine", "Flat")
+    vectors = clustered(500, seed=1)
+    created.upsert([Document(f"d{i}", f"text {i}", {"i": i}, v) for i, v in enumerate(vectors)])
+    yield created
+    manager.close()
+
+
+def _held(lock: threading.Lock | threading.RLock, seconds: float) -> threading.Thread:
+    """A thread holding `lock` for `seconds` (started, and holding it on return)."""
+    taken = threading.Event()
+
+    def hold() -> None:
+        with lock:
+            taken.set()
+            time.sleep(seconds)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    taken.wait()
+    return thread
+
+
+def test_the_inline_search_finds_what_the_threaded_one_does(collection: Collection) -> None:
+    queries = clustered(20, seed=2)
+    params = SearchParams()
+    for query in queries:
+        pairs = collection.dense_keys_now(query, 10, params)
+        assert pairs == collection.dense_keys(query, 10, None, params)
+        include = {"document", "metadata"}
+        assert collection.hits_now(pairs, include) == collection.hits(pairs, include)  # type: ignore[arg-type]
+
+
+def test_a_busy_writer_or_a_costly_search_sends_it_to_a_thread(
+    collection: Collection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    query, params = clustered(1, seed=4)[0], SearchParams()
+    pairs = collection.dense_keys(query, 5, None, params)
+    for lock, attempt in (
+        (collection._index_lock, lambda: collection.dense_keys_now(query, 5, params)),
+        (collection.store._lock, lambda: collection.hits_now(pairs, set())),
+    ):
+        holder = _held(lock, 0.5)
+        start = time.perf_counter()
+        assert attempt() is None
+        assert time.perf_counter() - start < 0.2  # answered at once, not after the writer
+        holder.join()
+        assert attempt() is not None
+    monkeypatch.setattr(collection_module, "INLINE_SEARCH_MAX_COMPARED", 499)  # the Flat index holds 500
+    assert collection.dense_keys_now(query, 5, params) is None
+    monkeypatch.setattr(collection_module, "INLINE_SEARCH_MAX_COMPARED", 500)
+    assert collection.dense_keys_now(query, collection_module.INLINE_SEARCH_MAX_K + 1, params) is None
+
+
+def test_how_many_vectors_a_query_is_compared_with() -> None:
+    vectors = clustered(2000, seed=5)
+    keys = np.arange(2000)
+    flat, ivf = VectorIndex(DIM, "cosine", "Flat"), VectorIndex(DIM, "cosine", "IVF20,SQ8")
+    ivf.train(vectors)
+    hnsw = VectorIndex(DIM, "cosine", "HNSW16")
+    for index in (flat, ivf, hnsw):
+        index.add(keys, vectors)
+    assert flat.vectors_compared(SearchParams()) == 2000
+    assert ivf.vectors_compared(SearchParams(nprobe=5)) == 20 + 2000 * 5 // 20
+    assert ivf.vectors_compared(SearchParams(nprobe=50)) == 20 + 2000  # nprobe past nlist: every list
+    hnsw.remove([1, 2, 3])  # hidden keys are skipped one by one
+    assert hnsw.vectors_compared(SearchParams(ef_search=32)) == 32 * 2 * 16 + 3
+    assert VectorIndex(DIM, "cosine", "IVF4,RaBitQ").vectors_compared(SearchParams()) is None
+
+
+def test_a_search_waiting_on_a_writer_does_not_hold_up_other_requests(default_models_dir: Path, tmp_path: Path) -> None:
+    with TestClient(create_app(settings_for(default_models_dir, data_dir=tmp_path / "data"))) as client:
+        vectors = clustered(50, seed=6)
+        docs = [{"id": f"v{i}", "vector": v.tolist()} for i, v in enumerate(vectors)]
+        assert client.post("/indexes", json={"name": "busy", "model": "minilm-l6"}).status_code == 201
+        assert client.put("/indexes/busy/documents", json={"documents": docs}).status_code == 200
+        store = client.app.state.collections.get("busy").store  # type: ignore[attr-defined]
+        answers: list = []
+        holder = _held(store._lock, 1.0)
+        searcher = threading.Thread(
+            target=lambda: answers.append(
+                client.post("/indexes/busy/search", json={"vector": vectors[7].tolist(), "top_k": 3})
+            )
+        )
+        searcher.start()
+        time.sleep(0.1)
+        start = time.perf_counter()
+        assert client.get("/health").status_code == 200
+        assert time.perf_counter() - start < 0.5  # the event loop was not waiting on the store
+        assert not answers  # the search still waits for the writer, on a worker thread
+        holder.join()
+        searcher.join()
+        assert answers[0].status_code == 200 and answers[0].json()["hits"][0]["id"] == "v7"
