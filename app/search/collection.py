@@ -412,8 +412,7 @@ class Collection:
         """`dense_keys` of an unfiltered query done on the calling thread (the event loop) when it is
         cheap (at most INLINE_SEARCH_MAX_COMPARED stored vectors compared, INLINE_SEARCH_MAX_K hits) and
         no writer holds the index; None: run `search` on a worker thread. At 8 concurrent searches a
-        thread hop costs more than such a search itself (the GIL changing hands), so this serves ~1.5x
-        the queries per second (benchmarks/results/vs_chroma.md)."""
+        thread hop costs more CPU than such a search itself (the GIL changing hands)."""
         compared = self.index.vectors_compared(params)
         if top_k > INLINE_SEARCH_MAX_K or compared is None or compared > INLINE_SEARCH_MAX_COMPARED:
             return None
