@@ -500,24 +500,25 @@ def results_stem(n: int) -> str:
 
 
 def _wrk_rows(t: dict, c: dict) -> list[str]:
-    rows = []
-    for connections in (1, 8):
-        bt, bc = best(t[f"wrk {connections}"]), best(c[f"wrk {connections}"])
-        rows.append(
-            f"| wrk, {connections} connection(s): q/s, p50 / p99 ms, server CPU ms per query | {bt['qps']}, "
-            f"{bt['p50_ms']} / {bt['p99_ms']}, {bt['server_cpu_ms_per_query']} | {bc['qps']}, {bc['p50_ms']} / "
-            f"{bc['p99_ms']}, {bc['server_cpu_ms_per_query']} | {bt['qps'] / bc['qps']:.2f}× q/s |"
-        )
+    def row(label: str, tessera: dict, chroma: dict) -> str:
+        cells = [
+            f"{r['qps']}, {r['p50_ms']} / {r['p99_ms']}, {r['server_cpu_ms_per_query']}" for r in (tessera, chroma)
+        ]
+        return f"| {label} | {cells[0]} | {cells[1]} | {tessera['qps'] / chroma['qps']:.2f}× q/s |"
+
+    measured = "q/s, p50 / p99 ms, server CPU ms per query"
+    rows = [row(f"wrk, {n} connection(s): {measured}", best(t[f"wrk {n}"]), best(c[f"wrk {n}"])) for n in (1, 8)]
     if "matched" in t:
         m = t["matched"]
-        for connections in (1, 8):
-            bm, bc = best(t[f"matched wrk {connections}"]), best(c[f"wrk {connections}"])
-            rows.append(
-                f"| equal recall (Tessera breadth {m['breadth']}, recall {m['recall@10']}): wrk, {connections} "
-                f"connection(s), q/s, p50 / p99 ms, server CPU ms per query | {bm['qps']}, {bm['p50_ms']} / "
-                f"{bm['p99_ms']}, {bm['server_cpu_ms_per_query']} | {bc['qps']}, {bc['p50_ms']} / {bc['p99_ms']}, "
-                f"{bc['server_cpu_ms_per_query']} | {bm['qps'] / bc['qps']:.2f}× q/s |"
+        rows += [
+            row(
+                f"equal recall (Tessera breadth {m['breadth']}, recall {m['recall@10']}): wrk, {n} connection(s), "
+                + measured,
+                best(t[f"matched wrk {n}"]),
+                best(c[f"wrk {n}"]),
             )
+            for n in (1, 8)
+        ]
     return rows
 
 
