@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -454,12 +454,21 @@ def _synthetic_lists(config: TrainConfig, data: TrainingData, workers: Workers) 
     return with_lists
 
 
-def _load_teacher(config: TrainConfig, source: str, key: str):  # type: ignore[no-untyped-def]
-    """A teacher bi-encoder; a source that cannot be loaded is one line naming the config key."""
+T = TypeVar("T")
+
+
+def _for_key(config: TrainConfig, key: str, action: Callable[[str], T], source: str) -> T:
+    """`action(source)` for the teacher source config key `key` names; a source that cannot be
+    resolved or loaded is one ConfigError line naming that key."""
     try:
-        return load_sentence_transformer(source)
+        return action(source)
     except ModelSourceError as exc:
         raise ConfigError(f"{config.name}: {key}: {exc}") from exc
+
+
+def _load_teacher(config: TrainConfig, source: str, key: str):  # type: ignore[no-untyped-def]
+    """A teacher bi-encoder; a source that cannot be loaded is one line naming the config key."""
+    return _for_key(config, key, load_sentence_transformer, source)
 
 
 def _teacher_encoders(config: TrainConfig, mining: bool = True, distillation: bool = True) -> dict[str, TeacherEncoder]:
@@ -476,10 +485,7 @@ def _teacher_encoders(config: TrainConfig, mining: bool = True, distillation: bo
     cache_dir = config.distillation.cache_dir if config.distillation is not None else TEACHER_CACHE
     encoders = {}
     for source, key in wanted.items():
-        try:
-            resolve_source(source)
-        except ModelSourceError as exc:
-            raise ConfigError(f"{config.name}: {key}: {exc}") from exc
+        _for_key(config, key, resolve_source, source)
         encoders[source] = TeacherEncoder(
             lambda source=source, key=key: _load_teacher(config, source, key), source, cache_dir
         )
