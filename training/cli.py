@@ -421,7 +421,7 @@ def mine(
     from training.data.examples import load_retrieval
     from training.mine import mine_negatives
     from training.models.cross_encoder import mining_rescorer
-    from training.trainer import _mining_teacher, _teacher_encoders
+    from training.trainer import mining_teacher
 
     try:
         cfg = load_config(config)
@@ -429,7 +429,7 @@ def mine(
         if cfg.data.format == "beir" and cfg.data.query_split is not None:
             dataset = dataset.split_queries(cfg.data.query_split.seed, cfg.data.query_split.train_fraction)[0]
         model = load_sentence_transformer(cfg.base_model)
-        teacher = _mining_teacher(cfg, _teacher_encoders(cfg, distillation=False))
+        teacher = mining_teacher(cfg)
     except (ConfigError, DatasetError, ModelSourceError) as exc:
         _fail(exc)
     negatives = mine_negatives(model, dataset, cfg.mining, cfg.seed, mining_rescorer(cfg.mining), teacher=teacher)

@@ -492,6 +492,13 @@ def _teacher_encoders(config: TrainConfig, mining: bool = True, distillation: bo
     return encoders
 
 
+def mining_teacher(config: TrainConfig):  # type: ignore[no-untyped-def]
+    """The scorer that filters the config's mined negatives (`mining.teacher_model`), for mining on
+    its own (`training mine`); None without one. Its source is checked now (ConfigError naming the
+    key), the model loaded on the first text not in the teacher cache."""
+    return _mining_teacher(config, _teacher_encoders(config, distillation=False))
+
+
 def _mining_teacher(config: TrainConfig, encoders: dict[str, TeacherEncoder]):  # type: ignore[no-untyped-def]
     """The scorer that filters mined negatives (`mining.teacher_model`); None without one."""
     if not (config.mining.enabled and config.mining.teacher_model):
