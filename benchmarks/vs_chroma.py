@@ -589,6 +589,8 @@ def main() -> None:
     args = parser.parse_args()
     if not CHROMA.is_file():
         sys.exit("Chroma missing: bash benchmarks/setup_chroma.sh")
+    if not shutil.which("wrk"):
+        sys.exit("wrk not found: apt-get install -y wrk")
     os.environ.setdefault("TESSERA_INDEX_MEMORY_BUDGET_MB", "4096")
     report = run_all(args.n, args.queries)
     RESULTS.mkdir(exist_ok=True)
