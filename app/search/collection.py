@@ -63,6 +63,11 @@ FILTER_CACHE_KEYS = 4_000_000  # and at most this many keys in all (32 MB)
 TRAINING_SAMPLE, TRAINING_SAMPLE_MIN, TRAINING_PER_LIST = 200_000, 50_000, 25
 
 
+def _scored_keys(keys: np.ndarray, scores: np.ndarray) -> list[tuple[int, float]]:
+    """(key, score) pairs of one query's FAISS result, without its -1 padding (fewer hits than k)."""
+    return [(int(k), float(s)) for k, s in zip(keys, scores, strict=True) if k >= 0]
+
+
 @dataclass
 class CollectionConfig:
     name: str
@@ -406,7 +411,7 @@ class Collection:
             allowed = self._matching_keys(*self._condition(filter_spec, modality))
         with self._index_lock:
             scores, keys = self.index.search(query[None, :], top_k, allowed, params, self.store.live_vectors)
-        return [(int(k), float(s)) for k, s in zip(keys[0], scores[0], strict=True) if k >= 0]
+        return _scored_keys(keys[0], scores[0])
 
     def dense_keys_now(self, query: np.ndarray, top_k: int, params: SearchParams) -> list[tuple[int, float]] | None:
         """`dense_keys` of an unfiltered query done on the calling thread (the event loop) when it is
@@ -422,7 +427,7 @@ class Collection:
             scores, keys = self.index.search(query[None, :], top_k, None, params)
         finally:
             self._index_lock.release()
-        return [(int(k), float(s)) for k, s in zip(keys[0], scores[0], strict=True) if k >= 0]
+        return _scored_keys(keys[0], scores[0])
 
     def _matching_keys(self, where: str, params: list[Any]) -> np.ndarray:
         """Keys meeting a compiled filter, cached per (filter, write version): evaluating it scans

@@ -219,12 +219,22 @@ class VectorIndex:
         else:
             self.index.remove_ids(faiss.IDSelectorBatch(np.asarray(keys, dtype=np.int64)))
 
+    @property
+    def _graph_degree(self) -> int:
+        """HNSW's M (links per vector on the base layer: 2 × M), from a spec like `HNSW32`."""
+        return int(re.findall(r"\d+", self.spec)[0])
+
+    def _ef_search(self, params: SearchParams) -> int:
+        return params.ef_search or self.defaults.ef_search or 64
+
+    def _nprobe(self, params: SearchParams) -> int:
+        return params.nprobe or self.defaults.nprobe or 16
+
     def memory_bytes(self) -> int:
         per_vector = {"Flat": self.dim * 4}.get(self.spec)
         if per_vector is None:
             if self.is_graph:
-                m = int(re.findall(r"\d+", self.spec)[0])
-                per_vector = self.dim * 4 + m * 2 * 4
+                per_vector = self.dim * 4 + self._graph_degree * 2 * 4
             elif "SQ8" in self.spec:
                 per_vector = self.dim
             elif "SQ4" in self.spec:
@@ -247,21 +257,18 @@ class VectorIndex:
             return self.ntotal
         if self.is_ivf:
             nlist = int(re.findall(r"IVF(\d+)", self.spec)[0])
-            nprobe = params.nprobe or self.defaults.nprobe or 16
-            return nlist + self.ntotal * min(nprobe, nlist) // nlist
+            return nlist + self.ntotal * min(self._nprobe(params), nlist) // nlist
         if self.is_graph:
-            m = int(re.findall(r"\d+", self.spec)[0])
-            ef = params.ef_search or self.defaults.ef_search or 64
-            return ef * 2 * m + len(self.tombstones)
+            return self._ef_search(params) * 2 * self._graph_degree + len(self.tombstones)
         return None
 
     def _params(self, selector: faiss.IDSelector | None, params: SearchParams) -> faiss.SearchParameters | None:
         if self.is_graph:
             p = faiss.SearchParametersHNSW()
-            p.efSearch = params.ef_search or self.defaults.ef_search or 64
+            p.efSearch = self._ef_search(params)
         elif self.is_ivf:
             p = faiss.IVFRaBitQSearchParameters() if self.is_binary else faiss.SearchParametersIVF()
-            p.nprobe = params.nprobe or self.defaults.nprobe or 16
+            p.nprobe = self._nprobe(params)
         else:
             if selector is None:
                 return None
