@@ -19,7 +19,7 @@ from app.search.manager import CollectionManager
 from app.search.store import Document
 from app.search.vector_index import SearchParams, VectorIndex
 from tests.app.search.test_optimize import DIM, clustered
-from tests.conftest import settings_for
+from tests.conftest import settings_for, wait_for_build
 
 
 @pytest.fixture
@@ -117,3 +117,72 @@ def test_a_search_waiting_on_a_writer_does_not_hold_up_other_requests(default_mo
         holder.join()
         searcher.join()
         assert answers[0].status_code == 200 and answers[0].json()["hits"][0]["id"] == "v7"
+
+
+def test_inline_searches_racing_optimize_and_deletes_stay_correct(default_models_dir: Path, tmp_path: Path) -> None:
+    """Searches (on the loop while the index is free, on a thread while a writer has it) racing index
+    swaps by optimize and a stream of deletes and re-adds: every answer a 200, every stable
+    document found as its own nearest neighbour, and a deleted document never returned once its
+    delete was acknowledged and before its re-add was sent."""
+    with TestClient(create_app(settings_for(default_models_dir, data_dir=tmp_path / "data"))) as client:
+        vectors = clustered(1200, seed=7)
+        docs = [{"id": f"v{i}", "vector": v.tolist()} for i, v in enumerate(vectors)]
+        assert client.post("/indexes", json={"name": "race", "model": "minilm-l6", "index": "Flat"}).status_code == 201
+        for start in range(0, len(docs), 400):
+            assert (
+                client.put("/indexes/race/documents", json={"documents": docs[start : start + 400]}).status_code == 200
+            )
+        churn = range(1000, 1200)  # deleted and re-added; 0..999 stay
+        gone: dict[str, int] = {}  # deleted, acknowledged, not yet re-added: id -> which deletion
+        gone_lock = threading.Lock()
+        stop = threading.Event()
+        failures: list[str] = []
+
+        def optimize() -> None:
+            for spec in ("IVF8,Flat", "Flat", "HNSW16", "IVF8,Flat"):  # nprobe 16 > 8 lists: exact
+                response = client.post("/indexes/race/optimize", json={"index": spec})
+                if response.status_code not in (200, 202):
+                    failures.append(f"optimize {spec}: {response.status_code} {response.text}")
+                wait_for_build(client, "race")
+            stop.set()
+
+        def delete_and_readd() -> None:
+            k = 0
+            while not stop.is_set():
+                i = churn[k % len(churn)]
+                k += 1
+                if client.post("/indexes/race/documents/delete", json={"ids": [f"v{i}"]}).status_code != 200:
+                    failures.append(f"delete v{i}")
+                with gone_lock:
+                    gone[f"v{i}"] = k
+                time.sleep(0.005)
+                with gone_lock:
+                    del gone[f"v{i}"]
+                if client.put("/indexes/race/documents", json={"documents": [docs[i]]}).status_code != 200:
+                    failures.append(f"re-add v{i}")
+
+        writers = [threading.Thread(target=optimize), threading.Thread(target=delete_and_readd)]
+        for thread in writers:
+            thread.start()
+        searches = 0
+        rng = np.random.default_rng(8)
+        while not stop.is_set() or searches < 50:
+            i = int(rng.integers(0, 1000))
+            with gone_lock:
+                deleted_before = dict(gone)
+            response = client.post("/indexes/race/search", json={"vector": docs[i]["vector"], "top_k": 20})
+            searches += 1
+            if response.status_code != 200:
+                failures.append(f"search: {response.status_code} {response.text}")
+                continue
+            ids = [hit["id"] for hit in response.json()["hits"]]
+            if ids[0] != f"v{i}":
+                failures.append(f"v{i} not its own nearest: {ids[:3]}")
+            with gone_lock:
+                still_gone = {d for d, which in deleted_before.items() if gone.get(d) == which}  # throughout
+            if still_gone & set(ids):
+                failures.append(f"deleted {still_gone & set(ids)} returned")
+        for thread in writers:
+            thread.join()
+        assert not failures, failures[:5]
+        assert searches >= 50
