@@ -6,7 +6,7 @@ import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 import typer
 
@@ -241,19 +241,24 @@ def _train_config(config: Path | None, resume: Path | None, overrides: dict[str,
 def eval_splits(
     config: Annotated[Path, typer.Option(help="run config (YAML), data.format beir with a query_split")],
     splits: Annotated[int, typer.Option(help="how many query splits (seeds 0..K-1)")] = 5,
+    only: Annotated[
+        str, typer.Option(help="all | selection (splits 0, 1: while tuning) | report (the others, settings fixed)")
+    ] = "all",
     set_: Annotated[list[str] | None, typer.Option("--set", help="override: key.sub=value (YAML value)")] = None,
 ) -> None:
     """Train and evaluate a config on K query splits; every metric's change as mean +- std and min,
     over all splits, the selection splits (0, 1: tune on these) and the report splits (the rest)."""
     from training.config import ConfigError, load_config
     from training.data.beir import DatasetError
-    from training.splits import markdown, plan_splits, run_splits
+    from training.splits import SplitSubset, markdown, plan_splits, run_splits
     from training.trainer import evaluate_source
     from training.trainer import train as run_training
 
     try:
         run_config = load_config(config, _overrides(set_))
-        plan = plan_splits(run_config, splits)
+        if only not in get_args(SplitSubset):
+            raise ConfigError(f"--only: one of {', '.join(get_args(SplitSubset))} (got {only!r})")
+        plan = plan_splits(run_config, splits, only=only)  # type: ignore[arg-type]
         result = run_splits(run_config, plan, lambda c: run_training(c, show_progress=False), evaluate_source)
     except (ConfigError, DatasetError, ModelSourceError) as exc:
         _fail(exc)

@@ -16,7 +16,7 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from training.config import ConfigError, TrainConfig
 from training.data.beir import load_beir
@@ -35,15 +35,26 @@ class SplitPlan:
         return [s for s in self.seeds if s not in self.selection]
 
 
-def plan_splits(config: TrainConfig, count: int, selection: tuple[int, ...] = DEFAULT_SELECTION) -> SplitPlan:
-    """The split seeds to run, checked against the data (one-line ConfigError naming the key)."""
+SplitSubset = Literal["all", "selection", "report"]
+
+
+def plan_splits(
+    config: TrainConfig, count: int, selection: tuple[int, ...] = DEFAULT_SELECTION, only: SplitSubset = "all"
+) -> SplitPlan:
+    """The split seeds to run, checked against the data (one-line ConfigError naming the key).
+    `only`: run the selection splits alone (while tuning) or the report splits alone (once the
+    settings are fixed); a later `all` run reuses every finished split."""
     where = f"{config.name}: data.query_split"
     if count < 2:
         raise ConfigError(f"{where}: eval-splits needs at least 2 splits (got {count})")
+    chosen = [s for s in selection if s < count]
+    subsets = {"all": list(range(count)), "selection": chosen, "report": [s for s in range(count) if s not in chosen]}
+    seeds = subsets[only]
+    if not seeds:
+        raise ConfigError(f"{where}: {count} splits leave no {only} split (selection splits: {chosen})")
     if config.data.format not in ("beir", "corpus") or config.data.query_split is None:
         raise ConfigError(f"{where}: eval-splits needs data.format beir (or corpus) with a query_split")
     dataset = load_beir(config.data.path, config.data.qrels_split)  # the judged queries that evaluate
-    seeds = list(range(count))
     for seed in seeds:
         train, held_out = dataset.split_queries(seed, config.data.query_split.train_fraction)
         if not train.qrels or not held_out.qrels:
@@ -52,7 +63,7 @@ def plan_splits(config: TrainConfig, count: int, selection: tuple[int, ...] = DE
                 f"{where}.train_fraction: {config.data.query_split.train_fraction} leaves no {empty} query "
                 f"in split {seed} ({len(dataset.qrels)} judged queries)"
             )
-    return SplitPlan(seeds, [s for s in selection if s in seeds])
+    return SplitPlan(seeds, [s for s in chosen if s in seeds])
 
 
 def summarize(deltas: dict[int, dict[str, float]]) -> dict[str, dict[str, Any]]:

@@ -93,6 +93,20 @@ def test_bad_split_plans_stop_with_one_line_before_training(tmp_path: Path, smal
     assert not (tmp_path / "runs").exists()
 
 
+def test_the_selection_or_the_report_splits_alone(tmp_path: Path, small_beir: Path) -> None:
+    config = TrainConfig.model_validate(_config(tmp_path, tmp_path / "no-model", small_beir))
+    assert plan_splits(config, 5, only="selection") == SplitPlan([0, 1], [0, 1])
+    report = plan_splits(config, 5, only="report")
+    assert report == SplitPlan([2, 3, 4], []) and report.report == [2, 3, 4]
+    assert plan_splits(config, 3) == SplitPlan([0, 1, 2], [0, 1])
+    with pytest.raises(ConfigError, match=r"2 splits leave no report split \(selection splits: \[0, 1\]\)"):
+        plan_splits(config, 2, only="report")
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(_config(tmp_path, tmp_path / "no-model", small_beir)))
+    result = CliRunner().invoke(training_cli, ["eval-splits", "--config", str(path), "--only", "some"])
+    assert result.exit_code == 2 and "--only: one of all, selection, report (got 'some')" in result.output
+
+
 def test_a_corpus_config_is_trained_once_and_scored_on_every_split(tmp_path: Path, small_beir: Path) -> None:
     """Pseudo-queries never see a real query: one training run, each split's held-out half scored
     by the base and the trained model (the same scores a fresh evaluation of that split gives)."""
