@@ -47,11 +47,10 @@ def plan_splits(
     where = f"{config.name}: data.query_split"
     if count < 2:
         raise ConfigError(f"{where}: eval-splits needs at least 2 splits (got {count})")
-    chosen = [s for s in selection if s < count]
-    subsets = {"all": list(range(count)), "selection": chosen, "report": [s for s in range(count) if s not in chosen]}
-    seeds = subsets[only]
+    full = SplitPlan(list(range(count)), [s for s in selection if s < count])
+    seeds = {"all": full.seeds, "selection": full.selection, "report": full.report}[only]
     if not seeds:
-        raise ConfigError(f"{where}: {count} splits leave no {only} split (selection splits: {chosen})")
+        raise ConfigError(f"{where}: {count} splits leave no {only} split (selection splits: {full.selection})")
     if config.data.format not in ("beir", "corpus") or config.data.query_split is None:
         raise ConfigError(f"{where}: eval-splits needs data.format beir (or corpus) with a query_split")
     dataset = load_beir(config.data.path, config.data.qrels_split)  # the judged queries that evaluate
@@ -63,7 +62,7 @@ def plan_splits(
                 f"{where}.train_fraction: {config.data.query_split.train_fraction} leaves no {empty} query "
                 f"in split {seed} ({len(dataset.qrels)} judged queries)"
             )
-    return SplitPlan(seeds, [s for s in chosen if s in seeds])
+    return SplitPlan(seeds, [s for s in full.selection if s in seeds])
 
 
 def summarize(deltas: dict[int, dict[str, float]]) -> dict[str, dict[str, Any]]:

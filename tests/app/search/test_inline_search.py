@@ -139,14 +139,24 @@ def test_inline_searches_racing_optimize_and_deletes_stay_correct(default_models
         failures: list[str] = []
 
         def optimize() -> None:
-            for spec in ("IVF8,Flat", "Flat", "HNSW16", "IVF8,Flat"):  # nprobe 16 > 8 lists: exact
-                response = client.post("/indexes/race/optimize", json={"index": spec})
-                if response.status_code not in (200, 202):
-                    failures.append(f"optimize {spec}: {response.status_code} {response.text}")
-                wait_for_build(client, "race")
-            stop.set()
+            try:  # whatever happens, the searching loop below must end
+                for spec in ("IVF8,Flat", "Flat", "HNSW16", "IVF8,Flat"):  # nprobe 16 > 8 lists: exact
+                    response = client.post("/indexes/race/optimize", json={"index": spec})
+                    if response.status_code not in (200, 202):
+                        failures.append(f"optimize {spec}: {response.status_code} {response.text}")
+                    wait_for_build(client, "race")
+            except Exception as exc:  # recorded: a thread's exception is otherwise lost
+                failures.append(f"optimize raised {exc!r}")
+            finally:
+                stop.set()
 
         def delete_and_readd() -> None:
+            try:
+                churn_until_stopped()
+            except Exception as exc:
+                failures.append(f"delete/re-add raised {exc!r}")
+
+        def churn_until_stopped() -> None:
             k = 0
             while not stop.is_set():
                 i = churn[k % len(churn)]
