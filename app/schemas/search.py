@@ -2,16 +2,39 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from app.core.text import MAX_ID_CHARS, document_id_problem
 from app.schemas.common import INDEX_NAME_PATTERN, INDEX_SPEC_PATTERN, FiniteFloat, Int64, Integer, StrictRequest, Text
 
 # bool before the numbers: strict validation keeps true a boolean and 1 a number.
 MetadataScalar = Text | bool | Int64 | FiniteFloat
-MetadataValue = MetadataScalar | None | list[MetadataScalar]
+
+
+def _one_metadata_error(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """One message for a value no branch of the union takes, instead of one per branch."""
+    try:
+        return handler(value)
+    except ValidationError:
+        raise PydanticCustomError(
+            "metadata_value",
+            "a metadata value is a string (valid Unicode), a finite number, a boolean, null, or a list of those",
+        ) from None
+
+
+MetadataValue = Annotated[MetadataScalar | list[MetadataScalar] | None, WrapValidator(_one_metadata_error)]
 
 
 def _check_id(value: str) -> str:

@@ -118,8 +118,20 @@ def test_non_finite_or_non_unicode_metadata_is_refused(client: TestClient, raw_m
     client.post("/indexes", json={"name": "m"})
     body = '{"documents": [{"id": "a", "text": "hello", "metadata": ' + raw_metadata + "}]}"
     response = client.put("/indexes/m/documents", content=body, headers={"content-type": "application/json"})
-    _json_error(response, 422)
+    message = _json_error(response, 422)["message"]
     assert client.get("/indexes/m").json()["size"] == 0
+    if raw_metadata.startswith('{"x"'):  # one sentence naming the key, not one per branch of the union
+        assert message.startswith("documents.0.metadata.x: a metadata value is") and ";" not in message, message
+
+
+def test_a_nested_object_as_metadata_value_gets_one_clear_message(client: TestClient) -> None:
+    client.post("/indexes", json={"name": "m"})
+    doc = {"id": "a", "text": "hello", "metadata": {"ok": [1, "a", True], "nested": {"y": 1}}}
+    message = _json_error(client.put("/indexes/m/documents", json={"documents": [doc]}), 422)["message"]
+    assert message == (
+        "documents.0.metadata.nested: a metadata value is a string (valid Unicode), a finite number, a boolean, "
+        "null, or a list of those"
+    )
 
 
 def test_rows_stored_before_the_checks_still_read_and_filter(client: TestClient, tmp_path: Path) -> None:
