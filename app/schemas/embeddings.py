@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, WithJsonSchema, field_validator
+from pydantic import BaseModel, Discriminator, Field, Tag, WithJsonSchema, field_validator
 
 from app.schemas.common import Integer, StrictRequest, Text
 
@@ -31,9 +31,18 @@ _ITEM_SCHEMA = {
         },
     ]
 }
+
+
 # A string, or a non-empty list of strings and image items (requests normalise it to the list).
+def _item_kind(value: Any) -> str:
+    # Items are strings or objects by now (`_as_input_list`): an object's errors then name its own
+    # fields, not every branch of the union.
+    return "text" if isinstance(value, str) else "image"
+
+
+InputItem = Annotated[Annotated[Text, Tag("text")] | Annotated[ImageItem, Tag("image")], Discriminator(_item_kind)]
 Inputs = Annotated[
-    list[Text | ImageItem],
+    list[InputItem],
     WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "array", "items": _ITEM_SCHEMA, "minItems": 1}]}),
 ]
 

@@ -295,6 +295,12 @@ def test_loose_types_and_unknown_fields_get_422(client: TestClient, path: str, b
     _json_error(client.post(path, json=body), 422, "invalid_request")
 
 
+def test_a_bad_image_item_gets_errors_about_its_own_fields(client: TestClient) -> None:
+    body = {"input": ["fine", {"image": "aGk=", "crop": True}]}
+    message = _json_error(client.post("/v1/embeddings", json=body), 422, "invalid_request")["message"]
+    assert message == "input.1.image.crop: Extra inputs are not permitted"
+
+
 def test_known_compatibility_fields_are_accepted(client: TestClient) -> None:
     body = {"input": "a", "user": "someone", "encoding_format": "float", "dimensions": 12}
     assert client.post("/v1/embeddings", json=body).status_code == 200
