@@ -131,20 +131,29 @@ class AccessMiddleware:
         is_open = path in self.open_paths or self._is_open_prefix(path)
         if self.keys.enabled and not is_open and scope["method"] != "OPTIONS":
             presented = _presented_key(headers)
-            if presented is None:
-                raise MissingApiKey("an API key is required: send Authorization: Bearer <key>")
-            key = self.keys.authenticate(presented)
-            if key is None:
+            key = self.keys.authenticate(presented) if presented is not None else None
+            if key is None:  # a failed attempt spends its address's tokens: guessing keys is rate-limited too
+                self._limit(_client_address(scope))
+                if presented is None:
+                    raise MissingApiKey("an API key is required: send Authorization: Bearer <key>")
                 raise InvalidApiKey("the API key is not valid")
             if key.read_only and is_write(scope["method"], path):
                 raise ReadOnlyKey(f"key {key.key_id!r} is read-only; {scope['method']} {path} writes")
-        if self.limiter.enabled and not is_open:
-            client = scope.get("client")
-            caller = key.key_id if key else (client[0] if client else "unknown")
-            wait = self.limiter.acquire(caller)
-            if wait > 0:
-                raise RateLimited(f"rate limit exceeded for {caller!r}; retry after {wait:.2f} s", retry_after=wait)
+        if not is_open:
+            self._limit(key.key_id if key else _client_address(scope))
         return key
+
+    def _limit(self, caller: str) -> None:
+        if not self.limiter.enabled:
+            return
+        wait = self.limiter.acquire(caller)
+        if wait > 0:
+            raise RateLimited(f"rate limit exceeded for {caller!r}; retry after {wait:.2f} s", retry_after=wait)
+
+
+def _client_address(scope: Scope) -> str:
+    client = scope.get("client")
+    return client[0] if client else "unknown"
 
 
 def _presented_key(headers: dict[bytes, bytes]) -> str | None:

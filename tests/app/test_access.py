@@ -109,6 +109,21 @@ def test_rate_limit_per_key_answers_429_with_retry_after(default_models_dir: Pat
         assert client.get("/health").status_code == 200  # never limited
 
 
+def test_failed_key_attempts_are_rate_limited_per_address_without_touching_valid_keys(
+    default_models_dir: Path, tmp_path: Path
+) -> None:
+    settings = settings_for(
+        default_models_dir, data_dir=tmp_path, api_keys=KEYS, rate_limit_per_s=0.5, rate_limit_burst=3
+    )
+    with TestClient(create_app(settings)) as client:
+        guesses = [client.get("/v1/models", headers=_auth(f"guess-{i}")).status_code for i in range(3)]
+        assert guesses == [401, 401, 401]
+        assert client.get("/v1/models", headers=_auth("guess-3")).status_code == 429  # the address's tokens
+        assert client.get("/v1/models").status_code == 429  # no key at all spends the same ones
+        assert client.get("/v1/models", headers=_auth(ADMIN)).status_code == 200  # a valid key: its own bucket
+        assert client.get("/health").status_code == 200
+
+
 def test_cors_is_off_by_default_and_an_allow_list_when_set(default_models_dir: Path, tmp_path: Path) -> None:
     preflight = {"origin": "http://ui.example", "access-control-request-method": "POST"}
     with TestClient(create_app(settings_for(default_models_dir, data_dir=tmp_path))) as client:
