@@ -7,6 +7,8 @@ Syntax (all conditions at one level are combined with AND):
     {"year": {"$gte": 2000, "$lt": 2010}}            numeric range ($gt, $gte, $lt, $lte); only
                                                      numeric values match (not "2005" as text)
     {"$and": [{...}, {...}]}                         explicit conjunction
+    {"a.b": 1}                                       the key "a.b", or b nested in a (built indexes
+                                                     may hold nested objects)
 Bounds (settings): nesting depth and the number of conditions in one filter; numbers must be
 finite and integers fit in 64 bits. Rows whose stored metadata is not valid JSON match nothing.
 """
@@ -42,10 +44,13 @@ class FilterLimits:
     max_conditions: int = 256  # leaf conditions in one filter, $in lists counted once
 
 
-def _path(key: str) -> str:
+def _paths(key: str) -> list[str]:
+    """JSON paths a filter key names: the key itself, and for a dotted key also the nested path
+    (`a.b`: a key "a.b", as the HTTP API stores it, or b inside a, as a built index may)."""
     if not isinstance(key, str) or not _KEY.match(key):
         raise FilterError(f"invalid metadata key {key!r}: letters, digits, '_', '.', '-' only")
-    return "$." + ".".join(f'"{part}"' for part in key.split("."))
+    literal = f'$."{key}"'
+    return [literal] if "." not in key else [literal, "$." + ".".join(f'"{part}"' for part in key.split("."))]
 
 
 def compile_filter(spec: dict[str, Any] | None, limits: FilterLimits | None = None) -> tuple[str, list[Any]]:
@@ -84,15 +89,15 @@ class _Compiler:
                 continue
             if isinstance(key, str) and key.startswith("$"):
                 raise FilterError(f"unknown operator {key!r} (supported: $and, $eq, $in, $gt, $gte, $lt, $lte)")
-            path = _path(key)
+            paths = _paths(key)
             operations = condition if isinstance(condition, dict) else {"$eq": condition}
             if not operations:
                 raise FilterError(f"empty condition for {key!r}")
             for op, value in operations.items():
                 self._count()
-                sql, op_params = _operation(key, path, op, value)
-                clauses.append(sql)
-                params += op_params
+                alternatives = [_operation(key, path, op, value) for path in paths]
+                clauses.append("(" + " OR ".join(f"({sql})" for sql, _ in alternatives) + ")")
+                params += [p for _, op_params in alternatives for p in op_params]
         return " AND ".join(clauses) or "1", params
 
 

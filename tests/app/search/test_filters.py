@@ -11,6 +11,7 @@ ROWS = [
     {"lang": "fr", "year": 2005, "tag": "c", "nested": {"x": 1}},
     {"lang": "de", "year": 2020},
     {"lang": "en", "year": "2010"},  # a number stored as text (e.g. from CSV)
+    {"lang": "en", "nested.x": 1, "v.w": {"$gt": 2}},  # dotted keys, as the HTTP API stores them
 ]
 
 
@@ -30,13 +31,15 @@ def _keys(db: sqlite3.Connection, spec: dict) -> list[int]:
 @pytest.mark.parametrize(
     ("spec", "expected"),
     [
-        ({}, [0, 1, 2, 3, 4]),
-        ({"lang": "en"}, [0, 1, 4]),
+        ({}, [0, 1, 2, 3, 4, 5]),
+        ({"lang": "en"}, [0, 1, 4, 5]),
         ({"lang": {"$in": ["fr", "de"]}}, [2, 3]),
         ({"year": {"$gte": 2000, "$lt": 2020}}, [1, 2]),
         ({"lang": "en", "year": {"$gt": 2000}}, [1]),
         ({"$and": [{"lang": {"$in": ["en", "fr"]}}, {"year": 2005}]}, [1, 2]),
-        ({"nested.x": 1}, [2]),
+        ({"nested.x": 1}, [2, 5]),  # b nested in a, or the key "a.b" itself
+        ({"nested.x": {"$gte": 1, "$lt": 2}}, [2, 5]),
+        ({"v.w": {"$gt": 2}}, []),  # a value that looks like a filter is only a value
         ({"tag": "zzz"}, []),
         ({"year": {"$gt": 1000}}, [0, 1, 2, 3]),  # text never matches a numeric range
         ({"year": "2010"}, [4]),

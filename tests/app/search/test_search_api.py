@@ -77,6 +77,18 @@ def test_filtered_search_returns_exactly_the_matching_top_k(client: TestClient) 
         assert [h["id"] for h in hits] == expected, spec
 
 
+def test_a_dotted_metadata_key_stored_over_http_filters_by_its_own_name(client: TestClient) -> None:
+    client.post("/indexes", json={"name": "dots"})
+    docs = [
+        {"id": "a", "text": "cats", "metadata": {"source.lang": "en", "source.year": 2020}},
+        {"id": "b", "text": "dogs", "metadata": {"source.lang": "fr", "source.year": 2010}},
+    ]
+    assert client.put("/indexes/dots/documents", json={"documents": docs}).status_code == 200
+    for spec, expected in (({"source.lang": "en"}, ["a"]), ({"source.year": {"$lt": 2015}}, ["b"])):
+        hits = client.post("/indexes/dots/search", json={"query": "pets", "filter": spec}).json()["hits"]
+        assert [h["id"] for h in hits] == expected, spec
+
+
 def test_client_vectors_of_the_right_dim(client: TestClient) -> None:
     assert client.post("/indexes", json={"name": "vec", "metric": "ip"}).status_code == 201
     rng = np.random.default_rng(0)
