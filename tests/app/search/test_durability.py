@@ -35,11 +35,14 @@ def _start_server(models_dir: Path, data_dir: Path, port: int, snapshot_every: i
         "TESSERA_LOG_LEVEL": "warning",
     }
     cmd = [sys.executable, "-c", "from app.cli import main; main()", "serve", "--port", str(port)]
-    process = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # stderr to a file, never an unread pipe: a full pipe would stall the server mid-test
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with open(server_log(data_dir), "ab") as log_file:
+        process = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log_file)
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"server exited: {process.stderr.read().decode()[-2000:] if process.stderr else ''}")
+            raise RuntimeError(f"server exited: {server_log_tail(data_dir)}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
                 return process
@@ -48,6 +51,15 @@ def _start_server(models_dir: Path, data_dir: Path, port: int, snapshot_every: i
         time.sleep(0.1)
     process.kill()
     raise RuntimeError("server did not become ready")
+
+
+def server_log(data_dir: Path) -> Path:
+    return data_dir / "server-stderr.log"
+
+
+def server_log_tail(data_dir: Path, chars: int = 2000) -> str:
+    path = server_log(data_dir)
+    return path.read_bytes()[-chars:].decode(errors="replace") if path.exists() else ""
 
 
 def _vector(doc_id: str) -> list[float]:
@@ -164,6 +176,7 @@ def test_ten_thousand_acknowledged_upserts_survive_kills_mid_ingest_snapshot_and
     possible: dict[str, set[str]] = {}  # id -> versions a request cut off by a kill may have written
     deleted: set[str] = set()
     lock = threading.Lock()
+    endings: list[str] = []  # why each writer stopped: its last answer or error (the kill ends them all)
 
     def run_life(phase: str, until_acked: int, kill_when) -> None:  # type: ignore[no-untyped-def]
         server = _start_server(default_models_dir, tmp_path, port, snapshot_every=400)
@@ -183,9 +196,11 @@ def test_ten_thousand_acknowledged_upserts_survive_kills_mid_ingest_snapshot_and
                             possible.setdefault(doc_id, set()).add(seed)
                     try:
                         response = http.put("/indexes/scale/documents", json={"documents": docs})
-                    except httpx.HTTPError:
+                    except httpx.HTTPError as exc:
+                        endings.append(f"{phase}{worker} put: {exc!r}")
                         return
                     if response.status_code != 200:
+                        endings.append(f"{phase}{worker} put: {response.status_code} {response.text[:200]}")
                         return
                     with lock:
                         for doc_id, seed in seeds:
@@ -195,9 +210,10 @@ def test_ten_thousand_acknowledged_upserts_survive_kills_mid_ingest_snapshot_and
                         victim = f"{phase}{worker}-{batch - 1}-7"
                         try:
                             gone = http.delete(f"/indexes/scale/documents/{victim}")
-                        except httpx.HTTPError:
+                        except httpx.HTTPError as exc:
                             with lock:
                                 possible.setdefault(victim, set()).add("deleted")
+                            endings.append(f"{phase}{worker} delete: {exc!r}")
                             return
                         if gone.status_code == 200:
                             with lock:
@@ -229,10 +245,13 @@ def test_ten_thousand_acknowledged_upserts_survive_kills_mid_ingest_snapshot_and
         return None
 
     def mid_snapshot(_: str) -> None:
-        deadline = time.monotonic() + 60
+        before, deadline = len(acked), time.monotonic() + 60
         while time.monotonic() < deadline and not any(folder.glob("*.tmp")):
             time.sleep(0.001)
-        assert any(folder.glob("*.tmp")), "no snapshot was caught being written"
+        assert any(folder.glob("*.tmp")), (
+            f"no snapshot was caught being written in 60 s: {len(acked) - before} upserts acknowledged meanwhile, "
+            f"writers ended: {endings}, server stderr: {server_log_tail(tmp_path)!r}"
+        )
 
     def mid_optimize(base_url: str) -> None:
         with httpx.Client(base_url=base_url, timeout=60) as http:
