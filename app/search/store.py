@@ -220,6 +220,10 @@ class DocumentStore:
             self._closed = True
             self._db.close()
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def _check_open(self) -> None:
         if self._closed:  # the collection was deleted while a request was using it
             raise CollectionNotFound(f"index {self.path.parent.name!r} was deleted")

@@ -249,6 +249,32 @@ def test_deleting_a_collection_under_load_gives_404s_not_500s(default_models_dir
         assert httpx.get(f"{base}/health").status_code == 200
 
 
+def test_a_write_that_outlives_its_collection_is_404_and_never_lands_in_a_new_one_of_that_name(
+    tmp_path: Path,
+) -> None:
+    """A request holding the collection it started on (its embedding still running) writes after a
+    DELETE and a re-create of the same name: 404 'was deleted', not a 409 about a lock the new
+    collection holds, and nothing of it in the new collection."""
+    from app.core.errors import CollectionNotFound
+    from app.search.manager import CollectionManager
+    from app.search.store import Document
+
+    manager = CollectionManager(tmp_path, 1 << 30)
+    try:
+        old = manager.create("again", "m", DIM, "cosine", "Flat")
+        manager.delete("again")
+        new = manager.create("again", "m", DIM, "cosine", "Flat")
+        for write in (
+            lambda: old.upsert([Document("late", None, {}, np.asarray(_vec(1), dtype=np.float32))]),
+            lambda: old.delete(["late"]),
+        ):
+            with pytest.raises(CollectionNotFound, match="was deleted"):
+                write()
+        assert new.store.count() == 0 and new.writable
+    finally:
+        manager.close()
+
+
 # --- 9, 10: oversized inputs and bodies ----------------------------------------------------------
 def test_an_input_over_the_character_cap_is_413_before_tokenising(client: TestClient) -> None:
     error = _json_error(client.post("/v1/embeddings", json={"input": ["ok", "x" * 200_000]}), 413, "input_too_long")
