@@ -173,14 +173,21 @@ class CollectionManager:
         return collection
 
     def delete(self, name: str) -> None:
-        """Remove a collection (also one that failed to open). Requests still using it get 404."""
+        """Remove a collection (also one that failed to open). Requests still using it get 404.
+        CollectionLocked while another process (a build) writes it: its files are never removed
+        from under that writer."""
         validate_name(name)
         with self._lock:
             if name in self.failed and name not in self.collections:
+                lock = CollectionLock(self.root / name, self.holder)
+                _take_to_delete(name, lock)
                 del self.failed[name]
                 shutil.rmtree(self.root / name, ignore_errors=True)
+                lock.release()
                 return
             collection = self.get(name)
+            if collection.lock is not None:
+                _take_to_delete(name, collection.lock)  # released by close()
             del self.collections[name]
         collection.close()
         shutil.rmtree(collection.folder, ignore_errors=True)
@@ -196,3 +203,13 @@ class CollectionManager:
             except Exception:
                 log.exception("snapshot of %s failed at shutdown", collection.config.name)
             collection.close()
+
+
+def _take_to_delete(name: str, lock: CollectionLock) -> None:
+    """Hold the writer lock of a collection about to be deleted, or refuse while another holds it."""
+    try:
+        taken = lock.try_acquire()
+    except FileNotFoundError:  # its folder is gone already: nobody writes there
+        return
+    if not taken:
+        raise lock.refusal(name, "stop it (or let it finish), then delete the index")

@@ -275,6 +275,36 @@ def test_a_write_that_outlives_its_collection_is_404_and_never_lands_in_a_new_on
         manager.close()
 
 
+def test_deleting_a_collection_a_build_is_writing_is_refused_until_the_build_ends(tmp_path: Path) -> None:
+    """A server that opened a collection while a build held its writer lock (and a broken one the
+    build is writing) must not remove the files from under the build: 409 naming the holder."""
+    from app.core.errors import CollectionLocked
+    from app.search.lock import CollectionLock
+    from app.search.manager import CollectionManager
+
+    first = CollectionManager(tmp_path, 1 << 30)
+    first.create("built", "m", DIM, "cosine", "Flat")
+    first.close()
+    root = first.root
+    (root / "broken").mkdir()
+    (root / "broken" / "collection.json").write_text("{not json")
+    builds = {name: CollectionLock(root / name, "builder") for name in ("built", "broken")}
+    assert all(lock.try_acquire() for lock in builds.values())
+    server = CollectionManager(tmp_path, 1 << 30)
+    server.open_all()
+    try:
+        assert "broken" in server.failed and not server.get("built").writable
+        for name, lock in builds.items():
+            with pytest.raises(CollectionLocked, match=r"a builder \(pid \d+\)"):
+                server.delete(name)
+            assert (root / name / "collection.json").exists()
+            lock.release()  # the build ends
+            server.delete(name)
+            assert not (root / name).exists()
+    finally:
+        server.close()
+
+
 # --- 9, 10: oversized inputs and bodies ----------------------------------------------------------
 def test_an_input_over_the_character_cap_is_413_before_tokenising(client: TestClient) -> None:
     error = _json_error(client.post("/v1/embeddings", json={"input": ["ok", "x" * 200_000]}), 413, "input_too_long")
