@@ -33,7 +33,6 @@ _ITEM_SCHEMA = {
 }
 
 
-# A string, or a non-empty list of strings and image items (requests normalise it to the list).
 def _item_kind(value: Any) -> str:
     # Items are strings or objects by now (`_as_input_list`): an object's errors then name its own
     # fields, not every branch of the union.
@@ -41,6 +40,7 @@ def _item_kind(value: Any) -> str:
 
 
 InputItem = Annotated[Annotated[Text, Tag("text")] | Annotated[ImageItem, Tag("image")], Discriminator(_item_kind)]
+# A string, or a non-empty list of strings and image items (requests normalise it to the list).
 Inputs = Annotated[
     list[InputItem],
     WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "array", "items": _ITEM_SCHEMA, "minItems": 1}]}),

@@ -273,8 +273,7 @@ class Collection:
     def _check_write_lock(self) -> None:
         """Called under the write lock before any write. A lock another process held at open time
         may be free now: take it, and reload from disk what that process wrote meanwhile."""
-        if self.store.closed:  # deleted while this write waited; a collection of the same name may exist now
-            raise CollectionNotFound(f"index '{self.config.name}' was deleted")
+        self.store.check_open()  # deleted while this write waited: a collection of that name may exist now
         if self.read_only or self.lock is None or self.lock.held:
             return
         try:  # the folder (lock file, config) can vanish: deleted meanwhile, there is nothing to write to

@@ -220,18 +220,14 @@ class DocumentStore:
             self._closed = True
             self._db.close()
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def _check_open(self) -> None:
+    def check_open(self) -> None:
         if self._closed:  # the collection was deleted while a request was using it
             raise CollectionNotFound(f"index {self.path.parent.name!r} was deleted")
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
         with self._lock:
-            self._check_open()
+            self.check_open()
             yield
 
     def upsert(self, docs: list[Document]) -> tuple[list[int], list[int]]:
@@ -331,7 +327,7 @@ class DocumentStore:
         if not self._lock.acquire(blocking=False):
             return None
         try:
-            self._check_open()
+            self.check_open()
             return self._by_keys(keys, fields)
         finally:
             self._lock.release()
@@ -442,7 +438,7 @@ class DocumentStore:
     def snapshot(self) -> Iterator[StoreSnapshot]:
         """A consistent read of the documents and the op position they reflect, on its own
         connection (writers go on; the WAL keeps this reader's view)."""
-        self._check_open()
+        self.check_open()
         if self.read_only:
             uri = f"file:{self.path.resolve()}?mode=ro&immutable=1"
         else:
