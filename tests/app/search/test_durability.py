@@ -261,6 +261,8 @@ def test_ten_thousand_acknowledged_upserts_survive_kills_mid_ingest_snapshot_and
                 time.sleep(0.01)
             assert http.get("/indexes/scale").json()["optimizing"]
             time.sleep(0.3)
+            seen = http.get("/indexes/scale").json()
+            endings.append(f"just before the kill: optimizing {seen['optimizing']}, index {seen['index_type']}")
 
     run_life("a", 4_000, now)
     run_life("b", 7_000, mid_snapshot)
@@ -271,22 +273,33 @@ def test_ten_thousand_acknowledged_upserts_survive_kills_mid_ingest_snapshot_and
     try:
         with httpx.Client(base_url=base, timeout=60) as http:
             info = http.get("/indexes/scale").json()
-            assert info["index_vectors"] == info["size"], info
+            # which index survived (Flat, or HNSW32 if the optimize finished before the kill) and the
+            # writers' endings go into every failure message: a rare failure must explain itself
+            state = (
+                f"index {info.get('index_type')!r}, defaults {info.get('search_defaults')}, "
+                f"last build {info.get('last_build')!r}, writers ended: {endings}"
+            )
+            assert info["index_vectors"] == info["size"], f"{info}; {state}"
             surely_live = {d for d in acked if d not in deleted and "deleted" not in possible.get(d, set())}
-            assert info["size"] >= len(surely_live)
+            assert info["size"] >= len(surely_live), f"{info['size']} stored < {len(surely_live)} surely live; {state}"
             for doc_id in sorted(deleted):
-                assert http.get(f"/indexes/scale/documents/{doc_id}").status_code == 404, doc_id
+                assert http.get(f"/indexes/scale/documents/{doc_id}").status_code == 404, f"{doc_id} back; {state}"
             for doc_id in sorted(surely_live):
                 response = http.get(f"/indexes/scale/documents/{doc_id}", params={"include_vector": "true"})
-                assert response.status_code == 200, doc_id
+                assert response.status_code == 200, f"{doc_id}: {response.status_code}; {state}"
                 stored = np.asarray(response.json()["vector"], dtype=np.float32)
                 versions = possible[doc_id] | {acked[doc_id]}
-                assert any(np.allclose(stored, _vector(v), atol=1e-6) for v in versions if v != "deleted"), doc_id
+                assert any(np.allclose(stored, _vector(v), atol=1e-6) for v in versions if v != "deleted"), (
+                    f"{doc_id}: stored vector is none of {sorted(versions)}; {state}"
+                )
             sample = sorted(surely_live)[:: max(1, len(surely_live) // 100)]
             for doc_id in sample:
-                hits = http.post("/indexes/scale/search", json={"vector": _vector(acked[doc_id]), "top_k": 20}).json()
-                ids = [h["id"] for h in hits["hits"]]
-                assert ids[0] == doc_id and len(ids) == len(set(ids)), doc_id
+                # the widest HNSW search: an index that finished optimising is approximate, and a
+                # tuned efSearch may miss a document's own vector on random data (no structure);
+                # the claim here is index == store, not the tuned recall (Flat ignores ef_search)
+                query = {"vector": _vector(acked[doc_id]), "top_k": 20, "ef_search": 4096}
+                ids = [h["id"] for h in http.post("/indexes/scale/search", json=query).json()["hits"]]
+                assert ids[:1] == [doc_id] and len(ids) == len(set(ids)), f"{doc_id}: found {ids[:3]}; {state}"
     finally:
         server.kill()
         server.wait(timeout=10)
