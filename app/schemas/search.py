@@ -23,8 +23,17 @@ from app.schemas.common import INDEX_NAME_PATTERN, INDEX_SPEC_PATTERN, FiniteFlo
 MetadataScalar = Text | bool | Int64 | FiniteFloat
 
 
+def _beyond_int64(value: Any) -> bool:
+    return type(value) is int and not -(2**63) <= value < 2**63
+
+
 def _one_metadata_error(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
-    """One message for a value no branch of the union takes, instead of one per branch."""
+    """One message for a value no branch of the union takes, instead of one per branch. An integer
+    beyond 64 bits is refused rather than stored as the nearest float (a silent change of value)."""
+    if _beyond_int64(value) or (isinstance(value, list) and any(map(_beyond_int64, value))):
+        raise PydanticCustomError(
+            "metadata_value", "an integer metadata value must fit in 64 bits; send a larger one as a string"
+        )
     try:
         return handler(value)
     except ValidationError:

@@ -134,6 +134,20 @@ def test_a_nested_object_as_metadata_value_gets_one_clear_message(client: TestCl
     )
 
 
+@pytest.mark.parametrize("value", [2**63, -(2**63) - 1, [1, 2**70]])
+def test_an_integer_beyond_64_bits_is_refused_not_stored_as_a_nearby_float(client: TestClient, value: object) -> None:
+    client.post("/indexes", json={"name": "m"})
+    doc = {"id": "a", "text": "hello", "metadata": {"n": value}}
+    message = _json_error(client.put("/indexes/m/documents", json={"documents": [doc]}), 422)["message"]
+    assert message == (
+        "documents.0.metadata.n: an integer metadata value must fit in 64 bits; send a larger one as a string"
+    )
+    assert client.get("/indexes/m").json()["size"] == 0
+    edge = {"id": "b", "text": "hello", "metadata": {"n": 2**63 - 1, "m": -(2**63)}}
+    assert client.put("/indexes/m/documents", json={"documents": [edge]}).status_code == 200
+    assert client.get("/indexes/m/documents/b").json()["metadata"] == {"n": 2**63 - 1, "m": -(2**63)}
+
+
 def test_rows_stored_before_the_checks_still_read_and_filter(client: TestClient, tmp_path: Path) -> None:
     client.post("/indexes", json={"name": "legacy"})
     docs = [{"id": "ok", "vector": _vec(3), "metadata": {"lang": "en"}}, {"id": "bad", "vector": _vec(4)}]
