@@ -33,7 +33,7 @@ RERANK_MODEL := models/mpnet-rerank/manifest.json
 # The service-only venv (no torch) that the Docker runtime image carries.
 SERVE_VENV ?= .venv-serve
 
-.PHONY: install install-serve model rerank-model image-data image-model clip-model demo-index demo-image-index serve docker-data docker-check test fuzz lint openapi bench clean
+.PHONY: install install-serve model rerank-model image-data image-model clip-model demo-index demo-image-index serve docker-data docker-check test fuzz lint openapi bench wrk clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -136,8 +136,21 @@ lint: $(INSTALLED)
 openapi: $(INSTALLED)
 	$(PY) -m app.openapi > openapi/openapi.json
 
-bench: model
+bench: model wrk
 	$(PY) benchmarks/embed_http.py
+
+# wrk, the HTTP benchmarks' load generator, from Debian without root: the package and its LuaJIT
+# extracted under data/raw/wrk, run through a wrapper in the venv (skipped when wrk is on PATH).
+wrk: $(VENV)/bin/wrk
+$(VENV)/bin/wrk: | $(PY)
+	rm -rf $(RAW)/wrk && mkdir -p $(RAW)/wrk
+	cd $(RAW)/wrk && apt-get download -q wrk libluajit2-5.1-2 2>/dev/null
+	for deb in $(RAW)/wrk/*.deb; do dpkg -x $$deb $(RAW)/wrk/x; done
+	printf '#!/bin/sh\nLD_LIBRARY_PATH=%s/usr/lib/%s exec %s/usr/bin/wrk "$$@"\n' \
+		"$(abspath $(RAW)/wrk/x)" "$$(dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || echo x86_64-linux-gnu)" \
+		"$(abspath $(RAW)/wrk/x)" > $@
+	chmod +x $@
+	$@ --version | head -1
 
 # The API alone: a non-editable install without torch (what the Docker runtime image runs).
 install-serve:

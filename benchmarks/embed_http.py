@@ -43,6 +43,18 @@ from app.inference.text_model import TextModel  # noqa: E402
 SHARED = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"
 PEER_VENV = ROOT / ".peer-infinity"
+# `make wrk` puts Debian's wrk (and its LuaJIT) here when none is installed: no root needed
+LOCAL_WRK = ROOT / ".venv" / "bin" / "wrk"
+
+
+def wrk_path() -> str:
+    """The wrk to run: one on PATH, else `make wrk`'s; exits with how to get one."""
+    found = shutil.which("wrk") or (str(LOCAL_WRK) if LOCAL_WRK.is_file() else None)
+    if found is None:
+        sys.exit("wrk not found: run `make wrk` (or apt-get install wrk)")
+    return found
+
+
 TESSERA_PORT, INFINITY_PORT = 8101, 7997
 
 SCENARIOS = [
@@ -218,7 +230,7 @@ def pause_others(procs: dict[str, subprocess.Popen], active: str) -> None:
 def run_wrk(url: str, body_file: Path, lua: Path, connections: int, duration: int) -> dict:
     out = subprocess.run(
         [
-            "wrk",
+            wrk_path(),
             "-t1",
             f"-c{connections}",
             f"-d{duration}s",
@@ -286,8 +298,7 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
-    if not shutil.which("wrk"):
-        sys.exit("wrk not found: apt-get install wrk")
+    wrk_path()  # before any server starts
     if not (PEER_VENV / "bin" / "infinity_emb").exists():
         sys.exit("peer venv missing: see benchmarks/README.md (Infinity in .peer-infinity)")
     texts = load_texts()

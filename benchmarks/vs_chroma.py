@@ -47,7 +47,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.embed_http import start_tessera, wait_ready  # noqa: E402
+from benchmarks.embed_http import start_tessera, wait_ready, wrk_path  # noqa: E402
 from benchmarks.recall_estimate import real_vectors  # noqa: E402
 from benchmarks.search import synthetic_vectors  # noqa: E402
 
@@ -319,7 +319,7 @@ def wrk_run(server: Server, name: str, queries: np.ndarray, connections: int, se
         cpu = server.cpu_s()
         out = subprocess.run(
             [
-                "wrk",
+                wrk_path(),
                 "-t1",
                 f"-c{connections}",
                 f"-d{seconds}s",
@@ -589,8 +589,7 @@ def main() -> None:
     args = parser.parse_args()
     if not CHROMA.is_file():
         sys.exit("Chroma missing: bash benchmarks/setup_chroma.sh")
-    if not shutil.which("wrk"):
-        sys.exit("wrk not found: apt-get install -y wrk")
+    wrk_path()  # before any server starts
     os.environ.setdefault("TESSERA_INDEX_MEMORY_BUDGET_MB", "4096")
     report = run_all(args.n, args.queries)
     RESULTS.mkdir(exist_ok=True)
