@@ -140,7 +140,7 @@ bench: model wrk
 	$(PY) benchmarks/embed_http.py
 
 # wrk, the HTTP benchmarks' load generator, from Debian without root: the package and its LuaJIT
-# extracted under data/raw/wrk, run through a wrapper in the venv (skipped when wrk is on PATH).
+# extracted under data/raw/wrk, run through a wrapper in the venv (the benchmarks prefer a wrk on PATH).
 wrk: $(VENV)/bin/wrk
 $(VENV)/bin/wrk: | $(PY)
 	rm -rf $(RAW)/wrk && mkdir -p $(RAW)/wrk

