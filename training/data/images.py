@@ -16,6 +16,7 @@ import gzip
 import json
 import random
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,14 +74,14 @@ def prepare_emoji(npm_packages: dict[str, Path], svg_styles: dict[str, SvgStyle]
                 },
             )
             record.setdefault("styles", []).append(style)
-    for style, folder in svg_styles.items():
+    for style, svg_style in svg_styles.items():
         import resvg_py  # a self-contained SVG renderer (train extra)
 
-        files = _svg_files(folder.folder, folder.loose_names)
+        find_svg = _svg_finder(svg_style)
         (out / style).mkdir(parents=True, exist_ok=True)
         for unified, record in records.items():
-            svg = files.get(unified) or (folder.loose_names and files.get(_without_variation_selectors(unified)))
-            if not svg:
+            svg = find_svg(unified)
+            if svg is None:
                 continue
             png = bytes(resvg_py.svg_to_bytes(svg_path=str(svg), width=size, height=size))
             (out / style / f"{unified}.png").write_bytes(png)
@@ -97,14 +98,14 @@ def _without_variation_selectors(unified: str) -> str:
     return "-".join(part for part in unified.split("-") if part != "FE0F")
 
 
-def _svg_files(folder: Path, loose_names: bool) -> dict[str, Path]:
-    """Codepoint sequence -> SVG file; with `loose_names` names are upper-cased and each is also
-    listed without FE0F (a file named exactly wins over one that matches only without it)."""
-    if not loose_names:
-        return {svg.stem: svg for svg in folder.glob("*.svg")}
-    exact = {svg.stem.upper(): svg for svg in sorted(folder.glob("*.svg"))}
-    loose = {_without_variation_selectors(name): svg for name, svg in exact.items()}
-    return {**loose, **exact}
+def _svg_finder(style: SvgStyle) -> Callable[[str], Path | None]:
+    """Codepoint sequence -> its SVG in the style's folder, or None. Exact file names only; with
+    `loose_names` in any case and, failing an exact name, without FE0F."""
+    if not style.loose_names:
+        return {svg.stem: svg for svg in style.folder.glob("*.svg")}.get
+    by_name = {svg.stem.upper(): svg for svg in sorted(style.folder.glob("*.svg"))}
+    by_loose_name = {_without_variation_selectors(name): svg for name, svg in by_name.items()}
+    return lambda unified: by_name.get(unified) or by_loose_name.get(_without_variation_selectors(unified))
 
 
 def load_identities(folder: Path) -> list[Identity]:
