@@ -38,7 +38,8 @@ def _whole_number(value: object) -> object:
 
 
 Integer = Annotated[int, BeforeValidator(_whole_number)]  # still refuses "12", true and 12.5
-Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+Int64 = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
 
 
 # Index specs: the shapes and numeric ranges `app.search.vector_index.validate_spec` accepts (HNSW M

@@ -17,14 +17,24 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from app.core.text import MAX_ID_CHARS, document_id_problem
-from app.schemas.common import INDEX_NAME_PATTERN, INDEX_SPEC_PATTERN, FiniteFloat, Int64, Integer, StrictRequest, Text
+from app.schemas.common import (
+    INDEX_NAME_PATTERN,
+    INDEX_SPEC_PATTERN,
+    INT64_MAX,
+    INT64_MIN,
+    FiniteFloat,
+    Int64,
+    Integer,
+    StrictRequest,
+    Text,
+)
 
 # bool before the numbers: strict validation keeps true a boolean and 1 a number.
 MetadataScalar = Text | bool | Int64 | FiniteFloat
 
 
 def _beyond_int64(value: Any) -> bool:
-    return type(value) is int and not -(2**63) <= value < 2**63
+    return type(value) is int and not INT64_MIN <= value <= INT64_MAX
 
 
 def _one_metadata_error(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
