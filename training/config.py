@@ -103,6 +103,14 @@ class WarmStartConfig(Strict):
     config: Path
 
 
+class WiseFtConfig(Strict):
+    """WiSE-FT (training/interpolation.py): the saved, evaluated and exported weights are
+    start + alpha * (fine-tuned - start), where start is the model training began from (the
+    warm-start stage's, else `base_model`). 1 keeps the fine-tuned weights."""
+
+    alpha: float = Field(gt=0, le=1)
+
+
 class ValidationConfig(Strict):
     """Hold `fraction` of the training queries out of training, score the model on them at step 0 and
     every `every` steps, and keep the best weights, the base model's included (training/validation.py).
@@ -151,6 +159,7 @@ class TrainConfig(Strict):
     validation: ValidationConfig | None = None  # checkpoint selection on held-out training queries
     warm_start: WarmStartConfig | None = None  # train from an unlabelled stage's model
     synthetic_lists: SyntheticListsConfig | None = None  # graded lists by a causal LM (graded losses)
+    wise_ft: WiseFtConfig | None = None  # interpolate back toward the start model after training
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when torch sees a GPU
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast of the forward passes; fp16 needs CUDA
     # Save `<run>/checkpoint.pt` every K steps (0 = never), for `train --resume runs/<name>`; it is

@@ -131,7 +131,7 @@ def run_splits(
     runs: dict[int, dict[str, Any]] = {}
     trained_once: Any = None
     for seed in plan.seeds:
-        run_config = _split_config(config, seed)
+        run_config = split_config(config, seed)
         if trained_once is not None and evaluate is not None:
             runs[seed] = _rescored(trained_once, run_config, evaluate)
             continue
@@ -156,7 +156,8 @@ class _Finished:
     metrics: dict[str, Any]
 
 
-def _split_config(config: TrainConfig, seed: int) -> TrainConfig:
+def split_config(config: TrainConfig, seed: int) -> TrainConfig:
+    """`config` on query split `seed`: its own run name, no export."""
     split = config.data.query_split.model_copy(update={"seed": seed})  # type: ignore[union-attr]
     data = config.data.model_copy(update={"query_split": split})
     return config.model_copy(update={"name": f"{config.name}-split{seed}", "data": data, "export": None})

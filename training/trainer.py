@@ -50,6 +50,7 @@ from training.distributed import (
 )
 from training.eval.first_stage import BaseCorpus, CorpusIndex, judged_queries
 from training.gradcache import gradcache_backward
+from training.interpolation import interpolate_weights
 from training.losses.distillation import TeacherDistillationLoss
 from training.losses.layouts import BatchLayout
 from training.losses.registry import build_embedding_loss, layout_of
@@ -384,6 +385,16 @@ def evaluate_source(source: str, config: TrainConfig) -> dict[str, float]:
     """Retrieval scores of the model at `source` on `config`'s evaluation set (the held-out half of
     its query split), at the config's sequence length; no STS."""
     return _evaluate_source(source, config, TrainingData.load(config).eval_set, None)
+
+
+def evaluate_interpolated(fine_tuned: str, start: str, alpha: float, config: TrainConfig) -> dict[str, float]:
+    """Retrieval scores and STS of WiSE-FT's start + alpha * (fine_tuned - start) on `config`'s
+    evaluation set: what a run with `wise_ft: {alpha}` keeps, from its fine-tuned weights."""
+    model = load_sentence_transformer(fine_tuned)
+    interpolate_weights(model, load_sentence_transformer(start), alpha)
+    model.max_seq_length = config.max_seq_length
+    model.eval()
+    return evaluate(model, TrainingData.load(config).eval_set, config.eval_sts)
 
 
 def _evaluate_source(
@@ -858,6 +869,25 @@ def _run_metrics(
     }
 
 
+def _final_weights(  # type: ignore[no-untyped-def]
+    model, config: TrainConfig, selector: CheckpointSelector | None, start: str, total_steps: int
+) -> CorpusIndex | None:
+    """Set `model` to the weights the run keeps: validation's best checkpoint, then WiSE-FT's
+    interpolation toward `start` (the model training began from). Returns the corpus encoding
+    known for those weights (None when interpolation made it stale)."""
+    known = None
+    if selector is not None:
+        selector.restore_best(model)
+        known = selector.best_corpus
+        log.info("validation kept the weights after step %s of %d", selector.best_step, total_steps)
+    if config.wise_ft is not None:
+        device = next(model.parameters()).device
+        interpolate_weights(model, load_sentence_transformer(start).to(device), config.wise_ft.alpha)
+        log.info("wise_ft: kept %.2f of the way from %s to the fine-tuned weights", config.wise_ft.alpha, start)
+        known = None
+    return known
+
+
 def train(config: TrainConfig, show_progress: bool = True, resume: bool = False) -> RunResult:
     """One run (or this rank's part of one under torchrun); `resume` continues the run folder's
     checkpoint, which is read and checked before anything else."""
@@ -920,11 +950,9 @@ def train(config: TrainConfig, show_progress: bool = True, resume: bool = False)
         return RunResult(config.runs_dir / config.name, {}, None, progress.steps)
 
     model.eval()
-    if selector is not None:
-        selector.restore_best(model)
-        log.info("validation kept the weights after step %s of %d", selector.best_step, loop.total_steps)
+    known = _final_weights(model, config, selector, warm_start or config.base_model, loop.total_steps)
     model.save(str(run.path / "model"))
-    after = evaluate(model, data.eval_set, config.eval_sts, selector.best_corpus if selector is not None else None)
+    after = evaluate(model, data.eval_set, config.eval_sts, known)
     log.info("after: %s", after)
     metrics = _run_metrics(config, data, loop, workers, progress, time.perf_counter() - started)
     metrics |= {"before": prepared["before"], "after": after}
@@ -932,6 +960,8 @@ def train(config: TrainConfig, show_progress: bool = True, resume: bool = False)
         metrics["warm_start"] = {"config": str(config.warm_start.config), "model": warm_start}  # type: ignore[union-attr]
     if selector is not None:
         metrics["validation"] = selector.summary()
+    if config.wise_ft is not None:
+        metrics["wise_ft"] = {"alpha": config.wise_ft.alpha, "start": warm_start or config.base_model}
     run.write_metrics(metrics)
     export_dir = _export(config, run, after)
     if not config.keep_checkpoint:

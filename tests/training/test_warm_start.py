@@ -85,6 +85,24 @@ def test_a_warm_start_trains_its_stage_once_and_continues_from_it(
     assert (stage_run / "metrics.json").stat().st_mtime_ns != stage_mtime
 
 
+def test_wise_ft_on_a_warm_start_interpolates_toward_the_stage_not_the_base_model(
+    tmp_path: Path, tiny_model: Path, small_beir: Path
+) -> None:
+    stage = _stage(tmp_path, tiny_model, small_beir)
+    moving = {"learning_rate": 1e-3}
+    tuned = train(_labelled(tmp_path, tiny_model, small_beir, stage).model_copy(update=moving), show_progress=False)
+    halfway = _labelled(tmp_path, tiny_model, small_beir, stage, "halfway").model_copy(update=moving)
+    halfway = TrainConfig.model_validate(halfway.model_dump() | {"wise_ft": {"alpha": 0.5}})
+    kept = train(halfway, show_progress=False)
+
+    stage_model = tmp_path / "runs" / "tiny-stage" / "model"
+    assert kept.metrics["wise_ft"] == {"alpha": 0.5, "start": str(stage_model)}
+    staged, fine_tuned = _weights(stage_model), _weights(tuned.run_dir / "model")
+    assert not all(torch.allclose(a, b, atol=1e-6) for a, b in zip(staged, fine_tuned, strict=True))
+    for saved, start, end in zip(_weights(kept.run_dir / "model"), staged, fine_tuned, strict=True):
+        torch.testing.assert_close(saved, (start + end) / 2, rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
