@@ -12,6 +12,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
+from app.core.numbers import INT64_MAX, INT64_MIN
 from app.core.text import is_encodable
 
 
@@ -38,7 +39,6 @@ def _whole_number(value: object) -> object:
 
 
 Integer = Annotated[int, BeforeValidator(_whole_number)]  # still refuses "12", true and 12.5
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 Int64 = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
 
 

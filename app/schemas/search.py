@@ -16,12 +16,11 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from app.core.numbers import fits_int64
 from app.core.text import MAX_ID_CHARS, document_id_problem
 from app.schemas.common import (
     INDEX_NAME_PATTERN,
     INDEX_SPEC_PATTERN,
-    INT64_MAX,
-    INT64_MIN,
     FiniteFloat,
     Int64,
     Integer,
@@ -34,7 +33,7 @@ MetadataScalar = Text | bool | Int64 | FiniteFloat
 
 
 def _beyond_int64(value: Any) -> bool:
-    return type(value) is int and not INT64_MIN <= value <= INT64_MAX
+    return type(value) is int and not fits_int64(value)
 
 
 def _one_metadata_error(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:

@@ -21,13 +21,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.core.errors import InvalidFilter
+from app.core.numbers import fits_int64
 from app.core.text import is_encodable
 
 _KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 _RANGE_OPS = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
 _SCALARS = (str, int, float, bool)
 MAX_IN_VALUES = 1024
-_INT64 = 2**63 - 1
 # The metadata document, or NULL when a stored row is not valid JSON (then no condition matches it,
 # instead of the whole query failing on "malformed JSON").
 _DOC = "(CASE WHEN json_valid(metadata) THEN metadata END)"
@@ -146,6 +146,6 @@ def _scalar(key: str, value: Any) -> Any:
 def _number(key: str, value: int | float) -> int | float:
     if isinstance(value, float) and not math.isfinite(value):
         raise FilterError(f"value for {key!r} must be a finite number")
-    if isinstance(value, int) and abs(value) > _INT64:
+    if isinstance(value, int) and not fits_int64(value):
         raise FilterError(f"value for {key!r} does not fit in a 64-bit integer")
     return value

@@ -146,6 +146,10 @@ def test_an_integer_beyond_64_bits_is_refused_not_stored_as_a_nearby_float(clien
     edge = {"id": "b", "text": "hello", "metadata": {"n": 2**63 - 1, "m": -(2**63)}}
     assert client.put("/indexes/m/documents", json={"documents": [edge]}).status_code == 200
     assert client.get("/indexes/m/documents/b").json()["metadata"] == {"n": 2**63 - 1, "m": -(2**63)}
+    # and a filter finds it by either bound
+    for key, bound in (("n", 2**63 - 1), ("m", -(2**63))):
+        found = client.post("/indexes/m/search", json={"query": "hello", "filter": {key: bound}})
+        assert [hit["id"] for hit in found.json()["hits"]] == ["b"], found.text
 
 
 def test_rows_stored_before_the_checks_still_read_and_filter(client: TestClient, tmp_path: Path) -> None:

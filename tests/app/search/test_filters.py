@@ -66,3 +66,15 @@ def test_filters_select_exactly_the_matching_rows(db: sqlite3.Connection, spec: 
 def test_bad_filters_are_rejected(spec: dict) -> None:
     with pytest.raises(FilterError):
         compile_filter(spec)
+
+
+def test_filters_take_exactly_the_64_bit_integers_the_api_stores(db: sqlite3.Connection) -> None:
+    edges = [-(2**63), 2**63 - 1]
+    db.executemany("INSERT INTO documents VALUES (?, ?)", [(10 + i, json.dumps({"n": n})) for i, n in enumerate(edges)])
+    assert _keys(db, {"n": -(2**63)}) == [10]
+    assert _keys(db, {"n": {"$in": edges}}) == [10, 11]
+    assert _keys(db, {"n": {"$lte": -(2**63)}}) == [10]
+    assert _keys(db, {"n": {"$gte": 2**63 - 1}}) == [11]
+    for beyond in (2**63, -(2**63) - 1):
+        with pytest.raises(FilterError, match="does not fit in a 64-bit integer"):
+            compile_filter({"n": beyond})
