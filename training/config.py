@@ -106,9 +106,10 @@ class WarmStartConfig(Strict):
 class WiseFtConfig(Strict):
     """WiSE-FT (training/interpolation.py): the saved, evaluated and exported weights are
     start + alpha * (fine-tuned - start), where start is the model training began from (the
-    warm-start stage's, else `base_model`). 1 keeps the fine-tuned weights."""
+    warm-start stage's, else `base_model`). 1 keeps the fine-tuned weights, below 1 interpolates
+    back toward the start, above 1 extrapolates along the fine-tuning direction (task arithmetic)."""
 
-    alpha: float = Field(gt=0, le=1)
+    alpha: float = Field(gt=0, le=2)
 
 
 class ValidationConfig(Strict):

@@ -4,7 +4,9 @@ Wortsman et al., "Robust fine-tuning of zero-shot models" (CVPR 2022): the fine-
 and the starting weights θ_0 are interpolated, θ = θ_0 + α (θ_ft - θ_0). Fine-tuning on a few
 hundred judged queries moves the model toward those queries; stopping part of the way keeps more
 of what the start model knew (its general similarity, or a warm-start stage's corpus adaptation)
-at no training cost. α = 1 is the fine-tuned model, α = 0 the start model.
+at no training cost. α = 1 is the fine-tuned model, α = 0 the start model; α > 1 goes further
+along the fine-tuning direction (task arithmetic: Ilharco et al., "Editing models with task
+arithmetic", ICLR 2023), a larger step than training took without more steps' noise.
 """
 
 from __future__ import annotations

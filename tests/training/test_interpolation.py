@@ -52,8 +52,8 @@ def test_models_of_different_architectures_are_refused() -> None:
         interpolate_weights(_Tiny([1.0, 2.0], 0), wider, 0.5)
 
 
-@pytest.mark.parametrize("alpha", [0, -0.5, 1.01])
-def test_wise_ft_alpha_outside_zero_to_one_is_a_config_error_naming_the_key(tmp_path: Path, alpha: float) -> None:
+@pytest.mark.parametrize("alpha", [0, -0.5, 2.01])
+def test_wise_ft_alpha_outside_zero_to_two_is_a_config_error_naming_the_key(tmp_path: Path, alpha: float) -> None:
     path = tmp_path / "run.yaml"
     path.write_text(f"name: x\ndata: {{format: beir, path: data}}\nwise_ft: {{alpha: {alpha}}}\n")
     with pytest.raises(ConfigError, match=r"run.yaml.*wise_ft.alpha"):
