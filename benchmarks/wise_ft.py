@@ -44,12 +44,13 @@ def _scores(config: TrainConfig, seed: int, metrics: dict, alpha: float) -> dict
     run so a rerun or a wider grid does not evaluate twice."""
     if alpha == 1.0:
         return metrics["after"]
-    run = Path(config.runs_dir) / split_config(config, seed).name
+    split = split_config(config, seed)
+    run = Path(config.runs_dir) / split.name
     cache = run / f"wise_ft-{alpha:g}.json"
     if cache.is_file():
         return json.loads(cache.read_text())
     start = (metrics.get("warm_start") or {}).get("model") or config.base_model
-    scores = evaluate_interpolated(str(run / "model"), start, alpha, split_config(config, seed))
+    scores = evaluate_interpolated(str(run / "model"), start, alpha, split)
     cache.write_text(json.dumps(scores, indent=2))
     return scores
 
@@ -64,13 +65,12 @@ def _mean_change(runs: dict[int, dict]) -> float:
 
 
 def _train_splits(config: TrainConfig, count: int, only: str) -> tuple[list[int], dict[int, dict]]:
+    """Train (or reuse) the `only` splits; each split's metrics.json: before, after, and the start
+    model its training began from (`warm_start`)."""
     plan = plan_splits(config, count, only=only)  # type: ignore[arg-type]
-    result = run_splits(config, plan, lambda c: train(c, show_progress=False), evaluate_source)
-    runs = {int(seed): {"before": result["before"][seed], "after": result["after"][seed]} for seed in result["before"]}
-    for seed in runs:  # the start model of each run (a warm start's stage, else the base model)
-        recorded = Path(config.runs_dir) / split_config(config, seed).name / "metrics.json"
-        runs[seed]["warm_start"] = json.loads(recorded.read_text()).get("warm_start")
-    return plan.seeds, runs
+    run_splits(config, plan, lambda c: train(c, show_progress=False), evaluate_source)
+    folders = {seed: Path(config.runs_dir) / split_config(config, seed).name for seed in plan.seeds}
+    return plan.seeds, {seed: json.loads((folder / "metrics.json").read_text()) for seed, folder in folders.items()}
 
 
 def main() -> None:

@@ -950,7 +950,8 @@ def train(config: TrainConfig, show_progress: bool = True, resume: bool = False)
         return RunResult(config.runs_dir / config.name, {}, None, progress.steps)
 
     model.eval()
-    known = _final_weights(model, config, selector, warm_start or config.base_model, loop.total_steps)
+    start = warm_start or config.base_model  # what training began from: WiSE-FT's other end
+    known = _final_weights(model, config, selector, start, loop.total_steps)
     model.save(str(run.path / "model"))
     after = evaluate(model, data.eval_set, config.eval_sts, known)
     log.info("after: %s", after)
@@ -961,7 +962,7 @@ def train(config: TrainConfig, show_progress: bool = True, resume: bool = False)
     if selector is not None:
         metrics["validation"] = selector.summary()
     if config.wise_ft is not None:
-        metrics["wise_ft"] = {"alpha": config.wise_ft.alpha, "start": warm_start or config.base_model}
+        metrics["wise_ft"] = {"alpha": config.wise_ft.alpha, "start": start}
     run.write_metrics(metrics)
     export_dir = _export(config, run, after)
     if not config.keep_checkpoint:
