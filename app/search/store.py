@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from app.core.errors import CollectionNotFound, InvalidRequest, KeywordSearchUnavailable
+from app.core.numbers import fits_int64
 from app.core.text import is_encodable
 
 SCHEMA = """
@@ -479,8 +480,11 @@ def keyword_expression(query: str) -> str | None:
 
 def encode_metadata(metadata: dict[str, Any]) -> str:
     """Strict JSON (no NaN/Infinity, which SQLite's JSON functions reject: every filtered search on
-    the collection would fail; no lone surrogates, which no response could encode). Requests are
-    validated before this; this is the last line, and the batch builder's check."""
+    the collection would fail; no lone surrogates, which no response could encode) of the shape the
+    API takes (`metadata_problem`). Requests are validated before this; this is the last line, and
+    the batch builder's check, so a built collection holds nothing the API would refuse."""
+    if (problem := metadata_problem(metadata)) is not None:
+        raise InvalidRequest(problem)
     try:
         encoded = json.dumps(metadata, allow_nan=False)
     except ValueError as exc:
@@ -488,6 +492,27 @@ def encode_metadata(metadata: dict[str, Any]) -> str:
     if "\\ud" in encoded.lower() and not _all_encodable(metadata):  # an escaped surrogate may be a lone one
         raise InvalidRequest("metadata contains invalid Unicode (a lone surrogate)")
     return encoded
+
+
+def metadata_problem(metadata: dict[str, Any]) -> str | None:
+    """Why `metadata` is not what the API stores (app/schemas/search.py `MetadataValue`): an object
+    whose values are null, a string, a number, a boolean or a flat list of the last three, integers
+    within signed 64 bits (SQLite's JSON reads a larger one as an approximate float); None if it is."""
+    for key, value in metadata.items():
+        if not isinstance(key, str):
+            return f"metadata key {key!r} is not a string"
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, bool | str | float) or (item is None and not isinstance(value, list)):
+                continue
+            if isinstance(item, int):
+                if not fits_int64(item):
+                    return f"metadata {key!r}: an integer value must fit in 64 bits; store a larger one as a string"
+                continue
+            return (
+                f"metadata {key!r}: a value is null, a string, a number, a boolean, or a flat list of the last "
+                f"three, not {type(item).__name__}"
+            )
+    return None
 
 
 def _all_encodable(value: Any) -> bool:

@@ -259,6 +259,9 @@ def _malformed(folder: Path) -> list[tuple[str, Path]]:
     add("surrogate-text.jsonl", lambda p: p.write_text(good + '{"id": "s", "text": "\\ud800"}\n'))
     add("metadata-list.jsonl", lambda p: p.write_text(good + '{"id": "m", "text": "x", "metadata": [1]}\n'))
     add("nan-metadata.jsonl", lambda p: p.write_text(good + '{"id": "m", "text": "x", "score": NaN}\n'))
+    add("nested-metadata.jsonl", lambda p: p.write_text(good + '{"id": "m", "text": "x", "author": {"name": "a"}}\n'))
+    add("nested-list.jsonl", lambda p: p.write_text(good + '{"id": "m", "text": "x", "metadata": {"tags": [["a"]]}}\n'))
+    add("big-int.jsonl", lambda p: p.write_text(good + '{"id": "m", "text": "x", "n": 18446744073709551616}\n'))
     add("short-vector.jsonl", lambda p: p.write_text(good + '{"id": "v", "vector": [0.1, 0.2]}\n'))
     add("text-vector.jsonl", lambda p: p.write_text(good + json.dumps({"id": "v", "vector": ["a"] * 384}) + "\n"))
     add("duplicate.jsonl", lambda p: p.write_text(good + good))
@@ -344,3 +347,48 @@ def test_deferred_indexing_loses_nothing_and_snapshots_nothing_stale(tmp_path: P
     collection.upsert([Document("late", None, {}, vectors[0])])
     assert collection.index.live == collection.store.count() == 299
     collection.close()
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "a",
+        0,
+        -1.5,
+        True,
+        None,
+        [],
+        [1, "a", None, False, 2.5],
+        2**63 - 1,
+        -(2**63),
+        2**63,
+        -(2**63) - 1,
+        [1, 2**64],
+        {"nested": 1},
+        [[1]],
+        [{"a": 1}],
+        float("nan"),
+        [float("inf")],
+        "\ud800",
+    ],
+)
+def test_the_store_takes_exactly_the_metadata_the_api_takes(value: object) -> None:
+    """The builder writes through `encode_metadata`: a built collection holds nothing a request
+    could not have stored (a nested object, an integer past 64 bits, NaN, a lone surrogate)."""
+    from pydantic import ValidationError
+
+    from app.core.errors import InvalidRequest
+    from app.schemas.search import DocumentIn
+    from app.search.store import encode_metadata
+
+    try:
+        DocumentIn.model_validate({"id": "d", "text": "t", "metadata": {"k": value}})
+        api_takes = True
+    except ValidationError:
+        api_takes = False
+    try:
+        encode_metadata({"k": value})
+        store_takes = True
+    except InvalidRequest:
+        store_takes = False
+    assert store_takes == api_takes, value
