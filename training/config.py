@@ -142,6 +142,9 @@ class TrainConfig(Strict):
     loss: LossConfig = LossConfig()
     mining: MiningConfig = MiningConfig()
     hard_negatives: int = Field(1, ge=0, le=16)  # per query per step (pair losses)
+    # infonce, dcl: a batch document judged relevant to a query (another query's positive, or a
+    # hard negative mined for another) leaves that query's softmax instead of counting as a negative
+    mask_judged: bool = False
     batch_size: int = Field(32, ge=2)
     # GradCache: embed in chunks of this many texts, so the effective batch is not bounded by memory.
     mini_batch_size: int = Field(0, ge=0)  # 0 = no caching
@@ -176,6 +179,8 @@ class TrainConfig(Strict):
             raise ValueError("data.format sts trains with loss cosent")
         if self.distillation is not None and self.loss.name not in ("infonce", "dcl", "mw", "siglip"):
             raise ValueError(f"distillation wraps a pair loss (infonce, dcl, mw, siglip), not {self.loss.name}")
+        if self.mask_judged and self.loss.name not in ("infonce", "dcl"):
+            raise ValueError(f"mask_judged applies to loss infonce or dcl, not {self.loss.name}")
         if self.validation is not None and self.data.format not in ("beir", "corpus"):
             raise ValueError(f"validation needs judged queries (data.format beir or corpus), not {self.data.format}")
         if self.loss.name in GRADED_LOSSES and self.data.format != "beir":

@@ -320,7 +320,19 @@ def _pair_batch(context: BatchContext, batch: list[tuple[str, str]]) -> tuple[Ba
     assert data is not None
     query_ids, doc_ids = _pair_ids(batch, data, context.data.negatives, count, context.rng)
     groups = [[data.queries[q] for q in query_ids], [data.doc_text(d) for d in doc_ids]]
-    return Batch(groups, [[1], [1, count] if count else [1]]), query_ids, doc_ids
+    plain = Batch(groups, [[1], [1, count] if count else [1]])
+    if context.config.mask_judged:
+        plain.extras["judged"] = judged_elsewhere(data, query_ids, doc_ids)
+    return plain, query_ids, doc_ids
+
+
+def judged_elsewhere(dataset: RetrievalDataset, query_ids: list[str], doc_ids: list[str]) -> torch.Tensor:
+    """(b, n) bool: document j is judged relevant to query i but is not its positive (column i), so
+    it must not count as query i's negative. On Cranfield a quarter of the rows hold one."""
+    judged = torch.tensor([[d in dataset.qrels[q] for d in doc_ids] for q in query_ids], dtype=torch.bool)
+    rows = torch.arange(len(query_ids))
+    judged[rows, rows] = False
+    return judged
 
 
 def _pairs(context: BatchContext, batch: list[tuple[str, str]]) -> Batch:

@@ -66,6 +66,25 @@ def test_decoupled_contrastive() -> None:
     assert DecoupledContrastiveLoss(1.0)(EYE, WITH_NEGATIVES).item() == pytest.approx(-1 + math.log(2 + E), abs=1e-6)
 
 
+def test_judged_documents_leave_the_row_of_the_query_they_are_judged_for() -> None:
+    # WITH_NEGATIVES' column 2 ([0, 1], q0's hard negative) judged relevant to q0: out of row 0 only
+    judged = torch.zeros(2, 4, dtype=torch.bool)
+    judged[0, 2] = True
+    # DCL row 0 without column 2: -1 + log(e^0 + e^1); row 1 as before: -1 + log(2 + e)
+    dcl = DecoupledContrastiveLoss(1.0)(EYE, WITH_NEGATIVES, judged=judged).item()
+    assert dcl == pytest.approx((-1 + math.log(1 + E) - 1 + math.log(2 + E)) / 2, abs=1e-6)
+    # InfoNCE row 0 logits [1, 0, 1]: -log(e / (2e + 1)); row 1 as before: -log(e / (2e + 2))
+    infonce = InfoNCELoss(1.0)(EYE, WITH_NEGATIVES, judged=judged).item()
+    assert infonce == pytest.approx((math.log(2 + 1 / E) + math.log(2 + 2 / E)) / 2, abs=1e-6)
+    # no judged cell: the plain loss; distillation passes the mask to its inner loss
+    assert DecoupledContrastiveLoss(1.0)(EYE, WITH_NEGATIVES, judged=torch.zeros_like(judged)).item() == pytest.approx(
+        -1 + math.log(2 + E), abs=1e-6
+    )
+    teacher = EYE @ WITH_NEGATIVES.T
+    wrapped = TeacherDistillationLoss(DecoupledContrastiveLoss(1.0), weight=0.0)
+    assert wrapped(EYE, WITH_NEGATIVES, teacher, judged=judged).item() == pytest.approx(dcl, abs=1e-6)
+
+
 def test_mann_whitney() -> None:
     # every positive (score 1) vs every negative (score 0): -log σ(1)
     assert MannWhitneyLoss(1.0)(EYE, EYE).item() == pytest.approx(math.log(1 + 1 / E), abs=1e-6)

@@ -267,6 +267,58 @@ def test_list_groups_grade_every_batch_document_for_every_query(cranfield: Path)
         assert (grades[row] > 0).any()
 
 
+def test_judged_elsewhere_marks_other_queries_judged_documents_but_never_the_positive(cranfield: Path) -> None:
+    from training.trainer import judged_elsewhere
+
+    dataset = load_beir(cranfield)
+    q1, q2, shared = next(
+        (q1, q2, d)
+        for q1 in sorted(dataset.qrels, key=int)
+        for q2 in sorted(dataset.qrels, key=int)
+        if q1 < q2
+        for d in sorted(set(dataset.qrels[q1]) & set(dataset.qrels[q2]))
+    )
+    other = next(d for d in sorted(dataset.qrels[q2]) if d not in dataset.qrels[q1])
+    unjudged = next(d for d in sorted(dataset.corpus) if d not in dataset.qrels[q1] and d not in dataset.qrels[q2])
+    # q1's positive is the shared document, q2's another; then one hard negative each
+    mask = judged_elsewhere(dataset, [q1, q2], [shared, other, unjudged, shared])
+    assert mask.tolist() == [
+        [False, False, False, True],  # q1: its own positive is not masked, its copy as q2's negative is
+        [True, False, False, True],  # q2: q1's positive and the hard negative are judged for q2 too
+    ]
+
+
+def test_mask_judged_reaches_the_loss_and_only_a_loss_that_reads_it(
+    tmp_path: Path, tiny_model: Path, small_beir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from training.losses.dcl import DecoupledContrastiveLoss
+
+    masks: list[torch.Tensor] = []
+    real_forward = DecoupledContrastiveLoss.forward
+
+    def recording(self, queries, documents, judged=None):  # type: ignore[no-untyped-def]
+        masks.append(judged)
+        return real_forward(self, queries, documents, judged)
+
+    monkeypatch.setattr(DecoupledContrastiveLoss, "forward", recording)
+    config = _config(tmp_path, tiny_model, small_beir, **{"loss.name": "dcl", "mask_judged": True, "eval_sts": None})
+    run_dir = train(config, show_progress=False).run_dir
+    steps = [json.loads(line) for line in (run_dir / "steps.jsonl").read_text().splitlines()]
+    assert len(steps) == 3 and all(math.isfinite(s["loss"]) for s in steps)
+    # one (b, n) mask per step: 8 queries, their positives and one hard negative each
+    assert len(masks) == 3 and all(m is not None and m.shape == (8, 16) for m in masks)
+    assert not any(m.diagonal().any() for m in masks)  # a query's own positive is never masked
+    raw = {
+        "name": "x",
+        "data": {"format": "beir", "path": str(small_beir)},
+        "loss": {"name": "mw"},
+        "mask_judged": True,
+    }
+    path = _write(tmp_path / "mw.yaml", yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match="mask_judged applies to loss infonce or dcl, not mw"):
+        load_config(path)
+
+
 def test_blockrank_trains_exports_and_serves(tmp_path: Path, tiny_model: Path, small_beir: Path) -> None:
     raw = {
         "name": "br-tiny",

@@ -16,6 +16,12 @@ def cosine_scores(queries: torch.Tensor, documents: torch.Tensor) -> torch.Tenso
     return F.normalize(queries, dim=-1) @ F.normalize(documents, dim=-1).T
 
 
+def without_judged(logits: torch.Tensor, judged: torch.Tensor | None) -> torch.Tensor:
+    """(b, n) logits with the cells `judged` (b, n) bool, documents judged relevant to the row's
+    query other than its positive, at -inf: out of every softmax, neither positive nor negative."""
+    return logits if judged is None else logits.masked_fill(judged, float("-inf"))
+
+
 class Temperature(nn.Module):
     """τ, fixed or learned in log space (as CLIP does), clamped to [0.01, 1]."""
 

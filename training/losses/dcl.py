@@ -3,7 +3,8 @@
 Optimises: InfoNCE with the positive removed from the denominator, which decouples the positive
 and negative terms (no "negative-positive coupling" that shrinks gradients for easy positives):
     loss_i = -s_ii / τ + log Σ_{j ≠ i} exp(s_ij / τ)
-Inputs: `queries` (b, dim); `documents` (b * (1 + h), dim), positives first.
+Inputs: `queries` (b, dim); `documents` (b * (1 + h), dim), positives first; optionally `judged`
+(b, n) bool, documents judged relevant to a row's query besides its positive, left out of its row.
 Paper: Yeh et al., "Decoupled Contrastive Learning", ECCV 2022.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from training.losses._common import Temperature, cosine_scores
+from training.losses._common import Temperature, cosine_scores, without_judged
 from training.losses.layouts import BatchLayout
 
 
@@ -23,9 +24,11 @@ class DecoupledContrastiveLoss(nn.Module):
         super().__init__()
         self.temperature = Temperature(temperature, learnable_temperature)
 
-    def forward(self, queries: torch.Tensor, documents: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, queries: torch.Tensor, documents: torch.Tensor, judged: torch.Tensor | None = None
+    ) -> torch.Tensor:
         batch = queries.shape[0]
-        logits = cosine_scores(queries, documents) / self.temperature()  # (b, n)
+        logits = without_judged(cosine_scores(queries, documents) / self.temperature(), judged)  # (b, n)
         rows = torch.arange(batch, device=queries.device)
         positive = logits[rows, rows]  # (b,)
         negatives = logits.clone()

@@ -6,7 +6,8 @@ where S (b, n) are the student's cosines of each query against every document of
 the same texts (cached per dataset). The teacher grades every in-batch document, so an unlabelled
 positive among the negatives is not pushed away as hard as the labels alone would push it, and the
 student inherits the teacher's finer ordering of the negatives.
-Inputs: `queries` (b, dim), `documents` (n, dim) in the PAIRS layout; `teacher_scores` (b, n).
+Inputs: `queries` (b, dim), `documents` (n, dim) in the PAIRS layout; `teacher_scores` (b, n);
+`judged` (b, n) bool, if given, passed to the inner loss (the teacher's distribution keeps them).
 Paper: the distillation of a stronger sentence encoder as in DSE/"Distilling Dense Representations
 for Ranking using Tightly-Coupled Teachers" (Lin et al., 2020) and RocketQAv2's listwise KL (Ren et
 al., 2021); the KL itself is training/losses/listwise_distillation.py.
@@ -36,7 +37,14 @@ class TeacherDistillationLoss(nn.Module):
         self.temperature = Temperature(temperature)
         self.kl = ListwiseDistillationLoss(teacher_temperature)
 
-    def forward(self, queries: torch.Tensor, documents: torch.Tensor, teacher_scores: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        queries: torch.Tensor,
+        documents: torch.Tensor,
+        teacher_scores: torch.Tensor,
+        judged: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         student = cosine_scores(queries, documents) / self.temperature()  # (b, n)
         distilled = self.kl(student, teacher_scores).mean()  # KL per query row, (b,) -> ()
-        return self.inner(queries, documents) + self.weight * distilled
+        inner = self.inner(queries, documents) if judged is None else self.inner(queries, documents, judged=judged)
+        return inner + self.weight * distilled

@@ -3,7 +3,9 @@
 Optimises: cross-entropy of picking each query's positive among all documents in the batch (its
 positive, every other query's positive and every hard negative), on cosine scores / τ.
 Symmetric option: adds the document -> query direction over the positives.
-Inputs: `queries` (b, dim); `documents` (b * (1 + h), dim), positives first (see the package doc).
+Inputs: `queries` (b, dim); `documents` (b * (1 + h), dim), positives first (see the package doc);
+optionally `judged` (b, n) bool, documents judged relevant to a row's query besides its positive,
+left out of its row (and, symmetric, out of that document's column).
 Paper: van den Oord et al., "Representation Learning with Contrastive Predictive Coding" (2018);
 in-batch + hard negatives as in Henderson et al. 2017 and Karpukhin et al., DPR (2020).
 """
@@ -14,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.losses._common import Temperature, cosine_scores
+from training.losses._common import Temperature, cosine_scores, without_judged
 from training.losses.layouts import BatchLayout
 
 
@@ -26,9 +28,11 @@ class InfoNCELoss(nn.Module):
         self.temperature = Temperature(temperature, learnable_temperature)
         self.symmetric = symmetric
 
-    def forward(self, queries: torch.Tensor, documents: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, queries: torch.Tensor, documents: torch.Tensor, judged: torch.Tensor | None = None
+    ) -> torch.Tensor:
         batch = queries.shape[0]
-        logits = cosine_scores(queries, documents) / self.temperature()  # (b, b * (1 + h))
+        logits = without_judged(cosine_scores(queries, documents) / self.temperature(), judged)  # (b, b * (1 + h))
         targets = torch.arange(batch, device=queries.device)  # (b,) query i -> document i
         loss = F.cross_entropy(logits, targets)
         if self.symmetric:
