@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from app.core.errors import CollectionNotFound, DuplicateIds, InvalidIndexSpec, OptimizeRunning
+from app.core.errors import CollectionLocked, CollectionNotFound, DuplicateIds, InvalidIndexSpec, OptimizeRunning
 from app.core.memory import map_large_blocks_directly, release_free_memory
 from app.search import index_choice
 from app.search.filters import FilterLimits, compile_filter
@@ -290,6 +290,19 @@ class Collection:
     @property
     def writable(self) -> bool:
         return not self.read_only and (self.lock is None or self.lock.held)
+
+    def reload_if_released(self) -> None:
+        """Opened while another process (a build) held the writer lock: if it is free now, take it
+        and reload what that process wrote, so reads see the finished build rather than the part
+        there was at open time. Never waits: a write in progress means it is being done."""
+        if self.writable or self.read_only or self.lock is None or not self._write_lock.acquire(blocking=False):
+            return
+        try:
+            self._check_write_lock()
+        except CollectionLocked:
+            pass  # still being written: reads go on serving what was there
+        finally:
+            self._write_lock.release()
 
     def upsert(self, docs: list[Document]) -> int:
         if len({d.id for d in docs}) != len(docs):  # the index would keep a key the store replaced

@@ -62,6 +62,7 @@ class CollectionManager:
         self.collections: dict[str, Collection] = {}
         # Collections found on disk that could not be opened: name -> reason (in /ready and GET /indexes).
         self.failed: dict[str, str] = {}
+        self._deleting: set[str] = set()  # removed from `collections`, files not yet gone
         self._lock = threading.Lock()
 
     @classmethod
@@ -113,14 +114,36 @@ class CollectionManager:
     def open_all(self) -> None:
         if not self.read_only:
             self.root.mkdir(parents=True, exist_ok=True)
+        self.discover()
+
+    def discover(self) -> None:
+        """Open every collection on disk this process has not: all of them at start-up, later those
+        a batch build created since (GET /indexes looks). One bad collection never stops the others
+        (no crash loop on start-up): it is listed in `failed`."""
         for config_file in sorted(self.root.glob("*/collection.json")):
-            folder = config_file.parent
-            try:  # one bad collection must not stop the others (no crash loop on start-up)
-                config = CollectionConfig.load(folder)
-                self.collections[config.name] = self._open(folder, config)
+            name = config_file.parent.name
+            if name not in self.collections and name not in self.failed:
+                self._discover(name)
+
+    def _discover(self, name: str) -> Collection | None:
+        """Open collection `name` if another process created it on disk (None if nothing is there,
+        or it is being deleted here). A build still writing it holds its lock: opened for reads,
+        and taken over when the build ends (`Collection.reload_if_released`)."""
+        folder = self.root / name
+        with self._lock:  # after a create or delete here has finished with the folder
+            if name in self.collections or name in self.failed or name in self._deleting:
+                return self.collections.get(name)
+            if not (folder / "collection.json").is_file():
+                return None
+            try:
+                collection = self._open(folder, CollectionConfig.load(folder))
             except Exception as exc:
-                log.exception("collection %s could not be opened", folder.name)
-                self.failed[folder.name] = f"{type(exc).__name__}: {exc}"
+                if (folder / "collection.json").is_file():  # not a folder deleted while it was read
+                    log.exception("collection %s could not be opened", name)
+                    self.failed[name] = f"{type(exc).__name__}: {exc}"
+                return None
+            self.collections[name] = collection
+            return collection
 
     def create(
         self,
@@ -141,10 +164,17 @@ class CollectionManager:
             if name in self.collections or name in self.failed:
                 raise CollectionExists(f"index {name!r} already exists")
             folder = self.root / name
-            if folder.exists():  # left by a crash mid-create, or a build: never adopt it silently
+            if name in self._deleting:
+                raise CollectionExists(f"index {name!r} is being deleted; create it again when that is done")
+            if (folder / "collection.json").is_file():  # a build created it since start-up
+                raise CollectionExists(f"index {name!r} already exists")
+            if folder.exists():  # left by a crash mid-create: never adopt it silently
                 raise CollectionExists(f"index {name!r} already exists on disk (not loaded); remove {folder}")
             folder.mkdir(parents=True)
+            lock = None if self.read_only else CollectionLock(folder, self.holder)
             try:
+                if lock is not None:  # before collection.json: a server that finds the folder only reads it
+                    lock.try_acquire()
                 config = CollectionConfig(
                     name=name,
                     model=model,
@@ -156,15 +186,25 @@ class CollectionManager:
                     model_fingerprint=model_fingerprint,
                 )
                 config.save(folder)
-                collection = self._open(folder, config)
+                collection = self._open(folder, config, lock)
             except BaseException:
+                if lock is not None:
+                    lock.release()
                 shutil.rmtree(folder, ignore_errors=True)  # never a half-created collection
                 raise
             self.collections[name] = collection
         return collection
 
     def get(self, name: str) -> Collection:
+        """Collection `name`; one a build created since start-up is opened here (once, on this
+        call: a large one takes the time its loading takes)."""
         validate_name(name)
+        collection = self.collections.get(name) or self._discover(name)
+        if collection is not None:
+            collection.reload_if_released()
+        return self._lookup(name)
+
+    def _lookup(self, name: str) -> Collection:
         collection = self.collections.get(name)
         if collection is None and name in self.failed:
             raise CollectionNotFound(f"index {name!r} could not be opened: {self.failed[name]}")
@@ -177,6 +217,7 @@ class CollectionManager:
         CollectionLocked while another process (a build) writes it: its files are never removed
         from under that writer."""
         validate_name(name)
+        self._discover(name)  # one a build created since start-up is deleted as one opened then
         with self._lock:
             if name in self.failed and name not in self.collections:
                 lock = CollectionLock(self.root / name, self.holder)
@@ -185,12 +226,17 @@ class CollectionManager:
                 shutil.rmtree(self.root / name, ignore_errors=True)
                 lock.release()
                 return
-            collection = self.get(name)
+            collection = self._lookup(name)
             if collection.lock is not None:
                 _take_to_delete(name, collection.lock)  # released by close()
             del self.collections[name]
-        collection.close()
-        shutil.rmtree(collection.folder, ignore_errors=True)
+            self._deleting.add(name)  # not rediscovered from the files about to go
+        try:
+            collection.close()
+            shutil.rmtree(collection.folder, ignore_errors=True)
+        finally:
+            with self._lock:
+                self._deleting.discard(name)
 
     def describe_failed(self) -> list[dict[str, str]]:
         return [{"name": name, "status": "failed", "error": reason} for name, reason in sorted(self.failed.items())]

@@ -41,6 +41,7 @@ async def create_index(body: CreateIndexRequest, collections: CollectionsDep, re
 
 @router.get("")
 async def list_indexes(collections: CollectionsDep) -> dict[str, Any]:
+    await asyncio.to_thread(collections.discover)  # collections a batch build created since start-up
     return {
         "indexes": [c.describe() for c in collections.collections.values()],
         "failed": collections.describe_failed(),

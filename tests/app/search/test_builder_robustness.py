@@ -107,6 +107,45 @@ def test_server_and_builder_refuse_each_others_collection(default_models_dir: Pa
         thread.join()
 
 
+def test_a_running_server_serves_what_a_build_creates_after_it_started(
+    default_models_dir: Path, tmp_path: Path
+) -> None:
+    settings = settings_for(default_models_dir, data_dir=tmp_path / "data")
+    with TestClient(create_app(settings)) as client:
+        # built to the end while the server runs: listed, searched, written, deleted like its own
+        build_index(settings, "minilm-l6", _jsonl(tmp_path / "a.jsonl", _records(12)), "after")
+        assert [i["name"] for i in client.get("/indexes").json()["indexes"]] == ["after"]
+        hits = client.post("/indexes/after/search", json={"query": TEXTS[3], "top_k": 12}).json()["hits"]
+        assert len(hits) == 12 and hits[0]["id"] in {"r3", "r9"}
+        created = client.post("/indexes", json={"name": "after"})
+        assert created.status_code == 409 and created.json()["error"]["message"] == "index 'after' already exists"
+        write = client.put("/indexes/after/documents", json={"documents": [{"id": "x", "text": "hello"}]})
+        assert write.status_code == 200 and write.json()["size"] == 13  # the server holds its lock now
+        assert client.delete("/indexes/after").status_code == 204
+        assert client.get("/indexes/after").status_code == 404 and client.get("/indexes").json()["indexes"] == []
+
+        # found while the build still writes it: read as it was, then, once the build ends, all of it
+        gate = Gate()
+        source = _jsonl(tmp_path / "b.jsonl", _records(24))
+        thread, outcome = _in_thread(
+            build_index, settings, "minilm-l6", source, "during", BuildOptions(batch_size=8), gate
+        )
+        try:
+            assert gate.first_commit.wait(120)
+            assert client.get("/indexes/during").json()["size"] == 8
+            write = client.put("/indexes/during/documents", json={"documents": [{"id": "x", "text": "hello"}]})
+            assert write.status_code == 409 and write.json()["error"]["code"] == "index_locked"
+            gate.release.set()
+            thread.join()
+            assert isinstance(outcome[0], dict) and outcome[0]["size"] == 24
+            assert client.get("/indexes/during").json()["size"] == 24  # no write needed to see it
+            hits = client.post("/indexes/during/search", json={"query": TEXTS[3], "top_k": 24}).json()["hits"]
+            assert len(hits) == 24
+        finally:
+            gate.release.set()
+            thread.join()
+
+
 # --- 2: resume only over the same input ---------------------------------------------------------
 def test_resume_refuses_a_changed_input_and_restart_rebuilds(default_models_dir: Path, tmp_path: Path) -> None:
     settings = settings_for(default_models_dir, data_dir=tmp_path / "data")
