@@ -323,6 +323,48 @@ def test_deleting_a_collection_a_build_is_writing_is_refused_until_the_build_end
         server.close()
 
 
+def test_a_collection_being_deleted_is_neither_rediscovered_nor_recreated_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DELETE closes and removes the files outside the manager's lock: meanwhile its files are still
+    on disk, and must not be opened again as a collection a build created, nor block a create with
+    'on disk (not loaded)'; once they are gone the name is free."""
+    import shutil
+
+    from app.core.errors import CollectionExists, CollectionNotFound
+    from app.search import manager as manager_module
+    from app.search.manager import CollectionManager
+
+    manager = CollectionManager(tmp_path, 1 << 30)
+    manager.open_all()
+    manager.create("doomed", "m", DIM, "cosine", "Flat")
+    removing, finish = threading.Event(), threading.Event()
+    real_rmtree = shutil.rmtree
+
+    def slow_rmtree(path, ignore_errors=False):  # type: ignore[no-untyped-def]
+        removing.set()
+        assert finish.wait(30)
+        real_rmtree(path, ignore_errors=ignore_errors)
+
+    monkeypatch.setattr(manager_module.shutil, "rmtree", slow_rmtree)
+    deleting = threading.Thread(target=manager.delete, args=("doomed",))
+    deleting.start()
+    try:
+        assert removing.wait(30) and (manager.root / "doomed" / "collection.json").is_file()
+        with pytest.raises(CollectionNotFound):
+            manager.get("doomed")
+        manager.discover()
+        assert "doomed" not in manager.collections and "doomed" not in manager.failed
+        with pytest.raises(CollectionExists, match="is being deleted"):
+            manager.create("doomed", "m", DIM, "cosine", "Flat")
+    finally:
+        finish.set()
+        deleting.join()
+    monkeypatch.setattr(manager_module.shutil, "rmtree", real_rmtree)
+    assert manager.create("doomed", "m", DIM, "cosine", "Flat").store.count() == 0
+    manager.close()
+
+
 # --- 9, 10: oversized inputs and bodies ----------------------------------------------------------
 def test_an_input_over_the_character_cap_is_413_before_tokenising(client: TestClient) -> None:
     error = _json_error(client.post("/v1/embeddings", json={"input": ["ok", "x" * 200_000]}), 413, "input_too_long")
