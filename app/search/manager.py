@@ -130,6 +130,8 @@ class CollectionManager:
         or it is being deleted here). A build still writing it holds its lock: opened for reads,
         and taken over when the build ends (`Collection.reload_if_released`)."""
         folder = self.root / name
+        if not (folder / "collection.json").is_file() or name in self.failed:
+            return None  # without the lock: a request for a missing name never waits on an open
         with self._lock:  # after a create or delete here has finished with the folder
             if name in self.collections or name in self.failed or name in self._deleting:
                 return self.collections.get(name)
