@@ -197,6 +197,11 @@ class CollectionManager:
             self.collections[name] = collection
         return collection
 
+    def loaded(self) -> list[Collection]:
+        """The open collections, as a copy: create, delete and discovery change the dict from
+        worker threads while a caller on the event loop goes through it."""
+        return list(self.collections.values())
+
     def get(self, name: str) -> Collection:
         """Collection `name`; one a build created since start-up is opened here (once, on this
         call: a large one takes the time its loading takes)."""
@@ -244,7 +249,7 @@ class CollectionManager:
         return [{"name": name, "status": "failed", "error": reason} for name, reason in sorted(self.failed.items())]
 
     def close(self) -> None:
-        for collection in self.collections.values():
+        for collection in self.loaded():
             try:
                 if collection.writable:
                     collection.snapshot()

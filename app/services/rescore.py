@@ -88,7 +88,7 @@ def for_collection(registry: ModelRegistry, collection: Collection) -> Rescorer 
 def degraded(registry: ModelRegistry, collections: CollectionManager) -> dict[str, str]:
     """Collections whose rescore model is unavailable, with why (for /ready)."""
     out = {}
-    for collection in list(collections.collections.values()):
+    for collection in collections.loaded():
         try:
             for_collection(registry, collection)
         except RescoreUnavailable as exc:

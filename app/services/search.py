@@ -111,7 +111,7 @@ def model_version_problem(registry: ModelRegistry, collection: Collection) -> st
 def stale(registry: ModelRegistry, collections: CollectionManager) -> dict[str, str]:
     """Collections embedded by another version of their model than the one served now, with why (for
     /ready): their queries are embedded by the new version, so they match the old vectors poorly."""
-    problems = {c.config.name: model_version_problem(registry, c) for c in list(collections.collections.values())}
+    problems = {c.config.name: model_version_problem(registry, c) for c in collections.loaded()}
     return {name: problem for name, problem in problems.items() if problem is not None}
 
 

@@ -365,6 +365,26 @@ def test_a_collection_being_deleted_is_neither_rediscovered_nor_recreated_meanwh
     manager.close()
 
 
+def test_listing_indexes_while_one_is_deleted_is_not_a_500(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GET /indexes describes each collection while create, delete and discovery change the
+    manager's dict from worker threads: here a delete lands in the middle of the listing."""
+    from app.search.collection import Collection
+
+    for name in ("a", "b", "c"):
+        assert client.post("/indexes", json={"name": name}).status_code == 201
+    manager = client.app.state.collections  # type: ignore[attr-defined]
+    real_describe = Collection.describe
+
+    def describe_while_deleting(self):  # type: ignore[no-untyped-def]
+        manager.collections.pop("c", None)  # what a DELETE in a worker thread does meanwhile
+        return real_describe(self)
+
+    monkeypatch.setattr(Collection, "describe", describe_while_deleting)
+    listing = client.get("/indexes")
+    assert listing.status_code == 200, listing.text
+    assert {"a", "b"} <= {i["name"] for i in listing.json()["indexes"]}
+
+
 # --- 9, 10: oversized inputs and bodies ----------------------------------------------------------
 def test_an_input_over_the_character_cap_is_413_before_tokenising(client: TestClient) -> None:
     error = _json_error(client.post("/v1/embeddings", json={"input": ["ok", "x" * 200_000]}), 413, "input_too_long")

@@ -43,7 +43,7 @@ async def create_index(body: CreateIndexRequest, collections: CollectionsDep, re
 async def list_indexes(collections: CollectionsDep) -> dict[str, Any]:
     await asyncio.to_thread(collections.discover)  # collections a batch build created since start-up
     return {
-        "indexes": [c.describe() for c in collections.collections.values()],
+        "indexes": [c.describe() for c in collections.loaded()],
         "failed": collections.describe_failed(),
     }
 
