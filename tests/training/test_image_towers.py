@@ -30,7 +30,7 @@ def chelsea_pixels(name: str) -> torch.Tensor:
     return torch.from_numpy(preprocess(Image.fromarray(skimage_data.chelsea()), tower)[None])
 
 
-@pytest.mark.parametrize("name", ["mobilenet_v2", "efficientnet_lite0"])
+@pytest.mark.parametrize("name", ["mobilenet_v2", "efficientnet_lite0", "efficientnet_lite2"])
 def test_tower_recognises_a_tabby_cat(name: str) -> None:
     model = load_tower(name)  # load_state_dict(strict=True) inside
     with torch.inference_mode():
@@ -40,7 +40,7 @@ def test_tower_recognises_a_tabby_cat(name: str) -> None:
     assert float(probabilities[list(DOMESTIC_CATS)].sum()) > 0.8
 
 
-@pytest.mark.parametrize("name", ["mobilenet_v2", "efficientnet_lite0"])
+@pytest.mark.parametrize("name", ["mobilenet_v2", "efficientnet_lite0", "efficientnet_lite2"])
 def test_cached_activations_reproduce_the_full_forward(name: str) -> None:
     encoder = ImageEncoder(ImageEncoderConfig(name, projection_dim=64, unfreeze_blocks=2)).eval()
     pixels = chelsea_pixels(name)
@@ -84,3 +84,12 @@ def test_spatial_head_starts_at_the_linear_head_and_exports_with_parity(tmp_path
     served = model.encode(pixels.numpy())
     assert float((served * expected).sum()) > 0.9999
     assert model.pixels(photos[0].read_bytes(), ImageLimits()).shape == (3, 224, 224)
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite2"])
+def test_spatial_head_fits_the_towers_final_map(name: str) -> None:
+    """Lite2's 260 px input leaves a 9x9 map under TF "same" padding (not 260 // 32 = 8)."""
+    encoder = ImageEncoder(ImageEncoderConfig(name, 1280, 0, "identity", head="spatial")).eval()
+    with torch.inference_mode():
+        embedding = encoder.pooled(chelsea_pixels(name))
+    assert embedding.shape == (1, 1280)

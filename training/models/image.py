@@ -52,7 +52,7 @@ class ImageEncoder(nn.Module):
         self.freeze()
 
     def _spatial_head(self, config: ImageEncoderConfig, feature_dim: int) -> nn.Sequential:
-        side = tower_spec(config.tower).input_size // 32  # the map after five stride-2 stages
+        side = -(-tower_spec(config.tower).input_size // 32)  # five stride-2 stages, each ceil(x / 2)
         out = nn.Linear(config.spatial_channels * side * side, self.dim, bias=False)
         nn.init.zeros_(out.weight)  # starts as the linear head alone
         return nn.Sequential(
