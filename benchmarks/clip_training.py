@@ -1,8 +1,9 @@
 """Image-text models against ConSE and chance, 3 splits: every row trains on the same cached features.
 
 Rows: chance; ConSE (no training); the served recipe (InfoNCE, ConSE + an MLP of pooled features
-bounded to length 0.6, + a TCL-style intra-modal term: two emoji styles of one codepoint); the same
-without the TCL term; that with CWCL and SigLIP; the learned map unbounded (what happens to photos);
+of length 1.0, gated by how familiar the image is to the training images, + a TCL-style intra-modal
+term: two emoji styles of one codepoint); the same at length 0.6; the recipe before the gate (length
+0.6, ungated); that without the TCL term; that with CWCL and SigLIP; the learned map unbounded (what happens to photos);
 the bounded map gated by the tower's uncertainty; LiT-style (locked image tower, trainable image
 and text projections, no ConSE). Splits 1, 2, 3 of OpenClipart files and emoji codepoints (the
 recipe was chosen on split 0, benchmarks/clip_reading.md); COCO-mini photos and the zero-shot sets
@@ -37,12 +38,15 @@ from training.run import RunFolder, seed_everything  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 SPLITS = (1, 2, 3)
-# training/configs/serve-clip.yaml's recipe: ClipTrainConfig's defaults + the TCL term (every other
-# row changes the defaults, not the served recipe).
-SERVED = {"intra_modal_weight": 0.5}
+# training/configs/serve-clip.yaml's recipe: ClipTrainConfig's defaults + the TCL term + the
+# familiarity gate with the map's length 1.0 (every row below it changes the defaults, not the served
+# recipe).
+SERVED = {"intra_modal_weight": 0.5, "residual_gate": "familiarity", "residual_scale": 1.0}
 ROWS: dict[str, dict] = {
     "ConSE (no training)": {"untrained": True, "residual": "none"},
-    "InfoNCE, bounded MLP + TCL intra-modal term 0.5 (served recipe)": SERVED,
+    "InfoNCE, MLP length 1.0 + familiarity gate + TCL term 0.5 (served recipe)": SERVED,
+    "InfoNCE, MLP length 0.6 + familiarity gate + TCL term 0.5": {**SERVED, "residual_scale": 0.6},
+    "InfoNCE, bounded MLP + TCL intra-modal term 0.5 (served until 2026-12-04)": {"intra_modal_weight": 0.5},
     "InfoNCE, bounded MLP (served until 2026-12-02)": {},
     "CWCL, bounded MLP": {"loss": LossConfig(name="cwcl", temperature=0.05, learnable_temperature=True)},
     "SigLIP, bounded MLP": {"loss": LossConfig(name="siglip", learnable_temperature=True)},

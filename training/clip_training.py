@@ -354,6 +354,8 @@ def fit(
     """Train `head` (and `text_map`); returns the loss module (its learned temperature is kept).
     Data parallel under torchrun: `config.batch_size` per process, rank 0 (`run`) logs."""
     workers = workers or Workers()
+    if head.config.residual_gate == "familiarity":  # deterministic: every process gets the same gate
+        head.fit_familiarity(data.train.pooled, seed=config.seed)
     loss_fn = build_embedding_loss(config.loss)
     intra = InfoNCELoss(0.05, learnable_temperature=False, symmetric=True) if config.intra_modal_weight else None
     step_fn = ClipStep(head, loss_fn, intra, config.intra_modal_weight, text_map, workers)
@@ -403,6 +405,9 @@ def build_head(config: ClipTrainConfig, class_vectors: torch.Tensor) -> ClipImag
         residual_hidden=config.residual_hidden,
         residual_scale=config.residual_scale,
         residual_gate=config.residual_gate,
+        familiarity_centroids=config.familiarity_centroids,
+        familiarity_quantile=config.familiarity_quantile,
+        familiarity_width=config.familiarity_width,
     )
     return ClipImageHead(head_config, _classifier(load_tower(config.tower)), class_vectors)
 

@@ -367,7 +367,10 @@ class ClipTrainConfig(Strict):
     residual: Literal["mlp", "linear", "none"] = "mlp"
     residual_hidden: int = Field(1024, ge=8)
     residual_scale: float | None = Field(0.6, gt=0)  # None: unbounded (see training/models/clip.py)
-    residual_gate: Literal["none", "uncertainty"] = "none"  # see training/models/clip.py
+    residual_gate: Literal["none", "uncertainty", "familiarity"] = "none"  # see training/models/clip.py
+    familiarity_centroids: int = Field(256, ge=1, le=65536)
+    familiarity_quantile: float = Field(0.01, ge=0, le=1)
+    familiarity_width: float = Field(0.15, gt=0, le=2)
     # LiT-style comparison: a trainable linear map on the text side too (changes the text space, so
     # such a model is measured, not exported).
     text_projection: bool = False

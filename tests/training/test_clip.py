@@ -16,7 +16,7 @@ from training.config import ClipTrainConfig, LossConfig
 from training.data.clipart import caption_of, prepare_openclipart, read_metadata, split_clips, write_demo
 from training.eval.clip import retrieval_recall, zero_shot_accuracy
 from training.losses import InfoNCELoss, SigLIPLoss
-from training.models.clip import ClipImageConfig, ClipImageEncoder, ClipImageHead, _classifier
+from training.models.clip import ClipImageConfig, ClipImageEncoder, ClipImageHead, _classifier, spherical_kmeans
 from training.models.image_towers import load_tower
 from training.run import RunFolder
 
@@ -67,6 +67,72 @@ def test_the_uncertainty_gate_shrinks_the_turn_by_the_towers_top_probability(cla
     torch.testing.assert_close(shift, 1.0 - top)
     assert top[0] > 0.9 and shift[0] < 0.1  # a named image keeps ConSE's direction
     assert (shift[1:] > 0.9).all()  # an unnamed one is turned by (almost) the full bound
+
+
+def _clustered_features(n_per: int = 40, clusters: int = 4, seed: int = 0) -> torch.Tensor:
+    """(n_per * clusters, 1280) non-negative features around `clusters` directions (like a tower's
+    ReLU6-pooled features of a few kinds of drawing)."""
+    gen = torch.Generator().manual_seed(seed)
+    centres = torch.zeros(clusters, 1280)
+    for c in range(clusters):
+        centres[c, c * 300 : c * 300 + 200] = 1.0  # disjoint supports: orthogonal directions
+    noise = 0.1 * torch.rand(n_per * clusters, 1280, generator=gen)
+    return centres.repeat_interleave(n_per, dim=0) + noise
+
+
+def test_spherical_kmeans_finds_the_clusters() -> None:
+    points = F.normalize(_clustered_features(), dim=-1)
+    centroids = spherical_kmeans(points, 4, seed=0)
+    assert centroids.shape == (4, 1280)
+    torch.testing.assert_close(centroids.norm(dim=-1), torch.ones(4))
+    best = (points @ centroids.T).max(dim=-1).values
+    assert best.min() > 0.95  # every point is close to one centroid: no cluster was merged or missed
+
+
+def test_the_familiarity_gate_turns_training_like_images_and_spares_others(classifier: torch.nn.Linear) -> None:
+    config = ClipImageConfig(
+        dim=DIM, residual="mlp", residual_hidden=32, residual_gate="familiarity", familiarity_centroids=8
+    )
+    head = ClipImageHead(config, classifier, class_vectors())
+    train = _clustered_features()
+    head.fit_familiarity(train)
+    closed, opened = head.familiarity_ramp.tolist()
+    assert opened - closed == pytest.approx(0.15)
+    unseen_kind = torch.zeros(3, 1280)
+    unseen_kind[:, 1250:] = 1.0  # a direction no training image has: a "photo"
+    fresh_drawings = _clustered_features(n_per=5, seed=1)  # new images of the training kinds
+    with torch.no_grad():
+        far = (head(unseen_kind) - head.conse(unseen_kind)).norm(dim=-1)
+        near = (head(fresh_drawings) - head.conse(fresh_drawings)).norm(dim=-1)
+    torch.testing.assert_close(far, torch.zeros(3))  # keeps ConSE exactly
+    assert (near > 0.59).all() and (near <= 0.6 + 1e-5).all()  # turned by (almost) the full bound
+
+
+def test_the_familiarity_gate_is_saved_with_the_head(tmp_path: Path, classifier: torch.nn.Linear) -> None:
+    config = ClipImageConfig(dim=DIM, residual="mlp", residual_hidden=32, residual_gate="familiarity")
+    head = ClipImageHead(config, classifier, class_vectors())
+    head.fit_familiarity(_clustered_features(n_per=20))  # 80 images for 256 centroids: repeated
+    head.save(tmp_path / "head")
+    encoder = ClipImageEncoder.load(tmp_path / "head")
+    torch.testing.assert_close(encoder.head.centroids, head.centroids)
+    torch.testing.assert_close(encoder.head.familiarity_ramp, head.familiarity_ramp)
+
+
+def test_the_familiarity_gate_exports_to_onnx(tmp_path: Path, classifier: torch.nn.Linear) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    config = ClipImageConfig(
+        dim=DIM, residual="mlp", residual_hidden=32, residual_gate="familiarity", familiarity_centroids=8
+    )
+    head = ClipImageHead(config, classifier, class_vectors()).eval()
+    head.fit_familiarity(_clustered_features())
+    unseen_kind = torch.zeros(2, 1280)
+    unseen_kind[:, 1250:] = 1.0
+    pooled = torch.cat([_clustered_features(n_per=2, seed=2), unseen_kind])  # open and shut gates
+    torch.onnx.export(head, (pooled,), tmp_path / "head.onnx", input_names=["pooled"], dynamo=False)
+    session = ort.InferenceSession(str(tmp_path / "head.onnx"), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"pooled": pooled.numpy()})
+    with torch.no_grad():
+        np.testing.assert_allclose(got, head(pooled).numpy(), atol=1e-5)
 
 
 def test_an_unknown_gate_is_refused(classifier: torch.nn.Linear) -> None:

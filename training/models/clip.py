@@ -10,6 +10,9 @@ An image reaches the text space two ways, added:
   keeps photos working: no training caption here is a photo's (clip art, emoji), and an unbounded
   map learnt on drawings swamps ConSE on photos (COCO-mini caption->photo R@1 0.455 -> 0.225);
   bounded, it can only turn a vector part of the way (benchmarks/clip_reading.md has the runs).
+  The served head also gates the map by familiarity (`residual_gate: familiarity`): photos, whose
+  features are far from every training drawing's, keep ConSE's vector exactly, so the bound can
+  be longer (1.0) for the drawings.
 The class-name matrix may train too (`train_classes`), from its ConSE start. With `conse: false`
 the map alone is the image embedding (the LiT-style comparison: a locked image tower and a
 trainable projection, no class words).
@@ -52,10 +55,18 @@ class ClipImageConfig:
     # "uncertainty": the bounded map's output is further scaled by 1 - the tower's top ImageNet
     # probability (softmax at temperature 1), so it turns an image's vector most where the tower
     # cannot name what it sees (drawings: median top probability ~0.18 on Lite0) and least where it
-    # can (the ImageNet-like photos that ConSE already places well). "none": a fixed length, and the
-    # served choice: confidence hardly separates photos from drawings, and gated runs lost on every
-    # column but COCO R@1 (benchmarks/clip_reading.md).
+    # can (the ImageNet-like photos that ConSE already places well); a measured negative result:
+    # confidence hardly separates photos from drawings. "none": a fixed length.
     residual_gate: str = "none"
+    # "familiarity": the map's output is scaled by how much the image looks like the images it was
+    # trained on: its pooled features' best cosine to `familiarity_centroids` k-means centroids of the
+    # training images' features, ramped from 0 (`familiarity_width` below the open point) to 1 (the
+    # `familiarity_quantile` of the training images' own familiarity). Drawings like the training
+    # ones turn fully; photos, far from every clip-art and emoji centroid, keep ConSE's vector (the
+    # served choice, benchmarks/clip_reading.md).
+    familiarity_centroids: int = 256
+    familiarity_quantile: float = 0.01
+    familiarity_width: float = 0.15
 
 
 class ClipImageHead(nn.Module):
@@ -70,9 +81,30 @@ class ClipImageHead(nn.Module):
         # (1000, dim) unit text vectors of the class names.
         self.class_vectors = nn.Parameter(class_vectors.clone(), requires_grad=config.train_classes)
         feature_dim = classifier.in_features  # type: ignore[union-attr]
-        if config.residual_gate not in ("none", "uncertainty"):
-            raise ValueError(f"unknown residual_gate {config.residual_gate!r}: none or uncertainty")
+        if config.residual_gate not in ("none", "uncertainty", "familiarity"):
+            raise ValueError(f"unknown residual_gate {config.residual_gate!r}: none, uncertainty or familiarity")
         self.residual = _residual(config, feature_dim)
+        if config.residual_gate == "familiarity":  # set by fit_familiarity, saved with the head
+            self.register_buffer("centroids", torch.zeros(config.familiarity_centroids, feature_dim))
+            self.register_buffer("familiarity_ramp", torch.tensor([0.0, 1.0]))  # (closed, open)
+
+    def familiarity(self, pooled: torch.Tensor) -> torch.Tensor:
+        """(batch, 1280) -> (batch,) best cosine to the training images' centroids."""
+        return (F.normalize(pooled.float(), dim=-1) @ self.centroids.T).max(dim=-1).values
+
+    def fit_familiarity(self, pooled: torch.Tensor, seed: int = 0) -> None:
+        """Centroids and ramp of the familiarity gate from the training images' pooled features."""
+        points = F.normalize(pooled.float(), dim=-1)
+        centroids = spherical_kmeans(points, self.config.familiarity_centroids, seed=seed)
+        k = self.config.familiarity_centroids
+        self.centroids.copy_(centroids[torch.arange(k) % len(centroids)])  # fewer images than k: repeats
+        opened = torch.quantile(self.familiarity(pooled), self.config.familiarity_quantile)
+        self.familiarity_ramp.copy_(torch.stack([opened - self.config.familiarity_width, opened]))
+
+    def _gate(self, pooled: torch.Tensor) -> torch.Tensor:
+        """(batch, 1280) -> (batch, 1) in [0, 1]: how far the image is like the training images."""
+        closed, opened = self.familiarity_ramp[0], self.familiarity_ramp[1]
+        return ((self.familiarity(pooled) - closed) / (opened - closed)).clamp(0.0, 1.0)[:, None]
 
     def conse(self, pooled: torch.Tensor) -> torch.Tensor:
         """(batch, 1280) -> (batch, dim) unit ConSE vectors."""
@@ -95,6 +127,8 @@ class ClipImageHead(nn.Module):
             if self.config.residual_gate == "uncertainty":
                 top = torch.softmax(logits, dim=-1).max(dim=-1, keepdim=True).values  # (batch, 1)
                 shift = shift * (1.0 - top)
+            elif self.config.residual_gate == "familiarity":
+                shift = shift * self._gate(pooled)
             out = out + shift
         return out  # type: ignore[return-value]
 
@@ -148,6 +182,19 @@ def _residual(config: ClipImageConfig, feature_dim: int) -> nn.Module | None:
         if last.bias is not None:
             nn.init.zeros_(last.bias)
     return residual
+
+
+def spherical_kmeans(points: torch.Tensor, k: int, iterations: int = 25, seed: int = 0) -> torch.Tensor:
+    """(n, d) unit vectors -> (min(k, n), d) unit centroids maximising the summed cosine (Lloyd's
+    iterations with mean-then-normalise updates; an emptied cluster keeps its last centroid)."""
+    generator = torch.Generator().manual_seed(seed)
+    centroids = points[torch.randperm(len(points), generator=generator)[:k]].clone()
+    for _ in range(iterations):
+        assignment = (points @ centroids.T).argmax(dim=-1)  # (n,)
+        sums = torch.zeros_like(centroids).index_add_(0, assignment, points)
+        filled = torch.bincount(assignment, minlength=len(centroids)) > 0
+        centroids[filled] = F.normalize(sums[filled], dim=-1)
+    return centroids
 
 
 def _classifier(tower: nn.Module) -> nn.Linear:
