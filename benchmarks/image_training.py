@@ -62,6 +62,11 @@ def main() -> None:
     report = {
         "config": str(args.config.relative_to(ROOT)),
         "tower": config.tower,  # type: ignore[union-attr]
+        "preprocessing": (
+            f"transparent images trimmed to their visible pixels, margin {config.trim_transparent}"  # type: ignore[union-attr]
+            if config.trim_transparent is not None  # type: ignore[union-attr]
+            else None
+        ),
         "runs": runs,
         "summary": summarise(runs),
     }
@@ -106,7 +111,12 @@ def render(report: dict) -> str:
         f"Config `{report['config']}` ({tower} tower), seeds {', '.join(str(r['seed']) for r in report['runs'])} "
         "(each its own split of 400 held-out codepoints); OpenMoji never trained on. Before = the tower's raw "
         "pooled ImageNet features (cosine)"
-        + (f"; {issue_baseline} raw = the issue's baseline, on the same splits" if other else "")
+        + (f", with the config's preprocessing ({report['preprocessing']})" if report.get("preprocessing") else "")
+        + (
+            f"; {issue_baseline} raw = the issue's baseline (ImageNet preprocessing), on the same splits"
+            if other
+            else ""
+        )
         + ". Produced by `benchmarks/image_training.py`.",
         "",
         "| metric | "

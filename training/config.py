@@ -324,6 +324,9 @@ class ImageTrainConfig(Strict):
     head: Literal["linear", "spatial"] = "linear"  # spatial: the final feature map too (layout)
     spatial_channels: int = Field(32, ge=1, le=512)
     unfreeze_blocks: int = Field(0, ge=0, le=8)
+    # Cut transparent images to their visible pixels with this margin first (see ImageTower); the
+    # exported manifest carries it, so serving does the same.
+    trim_transparent: float | None = Field(None, ge=0, le=1)
     data: Path = Path("data/emoji")
     train_styles: list[str] = ["google", "twitter"]
     eval_styles: list[str] = ["google", "twitter", "openmoji"]

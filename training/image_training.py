@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter, ImageOps
 
-from app.inference.images import ImageLimits, open_image, to_rgb
+from app.inference.images import ImageLimits, open_image, to_rgb, trim_to_visible
 from training.config import ImageTrainConfig
 from training.data.images import (
     Identity,
@@ -112,6 +112,8 @@ def emoji_set(
             if style not in identity.styles:
                 continue
             image = open_image(emoji_path(config.data, style, identity.unified).read_bytes(), limits)
+            if config.trim_transparent is not None:  # before augmenting, which drops transparency
+                image = trim_to_visible(image, config.trim_transparent)
             ids.append(identity.unified)
             views.append(style)
             images.append(image)
@@ -119,7 +121,8 @@ def emoji_set(
                 ids.append(identity.unified)
                 views.append(f"{style}~{copy}")
                 images.append(_augment(image, rng))
-    key = f"emoji-v4|{config.tower}|{config.unfreeze_blocks}|{config.data.resolve()}|" + ",".join(
+    trim = "" if config.trim_transparent is None else f"|trim{config.trim_transparent}"
+    key = f"emoji-v4|{config.tower}|{config.unfreeze_blocks}{trim}|{config.data.resolve()}|" + ",".join(
         f"{i}/{v}" for i, v in zip(ids, views, strict=True)
     )
     activations = cached(config.cache_dir, key, lambda: _activations(encoder, images, tower))
@@ -202,7 +205,8 @@ def fashion_mnist_set(encoder: ImageEncoder, config: ImageTrainConfig) -> tuple[
 
 def _raw_encoder(config: ImageTrainConfig) -> ImageEncoder:
     """The tower's raw pooled ImageNet features, no head: the `before` of a run."""
-    return ImageEncoder(ImageEncoderConfig(config.tower, None, config.unfreeze_blocks), pretrained=True).eval()
+    raw = ImageEncoderConfig(config.tower, None, config.unfreeze_blocks, trim_transparent=config.trim_transparent)
+    return ImageEncoder(raw, pretrained=True).eval()
 
 
 def _encoder(config: ImageTrainConfig) -> ImageEncoder:
@@ -214,6 +218,7 @@ def _encoder(config: ImageTrainConfig) -> ImageEncoder:
             config.projection_init,
             config.head,
             config.spatial_channels,
+            config.trim_transparent,
         ),
         pretrained=True,
     )
@@ -343,7 +348,7 @@ def raw_features_metrics(config: ImageTrainConfig, tower: str) -> dict:
     """Metrics of `tower`'s raw pooled ImageNet features (no head, no training) on `config`'s split
     and evaluation sets: a baseline from another tower than the one trained (the issue's baseline is
     MobileNetV2's, whichever tower is served)."""
-    other = config.model_copy(update={"tower": tower})
+    other = config.model_copy(update={"tower": tower, "trim_transparent": None})  # ImageNet preprocessing
     baseline = _raw_encoder(other)
     return _evaluate(baseline, _prepare(baseline, other), other)
 

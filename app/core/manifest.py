@@ -92,7 +92,8 @@ class ImageTower(_Strict):
 
         Resize so the shorter side is `resize_size` (`resize: shortest`) or to a square of that side
         (`squash`), then cut the centre `input_size` square (`crop: center`), scale to [0, 1], subtract
-        `mean` and divide by `std` per channel, in `channel_order`, laid out NCHW. `app/inference/images.py`
+        `mean` and divide by `std` per channel, in `channel_order`, laid out NCHW (after
+        `trim_transparent`'s cut to the visible pixels, when set). `app/inference/images.py`
     does it; training imports that same code."""
 
     input_size: int = Field(gt=0)
@@ -105,6 +106,10 @@ class ImageTower(_Strict):
     channel_order: Literal["RGB", "BGR"] = "RGB"
     # Transparent pixels are composited onto this colour before anything else.
     background: list[int] = Field(default_factory=lambda: [255, 255, 255], min_length=3, max_length=3)
+    # Set: an image with transparency is first cut to the box of its visible pixels and padded
+    # square with this margin (a fraction of the box's longer side), so drawings that leave
+    # different empty borders (emoji sets do) reach the model at one scale. Opaque images: unchanged.
+    trim_transparent: float | None = Field(None, ge=0, le=1)
     normalize: bool = True
     onnx: OnnxIO
     onnx_file: str = "image.onnx"

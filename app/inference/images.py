@@ -92,8 +92,29 @@ def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255
     return image.convert("RGB") if image.mode != "RGB" else image
 
 
+def trim_to_visible(image: Image.Image, margin: float) -> Image.Image:
+    """An image with transparency cut to the box of its visible pixels (alpha > 16) and centred on a
+    transparent square `margin` x the box's longer side wider on each side (also when the visible
+    pixels reach every edge, as in 12% of the emoji drawings: every drawing then gets the same
+    margin); images without transparency, and fully transparent ones, as given."""
+    if (image.mode == "P" and "transparency" in image.info) or image.mode in ("LA", "La", "PA", "RGBa"):
+        image = image.convert("RGBA")
+    if image.mode != "RGBA":
+        return image
+    box = image.getchannel("A").point(lambda a: 255 if a > 16 else 0).getbbox()
+    if box is None:
+        return image
+    visible = image.crop(box)
+    side = max(1, round(max(visible.size) * (1 + 2 * margin)))
+    canvas = Image.new("RGBA", (side, side), (0, 0, 0, 0))
+    canvas.paste(visible, ((side - visible.width) // 2, (side - visible.height) // 2))
+    return canvas
+
+
 def preprocess(image: Image.Image, tower: ImageTower) -> np.ndarray:
     """RGB image -> (3, input_size, input_size) float32, as the manifest's image section says."""
+    if tower.trim_transparent is not None:
+        image = trim_to_visible(image, tower.trim_transparent)
     image = to_rgb(image, tuple(tower.background))  # type: ignore[arg-type]
     resample = _RESAMPLE[tower.interpolation]
     width, height = image.size

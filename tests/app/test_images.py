@@ -12,7 +12,15 @@ from PIL import Image
 
 from app.core.errors import ImageTooLarge, InvalidImage
 from app.core.manifest import ImageTower, OnnxIO
-from app.inference.images import ImageLimits, center_crop, load_pixels, open_image, preprocess, to_rgb
+from app.inference.images import (
+    ImageLimits,
+    center_crop,
+    load_pixels,
+    open_image,
+    preprocess,
+    to_rgb,
+    trim_to_visible,
+)
 
 TOWER = ImageTower(
     input_size=32,
@@ -77,6 +85,42 @@ def test_transparency_goes_onto_the_background() -> None:
     clear = Image.new("RGBA", (40, 40), (0, 0, 0, 0))
     assert to_rgb(clear).getpixel((5, 5)) == (255, 255, 255)
     assert to_rgb(clear, (0, 0, 0)).getpixel((5, 5)) == (0, 0, 0)
+
+
+def sticker(canvas: int, box: tuple[int, int, int, int], colour: tuple[int, int, int] = (200, 30, 30)) -> Image.Image:
+    """A transparent canvas with one opaque rectangle (an emoji with its empty border)."""
+    image = Image.new("RGBA", (canvas, canvas), (0, 0, 0, 0))
+    image.paste(Image.new("RGBA", (box[2] - box[0], box[3] - box[1]), (*colour, 255)), box[:2])
+    return image
+
+
+def test_trim_cuts_a_transparent_image_to_its_visible_pixels_with_a_margin() -> None:
+    trimmed = trim_to_visible(sticker(64, (20, 24, 40, 34)), margin=0.1)  # 20 x 10 visible
+    assert trimmed.size == (24, 24)  # the longer side 20, plus 10% on each side
+    alpha = np.asarray(trimmed.getchannel("A"))
+    rows, cols = np.nonzero(alpha)
+    assert (cols.min(), cols.max(), rows.min(), rows.max()) == (2, 21, 7, 16)  # centred
+
+
+def test_trim_puts_drawings_with_different_borders_at_one_scale() -> None:
+    tower = TOWER.model_copy(update={"trim_transparent": 0.05})
+    small, large = sticker(64, (24, 24, 40, 40)), sticker(64, (4, 4, 60, 60))
+    trimmed = np.abs(preprocess(small, tower) - preprocess(large, tower)).mean()  # resampled edges differ
+    untrimmed = np.abs(preprocess(small, TOWER) - preprocess(large, TOWER)).mean()
+    assert trimmed < 0.15 and untrimmed > 1.5, (trimmed, untrimmed)
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        gradient(),
+        Image.new("RGBA", (16, 16), (0, 0, 0, 0)),
+        Image.new("L", (8, 8), 9),
+    ],
+)
+def test_trim_leaves_opaque_and_empty_images_alone(image: Image.Image) -> None:
+    tower = TOWER.model_copy(update={"trim_transparent": 0.05})
+    np.testing.assert_array_equal(preprocess(image, tower), preprocess(image, TOWER))
 
 
 def test_exif_orientation_is_applied() -> None:

@@ -10,7 +10,9 @@ import pytest
 from training.config import ImageTrainConfig
 from training.data.images import SvgStyle, load_identities, prepare_emoji, split_identities
 from training.eval.images import cross_style_recall, identity_map, precision_at_k
+from training.export.image import image_tower_section
 from training.image_training import raw_features_metrics, train_image_encoder
+from training.models.image import ImageEncoder
 
 ROOT = Path(__file__).resolve().parents[2]
 EMOJI = ROOT / "data" / "emoji"
@@ -99,12 +101,11 @@ def test_training_beats_raw_features_on_held_out_codepoints(tmp_path: Path) -> N
     assert (tmp_path / "runs" / "tiny-emoji" / "steps.jsonl").read_text().count("\n") == 15 * (200 // 64)
 
 
-def test_raw_features_of_another_tower_on_the_same_split(tmp_path: Path) -> None:
-    """The issue's baseline (MobileNetV2's raw features) is measured on the split a Lite0 run uses:
-    the same held-out identities give the same numbers as MobileNetV2's own `before`."""
+def one_epoch_on_120_identities(tmp_path: Path) -> dict:
+    """ImageTrainConfig fields of a quick run on a subset of the real emoji (fails without them)."""
     if not (EMOJI / "identities.jsonl").is_file():
         pytest.fail("data/emoji is missing: run `make image-data` (make test does it)")
-    common = {
+    return {
         "data": EMOJI,
         "max_identities": 120,
         "test_identities": 60,
@@ -113,8 +114,13 @@ def test_raw_features_of_another_tower_on_the_same_split(tmp_path: Path) -> None
         "fashion_mnist": None,
         "cache_dir": tmp_path / "cache",
         "runs_dir": tmp_path / "runs",
-        "split_seed": 4,
     }
+
+
+def test_raw_features_of_another_tower_on_the_same_split(tmp_path: Path) -> None:
+    """The issue's baseline (MobileNetV2's raw features) is measured on the split a Lite0 run uses:
+    the same held-out identities give the same numbers as MobileNetV2's own `before`."""
+    common = {**one_epoch_on_120_identities(tmp_path), "split_seed": 4}
     lite0 = ImageTrainConfig(name="lite0", tower="efficientnet_lite0", **common)
     mobilenet = ImageTrainConfig(name="mobilenet", tower="mobilenet_v2", **common)
     baseline = raw_features_metrics(lite0, "mobilenet_v2")
@@ -122,3 +128,20 @@ def test_raw_features_of_another_tower_on_the_same_split(tmp_path: Path) -> None
     assert baseline == own_before
     assert baseline != train_image_encoder(lite0)["before"]  # another tower's features, not Lite0's
     assert 0.0 < baseline["google->twitter recall@1"] <= 1.0
+    trimmed = lite0.model_copy(update={"name": "lite0-trim", "trim_transparent": 0.04})
+    assert raw_features_metrics(trimmed, "mobilenet_v2") == baseline  # the issue's baseline: ImageNet preprocessing
+
+
+def test_trimmed_preprocessing_trains_and_travels_with_the_model(tmp_path: Path) -> None:
+    """`trim_transparent` changes what the tower sees (its own `before`), and the saved encoder
+    carries it into the manifest section that serving preprocesses by."""
+    common = one_epoch_on_120_identities(tmp_path)
+    plain = train_image_encoder(ImageTrainConfig(name="plain", **common))
+    trimmed = train_image_encoder(ImageTrainConfig(name="trim", trim_transparent=0.04, **common))
+    assert plain["before"] != trimmed["before"]
+    saved = ImageEncoder.from_source(str(tmp_path / "runs" / "trim" / "model"))
+    assert image_tower_section(saved).trim_transparent == 0.04
+    assert (
+        image_tower_section(ImageEncoder.from_source(str(tmp_path / "runs" / "plain" / "model"))).trim_transparent
+        is None
+    )

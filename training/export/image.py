@@ -39,10 +39,10 @@ MIN_PARITY_IMAGES = 500
 
 def image_tower_section(encoder: ImageEncoder) -> ImageTower:
     """The manifest's image section: the tower's preprocessing, as data."""
-    return tower_section(encoder.config.tower)
+    return tower_section(encoder.config.tower, encoder.config.trim_transparent)
 
 
-def tower_section(tower: str) -> ImageTower:
+def tower_section(tower: str, trim_transparent: float | None = None) -> ImageTower:
     """The image section of a model on the ImageNet tower `tower`: its preprocessing, as data."""
     spec = tower_spec(tower)
     return ImageTower(
@@ -51,6 +51,7 @@ def tower_section(tower: str) -> ImageTower:
         interpolation=spec.interpolation,  # type: ignore[arg-type]
         mean=list(spec.mean),
         std=list(spec.std),
+        trim_transparent=trim_transparent,
         normalize=True,
         onnx=OnnxIO(inputs=[PIXEL_INPUT], output="image_embedding", unnormalized_output="pooled_embedding"),
         onnx_file=IMAGE_ONNX_FILE,

@@ -32,6 +32,9 @@ class ImageEncoderConfig:
     # things are in the image can count, not only which features occur.
     head: str = "linear"
     spatial_channels: int = 32
+    # Preprocessing: cut transparent images to their visible pixels with this margin (the manifest's
+    # `trim_transparent`); None: the tower's ImageNet preprocessing unchanged.
+    trim_transparent: float | None = None
 
 
 class ImageEncoder(nn.Module):
