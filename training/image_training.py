@@ -112,11 +112,11 @@ def emoji_set(
             if style not in identity.styles:
                 continue
             image = open_image(emoji_path(config.data, style, identity.unified).read_bytes(), limits)
-            if config.trim_transparent is not None:  # before augmenting, which drops transparency
-                image = trim_to_visible(image, config.trim_transparent)
             ids.append(identity.unified)
             views.append(style)
-            images.append(image)
+            images.append(image)  # trimmed (if set) by the tower section's preprocessing, as served
+            if config.trim_transparent is not None:  # the copies' source: augmenting drops transparency
+                image = trim_to_visible(image, config.trim_transparent)
             for copy in range(config.augment_views if style in augmented_styles else 0):
                 ids.append(identity.unified)
                 views.append(f"{style}~{copy}")

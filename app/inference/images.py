@@ -72,19 +72,22 @@ def open_image(data: bytes, limits: ImageLimits, index: int = 0, draft: int | No
     return image
 
 
+def _rgba_if_transparent(image: Image.Image) -> Image.Image:
+    """Modes that carry transparency (alpha channel, or a palette's transparent index) as RGBA;
+    other images as given."""
+    if (image.mode == "P" and "transparency" in image.info) or image.mode in ("LA", "La", "PA", "RGBa"):
+        return image.convert("RGBA")
+    return image
+
+
 def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
     """Any Pillow mode as 8-bit RGB: alpha composited onto `background`, high bit depths scaled."""
-    mode = image.mode
-    if mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
         values = np.asarray(image, dtype=np.float64)
         low, high = float(values.min()), float(values.max())
         scaled = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
         image = Image.fromarray(scaled.round().astype(np.uint8), "L")
-        mode = "L"
-    if mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-    elif mode in ("LA", "La", "PA", "RGBa"):
-        image = image.convert("RGBA")
+    image = _rgba_if_transparent(image)
     if image.mode == "RGBA":
         canvas = Image.new("RGB", image.size, background)
         canvas.paste(image, mask=image.getchannel("A"))
@@ -97,8 +100,7 @@ def trim_to_visible(image: Image.Image, margin: float) -> Image.Image:
     transparent square `margin` x the box's longer side wider on each side (also when the visible
     pixels reach every edge, as in 12% of the emoji drawings: every drawing then gets the same
     margin); images without transparency, and fully transparent ones, as given."""
-    if (image.mode == "P" and "transparency" in image.info) or image.mode in ("LA", "La", "PA", "RGBa"):
-        image = image.convert("RGBA")
+    image = _rgba_if_transparent(image)
     if image.mode != "RGBA":
         return image
     box = image.getchannel("A").point(lambda a: 255 if a > 16 else 0).getbbox()
