@@ -95,11 +95,13 @@ def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255
     return image.convert("RGB") if image.mode != "RGB" else image
 
 
-def trim_to_visible(image: Image.Image, margin: float) -> Image.Image:
+def trim_to_visible(image: Image.Image, margin: float, max_side: int = 1024) -> Image.Image:
     """An image with transparency cut to the box of its visible pixels (alpha > 16) and centred on a
     transparent square `margin` x the box's longer side wider on each side (also when the visible
     pixels reach every edge, as in 12% of the emoji drawings: every drawing then gets the same
-    margin); images without transparency, and fully transparent ones, as given."""
+    margin); images without transparency, and fully transparent ones, as given. A visible box longer
+    than `max_side` is shrunk to it first: the square around a long thin box would otherwise hold
+    (longer side)^2 pixels, far more than the decoded-pixel limit allowed in."""
     image = _rgba_if_transparent(image)
     if image.mode != "RGBA":
         return image
@@ -107,6 +109,8 @@ def trim_to_visible(image: Image.Image, margin: float) -> Image.Image:
     if box is None:
         return image
     visible = image.crop(box)
+    if max(visible.size) > max_side:
+        visible.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
     side = max(1, round(max(visible.size) * (1 + 2 * margin)))
     canvas = Image.new("RGBA", (side, side), (0, 0, 0, 0))
     canvas.paste(visible, ((side - visible.width) // 2, (side - visible.height) // 2))
@@ -116,7 +120,7 @@ def trim_to_visible(image: Image.Image, margin: float) -> Image.Image:
 def preprocess(image: Image.Image, tower: ImageTower) -> np.ndarray:
     """RGB image -> (3, input_size, input_size) float32, as the manifest's image section says."""
     if tower.trim_transparent is not None:
-        image = trim_to_visible(image, tower.trim_transparent)
+        image = trim_to_visible(image, tower.trim_transparent, max_side=4 * tower.resize_size)
     image = to_rgb(image, tuple(tower.background))  # type: ignore[arg-type]
     resample = _RESAMPLE[tower.interpolation]
     width, height = image.size

@@ -102,6 +102,17 @@ def test_trim_cuts_a_transparent_image_to_its_visible_pixels_with_a_margin() -> 
     assert (cols.min(), cols.max(), rows.min(), rows.max()) == (2, 21, 7, 16)  # centred
 
 
+def test_trim_of_a_long_thin_image_stays_small() -> None:
+    """A 40,000 x 1 opaque line on a transparent canvas is within the decoded-pixel limit; the
+    square around it must not be 40,000^2 pixels (6.4 GB)."""
+    line = Image.new("RGBA", (40_000, 3), (0, 0, 0, 0))
+    line.paste(Image.new("RGBA", (40_000, 1), (9, 9, 9, 255)), (0, 1))
+    trimmed = trim_to_visible(line, margin=0.04, max_side=1024)
+    assert max(trimmed.size) <= round(1024 * 1.08)
+    tower = TOWER.model_copy(update={"trim_transparent": 0.04})
+    assert preprocess(line, tower).shape == (3, 32, 32)
+
+
 def test_trim_puts_drawings_with_different_borders_at_one_scale() -> None:
     tower = TOWER.model_copy(update={"trim_transparent": 0.05})
     small, large = sticker(64, (24, 24, 40, 40)), sticker(64, (4, 4, 60, 60))
