@@ -4,7 +4,7 @@
 # default embedding function, which downloads a model).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-command -v wrk >/dev/null || { echo "wrk missing: apt-get install -y wrk" >&2; exit 1; }
+command -v wrk >/dev/null || [ -x .venv/bin/wrk ] || { echo "wrk missing: make wrk (or apt-get install -y wrk)" >&2; exit 1; }
 if [ ! -x .peer-chroma/bin/chroma ]; then
     python3 -m venv .peer-chroma
     .peer-chroma/bin/pip install -q 'chromadb==1.5.9'

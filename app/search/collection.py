@@ -63,6 +63,10 @@ FILTER_CACHE_KEYS = 4_000_000  # and at most this many keys in all (32 MB)
 TRAINING_SAMPLE, TRAINING_SAMPLE_MIN, TRAINING_PER_LIST = 200_000, 50_000, 25
 
 
+class _StoreBusy(Exception):
+    """A read that would wait for a writer: the search goes to a worker thread instead."""
+
+
 def _scored_keys(keys: np.ndarray, scores: np.ndarray) -> list[tuple[int, float]]:
     """(key, score) pairs of one query's FAISS result, without its -1 padding (fewer hits than k)."""
     return [(int(k), float(s)) for k, s in zip(keys, scores, strict=True) if k >= 0]
@@ -438,10 +442,19 @@ class Collection:
         if not self._index_lock.acquire(blocking=False):
             return None
         try:
-            scores, keys = self.index.search(query[None, :], top_k, None, params)
+            scores, keys = self.index.search(query[None, :], top_k, None, params, self._rescore_vectors_now)
+        except _StoreBusy:  # a binary index's rescoring found a writer holding the store
+            return None
         finally:
             self._index_lock.release()
         return _scored_keys(keys[0], scores[0])
+
+    def _rescore_vectors_now(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The store's vectors of `keys` for a binary index's rescoring, read without waiting."""
+        found = self.store.live_vectors_now(keys)
+        if found is None:
+            raise _StoreBusy
+        return found
 
     def _matching_keys(self, where: str, params: list[Any]) -> np.ndarray:
         """Keys meeting a compiled filter, cached per (filter, write version): evaluating it scans

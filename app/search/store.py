@@ -429,6 +429,16 @@ class DocumentStore:
             found = _vector_bytes(self._db, keys)
         return _present_in_order(keys, found, self.dim)
 
+    def live_vectors_now(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """`live_vectors`, or None at once when a writer holds the store."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            self.check_open()
+            return _present_in_order(keys, _vector_bytes(self._db, keys), self.dim)
+        finally:
+            self._lock.release()
+
     def iter_vectors(self, batch: int = 10_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """All live (keys, vectors) in key order, in chunks: (n,), (n, dim). Not one snapshot: a
         write between chunks may show (use `snapshot()` where that matters)."""

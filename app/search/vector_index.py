@@ -249,10 +249,9 @@ class VectorIndex:
 
     def vectors_compared(self, params: SearchParams) -> int | None:
         """About how many stored vectors one unfiltered query is compared with (plus the hidden keys
-        it must skip), or None where that is not bounded this way (a binary index, which rescores
-        from the store; other specs)."""
-        if self.is_binary:
-            return None
+        it must skip), or None where that is not bounded this way (other specs). A binary index's
+        codes count as vectors (each is cheaper to compare than an SQ8 code); its rescoring reads
+        the shortlist from the store besides."""
         if self.spec == "Flat":
             return self.ntotal
         if self.is_ivf:

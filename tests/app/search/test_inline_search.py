@@ -91,7 +91,33 @@ def test_how_many_vectors_a_query_is_compared_with() -> None:
     assert ivf.vectors_compared(SearchParams(nprobe=50)) == 20 + 2000  # nprobe past nlist: every list
     hnsw.remove([1, 2, 3])  # hidden keys are skipped one by one
     assert hnsw.vectors_compared(SearchParams(ef_search=32)) == 32 * 2 * 16 + 3
-    assert VectorIndex(DIM, "cosine", "IVF4,RaBitQ").vectors_compared(SearchParams()) is None
+    binary = VectorIndex(DIM, "cosine", "IVF20,RaBitQ")  # its codes count as vectors
+    binary.train(vectors)
+    binary.add(keys, vectors)
+    assert binary.vectors_compared(SearchParams(nprobe=5)) == 20 + 2000 * 5 // 20
+
+
+def test_a_binary_index_searches_inline_and_rescores_from_the_store(tmp_path: Path) -> None:
+    manager = CollectionManager(tmp_path, 1 << 30)
+    try:
+        binary = manager.create("bin", "m", DIM, "cosine", "IVF8,RaBitQ")
+        vectors = clustered(1000, seed=9)
+        binary.upsert([Document(f"d{i}", None, {}, v) for i, v in enumerate(vectors)])
+        binary.optimize()
+        assert binary.index.is_binary and binary.index.ntotal == 1000
+        params = SearchParams(nprobe=8, rescore_depth=8)  # every list: exact after rescoring
+        for i in (3, 500, 999):
+            pairs = binary.dense_keys_now(vectors[i], 10, params)
+            assert pairs is not None and pairs == binary.dense_keys(vectors[i], 10, None, params)
+            assert pairs[0][1] == pytest.approx(1.0, abs=1e-5)  # a rescored (float) score, not a code's estimate
+        holder = _held(binary.store._lock, 0.5)  # a writer holds the store: the rescoring read would wait
+        start = time.perf_counter()
+        assert binary.dense_keys_now(vectors[3], 10, params) is None
+        assert time.perf_counter() - start < 0.2
+        holder.join()
+        assert binary.dense_keys_now(vectors[3], 10, params) is not None
+    finally:
+        manager.close()
 
 
 def test_a_search_waiting_on_a_writer_does_not_hold_up_other_requests(default_models_dir: Path, tmp_path: Path) -> None:
