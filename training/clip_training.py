@@ -39,13 +39,13 @@ from training.distributed import Workers, gather_segments, setup_workers, shard_
 from training.eval.clip import retrieval_recall, unit, zero_shot_accuracy
 from training.eval.images import cross_style_recall
 from training.export.image import tower_section
-from training.features import cached, onnx_outputs
+from training.features import cached, onnx_outputs, stored
 from training.losses.cwcl import CWCLLoss
 from training.losses.infonce import InfoNCELoss
 from training.losses.registry import build_embedding_loss
 from training.losses.siglip import SigLIPLoss
-from training.models.clip import CLASS_PROMPT, ClipImageConfig, ClipImageHead, _classifier
-from training.models.image_towers import load_tower
+from training.models.clip import CLASS_PROMPT, ClipImageConfig, ClipImageHead, _classifier, pooled_features
+from training.models.image_towers import load_tower, run_stages
 from training.run import RunFolder, seed_everything
 
 log = logging.getLogger(__name__)
@@ -71,25 +71,39 @@ class _Pooled(nn.Module):
         return self.tower.pooled(pixels)  # type: ignore[operator]  # (batch, 1280)
 
 
+class _FeatureMap(_Pooled):
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return run_stages(self.tower.stages(), pixels)  # type: ignore[operator]  # (batch, 1280, s, s)
+
+
 class FeatureSource:
-    """Cached pooled tower features of images, and cached text vectors of the fixed text model."""
+    """Cached tower features of images (what the head takes: pooled, or the final feature map for a
+    head with a spatial path), and cached text vectors of the fixed text model."""
 
     def __init__(self, config: ClipTrainConfig) -> None:
         self.config = config
         self.tower = load_tower(config.tower).eval()
-        self.section: ImageTower = tower_section(config.tower)
+        self.section: ImageTower = tower_section(config.tower, config.trim_transparent)
         self.text_model = TextModel(config.text_model, Manifest.load(config.text_model))
         self.limits = ImageLimits()
         self._universes: dict[str, tuple[dict[Path, int], torch.Tensor]] = {}
 
     def images(self, key: str, load: list[Path] | list[Image.Image]) -> torch.Tensor:
-        """(n, 1280) float16 pooled features of image files (or decoded images), cached by `key`."""
+        """Float16 features of image files (or decoded images), cached by `key`: the (n, 1280, s, s)
+        final feature maps for a head with a spatial path, else (n, 1280) pooled features, which a
+        cached map of the same images gives too (its mean) without running the tower again."""
 
-        def build() -> torch.Tensor:
+        def build(module: nn.Module) -> torch.Tensor:
             decoded = [p if isinstance(p, Image.Image) else open_image(p.read_bytes(), self.limits) for p in load]
-            return onnx_outputs(_Pooled(self.tower), decoded, self.section)
+            return onnx_outputs(module, decoded, self.section)
 
-        return cached(self.config.cache_dir, f"clip-pooled|{self.config.tower}|{key}|{len(load)}", build)
+        trim = "" if self.config.trim_transparent is None else f"|trim{self.config.trim_transparent}"
+        name, cache = f"{self.config.tower}{trim}|{key}|{len(load)}", self.config.cache_dir
+        if self.config.spatial_channels:
+            return cached(cache, f"clip-map|{name}", lambda: build(_FeatureMap(self.tower)))
+        if (feature_map := stored(cache, f"clip-map|{name}")) is not None:
+            return torch.cat([pooled_features(m.float()).half() for m in feature_map.split(1024)])
+        return cached(cache, f"clip-pooled|{name}", lambda: build(_Pooled(self.tower)))
 
     def subset(self, key: str, universe: list[Path], wanted: list[Path]) -> torch.Tensor:
         """Features of `wanted`, from one cached run over all of `universe` (so another split of the
@@ -109,7 +123,7 @@ class FeatureSource:
 
 @dataclass
 class TrainSet:
-    pooled: torch.Tensor  # (n, 1280) float16: clip-art images, then emoji images
+    pooled: torch.Tensor  # (n, 1280) or (n, 1280, s, s) float16 features: clip-art images, then emoji images
     texts: torch.Tensor  # (t, dim) unit caption vectors
     text_of: np.ndarray  # (n,) caption row of each image
     groups: list[list[int]]  # images sharing a caption that one epoch draws one of (emoji styles)
@@ -250,7 +264,7 @@ def _zero_shot(
     return sets
 
 
-def _vectors(head: ClipImageHead, pooled: torch.Tensor, chunk: int = 4096) -> np.ndarray:
+def _vectors(head: ClipImageHead, pooled: torch.Tensor, chunk: int = 1024) -> np.ndarray:
     with torch.inference_mode():
         return np.concatenate([unit(head(pooled[i : i + chunk].float()).numpy()) for i in range(0, len(pooled), chunk)])
 
@@ -397,6 +411,7 @@ def build_head(config: ClipTrainConfig, class_vectors: torch.Tensor) -> ClipImag
     head_config = ClipImageConfig(
         tower=config.tower,
         dim=class_vectors.shape[1],
+        trim_transparent=config.trim_transparent,
         conse=config.conse,
         conse_temperature=config.conse_temperature,
         top_k=config.top_k,
@@ -408,6 +423,7 @@ def build_head(config: ClipTrainConfig, class_vectors: torch.Tensor) -> ClipImag
         familiarity_centroids=config.familiarity_centroids,
         familiarity_quantile=config.familiarity_quantile,
         familiarity_width=config.familiarity_width,
+        spatial_channels=config.spatial_channels,
     )
     return ClipImageHead(head_config, _classifier(load_tower(config.tower)), class_vectors)
 

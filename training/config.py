@@ -362,6 +362,9 @@ class ClipTrainConfig(Strict):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     tower: Literal["mobilenet_v2", "efficientnet_lite0", "efficientnet_lite2"] = "mobilenet_v2"
+    # Preprocessing: transparent images cut to their visible pixels with this margin (the manifest's
+    # `trim_transparent`, as the image encoder); None: the tower's ImageNet preprocessing unchanged.
+    trim_transparent: float | None = Field(None, ge=0, le=1)
     text_model: Path = Path("models/minilm-l6")  # an exported text folder: the fixed text tower
     conse: bool = True
     conse_temperature: float = Field(2.0, gt=0)
@@ -374,6 +377,7 @@ class ClipTrainConfig(Strict):
     familiarity_centroids: int = Field(256, ge=1, le=65536)
     familiarity_quantile: float = Field(0.01, ge=0, le=1)
     familiarity_width: float = Field(0.15, gt=0, le=2)
+    spatial_channels: int = Field(0, ge=0, le=256)  # the head's spatial path (training/models/clip.py); 0: none
     # LiT-style comparison: a trainable linear map on the text side too (changes the text space, so
     # such a model is measured, not exported).
     text_projection: bool = False

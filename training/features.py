@@ -47,11 +47,21 @@ def onnx_outputs(module: nn.Module, images: list[Image.Image], tower: ImageTower
     return torch.cat(out)
 
 
+def _cache_path(cache: Path, key: str) -> Path:
+    return cache / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.pt"
+
+
+def stored(cache: Path, key: str) -> torch.Tensor | None:
+    """The tensor `cached` stored under `key`, or None (nothing is built)."""
+    path = _cache_path(cache, key)
+    return torch.load(path, weights_only=True) if path.is_file() else None
+
+
 def cached(cache: Path, key: str, build: Callable[[], torch.Tensor]) -> torch.Tensor:
     """`build()`'s tensor, stored under `cache` by `key` (written atomically) and read back next time."""
-    path = cache / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.pt"
-    if path.is_file():
-        return torch.load(path, weights_only=True)
+    path = _cache_path(cache, key)
+    if (value := stored(cache, key)) is not None:
+        return value
     value = build()
     cache.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")

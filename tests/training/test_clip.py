@@ -257,3 +257,104 @@ def test_prepare_openclipart_pairs_png_with_svg_and_survives_a_bad_file(tmp_path
     demo = tmp_path / "demo"
     assert write_demo(out, demo, count=10) == 1
     assert (demo / "food__apple.v2_01.png").is_file() and "caption" in (demo / "metadata.jsonl").read_text()
+
+
+def _drawing(border: int) -> bytes:
+    """A transparent PNG: the same opaque drawing inside `border` pixels of empty canvas."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGBA", (64 + 2 * border, 64 + 2 * border), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((border, border, border + 63, border + 63), fill=(230, 180, 20, 255))
+    draw.rectangle((border + 20, border + 24, border + 28, border + 40), fill=(40, 20, 10, 255))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_a_head_trained_on_trimmed_drawings_exports_and_serves_the_trim(
+    tmp_path: Path, default_models_dir: Path
+) -> None:
+    """The trim the head was trained behind reaches the manifest, so the served model sees one
+    drawing at one scale whatever its empty border (without it, the border changes the vector)."""
+    from app.core.manifest import Manifest
+    from app.inference.image_model import ImageModel
+    from app.inference.images import ImageLimits
+    from training.clip_training import conse_head
+    from training.export.clip import export_clip_model
+
+    drawings = tmp_path / "drawings"
+    drawings.mkdir()
+    for border in (0, 8, 40, 90):
+        (drawings / f"b{border}.png").write_bytes(_drawing(border))
+    served = {}
+    for trim in (None, 0.04):
+        head = conse_head(default_models_dir / "minilm-l6")
+        head.config.trim_transparent = trim
+        head.save(tmp_path / f"head-{trim}")
+        assert ClipImageEncoder.load(tmp_path / f"head-{trim}").head.config.trim_transparent == trim
+        out = tmp_path / f"clip-{trim}"
+        manifest = export_clip_model(
+            tmp_path / f"head-{trim}", default_models_dir / "minilm-l6", out, "c", [drawings], min_images=4
+        )
+        assert manifest.image is not None and manifest.image.trim_transparent == trim
+        model = ImageModel(out, Manifest.load(out))
+        pixels = np.stack([model.pixels(_drawing(b), ImageLimits()) for b in (0, 90)])
+        tight, wide = model.encode(pixels)
+        served[trim] = float(tight @ wide / np.linalg.norm(tight) / np.linalg.norm(wide))
+    assert served[0.04] > 0.999 > served[None], served
+
+
+def _sided_data(classifier: torch.nn.Linear, pairs: int = 128, held_out: int = 32) -> ClipData:
+    """Image pairs whose pooled features are identical (one pattern, at the left or the right of a
+    7x7 map) and whose captions differ by a fixed 'side' direction: only where the pattern lies
+    tells a pair's images apart."""
+    gen = torch.Generator().manual_seed(3)
+    side = F.normalize(torch.randn(DIM, generator=gen), dim=0)
+    topics = F.normalize(torch.randn(pairs, DIM, generator=gen), dim=-1)
+    patterns = (topics @ torch.randn(DIM, 1280, generator=gen)).relu() + 0.05  # (pairs, 1280)
+    maps = torch.zeros(2 * pairs, 1280, 7, 7)
+    maps[0::2, :, 3, 1] = patterns  # left
+    maps[1::2, :, 3, 5] = patterns  # right
+    captions = torch.empty(2 * pairs, DIM)
+    captions[0::2], captions[1::2] = F.normalize(topics + side, dim=-1), F.normalize(topics - side, dim=-1)
+    cut = 2 * (pairs - held_out)
+    train = TrainSet(maps[:cut].half(), captions[:cut], np.arange(cut), [[i] for i in range(cut)])
+    n = 2 * held_out
+    test = EvalSet("sided", maps[cut:].half(), captions[cut:], [{i} for i in range(n)], [{i} for i in range(n)])
+    return ClipData(train, [test], None, {}, class_vectors())
+
+
+def test_a_spatial_path_tells_apart_what_pooled_features_cannot(tmp_path: Path, classifier: torch.nn.Linear) -> None:
+    data = _sided_data(classifier)
+    config = ClipTrainConfig(name="t", epochs=60, batch_size=64, learning_rate=3e-3, runs_dir=tmp_path)
+    recall = {}
+    for channels in (0, 8):
+        torch.manual_seed(0)
+        head_config = ClipImageConfig(
+            dim=DIM, residual="mlp", residual_hidden=64, residual_scale=None, spatial_channels=channels
+        )
+        head = ClipImageHead(head_config, classifier, data.class_vectors)
+        fit(head, data, config, random.Random(0), RunFolder(tmp_path, f"c{channels}"))
+        recall[channels] = evaluate(head, data)["sided text->image recall@1"]
+    # pooled alone gives a pair's two images one vector: at best one of the two captions finds its own
+    assert recall[0] <= 0.55 and recall[8] >= 0.8, recall
+
+
+def test_a_spatial_head_takes_the_feature_map_and_saves_its_path(tmp_path: Path, classifier: torch.nn.Linear) -> None:
+    config = ClipImageConfig(dim=DIM, residual="mlp", residual_hidden=32, spatial_channels=4)
+    head = ClipImageHead(config, classifier, class_vectors())
+    with pytest.raises(ValueError, match="feature map"):
+        head(torch.rand(2, 1280))
+    with torch.no_grad():
+        head.spatial[-1].weight.normal_()  # type: ignore[index]  # a trained path, not the zero start
+    head.save(tmp_path / "head")
+    encoder = ClipImageEncoder.load(tmp_path / "head")
+    pixels = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        feature_map = encoder.features(pixels)
+        assert feature_map.shape == (2, 1280, 7, 7)
+        torch.testing.assert_close(encoder(pixels)[1], head(feature_map))
+        torch.testing.assert_close(head.conse(feature_map), head.conse(feature_map.mean(dim=(2, 3))))

@@ -49,7 +49,7 @@ def export_clip_model(
     encoder = ClipImageEncoder.load(head_dir)
     if encoder.head.config.dim != text.embedding_dim:
         raise ValueError(f"head dim {encoder.head.config.dim} != text model dim {text.embedding_dim}")
-    image = tower_section(encoder.head.config.tower)
+    image = tower_section(encoder.head.config.tower, encoder.head.config.trim_transparent)
     files = parity_image_files(parity_folders)
     if len(files) < min_images:
         raise ValueError(f"parity needs at least {min_images} real images, got {len(files)}")

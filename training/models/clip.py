@@ -18,7 +18,8 @@ the map alone is the image embedding (the LiT-style comparison: a locked image t
 trainable projection, no class words).
 
 `ClipImageEncoder.forward` is what `image.onnx` computes (pixels -> normalised, unnormalised);
-training runs `ClipImageHead` on cached pooled features, since the tower never trains.
+training runs `ClipImageHead` on cached pooled features (final feature maps for a head with a
+spatial path), since the tower never trains.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.models.image_towers import load_tower
+from training.models.image_towers import load_tower, run_stages, tower_spec
 
 HEAD_FILE = "clip_head.pt"
 CONFIG_FILE = "clip_head.json"
@@ -42,6 +43,9 @@ CLASS_PROMPT = "a photo of a {}"
 class ClipImageConfig:
     tower: str = "mobilenet_v2"
     dim: int = 384  # the text encoder's size: images land in its space
+    # The preprocessing the head was trained behind (the manifest's `trim_transparent`): export
+    # writes it into the image section, so serving feeds the tower what training did.
+    trim_transparent: float | None = None
     conse: bool = True  # the ConSE path (class-name words); False: the learned map alone
     conse_temperature: float = 2.0
     top_k: int = 10  # ImageNet classes kept per image (0: all 1,000)
@@ -67,10 +71,23 @@ class ClipImageConfig:
     familiarity_centroids: int = 256
     familiarity_quantile: float = 0.01
     familiarity_width: float = 0.15
+    # A spatial path beside the map of pooled features (as the image encoder's `head: spatial`): the
+    # tower's final (1280, s, s) feature map through a 1x1 convolution to this many channels,
+    # flattened and mapped to `dim` (zero-initialised), added to the map's output before its length
+    # is bounded, so where things lie can count (an arrow's direction, a flag's bands), not only
+    # which features occur. The head then takes the final map, not pooled features. 0: no path.
+    spatial_channels: int = 0
+
+
+def pooled_features(features: torch.Tensor) -> torch.Tensor:
+    """(batch, 1280) pooled features, or a (batch, 1280, s, s) final feature map -> (batch, 1280)."""
+    return features.mean(dim=(2, 3)) if features.dim() == 4 else features
 
 
 class ClipImageHead(nn.Module):
-    """(batch, 1280) pooled tower features -> (batch, dim) text-space vector, before normalisation."""
+    """Tower features -> (batch, dim) text-space vector, before normalisation. The features are the
+    (batch, 1280) pooled features, or the (batch, 1280, s, s) final map (which a spatial path needs;
+    the rest of the head sees its mean)."""
 
     def __init__(self, config: ClipImageConfig, classifier: nn.Module, class_vectors: torch.Tensor) -> None:
         super().__init__()
@@ -84,6 +101,7 @@ class ClipImageHead(nn.Module):
         if config.residual_gate not in ("none", "uncertainty", "familiarity"):
             raise ValueError(f"unknown residual_gate {config.residual_gate!r}: none, uncertainty or familiarity")
         self.residual = _residual(config, feature_dim)
+        self.spatial = _spatial(config, feature_dim) if config.spatial_channels and self.residual else None
         if config.residual_gate == "familiarity":  # set by fit_familiarity, saved with the head
             self.register_buffer("centroids", torch.zeros(config.familiarity_centroids, feature_dim))
             self.register_buffer("familiarity_ramp", torch.tensor([0.0, 1.0]))  # (closed, open)
@@ -92,9 +110,10 @@ class ClipImageHead(nn.Module):
         """(batch, 1280) -> (batch,) best cosine to the training images' centroids."""
         return (F.normalize(pooled.float(), dim=-1) @ self.centroids.T).max(dim=-1).values
 
-    def fit_familiarity(self, pooled: torch.Tensor, seed: int = 0) -> None:
-        """Centroids and ramp of the familiarity gate from the training images' pooled features."""
-        points = F.normalize(pooled.float(), dim=-1)
+    def fit_familiarity(self, features: torch.Tensor, seed: int = 0, chunk: int = 1024) -> None:
+        """Centroids and ramp of the familiarity gate from the training images' features."""
+        pooled = torch.cat([pooled_features(features[i : i + chunk].float()) for i in range(0, len(features), chunk)])
+        points = F.normalize(pooled, dim=-1)
         centroids = spherical_kmeans(points, self.config.familiarity_centroids, seed=seed)
         k = self.config.familiarity_centroids
         self.centroids.copy_(centroids[torch.arange(k) % len(centroids)])  # fewer images than k: repeats
@@ -106,9 +125,9 @@ class ClipImageHead(nn.Module):
         closed, opened = self.familiarity_ramp[0], self.familiarity_ramp[1]
         return ((self.familiarity(pooled) - closed) / (opened - closed)).clamp(0.0, 1.0)[:, None]
 
-    def conse(self, pooled: torch.Tensor) -> torch.Tensor:
-        """(batch, 1280) -> (batch, dim) unit ConSE vectors."""
-        return self._conse(self.classifier(pooled))
+    def conse(self, features: torch.Tensor) -> torch.Tensor:
+        """Tower features -> (batch, dim) unit ConSE vectors."""
+        return self._conse(self.classifier(pooled_features(features)))
 
     def _conse(self, logits: torch.Tensor) -> torch.Tensor:
         probs = torch.softmax(logits / self.config.conse_temperature, dim=-1)
@@ -117,11 +136,18 @@ class ClipImageHead(nn.Module):
             probs = probs * (probs >= cut).to(probs.dtype)
         return F.normalize(probs @ self.class_vectors, dim=-1)
 
-    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        pooled = pooled_features(features)  # (batch, 1280)
         logits = self.classifier(pooled)  # (batch, 1000)
         out = self._conse(logits) if self.config.conse else 0.0
         if self.residual is not None:
             shift = self.residual(pooled)  # (batch, dim)
+            if self.spatial is not None:
+                if features.dim() != 4:
+                    raise ValueError(
+                        "this head has a spatial path: it takes the final feature map, not pooled features"
+                    )
+                shift = shift + self.spatial(features)
             if self.config.residual_scale is not None:
                 shift = self.config.residual_scale * F.normalize(shift, dim=-1)
             if self.config.residual_gate == "uncertainty":
@@ -149,8 +175,14 @@ class ClipImageEncoder(nn.Module):
             p.requires_grad_(False)
         self.head = ClipImageHead(config, _classifier(self.tower), class_vectors)
 
+    def features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """What the head takes: the final feature map where it has a spatial path, else pooled."""
+        if self.head.spatial is not None:
+            return run_stages(self.tower.stages(), pixels)  # type: ignore[operator]  # (batch, 1280, s, s)
+        return self.tower.pooled(pixels)  # type: ignore[operator]  # (batch, 1280)
+
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        embedding = self.head(self.tower.pooled(pixels))  # type: ignore[operator]  # (batch, dim)
+        embedding = self.head(self.features(pixels))  # (batch, dim)
         return F.normalize(embedding, dim=-1), embedding
 
     @classmethod
@@ -182,6 +214,13 @@ def _residual(config: ClipImageConfig, feature_dim: int) -> nn.Module | None:
         if last.bias is not None:
             nn.init.zeros_(last.bias)
     return residual
+
+
+def _spatial(config: ClipImageConfig, feature_dim: int) -> nn.Sequential:
+    side = -(-tower_spec(config.tower).input_size // 32)  # five stride-2 stages, each ceil(x / 2)
+    out = nn.Linear(config.spatial_channels * side * side, config.dim, bias=False)
+    nn.init.zeros_(out.weight)  # starts as the pooled map alone
+    return nn.Sequential(nn.Conv2d(feature_dim, config.spatial_channels, 1, bias=False), nn.ReLU(), nn.Flatten(), out)
 
 
 def spherical_kmeans(points: torch.Tensor, k: int, iterations: int = 25, seed: int = 0) -> torch.Tensor:
