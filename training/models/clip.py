@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.models.image_towers import load_tower, run_stages, tower_spec
+from training.models.image import spatial_head
+from training.models.image_towers import load_tower, run_stages
 
 HEAD_FILE = "clip_head.pt"
 CONFIG_FILE = "clip_head.json"
@@ -101,7 +102,11 @@ class ClipImageHead(nn.Module):
         if config.residual_gate not in ("none", "uncertainty", "familiarity"):
             raise ValueError(f"unknown residual_gate {config.residual_gate!r}: none, uncertainty or familiarity")
         self.residual = _residual(config, feature_dim)
-        self.spatial = _spatial(config, feature_dim) if config.spatial_channels and self.residual else None
+        self.spatial = (
+            spatial_head(config.tower, feature_dim, config.spatial_channels, config.dim)
+            if config.spatial_channels and self.residual
+            else None
+        )
         if config.residual_gate == "familiarity":  # set by fit_familiarity, saved with the head
             self.register_buffer("centroids", torch.zeros(config.familiarity_centroids, feature_dim))
             self.register_buffer("familiarity_ramp", torch.tensor([0.0, 1.0]))  # (closed, open)
@@ -214,13 +219,6 @@ def _residual(config: ClipImageConfig, feature_dim: int) -> nn.Module | None:
         if last.bias is not None:
             nn.init.zeros_(last.bias)
     return residual
-
-
-def _spatial(config: ClipImageConfig, feature_dim: int) -> nn.Sequential:
-    side = -(-tower_spec(config.tower).input_size // 32)  # five stride-2 stages, each ceil(x / 2)
-    out = nn.Linear(config.spatial_channels * side * side, config.dim, bias=False)
-    nn.init.zeros_(out.weight)  # starts as the pooled map alone
-    return nn.Sequential(nn.Conv2d(feature_dim, config.spatial_channels, 1, bias=False), nn.ReLU(), nn.Flatten(), out)
 
 
 def spherical_kmeans(points: torch.Tensor, k: int, iterations: int = 25, seed: int = 0) -> torch.Tensor:

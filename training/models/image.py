@@ -37,6 +37,15 @@ class ImageEncoderConfig:
     trim_transparent: float | None = None
 
 
+def spatial_head(tower: str, feature_dim: int, channels: int, dim: int) -> nn.Sequential:
+    """A path from the tower's final (batch, feature_dim, s, s) map to (batch, dim): a 1x1
+    convolution to `channels`, flattened, linear. Zero-initialised, so a head starts without it."""
+    side = -(-tower_spec(tower).input_size // 32)  # five stride-2 stages, each ceil(x / 2)
+    out = nn.Linear(channels * side * side, dim, bias=False)
+    nn.init.zeros_(out.weight)
+    return nn.Sequential(nn.Conv2d(feature_dim, channels, 1, bias=False), nn.ReLU(), nn.Flatten(), out)
+
+
 class ImageEncoder(nn.Module):
     def __init__(self, config: ImageEncoderConfig, pretrained: bool = True) -> None:
         super().__init__()
@@ -51,16 +60,10 @@ class ImageEncoder(nn.Module):
                 raise ValueError(f"an identity-initialised head needs projection_dim = {feature_dim}")
             with torch.no_grad():
                 self.projection.weight.copy_(torch.eye(feature_dim))
-        self.spatial = self._spatial_head(config, feature_dim) if config.head == "spatial" else None
-        self.freeze()
-
-    def _spatial_head(self, config: ImageEncoderConfig, feature_dim: int) -> nn.Sequential:
-        side = -(-tower_spec(config.tower).input_size // 32)  # five stride-2 stages, each ceil(x / 2)
-        out = nn.Linear(config.spatial_channels * side * side, self.dim, bias=False)
-        nn.init.zeros_(out.weight)  # starts as the linear head alone
-        return nn.Sequential(
-            nn.Conv2d(feature_dim, config.spatial_channels, 1, bias=False), nn.ReLU(), nn.Flatten(), out
+        self.spatial = (
+            spatial_head(config.tower, feature_dim, config.spatial_channels, self.dim) if config.head == "spatial" else None
         )
+        self.freeze()
 
     @property
     def dim(self) -> int:
