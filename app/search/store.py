@@ -13,11 +13,11 @@ import math
 import re
 import sqlite3
 import threading
-from collections.abc import Container, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -60,6 +60,7 @@ KEYWORD_SCHEMA = (
 # '*' in user text are plain words, never syntax) and the words are OR-ed, as BM25 expects.
 _WORD = re.compile(r"\w+")
 MAX_KEYWORD_TERMS = 64
+_T = TypeVar("_T")
 
 
 @dataclass(slots=True)
@@ -231,6 +232,17 @@ class DocumentStore:
             self.check_open()
             yield
 
+    def _now(self, read: Callable[[], _T]) -> _T | None:
+        """`read()` under the store's lock, or None at once when a writer holds it (the caller then
+        reads on a worker thread instead of waiting on the event loop)."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            self.check_open()
+            return read()
+        finally:
+            self._lock.release()
+
     def upsert(self, docs: list[Document]) -> tuple[list[int], list[int]]:
         """One transaction. Returns (removed keys, added keys in docs' order)."""
         removed: list[int] = []
@@ -323,15 +335,8 @@ class DocumentStore:
             return self._by_keys(keys, fields)
 
     def by_keys_now(self, keys: list[int], fields: Container[str] = DOCUMENT_FIELDS) -> dict[int, Document] | None:
-        """`by_keys`, or None at once when a writer holds the store (the caller then reads on a
-        worker thread instead of waiting on the event loop)."""
-        if not self._lock.acquire(blocking=False):
-            return None
-        try:
-            self.check_open()
-            return self._by_keys(keys, fields)
-        finally:
-            self._lock.release()
+        """`by_keys`, or None at once when a writer holds the store (`_now`)."""
+        return self._now(lambda: self._by_keys(keys, fields))
 
     def _by_keys(self, keys: list[int], fields: Container[str]) -> dict[int, Document]:
         has_images = "image" in self._columns
@@ -430,14 +435,9 @@ class DocumentStore:
         return _present_in_order(keys, found, self.dim)
 
     def live_vectors_now(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        """`live_vectors`, or None at once when a writer holds the store."""
-        if not self._lock.acquire(blocking=False):
-            return None
-        try:
-            self.check_open()
-            return _present_in_order(keys, _vector_bytes(self._db, keys), self.dim)
-        finally:
-            self._lock.release()
+        """`live_vectors`, or None at once when a writer holds the store (`_now`)."""
+        found = self._now(lambda: _vector_bytes(self._db, keys))
+        return None if found is None else _present_in_order(keys, found, self.dim)
 
     def iter_vectors(self, batch: int = 10_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """All live (keys, vectors) in key order, in chunks: (n,), (n, dim). Not one snapshot: a
