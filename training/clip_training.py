@@ -30,7 +30,7 @@ from PIL import Image
 from torch import nn
 
 from app.core.manifest import ImageTower, Manifest
-from app.inference.images import ImageLimits, open_image
+from app.inference.images import ImageLimits, open_image, trim_key
 from app.inference.text_model import TextModel
 from training.config import ClipTrainConfig
 from training.data.clipart import Clip, clip_path, load_clips, split_clips
@@ -97,8 +97,8 @@ class FeatureSource:
             decoded = [p if isinstance(p, Image.Image) else open_image(p.read_bytes(), self.limits) for p in load]
             return onnx_outputs(module, decoded, self.section)
 
-        trim = "" if self.config.trim_transparent is None else f"|trim{self.config.trim_transparent}"
-        name, cache = f"{self.config.tower}{trim}|{key}|{len(load)}", self.config.cache_dir
+        name = f"{self.config.tower}{trim_key(self.config.trim_transparent)}|{key}|{len(load)}"
+        cache = self.config.cache_dir
         if self.config.spatial_channels:
             return cached(cache, f"clip-map|{name}", lambda: build(_FeatureMap(self.tower)))
         if (feature_map := stored(cache, f"clip-map|{name}")) is not None:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter, ImageOps
 
-from app.inference.images import ImageLimits, open_image, to_rgb, trim_to_visible
+from app.inference.images import ImageLimits, open_image, to_rgb, trim_key, trim_to_visible
 from training.config import ImageTrainConfig
 from training.data.images import (
     Identity,
@@ -121,8 +121,8 @@ def emoji_set(
                 ids.append(identity.unified)
                 views.append(f"{style}~{copy}")
                 images.append(_augment(image, rng))
-    trim = "" if config.trim_transparent is None else f"|trim{config.trim_transparent}"
-    key = f"emoji-v4|{config.tower}|{config.unfreeze_blocks}{trim}|{config.data.resolve()}|" + ",".join(
+    preprocessing = f"{config.tower}|{config.unfreeze_blocks}{trim_key(config.trim_transparent)}"
+    key = f"emoji-v4|{preprocessing}|{config.data.resolve()}|" + ",".join(
         f"{i}/{v}" for i, v in zip(ids, views, strict=True)
     )
     activations = cached(config.cache_dir, key, lambda: _activations(encoder, images, tower))

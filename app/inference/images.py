@@ -95,18 +95,24 @@ def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255
     return image.convert("RGB") if image.mode != "RGB" else image
 
 
+# Names the rule `trim_to_visible` follows, for caches of what it produced: change it with the rule.
+TRIM_RULE = "trim2"
+
+
 def trim_to_visible(image: Image.Image, margin: float, max_side: int = 1024) -> Image.Image:
     """An image with transparency cut to the box of its visible pixels (alpha > 16) and centred on a
     transparent square `margin` x the box's longer side wider on each side (also when the visible
     pixels reach every edge, as in 12% of the emoji drawings: every drawing then gets the same
-    margin); images without transparency, and fully transparent ones, as given. A visible box longer
-    than `max_side` is shrunk to it first: the square around a long thin box would otherwise hold
-    (longer side)^2 pixels, far more than the decoded-pixel limit allowed in."""
+    margin); images without transparency, and fully transparent ones, as given. An alpha channel
+    with no transparent pixel is no transparency: a photo saved as RGBA embeds as its JPEG does. A
+    visible box longer than `max_side` is shrunk to it first: the square around a long thin box
+    would otherwise hold (longer side)^2 pixels, far more than the decoded-pixel limit allowed in."""
     image = _rgba_if_transparent(image)
     if image.mode != "RGBA":
         return image
-    box = image.getchannel("A").point(lambda a: 255 if a > 16 else 0).getbbox()
-    if box is None:
+    visible_mask = image.getchannel("A").point(lambda a: 255 if a > 16 else 0)
+    box = visible_mask.getbbox()
+    if box is None or visible_mask.getextrema()[0] == 255:  # nothing visible, or nothing transparent
         return image
     visible = image.crop(box)
     if max(visible.size) > max_side:
@@ -115,6 +121,11 @@ def trim_to_visible(image: Image.Image, margin: float, max_side: int = 1024) -> 
     canvas = Image.new("RGBA", (side, side), (0, 0, 0, 0))
     canvas.paste(visible, ((side - visible.width) // 2, (side - visible.height) // 2))
     return canvas
+
+
+def trim_key(margin: float | None) -> str:
+    """A cache-key fragment for images preprocessed with `trim_transparent` = `margin` ("" for none)."""
+    return "" if margin is None else f"|{TRIM_RULE}:{margin}"
 
 
 def preprocess(image: Image.Image, tower: ImageTower) -> np.ndarray:

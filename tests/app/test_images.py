@@ -134,6 +134,24 @@ def test_trim_leaves_opaque_and_empty_images_alone(image: Image.Image) -> None:
     np.testing.assert_array_equal(preprocess(image, tower), preprocess(image, TOWER))
 
 
+def test_an_opaque_rgba_photo_embeds_as_its_rgb_copy() -> None:
+    """An alpha channel without a transparent pixel is no transparency: the same photo as an RGBA
+    PNG and as a JPEG-like RGB image preprocesses alike (no square canvas, no margin)."""
+    photo = gradient()  # 64 x 48: a margin and a square canvas would show as bands
+    rgba = photo.convert("RGBA")
+    tower = TOWER.model_copy(update={"trim_transparent": 0.04})
+    np.testing.assert_array_equal(preprocess(rgba, tower), preprocess(photo, tower))
+    assert trim_to_visible(rgba, 0.04).size == (64, 48)
+
+
+def test_a_drawing_reaching_every_edge_still_gets_the_margin() -> None:
+    """One transparent pixel is enough: drawings that touch the canvas edges keep the same margin as
+    the rest (the rule the served models were trained with)."""
+    drawing = Image.new("RGBA", (40, 40), (10, 120, 200, 255))
+    drawing.putpixel((0, 0), (0, 0, 0, 0))
+    assert trim_to_visible(drawing, 0.1).size == (48, 48)
+
+
 def test_exif_orientation_is_applied() -> None:
     image = Image.new("RGB", (60, 30), (0, 0, 0))
     image.paste((255, 255, 255), (0, 0, 30, 30))  # white left half
