@@ -47,6 +47,11 @@ SERVED = {"intra_modal_weight": 0.5, "residual_gate": "familiarity", "residual_s
 ROWS: dict[str, dict] = {
     "ConSE (no training)": {"untrained": True, "residual": "none"},
     "InfoNCE, MLP length 1.0 + familiarity gate + TCL term 0.5 (served recipe)": SERVED,
+    "the served recipe, batches of 128 by source (clip art or emoji)": {
+        **SERVED,
+        "batching": "by_source",
+        "batch_size": 128,
+    },
     "InfoNCE, MLP length 0.6 + familiarity gate + TCL term 0.5": {**SERVED, "residual_scale": 0.6},
     "InfoNCE, bounded MLP + TCL intra-modal term 0.5 (served until 2026-12-04)": {"intra_modal_weight": 0.5},
     "InfoNCE, bounded MLP (served until 2026-12-02)": {},

@@ -127,6 +127,7 @@ class TrainSet:
     texts: torch.Tensor  # (t, dim) unit caption vectors
     text_of: np.ndarray  # (n,) caption row of each image
     groups: list[list[int]]  # images sharing a caption that one epoch draws one of (emoji styles)
+    emoji_start: int | None = None  # rows from here on are emoji drawings (None: no emoji)
 
 
 @dataclass
@@ -214,7 +215,8 @@ def prepare(config: ClipTrainConfig) -> ClipData:
         emoji_styles = (test_images[0], test_images[1]) if len(test_images) == 2 else None
     if config.coco is not None:
         evals.append(_coco_eval(source, config.coco))
-    train = TrainSet(torch.cat(pooled), source.texts(captions), np.array(text_of), groups)
+    emoji_start = len(train_clips) if config.emoji is not None else None
+    train = TrainSet(torch.cat(pooled), source.texts(captions), np.array(text_of), groups, emoji_start)
     return ClipData(train, evals, emoji_styles, _zero_shot(source, config), class_vectors)
 
 
@@ -296,13 +298,25 @@ def evaluate(head: ClipImageHead, data: ClipData, text_map: nn.Module | None = N
     return scores
 
 
-def _batches(train: TrainSet, batch_size: int, rng: random.Random, min_batch: int = 2) -> list[list[int]]:
+def _batches(
+    train: TrainSet, batch_size: int, rng: random.Random, min_batch: int = 2, by_source: bool = False
+) -> list[list[int]]:
     """One image per caption group (an emoji's styles take turns), shuffled, cut into batches of at
-    least `min_batch` (every rank of a data-parallel run needs one image)."""
+    least `min_batch` (every rank of a data-parallel run needs one image). `by_source`: clip art and
+    emoji in batches of their own (in shuffled order), so an emoji name's in-batch negatives are
+    other emoji names, as at evaluation, not mostly clip-art captions."""
     picks = [rng.choice(group) for group in train.groups]
     rng.shuffle(picks)
-    cuts = (picks[i : i + batch_size] for i in range(0, len(picks), batch_size))
-    return [batch for batch in cuts if len(batch) >= max(2, min_batch)]
+    if by_source and train.emoji_start is not None:
+        split = train.emoji_start
+        sources = [[i for i in picks if i < split], [i for i in picks if i >= split]]
+    else:
+        sources = [picks]
+    cuts = [part[i : i + batch_size] for part in sources for i in range(0, len(part), batch_size)]
+    batches = [batch for batch in cuts if len(batch) >= max(2, min_batch)]
+    if len(sources) > 1:
+        rng.shuffle(batches)
+    return batches
 
 
 def _intra_pairs(
@@ -377,14 +391,15 @@ def fit(
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     train = data.train
     global_batch, min_batch = config.batch_size * workers.world_size, workers.world_size
-    total = config.epochs * len(_batches(train, global_batch, random.Random(0), min_batch))
+    by_source = config.batching == "by_source"
+    total = config.epochs * len(_batches(train, global_batch, random.Random(0), min_batch, by_source))
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.learning_rate, total_steps=total, pct_start=0.1)
     group_of = {i: g for g in train.groups if len(g) > 1 for i in g}  # image -> its caption group
     head.train()
     step, started = 0, time.monotonic()
     with run.step_log() if run is not None else nullcontext() as steps:
         for epoch in range(config.epochs):
-            for batch in _batches(train, global_batch, rng, min_batch):
+            for batch in _batches(train, global_batch, rng, min_batch, by_source):
                 pairs = _intra_pairs(group_of, batch, rng) if intra is not None else None
                 loss = step_fn.loss(train, batch, pairs)
                 optimizer.zero_grad()

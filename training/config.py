@@ -385,6 +385,8 @@ class ClipTrainConfig(Strict):
     # TCL-style intra-modal term: InfoNCE between two styles of one emoji codepoint, times this.
     intra_modal_weight: float = Field(0.0, ge=0)
     batch_size: int = Field(256, ge=2)
+    # mixed: batches draw from clip art and emoji alike; by_source: each batch holds one of them
+    batching: Literal["mixed", "by_source"] = "mixed"
     epochs: int = Field(30, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)

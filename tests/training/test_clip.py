@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.clip_training import ClipData, EvalSet, TrainSet, evaluate, fit, softmax_temperature
+from training.clip_training import ClipData, EvalSet, TrainSet, _batches, evaluate, fit, softmax_temperature
 from training.config import ClipTrainConfig, LossConfig
 from training.data.clipart import caption_of, prepare_openclipart, read_metadata, split_clips, write_demo
 from training.eval.clip import retrieval_recall, zero_shot_accuracy
@@ -190,6 +190,19 @@ def test_fit_learns_captions_that_conse_cannot_reach(tmp_path: Path, classifier:
     assert before < 0.1 and after > 0.5, (before, after)
     assert 0.01 <= softmax_temperature(loss) <= 1.0
     assert (tmp_path / "t" / "steps.jsonl").read_text().strip()
+
+
+def test_batches_by_source_keep_clip_art_and_emoji_apart() -> None:
+    """10 clip-art images, then 7 emoji codepoints in two styles (rows 10-23, one group each): an
+    epoch draws every group once, and by source no batch mixes the two."""
+    groups = [[i] for i in range(10)] + [[10 + k, 17 + k] for k in range(7)]
+    train = TrainSet(torch.zeros(24, 4), torch.zeros(17, 4), np.arange(24), groups, emoji_start=10)
+    mixed = _batches(train, 4, random.Random(0))
+    assert any(min(b) < 10 <= max(b) for b in mixed)  # the default mixes them
+    by_source = _batches(train, 4, random.Random(0), by_source=True)
+    assert sorted(i if i < 17 else i - 7 for batch in by_source for i in batch) == list(range(17))
+    assert all(max(b) < 10 or min(b) >= 10 for b in by_source)
+    assert any(min(b) >= 10 for b in by_source) and any(max(b) < 10 for b in by_source)
 
 
 def test_softmax_temperature_of_each_loss() -> None:
