@@ -14,8 +14,9 @@ Usage: .venv/bin/python benchmarks/clip_training.py [--tower efficientnet_lite0|
 benchmarks/results/clip_training.json and .md (the served tower, EfficientNet-Lite0);
 `--tower mobilenet_v2 --out clip_training_mobilenet_v2` wrote the MobileNetV2 table (served until
 2026-12-02). `--trim-transparent 0.04 --out clip_training_trim --rows "ConSE (no training)" "<the served
-row>"` wrote the served recipe with transparent drawings trimmed (served since 2026-12-04: the trim
-is a property of the data every row is trained and evaluated on, so it is a run's option, not a row).
+row>" "<the by-source row>"` wrote the served recipe with transparent drawings trimmed (served since
+2026-12-04: the trim is a property of the data every row is trained and evaluated on, so it is a
+run's option, not a row) and batches by source beside it (not adopted: clip_reading.md).
 """
 
 from __future__ import annotations
