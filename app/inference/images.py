@@ -75,7 +75,9 @@ def open_image(data: bytes, limits: ImageLimits, index: int = 0, draft: int | No
 def _rgba_if_transparent(image: Image.Image) -> Image.Image:
     """Modes that carry transparency (alpha channel, or a palette's transparent index) as RGBA;
     other images as given."""
-    if (image.mode == "P" and "transparency" in image.info) or image.mode in ("LA", "La", "PA", "RGBa"):
+    if image.mode == "La":  # greyscale with premultiplied alpha (TIFF): Pillow converts it only to LA
+        image = image.convert("LA")
+    if (image.mode == "P" and "transparency" in image.info) or image.mode in ("LA", "PA", "RGBa"):
         return image.convert("RGBA")
     return image
 

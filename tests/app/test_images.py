@@ -152,6 +152,21 @@ def test_a_drawing_reaching_every_edge_still_gets_the_margin() -> None:
     assert trim_to_visible(drawing, 0.1).size == (48, 48)
 
 
+def test_a_tiff_with_premultiplied_grey_alpha_is_composited() -> None:
+    """Greyscale + associated (premultiplied) alpha decodes as Pillow's "La", which it converts only
+    to "LA": it must embed, not be refused as unconvertible. Grey 100 premultiplied by alpha 200 is
+    straight grey 127.5; on white that is 127.5 * 200/255 + 255 * 55/255 = 155."""
+    pixels = np.zeros((8, 8, 2), np.uint8)
+    pixels[..., 0], pixels[..., 1] = 100, 200
+    data = encode(Image.fromarray(pixels, "LA"), "TIFF")
+    unassociated = b"\x52\x01\x03\x00\x01\x00\x00\x00\x02\x00"  # ExtraSamples = 2, little-endian
+    assert data.count(unassociated) == 1
+    decoded = open_image(data.replace(unassociated, unassociated[:8] + b"\x01\x00"), LIMITS)
+    assert decoded.mode == "La"
+    assert abs(to_rgb(decoded).getpixel((3, 3))[0] - 155) <= 1
+    assert np.isfinite(preprocess(decoded, TOWER.model_copy(update={"trim_transparent": 0.04}))).all()
+
+
 def test_exif_orientation_is_applied() -> None:
     image = Image.new("RGB", (60, 30), (0, 0, 0))
     image.paste((255, 255, 255), (0, 0, 30, 30))  # white left half
