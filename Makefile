@@ -122,7 +122,7 @@ serve: demo-index demo-image-index image-model rerank-model
 	$(VENV)/bin/tessera serve
 
 test: model $(EMOJI) $(FASHION_MNIST)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 # schemathesis against a live server and the committed spec: 0 server errors, 0 schema violations.
 FUZZ_EXAMPLES ?= 50
