@@ -61,6 +61,7 @@ FILTER_CACHE_KEYS = 4_000_000  # and at most this many keys in all (32 MB)
 # [TRAINING_SAMPLE_MIN, TRAINING_SAMPLE]. k-means wants tens of points per centroid; more costs
 # memory at build time (the sample, and IVF-SQ's residuals of it) for little recall (tuning sets nprobe).
 TRAINING_SAMPLE, TRAINING_SAMPLE_MIN, TRAINING_PER_LIST = 200_000, 50_000, 25
+SAMPLE_READ_CHUNK = 10_000  # keys read per step while sampling (15 MB of 384-d vectors)
 
 
 class _StoreBusy(Exception):
@@ -259,19 +260,20 @@ class Collection:
 
     @staticmethod
     def _training_sample(snap: StoreSnapshot, size: int = TRAINING_SAMPLE) -> tuple[np.ndarray, np.ndarray]:
-        """The first `size` (keys (m,), vectors (m, dim)) in key order: read only as far as needed
-        (a 1M collection is not loaded whole to train on a fifth of it)."""
-        sample = np.empty((min(size, snap.count()), snap.dim), np.float32)  # filled in place: no second copy
-        sample_keys = np.empty(len(sample), np.int64)
-        taken = 0
-        for keys, vectors in snap.iter_vectors(batch=50_000):
-            part = vectors[: len(sample) - taken]
-            sample[taken : taken + len(part)] = part
-            sample_keys[taken : taken + len(part)] = keys[: len(part)]
-            taken += len(part)
-            if taken >= len(sample):
-                break
-        return sample_keys[:taken], sample[:taken]
+        """Up to `size` live (keys (m,), vectors (m, dim)) drawn uniformly from the whole collection,
+        in key order. Not the first `size`: collections are often written in an order (by date,
+        source, topic), and IVF centroids trained on the oldest slice would leave later documents
+        in lists that do not fit them (recall at a given nprobe falls, so tuning raises nprobe), as
+        would `auto`'s trials on that slice. Read by key in chunks into one array: a 1M collection
+        is not loaded whole to train on a fifth of it."""
+        keys = snap.keys()
+        if len(keys) > size:
+            keys = np.sort(np.random.default_rng(0).choice(keys, size=size, replace=False))
+        sample = np.empty((len(keys), snap.dim), np.float32)  # filled in place: no second copy
+        for start in range(0, len(keys), SAMPLE_READ_CHUNK):
+            chunk = keys[start : start + SAMPLE_READ_CHUNK]
+            sample[start : start + len(chunk)] = snap.vectors(chunk)
+        return keys, sample
 
     # --- writes ------------------------------------------------------------------------------
     def _check_write_lock(self) -> None:
