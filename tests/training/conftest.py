@@ -75,3 +75,16 @@ def small_beir(cranfield: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
         "".join(f"{q}\t{d}\t{g}\n" for q in queries for d, g in dataset.qrels[q].items())
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def minilm_small_corpus(small_beir: Path):  # type: ignore[no-untyped-def]
+    """(the packaged MiniLM, `small_beir`, its corpus encoded by that model once): mining tests pass
+    the encoding to `mine_negatives` (`corpus=`), as training does, instead of each encoding the
+    ~400 abstracts again (~12 s a time on 2 cores). A random tiny model's scores are all alike."""
+    from training.eval.first_stage import CorpusIndex
+    from training.sources import DEFAULT_BASE_MODEL, load_sentence_transformer
+
+    dataset = load_beir(small_beir)
+    model = load_sentence_transformer(DEFAULT_BASE_MODEL)
+    return model, dataset, CorpusIndex.build(model, dataset)

@@ -97,18 +97,15 @@ def test_train_with_gradcache_and_matryoshka_exports_a_model_the_service_loads(
         assert len(vectors["data"][0]["embedding"]) == 16
 
 
-def test_hard_negative_mining_skips_positives_and_likely_false_negatives(tiny_model: Path, small_beir: Path) -> None:
+def test_hard_negative_mining_skips_positives_and_likely_false_negatives(minilm_small_corpus) -> None:  # type: ignore[no-untyped-def]
     from training.config import MiningConfig
     from training.eval.first_stage import encode
     from training.mine import mine_negatives
-    from training.sources import DEFAULT_BASE_MODEL, load_sentence_transformer
 
-    dataset = load_beir(small_beir)
-    model = load_sentence_transformer(DEFAULT_BASE_MODEL)  # a random model's scores are all alike
+    model, dataset, corpus = minilm_small_corpus
     config = MiningConfig(rank_window=(0, 60), per_query=5, margin=0.9)
-    mined = mine_negatives(model, dataset, config)
-    doc_ids = list(dataset.corpus)
-    docs = dict(zip(doc_ids, encode(model, [dataset.doc_text(d) for d in doc_ids]), strict=True))
+    mined = mine_negatives(model, dataset, config, corpus=corpus)
+    docs = dict(zip(corpus.doc_ids, corpus.doc_vectors, strict=True))
     for query_id, negatives in mined.items():
         positives = dataset.qrels[query_id]
         assert len(negatives) <= 5 and not set(negatives) & set(positives)
@@ -396,20 +393,18 @@ def test_cross_encoder_groups_mix_mined_and_corpus_negatives(cranfield: Path) ->
     assert from_pool == from_corpus == 2 * len(groups)  # half mined, half from the whole corpus
 
 
-def test_mining_rescored_by_a_cross_encoder_drops_what_it_scores_high(tmp_path: Path, small_beir: Path) -> None:
+def test_mining_rescored_by_a_cross_encoder_drops_what_it_scores_high(tmp_path: Path, minilm_small_corpus) -> None:  # type: ignore[no-untyped-def]
     from tests.conftest import make_tiny_cross_encoder
     from training.config import MiningConfig
     from training.mine import mine_negatives
     from training.models.cross_encoder import load_classifier, mining_rescorer, score_pairs
-    from training.sources import DEFAULT_BASE_MODEL, load_sentence_transformer
 
-    dataset = load_beir(small_beir)
-    model = load_sentence_transformer(DEFAULT_BASE_MODEL)
+    model, dataset, corpus = minilm_small_corpus
     ce = str(make_tiny_cross_encoder(tmp_path / "ce"))
     window = {"rank_window": (0, 30), "per_query": 30, "margin": 1.0}
-    plain = mine_negatives(model, dataset, MiningConfig(**window))
+    plain = mine_negatives(model, dataset, MiningConfig(**window), corpus=corpus)
     config = MiningConfig(**window, rescore_model=ce, rescore_margin=1.0)
-    rescored = mine_negatives(model, dataset, config, rescorer=mining_rescorer(config))
+    rescored = mine_negatives(model, dataset, config, rescorer=mining_rescorer(config), corpus=corpus)
     ce_model, tokenizer = load_classifier(ce, 128)
     dropped = 0
     for query_id, negatives in rescored.items():
@@ -425,19 +420,17 @@ def test_mining_rescored_by_a_cross_encoder_drops_what_it_scores_high(tmp_path: 
         dropped += len(plain[query_id]) - len(negatives)
     assert dropped > 0  # a random cross-encoder scores some candidates above the weakest positive
     config = MiningConfig(**window, rescore_model=ce, rescore_margin=0.0)
-    none_left = mine_negatives(model, dataset, config, rescorer=mining_rescorer(config))
+    none_left = mine_negatives(model, dataset, config, rescorer=mining_rescorer(config), corpus=corpus)
     assert sum(map(len, none_left.values())) == 0
 
 
-def test_teacher_filtered_mining_drops_what_the_teacher_scores_near_the_positives(small_beir: Path) -> None:
+def test_teacher_filtered_mining_drops_what_the_teacher_scores_near_the_positives(minilm_small_corpus) -> None:  # type: ignore[no-untyped-def]
     from training.config import MiningConfig
     from training.mine import mine_negatives
-    from training.sources import DEFAULT_BASE_MODEL, load_sentence_transformer
 
-    dataset = load_beir(small_beir)
-    model = load_sentence_transformer(DEFAULT_BASE_MODEL)  # a random tiny model leaves no window
+    model, dataset, corpus = minilm_small_corpus
     window = {"rank_window": (0, 30), "per_query": 30, "margin": 1.0}
-    plain = mine_negatives(model, dataset, MiningConfig(**window))
+    plain = mine_negatives(model, dataset, MiningConfig(**window), corpus=corpus)
     flagged = {q: set(docs[::3]) for q, docs in plain.items()}  # the teacher calls every third a positive
 
     def teacher(pairs: list[tuple[str, str]]) -> np.ndarray:
@@ -446,7 +439,7 @@ def test_teacher_filtered_mining_drops_what_the_teacher_scores_near_the_positive
         return np.array([0.9 if p in by_text else 0.8 if p in positives else 0.3 for p in pairs])
 
     config = MiningConfig(**window, teacher_margin=1.0)
-    filtered = mine_negatives(model, dataset, config, teacher=teacher)
+    filtered = mine_negatives(model, dataset, config, teacher=teacher, corpus=corpus)
     for query_id, negatives in filtered.items():
         assert set(negatives) == set(plain[query_id]) - flagged[query_id]
     assert sum(map(len, flagged.values())) > 0
