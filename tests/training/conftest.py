@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.conftest import SHARED_DATA, STS_DEV, make_tiny_sentence_transformer
 from training.config import TrainConfig, set_dotted
-from training.data.beir import convert_cranfield, load_beir
+from training.data.beir import RetrievalDataset, convert_cranfield, load_beir
+from training.eval.first_stage import CorpusIndex
 from training.trainer import Loop, train
 
 
@@ -77,12 +79,15 @@ def small_beir(cranfield: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return out
 
 
+# (a sentence-transformers model, a dataset, that dataset's corpus encoded by the model)
+MinedCorpus = tuple[Any, RetrievalDataset, CorpusIndex]
+
+
 @pytest.fixture(scope="session")
-def minilm_small_corpus(small_beir: Path):  # type: ignore[no-untyped-def]
+def minilm_small_corpus(small_beir: Path) -> MinedCorpus:
     """(the packaged MiniLM, `small_beir`, its corpus encoded by that model once): mining tests pass
     the encoding to `mine_negatives` (`corpus=`), as training does, instead of each encoding the
     ~400 abstracts again (~12 s a time on 2 cores). A random tiny model's scores are all alike."""
-    from training.eval.first_stage import CorpusIndex
     from training.sources import DEFAULT_BASE_MODEL, load_sentence_transformer
 
     dataset = load_beir(small_beir)

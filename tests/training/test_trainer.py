@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 import training.trainer as trainer_module
 from app.main import create_app
 from tests.conftest import STS_DEV, make_tiny_sentence_transformer, settings_for
-from tests.training.conftest import tiny_train_config
+from tests.training.conftest import MinedCorpus, tiny_train_config
 from training.cli import app as training_cli
 from training.config import ConfigError, load_config
 from training.data.beir import DatasetError, load_beir
@@ -97,7 +97,7 @@ def test_train_with_gradcache_and_matryoshka_exports_a_model_the_service_loads(
         assert len(vectors["data"][0]["embedding"]) == 16
 
 
-def test_hard_negative_mining_skips_positives_and_likely_false_negatives(minilm_small_corpus) -> None:  # type: ignore[no-untyped-def]
+def test_hard_negative_mining_skips_positives_and_likely_false_negatives(minilm_small_corpus: MinedCorpus) -> None:
     from training.config import MiningConfig
     from training.eval.first_stage import encode
     from training.mine import mine_negatives
@@ -393,7 +393,9 @@ def test_cross_encoder_groups_mix_mined_and_corpus_negatives(cranfield: Path) ->
     assert from_pool == from_corpus == 2 * len(groups)  # half mined, half from the whole corpus
 
 
-def test_mining_rescored_by_a_cross_encoder_drops_what_it_scores_high(tmp_path: Path, minilm_small_corpus) -> None:  # type: ignore[no-untyped-def]
+def test_mining_rescored_by_a_cross_encoder_drops_what_it_scores_high(
+    tmp_path: Path, minilm_small_corpus: MinedCorpus
+) -> None:
     from tests.conftest import make_tiny_cross_encoder
     from training.config import MiningConfig
     from training.mine import mine_negatives
@@ -424,7 +426,9 @@ def test_mining_rescored_by_a_cross_encoder_drops_what_it_scores_high(tmp_path: 
     assert sum(map(len, none_left.values())) == 0
 
 
-def test_teacher_filtered_mining_drops_what_the_teacher_scores_near_the_positives(minilm_small_corpus) -> None:  # type: ignore[no-untyped-def]
+def test_teacher_filtered_mining_drops_what_the_teacher_scores_near_the_positives(
+    minilm_small_corpus: MinedCorpus,
+) -> None:
     from training.config import MiningConfig
     from training.mine import mine_negatives
 
