@@ -561,7 +561,14 @@ class Collection:
                 raise InvalidIndexSpec(f"{spec} needs at least {needed} vectors to train; the collection has {stored}")
         return spec
 
-    def optimize(self, spec: str | None = None) -> BuildReport:
+    def reserve_optimize(self) -> None:
+        """Claim the collection's one optimise now, before the thread that runs it starts, so that a
+        status read right after the request already shows it running (and a second one is refused);
+        `optimize(..., reserved=True)` then runs in the claimed slot."""
+        if not self._optimizing.acquire(blocking=False):
+            raise OptimizeRunning("an optimise is already running for this collection")
+
+    def optimize(self, spec: str | None = None, reserved: bool = False) -> BuildReport:
         """Build a new index (chosen by `auto` or given), measure recall@10 against exact search on
         a sample, tune its search parameters, then swap it in and catch up with writes made
         meanwhile. Reads keep using the old index throughout.
@@ -570,11 +577,15 @@ class Collection:
         store at op position P (taken under the write lock, which also pins the op log from P on),
         then every op after P is replayed under the write lock before the swap: each document is in
         it exactly once, whatever the writers did meanwhile."""
-        spec = self.check_buildable(self.config.index if spec is None else spec)
-        with self._write_lock:
-            self._check_write_lock()
-        if not self._optimizing.acquire(blocking=False):
-            raise OptimizeRunning("an optimise is already running for this collection")
+        if not reserved:
+            self.reserve_optimize()
+        try:
+            spec = self.check_buildable(self.config.index if spec is None else spec)
+            with self._write_lock:
+                self._check_write_lock()
+        except BaseException:
+            self._optimizing.release()
+            raise
         try:
             report = self._rebuild(spec)
             self.last_error = None

@@ -19,7 +19,6 @@ from app.core.errors import (
     InvalidVector,
     KeywordSearchUnavailable,
     ModelVersionChanged,
-    OptimizeRunning,
     WrongDimension,
 )
 from app.inference.images import ImageLimits, open_image, thumbnail_jpeg
@@ -394,9 +393,8 @@ def start_optimize(collections: CollectionManager, name: str, spec: str | None) 
     collections.check_writable()
     collection = collections.get(name)
     collection.check_buildable(collection.config.index if spec is None else spec)
-    if collection.describe()["optimizing"]:
-        raise OptimizeRunning("an optimise is already running")
-    task = asyncio.create_task(asyncio.to_thread(collection.optimize, spec))
+    collection.reserve_optimize()  # GET /indexes/{name} shows it running from the 202 on
+    task = asyncio.create_task(asyncio.to_thread(collection.optimize, spec, True))
     _background.add(task)
     task.add_done_callback(_finished)
 

@@ -692,3 +692,30 @@ def test_a_write_after_another_process_deleted_the_collection_is_a_404(tmp_path:
     with pytest.raises(CollectionNotFound, match="was deleted"):
         collection.upsert([Document("a", None, {}, np.ones(4, np.float32))])
     assert not lock.held
+
+
+def test_an_optimize_shows_as_running_from_its_request_on(tmp_path: Path) -> None:
+    """The HTTP route claims the optimise before its thread starts: a status read right after the
+    202 already says it runs (a client polling for the end never mistakes the previous build's
+    report for this one's), a second request is refused, and the claimed run releases the claim."""
+    from app.core.errors import InvalidIndexSpec, OptimizeRunning
+    from app.search.collection import Collection, CollectionConfig
+    from app.search.store import Document
+
+    config = CollectionConfig("claimed", "m", DIM)
+    config.save(tmp_path)
+    collection = Collection(tmp_path, config, 64 << 20)
+    collection.upsert([Document(f"v{i}", None, {}, v) for i, v in enumerate(clustered(300, seed=3))])
+    collection.reserve_optimize()
+    assert collection.describe()["optimizing"]
+    with pytest.raises(OptimizeRunning):
+        collection.reserve_optimize()
+    with pytest.raises(OptimizeRunning):
+        collection.optimize("Flat")
+    assert collection.optimize("IVF4,Flat", reserved=True).spec == "IVF4,Flat"
+    assert not collection.describe()["optimizing"]
+    collection.reserve_optimize()
+    with pytest.raises(InvalidIndexSpec):  # refused before building: the claim is given back
+        collection.optimize("IVF4000,Flat", reserved=True)
+    assert not collection.describe()["optimizing"]
+    collection.close()
