@@ -30,6 +30,7 @@ from PIL import Image
 from torch import nn
 
 from app.core.manifest import ImageTower, Manifest
+from app.inference.hubness import neighbourhood_similarity
 from app.inference.images import ImageLimits, open_image, trim_key
 from app.inference.text_model import TextModel
 from training.config import ClipTrainConfig
@@ -44,7 +45,15 @@ from training.losses.cwcl import CWCLLoss
 from training.losses.infonce import InfoNCELoss
 from training.losses.registry import build_embedding_loss
 from training.losses.siglip import SigLIPLoss
-from training.models.clip import CLASS_PROMPT, ClipImageConfig, ClipImageHead, _classifier, pooled_features
+from training.models.clip import (
+    CLASS_PROMPT,
+    HUB_BANK_FILE,
+    HUB_SPEC_FILE,
+    ClipImageConfig,
+    ClipImageHead,
+    _classifier,
+    pooled_features,
+)
 from training.models.image_towers import load_tower, run_stages
 from training.run import RunFolder, seed_everything
 
@@ -443,6 +452,16 @@ def build_head(config: ClipTrainConfig, class_vectors: torch.Tensor) -> ClipImag
     return ClipImageHead(head_config, _classifier(load_tower(config.tower)), class_vectors)
 
 
+def save_hub_bank(head: ClipImageHead, train: TrainSet, config: ClipTrainConfig, folder: Path) -> None:
+    """The hubness correction's bank beside a saved head (export ships it): the training captions'
+    unit vectors, and the training images' mean neighbourhood similarity that centres the penalty."""
+    bank = train.texts.numpy().astype(np.float32)  # (t, dim)
+    mean = float(neighbourhood_similarity(bank, _vectors(head, train.pooled), config.hubness_neighbours).mean())
+    np.save(folder / HUB_BANK_FILE, bank)
+    spec = {"neighbours": config.hubness_neighbours, "weight": config.hubness_weight, "mean": round(mean, 6)}
+    (folder / HUB_SPEC_FILE).write_text(json.dumps(spec) + "\n")
+
+
 def conse_head(text_model: Path, tower: str = "mobilenet_v2") -> ClipImageHead:
     """The zero-training head: ConSE alone, class-name vectors from `text_model`."""
     model = TextModel(text_model, Manifest.load(text_model))
@@ -475,6 +494,8 @@ def train_clip(config: ClipTrainConfig) -> dict:
         return {}
     after = evaluate(head, data, text_map)
     head.save(run.path / "model")
+    if config.hubness_weight > 0:
+        save_hub_bank(head, data.train, config, run.path / "model")
     metrics = {
         "before": before,
         "after": after,

@@ -384,6 +384,11 @@ class ClipTrainConfig(Strict):
     loss: LossConfig = LossConfig(name="infonce", temperature=0.05, learnable_temperature=True, symmetric=True)
     # TCL-style intra-modal term: InfoNCE between two styles of one emoji codepoint, times this.
     intra_modal_weight: float = Field(0.0, ge=0)
+    # Text->image search's hubness correction (CSLS, app/inference/hubness.py): the training captions
+    # ship with the model as its bank; an image's penalty is this weight x its mean cosine to its
+    # `hubness_neighbours` nearest captions (centred). 0: no bank, no correction.
+    hubness_weight: float = Field(0.5, ge=0, le=10)
+    hubness_neighbours: int = Field(10, ge=1, le=1000)
     batch_size: int = Field(256, ge=2)
     # mixed: batches draw from clip art and emoji alike; by_source: each batch holds one of them
     batching: Literal["mixed", "by_source"] = "mixed"

@@ -161,11 +161,22 @@ class BlockRankSpec(_Strict):
     max_documents: int = Field(200, gt=0, description="documents per prompt")
 
 
+class HubnessSpec(_Strict):
+    """Text->image search's hubness correction (app/inference/hubness.py): an image's score is its
+    cosine minus `weight` x (its mean cosine to its `neighbours` nearest bank texts - `mean`)."""
+
+    file: str = Field(description="(t, dim) float32 .npy of unit text vectors: the texts the image head learnt")
+    neighbours: int = Field(10, ge=1, le=1000)
+    weight: float = Field(0.5, ge=0, le=10)
+    mean: float = Field(ge=-1, le=1, description="the training images' mean neighbourhood similarity")
+
+
 class ClipSpec(_Strict):
-    """How a `clip` model classifies images by label (POST /v1/classify)."""
+    """How a `clip` model classifies images by label (POST /v1/classify) and corrects hubness."""
 
     temperature: float = Field(0.05, gt=0, description="softmax temperature over the image-label cosines")
     prompt: str = Field("a photo of a {label}", description="default label template; {label} is replaced")
+    hubness: HubnessSpec | None = None
 
 
 class BiEncoderSpec(_Strict):
@@ -258,6 +269,8 @@ class Manifest(_Strict):
         for what, wanted, present in rules:
             if wanted != present:
                 raise ValueError(f"a {self.kind.value} model {'needs' if wanted else 'has no'} {what}")
+        if self.clip is not None and self.clip.hubness is not None and self.clip.hubness.file not in self.files:
+            raise ValueError(f"`clip.hubness.file` {self.clip.hubness.file!r} is not among the folder's `files`")
         if self.quantization is not None:
             ranges = self.quantization.ranges
             if len(ranges) != 2 or any(len(row) != self.dim for row in ranges):

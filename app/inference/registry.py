@@ -20,6 +20,7 @@ from app.core.errors import ModelNotFound, UnsupportedInput, WrongModelKind
 from app.core.manifest import MANIFEST_FILE, BiEncoderSpec, Manifest, ModelKind, VariantParity
 from app.inference.batcher import DynamicBatcher
 from app.inference.cross_encoder import CrossEncoderModel
+from app.inference.hubness import HubCorrection
 from app.inference.image_model import ImageModel
 from app.inference.images import ImageDecoder, ImageLimits
 from app.inference.served import Capability, Embedder, EmbeddingResult, Scorer, ServedModel
@@ -193,6 +194,8 @@ class ClipEncoder(Embedder):
         self.text = TextEncoder(folder, manifest, settings, batcher_name=f"{manifest.name}/text")
         self.image = ImageEncoderModel(folder, manifest, settings, batcher_name=f"{manifest.name}/image")
         super().__init__(folder, manifest, self.text.variant)
+        if manifest.clip is not None and manifest.clip.hubness is not None:
+            self.hubness = HubCorrection.load(folder, manifest.clip.hubness, manifest.embedding_dim)
 
     def start(self) -> None:
         self.text.start()
@@ -212,6 +215,10 @@ class ClipEncoder(Embedder):
         towers = super()._towers()
         for tower, served in (("text", self.text), ("image", self.image)):
             towers[tower].update(backend=served.backend, precision=served.precision)
+        hub = self.hubness
+        towers["image"]["hubness_correction"] = (
+            {"bank_texts": len(hub.bank), "neighbours": hub.neighbours, "weight": hub.weight} if hub else None
+        )
         return towers
 
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from app.core.errors import UnsupportedInput
 from app.core.manifest import Manifest, ModelKind, VariantParity
+from app.inference.hubness import HubCorrection
 
 
 class Capability(StrEnum):
@@ -116,6 +117,9 @@ class ServedModel:
 
 class Embedder(ServedModel, ABC):
     """A model that maps inputs into its vector space (`dim`)."""
+
+    # Text->image search's correction for image hubs (a clip model that ships a text bank), or None.
+    hubness: HubCorrection | None = None
 
     @property
     def dim(self) -> int:

@@ -242,6 +242,11 @@ class SearchRequest(StrictRequest):
         "stemmed); hybrid: both, fused. Filters apply to both",
     )
     hybrid: HybridOptions | None = Field(None, description="mode hybrid: how the two rankings are fused")
+    hubness_correction: bool = Field(
+        True,
+        description="dense text queries over a clip collection whose model ships a hubness bank: image hits "
+        "rank by cosine minus the image's hub penalty (CSLS; `dense_score` keeps the cosine). false: plain cosine",
+    )
 
     @model_validator(mode="after")
     def _one_query(self) -> SearchRequest:
@@ -258,7 +263,9 @@ class SearchHit(BaseModel):
     id: str
     score: float
     first_stage_score: float | None = Field(None, description="the score before reranking, when the hits were reranked")
-    dense_score: float | None = Field(None, description="keyword and hybrid modes: the exact vector score")
+    dense_score: float | None = Field(
+        None, description="keyword and hybrid modes, and hubness-corrected image hits: the exact vector score"
+    )
     keyword_score: float | None = Field(
         None, description="keyword and hybrid modes: the BM25 score (null: not among the keyword candidates)"
     )

@@ -90,15 +90,15 @@ class Change:
     key: int
 
 
-def _vector_bytes(db: sqlite3.Connection, keys: Iterable[int]) -> dict[int, bytes]:
+def _vector_bytes(db: sqlite3.Connection, keys: Iterable[int], only: str = "") -> dict[int, bytes]:
     """key -> stored float32 bytes of those `keys` present in `db` (500 per query: SQLite's
-    bound-parameter limit)."""
+    bound-parameter limit); `only`: a fixed extra condition (" AND modality = 'image'")."""
     found: dict[int, bytes] = {}
     wanted = [int(k) for k in keys]
     for start in range(0, len(wanted), 500):
         chunk = wanted[start : start + 500]
         marks = ",".join("?" * len(chunk))
-        found.update(db.execute(f"SELECT key, vector FROM documents WHERE key IN ({marks})", chunk))
+        found.update(db.execute(f"SELECT key, vector FROM documents WHERE key IN ({marks}){only}", chunk))
     return found
 
 
@@ -425,6 +425,14 @@ class DocumentStore:
     def vectors_for(self, keys: list[int]) -> dict[int, np.ndarray]:
         with self._locked():
             found = _vector_bytes(self._db, keys)
+        return {k: np.frombuffer(v, dtype=np.float32) for k, v in found.items()}
+
+    def image_vectors_for(self, keys: list[int]) -> dict[int, np.ndarray]:
+        """key -> stored vector of those `keys` that are image documents."""
+        with self._locked():
+            if "modality" not in self._columns:
+                return {}  # a read-only replica of a collection made before image documents
+            found = _vector_bytes(self._db, keys, " AND modality = 'image'")
         return {k: np.frombuffer(v, dtype=np.float32) for k, v in found.items()}
 
     def live_vectors(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -7,7 +7,7 @@ import asyncio
 import base64
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -21,8 +21,10 @@ from app.core.errors import (
     ModelVersionChanged,
     WrongDimension,
 )
+from app.inference.hubness import HubCorrection
 from app.inference.images import ImageLimits, open_image, thumbnail_jpeg
 from app.inference.registry import ModelRegistry
+from app.inference.served import Embedder
 from app.schemas.search import CreateIndexRequest, DocumentIn, HybridOptions, SearchRequest, UpsertRequest
 from app.search import fusion
 from app.search.collection import Collection, Hit
@@ -43,6 +45,10 @@ from app.services.image_sources import ImageFetcher
 from app.services.rerank import rerank
 
 log = logging.getLogger(__name__)
+# How many dense candidates a hubness-corrected search re-ranks (at least top_k): penalties move an
+# image by a few hundredths of cosine, and on the held-out galleries of benchmarks/clip_hubness.py
+# re-ranking the top 50 gave the same Recall@1 as correcting the whole gallery.
+HUB_CANDIDATES = 50
 # Background optimise tasks, kept referenced until done (asyncio holds only weak references).
 _background: set[asyncio.Task[Any]] = set()
 
@@ -262,13 +268,21 @@ async def _search_stages(
     query = await _query_vector(registry, settings, fetcher, collection, body) if needs_vector else None
     params = SearchParams(ef_search=body.ef_search, nprobe=body.nprobe)
     fields = include | ({"document"} if reembed else set())
+    cosines: dict[int, float] = {}  # hub-corrected image hits: key -> their cosine
     if body.mode == "dense":
         assert query is not None
-        found_hits = await _dense_hits(collection, body, query, fetch, fields, params)
+        hubs = _hub_correction(registry, collection, body)
+        if hubs is None:
+            found_hits = await _dense_hits(collection, body, query, fetch, fields, params)
+        else:
+            candidates = await _dense_hits(collection, body, query, max(fetch, HUB_CANDIDATES), fields, params)
+            found_hits, cosines = await asyncio.to_thread(_hub_corrected, hubs, collection, candidates, fetch)
     else:
         ranked, keyword_scores = await _keyword_ranking(collection, body, query, fetch, params)
         found_hits = await asyncio.to_thread(collection.hits, ranked, fields)
     found = [_hit_fields(h) for h in found_hits]
+    for hit in found:
+        hit["dense_score"] = cosines.get(hit["key"])
     if body.mode != "dense":
         keys = [h.key for h in found_hits]
         dense = await asyncio.to_thread(collection.dense_scores, query, keys) if query is not None else {}
@@ -296,6 +310,33 @@ async def _dense_hits(
             found = collection.hits_now(pairs, fields)
             return found if found is not None else await asyncio.to_thread(collection.hits, pairs, fields)
     return await asyncio.to_thread(collection.search, query, fetch, body.filter, fields, params, body.modality)
+
+
+def _hub_correction(registry: ModelRegistry, collection: Collection, body: SearchRequest) -> HubCorrection | None:
+    """The collection's model's hubness correction where it applies: asked for (the default), a dense
+    text query, a collection compared by cosine or inner product, a model that ships a bank."""
+    if not body.hubness_correction or body.mode != "dense" or body.query is None or collection.config.metric == "l2":
+        return None
+    model = registry.models.get(collection.config.model)
+    return model.hubness if isinstance(model, Embedder) else None
+
+
+def _hub_corrected(
+    hubs: HubCorrection, collection: Collection, candidates: list[Hit], fetch: int
+) -> tuple[list[Hit], dict[int, float]]:
+    """The candidates re-ranked with each image hit's score lowered by its hub penalty (text and
+    vector-only documents keep theirs), cut to `fetch`; and key -> cosine of the hits corrected."""
+    images = collection.store.image_vectors_for([h.key for h in candidates])
+    keys = [h.key for h in candidates if h.key in images]
+    if not keys:
+        return candidates[:fetch], {}
+    penalty = dict(zip(keys, hubs.penalties(np.stack([images[k] for k in keys])).tolist(), strict=True))
+    cosines = {h.key: h.score for h in candidates if h.key in penalty}
+    ranked = sorted(
+        (replace(h, score=h.score - penalty[h.key]) if h.key in penalty else h for h in candidates),
+        key=lambda h: -h.score,
+    )[:fetch]
+    return ranked, {h.key: cosines[h.key] for h in ranked if h.key in cosines}
 
 
 def _hit_fields(hit: Hit) -> dict[str, Any]:

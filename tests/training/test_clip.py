@@ -371,3 +371,47 @@ def test_a_spatial_head_takes_the_feature_map_and_saves_its_path(tmp_path: Path,
         assert feature_map.shape == (2, 1280, 7, 7)
         torch.testing.assert_close(encoder(pixels)[1], head(feature_map))
         torch.testing.assert_close(head.conse(feature_map), head.conse(feature_map.mean(dim=(2, 3))))
+
+
+def test_a_trained_head_ships_its_hubness_bank_and_serves_it(tmp_path: Path, default_models_dir: Path) -> None:
+    """save_hub_bank writes the training captions and the training images' mean neighbourhood
+    similarity (checked by hand here); export puts them in the folder and the manifest; serving loads them."""
+    from app.core.manifest import Manifest
+    from app.inference.hubness import HubCorrection
+    from training.clip_training import _vectors, conse_head, save_hub_bank
+    from training.export.clip import export_clip_model
+
+    head = conse_head(default_models_dir / "minilm-l6")
+    gen = torch.Generator().manual_seed(3)
+    captions = F.normalize(torch.randn(30, 384, generator=gen), dim=-1)
+    pooled = torch.rand(12, 1280, generator=gen)
+    train = TrainSet(pooled.half(), captions, np.arange(12), [[i] for i in range(12)])
+    config = ClipTrainConfig(name="t", hubness_weight=0.25, hubness_neighbours=3)
+    head.save(tmp_path / "head")
+    save_hub_bank(head, train, config, tmp_path / "head")
+    images = _vectors(head, train.pooled)
+    by_hand = np.mean([np.sort(captions.numpy() @ v)[-3:].mean() for v in images])
+    drawings = tmp_path / "drawings"
+    drawings.mkdir()
+    for border in (0, 8, 40, 90):
+        (drawings / f"b{border}.png").write_bytes(_drawing(border))
+    out = tmp_path / "clip"
+    manifest = export_clip_model(
+        tmp_path / "head", default_models_dir / "minilm-l6", out, "c", [drawings], min_images=4
+    )
+    assert manifest.clip is not None and manifest.clip.hubness is not None
+    spec = manifest.clip.hubness
+    assert (spec.neighbours, spec.weight) == (3, 0.25) and spec.mean == pytest.approx(by_hand, abs=1e-5)
+    assert Manifest.load(out).verify_files(out) == []
+    hubs = HubCorrection.load(out, spec, 384)
+    np.testing.assert_allclose(hubs.bank, captions.numpy(), atol=1e-7)
+    # an image as close to its 3 nearest captions as the training images are on average: no penalty
+    assert abs(float(hubs.penalties(images).mean())) < 1e-5
+
+
+def test_a_conse_head_exports_without_a_hubness_bank(clip_models_dir: Path) -> None:
+    from app.core.manifest import Manifest
+
+    manifest = Manifest.load(clip_models_dir / "clip-conse")
+    assert manifest.clip is None or manifest.clip.hubness is None
+    assert not (clip_models_dir / "clip-conse" / "hubness_bank.npy").exists()

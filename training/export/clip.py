@@ -6,13 +6,14 @@ image model: real files through the service's decoder, each backend x precision 
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from pathlib import Path
 
 import torch
 
-from app.core.manifest import ClipSpec, Manifest, ModelKind, SourceInfo, VariantParity, sha256_file
+from app.core.manifest import ClipSpec, HubnessSpec, Manifest, ModelKind, SourceInfo, VariantParity, sha256_file
 from training.export.common import staged_folder, version
 from training.export.image import (
     IMAGE_ONNX_FILE,
@@ -23,7 +24,7 @@ from training.export.image import (
     read_parity_images,
     tower_section,
 )
-from training.models.clip import ClipImageEncoder
+from training.models.clip import HUB_BANK_FILE, HUB_SPEC_FILE, ClipImageEncoder
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ def export_clip_model(
         hashes = _copy_text_tower(text, text_dir, staging)
         export_image_onnx(encoder, staging / IMAGE_ONNX_FILE, image.input_size)
         hashes[IMAGE_ONNX_FILE] = sha256_file(staging / IMAGE_ONNX_FILE)
+        hubness = _copy_hub_bank(head_dir, staging, hashes)
         manifest = Manifest(
             name=name,
             kind=ModelKind.CLIP,
@@ -65,7 +67,7 @@ def export_clip_model(
             text=text.text.model_copy(update={"onnx_file": TEXT_ONNX_FILE}),
             image=image,
             files=hashes,
-            clip=ClipSpec(temperature=temperature),
+            clip=ClipSpec(temperature=temperature, hubness=hubness),
             source=SourceInfo(
                 checkpoint=f"text: {text.source.checkpoint}; image: {encoder.head.config.tower} + {head_dir}",
                 library="tessera.training",
@@ -78,6 +80,16 @@ def export_clip_model(
         add_image_parity(staging, manifest, encoder, pixels, threads)
         manifest.save(staging)
     return manifest
+
+
+def _copy_hub_bank(head_dir: Path, staging: Path, hashes: dict[str, str]) -> HubnessSpec | None:
+    """The head's hubness bank (saved by training) into the folder, as the manifest will name it."""
+    spec_file = head_dir / HUB_SPEC_FILE
+    if not spec_file.is_file():
+        return None  # a ConSE head, or trained without the correction
+    shutil.copyfile(head_dir / HUB_BANK_FILE, staging / HUB_BANK_FILE)
+    hashes[HUB_BANK_FILE] = sha256_file(staging / HUB_BANK_FILE)
+    return HubnessSpec(file=HUB_BANK_FILE, **json.loads(spec_file.read_text()))
 
 
 def _renamed(parity: VariantParity, fp32_file: str) -> VariantParity:

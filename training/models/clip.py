@@ -37,6 +37,10 @@ from training.models.image_towers import load_tower, run_stages
 
 HEAD_FILE = "clip_head.pt"
 CONFIG_FILE = "clip_head.json"
+# Beside a trained head: the hubness correction's bank of caption vectors and its parameters
+# (training/clip_training.py `save_hub_bank`; app/inference/hubness.py serves them).
+HUB_BANK_FILE = "hubness_bank.npy"
+HUB_SPEC_FILE = "hubness.json"
 CLASS_PROMPT = "a photo of a {}"
 
 

@@ -1,0 +1,51 @@
+"""Hubness correction for text->image search (CSLS, Conneau et al., "Word Translation Without
+Parallel Data", ICLR 2018).
+
+In a space learnt into, some images are near many texts at once (hubs): they top the results of
+queries they do not match. CSLS ranks image g for a text query q by cos(q, g) - weight * r(g), with
+r(g) the mean cosine of g to its `neighbours` nearest texts in a bank (the texts the image head was
+trained on, shipped with the model). The served penalty is centred on the training images' own mean
+r, so an average image keeps its cosine and scores stay comparable with unpenalised documents.
+Measured in benchmarks/results/clip_hubness.md; the bank and its parameters are written by training
+(`training/clip_training.py`) into the model folder (`manifest.clip.hubness`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from app.core.manifest import HubnessSpec
+
+
+def neighbourhood_similarity(bank: np.ndarray, vectors: np.ndarray, neighbours: int) -> np.ndarray:
+    """(n,) each of `vectors` (n, dim)'s mean cosine to its `neighbours` nearest rows of `bank`
+    (t, dim); all unit length."""
+    sims = vectors @ bank.T  # (n, t)
+    k = min(neighbours, bank.shape[0])
+    return np.partition(sims, sims.shape[1] - k, axis=1)[:, -k:].mean(axis=1)
+
+
+@dataclass(frozen=True)
+class HubCorrection:
+    bank: np.ndarray  # (t, dim) unit text vectors
+    neighbours: int
+    weight: float
+    mean: float  # the training images' mean neighbourhood similarity
+
+    @classmethod
+    def load(cls, folder: Path, spec: HubnessSpec, dim: int) -> HubCorrection:
+        """The bank `spec` names in `folder`, checked: (t, dim) finite floats."""
+        bank = np.load(folder / spec.file, allow_pickle=False)
+        if bank.ndim != 2 or bank.shape[1] != dim or len(bank) == 0 or not np.isfinite(bank).all():
+            raise ValueError(f"{spec.file}: the hubness bank must hold finite (t, {dim}) vectors, not {bank.shape}")
+        return cls(np.ascontiguousarray(bank, dtype=np.float32), spec.neighbours, spec.weight, spec.mean)
+
+    def penalties(self, vectors: np.ndarray) -> np.ndarray:
+        """(n,) what text->image search subtracts from each image's cosine; `vectors` (n, dim)."""
+        if not len(vectors):
+            return np.zeros(0, np.float32)
+        r = neighbourhood_similarity(self.bank, np.asarray(vectors, np.float32), self.neighbours)
+        return (self.weight * (r - self.mean)).astype(np.float32)
