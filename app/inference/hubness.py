@@ -12,6 +12,7 @@ Measured in benchmarks/results/clip_hubness.md; the bank and its parameters are 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,3 +50,31 @@ class HubCorrection:
             return np.zeros(0, np.float32)
         r = neighbourhood_similarity(self.bank, np.asarray(vectors, np.float32), self.neighbours)
         return (self.weight * (r - self.mean)).astype(np.float32)
+
+
+class PenaltyCache:
+    """One collection's hub penalties by document key. An upsert stores a new key and keys are never
+    reused (SQLite AUTOINCREMENT), so a key's vector, and with it its penalty, never changes: entries
+    hold as long as the correction does (all dropped when it is another, or past `limit` entries)."""
+
+    NOT_AN_IMAGE = math.nan  # texts and vector-only documents are not penalised
+
+    def __init__(self, limit: int = 200_000) -> None:
+        self.limit = limit
+        self._correction: HubCorrection | None = None
+        self._penalty: dict[int, float] = {}
+
+    def known(self, correction: HubCorrection, keys: list[int]) -> tuple[dict[int, float], list[int]]:
+        """(key -> penalty or NOT_AN_IMAGE for the keys known, the keys not known)."""
+        if correction is not self._correction:
+            self._correction, self._penalty = correction, {}
+        penalty = self._penalty  # one dict throughout, whatever add() does meanwhile
+        found = {k: penalty[k] for k in keys if k in penalty}
+        return found, [k for k in keys if k not in found]
+
+    def add(self, correction: HubCorrection, values: dict[int, float]) -> None:
+        if correction is not self._correction:
+            return  # computed with a correction replaced meanwhile
+        if len(self._penalty) + len(values) > self.limit:
+            self._penalty = {}
+        self._penalty.update(values)

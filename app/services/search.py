@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import math
 import time
+import weakref
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -21,7 +23,7 @@ from app.core.errors import (
     ModelVersionChanged,
     WrongDimension,
 )
-from app.inference.hubness import HubCorrection
+from app.inference.hubness import HubCorrection, PenaltyCache
 from app.inference.images import ImageLimits, open_image, thumbnail_jpeg
 from app.inference.registry import ModelRegistry
 from app.inference.served import Embedder
@@ -49,6 +51,9 @@ log = logging.getLogger(__name__)
 # image by a few hundredths of cosine, and on the held-out galleries of benchmarks/clip_hubness.py
 # re-ranking the top 50 gave the same Recall@1 as correcting the whole gallery.
 HUB_CANDIDATES = 50
+# Each collection's cached hub penalties, gone with the collection object (a deleted and re-created
+# collection starts its keys afresh, and gets a new object and cache).
+_penalty_caches: weakref.WeakKeyDictionary[Collection, PenaltyCache] = weakref.WeakKeyDictionary()
 # Background optimise tasks, kept referenced until done (asyncio holds only weak references).
 _background: set[asyncio.Task[Any]] = set()
 
@@ -276,7 +281,7 @@ async def _search_stages(
             found_hits = await _dense_hits(collection, body, query, fetch, fields, params)
         else:
             candidates = await _dense_hits(collection, body, query, max(fetch, HUB_CANDIDATES), fields, params)
-            found_hits, cosines = await asyncio.to_thread(_hub_corrected, hubs, collection, candidates, fetch)
+            found_hits, cosines = await _hub_corrected(hubs, collection, candidates, fetch)
     else:
         ranked, keyword_scores = await _keyword_ranking(collection, body, query, fetch, params)
         found_hits = await asyncio.to_thread(collection.hits, ranked, fields)
@@ -321,22 +326,35 @@ def _hub_correction(registry: ModelRegistry, collection: Collection, body: Searc
     return model.hubness if isinstance(model, Embedder) else None
 
 
-def _hub_corrected(
+async def _hub_corrected(
     hubs: HubCorrection, collection: Collection, candidates: list[Hit], fetch: int
 ) -> tuple[list[Hit], dict[int, float]]:
     """The candidates re-ranked with each image hit's score lowered by its hub penalty (text and
-    vector-only documents keep theirs), cut to `fetch`; and key -> cosine of the hits corrected."""
-    images = collection.store.image_vectors_for([h.key for h in candidates])
-    keys = [h.key for h in candidates if h.key in images]
-    if not keys:
-        return candidates[:fetch], {}
-    penalty = dict(zip(keys, hubs.penalties(np.stack([images[k] for k in keys])).tolist(), strict=True))
-    cosines = {h.key: h.score for h in candidates if h.key in penalty}
+    vector-only documents keep theirs), cut to `fetch`; and key -> cosine of the hits corrected.
+    Penalties are computed once per stored image (on a worker thread) and then cached."""
+    cache = _penalty_caches.setdefault(collection, PenaltyCache())
+    penalty, missing = cache.known(hubs, [h.key for h in candidates])
+    if missing:
+        computed = await asyncio.to_thread(_image_penalties, hubs, collection, missing)
+        cache.add(hubs, computed)
+        penalty.update(computed)
+    cosines = {h.key: h.score for h in candidates if not math.isnan(penalty[h.key])}
     ranked = sorted(
-        (replace(h, score=h.score - penalty[h.key]) if h.key in penalty else h for h in candidates),
+        (replace(h, score=h.score - penalty[h.key]) if h.key in cosines else h for h in candidates),
         key=lambda h: -h.score,
     )[:fetch]
     return ranked, {h.key: cosines[h.key] for h in ranked if h.key in cosines}
+
+
+def _image_penalties(hubs: HubCorrection, collection: Collection, keys: list[int]) -> dict[int, float]:
+    """key -> hub penalty of each of `keys` that is a stored image, NOT_AN_IMAGE for the others
+    (texts, vector-only documents, keys deleted since the search found them: keys are never reused)."""
+    images = collection.store.image_vectors_for(keys)
+    values = dict.fromkeys(keys, PenaltyCache.NOT_AN_IMAGE)
+    image_keys = [k for k in keys if k in images]
+    if image_keys:
+        values.update(zip(image_keys, hubs.penalties(np.stack([images[k] for k in image_keys])).tolist(), strict=True))
+    return values
 
 
 def _hit_fields(hit: Hit) -> dict[str, Any]:

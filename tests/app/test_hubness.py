@@ -151,3 +151,30 @@ def test_a_bad_hubness_flag_is_a_4xx(hub_client: TestClient) -> None:
         response = hub_client.post("/indexes/gallery/search", json={"query": QUERY, "hubness_correction": flag})
         assert response.status_code == 422, response.text
         assert response.json()["error"]["message"]
+
+
+def test_penalties_are_computed_once_per_stored_image_and_follow_a_replaced_one(
+    hub_client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    computed: list[int] = []
+    original = HubCorrection.penalties
+
+    def counting(self: HubCorrection, vectors: np.ndarray) -> np.ndarray:
+        computed.append(len(vectors))
+        return original(self, vectors)
+
+    monkeypatch.setattr(HubCorrection, "penalties", counting)
+    _search(hub_client, query=QUERY)
+    computed.clear()
+    again = _search(hub_client, query=QUERY)
+    assert computed == []  # every candidate's penalty is cached by its key
+    # "photo-0" replaced by another picture: a new key, so a new vector and penalty (computed once)
+    replaced = hub_client.put(
+        "/indexes/gallery/documents", json={"documents": [{"id": "photo-0", "image": b64(photo(7))}]}
+    )
+    assert replaced.status_code == 200, replaced.text
+    plain = {h["id"]: h["score"] for h in _search(hub_client, query=QUERY, hubness_correction=False)}
+    corrected = {h["id"]: h for h in _search(hub_client, query=QUERY)}
+    assert computed == [1]
+    assert corrected["photo-0"]["score"] == pytest.approx(-plain["photo-0"], abs=2e-3)
+    assert corrected["photo-0"]["dense_score"] != next(h["dense_score"] for h in again if h["id"] == "photo-0")
