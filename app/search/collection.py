@@ -33,6 +33,7 @@ from app.search.vector_index import (
     SearchParams,
     VectorIndex,
     exact_top_k,
+    single_query_ms,
     training_points_needed,
     tune,
     validate_spec,
@@ -46,6 +47,7 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 # (a graph search lands on the very node); held-out ones track queries near the data
 # (benchmarks/results/recall_estimate.md).
 RECALL_SAMPLE = 200
+LATENCY_QUERIES = 100  # held-out queries the built index's p50_ms is timed on
 TRUTH_BATCH = 2_000  # stored vectors per chunk of the exact top-10 pass (~15 MB of temporaries)
 DEFAULT_RECALL_TARGET = 0.95  # recall@10, reached with 95% confidence on the held-out sample
 # An IVF index's lists were trained on the vectors it held then; once the collection has grown past
@@ -677,6 +679,7 @@ class Collection:
         index.rescore_from = snap.live_vectors  # a binary index rescores as served, from the store
         try:
             tuned = tune(index, truth, queries, self.recall_target)
+            p50_ms = single_query_ms(index, queries[:LATENCY_QUERIES], tuned.params)
         finally:
             index.rescore_from = None  # the snapshot closes after the build; the swap points it at the store
         defaults = {k: v for k, v in asdict(tuned.params).items() if v is not None}
@@ -688,6 +691,7 @@ class Collection:
             defaults,
             recall_lower_bound=round(tuned.lower_bound, 4),
             recall_target=self.recall_target,
+            p50_ms=round(p50_ms, 4),
         )
 
     def close(self) -> None:

@@ -121,6 +121,9 @@ class BuildReport:
     recall_target: float | None = None
     # `auto` only: every index type tried on a sample, with its recall, latency and memory.
     candidates: list[dict[str, Any]] = field(default_factory=list)
+    # The built index's own single-query median at full size with `search_defaults`, on the held-out
+    # queries (the candidates' p50 is on the sample, which for IVF has fewer, shorter lists).
+    p50_ms: float | None = None
     ops_at_build: int = 0  # the store's op counter when the build read it (writes since = now - this)
     # `auto` only: writes since the previous build per document it held (None: no previous build)
     write_churn: float | None = None

@@ -146,6 +146,7 @@ def test_optimize_measures_recall_tunes_and_survives_restart(
         assert info["index_type"] == spec and info["size"] == info["index_vectors"] == 4000
         build = info["last_build"]
         assert build["recall_at_10"] >= 0.95 and build["sample_queries"] == 200
+        assert 0 < build["p50_ms"] < 1000  # the built index timed at full size, with its tuned defaults
         tuned = build["search_defaults"][param]
         assert info["search_defaults"][param] == tuned
         depth = info["search_defaults"]["rescore_depth"]  # binary codes: the shortlist depth is tuned too
