@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.clip_training import SERVED  # noqa: E402
-from training.clip_training import FeatureSource, _vectors, build_head, fit, prepare  # noqa: E402
+from training.clip_training import _vectors, build_head, fit, prepare  # noqa: E402
 from training.config import ClipTrainConfig  # noqa: E402
 from training.eval.clip import retrieval_recall  # noqa: E402
 from training.run import RunFolder, seed_everything  # noqa: E402
@@ -86,17 +86,6 @@ def token_embeddings(texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     return out, mask
 
 
-class RecordingSource(FeatureSource):
-    """FeatureSource that remembers which strings each text tensor it returned was made from."""
-
-    strings: dict[int, list[str]] = {}
-
-    def texts(self, texts: list[str]) -> torch.Tensor:
-        vectors = super().texts(texts)
-        RecordingSource.strings[id(vectors)] = list(texts)
-        return vectors
-
-
 def train_filip(
     model: Filip, maps: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor, text_of: np.ndarray
 ) -> None:
@@ -140,8 +129,6 @@ def recall_from_scores(scores: np.ndarray, relevant: list[set[int]]) -> dict[str
 
 
 def run_split(split: int) -> dict[str, float]:
-    import training.clip_training as clip_training
-
     config = ClipTrainConfig(
         name="filip",
         split_seed=split,
@@ -150,14 +137,9 @@ def run_split(split: int) -> dict[str, float]:
         trim_transparent=TRIM,
         spatial_channels=32,
     ).model_copy(update={**SERVED, "fashion_mnist": None, "mnist": None})  # no zero-shot rows here
-    clip_training.FeatureSource = RecordingSource  # type: ignore[misc]
-    try:
-        data = prepare(config)
-    finally:
-        clip_training.FeatureSource = FeatureSource  # type: ignore[misc]
+    data = prepare(config)
     train = data.train
-    texts = RecordingSource.strings[id(train.texts)]
-    tokens, mask = token_embeddings(texts)
+    tokens, mask = token_embeddings(train.captions)
     model = Filip()
     started = time.monotonic()
     train_filip(model, train.pooled, tokens, mask, train.text_of)
@@ -170,7 +152,7 @@ def run_split(split: int) -> dict[str, float]:
     fit(head, pooled, served_config, rng, RunFolder(Path("/tmp") / "tessera-clip-filip", f"s{split}"))
     head.eval()
     for ev, ev_pooled in zip(data.evals, pooled.evals, strict=True):
-        q_tokens, q_mask = token_embeddings(RecordingSource.strings[id(ev.texts)])
+        q_tokens, q_mask = token_embeddings(ev.queries)
         for k, v in recall_from_scores(filip_scores(model, q_tokens, q_mask, ev.images), ev.relevant_images).items():
             scores[f"{ev.name} | FILIP {k}"] = round(v, 4)
         served = retrieval_recall(

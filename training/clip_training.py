@@ -21,7 +21,7 @@ import logging
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -137,6 +137,7 @@ class TrainSet:
     text_of: np.ndarray  # (n,) caption row of each image
     groups: list[list[int]]  # images sharing a caption that one epoch draws one of (emoji styles)
     emoji_start: int | None = None  # rows from here on are emoji drawings (None: no emoji)
+    captions: list[str] = field(default_factory=list)  # the strings `texts` embeds, row for row
 
 
 @dataclass
@@ -146,6 +147,7 @@ class EvalSet:
     texts: torch.Tensor  # (t, dim)
     relevant_images: list[set[int]]  # per text: its images
     relevant_texts: list[set[int]]  # per image: its texts (empty: not a text->image query target)
+    queries: list[str] = field(default_factory=list)  # the strings `texts` embeds, row for row
 
 
 @dataclass
@@ -219,13 +221,14 @@ def prepare(config: ClipTrainConfig) -> ClipData:
                 source.texts(test_names),
                 [{j} for j in range(len(test_ids))],
                 [{j} for j in range(len(test_ids))],
+                test_names,
             )
         )
         emoji_styles = (test_images[0], test_images[1]) if len(test_images) == 2 else None
     if config.coco is not None:
         evals.append(_coco_eval(source, config.coco))
     emoji_start = len(train_clips) if config.emoji is not None else None
-    train = TrainSet(torch.cat(pooled), source.texts(captions), np.array(text_of), groups, emoji_start)
+    train = TrainSet(torch.cat(pooled), source.texts(captions), np.array(text_of), groups, emoji_start, captions)
     return ClipData(train, evals, emoji_styles, _zero_shot(source, config), class_vectors)
 
 
@@ -242,7 +245,7 @@ def _clipart_eval(
         relevant_texts.append(set() if text_row is None else {text_row})
         if text_row is not None:
             relevant_images[text_row].add(image_row)
-    return EvalSet("openclipart", images, source.texts(queries), relevant_images, relevant_texts)
+    return EvalSet("openclipart", images, source.texts(queries), relevant_images, relevant_texts, queries)
 
 
 def _coco_eval(source: FeatureSource, coco: Path) -> EvalSet:
@@ -252,9 +255,9 @@ def _coco_eval(source: FeatureSource, coco: Path) -> EvalSet:
     annotations = captions["annotations"]
     owner = [row[a["image_id"]] for a in annotations]
     images = source.images("coco-mini", [coco / "train2017" / p["file_name"] for p in photos])
-    texts = source.texts([a["caption"] for a in annotations])
+    strings = [a["caption"] for a in annotations]
     relevant_texts = [{c for c, o in enumerate(owner) if o == r} for r in range(len(photos))]
-    return EvalSet("coco-mini", images, texts, [{o} for o in owner], relevant_texts)
+    return EvalSet("coco-mini", images, source.texts(strings), [{o} for o in owner], relevant_texts, strings)
 
 
 def _zero_shot(
