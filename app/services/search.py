@@ -280,8 +280,10 @@ async def _search_stages(
         if hubs is None:
             found_hits = await _dense_hits(collection, body, query, fetch, fields, params)
         else:
-            candidates = await _dense_hits(collection, body, query, max(fetch, HUB_CANDIDATES), fields, params)
-            found_hits, cosines = await _hub_corrected(hubs, collection, candidates, fetch)
+            # ids only for the candidates: the requested fields are read for the hits kept
+            candidates = await _dense_hits(collection, body, query, max(fetch, HUB_CANDIDATES), set(), params)
+            kept, cosines = await _hub_corrected(hubs, collection, candidates, fetch)
+            found_hits = await _fetched(collection, [(h.key, h.score) for h in kept], fields) if fields else kept
     else:
         ranked, keyword_scores = await _keyword_ranking(collection, body, query, fetch, params)
         found_hits = await asyncio.to_thread(collection.hits, ranked, fields)
@@ -312,9 +314,14 @@ async def _dense_hits(
     if body.filter is None and body.modality is None:
         pairs = collection.dense_keys_now(query, fetch, params)
         if pairs is not None:
-            found = collection.hits_now(pairs, fields)
-            return found if found is not None else await asyncio.to_thread(collection.hits, pairs, fields)
+            return await _fetched(collection, pairs, fields)
     return await asyncio.to_thread(collection.search, query, fetch, body.filter, fields, params, body.modality)
+
+
+async def _fetched(collection: Collection, pairs: list[tuple[int, float]], fields: set[str]) -> list[Hit]:
+    """The hits of scored keys with `fields`: on the event loop unless a writer holds the store."""
+    found = collection.hits_now(pairs, fields)
+    return found if found is not None else await asyncio.to_thread(collection.hits, pairs, fields)
 
 
 def _hub_correction(registry: ModelRegistry, collection: Collection, body: SearchRequest) -> HubCorrection | None:
