@@ -40,7 +40,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.inference.hubness import HubCorrection  # noqa: E402
+from app.inference.hubness import HubCorrection, neighbourhood_similarity  # noqa: E402
 from app.services.search import HUB_CANDIDATES  # noqa: E402
 from benchmarks.clip_training import SERVED  # noqa: E402
 from training.clip_training import _vectors, build_head, fit, prepare  # noqa: E402
@@ -61,12 +61,6 @@ TRIM = 0.04  # serve-clip.yaml's trim_transparent
 def recall_at_1(scores: np.ndarray, relevant: list[set[int]]) -> float:
     top = scores.argmax(axis=1)
     return float(np.mean([int(top[i]) in relevant[i] for i in range(len(relevant))]))
-
-
-def hubness(bank: np.ndarray, gallery: np.ndarray, k: int = NEIGHBOURS) -> np.ndarray:
-    """(g,) each gallery vector's mean cosine to its k nearest bank vectors (all unit length)."""
-    sims = bank @ gallery.T  # (bank, g)
-    return np.sort(sims, axis=0)[-k:].mean(axis=0)
 
 
 def inverted_softmax_penalty(bank: np.ndarray, gallery: np.ndarray, beta: float) -> np.ndarray:
@@ -101,7 +95,9 @@ def run_split(split: int) -> dict[str, float]:
     emoji_names = len(set(train.text_of[train.emoji_start :].tolist())) if train.emoji_start is not None else 0
     banks = {"training texts": train.texts.numpy(), "training emoji names": train.texts.numpy()[-emoji_names:]}
     texts = train.texts.numpy()  # the bank the served model ships
-    served = HubCorrection(texts, NEIGHBOURS, 0.5, float(hubness(texts, _vectors(head, train.pooled)).mean()))
+    served = HubCorrection(
+        texts, NEIGHBOURS, 0.5, float(neighbourhood_similarity(texts, _vectors(head, train.pooled), NEIGHBOURS).mean())
+    )
     scores: dict[str, float] = {}
     for ev in data.evals:
         gallery, queries = _vectors(head, ev.images), ev.texts.numpy()
@@ -117,7 +113,7 @@ def run_split(split: int) -> dict[str, float]:
             top_candidates_corrected(cosines, penalty * gate, HUB_CANDIDATES), ev.relevant_images
         )
         for k in OTHER_NEIGHBOURS:
-            penalty_k = hubness(texts, gallery, k)
+            penalty_k = neighbourhood_similarity(texts, gallery, k)
             scores[f"{ev.name} | CSLS, weight 0.5, k {k}, bank: training texts"] = recall_at_1(
                 cosines - 0.5 * penalty_k[None, :], ev.relevant_images
             )
@@ -128,7 +124,7 @@ def run_split(split: int) -> dict[str, float]:
                     cosines - weight * lse[None, :], ev.relevant_images
                 )
         for bank_name, bank in banks.items():
-            penalty = hubness(bank, gallery)
+            penalty = neighbourhood_similarity(bank, gallery, NEIGHBOURS)
             for weight in WEIGHTS:
                 corrected = cosines - weight * penalty[None, :]
                 scores[f"{ev.name} | CSLS, weight {weight}, bank: {bank_name}"] = recall_at_1(
