@@ -38,10 +38,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.clip_training import SERVED  # noqa: E402
-from training.clip_training import _vectors, build_head, fit, prepare  # noqa: E402
+from training.clip_training import _vectors, fit_members, prepare  # noqa: E402
 from training.config import ClipTrainConfig  # noqa: E402
 from training.eval.clip import retrieval_recall  # noqa: E402
-from training.run import RunFolder, seed_everything  # noqa: E402
+from training.run import RunFolder  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 TRIM = 0.04
@@ -147,9 +147,7 @@ def run_split(split: int) -> dict[str, float]:
     # The served recipe (pooled features) on the same split, for the comparison
     served_config = config.model_copy(update={"spatial_channels": 0})
     pooled = prepare(served_config)
-    rng = seed_everything(split)
-    head = build_head(served_config, pooled.class_vectors)
-    fit(head, pooled, served_config, rng, RunFolder(Path("/tmp") / "tessera-clip-filip", f"s{split}"))
+    head, _ = fit_members(served_config, pooled, RunFolder(Path("/tmp") / "tessera-clip-filip", f"s{split}"))
     head.eval()
     for ev, ev_pooled in zip(data.evals, pooled.evals, strict=True):
         q_tokens, q_mask = token_embeddings(ev.queries)

@@ -43,10 +43,10 @@ sys.path.insert(0, str(ROOT))
 from app.inference.hubness import HubCorrection, neighbourhood_similarity  # noqa: E402
 from app.services.search import HUB_CANDIDATES  # noqa: E402
 from benchmarks.clip_training import SERVED  # noqa: E402
-from training.clip_training import _vectors, build_head, fit, prepare  # noqa: E402
+from training.clip_training import _vectors, fit_members, prepare  # noqa: E402
 from training.config import ClipTrainConfig  # noqa: E402
 from training.models.clip import pooled_features  # noqa: E402
-from training.run import RunFolder, seed_everything  # noqa: E402
+from training.run import RunFolder  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 REPORT_SPLITS, SELECTION_SPLIT = (1, 2, 3), 0
@@ -87,9 +87,7 @@ def run_split(split: int) -> dict[str, float]:
         name="hubness", split_seed=split, seed=split, tower="efficientnet_lite0", trim_transparent=TRIM
     ).model_copy(update=SERVED)
     data = prepare(config)
-    rng = seed_everything(split)
-    head = build_head(config, data.class_vectors)
-    fit(head, data, config, rng, RunFolder(Path("/tmp") / "tessera-clip-hubness", f"s{split}"))
+    head, _ = fit_members(config, data, RunFolder(Path("/tmp") / "tessera-clip-hubness", f"s{split}"))
     head.eval()
     train = data.train
     emoji_names = len(set(train.text_of[train.emoji_start :].tolist())) if train.emoji_start is not None else 0

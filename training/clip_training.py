@@ -394,6 +394,8 @@ def fit(
     """Train `head` (and `text_map`); returns the loss module (its learned temperature is kept).
     Data parallel under torchrun: `config.batch_size` per process, rank 0 (`run`) logs."""
     workers = workers or Workers()
+    if head.config.residual_members > 1:  # trained jointly, the maps would be one wider map
+        raise ValueError("fit trains one map; a head of several maps trains them apart (fit_members)")
     if head.config.residual_gate == "familiarity":  # deterministic: every process gets the same gate
         head.fit_familiarity(data.train.pooled, seed=config.seed)
     loss_fn = build_embedding_loss(config.loss)
@@ -426,8 +428,51 @@ def fit(
     return loss_fn
 
 
-def softmax_temperature(loss: nn.Module) -> float:
-    """The temperature a trained loss ended with (SigLIP: 1 / its scale), for /v1/classify."""
+def member_seed(seed: int, member: int) -> int:
+    """The seed of an ensemble's `member`-th map: the run's own seed for the first (a one-map head
+    trains exactly as before), distinct derived ones for the rest."""
+    return seed + 10_007 * member
+
+
+def train_members(
+    config: ClipTrainConfig,
+    data: ClipData,
+    run: RunFolder | None,
+    text_map: nn.Module | None = None,
+    workers: Workers | None = None,
+) -> list[tuple[ClipImageHead, nn.Module]]:
+    """`residual_members` one-map heads, each trained by `fit` from its own seed (`member_seed`) on
+    the same data, with its loss module (its learned temperature). Member m > 0 logs under
+    `member-m/` of the run."""
+    single = config.model_copy(update={"residual_members": 1})
+    members = []
+    for member in range(config.residual_members):
+        rng = seed_everything(member_seed(config.seed, member))
+        head = build_head(single, data.class_vectors)
+        member_run = run if member == 0 or run is None else RunFolder(run.path, f"member-{member}")
+        members.append((head, fit(head, data, single, rng, member_run, text_map, workers)))
+    return members
+
+
+def fit_members(
+    config: ClipTrainConfig,
+    data: ClipData,
+    run: RunFolder | None,
+    text_map: nn.Module | None = None,
+    workers: Workers | None = None,
+) -> tuple[ClipImageHead, list[nn.Module]]:
+    """Train the head `config` describes: its members (`train_members`) merged into one head
+    (`ClipImageHead.from_members`); one member is `fit` alone. Returns it and the members' losses."""
+    members = train_members(config, data, run, text_map, workers)
+    heads, losses = [head for head, _ in members], [loss for _, loss in members]
+    return (heads[0] if len(heads) == 1 else ClipImageHead.from_members(heads)), losses
+
+
+def softmax_temperature(loss: nn.Module | list[nn.Module]) -> float:
+    """The temperature a trained loss ended with (SigLIP: 1 / its scale), for /v1/classify; an
+    ensemble's members': their mean."""
+    if isinstance(loss, list):
+        return float(np.mean([softmax_temperature(one) for one in loss]))
     with torch.no_grad():
         if isinstance(loss, SigLIPLoss):
             return float(1.0 / loss.log_scale.exp())
@@ -451,6 +496,7 @@ def build_head(config: ClipTrainConfig, class_vectors: torch.Tensor) -> ClipImag
         familiarity_quantile=config.familiarity_quantile,
         familiarity_width=config.familiarity_width,
         spatial_channels=config.spatial_channels,
+        residual_members=config.residual_members,
     )
     return ClipImageHead(head_config, _classifier(load_tower(config.tower)), class_vectors)
 
@@ -478,7 +524,7 @@ def train_clip(config: ClipTrainConfig) -> dict:
     torchrun every process trains its share of each global batch; rank 0 fills the feature cache
     first, and alone evaluates, writes the run folder and exports (the others return {})."""
     workers = setup_workers("cpu")  # the head trains on cached features: small, CPU-bound
-    rng = seed_everything(config.seed)
+    seed_everything(config.seed)  # data preparation draws too
     run = RunFolder(config.runs_dir, config.name) if workers.is_main else None
     if run is not None:
         run.write_config(config)
@@ -486,12 +532,11 @@ def train_clip(config: ClipTrainConfig) -> dict:
         data = prepare(config)
     conse = build_head(config.model_copy(update={"conse": True, "residual": "none"}), data.class_vectors)
     before = evaluate(conse, data) if run is not None else {}
-    head = build_head(config, data.class_vectors)
     text_map = None
     if config.text_projection:
-        text_map = nn.Linear(head.config.dim, head.config.dim, bias=False)
+        text_map = nn.Linear(data.class_vectors.shape[1], data.class_vectors.shape[1], bias=False)
         nn.init.eye_(text_map.weight)
-    loss = fit(head, data, config, rng, run, text_map, workers)
+    head, loss = fit_members(config, data, run, text_map, workers)
     shutdown(workers)
     if run is None:
         return {}

@@ -378,6 +378,9 @@ class ClipTrainConfig(Strict):
     familiarity_quantile: float = Field(0.01, ge=0, le=1)
     familiarity_width: float = Field(0.15, gt=0, le=2)
     spatial_channels: int = Field(0, ge=0, le=256)  # the head's spatial path (training/models/clip.py); 0: none
+    # The learned map as this many maps trained apart (seeds `seed`, then derived ones) and averaged
+    # (training/models/clip.py); K times the training time, a few MLPs more per image served.
+    residual_members: int = Field(1, ge=1, le=16)
     # LiT-style comparison: a trainable linear map on the text side too (changes the text space, so
     # such a model is measured, not exported).
     text_projection: bool = False
@@ -419,6 +422,18 @@ class ClipTrainConfig(Strict):
             raise ValueError("clip training takes infonce, cwcl or siglip")
         if not self.conse and self.residual == "none":
             raise ValueError("conse: false needs a residual (the image side would have no path)")
+        if self.residual_members > 1:
+            kept = {
+                "residual": self.residual == "none",
+                "spatial_channels": self.spatial_channels,
+                "train_classes": self.train_classes,
+                "text_projection": self.text_projection,
+            }
+            if clashing := [key for key, value in kept.items() if value]:
+                raise ValueError(
+                    f"residual_members > 1 averages maps of pooled features trained apart; it cannot go with "
+                    f"{', '.join(clashing)} (set residual_members: 1)"
+                )
         return self
 
 

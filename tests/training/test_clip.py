@@ -11,14 +11,25 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.clip_training import ClipData, EvalSet, TrainSet, _batches, evaluate, fit, softmax_temperature
+from training.clip_training import (
+    ClipData,
+    EvalSet,
+    TrainSet,
+    _batches,
+    build_head,
+    evaluate,
+    fit,
+    fit_members,
+    member_seed,
+    softmax_temperature,
+)
 from training.config import ClipTrainConfig, LossConfig
 from training.data.clipart import caption_of, prepare_openclipart, read_metadata, split_clips, write_demo
 from training.eval.clip import retrieval_recall, zero_shot_accuracy
 from training.losses import InfoNCELoss, SigLIPLoss
 from training.models.clip import ClipImageConfig, ClipImageEncoder, ClipImageHead, _classifier, spherical_kmeans
 from training.models.image_towers import load_tower
-from training.run import RunFolder
+from training.run import RunFolder, seed_everything
 
 DIM = 16
 
@@ -190,6 +201,77 @@ def test_fit_learns_captions_that_conse_cannot_reach(tmp_path: Path, classifier:
     assert before < 0.1 and after > 0.5, (before, after)
     assert 0.01 <= softmax_temperature(loss) <= 1.0
     assert (tmp_path / "t" / "steps.jsonl").read_text().strip()
+
+
+def _members(classifier: torch.nn.Linear, count: int, **config: object) -> list[ClipImageHead]:
+    heads = []
+    for seed in range(count):
+        torch.manual_seed(seed)
+        heads.append(
+            ClipImageHead(
+                ClipImageConfig(dim=DIM, residual="mlp", residual_hidden=32, **config), classifier, class_vectors()
+            )
+        )
+    return heads
+
+
+def test_an_ensemble_turns_conse_by_the_bounded_mean_of_its_members_unit_maps(
+    tmp_path: Path, classifier: torch.nn.Linear
+) -> None:
+    heads = _members(classifier, 3, residual_scale=0.6)
+    merged = ClipImageHead.from_members(heads).eval()
+    assert merged.config.residual_members == 3
+    pooled = torch.rand(5, 1280)
+    with torch.no_grad():
+        units = [F.normalize(h(pooled) - h.conse(pooled), dim=-1) for h in heads]  # each member's turn, as a unit
+        expected = merged.conse(pooled) + 0.6 * F.normalize(sum(units), dim=-1)
+        torch.testing.assert_close(merged(pooled), expected)
+    merged.save(tmp_path / "head")  # and it loads back into an encoder computing the same
+    encoder = ClipImageEncoder.load(tmp_path / "head")
+    with torch.no_grad():
+        torch.testing.assert_close(encoder.head(pooled), merged(pooled))
+
+
+def test_an_unbounded_ensemble_is_the_mean_of_its_members(classifier: torch.nn.Linear) -> None:
+    heads = _members(classifier, 2, residual_scale=None)
+    for head in heads:  # move each off its zero start (the unbounded map starts as ConSE exactly)
+        torch.nn.init.normal_(head.residual[-1].weight, std=0.1)
+    merged = ClipImageHead.from_members(heads)
+    pooled = torch.rand(4, 1280)
+    with torch.no_grad():
+        torch.testing.assert_close(merged(pooled), (heads[0](pooled) + heads[1](pooled)) / 2)
+
+
+def test_only_heads_of_one_config_merge(classifier: torch.nn.Linear) -> None:
+    bounded, unbounded = _members(classifier, 1, residual_scale=0.6)[0], _members(classifier, 1, residual_scale=None)[0]
+    with pytest.raises(ValueError, match="one config"):
+        ClipImageHead.from_members([bounded, unbounded])
+
+
+def test_fit_members_trains_the_first_member_as_a_single_map_and_the_rest_from_their_own_seeds(
+    tmp_path: Path, classifier: torch.nn.Linear
+) -> None:
+    data = _synthetic_data(classifier)
+    config = ClipTrainConfig(
+        name="t", epochs=5, batch_size=64, runs_dir=tmp_path, residual_hidden=32, residual_members=2, seed=3
+    )
+    merged, losses = fit_members(config, data, RunFolder(tmp_path, "t"))
+    assert merged.config.residual_members == 2 and len(losses) == 2
+    first, second = merged.residual.members
+    assert not torch.equal(first[0].weight, second[0].weight)
+    single_config = config.model_copy(update={"residual_members": 1})
+    rng = seed_everything(member_seed(config.seed, 0))
+    alone = build_head(single_config, data.class_vectors)
+    fit(alone, data, single_config, rng, RunFolder(tmp_path, "alone"))
+    torch.testing.assert_close(first[0].weight, alone.residual[0].weight)
+    assert (tmp_path / "t" / "member-1" / "steps.jsonl").is_file()
+
+
+def test_clip_config_refuses_members_with_what_cannot_be_averaged() -> None:
+    with pytest.raises(ValueError, match="text_projection"):
+        ClipTrainConfig(name="t", residual_members=2, text_projection=True)
+    with pytest.raises(ValueError, match="residual"):
+        ClipTrainConfig(name="t", residual_members=2, residual="none")
 
 
 def test_batches_by_source_keep_clip_art_and_emoji_apart() -> None:

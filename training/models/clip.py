@@ -25,7 +25,7 @@ spatial path), since the tower never trains.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -82,6 +82,11 @@ class ClipImageConfig:
     # is bounded, so where things lie can count (an arrow's direction, a flag's bands), not only
     # which features occur. The head then takes the final map, not pooled features. 0: no path.
     spatial_channels: int = 0
+    # The learned map as an ensemble of this many maps trained apart (one seed each, the same data),
+    # their outputs averaged (each as a unit vector where the map's length is bounded, so every
+    # member has an equal say; the mean then takes the bounded length). Averaging independent maps
+    # cancels part of each one's errors: benchmarks/clip_reading.md. 1: one map.
+    residual_members: int = 1
 
 
 def pooled_features(features: torch.Tensor) -> torch.Tensor:
@@ -105,6 +110,10 @@ class ClipImageHead(nn.Module):
         feature_dim = classifier.in_features  # type: ignore[union-attr]
         if config.residual_gate not in ("none", "uncertainty", "familiarity"):
             raise ValueError(f"unknown residual_gate {config.residual_gate!r}: none, uncertainty or familiarity")
+        if config.residual_members > 1 and (config.spatial_channels or config.train_classes):
+            raise ValueError(
+                "residual_members > 1 merges maps of pooled features only: no spatial path, no trained classes"
+            )
         self.residual = _residual(config, feature_dim)
         self.spatial = (
             spatial_head(config.tower, feature_dim, config.spatial_channels, config.dim)
@@ -167,6 +176,21 @@ class ClipImageHead(nn.Module):
             out = out + shift
         return out  # type: ignore[return-value]
 
+    @classmethod
+    def from_members(cls, heads: list[ClipImageHead]) -> ClipImageHead:
+        """One head whose learned map is the ensemble of `heads`' maps (each trained with
+        `residual_members` 1 and otherwise the same config); the rest (class vectors, the familiarity
+        gate, which its seed makes the same in every member) is the first head's."""
+        first = heads[0]
+        if any(h.config != first.config for h in heads) or first.config.residual_members != 1 or not first.residual:
+            raise ValueError("merging needs single-map heads of one config")
+        merged = cls(replace(first.config, residual_members=len(heads)), first.classifier, first.class_vectors.detach())
+        state = {k: v for k, v in first.state_dict().items() if not k.startswith("residual.")}
+        for m, head in enumerate(heads):
+            state |= {f"residual.members.{m}.{k}": v for k, v in head.residual.state_dict().items()}  # type: ignore[union-attr]
+        merged.load_state_dict(state)
+        return merged
+
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         state = {k: v for k, v in self.state_dict().items() if not k.startswith("classifier.")}
@@ -206,9 +230,30 @@ class ClipImageEncoder(nn.Module):
         return model.eval()
 
 
+class ResidualEnsemble(nn.Module):
+    """Maps trained apart, averaged (see ClipImageConfig.residual_members)."""
+
+    def __init__(self, members: list[nn.Module], unit: bool) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.unit = unit  # each member's output as a unit vector first (the head bounds the length)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        outputs = [member(pooled) for member in self.members]  # each (batch, dim)
+        if self.unit:
+            outputs = [F.normalize(o, dim=-1) for o in outputs]
+        return torch.stack(outputs).mean(dim=0)
+
+
 def _residual(config: ClipImageConfig, feature_dim: int) -> nn.Module | None:
     if config.residual == "none":
         return None
+    if config.residual_members < 1:
+        raise ValueError(f"residual_members must be >= 1, not {config.residual_members}")
+    if config.residual_members > 1:
+        single = replace(config, residual_members=1)
+        members = [_residual(single, feature_dim) for _ in range(config.residual_members)]
+        return ResidualEnsemble(members, unit=config.residual_scale is not None)  # type: ignore[arg-type]
     if config.residual == "linear":
         residual: nn.Module = nn.Linear(feature_dim, config.dim, bias=False)
     elif config.residual == "mlp":

@@ -1,0 +1,145 @@
+"""Ensembles of the clip head's learned map: K maps trained apart (one seed each), averaged.
+
+Each split trains the served recipe (`benchmarks/clip_training.py`'s served row, transparent drawings
+trimmed as `training/configs/serve-clip.yaml`) five times on cached features, member m from seed
+`member_seed(split, m)`, and scores one member alone, the mean of the five members scored alone (what
+one training run gives on average), and ensembles of the first 2, 3 and 5 members
+(`ClipImageHead.from_members`: each member's turn as a unit vector, averaged, then bounded to the
+recipe's length). Text->image Recall@1 is reported plain and with the served hubness correction
+(`app/inference/hubness.py`, the bank of the split's training captions, top 50 re-ranked), beside
+emoji image->image across styles and COCO-mini caption->photo R@5. Splits 1-3 are the report (as
+clip_training.md); split 0, where the choice was made, is listed apart.
+
+Usage: .venv/bin/python benchmarks/clip_ensemble.py  (needs `make model image-data`; ~3 min a split
+once features are cached). Writes benchmarks/results/clip_ensemble.{json,md}.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from app.inference.hubness import HubCorrection, neighbourhood_similarity  # noqa: E402
+from app.services.search import HUB_CANDIDATES  # noqa: E402
+from benchmarks.clip_hubness import TRIM, recall_at_1, top_candidates_corrected  # noqa: E402
+from benchmarks.clip_training import SERVED  # noqa: E402
+from training.clip_training import ClipData, _vectors, evaluate, prepare, train_members  # noqa: E402
+from training.config import ClipTrainConfig  # noqa: E402
+from training.models.clip import ClipImageHead  # noqa: E402
+from training.run import RunFolder  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+REPORT_SPLITS, SELECTION_SPLIT = (1, 2, 3), 0
+MEMBERS = 5
+ENSEMBLES = (2, 3, 5)
+METRICS = [
+    "emoji text->image recall@1",
+    "emoji text->image recall@1, hubness-corrected",
+    "openclipart text->image recall@1",
+    "openclipart text->image recall@1, hubness-corrected",
+    "openclipart text->image recall@10",
+    "coco-mini text->image recall@1",
+    "coco-mini text->image recall@1, hubness-corrected",
+    "coco-mini text->image recall@5",
+    "emoji image->image recall@1",
+]
+
+
+def score(head: ClipImageHead, data: ClipData, neighbours: int = 10) -> dict[str, float]:
+    """The METRICS of one head: evaluate()'s, and text->image R@1 with the served correction."""
+    head.eval()
+    scores = evaluate(head, data)
+    bank = data.train.texts.numpy()
+    mean = float(neighbourhood_similarity(bank, _vectors(head, data.train.pooled), neighbours).mean())
+    hubs = HubCorrection(bank, neighbours, 0.5, mean)
+    for ev in data.evals:
+        gallery = _vectors(head, ev.images)
+        cosines = ev.texts.numpy() @ gallery.T  # (queries, gallery)
+        corrected = top_candidates_corrected(cosines, hubs.penalties(gallery), HUB_CANDIDATES)
+        scores[f"{ev.name} text->image recall@1, hubness-corrected"] = recall_at_1(corrected, ev.relevant_images)
+    return {m: float(scores[m]) for m in METRICS}
+
+
+def run_split(split: int) -> dict[str, dict[str, float]]:
+    config = ClipTrainConfig(
+        name="ensemble",
+        split_seed=split,
+        seed=split,
+        tower="efficientnet_lite0",
+        trim_transparent=TRIM,
+        residual_members=MEMBERS,
+    ).model_copy(update=SERVED)
+    data = prepare(config)
+    heads = [
+        head for head, _ in train_members(config, data, RunFolder(Path("/tmp") / "tessera-clip-ensemble", f"s{split}"))
+    ]
+    alone = [score(head, data) for head in heads]
+    rows = {
+        "one map (the first member)": alone[0],
+        f"one map, the mean of {MEMBERS} members scored alone": {
+            m: statistics.fmean(a[m] for a in alone) for m in METRICS
+        },
+    }
+    for k in ENSEMBLES:
+        rows[f"ensemble of {k} maps"] = score(ClipImageHead.from_members(heads[:k]), data)
+    return rows
+
+
+def main() -> None:
+    torch.set_num_threads(2)
+    started = time.monotonic()
+    by_split = {}
+    for split in (SELECTION_SPLIT, *REPORT_SPLITS):
+        by_split[split] = run_split(split)
+        print(split, json.dumps(by_split[split]), flush=True)
+    report = {
+        "report_splits": REPORT_SPLITS,
+        "selection_split": SELECTION_SPLIT,
+        "members": MEMBERS,
+        "scores": by_split,
+        "minutes": round((time.monotonic() - started) / 60, 1),
+        "measured": time.strftime("%Y-%m-%d %H:%M"),
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "clip_ensemble.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_markdown(report)
+
+
+def write_markdown(report: dict) -> None:
+    scores = report["scores"]
+    report_splits, selection = report["report_splits"], report["selection_split"]
+    rows = list(scores[report_splits[0]])
+    lines = [
+        "# Ensembles of the clip head's learned map",
+        "",
+        f"`benchmarks/clip_ensemble.py` ({report['measured']}, {report['minutes']} min): the served recipe's map "
+        f"trained {report['members']} times per split (one seed each) on cached features; ensembles average the "
+        "first k members' unit turns and bound the mean to the recipe's length. Mean ± sd over report splits "
+        f"{', '.join(map(str, report_splits))}; split {selection} (where the choice was made) apart.",
+        "",
+    ]
+    for metric in METRICS:
+        lines += [f"## {metric}", "", f"| head | splits 1-3 | change | split {selection} |", "|---|---|---|---|"]
+        base = statistics.fmean(scores[s][rows[0]][metric] for s in report_splits)
+        for row in rows:
+            values = [scores[s][row][metric] for s in report_splits]
+            mean = statistics.fmean(values)
+            lines.append(
+                f"| {row} | {mean:.4f} ± {statistics.pstdev(values):.4f} | {mean - base:+.4f} | "
+                f"{scores[selection][row][metric]:.4f} |"
+            )
+        lines.append("")
+    (RESULTS / "clip_ensemble.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
