@@ -246,12 +246,16 @@ def test_ten_thousand_acknowledged_upserts_survive_kills_mid_ingest_snapshot_and
 
     def mid_snapshot(_: str) -> None:
         # Bounded by progress (a snapshot is due every 400 writes; 2,000 acknowledged without one seen
-        # is a failure), and by time only as a backstop: a paused VM's clock jumps past any short
-        # deadline while the server, paused too, has done nothing.
-        before, deadline = len(acked), time.monotonic() + 240
-        while len(acked) - before < 2_000 and time.monotonic() < deadline and not any(folder.glob("*.tmp")):
+        # is a failure), and by a count of polls (>= 240 s of 1 ms sleeps) only as a backstop: a paused
+        # VM's clock jumps past any deadline while the server, paused too, has done nothing. What was
+        # seen is kept: the .tmp is gone again once the snapshot is renamed into place.
+        before, seen = len(acked), False
+        for _ in range(240_000):
+            seen = any(folder.glob("*.tmp"))
+            if seen or len(acked) - before >= 2_000:
+                break
             time.sleep(0.001)
-        assert any(folder.glob("*.tmp")), (
+        assert seen, (
             f"no snapshot was caught being written: {len(acked) - before} upserts acknowledged meanwhile, "
             f"writers ended: {endings}, server stderr: {server_log_tail(tmp_path)!r}"
         )
