@@ -27,11 +27,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.inference.hubness import HubCorrection, neighbourhood_similarity  # noqa: E402
 from app.services.search import HUB_CANDIDATES  # noqa: E402
-from benchmarks.clip_hubness import TRIM, recall_at_1, top_candidates_corrected  # noqa: E402
-from benchmarks.clip_training import SERVED  # noqa: E402
-from training.clip_training import ClipData, _vectors, evaluate, prepare, train_members  # noqa: E402
+from benchmarks.clip_hubness import recall_at_1, top_candidates_corrected  # noqa: E402
+from benchmarks.clip_training import served_config  # noqa: E402
+from training.clip_training import ClipData, _vectors, evaluate, hub_correction, prepare, train_members  # noqa: E402
 from training.config import ClipTrainConfig  # noqa: E402
 from training.models.clip import ClipImageHead  # noqa: E402
 from training.run import RunFolder  # noqa: E402
@@ -53,13 +52,11 @@ METRICS = [
 ]
 
 
-def score(head: ClipImageHead, data: ClipData, neighbours: int = 10) -> dict[str, float]:
-    """The METRICS of one head: evaluate()'s, and text->image R@1 with the served correction."""
+def score(head: ClipImageHead, data: ClipData, config: ClipTrainConfig) -> dict[str, float]:
+    """The METRICS of one head: evaluate()'s, and text->image R@1 with the correction it would serve."""
     head.eval()
     scores = evaluate(head, data)
-    bank = data.train.texts.numpy()
-    mean = float(neighbourhood_similarity(bank, _vectors(head, data.train.pooled), neighbours).mean())
-    hubs = HubCorrection(bank, neighbours, 0.5, mean)
+    hubs = hub_correction(head, data.train, config)
     for ev in data.evals:
         gallery = _vectors(head, ev.images)
         cosines = ev.texts.numpy() @ gallery.T  # (queries, gallery)
@@ -69,19 +66,12 @@ def score(head: ClipImageHead, data: ClipData, neighbours: int = 10) -> dict[str
 
 
 def run_split(split: int) -> dict[str, dict[str, float]]:
-    config = ClipTrainConfig(
-        name="ensemble",
-        split_seed=split,
-        seed=split,
-        tower="efficientnet_lite0",
-        trim_transparent=TRIM,
-        residual_members=MEMBERS,
-    ).model_copy(update=SERVED)
+    config = served_config("ensemble", split, residual_members=MEMBERS)
     data = prepare(config)
     heads = [
         head for head, _ in train_members(config, data, RunFolder(Path("/tmp") / "tessera-clip-ensemble", f"s{split}"))
     ]
-    alone = [score(head, data) for head in heads]
+    alone = [score(head, data, config) for head in heads]
     rows = {
         "one map (the first member)": alone[0],
         f"one map, the mean of {MEMBERS} members scored alone": {
@@ -89,7 +79,7 @@ def run_split(split: int) -> dict[str, dict[str, float]]:
         },
     }
     for k in ENSEMBLES:
-        rows[f"ensemble of {k} maps"] = score(ClipImageHead.from_members(heads[:k]), data)
+        rows[f"ensemble of {k} maps"] = score(ClipImageHead.from_members(heads[:k]), data, config)
     return rows
 
 

@@ -37,14 +37,12 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.clip_training import SERVED  # noqa: E402
+from benchmarks.clip_training import served_config  # noqa: E402
 from training.clip_training import _vectors, fit_members, prepare  # noqa: E402
-from training.config import ClipTrainConfig  # noqa: E402
 from training.eval.clip import retrieval_recall  # noqa: E402
 from training.run import RunFolder  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
-TRIM = 0.04
 MAX_TOKENS = 32
 EPOCHS, BATCH, LR = 10, 128, 1e-3
 
@@ -129,14 +127,7 @@ def recall_from_scores(scores: np.ndarray, relevant: list[set[int]]) -> dict[str
 
 
 def run_split(split: int) -> dict[str, float]:
-    config = ClipTrainConfig(
-        name="filip",
-        split_seed=split,
-        seed=split,
-        tower="efficientnet_lite0",
-        trim_transparent=TRIM,
-        spatial_channels=32,
-    ).model_copy(update={**SERVED, "fashion_mnist": None, "mnist": None})  # no zero-shot rows here
+    config = served_config("filip", split, spatial_channels=32, fashion_mnist=None, mnist=None)  # no zero-shot rows
     data = prepare(config)
     train = data.train
     tokens, mask = token_embeddings(train.captions)
@@ -145,9 +136,9 @@ def run_split(split: int) -> dict[str, float]:
     train_filip(model, train.pooled, tokens, mask, train.text_of)
     scores: dict[str, float] = {"filip training s": round(time.monotonic() - started, 1)}
     # The served recipe (pooled features) on the same split, for the comparison
-    served_config = config.model_copy(update={"spatial_channels": 0})
-    pooled = prepare(served_config)
-    head, _ = fit_members(served_config, pooled, RunFolder(Path("/tmp") / "tessera-clip-filip", f"s{split}"))
+    pooled_config = config.model_copy(update={"spatial_channels": 0})
+    pooled = prepare(pooled_config)
+    head, _ = fit_members(pooled_config, pooled, RunFolder(Path("/tmp") / "tessera-clip-filip", f"s{split}"))
     head.eval()
     for ev, ev_pooled in zip(data.evals, pooled.evals, strict=True):
         q_tokens, q_mask = token_embeddings(ev.queries)

@@ -40,11 +40,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.inference.hubness import HubCorrection, neighbourhood_similarity  # noqa: E402
+from app.inference.hubness import neighbourhood_similarity  # noqa: E402
 from app.services.search import HUB_CANDIDATES  # noqa: E402
-from benchmarks.clip_training import SERVED  # noqa: E402
-from training.clip_training import _vectors, fit_members, prepare  # noqa: E402
-from training.config import ClipTrainConfig  # noqa: E402
+from benchmarks.clip_training import served_config  # noqa: E402
+from training.clip_training import _vectors, fit_members, hub_correction, prepare  # noqa: E402
 from training.models.clip import pooled_features  # noqa: E402
 from training.run import RunFolder  # noqa: E402
 
@@ -55,7 +54,6 @@ WEIGHTS = (0.5, 1.0)
 # Alternatives to k 10 (chosen on split 0, where k 10 gave the best clip art and COCO-mini held):
 OTHER_NEIGHBOURS = (5, 20, 50)
 BETAS = (20, 30)
-TRIM = 0.04  # serve-clip.yaml's trim_transparent
 
 
 def recall_at_1(scores: np.ndarray, relevant: list[set[int]]) -> float:
@@ -83,9 +81,7 @@ def top_candidates_corrected(cosines: np.ndarray, penalty: np.ndarray, depth: in
 
 
 def run_split(split: int) -> dict[str, float]:
-    config = ClipTrainConfig(
-        name="hubness", split_seed=split, seed=split, tower="efficientnet_lite0", trim_transparent=TRIM
-    ).model_copy(update=SERVED)
+    config = served_config("hubness", split)
     data = prepare(config)
     head, _ = fit_members(config, data, RunFolder(Path("/tmp") / "tessera-clip-hubness", f"s{split}"))
     head.eval()
@@ -93,9 +89,7 @@ def run_split(split: int) -> dict[str, float]:
     emoji_names = len(set(train.text_of[train.emoji_start :].tolist())) if train.emoji_start is not None else 0
     banks = {"training texts": train.texts.numpy(), "training emoji names": train.texts.numpy()[-emoji_names:]}
     texts = train.texts.numpy()  # the bank the served model ships
-    served = HubCorrection(
-        texts, NEIGHBOURS, 0.5, float(neighbourhood_similarity(texts, _vectors(head, train.pooled), NEIGHBOURS).mean())
-    )
+    served = hub_correction(head, train, config)
     scores: dict[str, float] = {}
     for ev in data.evals:
         gallery, queries = _vectors(head, ev.images), ev.texts.numpy()

@@ -31,12 +31,11 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from training.clip_training import ClipData, build_head, evaluate, fit_members, prepare  # noqa: E402
+from training.clip_training import ClipData, build_head, evaluate, fit_members, prepare, text_map_for  # noqa: E402
 from training.config import ClipTrainConfig, LossConfig  # noqa: E402
 from training.models.image_towers import TOWER_TITLES  # noqa: E402
 from training.run import RunFolder  # noqa: E402
@@ -47,6 +46,7 @@ SPLITS = (1, 2, 3)
 # familiarity gate with the map's length 1.0 (every row below it changes the defaults, not the served
 # recipe).
 SERVED = {"intra_modal_weight": 0.5, "residual_gate": "familiarity", "residual_scale": 1.0, "residual_members": 5}
+TRIM = 0.04  # serve-clip.yaml's trim_transparent (this script's rows take it from --trim-transparent)
 ROWS: dict[str, dict] = {
     "ConSE (no training)": {"untrained": True, "residual": "none"},
     "InfoNCE, 5 MLPs of length 1.0 averaged + familiarity gate + TCL term 0.5 (served recipe)": SERVED,
@@ -112,17 +112,20 @@ def _none_in_top(gallery: int, relevant: int, k: int) -> float:
     return p
 
 
+def served_config(name: str, split: int, **update: object) -> ClipTrainConfig:
+    """serve-clip.yaml's recipe on `split` (the split's own seed, Lite0, drawings trimmed), with
+    `update` on top: what the clip benchmarks beside this one train and compare against."""
+    base = ClipTrainConfig(name=name, split_seed=split, seed=split, tower="efficientnet_lite0", trim_transparent=TRIM)
+    return base.model_copy(update={**SERVED, **update})
+
+
 def run_row(data: ClipData, base: ClipTrainConfig, row: dict, seed: int) -> dict[str, float]:
     row = dict(row)
     untrained = row.pop("untrained", False)
     config = base.model_copy(update={**row, "seed": seed})
     if untrained:
         return evaluate(build_head(config, data.class_vectors), data)
-    text_map = None
-    if config.text_projection:
-        dim = data.class_vectors.shape[1]
-        text_map = nn.Linear(dim, dim, bias=False)
-        nn.init.eye_(text_map.weight)
+    text_map = text_map_for(config, data.class_vectors.shape[1])
     head, _ = fit_members(config, data, RunFolder(Path("/tmp") / "tessera-clip-bench", f"s{seed}"), text_map)
     return evaluate(head, data, text_map)
 

@@ -30,7 +30,7 @@ from PIL import Image
 from torch import nn
 
 from app.core.manifest import ImageTower, Manifest
-from app.inference.hubness import neighbourhood_similarity
+from app.inference.hubness import HubCorrection, neighbourhood_similarity
 from app.inference.images import ImageLimits, open_image, trim_key
 from app.inference.text_model import TextModel
 from training.config import ClipTrainConfig
@@ -479,6 +479,16 @@ def softmax_temperature(loss: nn.Module | list[nn.Module]) -> float:
         return float(loss.temperature())  # type: ignore[operator]
 
 
+def text_map_for(config: ClipTrainConfig, dim: int) -> nn.Linear | None:
+    """The LiT-style comparison's trainable text map (`text_projection`), starting as the identity;
+    None without one."""
+    if not config.text_projection:
+        return None
+    text_map = nn.Linear(dim, dim, bias=False)
+    nn.init.eye_(text_map.weight)
+    return text_map
+
+
 def build_head(config: ClipTrainConfig, class_vectors: torch.Tensor) -> ClipImageHead:
     head_config = ClipImageConfig(
         tower=config.tower,
@@ -501,13 +511,19 @@ def build_head(config: ClipTrainConfig, class_vectors: torch.Tensor) -> ClipImag
     return ClipImageHead(head_config, _classifier(load_tower(config.tower)), class_vectors)
 
 
-def save_hub_bank(head: ClipImageHead, train: TrainSet, config: ClipTrainConfig, folder: Path) -> None:
-    """The hubness correction's bank beside a saved head (export ships it): the training captions'
-    unit vectors, and the training images' mean neighbourhood similarity that centres the penalty."""
+def hub_correction(head: ClipImageHead, train: TrainSet, config: ClipTrainConfig) -> HubCorrection:
+    """The hubness correction a model exported from `head` serves: the training captions' unit
+    vectors as the bank, centred on the training images' mean neighbourhood similarity."""
     bank = train.texts.numpy().astype(np.float32)  # (t, dim)
     mean = float(neighbourhood_similarity(bank, _vectors(head, train.pooled), config.hubness_neighbours).mean())
-    np.save(folder / HUB_BANK_FILE, bank)
-    spec = {"neighbours": config.hubness_neighbours, "weight": config.hubness_weight, "mean": round(mean, 6)}
+    return HubCorrection(bank, config.hubness_neighbours, config.hubness_weight, mean)
+
+
+def save_hub_bank(head: ClipImageHead, train: TrainSet, config: ClipTrainConfig, folder: Path) -> None:
+    """The hubness correction's bank and parameters beside a saved head (export ships them)."""
+    hubs = hub_correction(head, train, config)
+    np.save(folder / HUB_BANK_FILE, hubs.bank)
+    spec = {"neighbours": hubs.neighbours, "weight": hubs.weight, "mean": round(hubs.mean, 6)}
     (folder / HUB_SPEC_FILE).write_text(json.dumps(spec) + "\n")
 
 
@@ -532,10 +548,7 @@ def train_clip(config: ClipTrainConfig) -> dict:
         data = prepare(config)
     conse = build_head(config.model_copy(update={"conse": True, "residual": "none"}), data.class_vectors)
     before = evaluate(conse, data) if run is not None else {}
-    text_map = None
-    if config.text_projection:
-        text_map = nn.Linear(data.class_vectors.shape[1], data.class_vectors.shape[1], bias=False)
-        nn.init.eye_(text_map.weight)
+    text_map = text_map_for(config, data.class_vectors.shape[1])
     head, loss = fit_members(config, data, run, text_map, workers)
     shutdown(workers)
     if run is None:
