@@ -3,6 +3,7 @@ image-text metrics, on hand-made values and small real pieces (the ImageNet Mobi
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -10,7 +11,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from typer.testing import CliRunner
 
+from training.cli import app as training_cli
 from training.clip_training import (
     ClipData,
     EvalSet,
@@ -27,8 +30,16 @@ from training.config import ClipTrainConfig, LossConfig
 from training.data.clipart import caption_of, prepare_openclipart, read_metadata, split_clips, write_demo
 from training.eval.clip import retrieval_recall, zero_shot_accuracy
 from training.losses import InfoNCELoss, SigLIPLoss
-from training.models.clip import ClipImageConfig, ClipImageEncoder, ClipImageHead, _classifier, spherical_kmeans
+from training.models.clip import (
+    CONFIG_FILE,
+    ClipImageConfig,
+    ClipImageEncoder,
+    ClipImageHead,
+    _classifier,
+    spherical_kmeans,
+)
 from training.models.image_towers import load_tower
+from training.models.saved_config import SavedConfigError
 from training.run import RunFolder, seed_everything
 
 DIM = 16
@@ -169,6 +180,53 @@ def test_a_saved_head_loads_into_the_same_encoder(tmp_path: Path, classifier: to
         normalised, raw = encoder(pixels)
         torch.testing.assert_close(raw, head(pooled))
     torch.testing.assert_close(normalised.norm(dim=-1), torch.ones(2))
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ({"residual_members": "5"}, "field 'residual_members' must be an integer, not '5'"),
+        ({"residual_members": True}, "field 'residual_members' must be an integer, not True"),
+        ({"residual_scale": "1.0"}, "field 'residual_scale' must be a number or null, not '1.0'"),
+        ({"conse": 1}, "field 'conse' must be a boolean, not 1"),
+        ({"residul": "mlp"}, "unknown field(s) residul for ClipImageConfig"),
+    ],
+)
+def test_a_hand_edited_head_config_fails_naming_the_field(
+    tmp_path: Path, classifier: torch.nn.Linear, edit: dict, message: str
+) -> None:
+    head = ClipImageHead(ClipImageConfig(dim=DIM, residual="mlp", residual_hidden=32), classifier, class_vectors())
+    head.save(tmp_path / "head")
+    config_file = tmp_path / "head" / CONFIG_FILE
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), **edit}))
+    with pytest.raises(SavedConfigError) as caught:
+        ClipImageEncoder.load(tmp_path / "head")
+    assert str(caught.value) == f"{config_file}: {message}"
+
+
+def test_export_clip_reports_a_broken_head_config_in_one_line(
+    tmp_path: Path, classifier: torch.nn.Linear, default_models_dir: Path
+) -> None:
+    head = ClipImageHead(ClipImageConfig(dim=DIM, residual="mlp", residual_hidden=32), classifier, class_vectors())
+    head.save(tmp_path / "head")
+    for broken in ("{not json", "[1, 2]", json.dumps({"residual_members": 2.5})):
+        (tmp_path / "head" / CONFIG_FILE).write_text(broken)
+        result = CliRunner().invoke(
+            training_cli,
+            [
+                "export-clip",
+                "--head",
+                str(tmp_path / "head"),
+                "--text-model",
+                str(default_models_dir / "minilm-l6"),
+                "--out",
+                str(tmp_path / "out"),
+            ],
+        )
+        assert result.exit_code == 2, result.output
+        assert result.output.startswith(f"error: {tmp_path / 'head' / CONFIG_FILE}: ")
+        assert len(result.output.strip().splitlines()) == 1
+        assert not (tmp_path / "out").exists()
 
 
 def _synthetic_data(classifier: torch.nn.Linear, n: int = 256) -> ClipData:

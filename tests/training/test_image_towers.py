@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from app.core.manifest import ImageTower, OnnxIO
 from app.inference.images import preprocess
-from training.models.image import ImageEncoder, ImageEncoderConfig
+from training.models.image import CONFIG_FILE, ImageEncoder, ImageEncoderConfig
 from training.models.image_towers import load_tower, tower_spec
+from training.models.saved_config import SavedConfigError
 
 # ImageNet classes of a domestic cat: 281 tabby, 282 tiger cat, 285 Egyptian cat.
 DOMESTIC_CATS = {281, 282, 285}
@@ -58,6 +62,20 @@ def test_identity_head_starts_at_the_raw_features() -> None:
     with torch.inference_mode():
         features = encoder.tower.pooled(chelsea_pixels("mobilenet_v2"))
         np.testing.assert_allclose(encoder.project(features).numpy(), features.numpy(), atol=1e-6)
+
+
+def test_a_saved_encoder_loads_back_and_a_broken_config_names_its_field(tmp_path: Path) -> None:
+    encoder = ImageEncoder(ImageEncoderConfig("mobilenet_v2", 1280, 0, "identity", trim_transparent=0.04)).eval()
+    encoder.save(tmp_path / "model")
+    assert ImageEncoder.load(tmp_path / "model").config == encoder.config
+    config_file = tmp_path / "model" / CONFIG_FILE
+    saved = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps({**saved, "unfreeze_blocks": None}))
+    with pytest.raises(SavedConfigError, match="field 'unfreeze_blocks' must be an integer, not None"):
+        ImageEncoder.load(tmp_path / "model")
+    config_file.write_text(json.dumps({**saved, "projection_dim": "1280"}))
+    with pytest.raises(SavedConfigError, match="field 'projection_dim' must be an integer or null, not '1280'"):
+        ImageEncoder.load(tmp_path / "model")
 
 
 def test_spatial_head_starts_at_the_linear_head_and_exports_with_parity(tmp_path) -> None:  # type: ignore[no-untyped-def]

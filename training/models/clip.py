@@ -34,6 +34,7 @@ from torch import nn
 
 from training.models.image import spatial_head
 from training.models.image_towers import load_tower, run_stages
+from training.models.saved_config import load_saved_config
 
 HEAD_FILE = "clip_head.pt"
 CONFIG_FILE = "clip_head.json"
@@ -221,7 +222,7 @@ class ClipImageEncoder(nn.Module):
     @classmethod
     def load(cls, folder: Path) -> ClipImageEncoder:
         """A head written by `ClipImageHead.save`, on its tower's ImageNet weights."""
-        config = ClipImageConfig(**json.loads((folder / CONFIG_FILE).read_text()))
+        config = load_saved_config(ClipImageConfig, folder / CONFIG_FILE)
         state = torch.load(folder / HEAD_FILE, map_location="cpu", weights_only=True)
         model = cls(config, state["class_vectors"])
         missing, unexpected = model.head.load_state_dict(state, strict=False)

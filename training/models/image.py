@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.models.image_towers import Stage, load_tower, run_stages, tower_spec
+from training.models.saved_config import load_saved_config
 
 CHECKPOINT_FILE = "image_encoder.pt"
 CONFIG_FILE = "image_encoder.json"
@@ -52,16 +53,16 @@ class ImageEncoder(nn.Module):
         self.config = config
         self.tower = load_tower(config.tower, pretrained=pretrained)
         feature_dim = tower_spec(config.tower).feature_dim
-        self.projection = (
-            nn.Linear(feature_dim, config.projection_dim, bias=False) if config.projection_dim else None
-        )
+        self.projection = nn.Linear(feature_dim, config.projection_dim, bias=False) if config.projection_dim else None
         if self.projection is not None and config.projection_init == "identity":
             if config.projection_dim != feature_dim:
                 raise ValueError(f"an identity-initialised head needs projection_dim = {feature_dim}")
             with torch.no_grad():
                 self.projection.weight.copy_(torch.eye(feature_dim))
         self.spatial = (
-            spatial_head(config.tower, feature_dim, config.spatial_channels, self.dim) if config.head == "spatial" else None
+            spatial_head(config.tower, feature_dim, config.spatial_channels, self.dim)
+            if config.head == "spatial"
+            else None
         )
         self.freeze()
 
@@ -128,7 +129,7 @@ class ImageEncoder(nn.Module):
 
     @classmethod
     def load(cls, folder: Path) -> ImageEncoder:
-        config = ImageEncoderConfig(**json.loads((folder / CONFIG_FILE).read_text()))
+        config = load_saved_config(ImageEncoderConfig, folder / CONFIG_FILE)
         model = cls(config, pretrained=False)
         model.load_state_dict(torch.load(folder / CHECKPOINT_FILE, map_location="cpu", weights_only=True), strict=True)
         return model.eval()
