@@ -1,21 +1,25 @@
 """Ensembles of the clip head's learned map: K maps trained apart (one seed each), averaged.
 
 Each split trains the served recipe (`benchmarks/clip_training.py`'s served row, transparent drawings
-trimmed as `training/configs/serve-clip.yaml`) five times on cached features, member m from seed
-`member_seed(split, m)`, and scores one member alone, the mean of the five members scored alone (what
-one training run gives on average), and ensembles of the first 2, 3 and 5 members
+trimmed as `training/configs/serve-clip.yaml`) `--members` times (default five, as served) on cached
+features, member m from seed `member_seed(split, m)`, and scores one member alone, the mean of the
+members scored alone (what one training run gives on average), and ensembles of the first 2, 3, 5, ...
+members
 (`ClipImageHead.from_members`: each member's turn as a unit vector, averaged, then bounded to the
 recipe's length). Text->image Recall@1 is reported plain and with the served hubness correction
 (`app/inference/hubness.py`, the bank of the split's training captions, top 50 re-ranked), beside
 emoji image->image across styles and COCO-mini caption->photo R@5. Splits 1-3 are the report (as
 clip_training.md); split 0, where the choice was made, is listed apart.
 
-Usage: .venv/bin/python benchmarks/clip_ensemble.py  (needs `make model image-data`; ~3 min a split
-once features are cached). Writes benchmarks/results/clip_ensemble.{json,md}.
+Usage: .venv/bin/python benchmarks/clip_ensemble.py [--members 5] [--selection-only]  (needs `make
+model image-data`; ~2 min a split for five maps once features are cached). `--selection-only` scores
+split 0 alone and writes nothing: a larger ensemble is chosen there before splits 1-3 are run.
+Writes benchmarks/results/clip_ensemble.{json,md}.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import sys
@@ -37,8 +41,7 @@ from training.run import RunFolder  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 REPORT_SPLITS, SELECTION_SPLIT = (1, 2, 3), 0
-MEMBERS = 5
-ENSEMBLES = (2, 3, 5)
+MEMBERS = 5  # as served (serve-clip.yaml's residual_members); --members trains more to compare
 METRICS = [
     "emoji text->image recall@1",
     "emoji text->image recall@1, hubness-corrected",
@@ -65,8 +68,13 @@ def score(head: ClipImageHead, data: ClipData, config: ClipTrainConfig) -> dict[
     return {m: float(scores[m]) for m in METRICS}
 
 
-def run_split(split: int) -> dict[str, dict[str, float]]:
-    config = served_config("ensemble", split, residual_members=MEMBERS)
+def ensemble_sizes(members: int) -> list[int]:
+    """The ensembles scored from `members` trained maps: 2, 3, 5, then every 2 or 3 up to all."""
+    return sorted({k for k in (2, 3, 5, 8, 10, 12, 16) if k < members} | {members})
+
+
+def run_split(split: int, members: int) -> dict[str, dict[str, float]]:
+    config = served_config("ensemble", split, residual_members=members)
     data = prepare(config)
     heads = [
         head for head, _ in train_members(config, data, RunFolder(Path("/tmp") / "tessera-clip-ensemble", f"s{split}"))
@@ -74,26 +82,36 @@ def run_split(split: int) -> dict[str, dict[str, float]]:
     alone = [score(head, data, config) for head in heads]
     rows = {
         "one map (the first member)": alone[0],
-        f"one map, the mean of {MEMBERS} members scored alone": {
+        f"one map, the mean of {members} members scored alone": {
             m: statistics.fmean(a[m] for a in alone) for m in METRICS
         },
     }
-    for k in ENSEMBLES:
+    for k in ensemble_sizes(members):
         rows[f"ensemble of {k} maps"] = score(ClipImageHead.from_members(heads[:k]), data, config)
     return rows
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--members", type=int, default=MEMBERS, help="maps trained per split")
+    parser.add_argument(
+        "--selection-only",
+        action="store_true",
+        help=f"split {SELECTION_SPLIT} alone, printed (choose before reporting)",
+    )
+    args = parser.parse_args()
     torch.set_num_threads(2)
     started = time.monotonic()
     by_split = {}
-    for split in (SELECTION_SPLIT, *REPORT_SPLITS):
-        by_split[split] = run_split(split)
+    for split in (SELECTION_SPLIT,) if args.selection_only else (SELECTION_SPLIT, *REPORT_SPLITS):
+        by_split[split] = run_split(split, args.members)
         print(split, json.dumps(by_split[split]), flush=True)
+    if args.selection_only:
+        return
     report = {
         "report_splits": REPORT_SPLITS,
         "selection_split": SELECTION_SPLIT,
-        "members": MEMBERS,
+        "members": args.members,
         "scores": by_split,
         "minutes": round((time.monotonic() - started) / 60, 1),
         "measured": time.strftime("%Y-%m-%d %H:%M"),
