@@ -37,7 +37,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.core.manifest import Backend, Manifest, Precision  # noqa: E402
+from app.core.manifest import Manifest  # noqa: E402
 from app.inference.text_model import TextModel  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
@@ -262,25 +262,22 @@ def run_wrk(url: str, body_file: Path, lua: Path, connections: int, duration: in
 
 def in_process(texts: dict[str, list[str]], streams: int) -> dict:
     """Length-sorted batches of 32 straight into the backend, no HTTP: one pass at a time on all
-    cores ("1 stream"), and `streams` concurrent single-thread passes as the server runs them."""
+    cores ("1 stream"), and `streams` concurrent single-thread passes as the server runs them; every
+    text variant the export measured (int8 included), each on its own ONNX file."""
     from concurrent.futures import ThreadPoolExecutor
 
     folder = ROOT / "models" / "minilm-l6"
     manifest = Manifest.load(folder)
     results = {}
-    for backend, precision in [
-        (Backend.ONNXRUNTIME, Precision.FP32),
-        (Backend.OPENVINO, Precision.FP32),
-        (Backend.OPENVINO, Precision.BF16),
-    ]:
+    for variant in [v for v in manifest.parity if v.tower == "text"]:
         for n_streams in sorted({1, streams}):
-            key = f"{backend}-{precision}, {n_streams} stream{'s' if n_streams > 1 else ''}"
+            key = f"{variant.key}, {n_streams} stream{'s' if n_streams > 1 else ''}"
             try:
-                model = TextModel(folder, manifest, backend=backend, precision=precision, streams=n_streams)
+                model = TextModel(folder, manifest, variant, streams=n_streams)
             except Exception as exc:  # e.g. no bf16 on this CPU
-                results[key] = {"error": str(exc), "backend": f"{backend}-{precision}"}
+                results[key] = {"error": str(exc), "backend": variant.key}
                 continue
-            entry: dict[str, object] = {"backend": f"{backend}-{precision}", "streams": n_streams}
+            entry: dict[str, object] = {"backend": variant.key, "streams": n_streams}
             for kind, sample in (("short", texts["short"][:1024]), ("passages", texts["passages"][:256])):
                 tokens = sorted((t.ids for t in model.tokenize(sample)), key=len)
                 batches = [tokens[i : i + 32] for i in range(0, len(tokens), 32)]
