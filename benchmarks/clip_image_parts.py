@@ -37,15 +37,8 @@ LENGTHS = (0.5, 1.5, 2.0, 3.0)  # multiples of the served turn's length
 
 def parts(head: ClipImageHead, pooled: torch.Tensor) -> dict[str, torch.Tensor]:
     """(n, 1280) pooled features -> the vector's parts, each (n, dim) (the raw features (n, 1280))."""
-    assert head.residual is not None and head.config.residual_scale is not None
     with torch.no_grad():
-        turn = head.config.residual_scale * F.normalize(head.residual(pooled), dim=-1)
-        return {
-            "pooled": pooled,
-            "conse": head.conse(pooled),
-            "turn": head._gate(pooled) * turn,
-            "served": head(pooled),
-        }
+        return {"pooled": pooled, "conse": head.conse(pooled), "turn": head.turn(pooled), "served": head(pooled)}
 
 
 def recall_at_1(a: torch.Tensor, b: torch.Tensor) -> float:

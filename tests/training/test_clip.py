@@ -170,6 +170,20 @@ def test_an_unbounded_map_starts_as_conse_exactly(classifier: torch.nn.Linear) -
         torch.testing.assert_close(head(pooled), head.conse(pooled))
 
 
+@pytest.mark.parametrize("gate", ["none", "uncertainty"])
+def test_the_vector_is_conse_plus_the_turn(classifier: torch.nn.Linear, gate: str) -> None:
+    config = ClipImageConfig(dim=DIM, residual="mlp", residual_hidden=32, residual_scale=1.0, residual_gate=gate)
+    head = ClipImageHead(config, classifier, class_vectors())
+    pooled = torch.rand(3, 1280)
+    with torch.no_grad():
+        turn = head.turn(pooled)
+        torch.testing.assert_close(head(pooled), head.conse(pooled) + turn)
+    lengths = turn.norm(dim=-1)
+    assert torch.all(lengths <= 1.0 + 1e-5) and (gate == "uncertainty" or torch.allclose(lengths, torch.ones(3)))
+    with pytest.raises(ValueError, match="no learned map"):
+        ClipImageHead(ClipImageConfig(dim=DIM, residual="none"), classifier, class_vectors()).turn(pooled)
+
+
 def test_a_saved_head_loads_into_the_same_encoder(tmp_path: Path, classifier: torch.nn.Linear) -> None:
     head = ClipImageHead(ClipImageConfig(dim=DIM, residual="mlp", residual_hidden=32), classifier, class_vectors())
     head.save(tmp_path / "head")

@@ -160,22 +160,31 @@ class ClipImageHead(nn.Module):
         logits = self.classifier(pooled)  # (batch, 1000)
         out = self._conse(logits) if self.config.conse else 0.0
         if self.residual is not None:
-            shift = self.residual(pooled)  # (batch, dim)
-            if self.spatial is not None:
-                if features.dim() != 4:
-                    raise ValueError(
-                        "this head has a spatial path: it takes the final feature map, not pooled features"
-                    )
-                shift = shift + self.spatial(features)
-            if self.config.residual_scale is not None:
-                shift = self.config.residual_scale * F.normalize(shift, dim=-1)
-            if self.config.residual_gate == "uncertainty":
-                top = torch.softmax(logits, dim=-1).max(dim=-1, keepdim=True).values  # (batch, 1)
-                shift = shift * (1.0 - top)
-            elif self.config.residual_gate == "familiarity":
-                shift = shift * self._gate(pooled)
-            out = out + shift
+            out = out + self._turn(features, pooled, logits)
         return out  # type: ignore[return-value]
+
+    def turn(self, features: torch.Tensor) -> torch.Tensor:
+        """Tower features -> (batch, dim): what the learned map adds to ConSE (bounded and gated, as
+        `forward` adds it). The head must have a map."""
+        if self.residual is None:
+            raise ValueError("this head has no learned map (residual: none)")
+        pooled = pooled_features(features)
+        return self._turn(features, pooled, self.classifier(pooled))
+
+    def _turn(self, features: torch.Tensor, pooled: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        shift = self.residual(pooled)  # type: ignore[misc]  # (batch, dim)
+        if self.spatial is not None:
+            if features.dim() != 4:
+                raise ValueError("this head has a spatial path: it takes the final feature map, not pooled features")
+            shift = shift + self.spatial(features)
+        if self.config.residual_scale is not None:
+            shift = self.config.residual_scale * F.normalize(shift, dim=-1)
+        if self.config.residual_gate == "uncertainty":
+            top = torch.softmax(logits, dim=-1).max(dim=-1, keepdim=True).values  # (batch, 1)
+            shift = shift * (1.0 - top)
+        elif self.config.residual_gate == "familiarity":
+            shift = shift * self._gate(pooled)
+        return shift
 
     @classmethod
     def from_members(cls, heads: list[ClipImageHead]) -> ClipImageHead:
