@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 from app.services.search import HUB_CANDIDATES  # noqa: E402
 from benchmarks.clip_hubness import recall_at_1, top_candidates_corrected  # noqa: E402
 from benchmarks.clip_training import served_config  # noqa: E402
+from benchmarks.report import split_row  # noqa: E402
 from training.clip_training import ClipData, _vectors, evaluate, hub_correction, prepare, train_members  # noqa: E402
 from training.config import ClipTrainConfig  # noqa: E402
 from training.models.clip import ClipImageHead  # noqa: E402
@@ -139,11 +140,7 @@ def write_markdown(report: dict) -> None:
         base = statistics.fmean(scores[s][rows[0]][metric] for s in report_splits)
         for row in rows:
             values = [scores[s][row][metric] for s in report_splits]
-            mean = statistics.fmean(values)
-            lines.append(
-                f"| {row} | {mean:.4f} ± {statistics.pstdev(values):.4f} | {mean - base:+.4f} | "
-                f"{scores[selection][row][metric]:.4f} |"
-            )
+            lines.append(split_row(row, values, base, scores[selection][row][metric]))
         lines.append("")
     (RESULTS / "clip_ensemble.md").write_text("\n".join(lines))
     print("\n".join(lines))

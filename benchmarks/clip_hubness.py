@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 from app.inference.hubness import neighbourhood_similarity  # noqa: E402
 from app.services.search import HUB_CANDIDATES  # noqa: E402
 from benchmarks.clip_training import served_config  # noqa: E402
+from benchmarks.report import split_row  # noqa: E402
 from training.clip_training import _vectors, fit_members, hub_correction, prepare  # noqa: E402
 from training.models.clip import pooled_features  # noqa: E402
 from training.run import RunFolder  # noqa: E402
@@ -162,11 +163,7 @@ def write_markdown(report: dict) -> None:
         plain = statistics.fmean(scores[s][f"{name} | plain"] for s in report["report_splits"])
         for row in (r for r in rows if r.startswith(name + " |")):
             values = [scores[s][row] for s in report["report_splits"]]
-            mean = statistics.fmean(values)
-            lines.append(
-                f"| {row.split(' | ')[1]} | {mean:.4f} ± {statistics.pstdev(values):.4f} | {mean - plain:+.4f} | "
-                f"{scores[report['selection_split']][row]:.4f} |"
-            )
+            lines.append(split_row(row.split(" | ")[1], values, plain, scores[report["selection_split"]][row]))
         lines.append("")
     (RESULTS / "clip_hubness.md").write_text("\n".join(lines))
     print("\n".join(lines))

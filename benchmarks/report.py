@@ -1,7 +1,9 @@
-"""Shared by the benchmarks that add a section to a report another benchmark writes (training.md)."""
+"""Report pieces shared by the benchmarks: a section spliced into a report another benchmark writes
+(training.md), a table row of a metric over report splits."""
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 
@@ -15,3 +17,13 @@ def splice_section(report: Path, begin: str, end: str, section: str) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + section
     report.write_text(text)
+
+
+def split_row(label: str, report_values: list[float], baseline: float, selection_value: float) -> str:
+    """`| label | mean ± sd over the report splits | change from `baseline` (the reference row's mean)
+    | the selection split's value |`, as the benchmarks that choose on one split and report others print."""
+    mean = statistics.fmean(report_values)
+    return (
+        f"| {label} | {mean:.4f} ± {statistics.pstdev(report_values):.4f} | {mean - baseline:+.4f} | "
+        f"{selection_value:.4f} |"
+    )
