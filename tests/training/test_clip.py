@@ -223,7 +223,8 @@ def test_export_clip_reports_a_broken_head_config_in_one_line(
 ) -> None:
     head = ClipImageHead(ClipImageConfig(dim=DIM, residual="mlp", residual_hidden=32), classifier, class_vectors())
     head.save(tmp_path / "head")
-    for broken in ("{not json", "[1, 2]", json.dumps({"residual_members": 2.5})):
+    nested, not_a_number = "[" * 100_000, '{"residual_scale": NaN}'  # json.loads reads NaN
+    for broken in ("{not json", "[1, 2]", json.dumps({"residual_members": 2.5}), nested, not_a_number):
         (tmp_path / "head" / CONFIG_FILE).write_text(broken)
         result = CliRunner().invoke(
             training_cli,
@@ -241,6 +242,18 @@ def test_export_clip_reports_a_broken_head_config_in_one_line(
         assert result.output.startswith(f"error: {tmp_path / 'head' / CONFIG_FILE}: ")
         assert len(result.output.strip().splitlines()) == 1
         assert not (tmp_path / "out").exists()
+
+
+def test_a_head_config_that_no_longer_fits_its_weights_fails_naming_the_folder(
+    tmp_path: Path, classifier: torch.nn.Linear
+) -> None:
+    head = ClipImageHead(ClipImageConfig(dim=DIM, residual="mlp", residual_hidden=32), classifier, class_vectors())
+    head.save(tmp_path / "head")
+    config_file = tmp_path / "head" / CONFIG_FILE
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "residual_hidden": 64}))
+    with pytest.raises(ValueError, match="head state does not match its config") as caught:
+        ClipImageEncoder.load(tmp_path / "head")
+    assert str(caught.value).startswith(f"{tmp_path / 'head'}: ") and "\n" not in str(caught.value)  # one CLI line
 
 
 def _synthetic_data(classifier: torch.nn.Linear, n: int = 256) -> ClipData:

@@ -76,6 +76,9 @@ def test_a_saved_encoder_loads_back_and_a_broken_config_names_its_field(tmp_path
     config_file.write_text(json.dumps({**saved, "projection_dim": "1280"}))
     with pytest.raises(SavedConfigError, match="field 'projection_dim' must be an integer or null, not '1280'"):
         ImageEncoder.load(tmp_path / "model")
+    config_file.write_text(json.dumps({**saved, "unfreeze_blocks": 1, "head": "spatial"}))
+    with pytest.raises(ValueError, match="weights do not match the saved config"):
+        ImageEncoder.load(tmp_path / "model")
 
 
 def test_spatial_head_starts_at_the_linear_head_and_exports_with_parity(tmp_path) -> None:  # type: ignore[no-untyped-def]

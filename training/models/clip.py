@@ -234,7 +234,10 @@ class ClipImageEncoder(nn.Module):
         config = load_saved_config(ClipImageConfig, folder / CONFIG_FILE)
         state = torch.load(folder / HEAD_FILE, map_location="cpu", weights_only=True)
         model = cls(config, state["class_vectors"])
-        missing, unexpected = model.head.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = model.head.load_state_dict(state, strict=False)
+        except RuntimeError as exc:  # tensors of other sizes than the config makes (an edited config)
+            raise ValueError(f"{folder}: head state does not match its config: {' '.join(str(exc).split())}") from None
         if unexpected or any(not k.startswith("classifier.") for k in missing):
             raise ValueError(f"{folder}: head state does not match its config ({missing=}, {unexpected=})")
         return model.eval()

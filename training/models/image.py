@@ -131,7 +131,11 @@ class ImageEncoder(nn.Module):
     def load(cls, folder: Path) -> ImageEncoder:
         config = load_saved_config(ImageEncoderConfig, folder / CONFIG_FILE)
         model = cls(config, pretrained=False)
-        model.load_state_dict(torch.load(folder / CHECKPOINT_FILE, map_location="cpu", weights_only=True), strict=True)
+        state = torch.load(folder / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:  # missing, unexpected or resized tensors (an edited config)
+            raise ValueError(f"{folder}: weights do not match the saved config: {' '.join(str(exc).split())}") from None
         return model.eval()
 
     @classmethod

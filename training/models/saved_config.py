@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -27,6 +28,8 @@ def load_saved_config(cls: type[C], path: Path) -> C:
         raw = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise SavedConfigError(f"{path}: cannot read the saved config: {exc}") from exc
+    except RecursionError:  # json.loads recurses per nesting level: `[[[[...` past Python's limit
+        raise SavedConfigError(f"{path}: cannot read the saved config: nested too deeply") from None
     if not isinstance(raw, dict):
         raise SavedConfigError(f"{path}: the saved config must be a JSON object, not {type(raw).__name__}")
     hints = typing.get_type_hints(cls)
@@ -55,7 +58,7 @@ def _matches(value: Any, annotation: Any) -> bool:
         if kind is int and isinstance(value, int) and not isinstance(value, bool):
             return True
         if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
-            return True
+            return math.isfinite(value)  # json.loads reads NaN and Infinity, which no setting means
         if kind is str and isinstance(value, str):
             return True
     return False
