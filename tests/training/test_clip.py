@@ -204,6 +204,11 @@ def test_a_saved_head_loads_into_the_same_encoder(tmp_path: Path, classifier: to
         ({"residual_scale": "1.0"}, "field 'residual_scale' must be a number or null, not '1.0'"),
         ({"conse": 1}, "field 'conse' must be a boolean, not 1"),
         ({"residul": "mlp"}, "unknown field(s) residul for ClipImageConfig"),
+        ({"residual_hidden": -1}, "ClipImageConfig.residual_hidden must be > 0, not -1"),
+        ({"dim": 0}, "ClipImageConfig.dim must be > 0, not 0"),
+        ({"top_k": -3}, "ClipImageConfig.top_k must be within [0, 1000], not -3"),
+        ({"residual_members": 0}, "ClipImageConfig.residual_members must be within [1, 16], not 0"),
+        ({"residual": "tree"}, "ClipImageConfig.residual must be one of mlp, linear, none, not 'tree'"),
     ],
 )
 def test_a_hand_edited_head_config_fails_naming_the_field(

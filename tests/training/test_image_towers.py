@@ -79,6 +79,15 @@ def test_a_saved_encoder_loads_back_and_a_broken_config_names_its_field(tmp_path
     config_file.write_text(json.dumps({**saved, "unfreeze_blocks": 1, "head": "spatial"}))
     with pytest.raises(ValueError, match="weights do not match the saved config"):
         ImageEncoder.load(tmp_path / "model")
+    for edit, message in (
+        ({"projection_dim": 0}, "ImageEncoderConfig.projection_dim must be > 0, not 0"),
+        ({"unfreeze_blocks": -1}, r"ImageEncoderConfig.unfreeze_blocks must be within \[0, 8\], not -1"),
+        ({"head": "conv"}, "ImageEncoderConfig.head must be one of linear, spatial, not 'conv'"),
+        ({"tower": "resnet50"}, "ImageEncoderConfig.tower must be one of mobilenet_v2, "),
+    ):  # in range of type, out of range of meaning: one line naming the file, before any weights
+        config_file.write_text(json.dumps({**saved, **edit}))
+        with pytest.raises(SavedConfigError, match=f"^{config_file}: {message}"):
+            ImageEncoder.load(tmp_path / "model")
 
 
 def test_spatial_head_starts_at_the_linear_head_and_exports_with_parity(tmp_path) -> None:  # type: ignore[no-untyped-def]

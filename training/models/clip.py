@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.models.image import spatial_head
-from training.models.image_towers import load_tower, run_stages
-from training.models.saved_config import load_saved_config
+from training.models.image_towers import TOWERS, load_tower, run_stages
+from training.models.saved_config import check_fields, load_saved_config
 
 HEAD_FILE = "clip_head.pt"
 CONFIG_FILE = "clip_head.json"
@@ -89,6 +89,25 @@ class ClipImageConfig:
     # cancels part of each one's errors: benchmarks/clip_reading.md. 1: one map.
     residual_members: int = 1
 
+    def __post_init__(self) -> None:
+        check_fields(
+            self,
+            positive=("dim", "conse_temperature", "residual_hidden", "residual_scale", "familiarity_centroids"),
+            ranges={
+                "trim_transparent": (0, 1),
+                "top_k": (0, 1000),
+                "familiarity_quantile": (0, 1),
+                "familiarity_width": (0, 2),
+                "spatial_channels": (0, 512),
+                "residual_members": (1, 16),
+            },
+            choices={
+                "tower": tuple(TOWERS),
+                "residual": ("mlp", "linear", "none"),
+                "residual_gate": ("none", "uncertainty", "familiarity"),
+            },
+        )
+
 
 def pooled_features(features: torch.Tensor) -> torch.Tensor:
     """(batch, 1280) pooled features, or a (batch, 1280, s, s) final feature map -> (batch, 1280)."""
@@ -109,8 +128,6 @@ class ClipImageHead(nn.Module):
         # (1000, dim) unit text vectors of the class names.
         self.class_vectors = nn.Parameter(class_vectors.clone(), requires_grad=config.train_classes)
         feature_dim = classifier.in_features  # type: ignore[union-attr]
-        if config.residual_gate not in ("none", "uncertainty", "familiarity"):
-            raise ValueError(f"unknown residual_gate {config.residual_gate!r}: none, uncertainty or familiarity")
         if config.residual_members > 1 and (config.spatial_channels or config.train_classes):
             raise ValueError(
                 "residual_members > 1 merges maps of pooled features only: no spatial path, no trained classes"
@@ -261,8 +278,6 @@ class ResidualEnsemble(nn.Module):
 def _residual(config: ClipImageConfig, feature_dim: int) -> nn.Module | None:
     if config.residual == "none":
         return None
-    if config.residual_members < 1:
-        raise ValueError(f"residual_members must be >= 1, not {config.residual_members}")
     if config.residual_members > 1:
         single = replace(config, residual_members=1)
         members = [_residual(single, feature_dim) for _ in range(config.residual_members)]

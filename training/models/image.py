@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.models.image_towers import Stage, load_tower, run_stages, tower_spec
-from training.models.saved_config import load_saved_config
+from training.models.image_towers import TOWERS, Stage, load_tower, run_stages, tower_spec
+from training.models.saved_config import check_fields, load_saved_config
 
 CHECKPOINT_FILE = "image_encoder.pt"
 CONFIG_FILE = "image_encoder.json"
@@ -36,6 +36,14 @@ class ImageEncoderConfig:
     # Preprocessing: cut transparent images to their visible pixels with this margin (the manifest's
     # `trim_transparent`); None: the tower's ImageNet preprocessing unchanged.
     trim_transparent: float | None = None
+
+    def __post_init__(self) -> None:
+        check_fields(
+            self,
+            positive=("projection_dim", "spatial_channels"),
+            ranges={"unfreeze_blocks": (0, 8), "trim_transparent": (0, 1)},
+            choices={"tower": tuple(TOWERS), "projection_init": ("random", "identity"), "head": ("linear", "spatial")},
+        )
 
 
 def spatial_head(tower: str, feature_dim: int, channels: int, dim: int) -> nn.Sequential:

@@ -22,6 +22,31 @@ class SavedConfigError(ValueError):
     """A saved config.json that cannot be read as its config; the message names the file and field."""
 
 
+def check_fields(
+    config: object,
+    positive: tuple[str, ...] = (),
+    ranges: dict[str, tuple[float, float]] | None = None,
+    choices: dict[str, tuple[str, ...]] | None = None,
+) -> None:
+    """ValueError naming the first field of `config` that is not > 0 (`positive`), not within its
+    inclusive (low, high) (`ranges`) or not one of its `choices`; a field set to None passes (it
+    means "off"). A model config's `__post_init__` calls it, so an out-of-range size fails where it
+    is read, not as a tensor error deep inside model construction."""
+    name = type(config).__name__
+    for field in positive:
+        value = getattr(config, field)
+        if value is not None and not value > 0:
+            raise ValueError(f"{name}.{field} must be > 0, not {value!r}")
+    for field, (low, high) in (ranges or {}).items():
+        value = getattr(config, field)
+        if value is not None and not low <= value <= high:
+            raise ValueError(f"{name}.{field} must be within [{low}, {high}], not {value!r}")
+    for field, allowed in (choices or {}).items():
+        value = getattr(config, field)
+        if value not in allowed:
+            raise ValueError(f"{name}.{field} must be one of {', '.join(allowed)}, not {value!r}")
+
+
 def load_saved_config(cls: type[C], path: Path) -> C:
     """`cls` (a dataclass) from the JSON object in `path`; missing fields take their defaults."""
     try:
@@ -40,7 +65,10 @@ def load_saved_config(cls: type[C], path: Path) -> C:
     for name, value in raw.items():
         if not _matches(value, hints[name]):
             raise SavedConfigError(f"{path}: field {name!r} must be {_describe(hints[name])}, not {value!r}")
-    return cls(**raw)
+    try:
+        return cls(**raw)
+    except ValueError as exc:  # the dataclass's own bounds (check_fields)
+        raise SavedConfigError(f"{path}: {exc}") from None
 
 
 def _allowed(annotation: Any) -> tuple[Any, ...]:
