@@ -54,6 +54,7 @@ from training.models.clip import (
     _classifier,
     pooled_features,
 )
+from training.models.image import CHECKPOINT_FILE, ImageEncoder
 from training.models.image_towers import load_tower, run_stages
 from training.run import RunFolder, seed_everything
 
@@ -80,9 +81,34 @@ class _Pooled(nn.Module):
         return self.tower.pooled(pixels)  # type: ignore[operator]  # (batch, 1280)
 
 
+class _WithEncoder(_Pooled):
+    """The tower's pooled features, then a trained image encoder's (unnormalised) embedding."""
+
+    def __init__(self, tower: nn.Module, encoder: ImageEncoder) -> None:
+        super().__init__(tower)
+        self.encoder = encoder
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.tower.pooled(pixels), self.encoder(pixels)[1]], dim=-1)  # type: ignore[operator]
+
+
 class _FeatureMap(_Pooled):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return run_stages(self.tower.stages(), pixels)  # type: ignore[operator]  # (batch, 1280, s, s)
+
+
+def image_encoder_for(config: ClipTrainConfig) -> ImageEncoder | None:
+    """The run's trained image encoder (`image_encoder`), checked to see images as the run does."""
+    if config.image_encoder is None:
+        return None
+    encoder = ImageEncoder.load(config.image_encoder)
+    seen = (encoder.config.tower, encoder.config.trim_transparent)
+    if seen != (config.tower, config.trim_transparent):
+        raise ValueError(
+            f"image_encoder {config.image_encoder}: tower {seen[0]} with trim_transparent {seen[1]}, but this run "
+            f"has {config.tower} with {config.trim_transparent}"
+        )
+    return encoder
 
 
 class FeatureSource:
@@ -95,6 +121,7 @@ class FeatureSource:
         self.section: ImageTower = tower_section(config.tower, config.trim_transparent)
         self.text_model = TextModel(config.text_model, Manifest.load(config.text_model))
         self.limits = ImageLimits()
+        self.encoder = image_encoder_for(config)
         self._universes: dict[str, tuple[dict[Path, int], torch.Tensor]] = {}
 
     def images(self, key: str, load: list[Path] | list[Image.Image]) -> torch.Tensor:
@@ -108,6 +135,9 @@ class FeatureSource:
 
         name = f"{self.config.tower}{trim_key(self.config.trim_transparent)}|{key}|{len(load)}"
         cache = self.config.cache_dir
+        if self.encoder is not None:
+            digest = hashlib.sha256((self.config.image_encoder / CHECKPOINT_FILE).read_bytes()).hexdigest()  # type: ignore[operator]
+            return cached(cache, f"clip-encoder|{digest}|{name}", lambda: build(_WithEncoder(self.tower, self.encoder)))
         if self.config.spatial_channels:
             return cached(cache, f"clip-map|{name}", lambda: build(_FeatureMap(self.tower)))
         if (feature_map := stored(cache, f"clip-map|{name}")) is not None:
@@ -507,6 +537,7 @@ def build_head(config: ClipTrainConfig, class_vectors: torch.Tensor) -> ClipImag
         familiarity_width=config.familiarity_width,
         spatial_channels=config.spatial_channels,
         residual_members=config.residual_members,
+        encoder_dim=encoder.dim if (encoder := image_encoder_for(config)) is not None else 0,
     )
     return ClipImageHead(head_config, _classifier(load_tower(config.tower)), class_vectors)
 

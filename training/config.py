@@ -378,6 +378,11 @@ class ClipTrainConfig(Strict):
     familiarity_quantile: float = Field(0.01, ge=0, le=1)
     familiarity_width: float = Field(0.15, gt=0, le=2)
     spatial_channels: int = Field(0, ge=0, le=256)  # the head's spatial path (training/models/clip.py); 0: none
+    # A trained image encoder's model folder (`train-image`'s runs/<name>/model, trained with this
+    # run's split_seed, so none of the held-out codepoints trained it): its embedding of each image
+    # joins the tower's pooled features as the learned map's input (ConSE and the familiarity gate
+    # keep the tower's own). Same tower and trim_transparent as this run. None: the tower alone.
+    image_encoder: Path | None = None
     # The learned map as this many maps trained apart (seeds `seed`, then derived ones) and averaged
     # (training/models/clip.py); K times the training time, a few MLPs more per image served.
     residual_members: int = Field(1, ge=1, le=16)

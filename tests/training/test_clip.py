@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -587,3 +588,41 @@ def test_a_conse_head_exports_without_a_hubness_bank(clip_models_dir: Path) -> N
     manifest = Manifest.load(clip_models_dir / "clip-conse")
     assert manifest.clip is None or manifest.clip.hubness is None
     assert not (clip_models_dir / "clip-conse" / "hubness_bank.npy").exists()
+
+
+def test_a_head_on_encoder_features_keeps_conse_and_the_gate_on_the_tower_features(
+    classifier: torch.nn.Linear,
+) -> None:
+    """Features = the tower's pooled 1280 followed by a trained encoder's embedding: the map sees
+    both; ConSE and the familiarity gate see the tower's part alone (photos keep ConSE's vector)."""
+    classes = class_vectors()
+    config = ClipImageConfig(
+        dim=DIM, residual="mlp", residual_hidden=32, residual_gate="familiarity", familiarity_centroids=8
+    )
+    plain = ClipImageHead(config, classifier, classes).eval()
+    with_encoder = ClipImageHead(replace(config, encoder_dim=24), classifier, classes).eval()
+    with_encoder.fit_familiarity(torch.cat([_clustered_features(), torch.rand(160, 24)], dim=1))
+    plain.fit_familiarity(_clustered_features())
+    tower, encoded = _clustered_features()[::50], torch.rand(4, 24)  # drawings like the training ones: gate open
+    features = torch.cat([tower, encoded], dim=1)
+    with torch.no_grad():
+        torch.testing.assert_close(with_encoder.conse(features), plain.conse(tower))
+        torch.testing.assert_close(with_encoder._gate(features), plain._gate(tower))
+        assert (with_encoder._gate(features) > 0.5).all()
+        other = torch.cat([tower, encoded + 1.0], dim=1)
+        assert not torch.allclose(with_encoder.turn(features), with_encoder.turn(other))  # the map reads it
+        torch.testing.assert_close(with_encoder.conse(other), with_encoder.conse(features))
+    with pytest.raises(ValueError, match="no spatial path"):
+        ClipImageHead(replace(config, encoder_dim=24, spatial_channels=4), classifier, classes)
+
+
+def test_an_image_encoder_that_sees_images_otherwise_is_refused(tmp_path: Path) -> None:
+    from training.clip_training import image_encoder_for
+    from training.models.image import ImageEncoder, ImageEncoderConfig
+
+    ImageEncoder(ImageEncoderConfig("mobilenet_v2", 64), pretrained=False).save(tmp_path / "encoder")
+    config = ClipTrainConfig(name="t", tower="mobilenet_v2", image_encoder=tmp_path / "encoder")
+    assert image_encoder_for(config).dim == 64  # type: ignore[union-attr]
+    trimmed = config.model_copy(update={"trim_transparent": 0.04})
+    with pytest.raises(ValueError, match="tower mobilenet_v2 with trim_transparent None, but this run has"):
+        image_encoder_for(trimmed)

@@ -88,6 +88,10 @@ class ClipImageConfig:
     # member has an equal say; the mean then takes the bounded length). Averaging independent maps
     # cancels part of each one's errors: benchmarks/clip_reading.md. 1: one map.
     residual_members: int = 1
+    # > 0: the features a head takes are the tower's pooled features followed by this many more, a
+    # trained image encoder's embedding of the same image (ClipTrainConfig.image_encoder). The
+    # learned map sees both; ConSE and the familiarity gate only the tower's own. 0: none.
+    encoder_dim: int = 0
 
     def __post_init__(self) -> None:
         check_fields(
@@ -100,6 +104,7 @@ class ClipImageConfig:
                 "familiarity_width": (0, 2),
                 "spatial_channels": (0, 512),
                 "residual_members": (1, 16),
+                "encoder_dim": (0, 4096),
             },
             choices={
                 "tower": tuple(TOWERS),
@@ -128,11 +133,14 @@ class ClipImageHead(nn.Module):
         # (1000, dim) unit text vectors of the class names.
         self.class_vectors = nn.Parameter(class_vectors.clone(), requires_grad=config.train_classes)
         feature_dim = classifier.in_features  # type: ignore[union-attr]
+        if config.encoder_dim and config.spatial_channels:
+            raise ValueError("a head on encoder features takes pooled features: no spatial path")
         if config.residual_members > 1 and (config.spatial_channels or config.train_classes):
             raise ValueError(
                 "residual_members > 1 merges maps of pooled features only: no spatial path, no trained classes"
             )
-        self.residual = _residual(config, feature_dim)
+        self.tower_dim = feature_dim
+        self.residual = _residual(config, feature_dim + config.encoder_dim)
         self.spatial = (
             spatial_head(config.tower, feature_dim, config.spatial_channels, config.dim)
             if config.spatial_channels and self.residual
@@ -143,13 +151,15 @@ class ClipImageHead(nn.Module):
             self.register_buffer("familiarity_ramp", torch.tensor([0.0, 1.0]))  # (closed, open)
 
     def familiarity(self, pooled: torch.Tensor) -> torch.Tensor:
-        """(batch, 1280) -> (batch,) best cosine to the training images' centroids."""
-        return (F.normalize(pooled.float(), dim=-1) @ self.centroids.T).max(dim=-1).values
+        """(batch, 1280) -> (batch,) best cosine to the training images' centroids (the tower's
+        features only, where encoder features follow them)."""
+        tower = F.normalize(pooled[:, : self.tower_dim].float(), dim=-1)
+        return (tower @ self.centroids.T).max(dim=-1).values
 
     def fit_familiarity(self, features: torch.Tensor, seed: int = 0, chunk: int = 1024) -> None:
         """Centroids and ramp of the familiarity gate from the training images' features."""
         pooled = torch.cat([pooled_features(features[i : i + chunk].float()) for i in range(0, len(features), chunk)])
-        points = F.normalize(pooled, dim=-1)
+        points = F.normalize(pooled[:, : self.tower_dim], dim=-1)
         centroids = spherical_kmeans(points, self.config.familiarity_centroids, seed=seed)
         k = self.config.familiarity_centroids
         self.centroids.copy_(centroids[torch.arange(k) % len(centroids)])  # fewer images than k: repeats
@@ -163,7 +173,7 @@ class ClipImageHead(nn.Module):
 
     def conse(self, features: torch.Tensor) -> torch.Tensor:
         """Tower features -> (batch, dim) unit ConSE vectors."""
-        return self._conse(self.classifier(pooled_features(features)))
+        return self._conse(self.classifier(pooled_features(features)[:, : self.tower_dim]))
 
     def _conse(self, logits: torch.Tensor) -> torch.Tensor:
         probs = torch.softmax(logits / self.config.conse_temperature, dim=-1)
@@ -173,8 +183,8 @@ class ClipImageHead(nn.Module):
         return F.normalize(probs @ self.class_vectors, dim=-1)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        pooled = pooled_features(features)  # (batch, 1280)
-        logits = self.classifier(pooled)  # (batch, 1000)
+        pooled = pooled_features(features)  # (batch, 1280 [+ encoder_dim])
+        logits = self.classifier(pooled[:, : self.tower_dim])  # (batch, 1000)
         out = self._conse(logits) if self.config.conse else 0.0
         if self.residual is not None:
             out = out + self._turn(features, pooled, logits)
@@ -186,7 +196,7 @@ class ClipImageHead(nn.Module):
         if self.residual is None:
             raise ValueError("this head has no learned map (residual: none)")
         pooled = pooled_features(features)
-        return self._turn(features, pooled, self.classifier(pooled))
+        return self._turn(features, pooled, self.classifier(pooled[:, : self.tower_dim]))
 
     def _turn(self, features: torch.Tensor, pooled: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         shift = self.residual(pooled)  # type: ignore[misc]  # (batch, dim)
