@@ -44,7 +44,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -54,7 +53,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.clip_ensemble import METRICS, score  # noqa: E402
 from benchmarks.clip_training import served_config  # noqa: E402
-from benchmarks.report import split_row  # noqa: E402
+from benchmarks.report import record_runs, split_row  # noqa: E402
 from training.clip_training import fit_members, prepare  # noqa: E402
 from training.config import ImageTrainConfig, load_yaml_config  # noqa: E402
 from training.image_training import train_image_encoder  # noqa: E402
@@ -138,17 +137,12 @@ def main() -> None:
     parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=[SERVED_ROW, ENCODER_ROW])
     parser.add_argument("--markdown-only", action="store_true", help="rewrite the .md from the committed .json")
     args = parser.parse_args()
+    path = RESULTS / "clip_encoder_features.json"
     if args.markdown_only:
-        write_markdown(json.loads((RESULTS / "clip_encoder_features.json").read_text()))
+        write_markdown(json.loads(path.read_text()))
         return
     torch.set_num_threads(2)
-    path = RESULTS / "clip_encoder_features.json"
-    report = json.loads(path.read_text()) if path.is_file() else {"scores": {}}
-    for split in args.splits:
-        report["scores"][str(split)] = report["scores"].get(str(split), {}) | run_split(split, args.rows)
-        report["measured"] = time.strftime("%Y-%m-%d %H:%M")
-        path.write_text(json.dumps(report, indent=2) + "\n")
-        write_markdown(report)
+    record_runs(path, "scores", args.splits, lambda split: run_split(split, args.rows), write_markdown)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -40,6 +39,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.report import record_runs  # noqa: E402
 from training.config import ImageTrainConfig, load_yaml_config  # noqa: E402
 from training.image_training import _encoder, _evaluate, _prepare, _raw_encoder, train_image_encoder  # noqa: E402
 from training.interpolation import interpolate_weights  # noqa: E402
@@ -118,13 +118,9 @@ def main() -> None:
     parser.add_argument("--alphas", type=float, nargs="+", default=list(ALPHAS))
     args = parser.parse_args()
     torch.set_num_threads(2)
-    path = RESULTS / "image_wise.json"
-    report = json.loads(path.read_text()) if path.is_file() else {"seeds": {}}
-    for seed in args.seeds:
-        report["seeds"][str(seed)] = report["seeds"].get(str(seed), {}) | run_seed(seed, args.alphas)
-        report["measured"] = time.strftime("%Y-%m-%d %H:%M")
-        path.write_text(json.dumps(report, indent=2) + "\n")
-        write_markdown(report)
+    record_runs(
+        RESULTS / "image_wise.json", "seeds", args.seeds, lambda seed: run_seed(seed, args.alphas), write_markdown
+    )
 
 
 if __name__ == "__main__":

@@ -1,9 +1,12 @@
 """Report pieces shared by the benchmarks: a section spliced into a report another benchmark writes
-(training.md), a table row of a metric over report splits."""
+(training.md), a table row of a metric over report splits, results merged over runs of some splits."""
 
 from __future__ import annotations
 
+import json
 import statistics
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -27,3 +30,18 @@ def split_row(label: str, report_values: list[float], baseline: float, selection
         f"| {label} | {mean:.4f} ± {statistics.pstdev(report_values):.4f} | {mean - baseline:+.4f} | "
         f"{selection_value:.4f} |"
     )
+
+
+def record_runs(
+    path: Path, section: str, keys: list[int], run: Callable[[int], dict], write_markdown: Callable[[dict], None]
+) -> None:
+    """Run `run(key)` for each split or seed `key` and merge its rows into the JSON report at `path`,
+    under `section` (rows of earlier runs of that key kept, so a selection run and the report run
+    add up), rewriting the JSON and its markdown after each key: an interrupted run keeps what
+    finished."""
+    report = json.loads(path.read_text()) if path.is_file() else {section: {}}
+    for key in keys:
+        report[section][str(key)] = report[section].get(str(key), {}) | run(key)
+        report["measured"] = time.strftime("%Y-%m-%d %H:%M")
+        path.write_text(json.dumps(report, indent=2) + "\n")
+        write_markdown(report)

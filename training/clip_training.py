@@ -54,8 +54,10 @@ from training.models.clip import (
     _classifier,
     pooled_features,
 )
-from training.models.image import CHECKPOINT_FILE, ImageEncoder
+from training.models.image import CHECKPOINT_FILE, ImageEncoder, ImageEncoderConfig
+from training.models.image import CONFIG_FILE as IMAGE_ENCODER_CONFIG
 from training.models.image_towers import load_tower, run_stages
+from training.models.saved_config import load_saved_config
 from training.run import RunFolder, seed_everything
 
 log = logging.getLogger(__name__)
@@ -97,18 +99,18 @@ class _FeatureMap(_Pooled):
         return run_stages(self.tower.stages(), pixels)  # type: ignore[operator]  # (batch, 1280, s, s)
 
 
-def image_encoder_for(config: ClipTrainConfig) -> ImageEncoder | None:
-    """The run's trained image encoder (`image_encoder`), checked to see images as the run does."""
+def image_encoder_config(config: ClipTrainConfig) -> ImageEncoderConfig | None:
+    """The saved config of the run's trained image encoder (`image_encoder`), checked to see images
+    as the run does; None without one. Its weights are read where features are made (FeatureSource)."""
     if config.image_encoder is None:
         return None
-    encoder = ImageEncoder.load(config.image_encoder)
-    seen = (encoder.config.tower, encoder.config.trim_transparent)
-    if seen != (config.tower, config.trim_transparent):
+    saved = load_saved_config(ImageEncoderConfig, config.image_encoder / IMAGE_ENCODER_CONFIG)
+    if (saved.tower, saved.trim_transparent) != (config.tower, config.trim_transparent):
         raise ValueError(
-            f"image_encoder {config.image_encoder}: tower {seen[0]} with trim_transparent {seen[1]}, but this run "
-            f"has {config.tower} with {config.trim_transparent}"
+            f"image_encoder {config.image_encoder}: tower {saved.tower} with trim_transparent "
+            f"{saved.trim_transparent}, but this run has {config.tower} with {config.trim_transparent}"
         )
-    return encoder
+    return saved
 
 
 class FeatureSource:
@@ -121,7 +123,11 @@ class FeatureSource:
         self.section: ImageTower = tower_section(config.tower, config.trim_transparent)
         self.text_model = TextModel(config.text_model, Manifest.load(config.text_model))
         self.limits = ImageLimits()
-        self.encoder = image_encoder_for(config)
+        self.encoder: ImageEncoder | None = None
+        self.encoder_digest = ""  # features with the encoder's are cached under its weights' digest
+        if config.image_encoder is not None and image_encoder_config(config) is not None:
+            self.encoder = ImageEncoder.load(config.image_encoder)
+            self.encoder_digest = hashlib.sha256((config.image_encoder / CHECKPOINT_FILE).read_bytes()).hexdigest()
         self._universes: dict[str, tuple[dict[Path, int], torch.Tensor]] = {}
 
     def images(self, key: str, load: list[Path] | list[Image.Image]) -> torch.Tensor:
@@ -136,8 +142,8 @@ class FeatureSource:
         name = f"{self.config.tower}{trim_key(self.config.trim_transparent)}|{key}|{len(load)}"
         cache = self.config.cache_dir
         if self.encoder is not None:
-            digest = hashlib.sha256((self.config.image_encoder / CHECKPOINT_FILE).read_bytes()).hexdigest()  # type: ignore[operator]
-            return cached(cache, f"clip-encoder|{digest}|{name}", lambda: build(_WithEncoder(self.tower, self.encoder)))
+            with_encoder = _WithEncoder(self.tower, self.encoder)
+            return cached(cache, f"clip-encoder|{self.encoder_digest}|{name}", lambda: build(with_encoder))
         if self.config.spatial_channels:
             return cached(cache, f"clip-map|{name}", lambda: build(_FeatureMap(self.tower)))
         if (feature_map := stored(cache, f"clip-map|{name}")) is not None:
@@ -537,7 +543,7 @@ def build_head(config: ClipTrainConfig, class_vectors: torch.Tensor) -> ClipImag
         familiarity_width=config.familiarity_width,
         spatial_channels=config.spatial_channels,
         residual_members=config.residual_members,
-        encoder_dim=encoder.dim if (encoder := image_encoder_for(config)) is not None else 0,
+        encoder_dim=saved.dim if (saved := image_encoder_config(config)) is not None else 0,
     )
     return ClipImageHead(head_config, _classifier(load_tower(config.tower)), class_vectors)
 

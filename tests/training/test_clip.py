@@ -617,12 +617,12 @@ def test_a_head_on_encoder_features_keeps_conse_and_the_gate_on_the_tower_featur
 
 
 def test_an_image_encoder_that_sees_images_otherwise_is_refused(tmp_path: Path) -> None:
-    from training.clip_training import image_encoder_for
+    from training.clip_training import image_encoder_config
     from training.models.image import ImageEncoder, ImageEncoderConfig
 
     ImageEncoder(ImageEncoderConfig("mobilenet_v2", 64), pretrained=False).save(tmp_path / "encoder")
     config = ClipTrainConfig(name="t", tower="mobilenet_v2", image_encoder=tmp_path / "encoder")
-    assert image_encoder_for(config).dim == 64  # type: ignore[union-attr]
+    assert image_encoder_config(config).dim == 64  # type: ignore[union-attr]
     trimmed = config.model_copy(update={"trim_transparent": 0.04})
     with pytest.raises(ValueError, match="tower mobilenet_v2 with trim_transparent None, but this run has"):
-        image_encoder_for(trimmed)
+        image_encoder_config(trimmed)

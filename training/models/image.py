@@ -45,6 +45,11 @@ class ImageEncoderConfig:
             choices={"tower": tuple(TOWERS), "projection_init": ("random", "identity"), "head": ("linear", "spatial")},
         )
 
+    @property
+    def dim(self) -> int:
+        """The embedding's size: the projection's, or the tower's pooled features' without one."""
+        return self.projection_dim or tower_spec(self.tower).feature_dim
+
 
 def spatial_head(tower: str, feature_dim: int, channels: int, dim: int) -> nn.Sequential:
     """A path from the tower's final (batch, feature_dim, s, s) map to (batch, dim): a 1x1
@@ -76,7 +81,7 @@ class ImageEncoder(nn.Module):
 
     @property
     def dim(self) -> int:
-        return self.config.projection_dim or tower_spec(self.config.tower).feature_dim
+        return self.config.dim
 
     def split(self) -> tuple[list[Stage], list[Stage]]:
         """(frozen stages, trainable stages): the last `unfreeze_blocks` train."""
