@@ -427,6 +427,11 @@ class ClipTrainConfig(Strict):
             raise ValueError("clip training takes infonce, cwcl or siglip")
         if not self.conse and self.residual == "none":
             raise ValueError("conse: false needs a residual (the image side would have no path)")
+        if self.image_encoder is not None and self.export is not None:
+            raise ValueError(
+                "a head on an image encoder's features is measured, not exported (image.onnx computes the "
+                "tower's features alone): set export: null"
+            )
         if self.residual_members > 1:
             kept = {
                 "residual": self.residual == "none",

@@ -626,3 +626,14 @@ def test_an_image_encoder_that_sees_images_otherwise_is_refused(tmp_path: Path) 
     trimmed = config.model_copy(update={"trim_transparent": 0.04})
     with pytest.raises(ValueError, match="tower mobilenet_v2 with trim_transparent None, but this run has"):
         image_encoder_config(trimmed)
+
+
+def test_a_head_on_encoder_features_is_measured_not_exported(tmp_path: Path, classifier: torch.nn.Linear) -> None:
+    """image.onnx computes the tower's features alone: such a head is refused before training with an
+    export, and a saved one is refused by the exporter's loader, not met by a tensor size error."""
+    with pytest.raises(ValueError, match="measured, not exported"):
+        ClipTrainConfig(name="t", image_encoder=tmp_path, export={"name": "t"})
+    head = ClipImageHead(ClipImageConfig(dim=DIM, residual_hidden=32, encoder_dim=8), classifier, class_vectors())
+    head.save(tmp_path / "head")
+    with pytest.raises(ValueError, match=r"encoder_dim 8\) cannot be exported"):
+        ClipImageEncoder.load(tmp_path / "head")

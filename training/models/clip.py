@@ -240,6 +240,11 @@ class ClipImageEncoder(nn.Module):
 
     def __init__(self, config: ClipImageConfig, class_vectors: torch.Tensor, pretrained: bool = True) -> None:
         super().__init__()
+        if config.encoder_dim:
+            raise ValueError(
+                f"a head on a trained image encoder's features (encoder_dim {config.encoder_dim}) cannot be exported: "
+                "image.onnx computes the tower's features alone"
+            )
         self.tower = load_tower(config.tower, pretrained=pretrained).eval()
         for p in self.tower.parameters():
             p.requires_grad_(False)
