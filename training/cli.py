@@ -79,6 +79,74 @@ def export(
     typer.echo(f"wrote {target}")
 
 
+@app.command("train-query-tower")
+def train_query_tower(
+    reranker: Annotated[Path, typer.Option(help="exported bi-encoder reranker folder (the teacher)")] = Path(
+        "models/mpnet-rerank"
+    ),
+    layers: Annotated[str, typer.Option(help="its layers to keep (0-based, comma-separated)")] = "0,4,8,11",
+    out: Annotated[Path, typer.Option(help="where the trained tower is saved")] = Path("runs/mpnet-rerank-query"),
+    steps: Annotated[int, typer.Option(min=1)] = 3000,
+    corpus: Annotated[
+        list[Path] | None, typer.Option(help="BEIR folder: its titles, first sentences, train-half queries")
+    ] = None,
+    sts: Annotated[Path, typer.Option(help="STS-B folder (train sentences; dev sentences for alignment)")] = Path(
+        "../shared/data/stsbenchmark"
+    ),
+) -> None:
+    """Distil a query tower for search's stored-vector rescoring (training/query_tower.py): the
+    reranker's checkpoint keeping a few layers, trained to the reranker's vectors of short texts."""
+    from training.data.beir import DatasetError, load_beir
+    from training.data.sts import sts_sentences
+    from training.query_tower import QueryTowerConfig, query_like_texts
+    from training.query_tower import train_query_tower as train
+
+    try:
+        keep = [int(x) for x in layers.split(",")]
+        config = QueryTowerConfig(steps=steps)
+        datasets = {str(folder): load_beir(folder) for folder in corpus or []}
+        texts = query_like_texts(sts / "sts-train.csv", datasets)
+        dev = sts_sentences(sts / "sts-dev.csv", limit=1000)
+    except (ValueError, DatasetError, OSError) as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    typer.echo(f"{len(texts)} training texts; keeping layers {keep} of {reranker}")
+
+    def report(step: int, loss: float, alignment: float | None) -> None:
+        typer.echo(f"step {step}: loss {loss:.4f}, dev alignment {alignment:.4f}")
+
+    try:
+        train(reranker, keep, out, config, texts, dev, report)
+    except (ValueError, ModelSourceError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"wrote {out}")
+
+
+@app.command("export-query-tower")
+def export_query_tower(
+    source: Annotated[str, typer.Option(help="train-query-tower's --out")] = "runs/mpnet-rerank-query",
+    reranker: Annotated[Path, typer.Option(help="the bi-encoder reranker")] = Path("models/mpnet-rerank"),
+    parity_data: Annotated[Path, typer.Option(help="sentences for the parity check")] = DEFAULT_PARITY_DATA,
+    parity_sentences: Annotated[int, typer.Option(min=1)] = 1000,
+    threads: Annotated[int, typer.Option(help="inference threads for parity/speed (0 = all)")] = 0,
+) -> None:
+    """Export a query tower into a bi-encoder reranker folder (its `query/` sub-folder, own parity)."""
+    from training.data.parity import ParityDataError, load_parity_sentences
+    from training.export.text import export_query_tower as export_tower
+
+    try:
+        sentences = load_parity_sentences(parity_data, parity_sentences)
+    except ParityDataError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    try:
+        manifest = export_tower(reranker, source, sentences, threads=threads)
+    except (ValueError, OSError, ModelSourceError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    spec = manifest.bi_encoder
+    typer.echo(f"wrote {reranker}/{spec.query_tower if spec else ''}: alignment {spec.query_alignment if spec else ''}")
+
+
 data_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Prepare datasets (BEIR layout).")
 app.add_typer(data_app, name="data")
 

@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     # `all` (embedding models too: a text embedded alone then differs slightly from the same text in
     # a batch, within the parity bar), `off`. Each costs a second compiled model's memory.
     query_variant: Literal["off", "rerankers", "all"] = "rerankers"
+    # A bi-encoder reranker's distilled query tower (manifest `bi_encoder.query_tower`), when it has
+    # one, embeds search's query for rescoring with stored vectors (a third of mpnet's layers; off:
+    # the reranker's own graph embeds it, slower and a little closer to the stored vectors' model).
+    rescore_query_tower: bool = True
     # OpenVINO's cache of kernels compiled per input shape (its default, thousands, grows memory
     # without bound under varied batches); and padding of each batch's length up to a multiple of
     # pad_to_multiple tokens, so fewer distinct shapes reach the backends (1 = no rounding).

@@ -187,6 +187,17 @@ class BiEncoderSpec(_Strict):
     model_weight: float = Field(1.0, ge=0)
     first_stage_weight: float = Field(0.0, ge=0)
     fitted_on: str = Field("", description="the training queries the weights were fitted on (never evaluation ones)")
+    query_tower: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+        description="a sub-folder holding a smaller text model (its own manifest, files and parity) distilled into "
+        "this model's space: search embeds its query by it when it rescores with stored vectors. Documents, and "
+        "/v1/rerank's query, are always embedded by this folder's own graph, so the sub-folder's files are not "
+        "among this manifest's `files` and a new query tower keeps the fingerprint stored vectors were made with",
+    )
+    query_alignment: float | None = Field(
+        None, ge=-1, le=1, description="mean cosine of the query tower's vectors to this model's, on short texts"
+    )
 
 
 class SourceInfo(_Strict):

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from app.backends.openvino_backend import configure_cpu
 from app.core import metrics
@@ -264,12 +265,33 @@ class BiEncoderScorer(Scorer):
         self.encoder = TextEncoder(folder, manifest, latency_first, query_variant=settings.query_variant != "off")
         super().__init__(folder, manifest, self.encoder.variant)
         self.weights = manifest.bi_encoder or BiEncoderSpec()
+        # Search's rescore query (one input against stored vectors): the distilled tower when there is one.
+        self.query_encoder: TextEncoder | None = None
+        if self.weights.query_tower and settings.rescore_query_tower:
+            self.query_encoder = _open_query_tower(folder, manifest, self.weights.query_tower, latency_first)
 
     def start(self) -> None:
         self.encoder.start()
+        if self.query_encoder is not None:
+            self.query_encoder.start()
 
     async def stop(self) -> None:
         await self.encoder.stop()
+        if self.query_encoder is not None:
+            await self.query_encoder.stop()
+
+    def describe(self) -> dict[str, Any]:
+        out = super().describe()
+        if self.query_encoder is not None:
+            q = self.query_encoder
+            out["towers"]["query"] = {
+                "max_tokens": q.manifest.text_tower.max_tokens,
+                "layers_from": q.manifest.source.checkpoint,
+                "backend": q.backend,
+                "precision": q.precision,
+                "alignment": self.weights.query_alignment,
+            }
+        return out
 
     async def score(
         self, query: str, documents: list[str], max_tokens_per_doc: int | None = None, truncate: bool = True
@@ -286,6 +308,36 @@ class BiEncoderScorer(Scorer):
 
     def fuse(self, first_stage: np.ndarray, scores: np.ndarray) -> np.ndarray:
         return self.weights.model_weight * scores + self.weights.first_stage_weight * first_stage
+
+
+def _open_query_tower(folder: Path, manifest: Manifest, sub: str, settings: Settings) -> TextEncoder:
+    """The bi-encoder's query tower in `folder/sub`: a text model of the same size and similarity,
+    its files intact (it has its own manifest); ValueError names what is wrong."""
+    where = f"query tower {sub!r} of {manifest.name!r}"
+    if not (folder / sub / MANIFEST_FILE).is_file():
+        raise ValueError(f"{where}: {sub}/{MANIFEST_FILE} is missing")
+    try:
+        tower = Manifest.load(folder / sub)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ValueError(f"{where}: its manifest: {first['msg']} at {'.'.join(map(str, first['loc']))}") from exc
+    if tower.kind != ModelKind.TEXT or tower.dim != manifest.dim or tower.similarity != manifest.similarity:
+        raise ValueError(
+            f"{where}: needs a text model of {manifest.dim} dimensions ({manifest.similarity.value}), "
+            f"found a {tower.kind.value} model of {tower.dim}"
+        )
+    if tower.text_tower.normalize != manifest.text_tower.normalize:
+        raise ValueError(f"{where}: normalises its output differently from the reranker's own graph")
+    problems = tower.verify_files(folder / sub)
+    if problems:
+        raise ValueError(f"{where}: {'; '.join(problems)}")
+    return TextEncoder(
+        folder / sub,
+        tower,
+        settings,
+        batcher_name=f"{manifest.name}-query",
+        query_variant=settings.query_variant != "off",
+    )
 
 
 def _load_blockrank(folder: Path, manifest: Manifest, settings: Settings) -> ServedModel:

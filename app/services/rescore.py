@@ -30,6 +30,7 @@ class Rescorer:
     default_weight: float  # the first stage's weight unless the collection sets one
     model_weight: float = 1.0  # the cosine's weight (a bi-encoder's manifest; 1 for a text model)
     fingerprint: str | None = None  # the served version's Manifest.fingerprint
+    query_encoder: Embedder | None = None  # a bi-encoder's distilled query tower (else `encoder` embeds queries)
 
 
 # What to do about vectors a previous model version embedded (the server's messages).
@@ -42,7 +43,12 @@ def resolve(registry: ModelRegistry, name: str) -> Rescorer:
     if isinstance(model, BiEncoderScorer):
         weights = model.weights
         return Rescorer(
-            name, model.encoder, weights.first_stage_weight, weights.model_weight, model.manifest.fingerprint
+            name,
+            model.encoder,
+            weights.first_stage_weight,
+            weights.model_weight,
+            model.manifest.fingerprint,
+            model.query_encoder,
         )
     if isinstance(model, Embedder) and model.kind == ModelKind.TEXT:
         return Rescorer(name, model, 0.0, fingerprint=model.manifest.fingerprint)
@@ -99,6 +105,12 @@ def degraded(registry: ModelRegistry, collections: CollectionManager) -> dict[st
 async def second_vectors(rescorer: Rescorer, texts: list[str]) -> np.ndarray:
     """(n, dim) unit vectors of `texts` by the rescore model (through its batcher)."""
     return (await rescorer.encoder.embed_text(texts)).vectors
+
+
+async def query_vector(rescorer: Rescorer, query: str) -> np.ndarray:
+    """(1, dim): the search query in the stored vectors' space, by the query tower where there is one."""
+    encoder = rescorer.query_encoder or rescorer.encoder
+    return (await encoder.embed_text([query])).vectors
 
 
 async def rescored(

@@ -238,7 +238,7 @@ async def search(
     rescorer = _stored_rescorer(registry, collection, body)  # before the search: a 503 costs nothing
     stored = None
     if rescorer is not None:  # the second-stage query embedding needs no first stage: it runs beside it
-        stored = _StoredRescore(rescorer, asyncio.ensure_future(rescoring.second_vectors(rescorer, [body.query or ""])))
+        stored = _StoredRescore(rescorer, asyncio.ensure_future(rescoring.query_vector(rescorer, body.query or "")))
     try:
         return await _search_stages(registry, settings, fetcher, collection, body, start, stored)
     finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,8 @@ ONNX_FILE = "model.onnx"
 INT8_ONNX_FILE = "model.int8.onnx"  # weight-only int8 copy (training/export/quantize.py)
 QUERY_LATENCY_SAMPLES = 100
 TOKENIZER_FILE = "tokenizer.json"
+QUERY_TOWER_DIR = "query"  # a bi-encoder reranker's query tower, a text model folder inside it
+ALIGNMENT_SAMPLES = 500
 
 
 class PooledEncoder(nn.Module):
@@ -232,6 +235,38 @@ def export_text_model(
         del models
         _drop_unservable_int8(staging, manifest)
         manifest.save(staging)
+    return manifest
+
+
+def export_query_tower(
+    reranker: Path, source: str, parity_sentences: list[str], threads: int = 0, sub: str = QUERY_TOWER_DIR
+) -> Manifest:
+    """Export the sentence-transformers model `source` (a query tower distilled into the reranker's
+    space: training/query_tower.py) as a text model in `reranker/sub`, with its own parity, and
+    record it in the reranker's manifest (`bi_encoder.query_tower`, `query_alignment`: the mean
+    cosine of its vectors to the reranker's on the shortest parity sentences, both fp32 graphs).
+    The reranker's `files`, and so its fingerprint, stay as they were: stored vectors are its own."""
+    manifest = Manifest.load(reranker)
+    if manifest.kind != ModelKind.BI_ENCODER:
+        raise ValueError(f"{reranker}: a query tower belongs to a bi-encoder reranker, not {manifest.kind.value}")
+    problems = manifest.verify_files(reranker)
+    if problems:
+        raise ValueError(f"{reranker}: {'; '.join(problems)}")
+    tower = export_text_model(source, reranker / sub, f"{manifest.name}-{sub}", parity_sentences, threads=threads)
+    if tower.dim != manifest.dim or tower.text_tower.normalize != manifest.text_tower.normalize:
+        shutil.rmtree(reranker / sub)
+        raise ValueError(
+            f"{source}: a query tower must give the reranker's {manifest.dim}-dimensional "
+            f"{'normalised ' if manifest.text_tower.normalize else ''}vectors (it gives {tower.dim})"
+        )
+    queries = _short(parity_sentences, ALIGNMENT_SAMPLES)
+    own = TextModel(reranker, manifest, threads=threads).encode(queries)
+    distilled = TextModel(reranker / sub, tower, threads=threads).encode(queries)
+    spec = manifest.bi_encoder or BiEncoderSpec()
+    manifest.bi_encoder = spec.model_copy(
+        update={"query_tower": sub, "query_alignment": round(float(row_cosine(own, distilled).mean()), 4)}
+    )
+    manifest.save(reranker)
     return manifest
 
 
