@@ -30,6 +30,8 @@ IMAGE_MODEL := models/efficientnet-lite0-emoji/manifest.json
 CLIP_MODEL := models/clip-minilm/manifest.json
 # The default reranker: all-mpnet-base-v2 (PyPI, split zip) exported as a bi-encoder reranker.
 RERANK_MODEL := models/mpnet-rerank/manifest.json
+# Its optional query tower (make rescore-query-tower), a text model folder inside it.
+RESCORE_QUERY_TOWER := models/mpnet-rerank/query/manifest.json
 # The service-only venv (no torch) that the Docker runtime image carries.
 SERVE_VENV ?= .venv-serve
 
@@ -68,7 +70,8 @@ $(RERANK_MODEL): | $(INSTALLED)
 # layers, distilled to mpnet's vectors of short texts; training/query_tower.py), exported into the
 # reranker's folder. With it search-with-rescore embeds its query at a third of mpnet's cost
 # (benchmarks/results/rerank_served.md); without it mpnet embeds the query, as before.
-rescore-query-tower: rerank-model
+rescore-query-tower: $(RESCORE_QUERY_TOWER)
+$(RESCORE_QUERY_TOWER): | $(RERANK_MODEL)
 	$(PY) -m training data cranfield --if-missing --source $(SHARED_DATA)/cranfield
 	$(PY) -m training train-query-tower --reranker models/mpnet-rerank --layers 0,4,8,11 --steps 3000 \
 		--out runs/mpnet-rerank-query --corpus data/beir/cranfield --corpus $(SHARED_DATA)/msmarco-trecdl-subset \

@@ -24,6 +24,11 @@ Result after 1,500 steps (29 min; dev alignment 0.125 at step 0, 0.785 at step 1
 and still rising): Cranfield 0.4451 against mpnet's own query's 0.4466 (+0.0206 over the first
 stage: met), MS MARCO 0.8056 against 0.8151 (+0.0062: missed, on 22 queries). Not served;
 results/query_student_mpnet4.md.
+`--decay --steps 3000 --save DIR` (2026-12-05; training/query_tower.py is the same loop, which
+`training train-query-tower` runs): alignment levels off at 0.917; Cranfield 0.4466 (+0.0221, equal
+to mpnet's query), MS MARCO 0.8081 (+0.0088: still missed). Exported and served as mpnet-rerank's
+query tower it puts stored rescore at 1.46x plain search (results/rerank_served_query_tower.md);
+not the default. results/query_student_mpnet4_decay.md.
 
 Usage: .venv/bin/python benchmarks/query_student.py [--steps 500] [--layers 0,4,8,11]   (~15-30 min on 2 cores)
 Writes benchmarks/results/query_student.json and .md (query_student_mpnet<k>.* with --layers).
