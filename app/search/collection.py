@@ -398,6 +398,14 @@ class Collection:
         self.store.prune_ops(applied if pinned is None else min(applied, pinned))
         self._ops_since_snapshot = 0
 
+    def snapshot_between_writes(self) -> None:
+        """`snapshot`, taken between two writes (under the write lock) by a caller that is not a
+        writer (the shutdown). Mid-write, the store has committed ops the index does not hold yet:
+        a snapshot then would record them as applied and prune them, and a restart would never add
+        those documents to the index."""
+        with self._write_lock:
+            self.snapshot()
+
     # --- reads -------------------------------------------------------------------------------
     def search(
         self,

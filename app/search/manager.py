@@ -252,7 +252,7 @@ class CollectionManager:
         for collection in self.loaded():
             try:
                 if collection.writable:
-                    collection.snapshot()
+                    collection.snapshot_between_writes()
             except Exception:
                 log.exception("snapshot of %s failed at shutdown", collection.config.name)
             collection.close()

@@ -313,3 +313,45 @@ def test_ten_thousand_acknowledged_upserts_survive_kills_mid_ingest_snapshot_and
     finally:
         server.kill()
         server.wait(timeout=10)
+
+
+def test_the_shutdown_snapshot_waits_for_a_write_between_its_store_commit_and_its_index_update(
+    tmp_path: Path,
+) -> None:
+    """A write commits to the store, then updates the index. The manager's shutdown snapshot records
+    the store's op position as applied (and prunes those ops): taken between the two steps, it
+    would leave that document out of the index for good after a restart."""
+    from app.search.manager import CollectionManager
+    from app.search.store import Document
+
+    manager = CollectionManager(tmp_path, 1 << 30)
+    collection = manager.create("racing", "m", DIM, "cosine", "Flat")
+    collection.upsert([Document("first", None, {}, np.asarray(_vector("first"), dtype=np.float32))])
+    in_between, go_on = threading.Event(), threading.Event()
+    store_upsert = collection.store.upsert
+
+    def commit_then_pause(docs: list[Document]) -> tuple[list[int], list[int]]:
+        committed = store_upsert(docs)
+        in_between.set()  # committed to the store; the index is not updated yet
+        go_on.wait(timeout=30)
+        return committed
+
+    collection.store.upsert = commit_then_pause  # type: ignore[method-assign]
+    second = Document("second", None, {}, np.asarray(_vector("second"), dtype=np.float32))
+    writer = threading.Thread(target=collection.upsert, args=([second],))
+    writer.start()
+    assert in_between.wait(timeout=30)
+    closing = threading.Thread(target=manager.close)
+    closing.start()
+    closing.join(timeout=0.5)
+    assert closing.is_alive(), "the shutdown snapshot did not wait for the write in progress"
+    go_on.set()
+    writer.join(timeout=30)
+    closing.join(timeout=30)
+    assert not closing.is_alive()
+    reopened = CollectionManager(tmp_path, 1 << 30)
+    reopened.open_all()
+    racing = reopened.get("racing")
+    assert racing.index.live == racing.store.count() == 2
+    assert sorted(map(int, racing.index.ids())) == sorted(map(int, racing.store.keys_matching("1", [])))
+    reopened.close()
