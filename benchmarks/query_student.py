@@ -65,7 +65,6 @@ from training.sources import load_sentence_transformer  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 STS_DEV = STS_TRAIN.with_name("sts-dev.csv")
 MAX_TOKENS, BATCH, BODY_LR, HEAD_LR = 32, 64, 1e-4, 5e-4
-WARMUP_STEPS = 100
 MPNET = "pypi:all_mpnet_base_v2"
 LAYER_DROP_BATCH = 32  # mpnet's layers cost ~4x MiniLM's: half the batch to fit more steps
 
@@ -110,7 +109,7 @@ def train(
         lr=BODY_LR,
         head_lr=HEAD_LR,
         max_tokens=MAX_TOKENS,
-        warmup=WARMUP_STEPS if decay else 0,
+        warmup=QueryTowerConfig.warmup if decay else 0,
         decay=decay,
     )
 

@@ -17,7 +17,6 @@ multilingual using knowledge distillation".
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from app.core.manifest import Pooling
 from training.data.beir import RetrievalDataset
+from training.data.pseudo import first_sentence
 from training.data.sts import sts_sentences
+from training.export.text import pooling_of
 from training.sources import load_sentence_transformer
 
 DEV_EVERY = 100  # steps between two dev alignments
@@ -89,7 +91,7 @@ class LayerDropStudent(PooledStudent):
             raise ValueError(f"{source}: not an encoder with `encoder.layer` (BERT, MPNet); cannot drop layers")
         if not keep or keep != sorted(set(keep)) or keep[0] < 0 or keep[-1] >= len(layers):
             raise ValueError(f"layers {keep}: give ascending, distinct indices from 0 to {len(layers) - 1}")
-        if self.st[1].get_config_dict()["pooling_mode"] not in ("mean", ["mean"]):
+        if pooling_of(self.st)[0] != Pooling.MEAN:
             raise ValueError(f"{source}: the query tower pools by mean; this model pools otherwise")
         self.body.encoder.layer = torch.nn.ModuleList([layers[i] for i in keep])
         self.body.config.num_hidden_layers = len(keep)
@@ -158,8 +160,10 @@ def distil(
     return curve
 
 
-def first_sentence(text: str) -> str:
-    return re.split(r"(?<=[.?!])\s", text.strip(), maxsplit=1)[0][:300]
+def _first_sentence(text: str) -> str:
+    """The text's first sentence (the whole text when it has one), cut to 300 characters."""
+    split = first_sentence(text)
+    return (split[0] if split else text.strip())[:300]
 
 
 def query_like_texts(sts_train: Path, datasets: dict[str, RetrievalDataset], split_seed: int = 0) -> list[str]:
@@ -169,7 +173,7 @@ def query_like_texts(sts_train: Path, datasets: dict[str, RetrievalDataset], spl
     texts = sts_sentences(sts_train)
     for dataset in datasets.values():
         for doc in dataset.corpus.values():
-            texts += [doc["title"], first_sentence(doc["text"])]
+            texts += [doc["title"], _first_sentence(doc["text"])]
         train_half = dataset.split_queries(split_seed)[0]
         texts += [text for qid, text in train_half.queries.items() if train_half.qrels.get(qid)]
     return list(dict.fromkeys(t for t in texts if t.strip()))

@@ -90,7 +90,7 @@ class PooledEncoder(nn.Module):
         return pooled
 
 
-def _pooling_of(st_model) -> tuple[Pooling, bool]:  # type: ignore[no-untyped-def]
+def pooling_of(st_model) -> tuple[Pooling, bool]:  # type: ignore[no-untyped-def]
     from sentence_transformers.sentence_transformer.modules import Normalize
     from sentence_transformers.sentence_transformer.modules import Pooling as StPooling
 
@@ -112,7 +112,7 @@ def _pooling_of(st_model) -> tuple[Pooling, bool]:  # type: ignore[no-untyped-de
 
 def export_onnx(st_model, path: Path, opset: int = 17) -> OnnxIO:  # type: ignore[no-untyped-def]
     """Write the pooled encoder as ONNX; returns the graph's input/output names."""
-    pooling, normalize = _pooling_of(st_model)
+    pooling, normalize = pooling_of(st_model)
     transformer = st_model[0].auto_model.eval()
     wrapper = PooledEncoder(transformer, pooling, normalize).eval()
     tokenizer = st_model.tokenizer
@@ -182,7 +182,7 @@ def export_text_model(
     if len(parity_sentences) == 0:
         raise ValueError("parity needs at least one sentence")
     st_model = load_sentence_transformer(source)
-    pooling, normalize = _pooling_of(st_model)
+    pooling, normalize = pooling_of(st_model)
     with staged_folder(out_dir, name) as staging:
         onnx_io = export_onnx(st_model, staging / ONNX_FILE)
         st_model.tokenizer.save_pretrained(str(staging))
