@@ -60,10 +60,13 @@ def served(name: str) -> TextModel:
     return served_folder(ROOT / "models" / name)
 
 
-def served_query_tower(name: str) -> TextModel | None:
-    """The bi-encoder reranker `name`'s query tower as served, if its folder has one."""
+def served_query_tower(name: str) -> tuple[TextModel, int | None] | None:
+    """The bi-encoder reranker `name`'s query tower as served, and the longest query it embeds, if
+    its folder has one."""
     spec = Manifest.load(ROOT / "models" / name).bi_encoder
-    return served_folder(ROOT / "models" / name / spec.query_tower) if spec and spec.query_tower else None
+    if not (spec and spec.query_tower):
+        return None
+    return served_folder(ROOT / "models" / name / spec.query_tower), spec.query_tower_max_tokens
 
 
 def served_folder(folder: Path) -> TextModel:
@@ -146,9 +149,19 @@ def quality(name: str, folder: Path, reranker: str) -> dict:
         return second.encode(texts)
 
     query_sides: dict[str, QuerySide] = {"own": own}
-    tower = served_query_tower(reranker)
-    if tower is not None:
-        query_sides["tower"] = lambda texts, _: tower.encode(texts)
+    served_tower = served_query_tower(reranker)
+    if served_tower is not None:
+        tower, limit = served_tower
+
+        def by_tower(texts: list[str], _: np.ndarray) -> np.ndarray:
+            """As search routes them: the tower's query, the reranker's own over the tower's limit."""
+            rows = tower.encode(texts)
+            long = [i for i, t in enumerate(tower.tokenize(texts)) if limit is not None and len(t.ids) > limit]
+            if long:
+                rows[long] = second.encode([texts[i] for i in long])
+            return rows
+
+        query_sides["tower"] = by_tower
     held_out, candidates, sides = rescore_held_out(name, load_beir(folder), served("minilm-l6"), second, query_sides)
     run = sides["own"]
     rows = {
@@ -158,8 +171,9 @@ def quality(name: str, folder: Path, reranker: str) -> dict:
             fused(run.first, run.second, run.weight), held_out.qrels
         ),
     }
-    if tower is not None:  # search's stored rescore: the tower's query against the reranker's documents
-        rows[f"{reranker} documents, its query tower's query, cosine alone (stored rescore)"] = ir_metrics(
+    if served_tower is not None:  # search's stored rescore: the tower's query against the reranker's documents
+        over = f"; queries over {limit} tokens by {reranker} itself" if limit is not None else ""
+        rows[f"{reranker} documents, its query tower's query, cosine alone (stored rescore{over})"] = ir_metrics(
             sides["tower"].second, held_out.qrels
         )
     return {"queries": len(candidates), "fitted_weight": run.weight, "rows": rows}

@@ -129,6 +129,10 @@ def export_query_tower(
     parity_data: Annotated[Path, typer.Option(help="sentences for the parity check")] = DEFAULT_PARITY_DATA,
     parity_sentences: Annotated[int, typer.Option(min=1)] = 1000,
     threads: Annotated[int, typer.Option(help="inference threads for parity/speed (0 = all)")] = 0,
+    max_query_tokens: Annotated[
+        int | None,
+        typer.Option(min=1, help="longer search queries are embedded by the reranker itself [default: 64]"),
+    ] = None,
 ) -> None:
     """Export a query tower into a bi-encoder reranker folder (its `query/` sub-folder, own parity)."""
     from training.data.parity import ParityDataError, load_parity_sentences
@@ -139,7 +143,8 @@ def export_query_tower(
     except ParityDataError as exc:
         raise typer.BadParameter(str(exc)) from exc
     try:
-        manifest = export_tower(reranker, source, sentences, threads=threads)
+        limit = {} if max_query_tokens is None else {"max_query_tokens": max_query_tokens}
+        manifest = export_tower(reranker, source, sentences, threads=threads, **limit)
     except (ValueError, OSError, ModelSourceError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc

@@ -198,6 +198,12 @@ class BiEncoderSpec(_Strict):
     query_alignment: float | None = Field(
         None, ge=-1, le=1, description="mean cosine of the query tower's vectors to this model's, on short texts"
     )
+    query_tower_max_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="the longest query (in tokens) the query tower embeds; a longer one is embedded by this "
+        "folder's own graph (the tower was distilled on short texts only). None: every query",
+    )
 
 
 class SourceInfo(_Strict):

@@ -290,6 +290,7 @@ class BiEncoderScorer(Scorer):
                 "backend": q.backend,
                 "precision": q.precision,
                 "alignment": self.weights.query_alignment,
+                "max_query_tokens": self.weights.query_tower_max_tokens,
             }
         return out
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from app.core.errors import InvalidRequest, ModelNotFound, RescoreUnavailable, WrongModelKind
 from app.core.manifest import ModelKind
-from app.inference.registry import BiEncoderScorer, ModelRegistry
+from app.inference.registry import BiEncoderScorer, ModelRegistry, TextEncoder
 from app.inference.served import Capability, Embedder
 from app.search.collection import Collection
 from app.search.manager import CollectionManager
@@ -30,7 +30,8 @@ class Rescorer:
     default_weight: float  # the first stage's weight unless the collection sets one
     model_weight: float = 1.0  # the cosine's weight (a bi-encoder's manifest; 1 for a text model)
     fingerprint: str | None = None  # the served version's Manifest.fingerprint
-    query_encoder: Embedder | None = None  # a bi-encoder's distilled query tower (else `encoder` embeds queries)
+    query_encoder: TextEncoder | None = None  # a bi-encoder's distilled query tower (else `encoder` embeds queries)
+    query_max_tokens: int | None = None  # the longest query the tower embeds (None: any)
 
 
 # What to do about vectors a previous model version embedded (the server's messages).
@@ -49,6 +50,7 @@ def resolve(registry: ModelRegistry, name: str) -> Rescorer:
             weights.model_weight,
             model.manifest.fingerprint,
             model.query_encoder,
+            weights.query_tower_max_tokens,
         )
     if isinstance(model, Embedder) and model.kind == ModelKind.TEXT:
         return Rescorer(name, model, 0.0, fingerprint=model.manifest.fingerprint)
@@ -108,9 +110,14 @@ async def second_vectors(rescorer: Rescorer, texts: list[str]) -> np.ndarray:
 
 
 async def query_vector(rescorer: Rescorer, query: str) -> np.ndarray:
-    """(1, dim): the search query in the stored vectors' space, by the query tower where there is one."""
-    encoder = rescorer.query_encoder or rescorer.encoder
-    return (await encoder.embed_text([query])).vectors
+    """(1, dim): the search query in the stored vectors' space, by the query tower where there is one
+    and the query is no longer than the texts it was distilled for, else by the model itself."""
+    tower = rescorer.query_encoder
+    if tower is not None:
+        limit = rescorer.query_max_tokens
+        if limit is None or len((await tower.tokenize([query], truncate=True))[0].ids) <= limit:
+            return (await tower.embed_text([query])).vectors
+    return (await rescorer.encoder.embed_text([query])).vectors
 
 
 async def rescored(

@@ -102,9 +102,10 @@ def test_an_exported_query_tower_joins_the_reranker_without_changing_its_fingerp
     export_text_model(str(tiny), reranker, "tiny-rerank", sts_sentences[:100], bi_encoder=BiEncoderSpec())
     before = Manifest.load(reranker).fingerprint
     LayerDropStudent(str(tiny), [0]).save(tmp_path / "tower")
-    manifest = export_query_tower(reranker, str(tmp_path / "tower"), sts_sentences[:100])
+    manifest = export_query_tower(reranker, str(tmp_path / "tower"), sts_sentences[:100], max_query_tokens=5)
     spec = manifest.bi_encoder
     assert spec is not None and spec.query_tower == "query" and Manifest.load(reranker).fingerprint == before
+    assert spec.query_tower_max_tokens == 5  # longer queries: the reranker's own graph
     tower = Manifest.load(reranker / "query")
     assert tower.name == "tiny-rerank-query" and tower.dim == manifest.dim
     assert not tower.verify_files(reranker / "query")
@@ -122,6 +123,8 @@ def test_a_query_tower_is_refused_for_other_kinds_and_other_sizes(
     export_text_model(str(tiny), text_model, "tiny-text", sts_sentences[:50])
     with pytest.raises(ValueError, match="bi-encoder"):
         export_query_tower(text_model, str(tiny), sts_sentences[:50])
+    with pytest.raises(ValueError, match="max_query_tokens must be >= 1"):
+        export_query_tower(text_model, str(tiny), sts_sentences[:50], max_query_tokens=0)
     reranker = tmp_path / "tiny-rerank"
     export_text_model(str(tiny), reranker, "tiny-rerank", sts_sentences[:50], bi_encoder=BiEncoderSpec())
     minilm = Manifest.load(default_models_dir / "minilm-l6").source.checkpoint
@@ -142,9 +145,11 @@ def test_the_cli_trains_and_exports_a_query_tower(
     assert result.exit_code == 0, result.output
     assert "step 3: loss" in result.output and (tmp_path / "tower" / "modules.json").is_file()
     export = ["export-query-tower", "--source", str(tmp_path / "tower"), "--reranker", str(reranker)]
+    export += ["--max-query-tokens", "9"]
     result = CliRunner().invoke(training_cli, [*export, "--parity-data", str(sts / "sts-dev.csv")])
     assert result.exit_code == 0, result.output
-    assert Manifest.load(reranker).bi_encoder.query_tower == "query"
+    spec = Manifest.load(reranker).bi_encoder
+    assert spec.query_tower == "query" and spec.query_tower_max_tokens == 9
 
 
 @pytest.mark.parametrize(

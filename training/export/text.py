@@ -53,6 +53,10 @@ QUERY_LATENCY_SAMPLES = 100
 TOKENIZER_FILE = "tokenizer.json"
 QUERY_TOWER_DIR = "query"  # a bi-encoder reranker's query tower, a text model folder inside it
 ALIGNMENT_SAMPLES = 500
+# The longest query a query tower embeds: twice the 32 tokens it is distilled on (training/query_tower.py).
+# Held-out Cranfield queries of 33-59 tokens kept mpnet's gain through the 4-layer tower; nothing longer
+# was measured, so longer queries go to the reranker's own graph.
+QUERY_TOWER_MAX_TOKENS = 64
 
 
 class PooledEncoder(nn.Module):
@@ -239,13 +243,21 @@ def export_text_model(
 
 
 def export_query_tower(
-    reranker: Path, source: str, parity_sentences: list[str], threads: int = 0, sub: str = QUERY_TOWER_DIR
+    reranker: Path,
+    source: str,
+    parity_sentences: list[str],
+    threads: int = 0,
+    sub: str = QUERY_TOWER_DIR,
+    max_query_tokens: int | None = QUERY_TOWER_MAX_TOKENS,
 ) -> Manifest:
     """Export the sentence-transformers model `source` (a query tower distilled into the reranker's
     space: training/query_tower.py) as a text model in `reranker/sub`, with its own parity, and
     record it in the reranker's manifest (`bi_encoder.query_tower`, `query_alignment`: the mean
-    cosine of its vectors to the reranker's on the shortest parity sentences, both fp32 graphs).
+    cosine of its vectors to the reranker's on the shortest parity sentences, both fp32 graphs;
+    `query_tower_max_tokens`: longer queries are embedded by the reranker itself, None for none).
     The reranker's `files`, and so its fingerprint, stay as they were: stored vectors are its own."""
+    if max_query_tokens is not None and max_query_tokens < 1:
+        raise ValueError(f"max_query_tokens must be >= 1, got {max_query_tokens}")
     manifest = Manifest.load(reranker)
     if manifest.kind != ModelKind.BI_ENCODER:
         raise ValueError(f"{reranker}: a query tower belongs to a bi-encoder reranker, not {manifest.kind.value}")
@@ -263,8 +275,14 @@ def export_query_tower(
     own = TextModel(reranker, manifest, threads=threads).encode(queries)
     distilled = TextModel(reranker / sub, tower, threads=threads).encode(queries)
     spec = manifest.bi_encoder or BiEncoderSpec()
+    if max_query_tokens is not None and max_query_tokens >= tower.text_tower.max_tokens:
+        max_query_tokens = None  # the tower takes every query it can read whole
     manifest.bi_encoder = spec.model_copy(
-        update={"query_tower": sub, "query_alignment": round(float(row_cosine(own, distilled).mean()), 4)}
+        update={
+            "query_tower": sub,
+            "query_alignment": round(float(row_cosine(own, distilled).mean()), 4),
+            "query_tower_max_tokens": max_query_tokens,
+        }
     )
     manifest.save(reranker)
     return manifest

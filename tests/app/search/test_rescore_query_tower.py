@@ -36,22 +36,22 @@ def models(default_models_dir: Path, tmp_path_factory: pytest.TempPathFactory, s
     return folder
 
 
-def _rescored_scores(models: Path, tmp_path: Path, **settings: object) -> dict[str, float]:
+def _rescored_scores(models: Path, tmp_path: Path, query: str = QUERY, **settings: object) -> dict[str, float]:
     with TestClient(create_app(settings_for(models, data_dir=tmp_path / "data", **EXACT, **settings))) as client:
         body = {"name": "wings", "model": "minilm-l6", "rescore": {"model": "tiny-rerank", "weight": 0.0}}
         assert client.post("/indexes", json=body).status_code == 201
         docs = [{"id": f"d{i}", "text": t} for i, t in enumerate(TEXTS)]
         assert client.put("/indexes/wings/documents", json={"documents": docs}).status_code == 200
-        search = {"query": QUERY, "top_k": len(TEXTS), "rerank": {"candidates": len(TEXTS)}}
+        search = {"query": query, "top_k": len(TEXTS), "rerank": {"candidates": len(TEXTS)}}
         response = client.post("/indexes/wings/search", json=search)
         assert response.status_code == 200, response.text
         return {hit["id"]: hit["score"] for hit in response.json()["hits"]}
 
 
-def _expected(folder: Path, query_folder: Path) -> dict[str, float]:
+def _expected(folder: Path, query_folder: Path, query: str = QUERY) -> dict[str, float]:
     """Cosines of the query by `query_folder`'s graph to the documents by `folder`'s."""
     documents = TextModel(folder, Manifest.load(folder)).encode(TEXTS)
-    query = TextModel(query_folder, Manifest.load(query_folder)).encode([QUERY])[0]
+    query = TextModel(query_folder, Manifest.load(query_folder)).encode([query])[0]
     return {f"d{i}": float(v @ query) for i, v in enumerate(documents)}
 
 
@@ -117,3 +117,24 @@ def test_no_query_tower_means_the_reranker_embeds_the_query(models: Path, tmp_pa
     manifest.save(folder / "tiny-rerank")
     reranker = folder / "tiny-rerank"
     assert _rescored_scores(folder, tmp_path) == pytest.approx(_expected(reranker, reranker), abs=1e-5)
+
+
+def test_a_query_longer_than_the_tower_takes_is_embedded_by_the_reranker(models: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (folder / "minilm-l6").symlink_to(models / "minilm-l6")
+    reranker = folder / "tiny-rerank"
+    shutil.copytree(models / "tiny-rerank", reranker)
+    short = "wings"
+    limit = len(TextModel(reranker / "query", Manifest.load(reranker / "query")).tokenize([short])[0].ids)
+    manifest = Manifest.load(reranker)
+    manifest.bi_encoder = manifest.bi_encoder.model_copy(update={"query_tower_max_tokens": limit})
+    manifest.save(reranker)
+    with TestClient(create_app(settings_for(folder, data_dir=tmp_path / "d0", **EXACT))) as client:
+        assert client.get("/v1/models/tiny-rerank").json()["towers"]["query"]["max_query_tokens"] == limit
+    # QUERY has more tokens than `limit`: the reranker's own graph embeds it; `short` goes to the tower
+    long_scores = _rescored_scores(folder, tmp_path / "d1")
+    assert long_scores == pytest.approx(_expected(reranker, reranker), abs=1e-5)
+    assert long_scores != pytest.approx(_expected(reranker, reranker / "query"), abs=1e-3)
+    short_scores = _rescored_scores(folder, tmp_path / "d2", query=short)
+    assert short_scores == pytest.approx(_expected(reranker, reranker / "query", short), abs=1e-5)
