@@ -116,6 +116,22 @@ def test_an_exported_query_tower_joins_the_reranker_without_changing_its_fingerp
     assert (own * distilled).sum(1).mean() == pytest.approx(spec.query_alignment, abs=1e-3)
 
 
+def test_re_exporting_the_reranker_keeps_its_query_tower_only_for_the_same_checkpoint(
+    tiny: Path, tmp_path: Path, sts_sentences: list[str], default_models_dir: Path
+) -> None:
+    reranker = tmp_path / "tiny-rerank"
+    export_text_model(str(tiny), reranker, "tiny-rerank", sts_sentences[:50], bi_encoder=BiEncoderSpec())
+    LayerDropStudent(str(tiny), [0]).save(tmp_path / "tower")
+    spec = export_query_tower(reranker, str(tmp_path / "tower"), sts_sentences[:50], max_query_tokens=7).bi_encoder
+    (reranker / "tokenizer_config.json").write_text("{}")  # damaged: `export --if-missing` re-exports it
+    again = export_text_model(str(tiny), reranker, "tiny-rerank", sts_sentences[:50], bi_encoder=BiEncoderSpec())
+    assert again.bi_encoder == spec and not again.verify_files(reranker)
+    assert not Manifest.load(reranker / "query").verify_files(reranker / "query")
+    minilm = Manifest.load(default_models_dir / "minilm-l6").source.checkpoint  # another checkpoint: dropped
+    other = export_text_model(minilm, reranker, "tiny-rerank", sts_sentences[:20], bi_encoder=BiEncoderSpec())
+    assert other.bi_encoder.query_tower is None and not (reranker / "query").exists()
+
+
 def test_a_query_tower_is_refused_for_other_kinds_and_other_sizes(
     tiny: Path, tmp_path: Path, sts_sentences: list[str], default_models_dir: Path
 ) -> None:

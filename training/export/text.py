@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from app.core.manifest import (
@@ -238,8 +239,32 @@ def export_text_model(
             )
         del models
         _drop_unservable_int8(staging, manifest)
+        if bi_encoder is not None:
+            manifest.bi_encoder = bi_encoder.model_copy(update=_carry_query_tower(out_dir, source, staging))
         manifest.save(staging)
     return manifest
+
+
+def _carry_query_tower(out_dir: Path, source: str, staging: Path) -> dict[str, Any]:
+    """A re-export of the same checkpoint keeps the folder's query tower (an hour of training; its
+    alignment holds, the reranker's vectors being the same): its sub-folder is copied into `staging`
+    and its `bi_encoder` fields returned. {} when there is none or the checkpoint differs."""
+    try:
+        previous = Manifest.load(out_dir)
+    except (OSError, ValidationError):
+        return {}  # nothing readable to carry: the export replaces it
+    spec = previous.bi_encoder
+    if spec is None or spec.query_tower is None or previous.source.checkpoint != source:
+        return {}
+    if not (out_dir / spec.query_tower / "manifest.json").is_file():
+        return {}
+    shutil.copytree(out_dir / spec.query_tower, staging / spec.query_tower)
+    log.info("%s: kept its query tower %r (same checkpoint %s)", out_dir, spec.query_tower, source)
+    return {
+        "query_tower": spec.query_tower,
+        "query_alignment": spec.query_alignment,
+        "query_tower_max_tokens": spec.query_tower_max_tokens,
+    }
 
 
 def export_query_tower(
