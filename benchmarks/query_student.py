@@ -29,6 +29,10 @@ results/query_student_mpnet4.md.
 to mpnet's query), MS MARCO 0.8081 (+0.0088: still missed). Exported and served as mpnet-rerank's
 query tower it puts stored rescore at 1.46x plain search (results/rerank_served_query_tower.md);
 not the default. results/query_student_mpnet4_decay.md.
+`--layers 0,2,4,7,9,11 --decay --steps 1500` (2026-12-05, 40.3 min): alignment 0.935, Cranfield
++0.0208, MS MARCO +0.0097 (missed); served, stored rescore is 2.29x plain search
+(results/rerank_served_query_tower6.md), so six layers lose on latency and gain nothing on MS MARCO.
+results/query_student_mpnet6_decay.md.
 
 Usage: .venv/bin/python benchmarks/query_student.py [--steps 500] [--layers 0,4,8,11]   (~15-30 min on 2 cores)
 Writes benchmarks/results/query_student.json and .md (query_student_mpnet<k>.* with --layers).
