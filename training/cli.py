@@ -136,6 +136,7 @@ def export_query_tower(
 ) -> None:
     """Export a query tower into a bi-encoder reranker folder (its `query/` sub-folder, own parity)."""
     from training.data.parity import ParityDataError, load_parity_sentences
+    from training.export.text import QUERY_TOWER_MAX_TOKENS
     from training.export.text import export_query_tower as export_tower
 
     try:
@@ -143,8 +144,8 @@ def export_query_tower(
     except ParityDataError as exc:
         raise typer.BadParameter(str(exc)) from exc
     try:
-        limit = {} if max_query_tokens is None else {"max_query_tokens": max_query_tokens}
-        manifest = export_tower(reranker, source, sentences, threads=threads, **limit)
+        limit = QUERY_TOWER_MAX_TOKENS if max_query_tokens is None else max_query_tokens
+        manifest = export_tower(reranker, source, sentences, threads=threads, max_query_tokens=limit)
     except (ValueError, OSError, ModelSourceError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc

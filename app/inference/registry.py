@@ -130,7 +130,10 @@ class TextEncoder(_Batched, Embedder):
         return await asyncio.to_thread(self.model.tokenize, texts, truncate)
 
     async def embed_text(self, texts: list[str], truncate: bool = True) -> EmbeddingResult:
-        tokenized = await self.tokenize(texts, truncate)
+        return await self.embed_tokenized(await self.tokenize(texts, truncate))
+
+    async def embed_tokenized(self, tokenized: list[Tokenized]) -> EmbeddingResult:
+        """`embed_text` of texts this model's `tokenize` already tokenized."""
         ids = [t.ids for t in tokenized]
         rows = await self.batcher.submit(ids, [len(i) for i in ids])  # (n, outputs, dim); cost = tokens
         tokens = sum(len(i) for i in ids)

@@ -114,9 +114,9 @@ async def query_vector(rescorer: Rescorer, query: str) -> np.ndarray:
     and the query is no longer than the texts it was distilled for, else by the model itself."""
     tower = rescorer.query_encoder
     if tower is not None:
-        limit = rescorer.query_max_tokens
-        if limit is None or len((await tower.tokenize([query], truncate=True))[0].ids) <= limit:
-            return (await tower.embed_text([query])).vectors
+        tokenized = await tower.tokenize([query], truncate=True)
+        if rescorer.query_max_tokens is None or len(tokenized[0].ids) <= rescorer.query_max_tokens:
+            return (await tower.embed_tokenized(tokenized)).vectors
     return (await rescorer.encoder.embed_text([query])).vectors
 
 

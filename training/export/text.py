@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from torch import nn
 
 from app.core.manifest import (
+    MANIFEST_FILE,
     Backend,
     BiEncoderSpec,
     Manifest,
@@ -195,7 +196,7 @@ def export_text_model(
             raise ValueError("the model's tokenizer has no fast (tokenizer.json) form")
         _strip_tokenizer_padding(staging / TOKENIZER_FILE)
         quantised = weight_only_int8(staging / ONNX_FILE, staging / INT8_ONNX_FILE) > 0
-        files = {p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.is_file() and p.name != "manifest.json"}
+        files = {p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.is_file() and p.name != MANIFEST_FILE}
         manifest = Manifest(
             name=name,
             kind=ModelKind.TEXT if bi_encoder is None else ModelKind.BI_ENCODER,
@@ -256,7 +257,7 @@ def _carry_query_tower(out_dir: Path, source: str, staging: Path) -> dict[str, A
     spec = previous.bi_encoder
     if spec is None or spec.query_tower is None or previous.source.checkpoint != source:
         return {}
-    if not (out_dir / spec.query_tower / "manifest.json").is_file():
+    if not (out_dir / spec.query_tower / MANIFEST_FILE).is_file():
         return {}
     shutil.copytree(out_dir / spec.query_tower, staging / spec.query_tower)
     log.info("%s: kept its query tower %r (same checkpoint %s)", out_dir, spec.query_tower, source)
