@@ -43,11 +43,13 @@ Int64 = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
 
 
 # Index specs: the shapes and numeric ranges `app.search.vector_index.validate_spec` accepts (HNSW M
-# 2..256, IVF nlist 1..65536, PQ bits 1..10); whether PQ m divides the dimension depends on the model.
+# 2..256, also of IVF's graph over its centroids; IVF nlist 1..65536, PQ bits 1..10); whether PQ m
+# divides the dimension depends on the model.
 _M = r"(?:[2-9]|[1-9][0-9]|1[0-9]{2}|2[0-4][0-9]|25[0-6])"
 _NLIST = r"(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-6])"
 INDEX_SPEC_PATTERN = (
-    rf"^(?:auto|Flat|HNSW{_M}(?:,Flat)?|IVF{_NLIST},(?:Flat|SQ8|SQ4|RaBitQ|PQ[1-9][0-9]{{0,3}}(?:x(?:[1-9]|10))?))$"
+    rf"^(?:auto|Flat|HNSW{_M}(?:,Flat)?"
+    rf"|IVF{_NLIST}(?:_HNSW{_M})?,(?:Flat|SQ8|SQ4|RaBitQ|PQ[1-9][0-9]{{0,3}}(?:x(?:[1-9]|10))?))$"
 )
 # A collection name (also the path segment): what `app.search.collection.NAME_PATTERN` accepts.
 INDEX_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"

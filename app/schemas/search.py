@@ -84,7 +84,9 @@ class CreateIndexRequest(StrictRequest):
         json_schema_extra={"pattern": INDEX_SPEC_PATTERN},  # checked by validate_spec, with a clearer message
         description=(
             "auto, or a FAISS factory string: Flat, HNSW32, IVF1024,SQ8, IVF1024,PQ48, IVF1024,RaBitQ "
-            "(binary codes, one bit per dimension; searches rescore the shortlist with the stored float vectors)"
+            "(binary codes, one bit per dimension; searches rescore the shortlist with the stored float vectors); "
+            "IVF4096_HNSW32,SQ8 finds a query's lists by walking a graph over the centroids instead of comparing "
+            "every one (for very many lists; it costs some recall at a given nprobe)"
         ),
     )
     thumbnails: bool = Field(

@@ -24,7 +24,7 @@ METRICS = {"cosine": faiss.METRIC_INNER_PRODUCT, "ip": faiss.METRIC_INNER_PRODUC
 # FAISS's parser refuses.
 SPEC_PATTERN = re.compile(
     r"^(?:Flat|HNSW(?P<m>\d{1,4})(?:,Flat)?"
-    r"|IVF(?P<nlist>\d{1,7}),(?:Flat|SQ8|SQ4|RaBitQ|PQ(?P<pq>\d{1,4})(?:x(?P<bits>\d{1,2}))?))$",
+    r"|IVF(?P<nlist>\d{1,7})(?:_HNSW(?P<coarse_m>\d{1,4}))?,(?:Flat|SQ8|SQ4|RaBitQ|PQ(?P<pq>\d{1,4})(?:x(?P<bits>\d{1,2}))?))$",
     re.ASCII,
 )
 # Binary codes (RaBitQ: one bit per dimension and two floats per vector, a 384-d vector in 56 bytes
@@ -45,6 +45,13 @@ HNSW_M_RANGE = (2, 256)  # M < 2 aborts inside FAISS (HNSW.cpp assertion) or seg
 IVF_NLIST_RANGE = (1, 65_536)
 PQ_BITS_RANGE = (1, 10)  # 16 bits asks FAISS for ~100 GB of polysemous-training memory
 EF_SEARCH_BOUNDS = (1, 4096)
+# IVF with a graph over its centroids (`IVF<nlist>_HNSW<M>,...`, asked for by name; `auto` does not
+# choose it): a query finds its nearest lists by walking the graph with this breadth (at least
+# nprobe) instead of comparing it with every centroid, which grows with the list count (0.19 ms at
+# 4,000 lists of 384-d). A breadth of 64 missed the nearest list for 4% of queries at 4,000 lists,
+# 128 for 1% (benchmarks/results/coarse_quantizer.md); what the walk misses costs recall at a given
+# nprobe. Adds file each vector under its nearest list by comparing every centroid (`_assign`).
+COARSE_EF_SEARCH = 128
 HNSW_EF_CONSTRUCTION = 128
 # Filtered searches over at most this many matches are scored exactly with vectors read from the
 # store; larger match sets search the index with an id selector (as unfiltered search, approximate)
@@ -71,10 +78,11 @@ def validate_spec(spec: str, dim: int | None = None) -> str:
     match = SPEC_PATTERN.match(spec)
     if not match:
         raise IndexSpecError(
-            f"unsupported index spec {spec!r}: use auto, Flat, HNSW<M>, IVF<nlist>,Flat|SQ8|SQ4|RaBitQ|PQ<m>"
+            f"unsupported index spec {spec!r}: use auto, Flat, HNSW<M>, IVF<nlist>[_HNSW<M>],Flat|SQ8|SQ4|RaBitQ|PQ<m>"
         )
     _in_range(spec, "HNSW M", match["m"], HNSW_M_RANGE)
     _in_range(spec, "IVF nlist", match["nlist"], IVF_NLIST_RANGE)
+    _in_range(spec, "IVF coarse graph M", match["coarse_m"], HNSW_M_RANGE)
     _in_range(spec, "PQ bits per code", match["bits"], PQ_BITS_RANGE)
     if match["pq"] is not None:
         m = int(match["pq"])
@@ -86,6 +94,17 @@ def validate_spec(spec: str, dim: int | None = None) -> str:
 def _in_range(spec: str, what: str, value: str | None, bounds: tuple[int, int]) -> None:
     if value is not None and not bounds[0] <= int(value) <= bounds[1]:
         raise IndexSpecError(f"index spec {spec!r}: {what} must be in {bounds[0]}..{bounds[1]}")
+
+
+def ivf_nlist(spec: str) -> int:
+    """The list count of an IVF `spec` (`IVF4000,SQ8`, `IVF4000_HNSW32,SQ8`: 4000)."""
+    return int(re.match(r"IVF(\d+)", spec)[1])  # type: ignore[index]
+
+
+def coarse_graph_degree(spec: str) -> int | None:
+    """The M of the graph over an IVF `spec`'s centroids (`IVF4000_HNSW32,SQ8`: 32), None without one."""
+    found = re.match(r"IVF\d+_HNSW(\d+),", spec)
+    return int(found[1]) if found else None
 
 
 def training_points_needed(spec: str) -> int:
@@ -141,6 +160,8 @@ class VectorIndex:
                 # A better-connected graph (FAISS default 40): recall@10 ≥ 0.95 on 1M real-like
                 # vectors needs it (benchmarks/results/search.md); costs build time, not memory.
                 faiss.downcast_index(index.index).hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+            elif coarse_graph_degree(spec) is not None:
+                faiss.downcast_index(faiss.extract_index_ivf(index).quantizer).hnsw.efSearch = COARSE_EF_SEARCH
         self.index = index
         self.tombstones: set[int] = set()  # removed from the store but still in a graph index
         self.defaults = SearchParams()
@@ -180,9 +201,25 @@ class VectorIndex:
             self.index.train(self.prepare(vectors))
 
     def add(self, keys: np.ndarray, vectors: np.ndarray) -> None:
-        if len(keys):
-            self.index.add_with_ids(self.prepare(vectors), np.asarray(keys, dtype=np.int64))
-            self.tombstones.difference_update(int(k) for k in keys)
+        if not len(keys):
+            return
+        prepared = np.ascontiguousarray(self.prepare(vectors))
+        ids = np.ascontiguousarray(keys, dtype=np.int64)
+        if coarse_graph_degree(self.spec) is None:
+            self.index.add_with_ids(prepared, ids)
+        else:
+            lists = np.ascontiguousarray(self._assign(prepared))
+            ivf = faiss.extract_index_ivf(self.index)
+            ivf.add_core(len(ids), faiss.swig_ptr(prepared), faiss.swig_ptr(ids), faiss.swig_ptr(lists))
+        self.tombstones.difference_update(int(k) for k in keys)
+
+    def _assign(self, prepared: np.ndarray) -> np.ndarray:
+        """(m,) the IVF list of each prepared vector: its nearest centroid, compared with every
+        one even where searches walk a graph over them (see COARSE_EF_SEARCH)."""
+        quantizer = faiss.downcast_index(faiss.extract_index_ivf(self.index).quantizer)
+        exact = faiss.downcast_index(quantizer.storage) if isinstance(quantizer, faiss.IndexHNSW) else quantizer
+        _, assigned = exact.search(prepared, 1)
+        return assigned.ravel()
 
     def fill(self, chunks: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]) -> None:
         """Add every (keys, vectors) chunk `chunks()` yields; it must yield the same chunks each call.
@@ -200,8 +237,7 @@ class VectorIndex:
         assignments: list[np.ndarray] = []
         counts = np.zeros(ivf.nlist, np.int64)
         for _, vectors in chunks():
-            _, assigned = ivf.quantizer.search(self.prepare(vectors), 1)
-            assignments.append(assigned.ravel())
+            assignments.append(self._assign(self.prepare(vectors)))
             counts += np.bincount(assignments[-1], minlength=ivf.nlist)
         if isinstance(lists, faiss.ArrayInvertedLists):  # std::vector: shrinking keeps the capacity
             for list_no in np.flatnonzero(counts):
@@ -258,8 +294,12 @@ class VectorIndex:
         if self.spec == "Flat":
             return self.ntotal
         if self.is_ivf:
-            nlist = int(re.findall(r"IVF(\d+)", self.spec)[0])
-            return nlist + self.ntotal * min(self._nprobe(params), nlist) // nlist
+            nlist = ivf_nlist(self.spec)
+            nprobe = min(self._nprobe(params), nlist)
+            # the coarse step: every centroid, or the graph walk's ~breadth x 2M neighbours read
+            graph_m = coarse_graph_degree(self.spec)
+            coarse = nlist if graph_m is None else min(nlist, max(COARSE_EF_SEARCH, nprobe) * 2 * graph_m)
+            return coarse + self.ntotal * nprobe // nlist
         if self.is_graph:
             return self._ef_search(params) * 2 * self._graph_degree + len(self.tombstones)
         return None
@@ -271,6 +311,8 @@ class VectorIndex:
         elif self.is_ivf:
             p = faiss.IVFRaBitQSearchParameters() if self.is_binary else faiss.SearchParametersIVF()
             p.nprobe = self._nprobe(params)
+            if coarse_graph_degree(self.spec) is not None:
+                p.quantizer_params = faiss.SearchParametersHNSW(efSearch=max(COARSE_EF_SEARCH, p.nprobe))
         else:
             if selector is None:
                 return None

@@ -50,8 +50,11 @@ def _vec(seed: int) -> list[float]:
 # --- 1, 7: index specs that FAISS aborts on or rejects --------------------------------------------
 @pytest.mark.parametrize(
     "spec",
-    # the last two: digits of other scripts (Arabic-Indic 3, full-width 16), which FAISS cannot parse
-    ["HNSW0", "HNSW1", "IVF10,PQ7", "IVF1,PQ999x99", "IVF0,Flat", "HNSW9999", "IVF\u0663,Flat", "HNSW\uff11\uff16"],
+    [
+        *("HNSW0", "HNSW1", "IVF10,PQ7", "IVF1,PQ999x99", "IVF0,Flat", "HNSW9999"),
+        *("IVF\u0663,Flat", "HNSW\uff11\uff16"),  # digits of other scripts (Arabic-Indic 3, full-width 16)
+        *("IVF10_HNSW1,Flat", "IVF10_HNSW,SQ8", "IVF10_HNSW300,SQ8", "IVF10_IVF4,Flat"),  # graphs over centroids too
+    ],
 )
 def test_unbuildable_index_specs_are_refused_and_leave_nothing(client: TestClient, tmp_path: Path, spec: str) -> None:
     _json_error(client.post("/indexes", json={"name": "x", "index": spec}), 422, "invalid_index_spec")

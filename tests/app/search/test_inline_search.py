@@ -17,7 +17,7 @@ from app.search import collection as collection_module
 from app.search.collection import Collection
 from app.search.manager import CollectionManager
 from app.search.store import Document
-from app.search.vector_index import SearchParams, VectorIndex
+from app.search.vector_index import COARSE_EF_SEARCH, SearchParams, VectorIndex
 from tests.app.search.test_optimize import DIM, clustered
 from tests.conftest import settings_for, wait_for_build
 
@@ -95,6 +95,14 @@ def test_how_many_vectors_a_query_is_compared_with() -> None:
     binary.train(vectors)
     binary.add(keys, vectors)
     assert binary.vectors_compared(SearchParams(nprobe=5)) == 20 + 2000 * 5 // 20
+    graph = VectorIndex(DIM, "cosine", "IVF1000_HNSW2,SQ8")  # lists found by a walk over ~breadth x 2 x 2 centroids
+    graph.train(vectors)
+    graph.add(keys, vectors)
+    assert COARSE_EF_SEARCH * 4 < 1000
+    assert graph.vectors_compared(SearchParams(nprobe=5)) == COARSE_EF_SEARCH * 2 * 2 + 2000 * 5 // 1000
+    wide = COARSE_EF_SEARCH + 10  # the walk's breadth is at least nprobe
+    assert graph.vectors_compared(SearchParams(nprobe=wide)) == wide * 2 * 2 + 2000 * wide // 1000
+    assert graph.vectors_compared(SearchParams(nprobe=300)) == 1000 + 2000 * 300 // 1000  # the walk reaches them all
 
 
 def test_a_binary_index_searches_inline_and_rescores_from_the_store(tmp_path: Path) -> None:

@@ -263,7 +263,7 @@ def _ivf_ids(index) -> list[int]:  # type: ignore[no-untyped-def]
     return ids
 
 
-@pytest.mark.parametrize("spec", ["HNSW16", "IVF100,Flat", "IVF100,RaBitQ"])
+@pytest.mark.parametrize("spec", ["HNSW16", "IVF100,Flat", "IVF100,RaBitQ", "IVF100_HNSW16,SQ8"])
 def test_recall_is_measured_on_held_out_documents_and_tracks_fresh_queries(tmp_path: Path, spec: str) -> None:
     """The build's recall estimate (documents held out of the index while it is tuned) is close to
     the recall of queries the collection never saw, and the held-out documents end up indexed."""
@@ -291,6 +291,53 @@ def test_recall_is_measured_on_held_out_documents_and_tracks_fresh_queries(tmp_p
     truth = recall_at_10(collection.index, exact, fresh, collection.index.defaults)
     assert abs(report.recall_at_10 - truth) <= 0.03 and truth >= collection.recall_target - 0.02
     collection.close()
+
+
+def test_ivf_lists_found_through_a_graph_search_as_exhaustive_lists_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`IVF<n>_HNSW<M>`: adds file each vector under its nearest centroid; searches find their lists
+    by walking the graph, with the breadth COARSE_EF_SEARCH, nearly always the lists comparing
+    every centroid finds (the same hits); the index is saved and loaded with its graph."""
+    from app.search import vector_index
+    from app.search.vector_index import SearchParams, VectorIndex
+
+    vectors, queries = clustered(6_000, seed=11), clustered(100, seed=12)
+    keys = np.arange(6_000, dtype=np.int64)
+    exhaustive, graph = VectorIndex(DIM, "cosine", "IVF256,Flat"), VectorIndex(DIM, "cosine", "IVF256_HNSW16,Flat")
+    for index in (exhaustive, graph):
+        index.train(vectors)
+        index.add(keys, vectors)
+    import faiss
+
+    def lists_of(index: VectorIndex) -> dict[int, int]:
+        """Stored key -> the list it was filed under."""
+        invlists = faiss.extract_index_ivf(index.index).invlists
+        return {
+            key: lst
+            for lst in range(256)
+            for key in faiss.rev_swig_ptr(invlists.get_ids(lst), invlists.list_size(lst)).tolist()
+        }
+
+    # every vector is filed under its nearest centroid, by comparing them all (not by the walk)
+    centroids = faiss.extract_index_ivf(graph.index).quantizer.reconstruct_n(0, 256)
+    nearest = np.argmax(vectors @ centroids.T, axis=1)
+    assert lists_of(graph) == {int(k): int(c) for k, c in zip(keys, nearest, strict=True)}
+    every_list = SearchParams(nprobe=256)
+    _, all_lists = exhaustive.search(queries, 10, params=every_list)
+    assert np.array_equal(graph.search(queries, 10, params=every_list)[1], all_lists)
+    _, by_graph = graph.search(queries, 10, params=SearchParams(nprobe=8))
+    _, by_all = exhaustive.search(queries, 10, params=SearchParams(nprobe=8))
+    assert np.mean(by_graph == by_all) >= 0.9  # the walk's breadth (64) finds nearly every list
+    monkeypatch.setattr(vector_index, "COARSE_EF_SEARCH", 1)  # a narrower walk (nprobe 8) misses more
+    assert np.mean(graph.search(queries, 10, params=SearchParams(nprobe=8))[1] == by_all) < np.mean(by_graph == by_all)
+    monkeypatch.undo()
+    graph.save(tmp_path / "index", applied_op=0)
+    loaded, _ = VectorIndex.load(tmp_path / "index", DIM, "cosine")  # type: ignore[misc]
+    assert loaded.spec == "IVF256_HNSW16,Flat"
+    assert np.array_equal(loaded.search(queries, 10, params=SearchParams(nprobe=8))[1], by_graph)
+    quantizer = faiss.downcast_index(faiss.extract_index_ivf(loaded.index).quantizer)
+    assert isinstance(quantizer, faiss.IndexHNSWFlat)
 
 
 def test_ivf_retrains_in_the_background_once_the_collection_has_grown(tmp_path: Path) -> None:
@@ -388,7 +435,14 @@ def _check_one_query_threads(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize(
-    ("spec", "metric"), [("IVF16,SQ8", "cosine"), ("IVF16,Flat", "l2"), ("HNSW8", "ip"), ("IVF16,RaBitQ", "cosine")]
+    ("spec", "metric"),
+    [
+        ("IVF16,SQ8", "cosine"),
+        ("IVF16,Flat", "l2"),
+        ("HNSW8", "ip"),
+        ("IVF16,RaBitQ", "cosine"),
+        ("IVF16_HNSW8,SQ8", "cosine"),
+    ],
 )
 def test_fill_in_two_passes_builds_the_index_one_pass_builds(spec: str, metric: str) -> None:
     """IVF fills size every list first (then write with the same assignments): the index must hold
