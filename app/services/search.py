@@ -16,6 +16,7 @@ import numpy as np
 
 from app.core.config import Settings
 from app.core.errors import (
+    CollectionNotFound,
     DuplicateIds,
     InvalidRequest,
     InvalidVector,
@@ -467,5 +468,9 @@ def start_optimize(collections: CollectionManager, name: str, spec: str | None) 
 
 def _finished(task: asyncio.Task[Any]) -> None:
     _background.discard(task)
-    if not task.cancelled() and (exc := task.exception()) is not None:
+    if task.cancelled() or (exc := task.exception()) is None:
+        return
+    if isinstance(exc, CollectionNotFound):  # deleted while it built: nothing was written, nothing is wrong
+        log.info("background optimise stopped: %s", exc)
+    else:
         log.error("background optimise failed: %r", exc)  # recorded in the collection's last_build_error

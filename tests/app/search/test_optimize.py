@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -338,6 +340,43 @@ def test_ivf_lists_found_through_a_graph_search_as_exhaustive_lists_do(
     assert np.array_equal(loaded.search(queries, 10, params=SearchParams(nprobe=8))[1], by_graph)
     quantizer = faiss.downcast_index(faiss.extract_index_ivf(loaded.index).quantizer)
     assert isinstance(quantizer, faiss.IndexHNSWFlat)
+
+
+def test_a_collection_deleted_while_it_optimises_stays_deleted_and_logs_no_error(
+    default_models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The build finishes against a closed store: it stops there (nothing written, the folder stays
+    gone, the name can be reused) and says so at INFO, not as a failed optimise."""
+    import threading
+
+    from app.search.collection import Collection
+    from app.services import search as search_service
+
+    caplog.set_level(logging.INFO)
+    deleted = threading.Event()
+    build = Collection._build_from_store
+
+    def build_after_the_delete(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        assert deleted.wait(30)
+        return build(self, *args, **kwargs)
+
+    with TestClient(create_app(settings_for(default_models_dir, data_dir=tmp_path))) as client:
+        client.post("/indexes", json={"name": "gone", "index": "IVF4,Flat"})
+        docs = [{"id": str(i), "vector": v.tolist()} for i, v in enumerate(clustered(300))]
+        client.put("/indexes/gone/documents", json={"documents": docs})
+        monkeypatch.setattr(Collection, "_build_from_store", build_after_the_delete)
+        assert client.post("/indexes/gone/optimize").status_code == 202
+        assert client.delete("/indexes/gone").status_code == 204
+        deleted.set()
+        deadline = time.monotonic() + 30
+        while search_service._background and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not search_service._background
+        assert not (tmp_path / "indexes" / "gone").exists()
+        assert client.get("/indexes/gone").status_code == 404
+        assert client.post("/indexes", json={"name": "gone"}).status_code == 201  # the name is free
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    assert "background optimise stopped" in caplog.text
 
 
 def test_ivf_retrains_in_the_background_once_the_collection_has_grown(tmp_path: Path) -> None:

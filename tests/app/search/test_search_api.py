@@ -121,6 +121,8 @@ def test_client_vectors_of_the_right_dim(client: TestClient) -> None:
         ("post", "/indexes/docs/search", {"query": "x", "top_k": 0}, 422, "invalid_request"),
         ("post", "/indexes/docs/search", {"query": "x", "top_k": 5000}, 422, "invalid_request"),
         ("post", "/indexes/docs/search", {}, 422, "invalid_request"),
+        ("post", "/indexes/docs/search", {"query": ""}, 422, "invalid_request"),  # as /v1/rerank's query
+        ("post", "/indexes/docs/search", {"query": "", "mode": "keyword"}, 422, "invalid_request"),
         ("post", "/indexes/docs/search", {"query": "x", "vector": [0.0] * 384}, 422, "invalid_request"),
         ("put", "/indexes/docs/documents", {"documents": [{"id": "bad\nid", "text": "x"}]}, 422, "invalid_request"),
         ("put", "/indexes/docs/documents", {"documents": [{"id": "", "text": "x"}]}, 422, "invalid_request"),
