@@ -151,6 +151,7 @@ class BuildReport:
 class VectorIndex:
     def __init__(self, dim: int, metric: str, spec: str = "Flat", index: faiss.Index | None = None) -> None:
         self.dim, self.metric, self.spec = dim, metric, spec
+        self.coarse_graph_m = coarse_graph_degree(spec)  # read once: searches consult it every time
         if index is None:
             # IVF stores external ids itself and removes by them. Flat and HNSW get an id map; an
             # id map over IVF would break on removal (it assumes the sub-index renumbers rows).
@@ -160,7 +161,7 @@ class VectorIndex:
                 # A better-connected graph (FAISS default 40): recall@10 ≥ 0.95 on 1M real-like
                 # vectors needs it (benchmarks/results/search.md); costs build time, not memory.
                 faiss.downcast_index(index.index).hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-            elif coarse_graph_degree(spec) is not None:
+            elif self.coarse_graph_m is not None:
                 faiss.downcast_index(faiss.extract_index_ivf(index).quantizer).hnsw.efSearch = COARSE_EF_SEARCH
         self.index = index
         self.tombstones: set[int] = set()  # removed from the store but still in a graph index
@@ -205,7 +206,7 @@ class VectorIndex:
             return
         prepared = np.ascontiguousarray(self.prepare(vectors))
         ids = np.ascontiguousarray(keys, dtype=np.int64)
-        if coarse_graph_degree(self.spec) is None:
+        if self.coarse_graph_m is None:
             self.index.add_with_ids(prepared, ids)
         else:
             lists = np.ascontiguousarray(self._assign(prepared))
@@ -217,7 +218,7 @@ class VectorIndex:
         """(m,) the IVF list of each prepared vector: its nearest centroid, compared with every
         one even where searches walk a graph over them (see COARSE_EF_SEARCH)."""
         quantizer = faiss.downcast_index(faiss.extract_index_ivf(self.index).quantizer)
-        exact = faiss.downcast_index(quantizer.storage) if isinstance(quantizer, faiss.IndexHNSW) else quantizer
+        exact = faiss.downcast_index(quantizer.storage) if self.coarse_graph_m is not None else quantizer
         _, assigned = exact.search(prepared, 1)
         return assigned.ravel()
 
@@ -297,7 +298,7 @@ class VectorIndex:
             nlist = ivf_nlist(self.spec)
             nprobe = min(self._nprobe(params), nlist)
             # the coarse step: every centroid, or the graph walk's ~breadth x 2M neighbours read
-            graph_m = coarse_graph_degree(self.spec)
+            graph_m = self.coarse_graph_m
             coarse = nlist if graph_m is None else min(nlist, max(COARSE_EF_SEARCH, nprobe) * 2 * graph_m)
             return coarse + self.ntotal * nprobe // nlist
         if self.is_graph:
@@ -311,7 +312,7 @@ class VectorIndex:
         elif self.is_ivf:
             p = faiss.IVFRaBitQSearchParameters() if self.is_binary else faiss.SearchParametersIVF()
             p.nprobe = self._nprobe(params)
-            if coarse_graph_degree(self.spec) is not None:
+            if self.coarse_graph_m is not None:
                 p.quantizer_params = faiss.SearchParametersHNSW(efSearch=max(COARSE_EF_SEARCH, p.nprobe))
         else:
             if selector is None:

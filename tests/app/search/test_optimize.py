@@ -330,7 +330,7 @@ def test_ivf_lists_found_through_a_graph_search_as_exhaustive_lists_do(
     assert np.array_equal(graph.search(queries, 10, params=every_list)[1], all_lists)
     _, by_graph = graph.search(queries, 10, params=SearchParams(nprobe=8))
     _, by_all = exhaustive.search(queries, 10, params=SearchParams(nprobe=8))
-    assert np.mean(by_graph == by_all) >= 0.9  # the walk's breadth (64) finds nearly every list
+    assert np.mean(by_graph == by_all) >= 0.9  # the walk's breadth (COARSE_EF_SEARCH) finds nearly every list
     monkeypatch.setattr(vector_index, "COARSE_EF_SEARCH", 1)  # a narrower walk (nprobe 8) misses more
     assert np.mean(graph.search(queries, 10, params=SearchParams(nprobe=8))[1] == by_all) < np.mean(by_graph == by_all)
     monkeypatch.undo()
