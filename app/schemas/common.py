@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, WithJsonSchema
 
 from app.core.numbers import INT64_MAX, INT64_MIN
 from app.core.text import is_encodable
@@ -28,6 +28,9 @@ def _valid_text(value: str) -> str:
 
 # Any text a request carries: inputs, queries, documents, ids, metadata keys and values.
 Text = Annotated[str, AfterValidator(_valid_text)]
+# Text that must not be empty (a query). The length check sits inside, so it holds (with pydantic's
+# "at least 1 character" message) where the field is optional too.
+NonEmptyText = Annotated[str, StringConstraints(min_length=1), AfterValidator(_valid_text)]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
 

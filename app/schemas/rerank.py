@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, WithJsonSchema, field_validator
 
-from app.schemas.common import Integer, StrictRequest, Text
+from app.schemas.common import Integer, NonEmptyText, StrictRequest, Text
 
 
 class RerankRequest(StrictRequest):
@@ -15,7 +15,7 @@ class RerankRequest(StrictRequest):
         description="a model folder of kind bi-encoder, cross-encoder or blockrank; default: "
         "TESSERA_DEFAULT_RERANKER, else the first served",
     )
-    query: Text = Field(min_length=1)
+    query: NonEmptyText
     documents: Annotated[
         list[Text],
         WithJsonSchema(

@@ -24,6 +24,7 @@ from app.schemas.common import (
     FiniteFloat,
     Int64,
     Integer,
+    NonEmptyText,
     StrictRequest,
     Text,
 )
@@ -224,7 +225,7 @@ class SearchRequest(StrictRequest):
         },
     )
 
-    query: Text | None = Field(None, min_length=1, description="text, embedded with the collection's model")
+    query: NonEmptyText | None = Field(None, description="text, embedded with the collection's model")
     vector: list[FiniteFloat] | None = Field(None, description="a raw query vector instead of text")
     image: Text | None = Field(None, description="a query image (base64 or data URI; a URL if enabled)")
     modality: Literal["text", "image"] | None = Field(

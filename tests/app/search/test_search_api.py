@@ -148,6 +148,13 @@ def test_bad_input_gets_json_4xx(client: TestClient, method: str, path: str, bod
     assert response.json()["error"]["code"] == code
 
 
+def test_an_empty_query_is_refused_with_a_plain_message(client: TestClient) -> None:
+    _fill(client)
+    response = client.post("/indexes/docs/search", json={"query": ""})
+    assert response.status_code == 422
+    assert response.json()["error"]["message"] == "query: String should have at least 1 character"
+
+
 def test_read_only_replica_serves_the_writer_data_and_refuses_writes(default_models_dir, tmp_path) -> None:
     with TestClient(create_app(settings_for(default_models_dir, data_dir=tmp_path))) as writer:
         _fill(writer)
