@@ -95,6 +95,17 @@ def start(name: str, cwd: Path, models: Path, workdir: Path, extra: dict[str, st
     )
 
 
+def best_rounds(sides: dict[str, list[dict]], ratios: dict[str, str]) -> dict:
+    """Each side's best round (by requests/s), every round, and `ratio_<label>`: tree / base of
+    the best rounds' `ratios[label]` statistic."""
+    best = {name: max(runs, key=lambda r: r["requests_per_s"]) for name, runs in sides.items()}
+    return {
+        **best,
+        "all_rounds": sides,
+        **{f"ratio_{label}": best["tree"][key] / best["base"][key] for label, key in ratios.items()},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--base", required=True, help="git revision to compare the working tree with")
@@ -148,13 +159,7 @@ def main() -> None:
             "scenarios": {},
         }
         for scenario, sides in rounds.items():
-            best = {name: max(runs, key=lambda r: r["requests_per_s"]) for name, runs in sides.items()}
-            report["scenarios"][scenario] = {
-                **best,
-                "all_rounds": sides,
-                "ratio_requests_per_s": best["tree"]["requests_per_s"] / best["base"]["requests_per_s"],
-                "ratio_p99": best["tree"]["p99_ms"] / best["base"]["p99_ms"],
-            }
+            report["scenarios"][scenario] = best_rounds(sides, {"requests_per_s": "requests_per_s", "p99": "p99_ms"})
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / f"{args.out}.json").write_text(json.dumps(report, indent=2))
         (RESULTS / f"{args.out}.md").write_text(render(report))

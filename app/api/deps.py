@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -18,19 +19,27 @@ async def get_registry(request: Request) -> ModelRegistry:
     return request.app.state.registry
 
 
-async def get_app_settings(request: Request) -> Settings:
-    return request.app.state.settings
-
-
 async def get_collections(request: Request) -> CollectionManager:
     return request.app.state.collections
 
 
-async def get_fetcher(request: Request) -> ImageFetcher:
-    return request.app.state.image_fetcher
+@dataclass(frozen=True, slots=True)
+class Services:
+    """Everything a route may work with, as one dependency: FastAPI resolves each dependency of a
+    request separately, at a few tens of microseconds apiece, which a cheap search (~1 ms of CPU)
+    paid four times over."""
+
+    settings: Settings
+    registry: ModelRegistry
+    collections: CollectionManager
+    fetcher: ImageFetcher
 
 
-FetcherDep = Annotated[ImageFetcher, Depends(get_fetcher)]
+async def get_services(request: Request) -> Services:
+    state = request.app.state
+    return Services(state.settings, state.registry, state.collections, state.image_fetcher)
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
 CollectionsDep = Annotated[CollectionManager, Depends(get_collections)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
-SettingsDep = Annotated[Settings, Depends(get_app_settings)]

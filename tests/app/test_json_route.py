@@ -2,10 +2,21 @@
 
 import asyncio
 import json
+from collections.abc import Iterator
 
+import fastapi.routing
 import pytest
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.routing import APIRoute
+from fastapi.testclient import TestClient
+from pydantic import BaseModel
+from starlette.responses import Response
 
-from app.api.json_route import FastJSONRequest
+from app.api.deps import Services, ServicesDep, get_services
+from app.api.json_route import DirectCall, FastJSONRequest, FastJSONRoute
+from app.api.routes import classify, embeddings, indexes
+from app.main import create_app
+from tests.conftest import settings_for
 
 # Bodies both parsers read, including the corners where parsers differ: big integers, NaN and
 # Infinity (the schemas refuse them later, with a message), duplicate keys, escapes, -0.0, 1e400.
@@ -54,3 +65,136 @@ def test_bodies_refused_raise_what_the_standard_library_raises(body: bytes) -> N
         json.loads(body)
     with pytest.raises(type(expected.value)):
         _read(body)
+
+
+# -- the direct call: well-formed requests to plain endpoints skip FastAPI's request handler --------
+
+
+@pytest.fixture(scope="module")
+def client(default_models_dir, tmp_path_factory) -> Iterator[TestClient]:
+    settings = settings_for(default_models_dir, data_dir=tmp_path_factory.mktemp("data"))
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def handler_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Each request FastAPI's own handler answered: it solves the dependencies of every request."""
+    calls: list[str] = []
+    original = fastapi.routing.solve_dependencies
+
+    async def counting(*, request, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(request.url.path)
+        return await original(request=request, **kwargs)
+
+    monkeypatch.setattr(fastapi.routing, "solve_dependencies", counting)
+    return calls
+
+
+def _routes(router: APIRouter) -> dict[tuple[str, str], APIRoute]:
+    return {(r.path, m): r for r in router.routes if isinstance(r, APIRoute) for m in r.methods}
+
+
+def test_only_endpoints_of_the_plain_shape_get_the_direct_call() -> None:
+    routes = {**_routes(indexes.router), **_routes(embeddings.router), **_routes(classify.router)}
+    direct = {key for key, route in routes.items() if DirectCall.fits(route)}
+    assert direct == {("/indexes/{name}/search", "POST"), ("/v1/embeddings", "POST"), ("/embed", "POST")}
+    # Not these: a response model to serialise (classify, upsert), a constrained path parameter
+    # (a document id's max_length), no body (GET).
+    assert ("/v1/classify", "POST") in routes and ("/indexes/{name}/documents", "PUT") in routes
+    assert ("/indexes/{name}/documents/{doc_id:path}", "GET") in routes
+
+
+def test_well_formed_requests_skip_fastapis_handler_and_answer_the_same(client, handler_calls) -> None:
+    texts = ["wing flutter at supersonic speed", "boundary layer transition"]
+    name = "direct-call"
+    client.post("/indexes", json={"name": name, "model": "minilm-l6"}).raise_for_status()
+    client.put(
+        f"/indexes/{name}/documents", json={"documents": [{"id": str(i), "text": t} for i, t in enumerate(texts)]}
+    ).raise_for_status()
+    handler_calls.clear()
+    search = {"query": "flutter", "top_k": 2}
+    direct = client.post(f"/indexes/{name}/search", json=search)
+    embedded = client.post("/v1/embeddings", json={"input": texts, "model": "minilm-l6"})
+    assert direct.status_code == 200 and embedded.status_code == 200
+    assert handler_calls == []  # neither went through FastAPI's handler
+    # The same requests through FastAPI's handler (another spelling of the JSON content type).
+    standard_headers = {"content-type": "application/json; charset=utf-8"}
+    standard = client.post(f"/indexes/{name}/search", content=json.dumps(search), headers=standard_headers)
+    embedded_again = client.post(
+        "/v1/embeddings", content=json.dumps({"input": texts, "model": "minilm-l6"}), headers=standard_headers
+    )
+    assert handler_calls == [f"/indexes/{name}/search", "/v1/embeddings"]
+    assert [h["id"] for h in direct.json()["hits"]] == [h["id"] for h in standard.json()["hits"]] == ["0", "1"]
+    assert [h["score"] for h in direct.json()["hits"]] == [h["score"] for h in standard.json()["hits"]]
+    assert embedded.json()["data"] == embedded_again.json()["data"]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b'{"query": "x", "top_k": 0}', "top_k: Input should be greater than or equal to 1"),
+        (b'{"vector": [NaN]}', "finite"),
+        (b"", "Field required"),
+        (b"[1, 2]", "valid dictionary"),
+        (b'{"query": "x", "top_k": 10', "JSON decode error"),  # FastAPI refuses it before its solver
+    ],
+)
+def test_malformed_requests_answer_as_fastapis_handler_does(client, handler_calls, body, message) -> None:
+    response = client.post("/indexes/anything/search", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert message in response.json()["error"]["message"]
+    if message != "JSON decode error":
+        assert handler_calls == ["/indexes/anything/search"]  # answered by FastAPI's handler, as before
+
+
+def test_dependency_overrides_are_honoured(client, handler_calls) -> None:
+    real = client.app.state  # type: ignore[attr-defined]
+    refused = []
+
+    async def override(request: Request) -> Services:
+        refused.append(request.url.path)
+        return Services(real.settings, real.registry, real.collections, real.image_fetcher)
+
+    client.app.dependency_overrides[get_services] = override  # type: ignore[attr-defined]
+    try:
+        response = client.post("/v1/embeddings", json={"input": "override", "model": "minilm-l6"})
+    finally:
+        client.app.dependency_overrides.clear()  # type: ignore[attr-defined]
+    assert response.status_code == 200
+    assert refused == ["/v1/embeddings"] and handler_calls == ["/v1/embeddings"]
+
+
+class _Echo(BaseModel):
+    text: str
+
+
+def _echo_router() -> APIRouter:
+    router = APIRouter(route_class=FastJSONRoute)
+
+    @router.post("/echo/{name}")
+    async def echo(body: _Echo, services: ServicesDep, name: str) -> Response:
+        return Response(f"{name}:{body.text}:{services.settings}")
+
+    return router
+
+
+def test_a_dependency_added_where_a_router_is_included_is_never_skipped(handler_calls) -> None:
+    """The direct call reads the route as FastAPI builds it: a dependency the inclusion adds (say,
+    an audit or an auth check) makes the route FastAPI's again, so it runs."""
+    audited: list[str] = []
+
+    async def audit(request: Request) -> None:
+        audited.append(request.url.path)
+
+    plain, checked = FastAPI(), FastAPI()
+    plain.include_router(_echo_router())
+    checked.include_router(_echo_router(), dependencies=[Depends(audit)])
+    for app in (plain, checked):
+        app.state.settings, app.state.registry, app.state.collections, app.state.image_fetcher = "s", None, None, None
+    with TestClient(plain) as http:
+        assert http.post("/echo/a", json={"text": "hi"}).text == "a:hi:s"
+    assert handler_calls == [] and audited == []  # the direct call
+    with TestClient(checked) as http:
+        assert http.post("/echo/b", json={"text": "hi"}).text == "b:hi:s"
+    assert handler_calls == ["/echo/b"] and audited == ["/echo/b"]

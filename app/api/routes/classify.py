@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from fastapi import APIRouter
 
-from app.api.deps import FetcherDep, RegistryDep, SettingsDep
+from app.api.deps import ServicesDep
 from app.api.json_route import FastJSONRoute
 from app.schemas.classify import ClassifyRequest, ClassifyResponse, ImageLabels, LabelScore
 from app.services.classify import classify
@@ -22,10 +22,10 @@ ERROR_RESPONSES: dict[int | str, dict[str, str]] = {
 
 
 @router.post("/v1/classify", response_model=ClassifyResponse, responses=ERROR_RESPONSES)
-async def create_classification(
-    body: ClassifyRequest, registry: RegistryDep, settings: SettingsDep, fetcher: FetcherDep
-) -> ClassifyResponse:
-    result = await classify(registry, settings, fetcher, body.model, body.images, body.labels, body.prompt)
+async def create_classification(body: ClassifyRequest, services: ServicesDep) -> ClassifyResponse:
+    result = await classify(
+        services.registry, services.settings, services.fetcher, body.model, body.images, body.labels, body.prompt
+    )
     data = []
     for row, (scores, probabilities) in enumerate(zip(result.scores, result.probabilities, strict=True)):
         order = np.argsort(-probabilities, kind="stable")

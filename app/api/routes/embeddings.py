@@ -9,7 +9,7 @@ import orjson
 from fastapi import APIRouter
 from starlette.responses import Response
 
-from app.api.deps import FetcherDep, RegistryDep, SettingsDep
+from app.api.deps import ServicesDep
 from app.api.json_route import FastJSONRoute
 from app.schemas.embeddings import EmbeddingRequest, EmbeddingResponse, EmbedRequest, ImageItem
 from app.services.embedding import (
@@ -41,12 +41,16 @@ def _items(inputs: list[str | ImageItem]) -> list[str | ImageInput]:
 
 
 @router.post("/v1/embeddings", response_model=EmbeddingResponse, responses=ERROR_RESPONSES)
-async def create_embeddings(
-    body: EmbeddingRequest, registry: RegistryDep, settings: SettingsDep, fetcher: FetcherDep
-) -> Response:
-    check_quantizable(registry.embedder(body.model), body.encoding_format, body.dimensions)  # before any work
+async def create_embeddings(body: EmbeddingRequest, services: ServicesDep) -> Response:
+    check_quantizable(services.registry.embedder(body.model), body.encoding_format, body.dimensions)  # before any work
     embedder, result = await embed_inputs(
-        registry, settings, fetcher, body.model, _items(body.input), body.truncate, body.dimensions
+        services.registry,
+        services.settings,
+        services.fetcher,
+        body.model,
+        _items(body.input),
+        body.truncate,
+        body.dimensions,
     )
     vectors = truncate_dims(result.vectors, body.dimensions, renormalize=True)
     if body.encoding_format in QUANTIZED_FORMATS:
@@ -72,10 +76,16 @@ async def create_embeddings(
 
 
 @router.post("/embed", response_model=list[list[float]] | list[list[int]], responses=ERROR_RESPONSES)
-async def embed(body: EmbedRequest, registry: RegistryDep, settings: SettingsDep, fetcher: FetcherDep) -> Response:
-    check_quantizable(registry.embedder(body.model), body.encoding_format, body.dimensions, body.normalize)
+async def embed(body: EmbedRequest, services: ServicesDep) -> Response:
+    check_quantizable(services.registry.embedder(body.model), body.encoding_format, body.dimensions, body.normalize)
     embedder, result = await embed_inputs(
-        registry, settings, fetcher, body.model, _items(body.inputs), body.truncate, body.dimensions
+        services.registry,
+        services.settings,
+        services.fetcher,
+        body.model,
+        _items(body.inputs),
+        body.truncate,
+        body.dimensions,
     )
     if body.normalize or result.unnormalized is None:
         vectors = truncate_dims(result.vectors, body.dimensions, renormalize=True)

@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import JSONResponse, Response
 
-from app.api.deps import CollectionsDep, RegistryDep
+from app.api.deps import ServicesDep
 from app.core.metrics import REGISTRY
 from app.services.rescore import degraded
 from app.services.search import stale
@@ -23,10 +23,11 @@ async def health() -> dict[str, str]:
 
 
 @router.get("/ready", responses={503: {"description": "models not loaded"}})
-async def ready(registry: RegistryDep, collections: CollectionsDep) -> Any:
+async def ready(services: ServicesDep) -> Any:
     """Readiness: every model folder that was asked for is loaded. Collections that could not be
     opened, whose second-stage (rescore) model is missing, or whose vectors another version of
     their model embedded, are listed (the others serve) but do not make the service unready."""
+    registry, collections = services.registry, services.collections
     body = {
         "status": "ready" if registry.ready else "not_ready",
         "models": sorted(registry.models),

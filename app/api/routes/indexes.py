@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Path, Response
 
-from app.api.deps import CollectionsDep, FetcherDep, RegistryDep, SettingsDep
+from app.api.deps import CollectionsDep, ServicesDep
 from app.api.json_route import FastJSONRoute
 from app.core.errors import DocumentNotFound
 from app.core.text import MAX_ID_CHARS
@@ -33,9 +33,19 @@ IndexName = Path(description="collection name", json_schema_extra={"pattern": IN
 DocId = Path(max_length=MAX_ID_CHARS)
 
 
+# Search first: the router tries routes in order, a few microseconds each, and search is the hot one.
+@router.post("/{name}/search", response_model=SearchResponse)
+async def search(body: SearchRequest, services: ServicesDep, name: str = IndexName) -> Response:
+    outcome = await service.search(
+        services.collections, services.registry, services.settings, services.fetcher, name, body
+    )
+    payload = {"hits": outcome.hits, "took_ms": outcome.took_ms, "index_type": outcome.index_type}
+    return Response(_search_json(payload), media_type="application/json")
+
+
 @router.post("", status_code=201)
-async def create_index(body: CreateIndexRequest, collections: CollectionsDep, registry: RegistryDep) -> dict[str, Any]:
-    collection = await service.create_collection(collections, registry, body)
+async def create_index(body: CreateIndexRequest, services: ServicesDep) -> dict[str, Any]:
+    collection = await service.create_collection(services.collections, services.registry, body)
     return collection.describe()
 
 
@@ -61,15 +71,10 @@ async def delete_index(collections: CollectionsDep, name: str = IndexName) -> Re
 
 
 @router.put("/{name}/documents", response_model=UpsertResponse)
-async def upsert_documents(
-    body: UpsertRequest,
-    collections: CollectionsDep,
-    registry: RegistryDep,
-    settings: SettingsDep,
-    fetcher: FetcherDep,
-    name: str = IndexName,
-) -> UpsertResponse:
-    upserted, size = await service.upsert(collections, registry, settings, fetcher, name, body)
+async def upsert_documents(body: UpsertRequest, services: ServicesDep, name: str = IndexName) -> UpsertResponse:
+    upserted, size = await service.upsert(
+        services.collections, services.registry, services.settings, services.fetcher, name, body
+    )
     return UpsertResponse(upserted=upserted, size=size)
 
 
@@ -109,20 +114,6 @@ async def delete_documents(
     deleted = await asyncio.to_thread(collections.get(name).delete, body.ids)
     gone = set(deleted)
     return DeleteResponse(deleted=deleted, not_found=[i for i in body.ids if i not in gone])
-
-
-@router.post("/{name}/search", response_model=SearchResponse)
-async def search(
-    body: SearchRequest,
-    collections: CollectionsDep,
-    registry: RegistryDep,
-    settings: SettingsDep,
-    fetcher: FetcherDep,
-    name: str = IndexName,
-) -> Response:
-    outcome = await service.search(collections, registry, settings, fetcher, name, body)
-    payload = {"hits": outcome.hits, "took_ms": outcome.took_ms, "index_type": outcome.index_type}
-    return Response(_search_json(payload), media_type="application/json")
 
 
 def _search_json(payload: dict[str, Any]) -> bytes:

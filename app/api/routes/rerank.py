@@ -7,7 +7,7 @@ import uuid
 
 from fastapi import APIRouter
 
-from app.api.deps import RegistryDep, SettingsDep
+from app.api.deps import ServicesDep
 from app.api.json_route import FastJSONRoute
 from app.schemas.rerank import RerankDocument, RerankRequest, RerankResponse, RerankResult, RerankUsage
 from app.services.rerank import rerank as rerank_documents
@@ -18,9 +18,15 @@ router = APIRouter(tags=["rerank"], route_class=FastJSONRoute)
 @router.post("/v1/rerank", response_model=RerankResponse, response_model_exclude_none=True)
 @router.post("/v2/rerank", response_model=RerankResponse, response_model_exclude_none=True, include_in_schema=False)
 @router.post("/rerank", response_model=RerankResponse, response_model_exclude_none=True, include_in_schema=False)
-async def rerank(body: RerankRequest, registry: RegistryDep, settings: SettingsDep) -> RerankResponse:
+async def rerank(body: RerankRequest, services: ServicesDep) -> RerankResponse:
     outcome = await rerank_documents(
-        registry, settings, body.model, body.query, body.documents, body.max_tokens_per_doc, body.truncate
+        services.registry,
+        services.settings,
+        body.model,
+        body.query,
+        body.documents,
+        body.max_tokens_per_doc,
+        body.truncate,
     )
     results = [
         RerankResult(
