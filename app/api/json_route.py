@@ -25,7 +25,7 @@ from typing import Any
 import fastapi.routing
 import pydantic_core
 from fastapi.routing import APIRoute
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from app.api.deps import get_services
@@ -86,7 +86,11 @@ class DirectCall:
         ):
             return None
         try:
-            data = pydantic_core.from_json(await request.body(), allow_inf_nan=True)
+            raw = await request.body()
+        except ClientDisconnect:  # gone mid-body (or cut off at the size cap): FastAPI's handler answers
+            return None
+        try:
+            data = pydantic_core.from_json(raw, allow_inf_nan=True)
         except ValueError:  # not JSON that pydantic-core reads: FastAPI's handler says why
             return None
         value, errors = self.body.validate(data, {}, loc=("body",))

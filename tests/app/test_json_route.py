@@ -198,3 +198,34 @@ def test_a_dependency_added_where_a_router_is_included_is_never_skipped(handler_
     with TestClient(checked) as http:
         assert http.post("/echo/b", json={"text": "hi"}).text == "b:hi:s"
     assert handler_calls == ["/echo/b"] and audited == ["/echo/b"]
+
+
+def test_a_body_cut_off_by_a_disconnect_is_answered_as_before(client) -> None:
+    """The client goes (or the size cap cuts the body off) mid-body: FastAPI's handler answers it,
+    a 400 nobody reads, as before; nothing escapes to be logged as a server error."""
+    messages = iter([{"type": "http.request", "body": b'{"query": "wi', "more_body": True}])
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return next(messages, {"type": "http.disconnect"})
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/indexes/anything/search",
+        "raw_path": b"/indexes/anything/search",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json"), (b"transfer-encoding", b"chunked")],
+        "client": ("127.0.0.1", 1),
+        "server": ("testserver", 80),
+        "state": {},
+    }
+    asyncio.run(client.app(scope, receive, send))
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 400
