@@ -33,6 +33,16 @@ IndexName = Path(description="collection name", json_schema_extra={"pattern": IN
 DocId = Path(max_length=MAX_ID_CHARS)
 
 
+# Search first: routes are tried in order (see app/main.py), and search is the hot one.
+@router.post("/{name}/search", response_model=SearchResponse)
+async def search(body: SearchRequest, services: ServicesDep, name: str = IndexName) -> Response:
+    outcome = await service.search(
+        services.collections, services.registry, services.settings, services.fetcher, name, body
+    )
+    payload = {"hits": outcome.hits, "took_ms": outcome.took_ms, "index_type": outcome.index_type}
+    return Response(_search_json(payload), media_type="application/json")
+
+
 @router.post("", status_code=201)
 async def create_index(body: CreateIndexRequest, services: ServicesDep) -> dict[str, Any]:
     collection = await service.create_collection(services.collections, services.registry, body)
@@ -104,15 +114,6 @@ async def delete_documents(
     deleted = await asyncio.to_thread(collections.get(name).delete, body.ids)
     gone = set(deleted)
     return DeleteResponse(deleted=deleted, not_found=[i for i in body.ids if i not in gone])
-
-
-@router.post("/{name}/search", response_model=SearchResponse)
-async def search(body: SearchRequest, services: ServicesDep, name: str = IndexName) -> Response:
-    outcome = await service.search(
-        services.collections, services.registry, services.settings, services.fetcher, name, body
-    )
-    payload = {"hits": outcome.hits, "took_ms": outcome.took_ms, "index_type": outcome.index_type}
-    return Response(_search_json(payload), media_type="application/json")
 
 
 def _search_json(payload: dict[str, Any]) -> bytes:
