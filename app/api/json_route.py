@@ -7,13 +7,15 @@ surrogate, nesting past its limit) is parsed again by `json.loads`, so every err
 answers exactly as FastAPI's own parsing does. Both keep the last of duplicate keys, give big
 integers exactly and read NaN/Infinity (which the schemas then refuse with a clear message).
 
-The direct call is the same idea one level up. FastAPI's request handler (content-type parsing,
-the endpoint context for error messages, telemetry hooks, the dependency solver) cost ~0.2 ms of a
-~1 ms search at 1M vectors, a fifth of its CPU, on top of the work itself. An endpoint of the
+The direct call is the same idea one level up. Skipping FastAPI's request handler (content-type
+parsing, the endpoint context for error messages, telemetry hooks, the dependency solver), with
+one dependency and search tried first, took 12-17% off a search's server CPU at 1M vectors
+(benchmarks/results/search_ab.md). An endpoint of the
 plain shape below gets a well-formed request's arguments directly: its body validated by FastAPI's
 own field (the same validator, location and options), the services, its path parameters. Anything
-else (another content type, a body that does not parse or validate, dependency overrides) goes
-through FastAPI's handler as before, so every error answers exactly as it did."""
+else (another content type, a body cut off or not parsing or validating, dependency overrides, a
+dependency added where the router is included) goes through FastAPI's handler as before, so
+every error answers exactly as it did."""
 
 from __future__ import annotations
 
