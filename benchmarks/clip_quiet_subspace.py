@@ -35,8 +35,8 @@ Result (2026-12-05, split 0): no row passed, so none went on to splits 1-3. The 
 reaches 0.8325 image->image (served head 0.73); reduced to its 64 / 128 / 256 loudest directions
 0.78 / 0.8125 / 0.82. The composites climb to 0.80-0.825 as beta grows, but the captions are not
 quiet enough in the directions that carry it: at k 64, beta 1 (0.8025) OpenClipart R@1 loses 0.018
-hubness-corrected and COCO-mini R@1 0.01-0.015; at k 128, beta 2 (0.825) COCO-mini R@1 loses 0.065.
-Only k 64, beta 0.5 keeps every text metric within ~0.006, and it gains image->image only to 0.7725.
+hubness-corrected and COCO-mini R@1 0.015 (corrected) to 0.03 (plain); at k 128, beta 2 (0.825)
+COCO-mini R@1 loses 0.08-0.09. Even k 64, beta 0.5 (image->image 0.7725) loses 0.01-0.025 of it.
 The image encoder stays the model for image->image; results/clip_quiet_subspace.md.
 
 Usage: .venv/bin/python benchmarks/clip_quiet_subspace.py [--splits 0] [--splits 1 2 3 --rows ...]
