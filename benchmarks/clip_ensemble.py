@@ -11,6 +11,14 @@ recipe's length). Text->image Recall@1 is reported plain and with the served hub
 emoji image->image across styles and COCO-mini caption->photo R@5. Splits 1-3 are the report (as
 clip_training.md); split 0, where the choice was made, is listed apart.
 
+Larger ensembles (rule written 2026-12-05, before `--members 12 --selection-only` ran): on split 0
+an ensemble of k > 5 maps replaces the served five only if its hubness-corrected emoji name->image
+R@1 gains at least 0.005 over the five's, and none of the other metrics (emoji R@1 plain,
+OpenClipart R@1 plain and corrected, R@10, COCO-mini R@1 plain and corrected, R@5, emoji
+image->image R@1) falls more than 0.005 below the five's. Of the passing sizes the best on that
+metric is chosen (ties: the smaller k); it then runs on splits 1-3 with `--members k`, and is
+served only if its report-split mean gains there too.
+
 Usage: .venv/bin/python benchmarks/clip_ensemble.py [--members 5] [--selection-only]  (needs `make
 model image-data`; ~2 min a split for five maps once features are cached). `--selection-only` scores
 split 0 alone and writes nothing: a larger ensemble is chosen there before splits 1-3 are run.
