@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import threading
 import time
@@ -20,6 +21,22 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 STS_DEV = SHARED_DATA / "stsbenchmark" / "sts-dev.csv"
 DEFAULT_MODEL_DIR = ROOT / "models" / "minilm-l6"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Apps, CLIs and servers the tests start without naming a data dir keep their collections in a
+    temporary folder, never the checkout's `data/`: that holds the demo collections `make serve`
+    built, which tests must neither read nor leave collections in (nor contend with a running
+    server for)."""
+    path = tmp_path_factory.mktemp("data-dir")
+    previous = os.environ.get("TESSERA_DATA_DIR")
+    os.environ["TESSERA_DATA_DIR"] = str(path)
+    yield path
+    if previous is None:
+        os.environ.pop("TESSERA_DATA_DIR", None)
+    else:
+        os.environ["TESSERA_DATA_DIR"] = previous
 
 
 @pytest.fixture(scope="session")
