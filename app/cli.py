@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from app.core.auth import KeyConfigError, parse_keys
 from app.core.config import Settings, get_settings
+from app.search.build_policies import Engine, OnBadImage, OnDuplicate, OnEmpty
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True, help="Tessera embedding service.")
 
@@ -68,7 +69,7 @@ def index_build(
     ],
     model: Annotated[str, typer.Option(help="model folder name in TESSERA_MODELS_DIR")] = "minilm-l6",
     index: Annotated[str, typer.Option(help="collection name (created if missing)")] = "docs",
-    engine: Annotated[str, typer.Option(help="local, or ray (Ray Data actor pool)")] = "local",
+    engine: Annotated[Engine, typer.Option(help="local, or ray (Ray Data actor pool)")] = Engine.LOCAL,
     ray_address: Annotated[str | None, typer.Option(help="Ray cluster address (default: start a local one)")] = None,
     ray_actors: Annotated[int, typer.Option(min=1, help="embedding actors for --engine ray")] = 1,
     batch_size: Annotated[int, typer.Option(min=1, help="records per durable commit (and per chunk)")] = 256,
@@ -88,17 +89,17 @@ def index_build(
         ),
     ] = False,
     on_duplicate: Annotated[
-        str, typer.Option("--on-duplicate", help="an id seen twice: error, last (the last wins) or first")
-    ] = "last",
+        OnDuplicate, typer.Option("--on-duplicate", help="an id seen twice: error, last (the last wins) or first")
+    ] = OnDuplicate.LAST,
     on_empty: Annotated[
-        str, typer.Option("--on-empty", help="a record with an empty text: error, or skip (counted)")
-    ] = "error",
+        OnEmpty, typer.Option("--on-empty", help="a record with an empty text: error, or skip (counted)")
+    ] = OnEmpty.ERROR,
     restart: Annotated[
         bool, typer.Option("--restart", help="ignore an interrupted build of this input; start from the first record")
     ] = False,
     on_bad_image: Annotated[
-        str, typer.Option("--on-bad-image", help="an image that cannot be read: error (stop), or skip (listed)")
-    ] = "error",
+        OnBadImage, typer.Option("--on-bad-image", help="an image that cannot be read: error (stop), or skip (listed)")
+    ] = OnBadImage.ERROR,
     rescore: Annotated[
         str | None,
         typer.Option(
@@ -111,15 +112,9 @@ def index_build(
     Progress and messages go to stderr; the result (JSON) alone to stdout."""
     from app.core.errors import TesseraError
     from app.inference.variants import NoServableVariant
-    from app.search.builder import BuildOptions, Existing, OnBadImage, OnDuplicate, OnEmpty, build_index, existing_index
+    from app.search.builder import BuildOptions, Existing, build_index, existing_index
 
     settings = _settings_or_exit()
-    if on_duplicate not in {d.value for d in OnDuplicate}:
-        _exit(f"--on-duplicate {on_duplicate!r}: use error, last or first")
-    if on_empty not in {e.value for e in OnEmpty}:
-        _exit(f"--on-empty {on_empty!r}: use error or skip")
-    if on_bad_image not in {e.value for e in OnBadImage}:
-        _exit(f"--on-bad-image {on_bad_image!r}: use error or skip")
     try:
         existing = existing_index(settings, model, index) if if_missing else Existing.NONE
     except TesseraError as exc:
@@ -138,10 +133,10 @@ def index_build(
         ray_actors=ray_actors,
         index_spec=index_spec,
         optimize=optimize,
-        on_duplicate=OnDuplicate(on_duplicate),
-        on_empty=OnEmpty(on_empty),
+        on_duplicate=on_duplicate,
+        on_empty=on_empty,
         restart=restart,
-        on_bad_image=OnBadImage(on_bad_image),
+        on_bad_image=on_bad_image,
         rescore=rescore,
         replace_stale=replace_stale or existing is Existing.STALE,
     )

@@ -43,6 +43,7 @@ from app.inference.image_model import ImageFileEncoder, ImageModel
 from app.inference.images import ImageLimits
 from app.inference.text_model import TextModel
 from app.inference.variants import choose_variant
+from app.search.build_policies import Engine, OnBadImage, OnDuplicate, OnEmpty
 from app.search.collection import Collection, CollectionConfig
 from app.search.image_input import SIDECAR, check_header, image_files, iter_images, read_sidecar, sidecar_fields
 from app.search.manager import CollectionManager, validate_name
@@ -65,22 +66,6 @@ class InputError(InvalidRequest):
     """Input the builder cannot use: the message names the file (and line) and what is wrong."""
 
     code = "invalid_input"
-
-
-class OnDuplicate(StrEnum):
-    ERROR = "error"  # refuse the input
-    LAST = "last"  # the last record with an id wins (as repeated upserts would)
-    FIRST = "first"  # the first one wins
-
-
-class OnEmpty(StrEnum):
-    ERROR = "error"  # refuse the input
-    SKIP = "skip"  # leave such records out, counted in the result
-
-
-class OnBadImage(StrEnum):
-    ERROR = "error"  # stop, naming the file (planning: before anything is written)
-    SKIP = "skip"  # leave the file out, counted in the result
 
 
 @dataclass
@@ -652,7 +637,7 @@ def _stale_reason(settings: Settings, config: CollectionConfig, manifest: Manife
 @dataclass
 class BuildOptions:
     batch_size: int = 256  # records per durable commit (and checkpoint)
-    engine: str = "local"  # local | ray
+    engine: Engine = Engine.LOCAL
     ray_address: str | None = None
     ray_actors: int = 1
     index_spec: str = "auto"
@@ -690,8 +675,8 @@ def build_index(
     options = options or BuildOptions()
     map_large_blocks_directly()  # the ingest's chunks go back to the system when freed
     progress = progress or BuildProgress()
-    if options.engine not in {"local", "ray"}:
-        raise InputError(f"engine {options.engine!r}: use local or ray")
+    if options.engine not in set(Engine):  # a library caller may pass a plain string
+        raise InputError(f"engine {options.engine!r}: use {' or '.join(Engine)}")
     validate_name(index_name)
     manifest = model_manifest(settings, model_name)
     dim = manifest.embedding_dim
@@ -906,7 +891,7 @@ def _embedded(
             isinstance(model, _ImagePayloads),
             model.second.model.manifest.name if isinstance(model, _RescoredPayloads) else None,
         )
-        if options.engine == "ray"
+        if options.engine == Engine.RAY
         else ((window, *model.encode(model.payloads(window))) for window in windows)
     )
     for window, embedded, problems in stream:

@@ -431,3 +431,25 @@ def test_the_store_takes_exactly_the_metadata_the_api_takes(value: object) -> No
     except InvalidRequest:
         store_takes = False
     assert store_takes == api_takes, value
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "choices"),
+    [
+        ("--on-duplicate", "newest", "'error', 'last', 'first'"),
+        ("--on-empty", "drop", "'error', 'skip'"),
+        ("--on-bad-image", "ignore", "'error', 'skip'"),
+        ("--engine", "spark", "'local', 'ray'"),
+    ],
+)
+def test_cli_refuses_an_unknown_policy_before_reading_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, option: str, value: str, choices: str
+) -> None:
+    """A build policy outside its choices is a usage error (exit 2) that lists the choices; nothing is
+    read or written, not even the settings (the input path does not exist)."""
+    monkeypatch.setenv("TESSERA_DATA_DIR", str(tmp_path / "data"))
+    result = CliRunner().invoke(cli, ["index", "build", "--input", str(tmp_path / "none.jsonl"), option, value])
+    assert result.exit_code == 2, result.output
+    shown = " ".join(result.output.replace("│", " ").split())  # the message as read, without Rich's box
+    assert f"'{value}' is not one of {choices}" in shown
+    assert not (tmp_path / "data").exists()
