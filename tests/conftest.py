@@ -14,6 +14,9 @@ import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 
+# No .env is read, here or in the servers and CLIs the tests start: set before app.core.config loads.
+os.environ["TESSERA_ENV_FILE"] = ""
+
 from app.core.config import Settings
 from app.main import create_app
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 
 from app.core.config import Settings
@@ -16,3 +20,32 @@ def test_apps_without_a_data_dir_use_the_suites_temporary_one(client: TestClient
     assert Settings().data_dir == isolated_data_dir
     assert not data_dir.resolve().is_relative_to((ROOT / "data").resolve())
     assert "cranfield" not in {c["name"] for c in client.get("/indexes").json()["indexes"]}
+
+
+def test_a_developers_env_file_is_not_read_by_the_suite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / ".env").write_text("TESSERA_PORT=9123\n")
+    monkeypatch.chdir(tmp_path)
+    assert Settings().port == 8000
+
+
+def _port_seen(cwd: Path, env_file: str | None) -> int:
+    """TESSERA_PORT as a fresh process in `cwd` reads it, with TESSERA_ENV_FILE set to `env_file`
+    (None: unset, the service's own default)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TESSERA_ENV_FILE", "TESSERA_PORT")}
+    if env_file is not None:
+        env["TESSERA_ENV_FILE"] = env_file
+    env["PYTHONPATH"] = str(ROOT)
+    code = "from app.core.config import Settings; print(Settings().port)"
+    return int(
+        subprocess.run(
+            [sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, check=True
+        ).stdout
+    )
+
+
+def test_the_service_reads_dot_env_or_the_file_tessera_env_file_names(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("TESSERA_PORT=9123\n")
+    (tmp_path / "secrets.env").write_text("TESSERA_PORT=9124\n")
+    assert _port_seen(tmp_path, None) == 9123
+    assert _port_seen(tmp_path, str(tmp_path / "secrets.env")) == 9124
+    assert _port_seen(tmp_path, "") == 8000

@@ -1,7 +1,8 @@
-"""All service settings, from `TESSERA_*` environment variables (or a .env file)."""
+"""All service settings, from `TESSERA_*` environment variables (or a .env file: `ENV_FILE`)."""
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -12,10 +13,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 # Concurrent forward passes per model: each is a thread and a backend stream; far more than cores
 # only costs memory, and a runaway value (100000) made every model fail to load.
 MAX_STREAMS = 256
+# The env file read beneath the environment: `.env` in the working directory, or the file that
+# TESSERA_ENV_FILE names (read once, at import); empty reads none, as the test suite sets it so a
+# developer's `.env` (keys, another data dir) never changes what the tests see.
+ENV_FILE = os.environ.get("TESSERA_ENV_FILE", ".env") or None
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="TESSERA_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="TESSERA_", env_file=ENV_FILE, extra="ignore")
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
