@@ -18,7 +18,8 @@ OpenClipart R@1 plain and corrected, R@10, COCO-mini R@1 plain and corrected, R@
 image->image R@1) falls more than 0.005 below the five's. Of the passing sizes the best on that
 metric is chosen (ties: the smaller k); it then runs on splits 1-3 with `--members k`, and is
 served only if its report-split mean gains there too.
-Result (2026-12-05, split 0, 12 maps trained; the printout, not a results file): no size passed.
+Result (2026-12-05, split 0, 12 maps trained; the printout, saved as
+results/clip_ensemble_selection12.json): no size passed.
 Hubness-corrected emoji names R@1 by ensemble size 5 / 8 / 10 / 12: 0.3600 / 0.3525 / 0.3600 /
 0.3525 (OpenClipart R@1 0.2761 / 0.2781 / 0.2702 / 0.2702, corrected 0.2899 / 0.2781 / 0.2761 /
 0.2801; emoji image->image 0.730 / 0.730 / 0.725 / 0.7225): past five maps the average stops
