@@ -49,3 +49,16 @@ def test_the_service_reads_dot_env_or_the_file_tessera_env_file_names(tmp_path: 
     assert _port_seen(tmp_path, None) == 9123
     assert _port_seen(tmp_path, str(tmp_path / "secrets.env")) == 9124
     assert _port_seen(tmp_path, "") == 8000
+
+
+def test_a_named_env_file_that_is_missing_stops_the_cli_with_one_line(tmp_path: Path) -> None:
+    """A secret that failed to mount must not start a server without its keys: exit 2, naming the file."""
+    env = {k: v for k, v in os.environ.items() if k != "TESSERA_ENV_FILE"}
+    env["TESSERA_ENV_FILE"] = str(tmp_path / "secrets.env")
+    tessera = [sys.executable, "-c", "from app.cli import main; main()"]
+    for args in (["serve", "--port", "1"], ["index", "build", "--input", str(tmp_path / "none.jsonl")]):
+        done = subprocess.run([*tessera, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.strip() == f"error: TESSERA_ENV_FILE={str(tmp_path / 'secrets.env')!r}: no such file"
+    (tmp_path / "secrets.env").write_text("TESSERA_PORT=9124\n")
+    assert _port_seen(tmp_path, str(tmp_path / "secrets.env")) == 9124

@@ -19,6 +19,13 @@ MAX_STREAMS = 256
 ENV_FILE = os.environ.get("TESSERA_ENV_FILE", ".env") or None
 
 
+def missing_env_file() -> str | None:
+    """The env file TESSERA_ENV_FILE names when it does not exist (a missing `.env`, the default,
+    just means none): a secret that failed to mount must not start a server without its keys."""
+    named = os.environ.get("TESSERA_ENV_FILE")
+    return ENV_FILE if named and ENV_FILE and not Path(ENV_FILE).is_file() else None
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TESSERA_", env_file=ENV_FILE, extra="ignore")
 
