@@ -34,6 +34,15 @@ not the default. results/query_student_mpnet4_decay.md.
 (results/rerank_served_query_tower6.md), so six layers lose on latency and gain nothing on MS MARCO.
 results/query_student_mpnet6_decay.md.
 
+`--no-queries` (2026-12-05) distils on the same texts less every real query of both sets (17,672 of
+17,805), so the tower can also be scored on every judged query (43 MS MARCO, 225 Cranfield), with
+paired bootstrap intervals (rerank_uncertainty.every_query), where the held-out half's 22 MS MARCO
+queries could not tell the tower from mpnet (results/rerank_uncertainty.md). Rule, written before
+`--steps 1500 --layers 0,4,8,11 --decay --no-queries` ran: the tower is a candidate for search's
+stored rescoring (to be exported, timed and served in a later session) only if, on every judged
+query of both sets, its gain over the first stage is >= +0.015 and its difference to mpnet's own
+query has a 95% interval that contains 0. Nothing is served from this run.
+
 Usage: .venv/bin/python benchmarks/query_student.py [--steps 500] [--layers 0,4,8,11]   (~15-30 min on 2 cores)
 Writes benchmarks/results/query_student.json and .md (query_student_mpnet<k>.* with --layers).
 """
@@ -55,6 +64,7 @@ sys.path.insert(0, str(ROOT))
 from app.inference.text_model import TextModel  # noqa: E402
 from benchmarks.query_map import STS_TRAIN, dataset_section, fit_map, ndcg_rows  # noqa: E402
 from benchmarks.rerank_served import DATASETS, rescore_held_out, served  # noqa: E402
+from benchmarks.rerank_uncertainty import every_query  # noqa: E402
 from training.data.beir import RetrievalDataset, load_beir  # noqa: E402
 from training.data.sts import sts_sentences  # noqa: E402
 from training.query_tower import (  # noqa: E402
@@ -77,10 +87,18 @@ def batch_size(keep: list[int] | None) -> int:
     return LAYER_DROP_BATCH if keep else BATCH
 
 
-def results_stem(keep: list[int] | None, decay: bool = False) -> str:
-    """The results files of a run: the layer-dropped student's apart from the MiniLM one's, and a
-    run with decaying learning rates apart from the constant-rate one."""
-    return (f"query_student_mpnet{len(keep)}" if keep else "query_student") + ("_decay" if decay else "")
+def results_stem(keep: list[int] | None, decay: bool = False, no_queries: bool = False) -> str:
+    """The results files of a run: the layer-dropped student's apart from the MiniLM one's, a run
+    with decaying learning rates apart from the constant-rate one, one without real queries apart."""
+    stem = (f"query_student_mpnet{len(keep)}" if keep else "query_student") + ("_decay" if decay else "")
+    return stem + ("_noqueries" if no_queries else "")
+
+
+def without_queries(texts: list[str], datasets: dict[str, RetrievalDataset]) -> list[str]:
+    """`texts` less every query text of `datasets` (both halves, judged or not): a tower distilled on
+    the rest has seen no real query, so every judged query can score it."""
+    queries = {q.strip() for d in datasets.values() for q in d.queries.values()}
+    return [t for t in texts if t.strip() not in queries]
 
 
 class QueryStudent(PooledStudent):
@@ -139,11 +157,12 @@ def evaluate(name: str, dataset: RetrievalDataset, first: TextModel, second: Tex
 
 def write(report: dict) -> None:
     keep = report.get("layers")
-    stem = results_stem(keep, report.get("decay", False))
+    stem = results_stem(keep, report.get("decay", False), report.get("no_queries", False))
     (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
     student = f"all-mpnet-base-v2 keeping layers {keep} (no head)" if keep else "MiniLM-L6 + linear head"
     command = f"--steps {report['steps']}" + (f" --layers {','.join(map(str, keep))}" if keep else "")
     command += " --decay" if report.get("decay") else ""
+    command += " --no-queries" if report.get("no_queries") else ""
     lines = [
         f"# Rescoring with stored mpnet vectors and a distilled {'layer-dropped mpnet' if keep else 'MiniLM'} query tower",
         "",
@@ -157,6 +176,19 @@ def write(report: dict) -> None:
     ]
     for name, result in report["datasets"].items():
         lines += ["", *dataset_section(name, result, "student")]
+    if "every_query" in report:
+        lines += [
+            "",
+            "## Every judged query (the student saw none; paired bootstrap 95% intervals, as rerank_uncertainty.py)",
+            "",
+            "| set (queries) | difference | mean | 95% interval |",
+            "|---|---|---|---|",
+        ]
+        for name, scored in report["every_query"].items():
+            for row, v in ((k, v) for k, v in scored.items() if k != "queries"):
+                lines.append(
+                    f"| {name} ({scored['queries']}) | {row} | {v['mean']:+.4f} | [{v['low']:+.4f}, {v['high']:+.4f}] |"
+                )
     (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
 
 
@@ -168,17 +200,22 @@ def main() -> None:
     )
     parser.add_argument("--decay", action="store_true", help="warm-up then cosine decay of the learning rates")
     parser.add_argument("--save", type=Path, help="save the trained layer-dropped student here (for export)")
+    parser.add_argument(
+        "--no-queries", action="store_true", help="distil on no real query; then score every judged query too"
+    )
     parser.add_argument("--markdown-only", action="store_true", help="rewrite the .md from the --layers run's .json")
     args = parser.parse_args()
     keep = [int(x) for x in args.layers.split(",")] if args.layers else None
     if args.markdown_only:
-        write(json.loads((RESULTS / f"{results_stem(keep, args.decay)}.json").read_text()))
+        write(json.loads((RESULTS / f"{results_stem(keep, args.decay, args.no_queries)}.json").read_text()))
         return
     torch.set_num_threads(2)
     started = time.perf_counter()
     first, second = served("minilm-l6"), served("mpnet-rerank")
     datasets = {name: load_beir(folder) for name, folder in DATASETS.items()}
     texts = query_like_texts(STS_TRAIN, datasets)
+    if args.no_queries:
+        texts = without_queries(texts, datasets)
     dev_texts = sts_sentences(STS_DEV, limit=1000)
     dev = (dev_texts, second.encode(dev_texts))
     student, curve = train(texts, second.encode(texts), first, args.steps, dev, keep, args.decay)
@@ -190,9 +227,12 @@ def main() -> None:
         "decay": args.decay,
         "layers": keep,
         "train_texts": len(texts),
+        "no_queries": args.no_queries,
         "dev_alignment": curve,
         "datasets": {name: evaluate(name, d, first, second, student) for name, d in datasets.items()},
     }
+    if args.no_queries:
+        report["every_query"] = {name: every_query(name, student.encode) for name in datasets}
     report["minutes"] = round((time.perf_counter() - started) / 60, 1)
     write(report)
     print(json.dumps(report["datasets"], indent=2))

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +90,13 @@ def measure(name: str) -> dict:
 
 def measure_all_queries(name: str) -> dict:
     """mpnet's own query over the first stage on every judged query of `name` (both halves)."""
+    return every_query(name)
+
+
+def every_query(name: str, tower: Callable[[list[str]], np.ndarray] | None = None) -> dict:
+    """On every judged query of `name`: mpnet's own query over the first stage, and with `tower`
+    (texts -> unit vectors in mpnet's space; it must have seen none of these queries) the tower's
+    query over the first stage and minus mpnet's own."""
     dataset, first, second = load_beir(DATASETS[name]), served("minilm-l6"), served(RERANKER)
     doc_ids = list(dataset.corpus)
     first_docs = cached_vectors(first, name, doc_ids, [dataset.doc_text(d) for d in doc_ids])
@@ -97,18 +105,24 @@ def measure_all_queries(name: str) -> dict:
     candidates = top_k_ids(ids, first.encode(texts), doc_ids, np.stack([first_docs[d] for d in doc_ids]), 50)
     pool = sorted({d for c in candidates.values() for d in c})
     second_docs = cached_vectors(second, name, pool, [dataset.doc_text(d) for d in pool])
-    q_second = second.encode(texts)
-    run = {q: {d: float(second_docs[d] @ q_second[i]) for d in candidates[q]} for i, q in enumerate(ids)}
     qrels = {q: {d: int(g) for d, g in dataset.qrels[q].items()} for q in ids}
     first_ndcg = per_query_ndcg(
         {q: {d: float(len(c) - i) for i, d in enumerate(c)} for q, c in candidates.items()}, qrels
     )
-    reranked = per_query_ndcg(run, qrels)
-    gain = np.array([reranked[q] - first_ndcg[q] for q in ids])
-    return {
-        "queries": len(ids),
-        f"{RERANKER} over the first stage, every judged query": interval(gain, np.random.default_rng(SEED)),
-    }
+
+    def gains(query_vectors: np.ndarray) -> np.ndarray:
+        run = {q: {d: float(second_docs[d] @ query_vectors[i]) for d in candidates[q]} for i, q in enumerate(ids)}
+        reranked = per_query_ndcg(run, qrels)
+        return np.array([reranked[q] - first_ndcg[q] for q in ids])
+
+    gain = gains(second.encode(texts))
+    rng = np.random.default_rng(SEED)
+    out = {"queries": len(ids), f"{RERANKER} over the first stage, every judged query": interval(gain, rng)}
+    if tower is not None:
+        tower_gain = gains(tower(texts))
+        out["the query tower over the first stage, every judged query"] = interval(tower_gain, rng)
+        out["tower minus mpnet's own query, every judged query"] = interval(tower_gain - gain, rng)
+    return out
 
 
 def main() -> None:
