@@ -45,10 +45,12 @@ query has a 95% interval that contains 0. Nothing is served from this run.
 Result (25 min): it failed the rule. Dev alignment 0.894 at step 1,500 (the served tower, 3,000
 steps with the queries: 0.917). On every judged query the tower gains -0.0054 on Cranfield and
 +0.0055 on MS MARCO, and its difference to mpnet's own query is -0.0233 [-0.0402, -0.0067] and
--0.0130 [-0.0262, -0.0009]: measurably worse on both. On the held-out half, Cranfield +0.0093,
-against +0.0206 for the same 1,500 steps with the 133 train-half queries among the texts: those
-few real queries carry much of what the tower learns about queries, so more query-like texts are
-the lever to try next, not fewer. results/query_student_mpnet4_decay_noqueries.md.
+-0.0130 [-0.0262, -0.0009]: measurably worse on both. On the held-out half, Cranfield +0.0093 and
+dev alignment 0.894, against +0.0206 and 0.912 for 1,500 constant-rate steps with the 133
+train-half queries among the texts (query_student_mpnet4.md; the schedules differ, so this is not a
+clean A/B). It suggests those few real queries carry much of what the tower learns about queries:
+more query-like texts look like the lever to try next, not fewer.
+results/query_student_mpnet4_decay_noqueries.md.
 
 Usage: .venv/bin/python benchmarks/query_student.py [--steps 500] [--layers 0,4,8,11]   (~15-30 min on 2 cores)
 Writes benchmarks/results/query_student.json and .md (query_student_mpnet<k>.* with --layers).
