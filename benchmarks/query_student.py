@@ -48,8 +48,9 @@ steps with the queries: 0.917). On every judged query the tower gains -0.0054 on
 -0.0130 [-0.0262, -0.0009]: measurably worse on both. On the held-out half, Cranfield +0.0093 and
 dev alignment 0.894, against +0.0206 and 0.912 for 1,500 constant-rate steps with the 133
 train-half queries among the texts (query_student_mpnet4.md; the schedules differ, so this is not a
-clean A/B). It suggests those few real queries carry much of what the tower learns about queries:
-more query-like texts look like the lever to try next, not fewer.
+clean A/B). The STS-B dev alignment, which no query enters, fell as far, so the decayed schedule at
+1,500 steps likely explains much of the drop and this run does not measure what the 133 queries
+are worth; a query-free tower at the served schedule (3,000 steps) is the fair test.
 results/query_student_mpnet4_decay_noqueries.md.
 
 Usage: .venv/bin/python benchmarks/query_student.py [--steps 500] [--layers 0,4,8,11]   (~15-30 min on 2 cores)
