@@ -69,6 +69,20 @@ def served_query_tower(name: str) -> tuple[TextModel, int | None] | None:
     return served_folder(ROOT / "models" / name / spec.query_tower), spec.query_tower_max_tokens
 
 
+def tower_routed(second: TextModel, tower: TextModel, limit: int | None) -> Callable[[list[str]], np.ndarray]:
+    """Texts -> query vectors as search's stored rescore routes them: by the query tower, and by the
+    reranker `second` itself for a query over the tower's `limit` tokens."""
+
+    def encode(texts: list[str]) -> np.ndarray:
+        rows = tower.encode(texts)
+        long = [i for i, t in enumerate(tower.tokenize(texts)) if limit is not None and len(t.ids) > limit]
+        if long:
+            rows[long] = second.encode([texts[i] for i in long])
+        return rows
+
+    return encode
+
+
 def served_folder(folder: Path) -> TextModel:
     manifest = Manifest.load(folder)
     settings = Settings()
@@ -152,16 +166,8 @@ def quality(name: str, folder: Path, reranker: str) -> dict:
     served_tower = served_query_tower(reranker)
     if served_tower is not None:
         tower, limit = served_tower
-
-        def by_tower(texts: list[str], _: np.ndarray) -> np.ndarray:
-            """As search routes them: the tower's query, the reranker's own over the tower's limit."""
-            rows = tower.encode(texts)
-            long = [i for i, t in enumerate(tower.tokenize(texts)) if limit is not None and len(t.ids) > limit]
-            if long:
-                rows[long] = second.encode([texts[i] for i in long])
-            return rows
-
-        query_sides["tower"] = by_tower
+        routed = tower_routed(second, tower, limit)
+        query_sides["tower"] = lambda texts, _: routed(texts)
     held_out, candidates, sides = rescore_held_out(name, load_beir(folder), served("minilm-l6"), second, query_sides)
     run = sides["own"]
     rows = {

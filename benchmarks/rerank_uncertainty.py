@@ -32,7 +32,14 @@ import pytrec_eval
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.rerank_served import DATASETS, cached_vectors, rescore_held_out, served, served_query_tower  # noqa: E402
+from benchmarks.rerank_served import (  # noqa: E402
+    DATASETS,
+    cached_vectors,
+    rescore_held_out,
+    served,
+    served_query_tower,
+    tower_routed,
+)
 from training.data.beir import load_beir  # noqa: E402
 from training.eval.metrics import top_k_ids  # noqa: E402
 
@@ -58,20 +65,13 @@ def measure(name: str) -> dict:
     tower_spec = served_query_tower(RERANKER)
     if tower_spec is None:
         raise SystemExit(f"models/{RERANKER} has no query tower: run `make rescore-query-tower` first")
-    tower, limit = tower_spec
-
-    def own(texts: list[str], _: np.ndarray) -> np.ndarray:
-        return second.encode(texts)
-
-    def by_tower(texts: list[str], _: np.ndarray) -> np.ndarray:
-        rows = tower.encode(texts)
-        long = [i for i, t in enumerate(tower.tokenize(texts)) if limit is not None and len(t.ids) > limit]
-        if long:
-            rows[long] = second.encode([texts[i] for i in long])
-        return rows
-
+    routed = tower_routed(second, *tower_spec)
     held_out, candidates, sides = rescore_held_out(
-        name, load_beir(DATASETS[name]), served("minilm-l6"), second, {"own": own, "tower": by_tower}
+        name,
+        load_beir(DATASETS[name]),
+        served("minilm-l6"),
+        second,
+        {"own": lambda texts, _: second.encode(texts), "tower": lambda texts, _: routed(texts)},
     )
     qrels = {q: {d: int(g) for d, g in judged.items()} for q, judged in held_out.qrels.items()}
     first = per_query_ndcg({q: {d: float(len(c) - i) for i, d in enumerate(c)} for q, c in candidates.items()}, qrels)
