@@ -53,7 +53,8 @@ clean A/B). The STS-B dev alignment, which no query enters, fell as far, so the 
 are worth; a query-free tower at the served schedule (3,000 steps) is the fair test.
 results/query_student_mpnet4_decay_noqueries.md.
 That fair test, `--steps 3000 --layers 0,4,8,11 --decay --no-queries`, is held to the same rule
-(written 2026-12-05 before it ran); it rewrites the same results files.
+(written 2026-12-05 before it ran); its files, which the stem would put over the 1,500-step ones,
+are renamed by hand to query_student_mpnet4_decay_noqueries_3000.{json,md}.
 
 Usage: .venv/bin/python benchmarks/query_student.py [--steps 500] [--layers 0,4,8,11]   (~15-30 min on 2 cores)
 Writes benchmarks/results/query_student.json and .md (query_student_mpnet<k>.* with --layers).
