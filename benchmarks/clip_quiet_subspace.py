@@ -51,7 +51,6 @@ import statistics
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -61,10 +60,10 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.clip_encoder_features import encoder_folder  # noqa: E402
 from benchmarks.clip_ensemble import METRICS, score  # noqa: E402
+from benchmarks.clip_image_parts import recall_at_1 as image_to_image  # noqa: E402
 from benchmarks.clip_training import served_config  # noqa: E402
 from benchmarks.report import record_runs, split_row  # noqa: E402
 from training.clip_training import ClipData, fit_members, prepare  # noqa: E402
-from training.eval.images import cross_style_recall  # noqa: E402
 from training.run import RunFolder  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -114,23 +113,17 @@ class QuietSubspaceHead(nn.Module):
         return t - quiet_part + self.beta * self.encoder_part(features) @ self.quiet.T
 
 
-def image_to_image(a: torch.Tensor, b: torch.Tensor) -> float:
-    unit_a, unit_b = (F.normalize(x.float(), dim=-1).numpy() for x in (a, b))
-    return round(float(cross_style_recall(unit_a, unit_b, ks=(1,))["recall@1"]), 4)
-
-
 def run_split(split: int, rows: list[str] | None) -> dict[str, dict[str, float]]:
-    plain = prepare(served_config("quiet-subspace", split))
-    head, _ = fit_members(
-        served_config("quiet-subspace", split), plain, RunFolder(Path("/tmp") / "tessera-quiet", f"s{split}")
-    )
+    served = served_config("quiet-subspace", split)
+    plain = prepare(served)
+    head, _ = fit_members(served, plain, RunFolder(Path("/tmp") / "tessera-quiet", f"s{split}"))
     head.eval()
     config = served_config("quiet-subspace", split, image_encoder=encoder_folder(split))
     data: ClipData = prepare(config)  # the same rows, the encoder's embedding after the tower's features
     tower_dim = plain.train.pooled.shape[1]
     assert data.emoji_styles is not None and data.train.pooled.shape[0] == plain.train.pooled.shape[0]
-    encoder = [style[:, tower_dim:] for style in data.emoji_styles]
-    scores = {SERVED_ROW: score(head, plain, served_config("quiet-subspace", split))}
+    encoder = [style[:, tower_dim:].float() for style in data.emoji_styles]
+    scores = {SERVED_ROW: score(head, plain, served)}
     scores[ENCODER_ROW] = {IMAGE_TO_IMAGE: image_to_image(*encoder)}
     with torch.no_grad():
         for k in KS:
@@ -201,7 +194,6 @@ def main() -> None:
     parser.add_argument("--rows", nargs="+", help="only these v rows (default: every k x beta)")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    np.set_printoptions(precision=4)
     record_runs(
         RESULTS / "clip_quiet_subspace.json", "scores", args.splits, lambda s: run_split(s, args.rows), write_markdown
     )

@@ -77,7 +77,7 @@ sys.path.insert(0, str(ROOT))
 from app.inference.text_model import TextModel  # noqa: E402
 from benchmarks.query_map import STS_TRAIN, dataset_section, fit_map, ndcg_rows  # noqa: E402
 from benchmarks.rerank_served import DATASETS, rescore_held_out, served  # noqa: E402
-from benchmarks.rerank_uncertainty import every_query  # noqa: E402
+from benchmarks.rerank_uncertainty import every_query, every_query_table  # noqa: E402
 from training.data.beir import RetrievalDataset, load_beir  # noqa: E402
 from training.data.sts import sts_sentences  # noqa: E402
 from training.query_tower import (  # noqa: E402
@@ -194,14 +194,8 @@ def write(report: dict) -> None:
             "",
             "## Every judged query (the student saw none; paired bootstrap 95% intervals, as rerank_uncertainty.py)",
             "",
-            "| set (queries) | difference | mean | 95% interval |",
-            "|---|---|---|---|",
+            *every_query_table(report["every_query"]),
         ]
-        for name, scored in report["every_query"].items():
-            for row, v in ((k, v) for k, v in scored.items() if k != "queries"):
-                lines.append(
-                    f"| {name} ({scored['queries']}) | {row} | {v['mean']:+.4f} | [{v['low']:+.4f}, {v['high']:+.4f}] |"
-                )
     (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
 
 
@@ -245,7 +239,7 @@ def main() -> None:
         "datasets": {name: evaluate(name, d, first, second, student) for name, d in datasets.items()},
     }
     if args.no_queries:
-        report["every_query"] = {name: every_query(name, student.encode) for name in datasets}
+        report["every_query"] = {name: every_query(name, first, second, student.encode) for name in datasets}
     report["minutes"] = round((time.perf_counter() - started) / 60, 1)
     write(report)
     print(json.dumps(report["datasets"], indent=2))

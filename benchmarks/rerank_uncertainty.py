@@ -32,6 +32,7 @@ import pytrec_eval
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from app.inference.text_model import TextModel  # noqa: E402
 from benchmarks.rerank_served import (  # noqa: E402
     DATASETS,
     cached_vectors,
@@ -41,7 +42,7 @@ from benchmarks.rerank_served import (  # noqa: E402
     tower_routed,
 )
 from training.data.beir import load_beir  # noqa: E402
-from training.eval.metrics import top_k_ids  # noqa: E402
+from training.eval.metrics import ranked_run, top_k_ids  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 RERANKER, RESAMPLES, SEED, HALF_WIDTH = "mpnet-rerank", 10_000, 0, 0.0075
@@ -60,21 +61,18 @@ def interval(deltas: np.ndarray, rng: np.random.Generator) -> dict[str, float]:
     return {"mean": float(deltas.mean()), "low": float(low), "high": float(high), "queries_needed": needed}
 
 
-def measure(name: str) -> dict:
-    second = served(RERANKER)
-    tower_spec = served_query_tower(RERANKER)
-    if tower_spec is None:
-        raise SystemExit(f"models/{RERANKER} has no query tower: run `make rescore-query-tower` first")
-    routed = tower_routed(second, *tower_spec)
+def measure(name: str, first_model: TextModel, second: TextModel, tower: Callable[[list[str]], np.ndarray]) -> dict:
+    """On the held-out half of `name`: mpnet's own query and the `tower`'s (as stored rescore routes
+    it) over the first stage, and the tower's minus mpnet's."""
     held_out, candidates, sides = rescore_held_out(
         name,
         load_beir(DATASETS[name]),
-        served("minilm-l6"),
+        first_model,
         second,
-        {"own": lambda texts, _: second.encode(texts), "tower": lambda texts, _: routed(texts)},
+        {"own": lambda texts, _: second.encode(texts), "tower": lambda texts, _: tower(texts)},
     )
     qrels = {q: {d: int(g) for d, g in judged.items()} for q, judged in held_out.qrels.items()}
-    first = per_query_ndcg({q: {d: float(len(c) - i) for i, d in enumerate(c)} for q, c in candidates.items()}, qrels)
+    first = per_query_ndcg(ranked_run(candidates), qrels)
     full, via_tower = per_query_ndcg(sides["own"].second, qrels), per_query_ndcg(sides["tower"].second, qrels)
     ids = sorted(full)
     gain = np.array([full[q] - first[q] for q in ids])
@@ -88,16 +86,13 @@ def measure(name: str) -> dict:
     }
 
 
-def measure_all_queries(name: str) -> dict:
-    """mpnet's own query over the first stage on every judged query of `name` (both halves)."""
-    return every_query(name)
-
-
-def every_query(name: str, tower: Callable[[list[str]], np.ndarray] | None = None) -> dict:
-    """On every judged query of `name`: mpnet's own query over the first stage, and with `tower`
-    (texts -> unit vectors in mpnet's space; it must have seen none of these queries) the tower's
-    query over the first stage and minus mpnet's own."""
-    dataset, first, second = load_beir(DATASETS[name]), served("minilm-l6"), served(RERANKER)
+def every_query(
+    name: str, first: TextModel, second: TextModel, tower: Callable[[list[str]], np.ndarray] | None = None
+) -> dict:
+    """On every judged query of `name` (both halves): the reranker `second`'s own query over the first
+    stage `first`, and with `tower` (texts -> unit vectors in its space; it must have seen none of
+    these queries) the tower's query over the first stage and minus the reranker's own."""
+    dataset = load_beir(DATASETS[name])
     doc_ids = list(dataset.corpus)
     first_docs = cached_vectors(first, name, doc_ids, [dataset.doc_text(d) for d in doc_ids])
     ids = sorted(q for q in dataset.queries if dataset.qrels.get(q))
@@ -106,9 +101,7 @@ def every_query(name: str, tower: Callable[[list[str]], np.ndarray] | None = Non
     pool = sorted({d for c in candidates.values() for d in c})
     second_docs = cached_vectors(second, name, pool, [dataset.doc_text(d) for d in pool])
     qrels = {q: {d: int(g) for d, g in dataset.qrels[q].items()} for q in ids}
-    first_ndcg = per_query_ndcg(
-        {q: {d: float(len(c) - i) for i, d in enumerate(c)} for q, c in candidates.items()}, qrels
-    )
+    first_ndcg = per_query_ndcg(ranked_run(candidates), qrels)
 
     def gains(query_vectors: np.ndarray) -> np.ndarray:
         run = {q: {d: float(second_docs[d] @ query_vectors[i]) for d in candidates[q]} for i, q in enumerate(ids)}
@@ -125,10 +118,27 @@ def every_query(name: str, tower: Callable[[list[str]], np.ndarray] | None = Non
     return out
 
 
+def every_query_table(scored_by_set: dict[str, dict]) -> list[str]:
+    """Markdown rows of `every_query`'s results, one per set and difference."""
+    lines = ["| set (queries) | difference | mean | 95% interval | queries for +-0.0075 |", "|---|---|---|---|---|"]
+    for name, scored in scored_by_set.items():
+        for row, v in ((k, v) for k, v in scored.items() if k != "queries"):
+            lines.append(
+                f"| {name} ({scored['queries']}) | {row} | {v['mean']:+.4f} | [{v['low']:+.4f}, {v['high']:+.4f}] | "
+                f"{v['queries_needed']} |"
+            )
+    return lines
+
+
 def main() -> None:
     started = time.monotonic()
-    report = {name: measure(name) for name in ("cranfield", "msmarco")}
-    report["all_queries"] = {name: measure_all_queries(name) for name in ("cranfield", "msmarco")}
+    first, second = served("minilm-l6"), served(RERANKER)
+    tower_spec = served_query_tower(RERANKER)
+    if tower_spec is None:
+        raise SystemExit(f"models/{RERANKER} has no query tower: run `make rescore-query-tower` first")
+    routed = tower_routed(second, *tower_spec)
+    report: dict = {name: measure(name, first, second, routed) for name in ("cranfield", "msmarco")}
+    report["all_queries"] = {name: every_query(name, first, second) for name in ("cranfield", "msmarco")}
     report["minutes"] = round((time.monotonic() - started) / 60, 1)
     report["measured"] = time.strftime("%Y-%m-%d %H:%M")
     RESULTS.mkdir(exist_ok=True)
@@ -150,13 +160,7 @@ def main() -> None:
             for row, v in rows.items()
         ]
     lines += ["", "## every judged query (mpnet's own query: nothing fitted on any)", ""]
-    lines += ["| set (queries) | difference | mean | 95% interval | queries for +-0.0075 |", "|---|---|---|---|---|"]
-    for name, scored in report["all_queries"].items():
-        for row, v in ((k, v) for k, v in scored.items() if k != "queries"):
-            lines.append(
-                f"| {name} ({scored['queries']}) | {row} | {v['mean']:+.4f} | [{v['low']:+.4f}, {v['high']:+.4f}] | "
-                f"{v['queries_needed']} |"
-            )
+    lines += every_query_table(report["all_queries"])
     (RESULTS / "rerank_uncertainty.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
