@@ -33,13 +33,9 @@ def isolated_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path
     built, which tests must neither read nor leave collections in (nor contend with a running
     server for)."""
     path = tmp_path_factory.mktemp("data-dir")
-    previous = os.environ.get("TESSERA_DATA_DIR")
-    os.environ["TESSERA_DATA_DIR"] = str(path)
-    yield path
-    if previous is None:
-        os.environ.pop("TESSERA_DATA_DIR", None)
-    else:
-        os.environ["TESSERA_DATA_DIR"] = previous
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TESSERA_DATA_DIR", str(path))
+        yield path
 
 
 @pytest.fixture(scope="session")

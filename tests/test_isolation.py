@@ -28,13 +28,19 @@ def test_a_developers_env_file_is_not_read_by_the_suite(tmp_path: Path, monkeypa
     assert Settings().port == 8000
 
 
-def _port_seen(cwd: Path, env_file: str | None) -> int:
-    """TESSERA_PORT as a fresh process in `cwd` reads it, with TESSERA_ENV_FILE set to `env_file`
-    (None: unset, the service's own default)."""
+def _fresh_env(env_file: str | None) -> dict[str, str]:
+    """This process's environment for a fresh one, with TESSERA_ENV_FILE set to `env_file` (None:
+    unset, the service's own default) and no TESSERA_PORT."""
     env = {k: v for k, v in os.environ.items() if k not in ("TESSERA_ENV_FILE", "TESSERA_PORT")}
     if env_file is not None:
         env["TESSERA_ENV_FILE"] = env_file
     env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+def _port_seen(cwd: Path, env_file: str | None) -> int:
+    """TESSERA_PORT as a fresh process in `cwd` reads it, with TESSERA_ENV_FILE set to `env_file`."""
+    env = _fresh_env(env_file)
     code = "from app.core.config import Settings; print(Settings().port)"
     return int(
         subprocess.run(
@@ -53,8 +59,7 @@ def test_the_service_reads_dot_env_or_the_file_tessera_env_file_names(tmp_path: 
 
 def test_a_named_env_file_that_is_missing_stops_the_cli_with_one_line(tmp_path: Path) -> None:
     """A secret that failed to mount must not start a server without its keys: exit 2, naming the file."""
-    env = {k: v for k, v in os.environ.items() if k != "TESSERA_ENV_FILE"}
-    env["TESSERA_ENV_FILE"] = str(tmp_path / "secrets.env")
+    env = _fresh_env(str(tmp_path / "secrets.env"))
     tessera = [sys.executable, "-c", "from app.cli import main; main()"]
     for args in (["serve", "--port", "1"], ["index", "build", "--input", str(tmp_path / "none.jsonl")]):
         done = subprocess.run([*tessera, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)

@@ -16,14 +16,14 @@ MAX_STREAMS = 256
 # The env file read beneath the environment: `.env` in the working directory, or the file that
 # TESSERA_ENV_FILE names (read once, at import); empty reads none, as the test suite sets it so a
 # developer's `.env` (keys, another data dir) never changes what the tests see.
-ENV_FILE = os.environ.get("TESSERA_ENV_FILE", ".env") or None
+ENV_FILE_NAMED = os.environ.get("TESSERA_ENV_FILE")  # None: unset
+ENV_FILE = ".env" if ENV_FILE_NAMED is None else (ENV_FILE_NAMED or None)
 
 
 def missing_env_file() -> str | None:
     """The env file TESSERA_ENV_FILE names when it does not exist (a missing `.env`, the default,
     just means none): a secret that failed to mount must not start a server without its keys."""
-    named = os.environ.get("TESSERA_ENV_FILE")
-    return ENV_FILE if named and ENV_FILE and not Path(ENV_FILE).is_file() else None
+    return ENV_FILE_NAMED if ENV_FILE_NAMED and not Path(ENV_FILE_NAMED).is_file() else None
 
 
 class Settings(BaseSettings):
