@@ -12,7 +12,7 @@ import typer
 from pydantic import ValidationError
 
 from app.core.auth import KeyConfigError, parse_keys
-from app.core.config import Settings, get_settings, missing_env_file
+from app.core.config import ENV_FILE, Settings, get_settings, missing_env_file
 from app.search.build_policies import Engine, OnBadImage, OnDuplicate, OnEmpty
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True, help="Tessera embedding service.")
@@ -220,9 +220,11 @@ def _exit(message: str) -> NoReturn:
 def _settings_or_exit() -> Settings:
     """The settings, or one line naming the bad setting and exit code 2 (not a traceback)."""
     if (missing := missing_env_file()) is not None:
-        _exit(f"TESSERA_ENV_FILE={missing!r}: no such file")
+        _exit(f"TESSERA_ENV_FILE={missing!r}: not a file (missing, or a folder)")
     try:
         return get_settings()
+    except UnicodeDecodeError:  # only the env file is decoded here: the environment is already text
+        _exit(f"env file {ENV_FILE!r}: not UTF-8 text")
     except ValidationError as exc:
         error = exc.errors()[0]
         name = "TESSERA_" + str(error["loc"][0]).upper() if error.get("loc") else "a TESSERA_ setting"

@@ -64,6 +64,32 @@ def test_a_named_env_file_that_is_missing_stops_the_cli_with_one_line(tmp_path: 
     for args in (["serve", "--port", "1"], ["index", "build", "--input", str(tmp_path / "none.jsonl")]):
         done = subprocess.run([*tessera, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
         assert done.returncode == 2, done.stderr
-        assert done.stderr.strip() == f"error: TESSERA_ENV_FILE={str(tmp_path / 'secrets.env')!r}: no such file"
+        assert done.stderr.strip() == (
+            f"error: TESSERA_ENV_FILE={str(tmp_path / 'secrets.env')!r}: not a file (missing, or a folder)"
+        )
     (tmp_path / "secrets.env").write_text("TESSERA_PORT=9124\n")
     assert _port_seen(tmp_path, str(tmp_path / "secrets.env")) == 9124
+
+
+@pytest.mark.parametrize(("name", "content"), [("folder", None), ("binary.env", bytes(range(128, 256)))])
+def test_an_env_file_the_cli_cannot_read_stops_it_with_one_line(
+    tmp_path: Path, name: str, content: bytes | None
+) -> None:
+    """A folder, or a file that is not UTF-8 text, named as the env file: exit 2 and one line, no traceback."""
+    path = tmp_path / name
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    tessera = [sys.executable, "-c", "from app.cli import main; main()"]
+    done = subprocess.run(
+        [*tessera, "index", "build", "--input", str(tmp_path / "none.jsonl")],
+        cwd=ROOT,
+        env=_fresh_env(str(path)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and str(path) in lines[0], done.stderr
