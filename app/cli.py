@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import time
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Annotated, NoReturn
 import typer
 from pydantic import ValidationError
 
-from app.core.auth import KeyConfigError, parse_keys
+from app.core.auth import KeyConfigError, is_loopback, parse_keys
 from app.core.config import ENV_FILE, Settings, get_settings, missing_env_file
 from app.search.build_policies import Engine, OnBadImage, OnDuplicate, OnEmpty
 
@@ -201,15 +200,6 @@ class _BuildBar:
         rate = (done - base) / max(now - started, 1e-9) if done > base else 0.0
         self.done = done
         self.bar.update(self.task, completed=done, total=total, rate=rate)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def _exit(message: str) -> NoReturn:

@@ -18,13 +18,17 @@ from app.api.openapi_doc import install_openapi
 from app.api.routes import classify, embeddings, health, indexes, models, rerank
 from app.api.routes.console import install_console, is_console_path
 from app.core.auth import KeyStore, RateLimiter, parse_keys
-from app.core.config import Settings, get_settings
+from app.core.config import Settings, get_settings, missing_env_file
 from app.inference.registry import ModelRegistry
 from app.search.manager import CollectionManager
 from app.services.image_sources import ImageFetcher
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
+    if settings is None and (missing := missing_env_file()) is not None:
+        # `tessera serve` says this in one line; started by uvicorn directly, the import fails here
+        # rather than serving without the keys a secret that failed to mount was meant to hold.
+        raise RuntimeError(f"TESSERA_ENV_FILE={missing!r}: not a file (missing, or a folder)")
     settings = settings or get_settings()
 
     @asynccontextmanager
@@ -68,9 +72,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(PayloadLimitMiddleware, max_bytes=settings.max_payload_bytes)
     app.add_middleware(MetricsMiddleware)
     open_paths = ALWAYS_OPEN_PATHS | ({"/metrics"} if settings.metrics_public else set())
+    keys = KeyStore(parse_keys(settings.api_keys))
     app.add_middleware(
         AccessMiddleware,
-        keys=KeyStore(parse_keys(settings.api_keys)),
+        keys=keys,
+        loopback_only=not keys.enabled and not settings.allow_unauthenticated,
         limiter=RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst),
         open_paths=frozenset(open_paths),
         is_open=is_console_path,

@@ -6,6 +6,9 @@
   `x-api-key` (what the OpenAI, Azure-style and Cohere clients send). Every route but /health,
   /ready (and /metrics when TESSERA_METRICS_PUBLIC) needs one: 401 without or with a wrong one,
   403 for a read-only key on a write.
+- Without keys (and without TESSERA_ALLOW_UNAUTHENTICATED) only loopback callers are served: 403
+  for any other address. `tessera serve` already refuses to bind a public address then; this holds
+  the same line when the app is started another way (`uvicorn app.main:app --host 0.0.0.0`).
 - Rate limit (when TESSERA_RATE_LIMIT_PER_S > 0): a token bucket per key (per client address
   without keys): 429 with Retry-After.
 - Log: one JSON line per request on the `tessera.access` logger: request id, method, route,
@@ -29,8 +32,15 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.errors import domain_error_response
-from app.core.auth import ApiKey, KeyStore, RateLimiter
-from app.core.errors import InvalidApiKey, MissingApiKey, RateLimited, ReadOnlyKey, TesseraError
+from app.core.auth import ApiKey, KeyStore, RateLimiter, is_remote_caller
+from app.core.errors import (
+    InvalidApiKey,
+    MissingApiKey,
+    RateLimited,
+    ReadOnlyKey,
+    RemoteCallerRefused,
+    TesseraError,
+)
 
 log = logging.getLogger("tessera.access")
 _listener: logging.handlers.QueueListener | None = None
@@ -76,9 +86,11 @@ class AccessMiddleware:
         retry_after_s: int,
         log_requests: bool = True,
         is_open: Callable[[str], bool] = lambda _: False,
+        loopback_only: bool = False,
     ) -> None:
         self.app = app
         self.keys = keys
+        self.loopback_only = loopback_only  # no keys and not allowed open: other machines get 403
         self.limiter = limiter
         self.open_paths = open_paths
         self._is_open_prefix = is_open  # e.g. the console's static files
@@ -129,6 +141,13 @@ class AccessMiddleware:
         path = scope["path"]
         key = None
         is_open = path in self.open_paths or self._is_open_prefix(path)
+        if self.loopback_only and not is_open:
+            client = scope.get("client")
+            if client and is_remote_caller(client[0]):
+                raise RemoteCallerRefused(
+                    "this server has no API keys and answers only callers on its own machine: "
+                    "set TESSERA_API_KEYS, or TESSERA_ALLOW_UNAUTHENTICATED=true to serve it open"
+                )
         if self.keys.enabled and not is_open and scope["method"] != "OPTIONS":
             presented = _presented_key(headers)
             key = self.keys.authenticate(presented) if presented is not None else None

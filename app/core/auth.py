@@ -9,12 +9,41 @@ read-only (writes answer 403). Presented keys are compared by SHA-256 digest wit
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
+import ipaddress
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a bind address or a caller's address is this machine's own: `localhost`, 127.0.0.0/8,
+    ::1, and IPv4-mapped IPv6 forms of them (a dual-stack socket reports 127.0.0.1 as ::ffff:127.0.0.1)."""
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+@functools.lru_cache(maxsize=4096)  # asked on every request; a caller's address repeats
+def is_remote_caller(host: str | None) -> bool:
+    """A caller on another machine: its address is an IP that is not loopback. No address (a Unix
+    socket) or a name that is not an IP (an in-process test transport) is this machine's own."""
+    if not host:
+        return False
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return not is_loopback(host)
 
 
 @dataclass(frozen=True)

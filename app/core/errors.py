@@ -142,6 +142,12 @@ class ReadOnlyKey(TesseraError):
     code = "read_only_key"
 
 
+class RemoteCallerRefused(TesseraError):
+    """A caller on another machine while the server has no API keys and is not told to serve open."""
+
+    code = "unauthenticated_remote_caller"
+
+
 class RateLimited(TesseraError):
     """A caller over its request rate (TESSERA_RATE_LIMIT_PER_S)."""
 
@@ -212,6 +218,7 @@ HTTP_ERRORS: dict[type[TesseraError], HttpMapping] = {
     InvalidApiKey: HttpMapping(401, "authentication_error"),
     ReadOnly: HttpMapping(403, "permission_error"),
     ReadOnlyKey: HttpMapping(403, "permission_error"),
+    RemoteCallerRefused: HttpMapping(403, "permission_error"),
     ModelNotFound: HttpMapping(404),
     CollectionNotFound: HttpMapping(404),
     DocumentNotFound: HttpMapping(404),

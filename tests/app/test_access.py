@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from app.core.auth import KeyConfigError, parse_keys
+from app.core.auth import KeyConfigError, is_remote_caller, parse_keys
 from app.main import create_app
 from tests.conftest import ROOT, live_server, settings_for
 
@@ -189,3 +189,65 @@ def test_serve_refuses_an_open_non_loopback_bind_and_bad_settings_in_one_line() 
     assert many.returncode == 2 and many.stderr.strip().splitlines() == [
         "error: TESSERA_STREAMS='100000': Input should be less than or equal to 256"
     ]
+
+
+@pytest.mark.parametrize(
+    ("host", "remote"),
+    [
+        ("203.0.113.7", True),
+        ("10.0.0.2", True),
+        ("2001:db8::1", True),
+        ("::ffff:203.0.113.7", True),
+        ("127.0.0.1", False),
+        ("127.8.0.1", False),
+        ("::1", False),
+        ("::ffff:127.0.0.1", False),  # a dual-stack socket's form of 127.0.0.1
+        ("testclient", False),  # not an address: an in-process transport
+        ("", False),  # a Unix socket has none
+    ],
+)
+def test_which_callers_are_on_another_machine(host: str, remote: bool) -> None:
+    assert is_remote_caller(host) is remote
+
+
+def test_without_keys_callers_on_other_machines_get_403_however_the_app_was_started(client: TestClient) -> None:
+    # the session app: no keys and not allowed open, as `uvicorn app.main:app --host 0.0.0.0` would run it
+    for host in ("203.0.113.7", "2001:db8::1", "::ffff:10.1.2.3"):
+        # routes that need no batcher: these clients' requests run outside the app's event loop
+        remote = TestClient(client.app, client=(host, 50000))
+        refused = remote.get("/v1/models")
+        assert refused.status_code == 403, host
+        assert refused.json()["error"]["code"] == "unauthenticated_remote_caller"
+        assert "TESSERA_API_KEYS" in refused.json()["error"]["message"]
+        assert remote.get("/health").status_code == 200  # probes still answer
+    for host in ("127.0.0.1", "::1", "::ffff:127.0.0.1"):
+        local = TestClient(client.app, client=(host, 50000))
+        assert local.get("/v1/models").status_code == 200, host
+
+
+def test_keys_or_an_explicit_open_setting_serve_other_machines(
+    keyed: TestClient, default_models_dir: Path, tmp_path: Path
+) -> None:
+    remote = TestClient(keyed.app, client=("203.0.113.7", 50000))
+    assert remote.get("/v1/models").status_code == 401
+    assert remote.get("/v1/models", headers=_auth(READER)).status_code == 200
+    open_app = create_app(settings_for(default_models_dir, data_dir=tmp_path, allow_unauthenticated=True))
+    # no lifespan here (no models loaded): an unknown path shows the caller got past access control
+    assert TestClient(open_app, client=("203.0.113.7", 50000)).get("/no-such-route").status_code == 404
+    closed_app = create_app(settings_for(default_models_dir, data_dir=tmp_path))
+    assert TestClient(closed_app, client=("203.0.113.7", 50000)).get("/no-such-route").status_code == 403
+
+
+def test_uvicorn_started_directly_refuses_a_named_env_file_that_is_missing(tmp_path: Path) -> None:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
+    missing = tmp_path / "secrets.env"
+    started = subprocess.run(
+        [sys.executable, "-c", "import app.main"],
+        env={**clean, "TESSERA_ENV_FILE": str(missing)},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert started.returncode != 0
+    assert f"TESSERA_ENV_FILE={str(missing)!r}: not a file (missing, or a folder)" in started.stderr

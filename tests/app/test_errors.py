@@ -24,6 +24,7 @@ EXPECTED_STATUS = {
     errors.WrongModelKind: 400,
     errors.ReadOnly: 403,
     errors.ReadOnlyKey: 403,
+    errors.RemoteCallerRefused: 403,
     errors.MissingApiKey: 401,
     errors.InvalidApiKey: 401,
     errors.RateLimited: 429,
