@@ -29,7 +29,8 @@ _DESCRIPTIONS = {
     "400": "a body that is not JSON text (e.g. not UTF-8), a model of the wrong kind, or an input the model "
     "does not embed (an image for a text model)",
     "401": "API key missing or not valid (when the server has keys)",
-    "403": "a read-only key (or a read-only replica) on a write",
+    "403": "a read-only key (or a read-only replica) on a write, or a caller on another machine when the "
+    "server has no API keys and is not set to serve open",
     "404": "unknown model, collection, document or route",
     "405": "method not allowed on this path",
     "409": "already exists, an optimise is running, another process writes the collection, or the collection "
@@ -41,15 +42,15 @@ _DESCRIPTIONS = {
 
 
 def _statuses(method: str, path: str) -> set[str]:
-    codes = {"401", "404", "405", "422", "429"}
+    codes = {"401", "403", "404", "405", "422", "429"}
     if path in ALWAYS_OPEN_PATHS:
         return {"404", "405"}
     if path == "/metrics":
-        return {"401", "404", "405", "429"}
+        return {"401", "403", "404", "405", "429"}
     if method in {"post", "put"}:
         codes |= {"400", "413"}
     if is_write(method.upper(), path):
-        codes |= {"403", "409"}
+        codes |= {"409"}
     return codes
 
 
