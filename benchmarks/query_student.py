@@ -55,6 +55,12 @@ results/query_student_mpnet4_decay_noqueries.md.
 That fair test, `--steps 3000 --layers 0,4,8,11 --decay --no-queries`, is held to the same rule
 (written 2026-12-05 before it ran); its files, which the stem would put over the 1,500-step ones,
 are renamed by hand to query_student_mpnet4_decay_noqueries_3000.{json,md}.
+Result (48.3 min, 2026-12-05): it failed the rule. Dev alignment reached 0.917, the served tower's. On
+every judged query the tower gains +0.0071 on Cranfield and +0.0070 on MS MARCO (mpnet's own query,
+same run: +0.0193 and +0.0215); tower minus mpnet is -0.0123 [-0.0282, +0.0032] and -0.0146
+[-0.0280, -0.0031]. On the held-out half: Cranfield +0.0194, MS MARCO +0.0043, against +0.0221 /
++0.0088 for the served tower, which saw the 133 train-half queries (query_student_mpnet4_decay.md, an
+earlier run). The schedule explained the alignment drop but not the retrieval gap.
 
 Usage: .venv/bin/python benchmarks/query_student.py [--steps 500] [--layers 0,4,8,11]   (~15-30 min on 2 cores)
 Writes benchmarks/results/query_student.json and .md (query_student_mpnet<k>.* with --layers).
