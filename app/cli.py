@@ -11,7 +11,7 @@ import typer
 from pydantic import ValidationError
 
 from app.core.auth import KeyConfigError, is_loopback, parse_keys
-from app.core.config import ENV_FILE, Settings, get_settings, missing_env_file
+from app.core.config import ENV_FILE, Settings, env_file_problem, get_settings
 from app.search.build_policies import Engine, OnBadImage, OnDuplicate, OnEmpty
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True, help="Tessera embedding service.")
@@ -209,8 +209,8 @@ def _exit(message: str) -> NoReturn:
 
 def _settings_or_exit() -> Settings:
     """The settings, or one line naming the bad setting and exit code 2 (not a traceback)."""
-    if (missing := missing_env_file()) is not None:
-        _exit(f"TESSERA_ENV_FILE={missing!r}: not a file (missing, or a folder)")
+    if (problem := env_file_problem()) is not None:
+        _exit(problem)
     try:
         return get_settings()
     except UnicodeDecodeError:  # only the env file is decoded here: the environment is already text

@@ -18,17 +18,17 @@ from app.api.openapi_doc import install_openapi
 from app.api.routes import classify, embeddings, health, indexes, models, rerank
 from app.api.routes.console import install_console, is_console_path
 from app.core.auth import KeyStore, RateLimiter, parse_keys
-from app.core.config import Settings, get_settings, missing_env_file
+from app.core.config import Settings, env_file_problem, get_settings
 from app.inference.registry import ModelRegistry
 from app.search.manager import CollectionManager
 from app.services.image_sources import ImageFetcher
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    if settings is None and (missing := missing_env_file()) is not None:
+    if settings is None and (problem := env_file_problem()) is not None:
         # `tessera serve` says this in one line; started by uvicorn directly, the import fails here
         # rather than serving without the keys a secret that failed to mount was meant to hold.
-        raise RuntimeError(f"TESSERA_ENV_FILE={missing!r}: not a file (missing, or a folder)")
+        raise RuntimeError(problem)
     settings = settings or get_settings()
 
     @asynccontextmanager

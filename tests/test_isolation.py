@@ -93,3 +93,17 @@ def test_an_env_file_the_cli_cannot_read_stops_it_with_one_line(
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and str(path) in lines[0], done.stderr
+
+
+def test_uvicorn_started_directly_refuses_a_named_env_file_that_is_missing(tmp_path: Path) -> None:
+    missing = tmp_path / "secrets.env"
+    started = subprocess.run(
+        [sys.executable, "-c", "import app.main"],
+        env=_fresh_env(str(missing)),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert started.returncode != 0
+    assert f"TESSERA_ENV_FILE={str(missing)!r}: not a file (missing, or a folder)" in started.stderr

@@ -19,31 +19,28 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-def is_loopback(host: str) -> bool:
-    """Whether a bind address or a caller's address is this machine's own: `localhost`, 127.0.0.0/8,
-    ::1, and IPv4-mapped IPv6 forms of them (a dual-stack socket reports 127.0.0.1 as ::ffff:127.0.0.1)."""
-    if host == "localhost":
-        return True
+def _ip_is_loopback(host: str) -> bool | None:
+    """Whether an IP address (bracketed or not) is loopback, IPv4-mapped IPv6 forms included (a
+    dual-stack socket reports 127.0.0.1 as ::ffff:127.0.0.1); None when `host` is not an IP."""
     try:
         address = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
-        return False
+        return None
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
     return address.is_loopback
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a bind address is this machine's own: `localhost`, 127.0.0.0/8, ::1 and their mapped forms."""
+    return host == "localhost" or bool(_ip_is_loopback(host))
 
 
 @functools.lru_cache(maxsize=4096)  # asked on every request; a caller's address repeats
 def is_remote_caller(host: str | None) -> bool:
     """A caller on another machine: its address is an IP that is not loopback. No address (a Unix
     socket) or a name that is not an IP (an in-process test transport) is this machine's own."""
-    if not host:
-        return False
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return not is_loopback(host)
+    return bool(host) and _ip_is_loopback(host) is False
 
 
 @dataclass(frozen=True)

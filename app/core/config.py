@@ -20,10 +20,12 @@ ENV_FILE_NAMED = os.environ.get("TESSERA_ENV_FILE")  # None: unset
 ENV_FILE = ".env" if ENV_FILE_NAMED is None else (ENV_FILE_NAMED or None)
 
 
-def missing_env_file() -> str | None:
-    """The env file TESSERA_ENV_FILE names when it does not exist (a missing `.env`, the default,
-    just means none): a secret that failed to mount must not start a server without its keys."""
-    return ENV_FILE_NAMED if ENV_FILE_NAMED and not Path(ENV_FILE_NAMED).is_file() else None
+def env_file_problem() -> str | None:
+    """What is wrong when the env file TESSERA_ENV_FILE names is not a file (a missing `.env`, the
+    default, just means none): a secret that failed to mount must not start a server without its keys."""
+    if ENV_FILE_NAMED and not Path(ENV_FILE_NAMED).is_file():
+        return f"TESSERA_ENV_FILE={ENV_FILE_NAMED!r}: not a file (missing, or a folder)"
+    return None
 
 
 class Settings(BaseSettings):

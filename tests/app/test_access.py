@@ -236,18 +236,3 @@ def test_keys_or_an_explicit_open_setting_serve_other_machines(
     assert TestClient(open_app, client=("203.0.113.7", 50000)).get("/no-such-route").status_code == 404
     closed_app = create_app(settings_for(default_models_dir, data_dir=tmp_path))
     assert TestClient(closed_app, client=("203.0.113.7", 50000)).get("/no-such-route").status_code == 403
-
-
-def test_uvicorn_started_directly_refuses_a_named_env_file_that_is_missing(tmp_path: Path) -> None:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
-    missing = tmp_path / "secrets.env"
-    started = subprocess.run(
-        [sys.executable, "-c", "import app.main"],
-        env={**clean, "TESSERA_ENV_FILE": str(missing)},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert started.returncode != 0
-    assert f"TESSERA_ENV_FILE={str(missing)!r}: not a file (missing, or a folder)" in started.stderr
