@@ -58,7 +58,7 @@ BATCH = 1000
 TARGET = 0.95
 EF_STEPS = (16, 32, 64, 128, 256, 512, 1024)
 WRK_SECONDS = 10
-MATCH_STEPS = (2, 4, 6, 8, 12, 16, 24, 32, 64, 128, 256, 512)  # Tessera's breadths tried for equal recall
+MATCH_STEPS = (1, 2, 4, 6, 8, 12, 16, 24, 32, 64, 128, 256, 512)  # Tessera's breadths tried for equal recall
 CHROMA_BASE = "/api/v2/tenants/default_tenant/databases/default_database/collections"
 
 

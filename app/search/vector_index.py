@@ -52,6 +52,13 @@ EF_SEARCH_BOUNDS = (1, 4096)
 # 128 for 1% (benchmarks/results/coarse_quantizer.md); what the walk misses costs recall at a given
 # nprobe. Adds file each vector under its nearest list by comparing every centroid (`_assign`).
 COARSE_EF_SEARCH = 128
+# Every other IVF index keeps its centroids in float16 (`IVF<nlist>(SQfp16),...` to FAISS): the
+# coarse step reads every centroid for each query, and at 4,000 lists of 384-d (6 MB in float32)
+# that read was the larger part of a 1M-vector search. Half the bytes took 0.08-0.1 ms off every
+# search of a 1M index (0.309 -> 0.215 ms at nprobe 2), the lists probed the same for 400 of 400
+# queries at every nprobe (benchmarks/results/coarse_fp16.md). Training and bulk adds still
+# compare in float32 (BLAS).
+COARSE_CODEC, COARSE_BYTES = "SQfp16", 2  # bytes per centroid dimension
 HNSW_EF_CONSTRUCTION = 128
 # Filtered searches over at most this many matches are scored exactly with vectors read from the
 # store; larger match sets search the index with an id selector (as unfiltered search, approximate)
@@ -153,10 +160,7 @@ class VectorIndex:
         self.dim, self.metric, self.spec = dim, metric, spec
         self.coarse_graph_m = coarse_graph_degree(spec)  # read once: searches consult it every time
         if index is None:
-            # IVF stores external ids itself and removes by them. Flat and HNSW get an id map; an
-            # id map over IVF would break on removal (it assumes the sub-index renumbers rows).
-            factory = spec if spec.startswith("IVF") else f"IDMap2,{spec}"
-            index = faiss.index_factory(dim, factory, METRICS[metric])
+            index = faiss.index_factory(dim, _factory(spec), METRICS[metric])
             if spec.startswith("HNSW"):
                 # A better-connected graph (FAISS default 40): recall@10 ≥ 0.95 on 1M real-like
                 # vectors needs it (benchmarks/results/search.md); costs build time, not memory.
@@ -198,8 +202,20 @@ class VectorIndex:
         return _prepared(vectors, self.metric, self.dim)
 
     def train(self, vectors: np.ndarray) -> None:
-        if not self.index.is_trained:
+        if self.index.is_trained:
+            return
+        if not self.is_ivf or self.coarse_graph_m is not None:
             self.index.train(self.prepare(vectors))
+            return
+        # k-means compares every point with every centroid each round: in float32 through BLAS,
+        # then the centroids go into the float16 coarse quantizer (which would compare code by code)
+        ivf = faiss.extract_index_ivf(self.index)
+        clustering = faiss.IndexFlat(self.dim, ivf.metric_type)  # referenced here: FAISS only points at it
+        ivf.clustering_index = clustering
+        try:
+            self.index.train(self.prepare(vectors))
+        finally:
+            ivf.clustering_index = None  # Python owns it: no pointer to it may outlive this call
 
     def add(self, keys: np.ndarray, vectors: np.ndarray) -> None:
         if not len(keys):
@@ -216,9 +232,17 @@ class VectorIndex:
 
     def _assign(self, prepared: np.ndarray) -> np.ndarray:
         """(m,) the IVF list of each prepared vector: its nearest centroid, compared with every
-        one even where searches walk a graph over them (see COARSE_EF_SEARCH)."""
-        quantizer = faiss.downcast_index(faiss.extract_index_ivf(self.index).quantizer)
-        exact = faiss.downcast_index(quantizer.storage) if self.coarse_graph_m is not None else quantizer
+        one in float32 (BLAS) even where searches walk a graph over them (see COARSE_EF_SEARCH)
+        or keep them in float16 (COARSE_CODEC)."""
+        ivf = faiss.extract_index_ivf(self.index)
+        quantizer = faiss.downcast_index(ivf.quantizer)
+        if self.coarse_graph_m is not None:
+            exact = faiss.downcast_index(quantizer.storage)
+        elif isinstance(quantizer, faiss.IndexFlat):  # built before COARSE_CODEC
+            exact = quantizer
+        else:
+            exact = faiss.IndexFlat(self.dim, ivf.metric_type)
+            exact.add(quantizer.reconstruct_n(0, ivf.nlist))
         _, assigned = exact.search(prepared, 1)
         return assigned.ravel()
 
@@ -507,6 +531,18 @@ def _top_k_columns(scores: np.ndarray, k: int) -> np.ndarray:
     part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
     order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
     return np.take_along_axis(part, order, axis=1)
+
+
+def _factory(spec: str) -> str:
+    """FAISS's factory string for an index `spec`. IVF stores external ids itself and removes by
+    them; Flat and HNSW get an id map (an id map over IVF would break on removal: it assumes the
+    sub-index renumbers rows). IVF without a graph keeps its centroids in COARSE_CODEC."""
+    if not spec.startswith("IVF"):
+        return f"IDMap2,{spec}"
+    if coarse_graph_degree(spec) is not None:
+        return spec
+    lists, codec = spec.split(",", 1)
+    return f"{lists}({COARSE_CODEC}),{codec}"
 
 
 def _faiss_search(

@@ -28,10 +28,10 @@ def clustered(n: int, seed: int = 0, clusters: int = 50) -> np.ndarray:
 def test_auto_candidates_and_their_memory() -> None:
     assert index_choice.candidate_specs(1_000_000, DIM) == ["HNSW32", "IVF4000,SQ8", "IVF4000,RaBitQ", "IVF4000,Flat"]
     assert index_choice.estimated_memory("HNSW32", 1_000_000, DIM) == 1_000_000 * (DIM * 4 + 256 + 16)
-    assert index_choice.estimated_memory("IVF4000,SQ8", 1_000_000, DIM) == 1_000_000 * (DIM + 8) + 4000 * DIM * 4
+    assert index_choice.estimated_memory("IVF4000,SQ8", 1_000_000, DIM) == 1_000_000 * (DIM + 8) + 4000 * DIM * 2
     # sign bits and two floats per vector: 56 bytes of code for 384 dimensions
     binary = index_choice.estimated_memory("IVF4000,RaBitQ", 1_000_000, DIM)
-    assert binary == 1_000_000 * (DIM // 8 + 8 + 8) + 4000 * DIM * 4
+    assert binary == 1_000_000 * (DIM // 8 + 8 + 8) + 4000 * DIM * 2
     assert index_choice.trial_spec("IVF4000,SQ8", 99_800) == "IVF1263,SQ8"  # as many points per list
 
 
@@ -340,6 +340,54 @@ def test_ivf_lists_found_through_a_graph_search_as_exhaustive_lists_do(
     assert np.array_equal(loaded.search(queries, 10, params=SearchParams(nprobe=8))[1], by_graph)
     quantizer = faiss.downcast_index(faiss.extract_index_ivf(loaded.index).quantizer)
     assert isinstance(quantizer, faiss.IndexHNSWFlat)
+
+
+def test_ivf_keeps_its_centroids_in_float16_and_finds_the_lists_float32_would(tmp_path: Path) -> None:
+    """An IVF index without a graph keeps its centroids in float16 (COARSE_CODEC): k-means and bulk
+    adds still compare in float32, every vector is filed under its nearest rounded centroid, searches
+    probe the same lists a float32 copy of those centroids picks, and the index saves and loads so.
+    An index saved with float32 centroids (before COARSE_CODEC) loads, searches and takes adds."""
+    import faiss
+
+    from app.search.vector_index import SearchParams, VectorIndex
+
+    vectors, queries = clustered(6_000, seed=21), clustered(100, seed=22)
+    keys = np.arange(6_000, dtype=np.int64)
+    index = VectorIndex(DIM, "cosine", "IVF128,SQ8")
+    index.train(vectors)
+    index.fill(lambda: [(keys[:4_000], vectors[:4_000]), (keys[4_000:], vectors[4_000:])])
+    ivf = faiss.extract_index_ivf(index.index)
+    quantizer = faiss.downcast_index(ivf.quantizer)
+    assert isinstance(quantizer, faiss.IndexScalarQuantizer)
+    assert quantizer.sq.qtype == faiss.ScalarQuantizer.QT_fp16
+    centroids = quantizer.reconstruct_n(0, 128)
+    assert np.allclose(np.linalg.norm(centroids, axis=1), 1.0, atol=0.05)  # trained centroids, not zeros
+    nearest = np.argmax(vectors @ centroids.T, axis=1)
+    filed = {
+        key: lst
+        for lst in range(128)
+        for key in faiss.rev_swig_ptr(ivf.invlists.get_ids(lst), ivf.invlists.list_size(lst)).tolist()
+    }
+    assert filed == {int(k): int(c) for k, c in zip(keys, nearest, strict=True)}
+    exact = faiss.IndexFlatIP(DIM)
+    exact.add(centroids)
+    assert np.array_equal(quantizer.search(queries, 8)[1], exact.search(queries, 8)[1])  # the lists probed
+    _, truth = faiss.knn(queries, vectors, 10, metric=faiss.METRIC_INNER_PRODUCT)
+    _, every_list = index.search(queries, 10, params=SearchParams(nprobe=128))
+    assert np.mean([len(set(f) & set(t)) / 10 for f, t in zip(every_list, truth, strict=True)]) >= 0.9
+    _, found = index.search(queries, 10, params=SearchParams(nprobe=8))
+    index.save(tmp_path / "index", applied_op=0)
+    loaded, _ = VectorIndex.load(tmp_path / "index", DIM, "cosine")  # type: ignore[misc]
+    assert isinstance(faiss.downcast_index(faiss.extract_index_ivf(loaded.index).quantizer), faiss.IndexScalarQuantizer)
+    assert np.array_equal(loaded.search(queries, 10, params=SearchParams(nprobe=8))[1], found)
+
+    float32_centroids = faiss.index_factory(DIM, "IVF128,SQ8", faiss.METRIC_INNER_PRODUCT)
+    older = VectorIndex(DIM, "cosine", "IVF128,SQ8", index=float32_centroids)
+    older.train(vectors)
+    older.fill(lambda: [(keys, vectors)])
+    older.add(np.array([10_000]), vectors[:1])
+    assert isinstance(faiss.downcast_index(faiss.extract_index_ivf(older.index).quantizer), faiss.IndexFlat)
+    assert older.search(vectors[:1], 2, params=SearchParams(nprobe=128))[1][0].tolist() in ([0, 10_000], [10_000, 0])
 
 
 def test_a_collection_deleted_while_it_optimises_stays_deleted_and_logs_no_error(
