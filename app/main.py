@@ -13,6 +13,7 @@ from starlette.middleware.cors import CORSMiddleware
 from app import __version__
 from app.api.access import ALWAYS_OPEN_PATHS, AccessMiddleware, configure_access_log
 from app.api.errors import install_error_handlers
+from app.api.json_route import DirectCallMiddleware
 from app.api.middleware import CancelOnDisconnectMiddleware, MetricsMiddleware, PayloadLimitMiddleware
 from app.api.openapi_doc import install_openapi
 from app.api.routes import classify, embeddings, health, indexes, models, rerank
@@ -68,7 +69,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(classify.router)
     app.include_router(health.router)
     install_console(app)
-    app.add_middleware(CancelOnDisconnectMiddleware)  # innermost: sees the body as the handler reads it
+    app.add_middleware(DirectCallMiddleware, paths=("/indexes/{name}/search", "/v1/embeddings", "/embed"))
+    app.add_middleware(CancelOnDisconnectMiddleware)  # sees the body as the handler reads it
     app.add_middleware(PayloadLimitMiddleware, max_bytes=settings.max_payload_bytes)
     app.add_middleware(MetricsMiddleware)
     open_paths = ALWAYS_OPEN_PATHS | ({"/metrics"} if settings.metrics_public else set())

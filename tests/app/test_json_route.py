@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from starlette.responses import Response
 
 from app.api.deps import Services, ServicesDep, get_services
-from app.api.json_route import DirectCall, FastJSONRequest, FastJSONRoute
+from app.api.json_route import DirectCall, DirectCallMiddleware, FastJSONRequest, FastJSONRoute
 from app.api.routes import classify, embeddings, indexes
 from app.main import create_app
 from tests.conftest import settings_for
@@ -229,3 +229,127 @@ def test_a_body_cut_off_by_a_disconnect_is_answered_as_before(client) -> None:
     }
     asyncio.run(client.app(scope, receive, send))
     assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 400
+
+
+# -- the direct call from middleware: once learned, the router is skipped too ------------------------
+
+
+@pytest.fixture
+def routed(monkeypatch: pytest.MonkeyPatch, default_models_dir, tmp_path) -> Iterator[tuple[TestClient, list[str]]]:
+    """A fresh app (nothing learned yet) and the paths of the requests its router saw."""
+    seen: list[str] = []
+    original = fastapi.routing.APIRouter.app
+
+    async def counting(self, scope, receive, send):  # type: ignore[no-untyped-def]
+        if scope["type"] == "http":
+            seen.append(scope["path"])
+        await original(self, scope, receive, send)
+
+    monkeypatch.setattr(fastapi.routing.APIRouter, "app", counting)  # before the app binds it
+    app = create_app(settings_for(default_models_dir, data_dir=tmp_path / "data"))
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        test_client.post("/indexes", json={"name": "learned", "model": "minilm-l6"}).raise_for_status()
+        docs = [{"id": "a", "text": "wing flutter"}, {"id": "b", "text": "boundary layer"}]
+        test_client.put("/indexes/learned/documents", json={"documents": docs}).raise_for_status()
+        seen.clear()
+        yield test_client, seen
+
+
+def test_after_its_first_request_a_route_is_answered_without_the_router(routed) -> None:
+    client, seen = routed
+    search = {"query": "flutter", "top_k": 2}
+    first = client.post("/indexes/learned/search", json=search)
+    assert seen == ["/indexes/learned/search"]  # learned from the router's own direct call
+    counted = _search_requests_counted(client)
+    again = [client.post("/indexes/learned/search", json=search) for _ in range(3)]
+    assert _search_requests_counted(client) == counted + 3  # under the route's template, as the router's
+    embedded = [client.post("/v1/embeddings", json={"input": "flutter", "model": "minilm-l6"}) for _ in range(2)]
+    assert [path for path in seen if path != "/metrics"] == ["/indexes/learned/search", "/v1/embeddings"]
+    assert all(r.status_code == 200 for r in [first, *again, *embedded])
+    assert [r.json()["hits"] for r in again] == [first.json()["hits"]] * 3 and first.json()["hits"][0]["id"] == "a"
+    assert embedded[0].json()["data"] == embedded[1].json()["data"]
+    assert first.headers["x-request-id"] != again[0].headers["x-request-id"]  # the outer middleware still runs
+
+
+def _timeless(answer: dict) -> dict:
+    return {key: value for key, value in answer.items() if key != "took_ms"}
+
+
+def _direct_call_middleware(app) -> DirectCallMiddleware:  # type: ignore[no-untyped-def]
+    layer = app.middleware_stack
+    while not isinstance(layer, DirectCallMiddleware):
+        layer = layer.app
+    return layer
+
+
+def _search_requests_counted(client: TestClient) -> float:
+    prefix = 'tessera_requests_total{method="POST",route="/indexes/{name}/search",status="200"} '
+    line = next(line for line in client.get("/metrics").text.splitlines() if line.startswith(prefix))
+    return float(line.removeprefix(prefix))
+
+
+def test_errors_after_learning_answer_as_the_router_did(routed) -> None:
+    """The same requests before the route is learned (the router answers) and after (the
+    middleware does): the same statuses and JSON bodies, for endpoint errors and malformed bodies."""
+    client, seen = routed
+    requests = [  # (path, body, status, whether the direct call takes it)
+        ("/indexes/missing/search", b'{"query": "x"}', 404, True),  # a domain error from the service
+        ("/indexes/learned/search", b'{"query": "x", "rerank": {"model": "nope"}}', 404, True),
+        ("/indexes/bad name!/search", b'{"query": "x"}', 422, True),
+        ("/indexes/learned/search", b'{"query": "x", "top_k": 0}', 422, False),  # refused by the schema
+        ("/indexes/learned/search", b'{"vector": [NaN]}', 422, False),
+        ("/indexes/learned/search", b'{"query": "x", "top_k": 10', 422, False),
+        ("/indexes/learned/search", b"", 422, False),
+        ("/indexes/learned/search", json.dumps({"query": "wing"}).encode("utf-16"), 200, False),
+    ]
+    headers = {"content-type": "application/json"}
+    learned = _direct_call_middleware(client.app).learned
+    before = []
+    for path, body, _, _ in requests:
+        learned.clear()  # each answered by the router
+        before.append(client.post(path, content=body, headers=headers))
+    assert len(seen) == len(requests)
+    client.post("/indexes/learned/search", json={"query": "flutter"}).raise_for_status()
+    seen.clear()
+    after = [client.post(path, content=body, headers=headers) for path, body, _, _ in requests]
+    for (path, body, status, _), b, a in zip(requests, before, after, strict=True):
+        assert a.status_code == b.status_code == status, (path, body)
+        assert _timeless(a.json()) == _timeless(b.json()), (path, body)
+    # only the bodies the direct call cannot take reached the router (the body replayed to it)
+    assert seen == [path for path, _, _, direct in requests if not direct]
+
+
+def test_an_unexpected_error_after_learning_is_a_json_500(routed, monkeypatch: pytest.MonkeyPatch) -> None:
+    client, _ = routed
+    client.post("/indexes/learned/search", json={"query": "flutter"}).raise_for_status()
+
+    async def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(indexes.service, "search", broken)
+    response = client.post("/indexes/learned/search", json={"query": "flutter"})
+    assert response.status_code == 500
+    assert response.json()["error"]["code"] == "internal_error"
+
+
+def test_a_body_cut_off_after_learning_is_answered_as_before(routed) -> None:
+    client, seen = routed
+    client.post("/indexes/learned/search", json={"query": "flutter"}).raise_for_status()
+    test_a_body_cut_off_by_a_disconnect_is_answered_as_before(client)
+    assert seen[-1] == "/indexes/anything/search"  # replayed to the router, which answered the 400
+
+
+def test_no_earlier_route_takes_the_middlewares_paths(client) -> None:
+    """The middleware matches its paths itself: the router must send them to the same routes."""
+    from starlette.routing import Match
+
+    for path, template, router in [
+        ("/indexes/x/search", "/indexes/{name}/search", indexes.router),
+        ("/v1/embeddings", "/v1/embeddings", embeddings.router),
+        ("/embed", "/embed", embeddings.router),
+    ]:
+        scope = {"type": "http", "method": "POST", "path": path, "root_path": "", "headers": []}
+        first = next(route for route in client.app.router.routes if route.matches(scope)[0] is Match.FULL)
+        assert first.original_router is router, (path, first)
+        inner = next(route for route in router.routes if route.matches(scope)[0] is Match.FULL)
+        assert inner.path == template
