@@ -1,0 +1,50 @@
+"""Ids by key from the store's (key, id) index: a search returning ids alone reads no table row;
+older stores get the index when opened for writing, read-only replicas of them read without it."""
+
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+
+from app.search.store import Document, DocumentStore
+
+VECTOR = np.ones(4, np.float32)
+
+
+def test_ids_alone_come_from_the_key_id_index(tmp_path: Path) -> None:
+    store = DocumentStore(tmp_path / "documents.sqlite", 4)
+    _, keys = store.upsert([Document(name, f"text {name}", {"n": i}, VECTOR) for i, name in enumerate("abcd")])
+    removed, again = store.upsert([Document("b", "b again", {}, VECTOR)])  # a new key for b
+    store.delete(["c"])
+    wanted = [*keys, *again, 10_000]
+    ids_alone = store.by_keys(wanted, fields=())
+    expected = {keys[0]: "a", keys[3]: "d", again[0]: "b"}  # b's old key and c are gone, 10,000 never was
+    assert ids_alone == {key: Document(doc_id, None, {}) for key, doc_id in expected.items()}
+    assert {k: d.id for k, d in store.by_keys(wanted).items()} == {k: d.id for k, d in ids_alone.items()}
+    assert removed == [keys[1]]
+    plan = " ".join(
+        str(row)
+        for row in store._db.execute(
+            "EXPLAIN QUERY PLAN SELECT key, id FROM documents INDEXED BY documents_key_id WHERE key IN (?, ?)", [1, 2]
+        )
+    )
+    assert "COVERING INDEX documents_key_id" in plan  # the rows themselves are not read
+
+
+def test_an_older_store_gets_the_index_and_a_read_only_replica_reads_without_it(tmp_path: Path) -> None:
+    path = tmp_path / "documents.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE documents (key INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, text TEXT,"
+        " metadata TEXT NOT NULL DEFAULT '{}', vector BLOB NOT NULL);"
+        "CREATE TABLE ops (op INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, key INTEGER NOT NULL);"
+    )
+    db.execute("INSERT INTO documents (id, text, vector) VALUES ('old', 'legacy', ?)", (VECTOR.tobytes(),))
+    db.commit()
+    db.close()
+    replica = DocumentStore(path, 4, read_only=True)
+    assert replica.by_keys([1], fields=()) == {1: Document("old", None, {})}
+    replica.close()
+    store = DocumentStore(path, 4)
+    assert store._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'documents_key_id'").fetchone() == (1,)
+    assert store.by_keys([1], fields=()) == {1: Document("old", None, {})}
