@@ -294,3 +294,19 @@ def make_another_version(source: Path, target: Path) -> Path:
     manifest.files["tokenizer_config.json"] = sha256_file(target / "tokenizer_config.json")
     manifest.save(target)
     return target
+
+
+def write_older_store(path: Path, vector: bytes, text: str) -> None:
+    """A document store as collections made before keyword search and the id index wrote it: the
+    two tables only, one document 'old' with `text`."""
+    import sqlite3
+
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE documents (key INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, text TEXT,"
+        " metadata TEXT NOT NULL DEFAULT '{}', vector BLOB NOT NULL);"
+        "CREATE TABLE ops (op INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, key INTEGER NOT NULL);"
+    )
+    db.execute("INSERT INTO documents (id, text, vector) VALUES ('old', ?, ?)", (text, vector))
+    db.commit()
+    db.close()

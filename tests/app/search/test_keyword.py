@@ -9,6 +9,7 @@ import pytest
 
 from app.core.errors import KeywordSearchUnavailable
 from app.search.store import Document, DocumentStore, keyword_expression
+from tests.conftest import write_older_store
 
 VECTOR = np.ones(4, np.float32)
 
@@ -82,17 +83,7 @@ def test_operator_words_are_plain_words(tmp_path: Path) -> None:
 
 def test_older_store_gets_its_keyword_index_built(tmp_path: Path) -> None:
     path = tmp_path / "documents.sqlite"
-    db = sqlite3.connect(path)
-    db.executescript(
-        "CREATE TABLE documents (key INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, text TEXT,"
-        " metadata TEXT NOT NULL DEFAULT '{}', vector BLOB NOT NULL);"
-        "CREATE TABLE ops (op INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, key INTEGER NOT NULL);"
-    )
-    db.execute(
-        "INSERT INTO documents (id, text, vector) VALUES ('old', 'legacy turbine blades', ?)", (VECTOR.tobytes(),)
-    )
-    db.commit()
-    db.close()
+    write_older_store(path, VECTOR.tobytes(), "legacy turbine blades")
     read_only = DocumentStore(path, 4, read_only=True)
     with pytest.raises(KeywordSearchUnavailable):
         read_only.keyword_search("turbine", 10)

@@ -1,12 +1,12 @@
 """Ids by key from the store's (key, id) index: a search returning ids alone reads no table row;
 older stores get the index when opened for writing, read-only replicas of them read without it."""
 
-import sqlite3
 from pathlib import Path
 
 import numpy as np
 
 from app.search.store import Document, DocumentStore
+from tests.conftest import write_older_store
 
 VECTOR = np.ones(4, np.float32)
 
@@ -33,15 +33,7 @@ def test_ids_alone_come_from_the_key_id_index(tmp_path: Path) -> None:
 
 def test_an_older_store_gets_the_index_and_a_read_only_replica_reads_without_it(tmp_path: Path) -> None:
     path = tmp_path / "documents.sqlite"
-    db = sqlite3.connect(path)
-    db.executescript(
-        "CREATE TABLE documents (key INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, text TEXT,"
-        " metadata TEXT NOT NULL DEFAULT '{}', vector BLOB NOT NULL);"
-        "CREATE TABLE ops (op INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, key INTEGER NOT NULL);"
-    )
-    db.execute("INSERT INTO documents (id, text, vector) VALUES ('old', 'legacy', ?)", (VECTOR.tobytes(),))
-    db.commit()
-    db.close()
+    write_older_store(path, VECTOR.tobytes(), "legacy")
     replica = DocumentStore(path, 4, read_only=True)
     assert replica.by_keys([1], fields=()) == {1: Document("old", None, {})}
     replica.close()
