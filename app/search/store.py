@@ -13,7 +13,7 @@ import math
 import re
 import sqlite3
 import threading
-from collections.abc import Callable, Container, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,15 +93,23 @@ class Change:
     key: int
 
 
+_IN_CHUNK = 500  # values bound per `IN (...)`: under SQLite's bound-parameter limit on every build
+
+
+def _rows_in(db: sqlite3.Connection, select: str, column: str, values: Sequence[Any], tail: str = "") -> Iterator[list]:
+    """The rows of `{select} WHERE {column} IN (values){tail}`, one fetched list per chunk of
+    `_IN_CHUNK` values: a single statement cannot bind more parameters than SQLite allows."""
+    for start in range(0, len(values), _IN_CHUNK):
+        chunk = values[start : start + _IN_CHUNK]
+        yield db.execute(f"{select} WHERE {column} IN ({','.join('?' * len(chunk))}){tail}", chunk).fetchall()
+
+
 def _vector_bytes(db: sqlite3.Connection, keys: Iterable[int], only: str = "") -> dict[int, bytes]:
-    """key -> stored float32 bytes of those `keys` present in `db` (500 per query: SQLite's
-    bound-parameter limit); `only`: a fixed extra condition (" AND modality = 'image'")."""
+    """key -> stored float32 bytes of those `keys` present in `db`; `only`: a fixed extra
+    condition (" AND modality = 'image'")."""
     found: dict[int, bytes] = {}
-    wanted = [int(k) for k in keys]
-    for start in range(0, len(wanted), 500):
-        chunk = wanted[start : start + 500]
-        marks = ",".join("?" * len(chunk))
-        found.update(db.execute(f"SELECT key, vector FROM documents WHERE key IN ({marks}){only}", chunk))
+    for rows in _rows_in(db, "SELECT key, vector FROM documents", "key", [int(k) for k in keys], only):
+        found.update(rows)
     return found
 
 
@@ -321,13 +329,8 @@ class DocumentStore:
         with self._locked():
             if "rescore_vector" not in self._columns:
                 return out  # a read-only replica of a collection made before second-stage vectors
-            for start in range(0, len(ids), 500):
-                chunk = ids[start : start + 500]
-                rows = self._db.execute(
-                    f"SELECT id, rescore_vector FROM documents WHERE id IN ({','.join('?' * len(chunk))})"
-                    " AND rescore_vector IS NOT NULL",
-                    chunk,
-                ).fetchall()
+            select = "SELECT id, rescore_vector FROM documents"
+            for rows in _rows_in(self._db, select, "id", ids, " AND rescore_vector IS NOT NULL"):
                 out.update((doc_id, np.frombuffer(blob, dtype=np.float32)) for doc_id, blob in rows)
         return out
 
@@ -351,12 +354,7 @@ class DocumentStore:
             for field, column in zip(DOCUMENT_FIELDS, DOCUMENT_COLUMNS, strict=True)
         )
         out: dict[int, Document] = {}
-        for start in range(0, len(keys), 500):
-            chunk = keys[start : start + 500]
-            rows = self._db.execute(
-                f"SELECT key, id, {selected} FROM documents WHERE key IN ({','.join('?' * len(chunk))})",
-                chunk,
-            ).fetchall()
+        for rows in _rows_in(self._db, f"SELECT key, id, {selected} FROM documents", "key", keys):
             for key, *rest in rows:
                 out[key] = self._document(tuple(rest), "vector" in fields)
         return out
@@ -365,13 +363,8 @@ class DocumentStore:
         """`_by_keys` reading ids alone, from the (key, id) index: SQLite's planner would look each
         key up in the table itself (a rowid lookup), reading the row's page for its id."""
         out: dict[int, Document] = {}
-        for start in range(0, len(keys), 500):
-            chunk = keys[start : start + 500]
-            rows = self._db.execute(
-                "SELECT key, id FROM documents INDEXED BY documents_key_id"
-                f" WHERE key IN ({','.join('?' * len(chunk))})",
-                chunk,
-            ).fetchall()
+        select = "SELECT key, id FROM documents INDEXED BY documents_key_id"
+        for rows in _rows_in(self._db, select, "key", keys):
             for key, doc_id in rows:
                 out[key] = Document(doc_id, None, {})
         return out

@@ -40,3 +40,23 @@ def test_an_older_store_gets_the_index_and_a_read_only_replica_reads_without_it(
     store = DocumentStore(path, 4)
     assert store._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'documents_key_id'").fetchone() == (1,)
     assert store.by_keys([1], fields=()) == {1: Document("old", None, {})}
+
+
+def test_reads_by_more_keys_than_one_statement_binds(tmp_path: Path) -> None:
+    """Every read by a list of keys or ids spans several `IN (...)` statements past 500 values."""
+    store = DocumentStore(tmp_path / "documents.sqlite", 4)
+    vectors = np.arange(1_203 * 4, dtype=np.float32).reshape(1_203, 4)
+    docs = [
+        Document(f"d{i}", f"text {i}", {}, vectors[i], modality="image" if i % 2 else "text", rescore_vector=vectors[i])
+        for i in range(1_203)
+    ]
+    _, keys = store.upsert(docs)
+    wanted = [*keys, 99_999]  # 1,204 values: three statements, one key never stored
+    assert {k: d.id for k, d in store.by_keys(wanted).items()} == {k: f"d{i}" for i, k in enumerate(keys)}
+    assert {k: d.id for k, d in store.by_keys(wanted, fields=()).items()} == {k: f"d{i}" for i, k in enumerate(keys)}
+    assert set(store.vectors_for(wanted)) == set(keys)
+    assert set(store.image_vectors_for(wanted)) == set(keys[1::2])
+    present, found = store.live_vectors(np.array(wanted, dtype=np.int64))
+    assert present.tolist() == keys and np.array_equal(found, vectors)
+    rescore = store.rescore_vectors([f"d{i}" for i in range(1_203)] + ["missing"])
+    assert len(rescore) == 1_203 and np.array_equal(rescore["d1202"], vectors[1_202])
