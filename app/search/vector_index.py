@@ -225,24 +225,28 @@ class VectorIndex:
         if self.coarse_graph_m is None:
             self.index.add_with_ids(prepared, ids)
         else:
-            lists = np.ascontiguousarray(self._assign(prepared))
+            lists = np.ascontiguousarray(self._assign(prepared, self._exact_coarse()))
             ivf = faiss.extract_index_ivf(self.index)
             ivf.add_core(len(ids), faiss.swig_ptr(prepared), faiss.swig_ptr(ids), faiss.swig_ptr(lists))
         self.tombstones.difference_update(int(k) for k in keys)
 
-    def _assign(self, prepared: np.ndarray) -> np.ndarray:
-        """(m,) the IVF list of each prepared vector: its nearest centroid, compared with every
-        one in float32 (BLAS) even where searches walk a graph over them (see COARSE_EF_SEARCH)
-        or keep them in float16 (COARSE_CODEC)."""
+    def _exact_coarse(self) -> faiss.IndexFlat:
+        """The IVF centroids in a float32 flat index, compared one by one through BLAS, even where
+        searches walk a graph over them (see COARSE_EF_SEARCH) or keep them in float16
+        (COARSE_CODEC). Built once per fill: reconstructing 4,096 centroids is not free."""
         ivf = faiss.extract_index_ivf(self.index)
         quantizer = faiss.downcast_index(ivf.quantizer)
         if self.coarse_graph_m is not None:
-            exact = faiss.downcast_index(quantizer.storage)
-        elif isinstance(quantizer, faiss.IndexFlat):  # built before COARSE_CODEC
-            exact = quantizer
-        else:
-            exact = faiss.IndexFlat(self.dim, ivf.metric_type)
-            exact.add(quantizer.reconstruct_n(0, ivf.nlist))
+            return faiss.downcast_index(quantizer.storage)
+        if isinstance(quantizer, faiss.IndexFlat):  # built before COARSE_CODEC
+            return quantizer
+        exact = faiss.IndexFlat(self.dim, ivf.metric_type)
+        exact.add(quantizer.reconstruct_n(0, ivf.nlist))
+        return exact
+
+    @staticmethod
+    def _assign(prepared: np.ndarray, exact: faiss.IndexFlat) -> np.ndarray:
+        """(m,) the IVF list of each prepared vector: its nearest centroid in `exact`."""
         _, assigned = exact.search(prepared, 1)
         return assigned.ravel()
 
@@ -261,8 +265,9 @@ class VectorIndex:
         lists = faiss.downcast_InvertedLists(ivf.invlists)
         assignments: list[np.ndarray] = []
         counts = np.zeros(ivf.nlist, np.int64)
+        exact = self._exact_coarse()
         for _, vectors in chunks():
-            assignments.append(self._assign(self.prepare(vectors)))
+            assignments.append(self._assign(self.prepare(vectors), exact))
             counts += np.bincount(assignments[-1], minlength=ivf.nlist)
         if isinstance(lists, faiss.ArrayInvertedLists):  # std::vector: shrinking keeps the capacity
             for list_no in np.flatnonzero(counts):
