@@ -161,21 +161,27 @@ class DirectCallMiddleware:
         self.paths = [(compile_path(path)[0], path) for path in paths]
         self.learned: dict[str, tuple[BaseRoute, DirectCall]] = {}
 
+    def _learned_call(self, path: str) -> tuple[BaseRoute, DirectCall, dict[str, str]] | None:
+        """(route, its direct call, path parameters) for a request to `path`, or None when no
+        template of ours matches it or its route has not been learned yet."""
+        for regex, template in self.paths:
+            if (match := regex.match(path)) is not None:
+                if (call := self.learned.get(template)) is None:
+                    return None
+                return call[0], call[1], match.groupdict()
+        return None
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope.get("root_path"):
             await self.app(scope, receive, send)
             return
-        found = None
-        for regex, path in self.paths:
-            if (match := regex.match(scope["path"])) is not None:
-                found = self.learned.get(path), match
-                break
-        if found is None or found[0] is None:  # not ours, or not yet learned: the router's
+        learned = self._learned_call(scope["path"])
+        if learned is None:  # not ours, or not yet learned: the router's
             scope[LEARNED_SCOPE_KEY] = self.learned
             await self.app(scope, receive, send)
             return
-        (route, direct), match = found
-        scope["route"], scope["endpoint"], scope["path_params"] = route, direct.endpoint, match.groupdict()
+        route, direct, path_params = learned
+        scope["route"], scope["endpoint"], scope["path_params"] = route, direct.endpoint, path_params
         consumed: list[Message] = []
 
         async def recording_receive() -> Message:
