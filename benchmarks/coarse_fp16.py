@@ -2,7 +2,8 @@
 
 An IVF search first compares the query with every centroid. At 1M vectors (`auto`'s 4 √n = 4,000
 lists of 384-d, 6 MB in float32) that read was the larger part of a search. The service keeps the
-centroids in float16 (`COARSE_CODEC`); this measures what that buys and what it could cost.
+centroids in float16 (`COARSE_CODEC`) under COARSE_SCAN_MIN_LISTS lists, and did at 1M before its
+fast scan (coarse_scan.py); this measures what float16 buys and what it could cost, at 1M.
 
 One IVF-SQ8 index is built as the service builds it (`VectorIndex`: k-means on 25 vectors per list
 in float32, bulk adds filed under the nearest centroid in float32) over Dirichlet mixtures of real
@@ -33,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.search.collection import TRAINING_PER_LIST  # noqa: E402
-from app.search.vector_index import VectorIndex  # noqa: E402
+from app.search.vector_index import COARSE_CODEC, VectorIndex  # noqa: E402
 from benchmarks.recall_estimate import real_vectors  # noqa: E402
 from benchmarks.search import synthetic_vectors  # noqa: E402
 
@@ -42,11 +43,15 @@ NPROBES, ROUNDS, DIM = (1, 2, 4, 8, 16), 3, 384
 ALL_THREADS = faiss.omp_get_max_threads()
 
 
-def build(n: int, base: np.ndarray) -> tuple[VectorIndex, np.ndarray, float]:
-    """The served IVF-SQ8 index over n vectors, the vectors, and its build seconds."""
+def build(n: int, base: np.ndarray, coarse: str | None = None) -> tuple[VectorIndex, np.ndarray, float]:
+    """The served IVF-SQ8 index over n vectors (its coarse step FAISS's `coarse` where given), the
+    vectors, and its build seconds."""
     vectors = synthetic_vectors(base, n, 0)
     nlist = int(4 * math.sqrt(n))
-    index = VectorIndex(DIM, "cosine", f"IVF{nlist},SQ8")
+    given = (
+        None if coarse is None else faiss.index_factory(DIM, f"IVF{nlist}({coarse}),SQ8", faiss.METRIC_INNER_PRODUCT)
+    )
+    index = VectorIndex(DIM, "cosine", f"IVF{nlist},SQ8", index=given)
     start = time.perf_counter()
     sample = vectors[np.random.default_rng(1).choice(n, min(n, nlist * TRAINING_PER_LIST), replace=False)]
     index.train(sample)
@@ -117,7 +122,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=400)
     args = parser.parse_args()
     base = real_vectors()[:5000]
-    index, vectors, build_s = build(args.n, base)
+    index, vectors, build_s = build(args.n, base, COARSE_CODEC)  # at 1M the service now scans (coarse_scan.py)
     queries = synthetic_vectors(base, args.queries, 7)
     exact = faiss.IndexFlatIP(DIM)
     exact.add(vectors)

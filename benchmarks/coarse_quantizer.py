@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.search.collection import TRAINING_PER_LIST  # noqa: E402
-from app.search.vector_index import COARSE_EF_SEARCH, VectorIndex  # noqa: E402
+from app.search.vector_index import COARSE_CODEC, COARSE_EF_SEARCH, VectorIndex  # noqa: E402
 from benchmarks.recall_estimate import real_vectors  # noqa: E402
 from benchmarks.search import synthetic_vectors  # noqa: E402
 
@@ -84,7 +84,8 @@ def measure(lists: int, base: np.ndarray, queries: np.ndarray) -> dict:
     exact.add(vectors)
     _, truth = exact.search(queries, 10)
     for name, factory in (("exhaustive", f"IVF{lists},SQ8"), ("graph", f"IVF{lists}_HNSW32,SQ8")):
-        built = VectorIndex(dim, "ip", factory)  # as the service builds and fills it
+        given = every_centroid(dim, lists) if name == "exhaustive" else None
+        built = VectorIndex(dim, "ip", factory, index=given)  # as the service builds and fills it
         built.train(vectors)
         built.add(np.arange(len(vectors)), vectors)
         index = built.index
@@ -104,13 +105,19 @@ def recall_at_10(truth: np.ndarray, found: np.ndarray) -> float:
     return float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(truth, found, strict=True)]))
 
 
+def every_centroid(dim: int, lists: int) -> faiss.Index:
+    """An IVF-SQ8 index whose coarse step compares every centroid (in float16, COARSE_CODEC): what
+    the walk is measured against. From COARSE_SCAN_MIN_LISTS lists the service scans instead."""
+    return faiss.index_factory(dim, f"IVF{lists}({COARSE_CODEC}),SQ8", faiss.METRIC_INNER_PRODUCT)
+
+
 def full_scale(n: int, lists: int, base: np.ndarray, queries: np.ndarray) -> dict:
     """One IVF-SQ8 index of n vectors (trained on POINTS_PER_LIST per list), searched with its exhaustive step,
     then with a graph over the very same centroids (the lists' contents unchanged): what the walk
     alone costs or saves, at full list lengths."""
     dim = base.shape[1]
     vectors = synthetic_vectors(base, n, seed=7)
-    index = VectorIndex(dim, "ip", f"IVF{lists},SQ8")
+    index = VectorIndex(dim, "ip", f"IVF{lists},SQ8", index=every_centroid(dim, lists))
     index.train(vectors[: POINTS_PER_LIST * lists])
     for start in range(0, n, 100_000):
         index.add(np.arange(start, min(n, start + 100_000)), vectors[start : start + 100_000])

@@ -27,10 +27,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from app.search.vector_index import (
-    COARSE_BYTES,
     VectorFetch,
     VectorIndex,
     binary_code_bytes,
+    coarse_bytes,
     exact_top_k,
     ivf_nlist,
     single_query_ms,
@@ -70,7 +70,7 @@ def estimated_memory(spec: str, n: int, dim: int) -> int:
         return n * (dim * 4 + HNSW_LINKS * 2 * 4 + 16)
     lists = ivf_nlist(spec)
     code = {"SQ8": dim, "RaBitQ": binary_code_bytes(dim)}.get(spec.split(",")[1], dim * 4)
-    return n * (code + 8) + lists * dim * COARSE_BYTES
+    return n * (code + 8) + coarse_bytes(lists, dim)
 
 
 def candidate_specs(n: int, dim: int) -> list[str]:

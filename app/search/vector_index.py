@@ -52,13 +52,26 @@ EF_SEARCH_BOUNDS = (1, 4096)
 # 128 for 1% (benchmarks/results/coarse_quantizer.md); what the walk misses costs recall at a given
 # nprobe. Adds file each vector under its nearest list by comparing every centroid (`_assign`).
 COARSE_EF_SEARCH = 128
-# Every other IVF index keeps its centroids in float16 (`IVF<nlist>(SQfp16),...` to FAISS): the
-# coarse step reads every centroid for each query, and at 4,000 lists of 384-d (6 MB in float32)
-# that read was the larger part of a 1M-vector search. Half the bytes took 0.08-0.1 ms off every
+# Other IVF indexes under COARSE_SCAN_MIN_LISTS lists (and those saved before the scan) keep their
+# centroids in float16 (`IVF<nlist>(SQfp16),...` to FAISS): the coarse step reads every centroid
+# for each query, and at 4,000 lists of 384-d (6 MB in float32) that read was the larger part of a
+# 1M-vector search. Half the bytes took 0.08-0.1 ms off every
 # search of a 1M index (0.309 -> 0.215 ms at nprobe 2), the lists probed the same for 400 of 400
 # queries at every nprobe (benchmarks/results/coarse_fp16.md). Training and bulk adds still
 # compare in float32 (BLAS).
 COARSE_CODEC, COARSE_BYTES = "SQfp16", 2  # bytes per centroid dimension
+# From COARSE_SCAN_MIN_LISTS lists on (1M vectors: `auto`'s 4,000), the coarse step is a 4-bit
+# fast scan (`PQ<dim/2>x4fs`: 2 dimensions per byte, compared through SIMD lookup tables) that
+# shortlists COARSE_SHORTLIST_FACTOR x nprobe centroids (at least COARSE_MIN_SHORTLIST), re-ranked
+# exactly against the float32 centroids it keeps beside (`RFlat`): the lists probed are the exact
+# ones unless the scan's shortlist missed one. A 1M-vector IVF4000,SQ8 search took 0.05-0.09 ms
+# less at nprobe 1-16 (0.180 -> 0.087 ms at nprobe 1), probing the lists float32 centroids pick
+# for 400 of 400 queries at every nprobe (float16: 398 at 16), recall identical (coarse_scan.md). At
+# ~1,000 lists the scan was no faster than float16 (an informal check). A shortlist of 8 per list
+# probed missed one of the nearest 8 lists for 14% of queries over nearly equidistant centroids
+# (test_optimize's clustered vectors, 2,048 lists), 16 for none.
+COARSE_SCAN_MIN_LISTS = 2_048
+COARSE_SHORTLIST_FACTOR, COARSE_MIN_SHORTLIST = 16, 64
 HNSW_EF_CONSTRUCTION = 128
 # Filtered searches over at most this many matches are scored exactly with vectors read from the
 # store; larger match sets search the index with an id selector (as unfiltered search, approximate)
@@ -160,7 +173,7 @@ class VectorIndex:
         self.dim, self.metric, self.spec = dim, metric, spec
         self.coarse_graph_m = coarse_graph_degree(spec)  # read once: searches consult it every time
         if index is None:
-            index = faiss.index_factory(dim, _factory(spec), METRICS[metric])
+            index = faiss.index_factory(dim, _factory(spec, dim), METRICS[metric])
             if spec.startswith("HNSW"):
                 # A better-connected graph (FAISS default 40): recall@10 ≥ 0.95 on 1M real-like
                 # vectors needs it (benchmarks/results/search.md); costs build time, not memory.
@@ -168,6 +181,10 @@ class VectorIndex:
             elif self.coarse_graph_m is not None:
                 faiss.downcast_index(faiss.extract_index_ivf(index).quantizer).hnsw.efSearch = COARSE_EF_SEARCH
         self.index = index
+        # By what the index holds, not its spec: one saved before the scan keeps its float16 step.
+        self.coarse_scan = self.is_ivf and isinstance(
+            faiss.downcast_index(faiss.extract_index_ivf(index).quantizer), faiss.IndexRefine
+        )
         self.tombstones: set[int] = set()  # removed from the store but still in a graph index
         self.defaults = SearchParams()
         # Where a binary index reads the float vectors it rescores with when a search is given no
@@ -208,7 +225,8 @@ class VectorIndex:
             self.index.train(self.prepare(vectors))
             return
         # k-means compares every point with every centroid each round: in float32 through BLAS,
-        # then the centroids go into the float16 coarse quantizer (which would compare code by code)
+        # then the centroids go into the coarse step (float16, or the fast scan's codes and float32
+        # copies), which would compare code by code
         ivf = faiss.extract_index_ivf(self.index)
         clustering = faiss.IndexFlat(self.dim, ivf.metric_type)  # referenced here: FAISS only points at it
         ivf.clustering_index = clustering
@@ -238,6 +256,8 @@ class VectorIndex:
         quantizer = faiss.downcast_index(ivf.quantizer)
         if self.coarse_graph_m is not None:
             return faiss.downcast_index(quantizer.storage)
+        if self.coarse_scan:
+            return faiss.downcast_index(quantizer.refine_index)
         if isinstance(quantizer, faiss.IndexFlat):  # built before COARSE_CODEC
             return quantizer
         exact = faiss.IndexFlat(self.dim, ivf.metric_type)
@@ -327,8 +347,14 @@ class VectorIndex:
             nlist = ivf_nlist(self.spec)
             nprobe = min(self._nprobe(params), nlist)
             # the coarse step: every centroid, or the graph walk's ~breadth x 2M neighbours read
+            # (a fast scan's 4-bit codes count as a quarter of a centroid each, then its shortlist)
             graph_m = self.coarse_graph_m
-            coarse = nlist if graph_m is None else min(nlist, max(COARSE_EF_SEARCH, nprobe) * 2 * graph_m)
+            if graph_m is not None:
+                coarse = min(nlist, max(COARSE_EF_SEARCH, nprobe) * 2 * graph_m)
+            elif self.coarse_scan:
+                coarse = nlist // 4 + _coarse_shortlist(nprobe) * nprobe
+            else:
+                coarse = nlist
             return coarse + self.ntotal * nprobe // nlist
         if self.is_graph:
             return self._ef_search(params) * 2 * self._graph_degree + len(self.tombstones)
@@ -343,6 +369,8 @@ class VectorIndex:
             p.nprobe = self._nprobe(params)
             if self.coarse_graph_m is not None:
                 p.quantizer_params = faiss.SearchParametersHNSW(efSearch=max(COARSE_EF_SEARCH, p.nprobe))
+            elif self.coarse_scan:
+                p.quantizer_params = faiss.IndexRefineSearchParameters(k_factor=_coarse_shortlist(p.nprobe))
         else:
             if selector is None:
                 return None
@@ -538,16 +566,37 @@ def _top_k_columns(scores: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(part, order, axis=1)
 
 
-def _factory(spec: str) -> str:
+def _factory(spec: str, dim: int) -> str:
     """FAISS's factory string for an index `spec`. IVF stores external ids itself and removes by
     them; Flat and HNSW get an id map (an id map over IVF would break on removal: it assumes the
-    sub-index renumbers rows). IVF without a graph keeps its centroids in COARSE_CODEC."""
+    sub-index renumbers rows). IVF without a graph finds its lists with a fast scan and an exact
+    re-rank (COARSE_SCAN_MIN_LISTS), or over centroids in COARSE_CODEC."""
     if not spec.startswith("IVF"):
         return f"IDMap2,{spec}"
     if coarse_graph_degree(spec) is not None:
         return spec
     lists, codec = spec.split(",", 1)
-    return f"{lists}({COARSE_CODEC}),{codec}"
+    return f"{lists}({_coarse_codec(ivf_nlist(spec), dim)}),{codec}"
+
+
+def _coarse_codec(nlist: int, dim: int) -> str:
+    """The coarse step of an IVF index without a graph: a fast scan of 2 dimensions per 4-bit code
+    (its sub-quantizers must pair up, so `dim` a multiple of 4) with an exact re-rank, or float16."""
+    return f"PQ{dim // 2}x4fs,RFlat" if nlist >= COARSE_SCAN_MIN_LISTS and dim % 4 == 0 else COARSE_CODEC
+
+
+def coarse_bytes(nlist: int, dim: int) -> int:
+    """Bytes the coarse step of `IVF<nlist>` over `dim` dimensions holds: float32 centroids and
+    their half-byte-per-pair codes, or float16 centroids."""
+    if _coarse_codec(nlist, dim) == COARSE_CODEC:
+        return nlist * dim * COARSE_BYTES
+    return nlist * (dim * 4 + dim // 4)
+
+
+def _coarse_shortlist(nprobe: int) -> int:
+    """The fast scan's shortlist per list probed (FAISS's k_factor): COARSE_SHORTLIST_FACTOR, or
+    more where nprobe x that is under COARSE_MIN_SHORTLIST."""
+    return max(COARSE_SHORTLIST_FACTOR, -(-COARSE_MIN_SHORTLIST // max(1, nprobe)))
 
 
 def _faiss_search(

@@ -28,10 +28,14 @@ def clustered(n: int, seed: int = 0, clusters: int = 50) -> np.ndarray:
 def test_auto_candidates_and_their_memory() -> None:
     assert index_choice.candidate_specs(1_000_000, DIM) == ["HNSW32", "IVF4000,SQ8", "IVF4000,RaBitQ", "IVF4000,Flat"]
     assert index_choice.estimated_memory("HNSW32", 1_000_000, DIM) == 1_000_000 * (DIM * 4 + 256 + 16)
-    assert index_choice.estimated_memory("IVF4000,SQ8", 1_000_000, DIM) == 1_000_000 * (DIM + 8) + 4000 * DIM * 2
+    # the fast scan's coarse step: float32 centroids and a 4-bit code per pair of their dimensions
+    scan = 4000 * (DIM * 4 + DIM // 4)
+    assert index_choice.estimated_memory("IVF4000,SQ8", 1_000_000, DIM) == 1_000_000 * (DIM + 8) + scan
     # sign bits and two floats per vector: 56 bytes of code for 384 dimensions
     binary = index_choice.estimated_memory("IVF4000,RaBitQ", 1_000_000, DIM)
-    assert binary == 1_000_000 * (DIM // 8 + 8 + 8) + 4000 * DIM * 2
+    assert binary == 1_000_000 * (DIM // 8 + 8 + 8) + scan
+    # under 2,048 lists: float16 centroids
+    assert index_choice.estimated_memory("IVF1000,SQ8", 60_000, DIM) == 60_000 * (DIM + 8) + 1000 * DIM * 2
     assert index_choice.trial_spec("IVF4000,SQ8", 99_800) == "IVF1263,SQ8"  # as many points per list
 
 
@@ -388,6 +392,56 @@ def test_ivf_keeps_its_centroids_in_float16_and_finds_the_lists_float32_would(tm
     older.add(np.array([10_000]), vectors[:1])
     assert isinstance(faiss.downcast_index(faiss.extract_index_ivf(older.index).quantizer), faiss.IndexFlat)
     assert older.search(vectors[:1], 2, params=SearchParams(nprobe=128))[1][0].tolist() in ([0, 10_000], [10_000, 0])
+
+
+def test_ivf_with_many_lists_finds_them_by_fast_scan_and_exact_rerank(tmp_path: Path) -> None:
+    """From COARSE_SCAN_MIN_LISTS lists, the coarse step is a 4-bit fast scan re-ranked against the
+    float32 centroids: the lists probed are those comparing every centroid in float32 picks, vectors
+    are filed under their exact nearest centroid, the index saves and loads so, and an index saved
+    with float16 centroids at that size keeps its own coarse step."""
+    import faiss
+
+    from app.search import vector_index
+    from app.search.vector_index import COARSE_SCAN_MIN_LISTS, SearchParams, VectorIndex
+
+    lists = COARSE_SCAN_MIN_LISTS
+    vectors, queries = clustered(lists * 12, seed=23, clusters=400), clustered(200, seed=24, clusters=400)
+    keys = np.arange(len(vectors), dtype=np.int64)
+    index = VectorIndex(DIM, "cosine", f"IVF{lists},SQ8")
+    assert index.coarse_scan
+    index.train(vectors)
+    index.fill(lambda: [(keys[:5_000], vectors[:5_000]), (keys[5_000:], vectors[5_000:])])
+    ivf = faiss.extract_index_ivf(index.index)
+    centroids = index._exact_coarse().reconstruct_n(0, lists)
+    assert np.allclose(np.linalg.norm(centroids, axis=1), 1.0, atol=0.05)  # trained centroids, not zeros
+    filed = np.empty(len(keys), np.int64)
+    for lst in range(lists):
+        filed[faiss.rev_swig_ptr(ivf.invlists.get_ids(lst), ivf.invlists.list_size(lst))] = lst
+    assert np.array_equal(filed, np.argmax(vectors @ centroids.T, axis=1))
+    similarities = queries @ centroids.T  # (200, lists)
+    for nprobe in (1, 8):
+        params = index._params(None, SearchParams(nprobe=nprobe))
+        _, probed = ivf.quantizer.search(queries, nprobe, params=params.quantizer_params)
+        by_every_centroid = np.argsort(-similarities, axis=1)[:, :nprobe]
+        # these centroids are nearly equidistant from a query (similarities ~0.16, the nearest two
+        # ~0.007 apart): a shortlist of 8 per list probed found the nearest 8 for 86% of queries
+        assert np.mean([set(a) == set(b) for a, b in zip(probed, by_every_centroid, strict=True)]) >= 0.99
+    _, truth = faiss.knn(queries, vectors, 10, metric=faiss.METRIC_INNER_PRODUCT)
+    _, every_list = index.search(queries, 10, params=SearchParams(nprobe=lists))  # a shortlist past nlist
+    assert np.mean([len(set(f) & set(t)) / 10 for f, t in zip(every_list, truth, strict=True)]) >= 0.9
+    _, found = index.search(queries, 10, params=SearchParams(nprobe=8))
+    assert index.vectors_compared(SearchParams(nprobe=1)) < lists  # cheaper than every centroid
+    index.save(tmp_path / "index", applied_op=0)
+    loaded, _ = VectorIndex.load(tmp_path / "index", DIM, "cosine")  # type: ignore[misc]
+    assert loaded.coarse_scan
+    assert np.array_equal(loaded.search(queries, 10, params=SearchParams(nprobe=8))[1], found)
+
+    float16 = faiss.index_factory(DIM, f"IVF{lists}({vector_index.COARSE_CODEC}),SQ8", faiss.METRIC_INNER_PRODUCT)
+    older = VectorIndex(DIM, "cosine", f"IVF{lists},SQ8", index=float16)
+    assert not older.coarse_scan
+    older.train(vectors)
+    older.fill(lambda: [(keys, vectors)])
+    assert older.search(vectors[:1], 1, params=SearchParams(nprobe=lists))[1][0].tolist() == [0]
 
 
 def test_a_collection_deleted_while_it_optimises_stays_deleted_and_logs_no_error(
