@@ -55,13 +55,12 @@ COARSE_EF_SEARCH = 128
 # Other IVF indexes under COARSE_SCAN_MIN_LISTS lists (and those saved before the scan) keep their
 # centroids in float16 (`IVF<nlist>(SQfp16),...` to FAISS): the coarse step reads every centroid
 # for each query, and at 4,000 lists of 384-d (6 MB in float32) that read was the larger part of a
-# 1M-vector search. Half the bytes took 0.08-0.1 ms off every
-# search of a 1M index (0.309 -> 0.215 ms at nprobe 2), the lists probed the same for 400 of 400
-# queries at every nprobe (benchmarks/results/coarse_fp16.md). Training and bulk adds still
-# compare in float32 (BLAS).
+# 1M-vector search. Half the bytes took 0.08-0.1 ms off every search of a 1M index (0.309 -> 0.215
+# ms at nprobe 2), the lists probed the same for 400 of 400 queries at every nprobe
+# (benchmarks/results/coarse_fp16.md). Training and bulk adds still compare in float32 (BLAS).
 COARSE_CODEC, COARSE_BYTES = "SQfp16", 2  # bytes per centroid dimension
 # From COARSE_SCAN_MIN_LISTS lists on (1M vectors: `auto`'s 4,000), the coarse step is a 4-bit
-# fast scan (`PQ<dim/2>x4fs`: 2 dimensions per byte, compared through SIMD lookup tables) that
+# fast scan (`PQ<dim/2>x4fs`: a 4-bit code per 2 dimensions, compared through SIMD lookup tables) that
 # shortlists COARSE_SHORTLIST_FACTOR x nprobe centroids (at least COARSE_MIN_SHORTLIST), re-ranked
 # exactly against the float32 centroids it keeps beside (`RFlat`): the lists probed are the exact
 # ones unless the scan's shortlist missed one. A 1M-vector IVF4000,SQ8 search took 0.05-0.09 ms
@@ -182,9 +181,10 @@ class VectorIndex:
                 faiss.downcast_index(faiss.extract_index_ivf(index).quantizer).hnsw.efSearch = COARSE_EF_SEARCH
         self.index = index
         # By what the index holds, not its spec: one saved before the scan keeps its float16 step.
-        self.coarse_scan = self.is_ivf and isinstance(
-            faiss.downcast_index(faiss.extract_index_ivf(index).quantizer), faiss.IndexRefine
-        )
+        quantizer = faiss.downcast_index(faiss.extract_index_ivf(index).quantizer) if self.is_ivf else None
+        self.coarse_scan = isinstance(quantizer, faiss.IndexRefine)
+        if self.coarse_scan:  # FAISS's own calls without a search's parameters (its default is 1)
+            quantizer.k_factor = COARSE_SHORTLIST_FACTOR
         self.tombstones: set[int] = set()  # removed from the store but still in a graph index
         self.defaults = SearchParams()
         # Where a binary index reads the float vectors it rescores with when a search is given no
@@ -240,9 +240,9 @@ class VectorIndex:
             return
         prepared = np.ascontiguousarray(self.prepare(vectors))
         ids = np.ascontiguousarray(keys, dtype=np.int64)
-        if self.coarse_graph_m is None:
+        if self.coarse_graph_m is None and not self.coarse_scan:
             self.index.add_with_ids(prepared, ids)
-        else:
+        else:  # filed under the nearest centroid, not the nearest the walk or the scan finds
             lists = np.ascontiguousarray(self._assign(prepared, self._exact_coarse()))
             ivf = faiss.extract_index_ivf(self.index)
             ivf.add_core(len(ids), faiss.swig_ptr(prepared), faiss.swig_ptr(ids), faiss.swig_ptr(lists))

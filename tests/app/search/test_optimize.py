@@ -435,6 +435,17 @@ def test_ivf_with_many_lists_finds_them_by_fast_scan_and_exact_rerank(tmp_path: 
     loaded, _ = VectorIndex.load(tmp_path / "index", DIM, "cosine")  # type: ignore[misc]
     assert loaded.coarse_scan
     assert np.array_equal(loaded.search(queries, 10, params=SearchParams(nprobe=8))[1], found)
+    added = clustered(500, seed=25, clusters=400)  # one by one, as upserts after a build
+    for key, vector in enumerate(added, start=100_000):
+        index.add(np.array([key]), vector[None, :])
+    sizes = {lst: ivf.invlists.list_size(lst) for lst in range(lists)}
+    ids_in = {
+        int(key): lst
+        for lst, size in sizes.items()
+        for key in faiss.rev_swig_ptr(ivf.invlists.get_ids(lst), size)
+        if key >= 100_000
+    }
+    assert [ids_in[100_000 + i] for i in range(500)] == np.argmax(added @ centroids.T, axis=1).tolist()
 
     float16 = faiss.index_factory(DIM, f"IVF{lists}({vector_index.COARSE_CODEC}),SQ8", faiss.METRIC_INNER_PRODUCT)
     older = VectorIndex(DIM, "cosine", f"IVF{lists},SQ8", index=float16)
