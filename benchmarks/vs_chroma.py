@@ -29,6 +29,7 @@ import argparse
 import base64
 import json
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -333,10 +334,13 @@ def wrk_run(server: Server, name: str, queries: np.ndarray, connections: int, se
             check=True,
         ).stdout
         cpu = server.cpu_s() - cpu
-    if "Non-2xx" in out or "Socket errors" in out:
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if "Non-2xx" in out or (errors and any(int(n) for n in errors.groups()[:3])):
         raise RuntimeError(f"{server.name}: wrk saw failed requests:\n{out}")
     done = int(out.split(" requests in ")[0].split()[-1])
     return {
+        # requests wrk gave up on after its 2 s timeout: not counted in qps, reported as observed
+        "timeouts": int(errors[4]) if errors else 0,
         "qps": float(out.split("Requests/sec:")[1].split()[0]),
         "p50_ms": _wrk_ms(out, "50%"),
         "p99_ms": _wrk_ms(out, "99%"),
