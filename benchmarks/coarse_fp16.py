@@ -116,27 +116,40 @@ def measure(index: VectorIndex, queries: np.ndarray, truth: np.ndarray) -> list[
     return rows
 
 
+def index_and_queries(
+    n: int, queries: int, coarse: str | None = None
+) -> tuple[VectorIndex, np.ndarray, np.ndarray, float]:
+    """`build`'s index over n vectors, `queries` held-out queries of the same kind, their exact
+    top-10 keys (queries, 10), and the build seconds."""
+    base = real_vectors()[:5000]
+    index, vectors, build_s = build(n, base, coarse)
+    held_out = synthetic_vectors(base, queries, 7)
+    exact = faiss.IndexFlatIP(DIM)
+    exact.add(vectors)
+    _, truth = exact.search(held_out, 10)
+    return index, held_out, truth, build_s
+
+
+def summary(index: VectorIndex, n: int, queries: int, build_s: float, rows: list[dict]) -> dict:
+    """The result file's contents."""
+    return {
+        "date": datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "n": n,
+        "spec": index.spec,
+        "build_s": round(build_s, 1),
+        "queries": queries,
+        "rows": rows,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--queries", type=int, default=400)
     args = parser.parse_args()
-    base = real_vectors()[:5000]
-    index, vectors, build_s = build(args.n, base, COARSE_CODEC)  # at 1M the service now scans (coarse_scan.py)
-    queries = synthetic_vectors(base, args.queries, 7)
-    exact = faiss.IndexFlatIP(DIM)
-    exact.add(vectors)
-    _, truth = exact.search(queries, 10)
-    del exact, vectors
+    index, queries, truth, build_s = index_and_queries(args.n, args.queries, COARSE_CODEC)  # at 1M the service scans
     rows = measure(index, queries, truth)
-    report = {
-        "date": datetime.now().strftime("%Y-%m-%d %H:%M"),
-        "n": args.n,
-        "spec": index.spec,
-        "build_s": round(build_s, 1),
-        "queries": args.queries,
-        "rows": rows,
-    }
+    report = summary(index, args.n, args.queries, build_s, rows)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "coarse_fp16.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = [

@@ -23,7 +23,6 @@ import argparse
 import json
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 
 import faiss
@@ -33,9 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.search.vector_index import COARSE_CODEC, VectorIndex, _coarse_shortlist  # noqa: E402
-from benchmarks.coarse_fp16 import ALL_THREADS, DIM, NPROBES, ROUNDS, build  # noqa: E402
-from benchmarks.recall_estimate import real_vectors  # noqa: E402
-from benchmarks.search import synthetic_vectors  # noqa: E402
+from benchmarks.coarse_fp16 import ALL_THREADS, DIM, NPROBES, ROUNDS, index_and_queries, summary  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 WAYS = ("scan", "float16", "float32")
@@ -106,22 +103,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--queries", type=int, default=400)
     args = parser.parse_args()
-    base = real_vectors()[:5000]
-    index, vectors, build_s = build(args.n, base)
-    queries = synthetic_vectors(base, args.queries, 7)
-    exact = faiss.IndexFlatIP(DIM)
-    exact.add(vectors)
-    _, truth = exact.search(queries, 10)
-    del exact, vectors
+    index, queries, truth, build_s = index_and_queries(args.n, args.queries)
     rows = measure(index, queries, truth)
-    report = {
-        "date": datetime.now().strftime("%Y-%m-%d %H:%M"),
-        "n": args.n,
-        "spec": index.spec,
-        "build_s": round(build_s, 1),
-        "queries": args.queries,
-        "rows": rows,
-    }
+    report = summary(index, args.n, args.queries, build_s, rows)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "coarse_scan.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = [
