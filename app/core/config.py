@@ -103,7 +103,8 @@ class Settings(BaseSettings):
     # An IVF index re-trains in the background once the collection holds this many times the
     # vectors it was trained on.
     ivf_retrain_growth: float = Field(2.0, gt=1)
-    # A collection snapshots its FAISS index after this many writes; a restart replays the rest
+    # A collection snapshots its FAISS index after this many writes, and at least a quarter of the
+    # index's vectors in writes (a snapshot rewrites the whole index); a restart replays the rest
     # from the SQLite op log (smaller = faster restarts, more snapshot I/O).
     snapshot_every_ops: int = Field(20_000, ge=1)
     # Metadata filters: nested $and levels and conditions in one filter (beyond them: 422).

@@ -53,6 +53,12 @@ DEFAULT_RECALL_TARGET = 0.95  # recall@10, reached with 95% confidence on the he
 # An IVF index's lists were trained on the vectors it held then; once the collection has grown past
 # this factor, new vectors crowd lists fitted to other data, and it re-trains in the background.
 DEFAULT_RETRAIN_GROWTH = 2.0
+# A snapshot rewrites the whole index, so at a fixed interval of writes a bulk load's snapshot I/O
+# grows with the square of the collection (1M vectors over HTTP at 20,000 writes apart: 50 rewrites,
+# ~25x the final index). Writes between snapshots are also at least this fraction of the vectors the
+# index holds: the rewrites then grow geometrically, ~5x the final index in all, and a restart
+# replays at most this fraction of the collection from the op log.
+DEFAULT_SNAPSHOT_GROWTH = 0.25
 # An unfiltered search is done on the event loop (no thread hop) up to this many stored vectors
 # compared (~0.3 ms at 384-d) and this many hits read from the store.
 INLINE_SEARCH_MAX_COMPARED = 20_000
@@ -152,9 +158,13 @@ class Collection:
         lock: CollectionLock | None = None,
         recall_target: float = DEFAULT_RECALL_TARGET,
         retrain_growth: float = DEFAULT_RETRAIN_GROWTH,
+        *,
+        snapshot_growth: float = DEFAULT_SNAPSHOT_GROWTH,
     ) -> None:
         """`lock`: the collection's writer lock (None on a read-only replica). If another process
-        holds it, the collection opens for reads and writes answer CollectionLocked until it is free."""
+        holds it, the collection opens for reads and writes answer CollectionLocked until it is free.
+        A snapshot is taken after `snapshot_every_ops` writes and at least `snapshot_growth` times the
+        index's vectors (0: the fixed interval alone)."""
         # A spec this version cannot build (e.g. written by an older one that accepted HNSW0, on
         # which FAISS aborts the process) stops here with an error, never inside FAISS.
         validate_spec(config.index, config.dim)
@@ -167,6 +177,7 @@ class Collection:
         self.retrain_growth = retrain_growth
         self.retraining: threading.Thread | None = None
         self.snapshot_every_ops = snapshot_every_ops
+        self.snapshot_growth = snapshot_growth
         self.read_only = read_only
         self.store = DocumentStore(folder / "documents.sqlite", config.dim, read_only)
         self._write_lock = threading.Lock()  # one writer at a time (store + index stay in step)
@@ -360,7 +371,7 @@ class Collection:
         if self._deferred_from is not None:
             return  # no snapshot of an index that lacks these writes; no retrain either
         self._ops_since_snapshot += ops
-        if self._ops_since_snapshot >= self.snapshot_every_ops:
+        if self._ops_since_snapshot >= max(self.snapshot_every_ops, self.snapshot_growth * self.index.live):
             self.snapshot()
         self._retrain_if_grown()
 

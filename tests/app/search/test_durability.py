@@ -355,3 +355,49 @@ def test_the_shutdown_snapshot_waits_for_a_write_between_its_store_commit_and_it
     assert racing.index.live == racing.store.count() == 2
     assert sorted(map(int, racing.index.ids())) == sorted(map(int, racing.store.keys_matching("1", [])))
     reopened.close()
+
+
+def _snapshots_taken(tmp_path: Path, growth: float, n: int = 400, batch: int = 10) -> tuple[int, int, int]:
+    """Upsert `n` vectors `batch` at a time into a fresh Flat collection snapshotting every 10 writes
+    at least: (snapshots taken, vectors the reopened folder holds, ops it replayed)."""
+    from app.search.collection import Collection, CollectionConfig
+    from app.search.store import Document
+
+    vectors = np.random.default_rng(3).normal(size=(n, 8)).astype(np.float32)
+    folder = tmp_path / f"growth-{growth}"
+    folder.mkdir()
+    config = CollectionConfig("grow", "m", 8, index="Flat")
+    config.save(folder)
+    collection = Collection(folder, config, 1 << 30, snapshot_every_ops=10, snapshot_growth=growth)
+    taken = 0
+    snapshot = collection.snapshot
+
+    def counted() -> None:
+        nonlocal taken
+        taken += 1
+        snapshot()
+
+    collection.snapshot = counted  # type: ignore[method-assign]
+    for start in range(0, n, batch):
+        collection.upsert([Document(f"v{i}", None, {}, vectors[i]) for i in range(start, start + batch)])
+    # as if the process died here (no close, no final snapshot): a fresh open of the folder
+    reopened = Collection(folder, CollectionConfig.load(folder), 1 << 30)
+    live, replayed = reopened.index.live, reopened._ops_since_snapshot
+    hit = reopened.search(vectors[n - 1], 1, None, set(), reopened.index.defaults)[0].id
+    reopened.close()
+    assert hit == f"v{n - 1}"
+    return taken, live, replayed
+
+
+def test_snapshots_grow_apart_with_the_index_and_a_crash_replays_the_rest(tmp_path: Path) -> None:
+    """A snapshot rewrites the whole index: spaced by a quarter of the index's vectors, a bulk load
+    rewrites it a few times over instead of once per `snapshot_every_ops` writes; a crash replays
+    every write since the last one, at most that quarter."""
+    fixed_taken, fixed_live, fixed_replayed = _snapshots_taken(tmp_path, growth=0)
+    taken, live, replayed = _snapshots_taken(tmp_path, growth=0.25)
+    assert fixed_taken == 40 and fixed_replayed == 0  # every 10 writes
+    # 10 writes apart up to 40 vectors, then a quarter of the index or more: at 10, 20, 30, 40, 60,
+    # 80, 110, 150, 200, 270 and 360
+    assert taken == 11, taken
+    assert fixed_live == live == 400
+    assert replayed == 400 - 360
