@@ -17,7 +17,6 @@ Writes benchmarks/results/snapshot_growth.json and .md.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import shutil
 import sys
@@ -62,8 +61,6 @@ def load(folder: Path, vectors: np.ndarray, growth: float) -> dict:
         collection.upsert([Document(str(offset + i), None, {}, row) for i, row in enumerate(rows)])
     load_s = time.perf_counter() - start
     collection.close()  # no final snapshot (the manager's shutdown takes that): as after kill -9
-    del collection
-    gc.collect()  # the wrapped snapshot closed over the collection: a cycle holding the old index
     start = time.perf_counter()
     reopened = Collection(folder, CollectionConfig.load(folder), BUDGET, snapshot_every_ops=EVERY_OPS)
     reopen_s = time.perf_counter() - start
