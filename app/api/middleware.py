@@ -65,12 +65,18 @@ class PayloadLimitMiddleware:
 _LABELLED_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
+# nginx's status for a request whose client closed the connection before the answer; never sent
+CLIENT_CLOSED_REQUEST = 499
+
+
 class MetricsMiddleware:
     """Counts requests by route template and status, and observes latency.
 
     Each (route, method, status) series is looked up once and kept: `labels()` takes a lock and
     builds a key per call, a measurable part of a sub-millisecond search. The series are bounded by
-    the route templates, the labelled methods and the status codes the app answers."""
+    the route templates, the labelled methods and the status codes the app answers. A request whose
+    client left before the response started (its handler cancelled, nothing sent) counts as 499,
+    not as a server error."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -90,7 +96,7 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        status = 500
+        status: int | None = None
 
         async def capture(msg: Message) -> None:
             nonlocal status
@@ -100,7 +106,12 @@ class MetricsMiddleware:
 
         try:
             await self.app(scope, receive, capture)
+        except BaseException:
+            status = status or 500  # raised before answering: a server error
+            raise
         finally:
+            # returned without answering: the client went away first (cancel-on-disconnect)
+            status = status or CLIENT_CLOSED_REQUEST
             route = scope.get("route")
             count, latency = self._series_for(getattr(route, "path", "unmatched"), scope["method"], status)
             count.inc()

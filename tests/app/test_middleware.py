@@ -133,3 +133,40 @@ def test_request_metrics_label_unknown_methods_as_other() -> None:
     assert count("other") - before_other == 3
     assert count("POST") - before_post == 1
     assert "BREW" not in generate_latest(REGISTRY).decode()
+
+
+def _requests_counted(status: str) -> float:
+    prefix = f'tessera_requests_total{{method="POST",route="unmatched",status="{status}"}} '
+    text = generate_latest(REGISTRY).decode()
+    return next((float(line.split()[-1]) for line in text.splitlines() if line.startswith(prefix)), 0.0)
+
+
+def test_a_request_whose_client_left_counts_as_499_and_one_that_raised_as_500() -> None:
+    """A handler cancelled because its client disconnected answered nothing and failed nothing: the
+    metrics must not report it as a server error. One that raised still is."""
+
+    async def slow_handler(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        await receive()
+        await asyncio.sleep(30)
+
+    async def failing_handler(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        await receive()
+        raise RuntimeError("boom")
+
+    async def run() -> None:
+        receive, send, sent = _connection(disconnect_after_s=0.05)
+        app = MetricsMiddleware(CancelOnDisconnectMiddleware(slow_handler))
+        await asyncio.wait_for(app(SCOPE, receive, send), timeout=5)
+        assert sent == []
+        receive, send, _ = _connection(disconnect_after_s=60)
+        try:
+            await MetricsMiddleware(CancelOnDisconnectMiddleware(failing_handler))(SCOPE, receive, send)
+        except RuntimeError:
+            pass
+        else:
+            raise AssertionError("the handler's error must propagate")
+
+    before_499, before_500 = _requests_counted("499"), _requests_counted("500")
+    asyncio.run(run())
+    assert _requests_counted("499") - before_499 == 1
+    assert _requests_counted("500") - before_500 == 1
