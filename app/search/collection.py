@@ -194,6 +194,7 @@ class Collection:
         if lock is not None:
             lock.try_acquire()
         self.index = self._serving(self._open_index())
+        self._keep_ids_if_sole_writer()
 
     # --- opening -----------------------------------------------------------------------------
     @property
@@ -304,7 +305,14 @@ class Collection:
             raise CollectionNotFound(f"index '{self.config.name}' was deleted") from None
         with self._index_lock:
             self.index = self._serving(self._open_index())
+        self._keep_ids_if_sole_writer()
         self._write_version += 1  # what the other process wrote: cached filter results are stale
+
+    def _keep_ids_if_sole_writer(self) -> None:
+        """Ids by key in memory (searches returning ids alone skip SQLite) where no other process
+        can change the store: this one holds the writer lock, or it is an immutable replica."""
+        if self.writable or self.read_only:
+            self.store.keep_ids_in_memory()
 
     @property
     def writable(self) -> bool:

@@ -24,6 +24,7 @@ import numpy as np
 from app.core.errors import CollectionNotFound, InvalidRequest, KeywordSearchUnavailable
 from app.core.numbers import fits_int64
 from app.core.text import is_encodable
+from app.search.key_ids import KeyIds
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS documents (
@@ -191,6 +192,7 @@ class DocumentStore:
         self._columns = frozenset(row[1] for row in self._db.execute("PRAGMA table_info(documents)"))
         self.has_keyword_index = self._table_exists("documents_fts")
         self._has_id_index = self._table_exists("documents_key_id")  # not in a read-only older replica
+        self._key_ids: KeyIds | None = None  # see keep_ids_in_memory
 
     def _table_exists(self, name: str) -> bool:
         row = self._db.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (name,)).fetchone()
@@ -255,6 +257,17 @@ class DocumentStore:
         finally:
             self._lock.release()
 
+    def keep_ids_in_memory(self) -> None:
+        """Read every (key, id) once and answer id-only reads (`by_keys` with no fields) from memory
+        from now on, kept in step by this store's writes. Only for a store no other process writes
+        (this process holds the collection's writer lock, or the database is an immutable replica):
+        another writer's commits would not reach the map. Not kept where the keys are too sparse
+        (most documents replaced many times): SQLite's index answers those."""
+        with self._locked():
+            select = "SELECT key, id FROM documents" + (" INDEXED BY documents_key_id" if self._has_id_index else "")
+            key_ids = KeyIds(self._db.execute(select + " ORDER BY key"))
+            self._key_ids = None if key_ids.sparse else key_ids
+
     def upsert(self, docs: list[Document]) -> tuple[list[int], list[int]]:
         """One transaction. Returns (removed keys, added keys in docs' order)."""
         removed: list[int] = []
@@ -293,6 +306,10 @@ class DocumentStore:
             except BaseException:
                 cur.execute("ROLLBACK")
                 raise
+            if self._key_ids is not None:  # committed: the map follows (a rollback leaves it as it was)
+                self._key_ids.remove(removed)
+                self._key_ids.add(added, (doc.id for doc in docs))
+                self._drop_ids_if_sparse()
         return removed, added
 
     def delete(self, ids: list[str]) -> tuple[list[str], list[int]]:
@@ -314,7 +331,14 @@ class DocumentStore:
             except BaseException:
                 cur.execute("ROLLBACK")
                 raise
+            if self._key_ids is not None:
+                self._key_ids.remove(keys)
+                self._drop_ids_if_sparse()
         return found, keys
+
+    def _drop_ids_if_sparse(self) -> None:
+        if self._key_ids is not None and self._key_ids.sparse:
+            self._key_ids = None  # id reads go back to SQLite's (key, id) index
 
     def get(self, doc_id: str, with_vector: bool = False) -> Document | None:
         with self._locked():
@@ -346,7 +370,7 @@ class DocumentStore:
         return self._now(lambda: self._by_keys(keys, fields))
 
     def _by_keys(self, keys: list[int], fields: Container[str]) -> dict[int, Document]:
-        if self._has_id_index and not any(field in fields for field in DOCUMENT_FIELDS):
+        if (self._has_id_index or self._key_ids is not None) and not any(field in fields for field in DOCUMENT_FIELDS):
             return self._ids_by_keys(keys)
         has_images = "image" in self._columns
         selected = ", ".join(
@@ -360,8 +384,11 @@ class DocumentStore:
         return out
 
     def _ids_by_keys(self, keys: list[int]) -> dict[int, Document]:
-        """`_by_keys` reading ids alone, from the (key, id) index: SQLite's planner would look each
-        key up in the table itself (a rowid lookup), reading the row's page for its id."""
+        """`_by_keys` reading ids alone: from memory where `keep_ids_in_memory` was called, else from
+        the (key, id) index (SQLite's planner would look each key up in the table itself, a rowid
+        lookup reading the row's page for its id)."""
+        if self._key_ids is not None:
+            return {key: Document(doc_id, None, {}) for key, doc_id in self._key_ids.get(keys).items()}
         out: dict[int, Document] = {}
         select = "SELECT key, id FROM documents INDEXED BY documents_key_id"
         for rows in _rows_in(self._db, select, "key", keys):
