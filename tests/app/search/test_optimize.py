@@ -336,6 +336,7 @@ def test_ivf_lists_found_through_a_graph_search_as_exhaustive_lists_do(
     _, by_all = exhaustive.search(queries, 10, params=SearchParams(nprobe=8))
     assert np.mean(by_graph == by_all) >= 0.9  # the walk's breadth (COARSE_EF_SEARCH) finds nearly every list
     monkeypatch.setattr(vector_index, "COARSE_EF_SEARCH", 1)  # a narrower walk (nprobe 8) misses more
+    graph._unfiltered_params.clear()  # the parameters kept per breadth were made with the old walk
     assert np.mean(graph.search(queries, 10, params=SearchParams(nprobe=8))[1] == by_all) < np.mean(by_graph == by_all)
     monkeypatch.undo()
     graph.save(tmp_path / "index", applied_op=0)
@@ -926,3 +927,30 @@ def test_an_optimize_shows_as_running_from_its_request_on(tmp_path: Path) -> Non
         collection.optimize("IVF4000,Flat", reserved=True)
     assert not collection.describe()["optimizing"]
     collection.close()
+
+
+def test_unfiltered_search_parameters_are_kept_per_breadth_and_bounded() -> None:
+    """One FAISS parameters object per breadth serves every unfiltered search (same answers as a
+    fresh one); a filtered search gets its own, with its selector; request-chosen breadths cannot
+    grow the kept set past MAX_KEPT_PARAMS."""
+    from app.search import vector_index
+    from app.search.vector_index import SearchParams, VectorIndex
+
+    vectors, queries = clustered(2_000, seed=5), clustered(20, seed=6)
+    index = VectorIndex(DIM, "cosine", "IVF32,Flat")
+    index.train(vectors)
+    index.add(np.arange(2_000, dtype=np.int64), vectors)
+    first = index._params(None, SearchParams(nprobe=4))
+    assert index._params(None, SearchParams(nprobe=4)) is first and first.nprobe == 4
+    assert index._params(None, SearchParams(nprobe=5)).nprobe == 5
+    fresh = index._new_params(None, SearchParams(nprobe=4))
+    assert np.array_equal(
+        vector_index._faiss_search(index.index, queries, 10, first)[1],
+        vector_index._faiss_search(index.index, queries, 10, fresh)[1],
+    )
+    allowed = np.arange(0, 2_000, 2, dtype=np.int64)
+    _, keys = index.search(queries, 10, allowed, SearchParams(nprobe=4))
+    assert (keys[keys >= 0] % 2 == 0).all() and first.sel is None  # the filter's selector went elsewhere
+    for nprobe in range(1, 3 * vector_index.MAX_KEPT_PARAMS):
+        index._params(None, SearchParams(nprobe=nprobe))
+    assert len(index._unfiltered_params) <= vector_index.MAX_KEPT_PARAMS
