@@ -12,7 +12,7 @@ Queries and vectors are vs_chroma.py's (Dirichlet mixtures of real MiniLM vector
 queries near, not equal to, stored vectors), sent as JSON float arrays with `include: []` as
 vs_chroma's wrk rows do.
 
-Usage: .venv/bin/python benchmarks/search_ab.py --base REV --data DIR --index NAME [--rounds 2]
+Usage: .venv/bin/python benchmarks/search_ab.py --base REV --data DIR --index NAME [--rounds 2] [--nprobe 2]
        .venv/bin/python benchmarks/search_ab.py --base REV --n 100000
 Writes benchmarks/results/search_ab.json and .md (`--out` for another stem).
 """
@@ -53,13 +53,16 @@ function done(summary, latency, requests)
     summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
 end
 """
-# (row name, connections, extra search fields; None = GET /health)
-SCENARIOS: list[tuple[str, int, dict | None]] = [
-    ("search, nprobe 2", 1, {"nprobe": 2}),
-    ("search, nprobe 2", 8, {"nprobe": 2}),
-    ("search, the build's tuned breadth", 8, {}),
-    ("GET /health (the HTTP floor)", 8, None),
-]
+
+
+def scenarios(nprobe: int) -> list[tuple[str, int, dict | None]]:
+    """(row name, connections, extra search fields; None = GET /health)."""
+    return [
+        (f"search, nprobe {nprobe}", 1, {"nprobe": nprobe}),
+        (f"search, nprobe {nprobe}", 8, {"nprobe": nprobe}),
+        ("search, the build's tuned breadth", 8, {}),
+        ("GET /health (the HTTP floor)", 8, None),
+    ]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -132,6 +135,7 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", default="search_ab")
+    parser.add_argument("--nprobe", type=int, default=2, help="the fixed breadth of the first two rows")
     args = parser.parse_args()
     rev = {
         side: subprocess.run(
@@ -162,7 +166,7 @@ def main() -> None:
         health_lua.write_text(HEALTH_LUA)
         rows: dict[str, dict[str, list[dict]]] = {}
         for round_index in range(args.rounds):
-            for label, conns, extra in SCENARIOS:
+            for label, conns, extra in scenarios(args.nprobe):
                 row = f"{label}, {conns} connection{'s' if conns > 1 else ''}"
                 bodies = None
                 if extra is not None:
