@@ -37,12 +37,8 @@ def build(server: Tessera, name: str, spec: str | None, vectors) -> dict:  # typ
     server.create(name)
     for offset in range(0, len(vectors), BATCH):
         server.add(name, list(range(offset, offset + BATCH)), vectors[offset : offset + BATCH], b64=True)
-    server.client.post(f"/indexes/{name}/optimize", json={"index": spec} if spec else {}).raise_for_status()  # type: ignore[union-attr]
-    while True:
-        info = server.client.get(f"/indexes/{name}").json()  # type: ignore[union-attr]
-        if info["last_build"] and not info["optimizing"]:
-            return info["last_build"]
-        time.sleep(1)
+    server.finish(name, spec)
+    return server.build
 
 
 def main() -> None:

@@ -137,9 +137,11 @@ class Tessera(Server):
     def drop(self, name: str) -> None:
         self.client.delete(f"/indexes/{name}").raise_for_status()  # type: ignore[union-attr]
 
-    def finish(self, name: str) -> float:
+    def finish(self, name: str, spec: str | None = None) -> float:
+        """Optimise `name` (with the collection's spec, or `spec`) and wait for the build: its seconds."""
         start = time.perf_counter()
-        self.client.post(f"/indexes/{name}/optimize", json={}).raise_for_status()  # type: ignore[union-attr]
+        body = {"index": spec} if spec else {}
+        self.client.post(f"/indexes/{name}/optimize", json=body).raise_for_status()  # type: ignore[union-attr]
         while True:
             info = self.client.get(f"/indexes/{name}").json()  # type: ignore[union-attr]
             if info["last_build"] and not info["optimizing"]:

@@ -306,10 +306,7 @@ class DocumentStore:
             except BaseException:
                 cur.execute("ROLLBACK")
                 raise
-            if self._key_ids is not None:  # committed: the map follows (a rollback leaves it as it was)
-                self._key_ids.remove(removed)
-                self._key_ids.add(added, (doc.id for doc in docs))
-                self._drop_ids_if_sparse()
+            self._ids_committed(removed, added, [doc.id for doc in docs])
         return removed, added
 
     def delete(self, ids: list[str]) -> tuple[list[str], list[int]]:
@@ -331,14 +328,18 @@ class DocumentStore:
             except BaseException:
                 cur.execute("ROLLBACK")
                 raise
-            if self._key_ids is not None:
-                self._key_ids.remove(keys)
-                self._drop_ids_if_sparse()
+            self._ids_committed(keys)
         return found, keys
 
-    def _drop_ids_if_sparse(self) -> None:
-        if self._key_ids is not None and self._key_ids.sparse:
-            self._key_ids = None  # id reads go back to SQLite's (key, id) index
+    def _ids_committed(self, removed: list[int], added: Sequence[int] = (), ids: Sequence[str] = ()) -> None:
+        """The ids in memory follow a committed write (called after COMMIT: a rollback leaves them as
+        they were); keys grown too sparse send id reads back to SQLite's (key, id) index."""
+        if self._key_ids is None:
+            return
+        self._key_ids.remove(removed)
+        self._key_ids.add(added, ids)
+        if self._key_ids.sparse:
+            self._key_ids = None
 
     def get(self, doc_id: str, with_vector: bool = False) -> Document | None:
         with self._locked():
