@@ -39,7 +39,11 @@ from app.search.vector_index import (
 
 FLAT_MAX = 50_000
 SAMPLE = 100_000  # vectors each candidate is built on
-TRIAL_QUERIES = 200
+# Held-out queries each candidate is tuned and timed on (at most a tenth of the sample). With 200 the
+# recall bound moves by ~0.01 between query sets, enough to tune one candidate a breadth step (2x)
+# above another with the same recall curve, and the time comparison then measures that step
+# (benchmarks/results/auto_trial.md); 1,000 cut that scatter by more than half.
+TRIAL_QUERIES = 1_000
 TRUTH_CHUNK = 10_000
 # Candidates whose p50 is within this factor of the fastest count as equally fast (single-query
 # timings on a busy machine move by 10-30%); the one using the least memory of those wins.
@@ -99,12 +103,14 @@ def choose(
     write_heavy: bool = False,
     sample_keys: np.ndarray | None = None,
     fetch: VectorFetch | None = None,
+    trial_queries: int = TRIAL_QUERIES,
 ) -> tuple[str, list[Candidate]]:
     """(the spec to build for n vectors, every candidate's figures). `sample`: (m, dim) vectors of
-    the collection, m > TRIAL_QUERIES, shuffled in place (not copied: at 100k it is 150 MB).
+    the collection, m >= 20, shuffled in place (not copied: at 100k it is 150 MB).
     `write_heavy`: IVF is not tried while a graph index fits. `sample_keys` (m,): the store's keys
     of the sample's rows, and `fetch` reading their vectors from the store, for the binary
-    candidate's rescoring; without them it rescores from the sample in memory."""
+    candidate's rescoring; without them it rescores from the sample in memory. `trial_queries`:
+    how many of the sample's vectors are held out as queries (at most a tenth of them)."""
     dim = sample.shape[1]
     # One seed for both: Generator.shuffle draws the same swaps for any array of the same length,
     # so row i of the sample stays paired with key i (tests/app/search/test_optimize.py checks it).
@@ -115,8 +121,9 @@ def choose(
     else:
         sample_keys = np.array(sample_keys, dtype=np.int64)
         np.random.default_rng(0).shuffle(sample_keys)
-    queries, data = sample[:TRIAL_QUERIES], sample[TRIAL_QUERIES:]
-    keys = sample_keys[TRIAL_QUERIES:]
+    held_out = min(trial_queries, len(sample) // 10)
+    queries, data = sample[:held_out], sample[held_out:]
+    keys = sample_keys[held_out:]
     chunks = ((keys[i : i + TRUTH_CHUNK], data[i : i + TRUTH_CHUNK]) for i in range(0, len(data), TRUTH_CHUNK))
     truth = exact_top_k(chunks, queries, metric)  # chunked: one (queries x sample) block is ~0.5 GB of temporaries
     candidates = []

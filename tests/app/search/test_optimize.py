@@ -772,6 +772,25 @@ def test_auto_keeps_each_sample_row_paired_with_its_store_key(monkeypatch: pytes
     assert np.array_equal(rows[:, 0], keys)
 
 
+def test_auto_holds_out_trial_queries_up_to_a_tenth_of_the_sample(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The trial tunes on `trial_queries` held-out rows (at most a tenth of the sample), searching
+    an index built on the rest: the held-out rows are queries, never stored in the trial's index."""
+    monkeypatch.setattr(index_choice, "candidate_specs", lambda n, dim: ["IVF16,SQ8"])
+    seen: dict[str, int] = {}
+    real_truth = index_choice.exact_top_k
+
+    def counting(chunks, queries, metric):  # type: ignore[no-untyped-def]
+        chunks = list(chunks)
+        seen["queries"], seen["stored"] = len(queries), sum(len(keys) for keys, _ in chunks)
+        return real_truth(iter(chunks), queries, metric)
+
+    monkeypatch.setattr(index_choice, "exact_top_k", counting)
+    for asked, held_out in ((250, 250), (10_000, 300)):
+        _, tried = index_choice.choose(clustered(3_000, seed=9), 3_000, "cosine", 1 << 30, 0.9, trial_queries=asked)
+        assert seen == {"queries": held_out, "stored": 3_000 - held_out}
+        assert tried[0].recall_at_10 is not None
+
+
 def test_cached_filter_results_never_outlive_a_write(tmp_path: Path) -> None:
     from app.search.collection import Collection, CollectionConfig
     from app.search.store import Document
