@@ -45,10 +45,11 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 # Recall is measured on up to this many documents held out of the new index while it is tuned (at
 # most a tenth of the collection), then added. Stored vectors as their own queries overstate recall
 # (a graph search lands on the very node); held-out ones track queries near the data
-# (benchmarks/results/recall_estimate.md).
-RECALL_SAMPLE = 200
+# (benchmarks/results/recall_estimate.md). 1,000, as `auto`'s trial (index_choice.TRIAL_QUERIES): the
+# one-sided bound's margin shrinks ~2.2x from 200's, so the tuned breadth is less often a step too wide.
+RECALL_SAMPLE = 1_000
 LATENCY_QUERIES = 100  # held-out queries the built index's p50_ms is timed on
-TRUTH_BATCH = 2_000  # stored vectors per chunk of the exact top-10 pass (~15 MB of temporaries)
+TRUTH_BATCH = 2_000  # stored vectors per chunk of the exact top-10 pass (1,000 x 2,000 scores: ~8 MB)
 DEFAULT_RECALL_TARGET = 0.95  # recall@10, reached with 95% confidence on the held-out sample
 # An IVF index's lists were trained on the vectors it held then; once the collection has grown past
 # this factor, new vectors crowd lists fitted to other data, and it re-trains in the background.

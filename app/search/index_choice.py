@@ -44,7 +44,7 @@ SAMPLE = 100_000  # vectors each candidate is built on
 # above another with the same recall curve, and the time comparison then measures that step
 # (benchmarks/results/auto_trial.md); 1,000 cut that scatter by more than half.
 TRIAL_QUERIES = 1_000
-TRUTH_CHUNK = 10_000
+TRUTH_CHUNK = 2_000  # sample vectors per chunk of the trial's exact top-10: 1,000 x 2,000 scores, ~8 MB
 # Candidates whose p50 is within this factor of the fastest count as equally fast (single-query
 # timings on a busy machine move by 10-30%); the one using the least memory of those wins.
 SPEED_TIE = 1.3
@@ -125,7 +125,7 @@ def choose(
     queries, data = sample[:held_out], sample[held_out:]
     keys = sample_keys[held_out:]
     chunks = ((keys[i : i + TRUTH_CHUNK], data[i : i + TRUTH_CHUNK]) for i in range(0, len(data), TRUTH_CHUNK))
-    truth = exact_top_k(chunks, queries, metric)  # chunked: one (queries x sample) block is ~0.5 GB of temporaries
+    truth = exact_top_k(chunks, queries, metric)  # chunked: one (queries x sample) block would be ~0.4 GB
     candidates = []
     specs = candidate_specs(n, dim)
     graph_fits = any(not s.startswith("IVF") and estimated_memory(s, n, dim) <= memory_budget_bytes for s in specs)

@@ -151,7 +151,7 @@ def test_optimize_measures_recall_tunes_and_survives_restart(
         info = wait_for_build(client, "vec")
         assert info["index_type"] == spec and info["size"] == info["index_vectors"] == 4000
         build = info["last_build"]
-        assert build["recall_at_10"] >= 0.95 and build["sample_queries"] == 200
+        assert build["recall_at_10"] >= 0.95 and build["sample_queries"] == 400  # held out: a tenth of the 4,000
         assert 0 < build["p50_ms"] < 1000  # the built index timed at full size, with its tuned defaults
         tuned = build["search_defaults"][param]
         assert info["search_defaults"][param] == tuned
@@ -289,7 +289,7 @@ def test_recall_is_measured_on_held_out_documents_and_tracks_fresh_queries(tmp_p
     for start in range(0, 10_000, 2_000):
         collection.upsert([Document(f"v{i}", None, {}, stored[i]) for i in range(start, start + 2_000)])
     report = collection.optimize()
-    assert report.recall_queries == "held-out documents" and report.sample_queries == 200
+    assert report.recall_queries == "held-out documents" and report.sample_queries == 1_000  # a tenth of the 10,000
     assert report.recall_lower_bound is not None and report.recall_lower_bound >= collection.recall_target
     assert collection.index.live == report.n == 10_000  # the held-out documents were added back
     exact = VectorIndex(dim, "cosine", "Flat")
