@@ -250,7 +250,10 @@ class Collection:
         until the next optimise."""
         index = self._trained_index(spec, snap)  # its training sample is freed before the index fills
         release_free_memory()
-        index.fill(lambda: snap.iter_vectors() if leave_out is None else _without(snap.iter_vectors(), leave_out))
+        if leave_out is None or not len(leave_out):
+            index.fill(snap.iter_vectors)
+        else:  # the left-out documents are added back after tuning: their lists are sized for them
+            index.fill(lambda: _without(snap.iter_vectors(), leave_out), to_come=snap.vectors(leave_out))
         return index
 
     def _trained_index(self, spec: str, snap: StoreSnapshot) -> VectorIndex:

@@ -633,6 +633,28 @@ def test_fill_in_two_passes_builds_the_index_one_pass_builds(spec: str, metric: 
             assert np.array_equal(ids_a, ids_b)
 
 
+def test_a_fill_with_room_for_vectors_to_come_holds_what_adding_them_after_gives() -> None:
+    """A build's held-out documents are added after tuning; `fill(to_come=...)` sizes their lists
+    for them beforehand. The index then holds exactly what filling and adding without it gives."""
+    from app.search.vector_index import SearchParams, VectorIndex
+
+    rng = np.random.default_rng(4)
+    vectors = rng.normal(size=(3_000, 16)).astype(np.float32)
+    keys = np.arange(3_000, dtype=np.int64)
+    held = rng.choice(3_000, 300, replace=False)
+    rest = np.setdiff1d(keys, held)
+    plain, roomy = VectorIndex(16, "cosine", "IVF16,SQ8"), VectorIndex(16, "cosine", "IVF16,SQ8")
+    for index, to_come in ((plain, None), (roomy, vectors[held])):
+        index.train(vectors)
+        index.fill(lambda: [(keys[rest], vectors[rest])], to_come=to_come)
+        assert index.ntotal == 2_700
+        index.add(keys[held], vectors[held])
+    queries = rng.normal(size=(40, 16)).astype(np.float32)
+    expected_scores, expected = plain.search(queries, 10, params=SearchParams(nprobe=16))
+    scores, found = roomy.search(queries, 10, params=SearchParams(nprobe=16))
+    assert roomy.ntotal == 3_000 and np.array_equal(found, expected) and np.allclose(scores, expected_scores)
+
+
 @pytest.mark.parametrize("metric", ["cosine", "l2", "ip"])
 def test_a_binary_index_shortlists_by_code_and_scores_with_the_stored_vectors(metric: str) -> None:
     """IVF-RaBitQ keeps one bit per dimension: alone its top-10 misses many true neighbours; with
