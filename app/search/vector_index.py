@@ -683,8 +683,8 @@ def recall_at_10(index: VectorIndex, exact: VectorIndex, queries: np.ndarray, pa
 EF_SEARCH_STEPS = (16, 32, 64, 128, 256, 512, 1024, 2048)
 RECALL_QUERY_BATCH = 100
 NPROBE_STEPS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
-# One-sided 95% bound: a 200-query estimate scatters by about +-0.01 around the truth, so tuning
-# stops where the estimate's lower bound, not the estimate itself, reaches the target.
+# One-sided 95% bound: a 200-query estimate scatters by about +-0.01 around the truth (1,000: about
+# +-0.005), so tuning stops where the estimate's lower bound, not the estimate itself, reaches the target.
 CONFIDENCE_Z = 1.645
 TIMED_QUERIES = 100  # single queries timed per alternative where tuning weighs speed (binary codes)
 
