@@ -62,8 +62,8 @@ def stored(path: Path, vectors: np.ndarray) -> tuple[DocumentStore, np.ndarray]:
     for start in range(0, len(vectors), WRITE_BATCH):
         rows = range(start, min(start + WRITE_BATCH, len(vectors)))
         store.upsert([Document(str(i), None, {}, vectors[i]) for i in rows])
-    keys = np.array([key for (key,) in store._db.execute("SELECT key FROM documents ORDER BY key")], dtype=np.int64)
-    return store, keys
+    with store.snapshot() as snap:
+        return store, snap.keys()
 
 
 def reference(spec: str, vectors: np.ndarray, keys: np.ndarray, queries: np.ndarray, store: DocumentStore) -> dict:

@@ -244,16 +244,22 @@ class Collection:
     def _live_keys(self) -> np.ndarray:
         return self.store.keys_matching("1", [])
 
-    def _build_from_store(self, spec: str, snap: StoreSnapshot, leave_out: np.ndarray | None = None) -> VectorIndex:
-        """An index of `spec` holding exactly the documents of `snap` (but `leave_out` keys). A spec
-        that needs training data the collection does not have yet gives an exact (Flat) index
-        until the next optimise."""
+    def _build_from_store(
+        self,
+        spec: str,
+        snap: StoreSnapshot,
+        leave_out: np.ndarray | None = None,
+        left_out_vectors: np.ndarray | None = None,
+    ) -> VectorIndex:
+        """An index of `spec` holding exactly the documents of `snap` (but `leave_out` keys, whose
+        vectors `left_out_vectors` the caller adds back later). A spec that needs training data the
+        collection does not have yet gives an exact (Flat) index until the next optimise."""
         index = self._trained_index(spec, snap)  # its training sample is freed before the index fills
         release_free_memory()
         if leave_out is None or not len(leave_out):
             index.fill(snap.iter_vectors)
         else:  # the left-out documents are added back after tuning: their lists are sized for them
-            index.fill(lambda: _without(snap.iter_vectors(), leave_out), to_come=snap.vectors(leave_out))
+            index.fill(lambda: _without(snap.iter_vectors(), leave_out), to_come=left_out_vectors)
         return index
 
     def _trained_index(self, spec: str, snap: StoreSnapshot) -> VectorIndex:
@@ -643,10 +649,11 @@ class Collection:
             chosen, candidates = self._choose_auto(snap, churn) if spec == "auto" else (spec, [])
             release_free_memory()  # the trials' samples and indexes: the build's peak is its own
             held_out = self._held_out_keys(snap) if chosen != "Flat" else np.empty(0, np.int64)
-            new_index = self._build_from_store(chosen, snap, held_out)
-            report = self._measure_and_tune(new_index, snap, held_out)
+            held_vectors = snap.vectors(held_out)  # read once: sized for in the fill, queries, then added
+            new_index = self._build_from_store(chosen, snap, held_out, held_vectors)
+            report = self._measure_and_tune(new_index, snap, held_out, held_vectors)
             if len(held_out):
-                new_index.add(held_out, snap.vectors(held_out))
+                new_index.add(held_out, held_vectors)
             report.candidates = [asdict(c) for c in candidates]
             report.ops_at_build, report.write_churn = ops_at_build, churn
         with self._write_lock:  # block writers only for the catch-up and the swap
@@ -694,16 +701,17 @@ class Collection:
         count = min(RECALL_SAMPLE, len(live) // 10)
         return np.sort(np.random.default_rng(0).choice(live, size=count, replace=False)) if count else live[:0]
 
-    def _measure_and_tune(self, index: VectorIndex, snap: StoreSnapshot, held_out: np.ndarray) -> BuildReport:
+    def _measure_and_tune(
+        self, index: VectorIndex, snap: StoreSnapshot, held_out: np.ndarray, queries: np.ndarray
+    ) -> BuildReport:
         """Recall@10 of `index` (built without the `held_out` documents) against exact search over
-        the same documents, with the held-out documents as queries, and the cheapest search
-        parameters whose recall reaches the target with 95% confidence."""
+        the same documents, with the held-out documents' vectors `queries` (in `held_out`'s order) as
+        queries, and the cheapest search parameters whose recall reaches the target with 95% confidence."""
         n = index.live + len(held_out)
         if index.spec == "Flat" or n == 0:
             return BuildReport(index.spec, n, 1.0 if n else None, 0)
         if not len(held_out):  # under 10 documents: nothing to measure on
             return BuildReport(index.spec, n, None, 0)
-        queries = snap.vectors(held_out)
         # streamed over the store: no second copy of the vectors (1.5 GB at 1M x 384)
         # small chunks: this pass runs when the new index is whole, at the build's memory peak
         truth = exact_top_k(_without(snap.iter_vectors(TRUTH_BATCH), held_out), queries, self.config.metric)
