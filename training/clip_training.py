@@ -21,7 +21,7 @@ import logging
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -478,16 +478,30 @@ def train_members(
     workers: Workers | None = None,
 ) -> list[tuple[ClipImageHead, nn.Module]]:
     """`residual_members` one-map heads, each trained by `fit` from its own seed (`member_seed`) on
-    the same data, with its loss module (its learned temperature). Member m > 0 logs under
-    `member-m/` of the run."""
+    the same data (or its own `member_subsample` of it), with its loss module (its learned
+    temperature). Member m > 0 logs under `member-m/` of the run."""
     single = config.model_copy(update={"residual_members": 1})
     members = []
     for member in range(config.residual_members):
-        rng = seed_everything(member_seed(config.seed, member))
+        seed = member_seed(config.seed, member)
+        member_data = subsample_groups(data, config.member_subsample, seed)
+        rng = seed_everything(seed)
         head = build_head(single, data.class_vectors)
         member_run = run if member == 0 or run is None else RunFolder(run.path, f"member-{member}")
-        members.append((head, fit(head, data, single, rng, member_run, text_map, workers)))
+        members.append((head, fit(head, member_data, single, rng, member_run, text_map, workers)))
     return members
+
+
+def subsample_groups(data: ClipData, share: float, seed: int) -> ClipData:
+    """`data` with its training caption groups cut to `share` of them, drawn by `seed` (in their
+    order; the features, captions and evaluation sets stay, so the familiarity gate, fitted on every
+    training image, is the same for every member). `share` 1: `data` itself."""
+    if share >= 1:
+        return data
+    groups = data.train.groups
+    kept = sorted(random.Random(seed).sample(range(len(groups)), max(2, round(share * len(groups)))))
+    train = replace(data.train, groups=[groups[i] for i in kept])
+    return replace(data, train=train)
 
 
 def fit_members(

@@ -386,6 +386,9 @@ class ClipTrainConfig(Strict):
     # The learned map as this many maps trained apart (seeds `seed`, then derived ones) and averaged
     # (training/models/clip.py); K times the training time, a few MLPs more per image served.
     residual_members: int = Field(1, ge=1, le=16)
+    # Each member trains on this share of the caption groups, drawn by its own seed (subagging:
+    # members that saw different data err more independently). 1: every member sees all of it.
+    member_subsample: float = Field(1.0, gt=0, le=1)
     # LiT-style comparison: a trainable linear map on the text side too (changes the text space, so
     # such a model is measured, not exported).
     text_projection: bool = False
