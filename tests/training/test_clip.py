@@ -26,6 +26,7 @@ from training.clip_training import (
     fit_members,
     member_seed,
     softmax_temperature,
+    subsample_groups,
 )
 from training.config import ClipTrainConfig, LossConfig
 from training.data.clipart import caption_of, prepare_openclipart, read_metadata, split_clips, write_demo
@@ -356,6 +357,34 @@ def test_fit_members_trains_the_first_member_as_a_single_map_and_the_rest_from_t
     fit(alone, data, single_config, rng, RunFolder(tmp_path, "alone"))
     torch.testing.assert_close(first[0].weight, alone.residual[0].weight)
     assert (tmp_path / "t" / "member-1" / "steps.jsonl").is_file()
+
+
+def test_each_member_of_a_subsampled_ensemble_trains_on_its_own_share_of_the_groups(
+    tmp_path: Path, classifier: torch.nn.Linear
+) -> None:
+    data = _synthetic_data(classifier)
+    assert subsample_groups(data, 1.0, 0) is data
+    first, second = (subsample_groups(data, 0.6, member_seed(3, m)) for m in (0, 1))
+    for part in (first, second):  # 60% of the 192 groups, each one of the originals; features untouched
+        assert len(part.train.groups) == 115 and all(g in data.train.groups for g in part.train.groups)
+        assert part.train.pooled is data.train.pooled and part.evals is data.evals
+    assert first.train.groups != second.train.groups
+    config = ClipTrainConfig(
+        name="t", epochs=2, batch_size=64, runs_dir=tmp_path, residual_hidden=32, residual_members=2, seed=3,
+        member_subsample=0.6, residual_gate="familiarity", familiarity_centroids=8,
+    )  # fmt: skip
+    merged, _ = fit_members(config, data, RunFolder(tmp_path, "t"))
+    assert [len(b) for b in _batches(first.train, 64, random.Random(0))] == [64, 51]  # 115 groups, not 192
+    single_config = config.model_copy(update={"residual_members": 1})
+    rng = seed_everything(member_seed(config.seed, 0))  # the first member is a single map on its share
+    alone = build_head(single_config, data.class_vectors)
+    fit(alone, first, single_config, rng, RunFolder(tmp_path, "alone"))
+    torch.testing.assert_close(merged.residual.members[0][0].weight, alone.residual[0].weight)
+    # the gate fits on every training image, so both members (and the merged head) share it
+    whole = build_head(config.model_copy(update={"residual_members": 1}), data.class_vectors)
+    whole.fit_familiarity(data.train.pooled, seed=config.seed)
+    some = data.train.pooled[:8].float()
+    torch.testing.assert_close(merged.familiarity(some), whole.familiarity(some))
 
 
 def test_clip_config_refuses_members_with_what_cannot_be_averaged() -> None:
