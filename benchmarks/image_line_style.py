@@ -36,8 +36,9 @@ from PIL import Image, ImageDraw, ImageFont
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.image_tta import config_for as served_config  # noqa: E402
 from benchmarks.report import record_runs  # noqa: E402
-from training.config import ImageTrainConfig, load_yaml_config  # noqa: E402
+from training.config import ImageTrainConfig  # noqa: E402
 from training.data.images import IDENTITIES_FILE  # noqa: E402
 from training.image_training import train_image_encoder  # noqa: E402
 
@@ -110,16 +111,13 @@ def line_style_folder(source: Path, package: Path, out: Path) -> Path:
 
 
 def config_for(seed: int, data: Path | None) -> ImageTrainConfig:
-    base = load_yaml_config(ROOT / "training" / "configs" / "serve-image.yaml", ImageTrainConfig)
-    assert isinstance(base, ImageTrainConfig)
-    name = (
-        f"bench-image-line{seed}" if data is not None else f"bench-image-tta{seed}"
-    )  # the served row: image_tta's run
-    update = {"name": name, "seed": seed, "split_seed": seed, "export": None}
-    update |= {"fashion_mnist": ROOT / "data" / "fashion-mnist", "fashion_mnist_limit": 2000}
-    if data is not None:
-        update |= {"data": data, "train_styles": [*base.train_styles, STYLE]}
-    return base.model_copy(update=update)
+    """The served recipe on `seed`'s split (image_tta.py's run of it when `data` is None), or with
+    the line style in `data` as a third training style."""
+    served = served_config(seed)
+    if data is None:
+        return served
+    update = {"name": f"bench-image-line{seed}", "data": data, "train_styles": [*served.train_styles, STYLE]}
+    return served.model_copy(update=update)
 
 
 def run_seed(seed: int, data: Path) -> dict[str, dict[str, float]]:

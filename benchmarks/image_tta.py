@@ -34,8 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.inference.images import ImageLimits, open_image  # noqa: E402
+from benchmarks.image_wise import config_for as wise_config  # noqa: E402
 from benchmarks.report import record_runs  # noqa: E402
-from training.config import ImageTrainConfig, load_yaml_config  # noqa: E402
+from training.config import ImageTrainConfig  # noqa: E402
 from training.data.images import emoji_path, load_identities, load_idx_split, split_identities  # noqa: E402
 from training.eval.images import cross_style_recall, identity_map, precision_at_k  # noqa: E402
 from training.export.image import image_tower_section  # noqa: E402
@@ -48,11 +49,8 @@ SEEN, UNSEEN = ("google", "twitter"), "openmoji"
 
 
 def config_for(seed: int) -> ImageTrainConfig:
-    base = load_yaml_config(ROOT / "training" / "configs" / "serve-image.yaml", ImageTrainConfig)
-    assert isinstance(base, ImageTrainConfig)
-    update = {"name": f"bench-image-tta{seed}", "seed": seed, "split_seed": seed, "export": None}
-    update |= {"fashion_mnist": ROOT / "data" / "fashion-mnist", "fashion_mnist_limit": 2000}
-    return base.model_copy(update=update)
+    """The served recipe on `seed`'s split, as image_wise.py trains it, in a run folder of its own."""
+    return wise_config(seed).model_copy(update={"name": f"bench-image-tta{seed}"})
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
