@@ -630,6 +630,9 @@ class Collection:
             self.last_error = None
             return report
         except Exception as exc:
+            # Deleted while it built: the snapshot's reads may then fail on the removed files (SQLite
+            # says "disk I/O error"), which is that deletion, not a failed build.
+            self.store.check_open()
             self.last_error = f"{type(exc).__name__}: {exc}"
             raise
         finally:
