@@ -27,18 +27,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.inference.images import ImageLimits, open_image  # noqa: E402
-from benchmarks.image_tta import SEEN, UNSEEN, _scores, _unit, _vectors, config_for  # noqa: E402
+from benchmarks.image_tta import _scores, _vectors, config_for, evaluation_images, trained_encoder  # noqa: E402
 from training.config import ImageTrainConfig  # noqa: E402
-from training.data.images import emoji_path, load_identities, load_idx_split, split_identities  # noqa: E402
+from training.eval.clip import unit  # noqa: E402
 from training.export.image import image_tower_section  # noqa: E402
-from training.image_training import _activations, train_image_encoder  # noqa: E402
-from training.models.image import ImageEncoder  # noqa: E402
+from training.image_training import _activations  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 TUNING_SEED = 10
@@ -56,39 +53,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--members", type=int, default=3)
     args = parser.parse_args()
-    encoders = []
-    for member in range(args.members):
-        config = member_config(member)
-        folder = config.runs_dir / config.name / "model"
-        if not (folder / "image_encoder.pt").is_file():
-            train_image_encoder(config)
-        encoders.append(ImageEncoder.load(folder))
-    config = member_config(0)
-    _, test_ids = split_identities(load_identities(config.data), config.test_identities, config.split_seed)
-    limits = ImageLimits()
-    ids, views, images = [], [], []
-    for identity in test_ids:
-        for style in (*SEEN, UNSEEN):
-            if style in identity.styles:
-                ids.append(identity.unified)
-                views.append(style)
-                images.append(open_image(emoji_path(config.data, style, identity.unified).read_bytes(), limits))
-    assert config.fashion_mnist is not None and config.fashion_mnist_limit is not None
-    pixels, labels = load_idx_split(config.fashion_mnist, "t10k")
-    clothes = [Image.fromarray(p, "L") for p in pixels[: config.fashion_mnist_limit]]
-    labels = labels[: config.fashion_mnist_limit]
-    activations = _activations(encoders[0], images + clothes, image_tower_section(encoders[0]))  # frozen: shared
+    encoders = [trained_encoder(member_config(member)) for member in range(args.members)]
+    evaluation = evaluation_images(member_config(0))
+    activations = _activations(encoders[0], evaluation.images, image_tower_section(encoders[0]))  # frozen: shared
     vectors = [_vectors(encoder, activations) for encoder in encoders]
-    n = len(images)
+    n = evaluation.drawings
+
+    def scores(v: np.ndarray) -> dict[str, float]:
+        return _scores(v[:n], evaluation.ids, evaluation.views, (v[n:], evaluation.labels))
+
     rows = {}
     for k in range(1, args.members + 1):
         label = "one encoder (the served recipe)" if k == 1 else f"ensemble of {k}"
-        mean = _unit(np.mean(vectors[:k], axis=0))
-        rows[label] = _scores(mean[:n], ids, views, (mean[n:], labels))
+        rows[label] = scores(unit(np.mean(vectors[:k], axis=0)))
         print(label, json.dumps(rows[label]), flush=True)
     for member in range(1, args.members):
-        single = vectors[member]
-        rows[f"member {member} alone"] = _scores(single[:n], ids, views, (single[n:], labels))
+        rows[f"member {member} alone"] = scores(vectors[member])
     report = {"measured": time.strftime("%Y-%m-%d %H:%M"), "split_seed": TUNING_SEED, "rows": rows}
     (RESULTS / "image_ensemble.json").write_text(json.dumps(report, indent=2) + "\n")
     columns = list(next(iter(rows.values())))

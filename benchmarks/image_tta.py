@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,9 +39,10 @@ from benchmarks.image_wise import config_for as wise_config  # noqa: E402
 from benchmarks.report import record_runs  # noqa: E402
 from training.config import ImageTrainConfig  # noqa: E402
 from training.data.images import emoji_path, load_identities, load_idx_split, split_identities  # noqa: E402
-from training.eval.images import cross_style_recall, identity_map, precision_at_k  # noqa: E402
+from training.eval.clip import unit  # noqa: E402
+from training.eval.images import precision_at_k  # noqa: E402
 from training.export.image import image_tower_section  # noqa: E402
-from training.image_training import _activations, _raw_encoder, train_image_encoder  # noqa: E402
+from training.image_training import _activations, _embed, _raw_encoder, emoji_metrics, train_image_encoder  # noqa: E402
 from training.models.image import ImageEncoder  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -53,49 +55,45 @@ def config_for(seed: int) -> ImageTrainConfig:
     return wise_config(seed).model_copy(update={"name": f"bench-image-tta{seed}"})
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
 def _vectors(encoder: ImageEncoder, activations: torch.Tensor) -> np.ndarray:
-    with torch.inference_mode():
-        parts = [
-            encoder.from_activations(activations[i : i + 512].float()).numpy() for i in range(0, len(activations), 512)
-        ]
-    return _unit(np.concatenate(parts))
+    return unit(_embed(encoder, activations))
 
 
 def _scores(vectors: np.ndarray, ids: list[str], views: list[str], fmnist: tuple[np.ndarray, np.ndarray]) -> dict:
-    row = {(i, v): n for n, (i, v) in enumerate(zip(ids, views, strict=True))}
-    styles = [*SEEN, UNSEEN]
-    out: dict[str, float] = {}
-    unseen = []
-    for a in styles:
-        for b in styles:
-            if a == b:
-                continue
-            common = sorted({i for i, v in row if v == a} & {i for i, v in row if v == b})
-            r1 = cross_style_recall(vectors[[row[i, a] for i in common]], vectors[[row[i, b] for i in common]], ks=(1,))
-            if a in SEEN and b in SEEN:
-                out[f"{a}->{b} recall@1"] = round(r1["recall@1"], 4)
-            else:
-                unseen.append(r1["recall@1"])
-    out["unseen style recall@1"] = round(float(np.mean(unseen)), 4)
-    out["identity mAP"] = round(identity_map(vectors, np.asarray(ids)), 4)
+    """The seen pair's R@1 both ways, the mean R@1 of the pairs with the unseen style, identity mAP
+    (training's emoji metrics, keyed as this report has them) and Fashion-MNIST P@10."""
+    metrics = emoji_metrics(vectors, ids, views, [*SEEN, UNSEEN], list(SEEN))
+    out = {f"{a}->{b} recall@1": metrics[f"{a}->{b} recall@1"] for a, b in (SEEN, SEEN[::-1])}
+    out["unseen style recall@1"] = metrics["held_out_style recall@1 (mean)"]
+    out["identity mAP"] = metrics["identity mAP"]
     out["fashion_mnist precision@10"] = round(precision_at_k(fmnist[0], fmnist[1]), 4)
     return out
 
 
-def run_seed(seed: int) -> dict[str, dict[str, float]]:
-    config = config_for(seed)
+def trained_encoder(config: ImageTrainConfig) -> ImageEncoder:
+    """The run's trained encoder, trained first when its run folder has none."""
     folder = config.runs_dir / config.name / "model"
     if not (folder / "image_encoder.pt").is_file():
         train_image_encoder(config)
-    trained = ImageEncoder.load(folder)
-    raw = _raw_encoder(config)
-    tower = image_tower_section(trained)
-    identities = load_identities(config.data)
-    _, test_ids = split_identities(identities, config.test_identities, config.split_seed)
+    return ImageEncoder.load(folder)
+
+
+@dataclass
+class EvaluationImages:
+    """The split's held-out codepoints in the seen and unseen styles, then Fashion-MNIST test images."""
+
+    ids: list[str]  # identity of each drawing
+    views: list[str]  # its style
+    images: list[Image.Image]  # the drawings, then the clothes
+    labels: np.ndarray  # the clothes' classes
+
+    @property
+    def drawings(self) -> int:
+        return len(self.ids)
+
+
+def evaluation_images(config: ImageTrainConfig) -> EvaluationImages:
+    _, test_ids = split_identities(load_identities(config.data), config.test_identities, config.split_seed)
     limits = ImageLimits()
     ids, views, images = [], [], []
     for identity in test_ids:
@@ -106,16 +104,24 @@ def run_seed(seed: int) -> dict[str, dict[str, float]]:
                 images.append(open_image(emoji_path(config.data, style, identity.unified).read_bytes(), limits))
     assert config.fashion_mnist is not None
     pixels, labels = load_idx_split(config.fashion_mnist, "t10k")
-    clothes = [Image.fromarray(p, "L") for p in pixels[: config.fashion_mnist_limit]]
-    labels = labels[: config.fashion_mnist_limit]
-    plain = _activations(trained, images + clothes, tower)
-    mirrored = _activations(trained, [ImageOps.mirror(im) for im in images + clothes], tower)
-    n = len(images)
+    images += [Image.fromarray(p, "L") for p in pixels[: config.fashion_mnist_limit]]
+    return EvaluationImages(ids, views, images, labels[: config.fashion_mnist_limit])
+
+
+def run_seed(seed: int) -> dict[str, dict[str, float]]:
+    config = config_for(seed)
+    trained = trained_encoder(config)
+    raw = _raw_encoder(config)
+    tower = image_tower_section(trained)
+    evaluation = evaluation_images(config)
+    plain = _activations(trained, evaluation.images, tower)
+    mirrored = _activations(trained, [ImageOps.mirror(im) for im in evaluation.images], tower)
+    n = evaluation.drawings
     rows = {}
     for name, encoder in (("raw tower", raw), ("trained", trained)):
         a, b = _vectors(encoder, plain), _vectors(encoder, mirrored)
-        for label, vectors in ((name, a), (f"{name}, mirror-averaged", _unit(a + b))):
-            rows[label] = _scores(vectors[:n], ids, views, (vectors[n:], labels))
+        for label, vectors in ((name, a), (f"{name}, mirror-averaged", unit(a + b))):
+            rows[label] = _scores(vectors[:n], evaluation.ids, evaluation.views, (vectors[n:], evaluation.labels))
             print(label, json.dumps(rows[label]), flush=True)
     return rows
 

@@ -164,10 +164,18 @@ def _embed(encoder: ImageEncoder, activations: torch.Tensor) -> np.ndarray:
 
 
 def evaluate_emoji(encoder: ImageEncoder, test: ImageSet, styles: list[str], train_styles: list[str]) -> dict:
-    """Cross-style Recall@1/@10 per ordered style pair (on identities having both), their means (all
-    pairs; pairs with a style never trained on), and identity mAP over every test image."""
+    """`emoji_metrics` of the encoder's vectors of the test images."""
     vectors = _embed(encoder.eval(), test.activations)
-    row = {(i, v): n for n, (i, v) in enumerate(zip(test.identities, test.views, strict=True))}
+    return emoji_metrics(vectors, test.identities, test.views, styles, train_styles)
+
+
+def emoji_metrics(
+    vectors: np.ndarray, identities: list[str], views: list[str], styles: list[str], train_styles: list[str]
+) -> dict:
+    """Cross-style Recall@1/@10 per ordered style pair (on identities having both), their means (all
+    pairs; pairs with a style never trained on), and identity mAP over every row (one row per
+    (identity, view) of `vectors`)."""
+    row = {(i, v): n for n, (i, v) in enumerate(zip(identities, views, strict=True))}
     metrics: dict[str, float] = {}
     held_out: list[float] = []
     all_pairs: list[float] = []
@@ -185,7 +193,7 @@ def evaluate_emoji(encoder: ImageEncoder, test: ImageSet, styles: list[str], tra
     metrics["cross_style recall@1 (mean)"] = round(float(np.mean(all_pairs)), 4)
     if held_out:
         metrics["held_out_style recall@1 (mean)"] = round(float(np.mean(held_out)), 4)
-    metrics["identity mAP"] = round(identity_map(vectors, np.asarray(test.identities)), 4)
+    metrics["identity mAP"] = round(identity_map(vectors, np.asarray(identities)), 4)
     return metrics
 
 
