@@ -122,6 +122,10 @@ class Settings(BaseSettings):
     api_keys: str = ""
     allow_unauthenticated: bool = False
     metrics_public: bool = False  # with keys set: /metrics without a key (for a scraper on a private network)
+    # FastAPI's native OpenTelemetry (a span and duration metrics per request), exported
+    # wherever the process's OpenTelemetry providers send them. Off: it costs ~5-9 us a request even
+    # with no provider configured, and our metrics are Prometheus.
+    opentelemetry: bool = False
     # Requests per second per key (per client address without keys), bursts of rate_limit_burst; 0 = off.
     rate_limit_per_s: float = Field(0.0, ge=0)
     rate_limit_burst: int = Field(20, ge=1)
