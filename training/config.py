@@ -312,6 +312,16 @@ class ImageExportConfig(Strict):
     models_dir: Path = Path("models")
 
 
+class FeatureStyleConfig(Strict):
+    """Style perturbation of the activations the trainable stages read, in training only
+    (training/feature_style.py): `mixstyle` mixes two examples' channel statistics, `dsu` adds
+    noise to them; each example is perturbed with probability `p`."""
+
+    kind: Literal["mixstyle", "dsu"] = "mixstyle"
+    p: float = Field(0.5, ge=0, le=1)
+    alpha: float = Field(0.1, gt=0)  # mixstyle's Beta(alpha, alpha)
+
+
 class ImageTrainConfig(Strict):
     """Image-to-image contrastive training (`python -m training train-image`): InfoNCE between views of
     one identity (emoji art styles of one codepoint; augmented copies for single-view data), on a
@@ -334,6 +344,7 @@ class ImageTrainConfig(Strict):
     max_identities: int | None = Field(None, ge=20)  # a subset (quick runs, tests); None = all
     split_seed: int = 0
     augment_views: int = Field(0, ge=0, le=8)  # augmented copies of each training image, extra positives
+    feature_style: FeatureStyleConfig | None = None  # None: no perturbation of the cached activations
     loss: LossConfig = LossConfig(name="infonce", temperature=0.05, symmetric=True)
     batch_size: int = Field(256, ge=2)
     epochs: int = Field(20, ge=1)

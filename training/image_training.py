@@ -32,6 +32,7 @@ from training.data.images import (
 from training.distributed import Workers, gather_segments, setup_workers, shard_rows, shutdown, sum_gradients
 from training.eval.images import cross_style_recall, identity_map, precision_at_k
 from training.export.image import image_tower_section
+from training.feature_style import perturb_style
 from training.features import cached, onnx_outputs
 from training.losses.layouts import BatchLayout
 from training.losses.registry import build_embedding_loss
@@ -300,7 +301,10 @@ def _fit(
 
     def embed(rows: list[int]) -> torch.Tensor:  # (len(rows), dim); this rank computes its share
         mine = shard_rows(rows, [1], len(rows), workers)
-        local = encoder.from_activations(train_set.activations[mine].float())  # frozen activations in
+        activations = train_set.activations[mine].float()  # frozen activations in
+        if config.feature_style is not None:
+            activations = perturb_style(activations, config.feature_style)
+        local = encoder.from_activations(activations)
         return gather_segments(local, [1], len(rows), workers)
 
     step = 0
