@@ -36,11 +36,21 @@ def is_loopback(host: str) -> bool:
     return host == "localhost" or bool(_ip_is_loopback(host))
 
 
+# Client names that are not IP addresses yet are this machine's own: Starlette's in-process TestClient
+# calls itself "testclient".
+_LOCAL_NAMES = frozenset({"localhost", "testclient"})
+
+
 @functools.lru_cache(maxsize=4096)  # asked on every request; a caller's address repeats
 def is_remote_caller(host: str | None) -> bool:
-    """A caller on another machine: its address is an IP that is not loopback. No address (a Unix
-    socket) or a name that is not an IP (an in-process test transport) is this machine's own."""
-    return bool(host) and _ip_is_loopback(host) is False
+    """A caller on another machine, as far as the server can tell: an IP that is not loopback, or a
+    name that is not an IP at all (fail closed: behind a proxy whose forwarded header uvicorn trusts,
+    the "address" may be an obfuscated identifier such as RFC 7239's `_hidden`), except the local
+    names above. No address (a Unix socket) is this machine's own."""
+    if not host:
+        return False
+    loopback = _ip_is_loopback(host)
+    return host not in _LOCAL_NAMES if loopback is None else not loopback
 
 
 @dataclass(frozen=True)

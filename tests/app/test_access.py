@@ -202,17 +202,22 @@ def test_serve_refuses_an_open_non_loopback_bind_and_bad_settings_in_one_line() 
         ("127.8.0.1", False),
         ("::1", False),
         ("::ffff:127.0.0.1", False),  # a dual-stack socket's form of 127.0.0.1
-        ("testclient", False),  # not an address: an in-process transport
+        ("testclient", False),  # not an address: Starlette's in-process transport
+        ("localhost", False),
+        ("_hidden", True),  # an obfuscated identifier a proxy may forward (RFC 7239): fail closed
+        ("unknown", True),
+        ("gateway.internal", True),
         ("", False),  # a Unix socket has none
+        (None, False),
     ],
 )
-def test_which_callers_are_on_another_machine(host: str, remote: bool) -> None:
+def test_which_callers_are_on_another_machine(host: str | None, remote: bool) -> None:
     assert is_remote_caller(host) is remote
 
 
 def test_without_keys_callers_on_other_machines_get_403_however_the_app_was_started(client: TestClient) -> None:
     # the session app: no keys and not allowed open, as `uvicorn app.main:app --host 0.0.0.0` would run it
-    for host in ("203.0.113.7", "2001:db8::1", "::ffff:10.1.2.3"):
+    for host in ("203.0.113.7", "2001:db8::1", "::ffff:10.1.2.3", "_hidden"):
         # routes that need no batcher: these clients' requests run outside the app's event loop
         remote = TestClient(client.app, client=(host, 50000))
         refused = remote.get("/v1/models")
