@@ -36,21 +36,17 @@ def is_loopback(host: str) -> bool:
     return host == "localhost" or bool(_ip_is_loopback(host))
 
 
-# Client names that are not IP addresses yet are this machine's own: Starlette's in-process TestClient
-# calls itself "testclient".
-_LOCAL_NAMES = frozenset({"localhost", "testclient"})
+# Starlette's in-process TestClient calls itself this: not an address, but this machine's own.
+_TEST_TRANSPORT = "testclient"
 
 
 @functools.lru_cache(maxsize=4096)  # asked on every request; a caller's address repeats
 def is_remote_caller(host: str | None) -> bool:
-    """A caller on another machine, as far as the server can tell: an IP that is not loopback, or a
-    name that is not an IP at all (fail closed: behind a proxy whose forwarded header uvicorn trusts,
-    the "address" may be an obfuscated identifier such as RFC 7239's `_hidden`), except the local
-    names above. No address (a Unix socket) is this machine's own."""
-    if not host:
-        return False
-    loopback = _ip_is_loopback(host)
-    return host not in _LOCAL_NAMES if loopback is None else not loopback
+    """A caller on another machine, as far as the server can tell: anything but a loopback address
+    (`is_loopback`), so a name that is not an IP counts as remote (fail closed: behind a proxy whose
+    forwarded header uvicorn trusts, the "address" may be an obfuscated identifier such as RFC
+    7239's `_hidden`). No address (a Unix socket) and the in-process test transport are local."""
+    return bool(host) and host != _TEST_TRANSPORT and not is_loopback(host)
 
 
 @dataclass(frozen=True)
