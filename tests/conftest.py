@@ -26,6 +26,16 @@ STS_DEV = SHARED_DATA / "stsbenchmark" / "sts-dev.csv"
 DEFAULT_MODEL_DIR = ROOT / "models" / "minilm-l6"
 
 
+class LocalClient(TestClient):
+    """Starlette's in-process client calling from 127.0.0.1, as a user's curl on this machine would.
+    Its own default caller name, "testclient", is not an address: a keyless server counts such names as
+    another machine and refuses them (app/core/auth.py `is_remote_caller`)."""
+
+    def __init__(self, app, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        kwargs.setdefault("client", ("127.0.0.1", 50000))
+        super().__init__(app, **kwargs)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def isolated_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Apps, CLIs and servers the tests start without naming a data dir keep their collections in a
@@ -108,7 +118,7 @@ def settings_for(models_dir: Path, **overrides: object) -> Settings:
 
 @pytest.fixture(scope="session")
 def client(default_models_dir: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(settings_for(default_models_dir))) as test_client:
+    with LocalClient(create_app(settings_for(default_models_dir))) as test_client:
         yield test_client
 
 

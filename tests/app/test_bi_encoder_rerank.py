@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from app.core.manifest import BiEncoderSpec, Manifest, ModelKind
 from app.inference.registry import BiEncoderScorer, TextEncoder
 from app.main import create_app
-from tests.conftest import make_bi_encoder_copy, make_tiny_sentence_transformer, settings_for
+from tests.conftest import LocalClient, make_bi_encoder_copy, make_tiny_sentence_transformer, settings_for
 
 QUERY = "How do wings produce lift?"
 DOCS = [
@@ -39,7 +39,7 @@ def models(default_models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
 @pytest.fixture(scope="module")
 def client(models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     settings = settings_for(models, data_dir=tmp_path_factory.mktemp("data"), max_inputs_per_request=16)
-    with TestClient(create_app(settings)) as test_client:
+    with LocalClient(create_app(settings)) as test_client:
         yield test_client
 
 
@@ -107,7 +107,7 @@ def test_bad_rerank_requests(client: TestClient, body: dict, status: int) -> Non
 
 def test_the_default_reranker_setting_wins(models: Path, tmp_path: Path) -> None:
     settings = settings_for(models, data_dir=tmp_path, default_reranker="nope")
-    with TestClient(create_app(settings)) as client:
+    with LocalClient(create_app(settings)) as client:
         response = client.post("/v1/rerank", json={"query": QUERY, "documents": DOCS})
         assert response.status_code == 404 and "nope" in response.json()["error"]["message"]
 
@@ -136,7 +136,7 @@ def test_the_exporter_writes_a_bi_encoder_folder(tmp_path: Path, sts_sentences: 
     assert manifest.parity and all(p.servable for p in manifest.parity if p.precision.value == "fp32")
     saved = json.loads((tmp_path / "models" / "tiny-rerank" / "manifest.json").read_text())
     assert saved["kind"] == "bi-encoder" and saved["bi_encoder"]["first_stage_weight"] == 0.5
-    with TestClient(create_app(settings_for(tmp_path / "models", data_dir=tmp_path / "data"))) as client:
+    with LocalClient(create_app(settings_for(tmp_path / "models", data_dir=tmp_path / "data"))) as client:
         response = client.post("/v1/rerank", json={"query": QUERY, "documents": DOCS})
         assert response.status_code == 200 and response.json()["model"] == "tiny-rerank"
     with pytest.raises(ValueError, match="no `bi_encoder` section"):

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from app.core.manifest import Manifest, ModelKind  # noqa: E402
 from app.main import create_app  # noqa: E402
 from tests.app.test_rerank_api import DOCS, QUERY  # noqa: E402
-from tests.conftest import make_tiny_llama, settings_for  # noqa: E402
+from tests.conftest import LocalClient, make_tiny_llama, settings_for  # noqa: E402
 from training.export.blockrank import export_blockrank  # noqa: E402
 from training.models.blockrank import load_blockrank  # noqa: E402
 
@@ -44,7 +44,7 @@ def blockrank_models(tmp_path_factory: pytest.TempPathFactory, default_models_di
 @pytest.fixture(scope="module")
 def client(blockrank_models: dict, tmp_path_factory: pytest.TempPathFactory) -> TestClient:
     settings = settings_for(blockrank_models["dir"], data_dir=tmp_path_factory.mktemp("data"))
-    with TestClient(create_app(settings)) as test_client:
+    with LocalClient(create_app(settings)) as test_client:
         yield test_client
 
 
@@ -149,7 +149,7 @@ def test_without_torch_a_blockrank_folder_is_skipped_not_fatal(
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
-    with TestClient(create_app(settings_for(blockrank_models["dir"], data_dir=tmp_path))) as c:
+    with LocalClient(create_app(settings_for(blockrank_models["dir"], data_dir=tmp_path))) as c:
         ready = c.get("/ready")
         assert ready.status_code == 200 and "torch" in ready.json()["skipped"]["br-encoder"]
         response = c.post("/v1/rerank", json={"model": "br-encoder", "query": QUERY, "documents": DOCS})

@@ -17,7 +17,7 @@ from PIL import Image
 
 from app.main import create_app
 from app.search.builder import BuildOptions, build_index
-from tests.conftest import COCO_PHOTOS, settings_for
+from tests.conftest import COCO_PHOTOS, LocalClient, settings_for
 
 MODEL = "clip-conse"
 
@@ -43,7 +43,7 @@ def clip_client(clip_models_dir: Path, tmp_path_factory: pytest.TempPathFactory)
     settings = settings_for(
         clip_models_dir, data_dir=tmp_path_factory.mktemp("clip-data"), max_images_per_request=8, max_classify_labels=50
     )
-    with TestClient(create_app(settings)) as client:
+    with LocalClient(create_app(settings)) as client:
         yield client
 
 
@@ -164,7 +164,7 @@ def test_the_builder_embeds_image_folders_and_text_files_with_a_clip_model(
     texts.write_text(json.dumps({"id": "t1", "text": "a cat on a sofa"}) + "\n")
     assert build_index(settings, MODEL, images, "gallery", BuildOptions())["size"] == 2
     assert build_index(settings, MODEL, texts, "gallery", BuildOptions())["size"] == 3
-    with TestClient(create_app(settings)) as client:
+    with LocalClient(create_app(settings)) as client:
         response = client.post("/indexes/gallery/search", json={"query": "a cat", "modality": "image", "top_k": 5})
         hits = response.json()["hits"]
         assert next(h["id"] for h in hits) == "cat.jpg" and len(hits) == 2

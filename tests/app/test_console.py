@@ -16,12 +16,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fastapi.testclient import TestClient
 from playwright.sync_api import expect
 
 from app.api.routes.console import STATIC_DIR
 from app.main import create_app
-from tests.conftest import COCO_PHOTOS, ROOT, SHARED_DATA, live_server, settings_for
+from tests.conftest import COCO_PHOTOS, ROOT, SHARED_DATA, LocalClient, live_server, settings_for
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ADMIN = "console-admin-key-0123456789"
@@ -39,7 +38,7 @@ def test_console_assets_are_small_local_and_open_without_a_key(default_models_di
     for page in STATIC_DIR.glob("*.html"):
         assert not re.search(r"""(src|href)="(https?:)?//""", page.read_text())  # nothing from another host
     settings = settings_for(default_models_dir, data_dir=tmp_path, api_keys=f"admin={ADMIN}")
-    with TestClient(create_app(settings)) as client:
+    with LocalClient(create_app(settings)) as client:
         root = client.get("/", follow_redirects=False)
         assert root.status_code == 307 and root.headers["location"] == "/ui/"
         page = client.get("/ui")

@@ -9,6 +9,7 @@ from fastapi.testclient import TestClient
 from app.api.errors import install_error_handlers
 from app.core import errors
 from app.core.errors import HTTP_ERRORS, TesseraError, http_mapping
+from tests.conftest import LocalClient
 
 EXPECTED_STATUS = {
     errors.InvalidRequest: 422,
@@ -68,7 +69,7 @@ def client() -> TestClient:
         cls = next(c for c in _all_errors() if c.__name__ == name)
         raise _make(cls)
 
-    return TestClient(app)
+    return LocalClient(app)
 
 
 def test_every_error_in_app_core_has_an_expected_status() -> None:

@@ -16,14 +16,14 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.search.collection import CollectionConfig
 from app.search.store import Document
-from tests.conftest import live_server, settings_for, wait_for_build
+from tests.conftest import LocalClient, live_server, settings_for, wait_for_build
 
 DIM = 384
 
 
 @pytest.fixture
 def client(default_models_dir: Path, tmp_path: Path) -> TestClient:
-    with TestClient(create_app(settings_for(default_models_dir, data_dir=tmp_path))) as test_client:
+    with LocalClient(create_app(settings_for(default_models_dir, data_dir=tmp_path))) as test_client:
         yield test_client
 
 
@@ -87,7 +87,7 @@ def test_optimize_with_too_little_data_to_train_is_refused_up_front(client: Test
 
 def test_a_collection_that_cannot_be_opened_does_not_stop_start_up(default_models_dir: Path, tmp_path: Path) -> None:
     settings = settings_for(default_models_dir, data_dir=tmp_path)
-    with TestClient(create_app(settings)) as c:
+    with LocalClient(create_app(settings)) as c:
         c.post("/indexes", json={"name": "good"})
         c.put("/indexes/good/documents", json={"documents": [{"id": "g", "vector": _vec(1)}]})
         c.post("/indexes", json={"name": "poisoned"})
@@ -99,7 +99,7 @@ def test_a_collection_that_cannot_be_opened_does_not_stop_start_up(default_model
     config.save(folder)
     for stale in folder.glob("index*"):
         stale.unlink()  # no snapshot: the index would be rebuilt with the bad spec
-    with TestClient(create_app(settings)) as c:
+    with LocalClient(create_app(settings)) as c:
         ready = c.get("/ready").json()
         assert ready["status"] == "ready" and "poisoned" in ready["collections_failed"]
         listing = c.get("/indexes").json()

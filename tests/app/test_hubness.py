@@ -16,7 +16,7 @@ from app.inference.hubness import HubCorrection, neighbourhood_similarity
 from app.inference.text_model import TextModel
 from app.main import create_app
 from tests.app.test_clip_api import b64, cat_photo, photo
-from tests.conftest import settings_for
+from tests.conftest import LocalClient, settings_for
 
 QUERY = "a photo of a cat"
 BANK_FILE = "hubness_bank.npy"
@@ -89,7 +89,7 @@ def hub_client(
     # served query vector to be that vector (an int8 variant, which `auto` serves where it is the
     # fastest, moves scores by up to ~1e-2)
     settings = settings_for(models, data_dir=tmp_path_factory.mktemp("hub-data"), precision="fp32")
-    with TestClient(create_app(settings)) as client:
+    with LocalClient(create_app(settings)) as client:
         created = client.post("/indexes", json={"name": "gallery", "model": "clip-hub"})
         assert created.status_code in (200, 201), created.text
         documents = [

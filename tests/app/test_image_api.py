@@ -15,7 +15,7 @@ from PIL import Image
 
 from app.main import create_app
 from tests.app.test_images import encode, gradient, png_header_only
-from tests.conftest import COCO_PHOTOS, settings_for
+from tests.conftest import COCO_PHOTOS, LocalClient, settings_for
 
 MODEL = "mobilenet-v2"
 
@@ -28,7 +28,7 @@ def image_client(image_models_dir: Path, tmp_path_factory: pytest.TempPathFactor
         max_images_per_request=8,
         max_image_pixels=30_000_000,
     )
-    with TestClient(create_app(settings)) as client:
+    with LocalClient(create_app(settings)) as client:
         yield client
 
 

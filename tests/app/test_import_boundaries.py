@@ -34,7 +34,7 @@ import sys
 from fastapi.testclient import TestClient
 from app.core.config import Settings
 from app.main import create_app
-with TestClient(create_app(Settings(models_dir={str(default_models_dir)!r}))) as c:
+with TestClient(create_app(Settings(models_dir={str(default_models_dir)!r})), client=('127.0.0.1', 50000)) as c:
     assert c.post("/v1/embeddings", json={{"input": "hello"}}).status_code == 200
 bad = sorted(m for m in sys.modules if m.split(".")[0] in {sorted(FORBIDDEN)!r})
 print(bad)

@@ -16,7 +16,7 @@ from app.api.deps import Services, ServicesDep, get_services
 from app.api.json_route import DirectCall, DirectCallMiddleware, FastJSONRequest, FastJSONRoute
 from app.api.routes import classify, embeddings, indexes
 from app.main import create_app
-from tests.conftest import settings_for
+from tests.conftest import LocalClient, settings_for
 
 # Bodies both parsers read, including the corners where parsers differ: big integers, NaN and
 # Infinity (the schemas refuse them later, with a message), duplicate keys, escapes, -0.0, 1e400.
@@ -73,7 +73,7 @@ def test_bodies_refused_raise_what_the_standard_library_raises(body: bytes) -> N
 @pytest.fixture(scope="module")
 def client(default_models_dir, tmp_path_factory) -> Iterator[TestClient]:
     settings = settings_for(default_models_dir, data_dir=tmp_path_factory.mktemp("data"))
-    with TestClient(create_app(settings)) as test_client:
+    with LocalClient(create_app(settings)) as test_client:
         yield test_client
 
 
@@ -192,10 +192,10 @@ def test_a_dependency_added_where_a_router_is_included_is_never_skipped(handler_
     checked.include_router(_echo_router(), dependencies=[Depends(audit)])
     for app in (plain, checked):
         app.state.settings, app.state.registry, app.state.collections, app.state.image_fetcher = "s", None, None, None
-    with TestClient(plain) as http:
+    with LocalClient(plain) as http:
         assert http.post("/echo/a", json={"text": "hi"}).text == "a:hi:s"
     assert handler_calls == [] and audited == []  # the direct call
-    with TestClient(checked) as http:
+    with LocalClient(checked) as http:
         assert http.post("/echo/b", json={"text": "hi"}).text == "b:hi:s"
     assert handler_calls == ["/echo/b"] and audited == ["/echo/b"]
 
@@ -247,7 +247,7 @@ def routed(monkeypatch: pytest.MonkeyPatch, default_models_dir, tmp_path) -> Ite
 
     monkeypatch.setattr(fastapi.routing.APIRouter, "app", counting)  # before the app binds it
     app = create_app(settings_for(default_models_dir, data_dir=tmp_path / "data"))
-    with TestClient(app, raise_server_exceptions=False) as test_client:
+    with LocalClient(app, raise_server_exceptions=False) as test_client:
         test_client.post("/indexes", json={"name": "learned", "model": "minilm-l6"}).raise_for_status()
         docs = [{"id": "a", "text": "wing flutter"}, {"id": "b", "text": "boundary layer"}]
         test_client.put("/indexes/learned/documents", json={"documents": docs}).raise_for_status()

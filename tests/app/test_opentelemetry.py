@@ -9,12 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi.testclient import TestClient
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanKind
 
 from app.main import create_app
-from tests.conftest import settings_for
+from tests.conftest import LocalClient, settings_for
 
 
 class _RecordingTracer(trace.Tracer):
@@ -57,7 +56,7 @@ def _server_spans(provider: _RecordingProvider) -> list[tuple[str, str]]:
 
 
 def test_requests_are_not_traced_by_default(default_models_dir: Path, provider: _RecordingProvider) -> None:
-    with TestClient(create_app(settings_for(default_models_dir))) as client:
+    with LocalClient(create_app(settings_for(default_models_dir))) as client:
         assert client.post("/v1/embeddings", json={"input": "a wing"}).status_code == 200
     assert provider.spans == []
 
@@ -65,7 +64,7 @@ def test_requests_are_not_traced_by_default(default_models_dir: Path, provider: 
 def test_the_setting_traces_each_request_but_not_probes_or_scrapes(
     default_models_dir: Path, provider: _RecordingProvider
 ) -> None:
-    with TestClient(create_app(settings_for(default_models_dir, opentelemetry=True))) as client:
+    with LocalClient(create_app(settings_for(default_models_dir, opentelemetry=True))) as client:
         assert client.post("/v1/embeddings", json={"input": "a wing"}).status_code == 200  # a direct-call path
         assert client.get("/v1/models").status_code == 200
         assert client.post("/v1/embeddings", json={"input": []}).status_code == 422  # errors are traced too

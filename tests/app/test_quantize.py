@@ -9,6 +9,7 @@ from fastapi.testclient import TestClient
 
 from app.core.errors import InvalidRequest
 from app.inference.quantize import quantize
+from tests.conftest import LocalClient
 
 RANGES = [[-1.0, 0.0, 0.5, 0.2], [1.0, 2.0, 0.5, 0.4]]  # the third dimension is constant
 
@@ -102,7 +103,7 @@ def test_model_without_ranges_gets_an_actionable_422(tiny_models_dir, tmp_path) 
     manifest = Manifest.load(folder)
     manifest.quantization = None  # as a folder exported before calibration ranges
     manifest.save(folder)
-    with TestClient(create_app(settings_for(tmp_path / "models"))) as client:
+    with LocalClient(create_app(settings_for(tmp_path / "models"))) as client:
         body = {"input": "x", "model": "tiny"}
         response = client.post("/v1/embeddings", json={**body, "encoding_format": "int8"})
         assert response.status_code == 422 and "re-export" in response.json()["error"]["message"]

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from app.core.manifest import Manifest
 from app.inference.cross_encoder import CrossEncoderModel
 from app.main import create_app
-from tests.conftest import live_server, settings_for
+from tests.conftest import LocalClient, live_server, settings_for
 
 QUERY = "How do wings produce lift?"
 DOCS = [
@@ -26,7 +26,7 @@ DOCS = [
 @pytest.fixture(scope="module")
 def client(rerank_models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> TestClient:
     settings = settings_for(rerank_models_dir, data_dir=tmp_path_factory.mktemp("data"))
-    with TestClient(create_app(settings)) as test_client:
+    with LocalClient(create_app(settings)) as test_client:
         yield test_client
 
 

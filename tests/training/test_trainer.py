@@ -10,12 +10,11 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 import training.trainer as trainer_module
 from app.main import create_app
-from tests.conftest import STS_DEV, make_tiny_sentence_transformer, settings_for
+from tests.conftest import STS_DEV, LocalClient, make_tiny_sentence_transformer, settings_for
 from tests.training.conftest import MinedCorpus, tiny_train_config
 from training.cli import app as training_cli
 from training.config import ConfigError, load_config
@@ -89,7 +88,7 @@ def test_train_with_gradcache_and_matryoshka_exports_a_model_the_service_loads(
     )
     result = train(config, show_progress=False)
     assert result.export_dir == tmp_path / "models" / "tiny-ft"
-    with TestClient(create_app(settings_for(tmp_path / "models", default_model="tiny-ft"))) as client:
+    with LocalClient(create_app(settings_for(tmp_path / "models", default_model="tiny-ft"))) as client:
         model = client.get("/v1/models").json()["data"][0]
         assert model["id"] == "tiny-ft" and model["dim"] == 32
         assert model["eval_scores"]["cran-small/ndcg@10"] == pytest.approx(result.metrics["after"]["ndcg@10"], abs=1e-5)
@@ -235,7 +234,7 @@ def test_cross_encoder_trains_exports_and_serves(tmp_path: Path, tiny_model: Pat
     )
     metrics = train_cross_encoder(config, show_progress=False)
     assert metrics["steps"] == 3 and 0 <= metrics["reranked"]["ndcg@10"] <= 1
-    with TestClient(create_app(settings_for(tmp_path / "models", default_model="tiny-ce-ft"))) as client:
+    with LocalClient(create_app(settings_for(tmp_path / "models", default_model="tiny-ce-ft"))) as client:
         model = client.get("/v1/models").json()["data"][0]
         assert model["kind"] == "cross-encoder"
         assert model["eval_scores"]["cran-small/rerank-ndcg@10"] == pytest.approx(
@@ -354,7 +353,7 @@ def test_blockrank_trains_exports_and_serves(tmp_path: Path, tiny_model: Path, s
     manifest = json.loads((tmp_path / "models" / "br-tiny" / "manifest.json").read_text())
     assert manifest["kind"] == "blockrank" and "rerank-ndcg@10" in next(iter(manifest["eval_scores"]))
     settings = settings_for(tmp_path / "models", data_dir=tmp_path / "data", default_model="br-tiny")
-    with TestClient(create_app(settings)) as client:
+    with LocalClient(create_app(settings)) as client:
         body = {"model": "br-tiny", "query": "lift", "documents": ["wings and lift", "a cake"]}
         response = client.post("/v1/rerank", json=body)
     assert response.status_code == 200 and len(response.json()["results"]) == 2

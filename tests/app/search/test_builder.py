@@ -8,14 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from app.cli import cli
 from app.main import create_app
 from app.search.builder import BuildOptions, BuildProgress, InputError, build_index
 from app.search.manager import CollectionManager
-from tests.conftest import SHARED_DATA, make_another_version, settings_for
+from tests.conftest import SHARED_DATA, LocalClient, make_another_version, settings_for
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +60,7 @@ def test_jsonl_csv_and_parquet_build_an_index_the_server_searches(
     assert result["records"] == 96 and result["size"] == 96
     assert result["build"]["spec"] == "Flat" and result["build"]["recall_at_10"] == 1.0
 
-    with TestClient(create_app(settings)) as client:
+    with LocalClient(create_app(settings)) as client:
         assert client.get("/indexes/cran").json()["size"] == 96
         target = cranfield_records[70]  # from the Parquet file
         hits = client.post("/indexes/cran/search", json={"query": target["text"], "top_k": 1}).json()["hits"]
@@ -256,7 +255,7 @@ def test_an_index_embedded_by_another_model_version_is_never_mixed_into(
 
     # A server on the new version still searches it, and /ready says why its results may be off.
     for models, listed in ((second, True), (first, False)):
-        with TestClient(create_app(settings_for(models, data_dir=data))) as client:
+        with LocalClient(create_app(settings_for(models, data_dir=data))) as client:
             ready = client.get("/ready").json()
             assert ("docs" in ready["collections_stale"]) is listed
             assert client.get("/indexes/docs").json()["model_fingerprint"] == old

@@ -11,14 +11,13 @@ import threading
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from app.cli import cli
 from app.core.errors import CollectionLocked
 from app.main import create_app
 from app.search.builder import BuildOptions, BuildProgress, InputError, OnDuplicate, build_index
-from tests.conftest import ROOT, settings_for
+from tests.conftest import ROOT, LocalClient, settings_for
 
 TEXTS = [
     "Heat transfer in laminar boundary layers.",
@@ -84,7 +83,7 @@ def test_a_second_build_into_the_same_index_fails_at_once(default_models_dir: Pa
 def test_server_and_builder_refuse_each_others_collection(default_models_dir: Path, tmp_path: Path) -> None:
     settings = settings_for(default_models_dir, data_dir=tmp_path / "data")
     source = _jsonl(tmp_path / "a.jsonl", _records(24))
-    with TestClient(create_app(settings)) as client:  # the server holds what it has open
+    with LocalClient(create_app(settings)) as client:  # the server holds what it has open
         client.post("/indexes", json={"name": "served"})
         with pytest.raises(CollectionLocked, match="being written by a server"):
             build_index(settings, "minilm-l6", source, "served")
@@ -92,7 +91,7 @@ def test_server_and_builder_refuse_each_others_collection(default_models_dir: Pa
     thread, _ = _in_thread(build_index, settings, "minilm-l6", source, "built", BuildOptions(batch_size=8), gate)
     try:
         assert gate.first_commit.wait(120)
-        with TestClient(create_app(settings)) as client:  # started while the build holds "built"
+        with LocalClient(create_app(settings)) as client:  # started while the build holds "built"
             write = client.put("/indexes/built/documents", json={"documents": [{"id": "x", "text": "hello"}]})
             assert write.status_code == 409 and write.json()["error"]["code"] == "index_locked"
             assert client.post("/indexes/built/search", json={"query": "shock", "top_k": 1}).status_code == 200
@@ -111,7 +110,7 @@ def test_a_running_server_serves_what_a_build_creates_after_it_started(
     default_models_dir: Path, tmp_path: Path
 ) -> None:
     settings = settings_for(default_models_dir, data_dir=tmp_path / "data")
-    with TestClient(create_app(settings)) as client:
+    with LocalClient(create_app(settings)) as client:
         # built to the end while the server runs: listed, searched, written, deleted like its own
         build_index(settings, "minilm-l6", _jsonl(tmp_path / "a.jsonl", _records(12)), "after")
         assert [i["name"] for i in client.get("/indexes").json()["indexes"]] == ["after"]
@@ -190,7 +189,7 @@ def test_duplicates_follow_the_policy_and_are_counted(default_models_dir: Path, 
     last = build_index(settings, "minilm-l6", source, "last", BuildOptions(batch_size=3))
     first = build_index(settings, "minilm-l6", source, "first", BuildOptions(on_duplicate=OnDuplicate.FIRST))
     assert last["duplicates"] == first["duplicates"] == 1 and last["size"] == first["size"] == 6
-    with TestClient(create_app(settings)) as client:
+    with LocalClient(create_app(settings)) as client:
         assert client.get("/indexes/last/documents/r1").json()["metadata"] == {"n": 100}
         assert client.get("/indexes/first/documents/r1").json()["metadata"] == {"n": 1}
         assert client.get("/indexes/last").json()["index_vectors"] == 6  # nothing stale in the index
@@ -217,7 +216,7 @@ def test_skipped_files_are_listed_and_vectors_may_come_with_the_input(default_mo
     (folder / "notes.txt").write_text("not input")
     result = build_index(settings, "minilm-l6", folder, "mixed")
     assert result["size"] == 5 and result["files_skipped"] == [str(folder / "notes.txt")]
-    with TestClient(create_app(settings)) as client:
+    with LocalClient(create_app(settings)) as client:
         hits = client.post("/indexes/mixed/search", json={"vector": vector, "top_k": 1}).json()["hits"]
         assert hits[0]["id"] == "v1" and hits[0]["score"] == pytest.approx(1.0, abs=1e-5)
 
@@ -346,7 +345,7 @@ def test_fuzz_malformed_inputs_fail_cleanly_and_harm_nothing(
         get_settings.cache_clear()
     assert sorted(p.name for p in (data / "indexes").iterdir()) == ["keep"]
     assert sorted(p.name for p in (data / "indexes" / "keep").iterdir()) == before
-    with TestClient(create_app(settings)) as client:
+    with LocalClient(create_app(settings)) as client:
         assert client.get("/ready").json()["collections_failed"] == {}
         assert client.get("/indexes/keep").json()["size"] == 10
         hits = client.post("/indexes/keep/search", json={"query": TEXTS[1], "top_k": 1}).json()["hits"]

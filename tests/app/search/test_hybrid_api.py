@@ -5,7 +5,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from tests.conftest import settings_for
+from tests.conftest import LocalClient, settings_for
 
 DOCS = [
     ("d1", "The cat sat on the mat.", {"topic": "animals", "year": 2001}),
@@ -19,7 +19,7 @@ DOCS = [
 
 @pytest.fixture
 def client(default_models_dir, tmp_path) -> TestClient:
-    with TestClient(create_app(settings_for(default_models_dir, data_dir=tmp_path))) as test_client:
+    with LocalClient(create_app(settings_for(default_models_dir, data_dir=tmp_path))) as test_client:
         assert test_client.post("/indexes", json={"name": "docs"}).status_code == 201
         body = {"documents": [{"id": i, "text": t, "metadata": m} for i, t, m in DOCS]}
         assert test_client.put("/indexes/docs/documents", json=body).status_code == 200
@@ -65,7 +65,7 @@ def test_filters_apply_to_both_rankings(client: TestClient) -> None:
 
 
 def test_hybrid_with_rerank_fuses_with_dense_scores(rerank_models_dir, tmp_path) -> None:
-    with TestClient(create_app(settings_for(rerank_models_dir, data_dir=tmp_path))) as client:
+    with LocalClient(create_app(settings_for(rerank_models_dir, data_dir=tmp_path))) as client:
         client.post("/indexes", json={"name": "docs"})
         body = {"documents": [{"id": i, "text": t, "metadata": m} for i, t, m in DOCS]}
         client.put("/indexes/docs/documents", json=body)

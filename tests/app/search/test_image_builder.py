@@ -9,14 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from app.cli import cli
 from app.main import create_app
 from app.search.builder import BuildOptions, BuildProgress, InputError, OnBadImage, build_index
 from app.search.manager import CollectionManager
-from tests.conftest import COCO_PHOTOS, settings_for
+from tests.conftest import COCO_PHOTOS, LocalClient, settings_for
 
 MODEL = "mobilenet-v2"
 FP32 = {"backend": "onnxruntime", "precision": "fp32"}
@@ -60,7 +59,7 @@ def test_folder_of_images_builds_a_searchable_collection(image_models_dir: Path,
     assert doc.image == str((folder / "b" / first.name).resolve())
     assert doc.text == "photo number 0" and doc.metadata == {"n": 0}
     assert docs[f"a:{sorted(COCO_PHOTOS.glob('*.jpg'))[1].name}"].text is None
-    with TestClient(create_app(settings)) as client:
+    with LocalClient(create_app(settings)) as client:
         import base64
 
         query = base64.b64encode(first.read_bytes()).decode()

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.search import collection as collection_module
@@ -19,7 +18,7 @@ from app.search.manager import CollectionManager
 from app.search.store import Document
 from app.search.vector_index import COARSE_EF_SEARCH, SearchParams, VectorIndex
 from tests.app.search.test_optimize import DIM, clustered
-from tests.conftest import settings_for, wait_for_build
+from tests.conftest import LocalClient, settings_for, wait_for_build
 
 
 @pytest.fixture
@@ -129,7 +128,7 @@ def test_a_binary_index_searches_inline_and_rescores_from_the_store(tmp_path: Pa
 
 
 def test_a_search_waiting_on_a_writer_does_not_hold_up_other_requests(default_models_dir: Path, tmp_path: Path) -> None:
-    with TestClient(create_app(settings_for(default_models_dir, data_dir=tmp_path / "data"))) as client:
+    with LocalClient(create_app(settings_for(default_models_dir, data_dir=tmp_path / "data"))) as client:
         vectors = clustered(50, seed=6)
         docs = [{"id": f"v{i}", "vector": v.tolist()} for i, v in enumerate(vectors)]
         assert client.post("/indexes", json={"name": "busy", "model": "minilm-l6"}).status_code == 201
@@ -158,7 +157,7 @@ def test_inline_searches_racing_optimize_and_deletes_stay_correct(default_models
     swaps by optimize and a stream of deletes and re-adds: every answer a 200, every stable
     document found as its own nearest neighbour, and a deleted document never returned once its
     delete was acknowledged and before its re-add was sent."""
-    with TestClient(create_app(settings_for(default_models_dir, data_dir=tmp_path / "data"))) as client:
+    with LocalClient(create_app(settings_for(default_models_dir, data_dir=tmp_path / "data"))) as client:
         vectors = clustered(1200, seed=7)
         docs = [{"id": f"v{i}", "vector": v.tolist()} for i, v in enumerate(vectors)]
         assert client.post("/indexes", json={"name": "race", "model": "minilm-l6", "index": "Flat"}).status_code == 201

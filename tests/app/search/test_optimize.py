@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.search import index_choice
-from tests.conftest import settings_for, wait_for_build
+from tests.conftest import LocalClient, settings_for, wait_for_build
 
 DIM = 384
 
@@ -141,7 +141,7 @@ def test_optimize_measures_recall_tunes_and_survives_restart(
 ) -> None:
     vectors = clustered(4000)
     settings = settings_for(default_models_dir, data_dir=tmp_path)
-    with TestClient(create_app(settings)) as client:
+    with LocalClient(create_app(settings)) as client:
         assert client.post("/indexes", json={"name": "vec", "index": spec}).status_code == 201
         _upsert(client, "vec", vectors)
         assert client.post("/indexes/vec/optimize").status_code == 202
@@ -169,7 +169,7 @@ def test_optimize_measures_recall_tunes_and_survives_restart(
         assert ok.status_code == 200 and ok.json()["hits"][0]["id"] == "v3"
         assert client.post("/indexes/vec/search", json={"vector": vectors[3].tolist(), param: 10**6}).status_code == 422
 
-    with TestClient(create_app(settings)) as client:  # restart: snapshot + replayed deletes
+    with LocalClient(create_app(settings)) as client:  # restart: snapshot + replayed deletes
         info = client.get("/indexes/vec").json()
         assert info["size"] == info["index_vectors"] == 3600 and info["search_defaults"][param] == tuned
         assert info["search_defaults"]["rescore_depth"] == depth
@@ -183,7 +183,7 @@ def test_filtered_search_on_an_approximate_index_returns_the_exact_top_k(
     default_models_dir: Path, tmp_path: Path
 ) -> None:
     vectors = clustered(3000, seed=1)
-    with TestClient(create_app(settings_for(default_models_dir, data_dir=tmp_path))) as client:
+    with LocalClient(create_app(settings_for(default_models_dir, data_dir=tmp_path))) as client:
         assert client.post("/indexes", json={"name": "f", "index": "IVF32,Flat"}).status_code == 201
         docs = [{"id": f"v{i}", "vector": v.tolist(), "metadata": {"bucket": i % 97}} for i, v in enumerate(vectors)]
         for offset in range(0, len(docs), 500):
@@ -484,7 +484,7 @@ def test_a_collection_deleted_while_it_optimises_stays_deleted_and_logs_no_error
             raise sqlite3.OperationalError("disk I/O error")
         return build(self, *args, **kwargs)
 
-    with TestClient(create_app(settings_for(default_models_dir, data_dir=tmp_path))) as client:
+    with LocalClient(create_app(settings_for(default_models_dir, data_dir=tmp_path))) as client:
         client.post("/indexes", json={"name": "gone", "index": "IVF4,Flat"})
         docs = [{"id": str(i), "vector": v.tolist()} for i, v in enumerate(clustered(300))]
         client.put("/indexes/gone/documents", json={"documents": docs})

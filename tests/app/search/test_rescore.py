@@ -21,7 +21,7 @@ from app.main import create_app
 from app.search.builder import BuildOptions, InputError, build_index
 from app.search.manager import CollectionManager
 from tests.app.search.test_durability import _start_server
-from tests.conftest import _free_port, make_another_version, make_bi_encoder_copy, settings_for
+from tests.conftest import LocalClient, _free_port, make_another_version, make_bi_encoder_copy, settings_for
 
 QUERY = "How do wings produce lift?"
 TEXTS = [
@@ -46,7 +46,7 @@ def models(default_models_dir: Path, rerank_models_dir: Path, tmp_path_factory: 
 @pytest.fixture(scope="module")
 def client(models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     settings = settings_for(models, data_dir=tmp_path_factory.mktemp("data"), default_reranker="minilm-rerank")
-    with TestClient(create_app(settings)) as test_client:
+    with LocalClient(create_app(settings)) as test_client:
         yield test_client
 
 
@@ -134,13 +134,13 @@ def test_bad_rescore_specs(client: TestClient, rescore: dict, status: int, code:
 
 def test_a_missing_rescore_model_degrades_only_writes_and_rerank(models: Path, tmp_path: Path) -> None:
     data = tmp_path / "data"
-    with TestClient(create_app(settings_for(models, data_dir=data))) as client:
+    with LocalClient(create_app(settings_for(models, data_dir=data))) as client:
         _create(client, "wings")
         client.put("/indexes/wings/documents", json={"documents": [{"id": "a", "text": TEXTS[1]}]})
     without = tmp_path / "models"
     without.mkdir()
     (without / "minilm-l6").symlink_to(models / "minilm-l6")
-    with TestClient(create_app(settings_for(without, data_dir=data))) as client:
+    with LocalClient(create_app(settings_for(without, data_dir=data))) as client:
         ready = client.get("/ready")
         assert ready.status_code == 200
         assert "minilm-rerank" in ready.json()["collections_degraded"]["wings"]
@@ -173,7 +173,7 @@ def test_second_stage_vectors_of_another_model_version_are_never_mixed_into(mode
     with pytest.raises(InputError, match="second-stage vectors of another version of model 'minilm-rerank'"):
         build_index(settings_for(retrained, data_dir=data), "minilm-l6", source, "v")
 
-    with TestClient(create_app(settings_for(retrained, data_dir=data))) as client:
+    with LocalClient(create_app(settings_for(retrained, data_dir=data))) as client:
         reason = client.get("/ready").json()["collections_degraded"]["v"]
         assert f"fingerprint {old}; the model's is now {new}" in reason and "--replace-stale" in reason
         assert len(_search(client, "v")) == len(TEXTS)  # plain search works
@@ -184,7 +184,7 @@ def test_second_stage_vectors_of_another_model_version_are_never_mixed_into(mode
 
     options = BuildOptions(replace_stale=True)  # no --rescore: the rebuilt collection keeps its own
     build_index(settings_for(retrained, data_dir=data), "minilm-l6", source, "v", options)
-    with TestClient(create_app(settings_for(retrained, data_dir=data))) as client:
+    with LocalClient(create_app(settings_for(retrained, data_dir=data))) as client:
         assert client.get("/ready").json()["collections_degraded"] == {}
         assert client.get("/indexes/v").json()["rescore"]["fingerprint"] == new
         assert len(_search(client, "v", rerank={"candidates": 6})) == len(TEXTS)
@@ -268,7 +268,7 @@ def test_a_reranker_on_its_int8_query_variant_rescores_within_the_parity_bar(
         samples_per_s={"openvino-int8": 0.001},
     )
     settings = settings_for(models, data_dir=tmp_path / "data", default_reranker="minilm-rerank")
-    with TestClient(create_app(settings)) as client:
+    with LocalClient(create_app(settings)) as client:
         described = client.get("/v1/models/minilm-rerank").json()
         assert described["query_variant"] == "openvino-int8" and described["precision"] != "int8"
         assert client.get("/v1/models/minilm-l6").json()["query_variant"] is None  # embedding models: one variant

@@ -9,13 +9,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 
 from app.core.manifest import BiEncoderSpec, Manifest
 from app.inference.text_model import TextModel
 from app.main import create_app
 from tests.app.search.test_rescore import QUERY, TEXTS
-from tests.conftest import make_tiny_sentence_transformer, settings_for
+from tests.conftest import LocalClient, make_tiny_sentence_transformer, settings_for
 from training.export.text import export_query_tower, export_text_model
 from training.query_tower import LayerDropStudent
 
@@ -37,7 +36,7 @@ def models(default_models_dir: Path, tmp_path_factory: pytest.TempPathFactory, s
 
 
 def _rescored_scores(models: Path, tmp_path: Path, query: str = QUERY, **settings: object) -> dict[str, float]:
-    with TestClient(create_app(settings_for(models, data_dir=tmp_path / "data", **EXACT, **settings))) as client:
+    with LocalClient(create_app(settings_for(models, data_dir=tmp_path / "data", **EXACT, **settings))) as client:
         body = {"name": "wings", "model": "minilm-l6", "rescore": {"model": "tiny-rerank", "weight": 0.0}}
         assert client.post("/indexes", json=body).status_code == 201
         docs = [{"id": f"d{i}", "text": t} for i, t in enumerate(TEXTS)]
@@ -67,7 +66,7 @@ def test_stored_rescore_embeds_the_query_by_the_tower(models: Path, tmp_path: Pa
 
 def test_the_tower_is_described_and_rerank_keeps_the_reranker_graph(models: Path, tmp_path: Path) -> None:
     reranker = models / "tiny-rerank"
-    with TestClient(create_app(settings_for(models, data_dir=tmp_path, **EXACT))) as client:
+    with LocalClient(create_app(settings_for(models, data_dir=tmp_path, **EXACT))) as client:
         info = client.get("/v1/models/tiny-rerank").json()
         alignment = Manifest.load(reranker).bi_encoder.query_alignment
         assert info["towers"]["query"]["alignment"] == alignment and info["towers"]["query"]["backend"] == "onnxruntime"
@@ -98,12 +97,14 @@ def test_a_broken_query_tower_fails_the_reranker_with_its_reason(
         manifest["dim"] = 7
         del manifest["quantization"]  # a valid manifest of another size: the tower check refuses it
         (reranker / "query" / "manifest.json").write_text(json.dumps(manifest))
-    with TestClient(create_app(settings_for(folder, data_dir=tmp_path / "data"))) as client:
+    with LocalClient(create_app(settings_for(folder, data_dir=tmp_path / "data"))) as client:
         ready = client.get("/ready")
         assert ready.status_code == 503
         assert "query tower 'query' of 'tiny-rerank'" in json.dumps(ready.json())
         assert client.post("/v1/embeddings", json={"input": ["still served"]}).status_code == 200
-    with TestClient(create_app(settings_for(folder, data_dir=tmp_path / "data2", rescore_query_tower=False))) as client:
+    with LocalClient(
+        create_app(settings_for(folder, data_dir=tmp_path / "data2", rescore_query_tower=False))
+    ) as client:
         assert client.get("/ready").status_code == 200  # the tower off: the reranker serves without it
 
 
@@ -130,7 +131,7 @@ def test_a_query_longer_than_the_tower_takes_is_embedded_by_the_reranker(models:
     manifest = Manifest.load(reranker)
     manifest.bi_encoder = manifest.bi_encoder.model_copy(update={"query_tower_max_tokens": limit})
     manifest.save(reranker)
-    with TestClient(create_app(settings_for(folder, data_dir=tmp_path / "d0", **EXACT))) as client:
+    with LocalClient(create_app(settings_for(folder, data_dir=tmp_path / "d0", **EXACT))) as client:
         assert client.get("/v1/models/tiny-rerank").json()["towers"]["query"]["max_query_tokens"] == limit
     # QUERY has more tokens than `limit`: the reranker's own graph embeds it; `short` goes to the tower
     long_scores = _rescored_scores(folder, tmp_path / "d1")

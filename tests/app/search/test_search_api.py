@@ -5,7 +5,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from tests.conftest import settings_for
+from tests.conftest import LocalClient, settings_for
 
 DOCS = [
     ("d1", "The cat sat on the mat.", {"lang": "en", "year": 2001, "topic": "animals"}),
@@ -19,7 +19,7 @@ DOCS = [
 
 @pytest.fixture
 def client(default_models_dir, tmp_path) -> TestClient:
-    with TestClient(create_app(settings_for(default_models_dir, data_dir=tmp_path))) as test_client:
+    with LocalClient(create_app(settings_for(default_models_dir, data_dir=tmp_path))) as test_client:
         yield test_client
 
 
@@ -156,7 +156,7 @@ def test_an_empty_query_is_refused_with_a_plain_message(client: TestClient) -> N
 
 
 def test_read_only_replica_serves_the_writer_data_and_refuses_writes(default_models_dir, tmp_path) -> None:
-    with TestClient(create_app(settings_for(default_models_dir, data_dir=tmp_path))) as writer:
+    with LocalClient(create_app(settings_for(default_models_dir, data_dir=tmp_path))) as writer:
         _fill(writer)
         expected = writer.post("/indexes/docs/search", json={"query": "a cat", "top_k": 3}).json()["hits"]
     files = list(tmp_path.rglob("*"))
@@ -164,7 +164,7 @@ def test_read_only_replica_serves_the_writer_data_and_refuses_writes(default_mod
         path.chmod(0o555 if path.is_dir() else 0o444)
     try:
         replica_settings = settings_for(default_models_dir, data_dir=tmp_path, read_only=True)
-        with TestClient(create_app(replica_settings)) as replica:
+        with LocalClient(create_app(replica_settings)) as replica:
             got = replica.post("/indexes/docs/search", json={"query": "a cat", "top_k": 3}).json()["hits"]
             assert [h["id"] for h in got] == [h["id"] for h in expected]
             writes = [
