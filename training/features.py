@@ -1,6 +1,8 @@
 """Frozen-tower features, computed once: a module that never trains is exported to ONNX and run on
-ONNX Runtime (~4x PyTorch's CPU speed here, equal to ~1e-6) over a list of images, and the result
-is cached on disk under a key that names everything it depends on."""
+OpenVINO in fp32 over a list of images, and the result is cached on disk under a key that names
+everything it depends on. OpenVINO (one stream on every core) runs Lite0's frozen stages at ~220
+images/s here against ONNX Runtime's ~90 and PyTorch's ~25, equal to ~2e-6 relative (below the
+cache's float16), so `make image-model` and `make clip-model` spend a minute less each."""
 
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ ENCODE_BATCH = 64
 
 def onnx_outputs(module: nn.Module, images: list[Image.Image], tower: ImageTower) -> torch.Tensor:
     """`module`'s output for `images` (preprocessed as `tower` says), float16."""
-    import onnxruntime as ort
+    import openvino as ov
 
     with tempfile.TemporaryDirectory() as work:
         path = Path(work) / "frozen.onnx"
@@ -38,12 +40,17 @@ def onnx_outputs(module: nn.Module, images: list[Image.Image], tower: ImageTower
                 opset_version=17,
                 dynamo=False,
             )
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        core = ov.Core()
+        # fp32, not the CPU's bf16 default: features are training data. LATENCY: one stream, so a
+        # synchronous call uses every core (THROUGHPUT's streams would each get one).
+        compiled = core.compile_model(
+            core.read_model(str(path)), "CPU", {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+        )
         out = []
         for start in range(0, len(images), ENCODE_BATCH):
             pixels = np.stack([preprocess(im, tower) for im in images[start : start + ENCODE_BATCH]])
-            (features,) = session.run(None, {"pixels": pixels})
-            out.append(torch.from_numpy(features).to(torch.float16))
+            features = compiled(pixels)[0]
+            out.append(torch.from_numpy(np.array(features)).to(torch.float16))
     return torch.cat(out)
 
 
