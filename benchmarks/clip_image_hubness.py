@@ -1,0 +1,104 @@
+"""Image->image through the clip model with a hubness correction: a screen on split 0, rule first.
+
+Issue 14 asks the clip model's image->image (emoji, Google -> Twitter drawings of held-out
+codepoints, Recall@1) to be no worse than the image encoder's (0.841 on its 3 splits); the served
+head gets 0.730 on split 0 (`results/clip_image_parts.md`). Text->image already corrects hubs
+(CSLS, `clip_hubness.py`). Hubs exist among a gallery's images for image queries too: CSLS (Conneau
+et al., ICLR 2018) ranks gallery image g for query q by cos(q, g) - w r(g), r(g) g's mean cosine to
+its k = 10 nearest vectors in a bank. Here the bank is the split's own *training* images' clip
+vectors (clip art and both emoji styles; never the evaluation drawings), k 10 and w 0.5 as served for
+text. w 1.0 is shown beside it.
+
+**Rule, written before the run:** the correction goes on to splits 1-3 only if, on split 0, it lifts
+the served head's image->image Recall@1 by at least 0.03 at w 0.5 (w 1.0 is a diagnostic, not a
+choice). Short of that, image->image stays as served and this file is the record.
+
+Usage: .venv/bin/python benchmarks/clip_image_hubness.py  (needs `make clip-model image-data`).
+Writes benchmarks/results/clip_image_hubness.{json,md}.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from app.inference.hubness import neighbourhood_similarity  # noqa: E402
+from benchmarks.clip_image_parts import HEAD, SPLIT  # noqa: E402
+from benchmarks.clip_training import served_config  # noqa: E402
+from training.clip_training import prepare  # noqa: E402
+from training.models.clip import ClipImageEncoder  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+NEIGHBOURS = 10
+WEIGHTS = (0.5, 1.0)
+BAR = 0.03
+
+
+def unit(head: torch.nn.Module, pooled: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        return F.normalize(head(pooled.float()), dim=-1).numpy()
+
+
+def recall_at_1(scores: np.ndarray) -> float:
+    """Row i's own drawing is gallery column i (the held-out codepoints in the same order)."""
+    return round(float(np.mean(scores.argmax(axis=1) == np.arange(len(scores)))), 4)
+
+
+def main() -> None:
+    torch.set_num_threads(2)
+    started = time.monotonic()
+    data = prepare(served_config("image-hubness", SPLIT))
+    assert data.emoji_styles is not None
+    head = ClipImageEncoder.load(HEAD).head.eval()
+    queries, gallery = (unit(head, style) for style in data.emoji_styles)
+    bank = unit(head, data.train.pooled)
+    cosines = queries @ gallery.T
+    penalty = neighbourhood_similarity(bank, gallery, NEIGHBOURS)  # (gallery,)
+    rows = {"served (plain cosine)": recall_at_1(cosines)}
+    for weight in WEIGHTS:
+        rows[f"CSLS k {NEIGHBOURS}, weight {weight}, bank: training images"] = recall_at_1(
+            cosines - weight * penalty[None, :]
+        )
+    gain = rows[f"CSLS k {NEIGHBOURS}, weight 0.5, bank: training images"] - rows["served (plain cosine)"]
+    report = {
+        "split": SPLIT,
+        "codepoints": len(queries),
+        "bank": len(bank),
+        "emoji image->image recall@1": rows,
+        "gain at weight 0.5": round(gain, 4),
+        "passes (>= +0.03)": bool(gain >= BAR),
+        "minutes": round((time.monotonic() - started) / 60, 1),
+        "measured": time.strftime("%Y-%m-%d %H:%M"),
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "clip_image_hubness.json").write_text(json.dumps(report, indent=2) + "\n")
+    lines = [
+        "# Image->image through the clip model with a hubness correction (split 0 screen)",
+        "",
+        f"`benchmarks/clip_image_hubness.py` ({report['measured']}): the served head ({HEAD.relative_to(ROOT)}, "
+        f"trained on split {SPLIT}), Google -> Twitter drawings of its {report['codepoints']} held-out codepoints, "
+        f"Recall@1; the bank is the split's {report['bank']} training images' clip vectors. "
+        f"Rule: go on to splits 1-3 only with >= +{BAR} at weight 0.5.",
+        "",
+        "| ranking | emoji image->image R@1 |",
+        "|---|---|",
+        *(f"| {row} | {value:.4f} |" for row, value in rows.items()),
+        "",
+        f"Gain at weight 0.5: {report['gain at weight 0.5']:+.4f}; passes: {report['passes (>= +0.03)']}.",
+        "",
+    ]
+    (RESULTS / "clip_image_hubness.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
