@@ -49,6 +49,8 @@ from training.models.clip import (
     CLASS_PROMPT,
     HUB_BANK_FILE,
     HUB_SPEC_FILE,
+    IMAGE_HUB_BANK_FILE,
+    IMAGE_HUB_SPEC_FILE,
     ClipImageConfig,
     ClipImageHead,
     _classifier,
@@ -570,12 +572,35 @@ def hub_correction(head: ClipImageHead, train: TrainSet, config: ClipTrainConfig
     return HubCorrection(bank, config.hubness_neighbours, config.hubness_weight, mean)
 
 
-def save_hub_bank(head: ClipImageHead, train: TrainSet, config: ClipTrainConfig, folder: Path) -> None:
-    """The hubness correction's bank and parameters beside a saved head (export ships them)."""
-    hubs = hub_correction(head, train, config)
-    np.save(folder / HUB_BANK_FILE, hubs.bank)
+def image_hub_correction(head: ClipImageHead, train: TrainSet, config: ClipTrainConfig) -> HubCorrection:
+    """Image->image search's correction: the training images' unit vectors as the bank, centred on
+    their own mean neighbourhood similarity with each image left out of its own neighbours."""
+    bank = _vectors(head, train.pooled).astype(np.float32)  # (n, dim)
+    k = config.hubness_neighbours
+    means = []
+    for start in range(0, len(bank), 1024):  # (1024, n) at a time: all n x n would be ~120 MB here
+        sims = bank[start : start + 1024] @ bank.T
+        sims[np.arange(len(sims)), np.arange(start, start + len(sims))] = -np.inf  # not its own neighbour
+        top = min(k, len(bank) - 1)
+        means.append(np.partition(sims, sims.shape[1] - top, axis=1)[:, -top:].mean(axis=1))
+    mean = float(np.concatenate(means).mean()) if len(bank) > 1 else 0.0
+    return HubCorrection(bank, k, config.image_hubness_weight, mean)
+
+
+def _save_bank(hubs: HubCorrection, folder: Path, bank_file: str, spec_file: str) -> None:
+    np.save(folder / bank_file, hubs.bank)
     spec = {"neighbours": hubs.neighbours, "weight": hubs.weight, "mean": round(hubs.mean, 6)}
-    (folder / HUB_SPEC_FILE).write_text(json.dumps(spec) + "\n")
+    (folder / spec_file).write_text(json.dumps(spec) + "\n")
+
+
+def save_hub_bank(head: ClipImageHead, train: TrainSet, config: ClipTrainConfig, folder: Path) -> None:
+    """The hubness corrections' banks and parameters beside a saved head (export ships them): the
+    captions' for text queries (`hubness_weight` > 0), the images' for image queries
+    (`image_hubness_weight` > 0)."""
+    if config.hubness_weight > 0:
+        _save_bank(hub_correction(head, train, config), folder, HUB_BANK_FILE, HUB_SPEC_FILE)
+    if config.image_hubness_weight > 0:
+        _save_bank(image_hub_correction(head, train, config), folder, IMAGE_HUB_BANK_FILE, IMAGE_HUB_SPEC_FILE)
 
 
 def conse_head(text_model: Path, tower: str = "mobilenet_v2") -> ClipImageHead:
@@ -606,8 +631,7 @@ def train_clip(config: ClipTrainConfig) -> dict:
         return {}
     after = evaluate(head, data, text_map)
     head.save(run.path / "model")
-    if config.hubness_weight > 0:
-        save_hub_bank(head, data.train, config, run.path / "model")
+    save_hub_bank(head, data.train, config, run.path / "model")
     metrics = {
         "before": before,
         "after": after,

@@ -411,6 +411,10 @@ class ClipTrainConfig(Strict):
     # `hubness_neighbours` nearest captions (centred). 0: no bank, no correction.
     hubness_weight: float = Field(0.5, ge=0, le=10)
     hubness_neighbours: int = Field(10, ge=1, le=1000)
+    # The same for image->image search: the training images' own vectors ship as a second bank, and an
+    # image hit's penalty for an image query is this weight x its mean cosine to its nearest training
+    # images (benchmarks/results/clip_image_hubness*.md: emoji image->image +0.031). 0: none.
+    image_hubness_weight: float = Field(0.5, ge=0, le=10)
     batch_size: int = Field(256, ge=2)
     # mixed: batches draw from clip art and emoji alike; by_source: each batch holds one of them
     batching: Literal["mixed", "by_source"] = "mixed"

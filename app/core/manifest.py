@@ -162,10 +162,13 @@ class BlockRankSpec(_Strict):
 
 
 class HubnessSpec(_Strict):
-    """Text->image search's hubness correction (app/inference/hubness.py): an image's score is its
-    cosine minus `weight` x (its mean cosine to its `neighbours` nearest bank texts - `mean`)."""
+    """A search hubness correction (app/inference/hubness.py): an image hit's score is its cosine
+    minus `weight` x (its mean cosine to its `neighbours` nearest bank vectors - `mean`)."""
 
-    file: str = Field(description="(t, dim) float32 .npy of unit text vectors: the texts the image head learnt")
+    file: str = Field(
+        description="(t, dim) float32 .npy of unit vectors: the texts (or, for image queries, the images) "
+        "the image head learnt from"
+    )
     neighbours: int = Field(10, ge=1, le=1000)
     weight: float = Field(0.5, ge=0, le=10)
     mean: float = Field(ge=-1, le=1, description="the training images' mean neighbourhood similarity")
@@ -176,7 +179,10 @@ class ClipSpec(_Strict):
 
     temperature: float = Field(0.05, gt=0, description="softmax temperature over the image-label cosines")
     prompt: str = Field("a photo of a {label}", description="default label template; {label} is replaced")
-    hubness: HubnessSpec | None = None
+    hubness: HubnessSpec | None = Field(None, description="text queries' correction: a bank of training captions")
+    image_hubness: HubnessSpec | None = Field(
+        None, description="image queries' correction: a bank of the training images' vectors"
+    )
 
 
 class BiEncoderSpec(_Strict):
@@ -286,8 +292,10 @@ class Manifest(_Strict):
         for what, wanted, present in rules:
             if wanted != present:
                 raise ValueError(f"a {self.kind.value} model {'needs' if wanted else 'has no'} {what}")
-        if self.clip is not None and self.clip.hubness is not None and self.clip.hubness.file not in self.files:
-            raise ValueError(f"`clip.hubness.file` {self.clip.hubness.file!r} is not among the folder's `files`")
+        for section in ("hubness", "image_hubness"):
+            spec = getattr(self.clip, section, None)
+            if spec is not None and spec.file not in self.files:
+                raise ValueError(f"`clip.{section}.file` {spec.file!r} is not among the folder's `files`")
         if self.quantization is not None:
             ranges = self.quantization.ranges
             if len(ranges) != 2 or any(len(row) != self.dim for row in ranges):

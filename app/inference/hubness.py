@@ -1,13 +1,14 @@
-"""Hubness correction for text->image search (CSLS, Conneau et al., "Word Translation Without
+"""Hubness correction for search over images (CSLS, Conneau et al., "Word Translation Without
 Parallel Data", ICLR 2018).
 
-In a space learnt into, some images are near many texts at once (hubs): they top the results of
-queries they do not match. CSLS ranks image g for a text query q by cos(q, g) - weight * r(g), with
-r(g) the mean cosine of g to its `neighbours` nearest texts in a bank (the texts the image head was
-trained on, shipped with the model). The served penalty is centred on the training images' own mean
-r, so an average image keeps its cosine and scores stay comparable with unpenalised documents.
-Measured in benchmarks/results/clip_hubness.md; the bank and its parameters are written by training
-(`training/clip_training.py`) into the model folder (`manifest.clip.hubness`).
+In a space learnt into, some images are near many queries at once (hubs): they top the results of
+queries they do not match. CSLS ranks image g for a query q by cos(q, g) - weight * r(g), with r(g)
+the mean cosine of g to its `neighbours` nearest vectors in a bank shipped with the model: for text
+queries the captions the image head was trained on (`manifest.clip.hubness`), for image queries the
+training images' own vectors (`manifest.clip.image_hubness`). The served penalty is centred on the
+training images' own mean r, so an average image keeps its cosine and scores stay comparable with
+unpenalised documents. Measured in benchmarks/results/clip_hubness.md and clip_image_hubness*.md;
+the banks and their parameters are written by training (`training/clip_training.py`).
 """
 
 from __future__ import annotations

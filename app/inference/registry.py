@@ -200,6 +200,8 @@ class ClipEncoder(Embedder):
         super().__init__(folder, manifest, self.text.variant)
         if manifest.clip is not None and manifest.clip.hubness is not None:
             self.hubness = HubCorrection.load(folder, manifest.clip.hubness, manifest.embedding_dim)
+        if manifest.clip is not None and manifest.clip.image_hubness is not None:
+            self.image_hubness = HubCorrection.load(folder, manifest.clip.image_hubness, manifest.embedding_dim)
 
     def start(self) -> None:
         self.text.start()
@@ -219,9 +221,14 @@ class ClipEncoder(Embedder):
         towers = super()._towers()
         for tower, served in (("text", self.text), ("image", self.image)):
             towers[tower].update(backend=served.backend, precision=served.precision)
-        hub = self.hubness
+        hub, image_hub = self.hubness, self.image_hubness
         towers["image"]["hubness_correction"] = (
             {"bank_texts": len(hub.bank), "neighbours": hub.neighbours, "weight": hub.weight} if hub else None
+        )
+        towers["image"]["image_hubness_correction"] = (
+            {"bank_images": len(image_hub.bank), "neighbours": image_hub.neighbours, "weight": image_hub.weight}
+            if image_hub
+            else None
         )
         return towers
 

@@ -119,7 +119,8 @@ class Embedder(ServedModel, ABC):
     """A model that maps inputs into its vector space (`dim`)."""
 
     # Text->image search's correction for image hubs (a clip model that ships a text bank), or None.
-    hubness: HubCorrection | None = None
+    hubness: HubCorrection | None = None  # text queries' (a clip model's)
+    image_hubness: HubCorrection | None = None  # image queries' (a clip model's)
 
     @property
     def dim(self) -> int:

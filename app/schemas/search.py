@@ -247,8 +247,10 @@ class SearchRequest(StrictRequest):
     hybrid: HybridOptions | None = Field(None, description="mode hybrid: how the two rankings are fused")
     hubness_correction: bool = Field(
         True,
-        description="dense text queries over a clip collection whose model ships a hubness bank: image hits "
-        "rank by cosine minus the image's hub penalty (CSLS; `dense_score` keeps the cosine). false: plain cosine",
+        description="dense text or image queries over a clip collection whose model ships a hubness bank for "
+        "that query kind (captions for text, training images for images): image hits rank by cosine minus the "
+        "image's hub penalty (CSLS; `dense_score` keeps the cosine). Vector queries are never corrected. "
+        "false: plain cosine",
     )
 
     @model_validator(mode="after")

@@ -54,7 +54,8 @@ log = logging.getLogger(__name__)
 HUB_CANDIDATES = 50
 # Each collection's cached hub penalties, gone with the collection object (a deleted and re-created
 # collection starts its keys afresh, and gets a new object and cache).
-_penalty_caches: weakref.WeakKeyDictionary[Collection, PenaltyCache] = weakref.WeakKeyDictionary()
+# One cache per correction kind ("text", "image"): each query kind has its own bank and penalties.
+_penalty_caches: weakref.WeakKeyDictionary[Collection, dict[str, PenaltyCache]] = weakref.WeakKeyDictionary()
 # Background optimise tasks, kept referenced until done (asyncio holds only weak references).
 _background: set[asyncio.Task[Any]] = set()
 
@@ -283,7 +284,8 @@ async def _search_stages(
         else:
             # ids only for the candidates: the requested fields are read for the hits kept
             candidates = await _dense_hits(collection, body, query, max(fetch, HUB_CANDIDATES), set(), params)
-            kept, cosines = await _hub_corrected(hubs, collection, candidates, fetch)
+            kind = "text" if body.query is not None else "image"
+            kept, cosines = await _hub_corrected(hubs, collection, candidates, fetch, kind)
             found_hits = await _fetched(collection, [(h.key, h.score) for h in kept], fields) if fields else kept
     else:
         ranked, keyword_scores = await _keyword_ranking(collection, body, query, fetch, params)
@@ -327,20 +329,25 @@ async def _fetched(collection: Collection, pairs: list[tuple[int, float]], field
 
 def _hub_correction(registry: ModelRegistry, collection: Collection, body: SearchRequest) -> HubCorrection | None:
     """The collection's model's hubness correction where it applies: asked for (the default), a dense
-    text query, a collection compared by cosine or inner product, a model that ships a bank."""
-    if not body.hubness_correction or body.mode != "dense" or body.query is None or collection.config.metric == "l2":
+    text or image query (each kind has its own bank), a collection compared by cosine or inner
+    product, a model that ships the query kind's bank. Vector queries are never corrected."""
+    if not body.hubness_correction or body.mode != "dense" or body.vector is not None:
+        return None
+    if collection.config.metric == "l2":
         return None
     model = registry.models.get(collection.config.model)
-    return model.hubness if isinstance(model, Embedder) else None
+    if not isinstance(model, Embedder):
+        return None
+    return model.hubness if body.query is not None else model.image_hubness
 
 
 async def _hub_corrected(
-    hubs: HubCorrection, collection: Collection, candidates: list[Hit], fetch: int
+    hubs: HubCorrection, collection: Collection, candidates: list[Hit], fetch: int, kind: str
 ) -> tuple[list[Hit], dict[int, float]]:
     """The candidates re-ranked with each image hit's score lowered by its hub penalty (text and
     vector-only documents keep theirs), cut to `fetch`; and key -> cosine of the hits corrected.
-    Penalties are computed once per stored image (on a worker thread) and then cached."""
-    cache = _penalty_caches.setdefault(collection, PenaltyCache())
+    Penalties are computed once per stored image and query `kind` (on a worker thread) and cached."""
+    cache = _penalty_caches.setdefault(collection, {}).setdefault(kind, PenaltyCache())
     penalty, missing = cache.known(hubs, [h.key for h in candidates])
     if missing:
         computed = await asyncio.to_thread(_image_penalties, hubs, collection, missing)

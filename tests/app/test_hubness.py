@@ -1,5 +1,6 @@
-"""Text->image search's hubness correction (CSLS): the penalty on hand-computed values, the bank's
-checks, and search over a clip collection whose model ships a bank, against the plain ranking."""
+"""Search's hubness correction (CSLS): the penalty on hand-computed values, the bank's checks, and
+search over a clip collection whose model ships a bank for text queries (captions) and one for
+image queries (training images), against the plain ranking."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from tests.conftest import LocalClient, settings_for
 
 QUERY = "a photo of a cat"
 BANK_FILE = "hubness_bank.npy"
+IMAGE_BANK_FILE = "hubness_image_bank.npy"
 
 
 def test_neighbourhood_similarity_is_the_mean_of_the_nearest_bank_cosines() -> None:
@@ -53,22 +55,29 @@ def test_a_bank_of_the_wrong_shape_or_values_is_refused(tmp_path: Path, bank: np
     assert why in str(error.value) or why == "finite"
 
 
-def test_a_manifest_naming_a_bank_it_does_not_list_is_refused(clip_models_dir: Path) -> None:
+@pytest.mark.parametrize("section", ["hubness", "image_hubness"])
+def test_a_manifest_naming_a_bank_it_does_not_list_is_refused(clip_models_dir: Path, section: str) -> None:
     manifest = Manifest.load(clip_models_dir / "clip-conse")
     data = manifest.model_dump(mode="json")
-    data["clip"]["hubness"] = {"file": BANK_FILE, "mean": 0.0}
-    with pytest.raises(ValueError, match="not among the folder's `files`"):
+    data["clip"][section] = {"file": BANK_FILE, "mean": 0.0}
+    with pytest.raises(ValueError, match=f"`clip.{section}.file` .* not among the folder's `files`"):
         Manifest.model_validate(data)
 
 
-def _hub_model(source: Path, target: Path, bank: np.ndarray, weight: float) -> None:
-    """`source` (a clip folder) copied as model `clip-hub` with `bank` as its hubness bank."""
+def _hub_model(
+    source: Path, target: Path, bank: np.ndarray, weight: float, image_bank: np.ndarray | None = None
+) -> None:
+    """`source` (a clip folder) copied as model `clip-hub` with `bank` as its text queries' hubness
+    bank and `image_bank` (if any) as its image queries'."""
     shutil.copytree(source, target, symlinks=True)
-    np.save(target / BANK_FILE, bank)
     manifest = Manifest.load(target)
-    files = {**manifest.files, BANK_FILE: sha256_file(target / BANK_FILE)}
-    hubness = HubnessSpec(file=BANK_FILE, neighbours=10, weight=weight, mean=0.0)
-    clip = (manifest.clip or ClipSpec()).model_copy(update={"hubness": hubness})
+    files, update = dict(manifest.files), {}
+    for section, file, vectors in (("hubness", BANK_FILE, bank), ("image_hubness", IMAGE_BANK_FILE, image_bank)):
+        if vectors is not None:
+            np.save(target / file, vectors)
+            files[file] = sha256_file(target / file)
+            update[section] = HubnessSpec(file=file, neighbours=10, weight=weight, mean=0.0)
+    clip = (manifest.clip or ClipSpec()).model_copy(update=update)
     manifest.model_copy(update={"name": "clip-hub", "files": files, "clip": clip}).save(target)
 
 
@@ -82,12 +91,17 @@ def hub_client(
     text = TextModel(default_models_dir / "minilm-l6", Manifest.load(default_models_dir / "minilm-l6"))
     query = text.encode([QUERY])[0]
     bank = np.stack([query] * 10 + [-query] * 2).astype(np.float32)
+    # fp32 variants only: the banks are embedded offline in fp32, and the exact reversals below need
+    # the served query vectors to be those vectors (an int8 variant, which `auto` serves where it is
+    # the fastest, moves scores by up to ~1e-2)
+    plain_settings = settings_for(clip_models_dir, data_dir=tmp_path_factory.mktemp("hub-plain"), precision="fp32")
+    with LocalClient(create_app(plain_settings)) as plain:  # the cat photo's vector, as served
+        embedded = plain.post("/v1/embeddings", json={"model": "clip-conse", "input": [{"image": b64(cat_photo())}]})
+        cat = np.asarray(embedded.json()["data"][0]["embedding"], np.float32)
+    image_bank = np.stack([cat] * 10 + [-cat] * 2).astype(np.float32)  # the same design, for image queries
     models = tmp_path_factory.mktemp("hub-models")
     (models / "minilm-l6").symlink_to(default_models_dir / "minilm-l6")
-    _hub_model(clip_models_dir / "clip-conse", models / "clip-hub", bank, weight=2.0)
-    # fp32 variants only: the bank is embedded offline in fp32, and the exact reversal below needs the
-    # served query vector to be that vector (an int8 variant, which `auto` serves where it is the
-    # fastest, moves scores by up to ~1e-2)
+    _hub_model(clip_models_dir / "clip-conse", models / "clip-hub", bank, weight=2.0, image_bank=image_bank)
     settings = settings_for(models, data_dir=tmp_path_factory.mktemp("hub-data"), precision="fp32")
     with LocalClient(create_app(settings)) as client:
         created = client.post("/indexes", json={"name": "gallery", "model": "clip-hub"})
@@ -133,13 +147,41 @@ def test_the_correction_keeps_top_k_and_filters(hub_client: TestClient) -> None:
     assert [hit["id"] for hit in top] == ranked[:2] and len(ranked) == 6  # from the 50 re-ranked, not the plain 2
 
 
-def test_image_vector_and_keyword_queries_are_not_corrected(hub_client: TestClient) -> None:
+def test_image_queries_rank_images_by_cosine_minus_their_image_bank_penalty(hub_client: TestClient) -> None:
+    plain = _search(hub_client, image=b64(cat_photo()), hubness_correction=False)
+    corrected = _search(hub_client, image=b64(cat_photo()))
+    plain_images = [hit for hit in plain if hit["id"] != "cat-text"]
+    assert plain_images[0]["id"] == "cat" and plain_images[0]["score"] == pytest.approx(1.0, abs=1e-3)
+    # the image bank is the cat photo's vector: each image scores cos - 2 (cos - 0) = -cos
+    images = [hit for hit in corrected if hit["id"] != "cat-text"]
+    assert [hit["id"] for hit in images] == [hit["id"] for hit in reversed(plain_images)]
+    cosine = {hit["id"]: hit["score"] for hit in plain}
+    for hit in images:
+        assert hit["dense_score"] == pytest.approx(cosine[hit["id"]], abs=1e-5)
+        assert hit["score"] == pytest.approx(-cosine[hit["id"]], abs=1e-3)
+    text_hit = next(hit for hit in corrected if hit["id"] == "cat-text")  # texts are not penalised
+    assert text_hit["score"] == pytest.approx(cosine["cat-text"], abs=1e-6) and text_hit["dense_score"] is None
+
+
+def test_the_two_query_kinds_keep_their_own_penalties(hub_client: TestClient) -> None:
+    # alternating kinds: each search must use its own bank's penalties, not the other kind's cached ones
+    for _ in range(2):
+        by_text = {h["id"]: h["score"] for h in _search(hub_client, query=QUERY)}
+        by_image = {h["id"]: h["score"] for h in _search(hub_client, image=b64(cat_photo()))}
+        plain_text = {h["id"]: h["score"] for h in _search(hub_client, query=QUERY, hubness_correction=False)}
+        plain_image = {
+            h["id"]: h["score"] for h in _search(hub_client, image=b64(cat_photo()), hubness_correction=False)
+        }
+        for image_id in ("cat", "photo-1"):
+            assert by_text[image_id] == pytest.approx(-plain_text[image_id], abs=1e-3)
+            assert by_image[image_id] == pytest.approx(-plain_image[image_id], abs=1e-3)
+
+
+def test_vector_and_keyword_queries_are_not_corrected(hub_client: TestClient) -> None:
     cat = hub_client.post("/v1/embeddings", json={"model": "clip-hub", "input": [{"image": b64(cat_photo())}]})
-    vector = cat.json()["data"][0]["embedding"]
-    for body in ({"image": b64(cat_photo())}, {"vector": vector}):
-        hits = _search(hub_client, **body)
-        assert hits[0]["id"] == "cat" and hits[0]["score"] == pytest.approx(1.0, abs=1e-3)
-        assert all(hit["dense_score"] is None for hit in hits)
+    hits = _search(hub_client, vector=cat.json()["data"][0]["embedding"])
+    assert hits[0]["id"] == "cat" and hits[0]["score"] == pytest.approx(1.0, abs=1e-3)
+    assert all(hit["dense_score"] is None for hit in hits)
     hybrid = _search(hub_client, query=QUERY, mode="hybrid")
     assert hybrid == _search(hub_client, query=QUERY, mode="hybrid", hubness_correction=False)
 
@@ -147,6 +189,7 @@ def test_image_vector_and_keyword_queries_are_not_corrected(hub_client: TestClie
 def test_the_model_says_it_corrects_hubness(hub_client: TestClient) -> None:
     image = hub_client.get("/v1/models/clip-hub").json()["towers"]["image"]
     assert image["hubness_correction"] == {"bank_texts": 12, "neighbours": 10, "weight": 2.0}
+    assert image["image_hubness_correction"] == {"bank_images": 12, "neighbours": 10, "weight": 2.0}
 
 
 def test_a_bad_hubness_flag_is_a_4xx(hub_client: TestClient) -> None:

@@ -577,7 +577,9 @@ def test_a_spatial_head_takes_the_feature_map_and_saves_its_path(tmp_path: Path,
 
 def test_a_trained_head_ships_its_hubness_bank_and_serves_it(tmp_path: Path, default_models_dir: Path) -> None:
     """save_hub_bank writes the training captions and the training images' mean neighbourhood
-    similarity (checked by hand here); export puts them in the folder and the manifest; serving loads them."""
+    similarity (checked by hand here), and for image queries the training images' own vectors with
+    their mean similarity to their nearest *other* training images; export puts both in the folder
+    and the manifest; serving loads them."""
     from app.core.manifest import Manifest
     from app.inference.hubness import HubCorrection
     from training.clip_training import _vectors, conse_head, save_hub_bank
@@ -588,11 +590,13 @@ def test_a_trained_head_ships_its_hubness_bank_and_serves_it(tmp_path: Path, def
     captions = F.normalize(torch.randn(30, 384, generator=gen), dim=-1)
     pooled = torch.rand(12, 1280, generator=gen)
     train = TrainSet(pooled.half(), captions, np.arange(12), [[i] for i in range(12)])
-    config = ClipTrainConfig(name="t", hubness_weight=0.25, hubness_neighbours=3)
+    config = ClipTrainConfig(name="t", hubness_weight=0.25, hubness_neighbours=3, image_hubness_weight=0.75)
     head.save(tmp_path / "head")
     save_hub_bank(head, train, config, tmp_path / "head")
     images = _vectors(head, train.pooled)
     by_hand = np.mean([np.sort(captions.numpy() @ v)[-3:].mean() for v in images])
+    others = [np.delete(images, i, axis=0) for i in range(len(images))]
+    image_by_hand = np.mean([np.sort(rest @ v)[-3:].mean() for rest, v in zip(others, images, strict=True)])
     drawings = tmp_path / "drawings"
     drawings.mkdir()
     for border in (0, 8, 40, 90):
@@ -604,6 +608,10 @@ def test_a_trained_head_ships_its_hubness_bank_and_serves_it(tmp_path: Path, def
     assert manifest.clip is not None and manifest.clip.hubness is not None
     spec = manifest.clip.hubness
     assert (spec.neighbours, spec.weight) == (3, 0.25) and spec.mean == pytest.approx(by_hand, abs=1e-5)
+    image_spec = manifest.clip.image_hubness
+    assert image_spec is not None and (image_spec.neighbours, image_spec.weight) == (3, 0.75)
+    assert image_spec.mean == pytest.approx(image_by_hand, abs=1e-5)
+    np.testing.assert_allclose(HubCorrection.load(out, image_spec, 384).bank, images, atol=1e-6)
     assert Manifest.load(out).verify_files(out) == []
     hubs = HubCorrection.load(out, spec, 384)
     np.testing.assert_allclose(hubs.bank, captions.numpy(), atol=1e-7)
@@ -615,8 +623,23 @@ def test_a_conse_head_exports_without_a_hubness_bank(clip_models_dir: Path) -> N
     from app.core.manifest import Manifest
 
     manifest = Manifest.load(clip_models_dir / "clip-conse")
-    assert manifest.clip is None or manifest.clip.hubness is None
+    assert manifest.clip is None or (manifest.clip.hubness is None and manifest.clip.image_hubness is None)
     assert not (clip_models_dir / "clip-conse" / "hubness_bank.npy").exists()
+    assert not (clip_models_dir / "clip-conse" / "hubness_image_bank.npy").exists()
+
+
+def test_a_weight_of_0_saves_no_bank_for_its_query_kind(tmp_path: Path, default_models_dir: Path) -> None:
+    from training.clip_training import conse_head, save_hub_bank
+
+    head = conse_head(default_models_dir / "minilm-l6")
+    captions = F.normalize(torch.randn(6, 384), dim=-1)
+    train = TrainSet(torch.rand(4, 1280).half(), captions, np.arange(4), [[i] for i in range(4)])
+    for text_weight, image_weight, files in ((0.5, 0.0, {"hubness.json"}), (0.0, 0.5, {"hubness_image.json"})):
+        folder = tmp_path / f"{text_weight}-{image_weight}"
+        folder.mkdir()
+        config = ClipTrainConfig(name="t", hubness_weight=text_weight, image_hubness_weight=image_weight)
+        save_hub_bank(head, train, config, folder)
+        assert {p.name for p in folder.glob("*.json")} == files
 
 
 def test_a_head_on_encoder_features_keeps_conse_and_the_gate_on_the_tower_features(

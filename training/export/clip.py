@@ -24,7 +24,13 @@ from training.export.image import (
     read_parity_images,
     tower_section,
 )
-from training.models.clip import HUB_BANK_FILE, HUB_SPEC_FILE, ClipImageEncoder
+from training.models.clip import (
+    HUB_BANK_FILE,
+    HUB_SPEC_FILE,
+    IMAGE_HUB_BANK_FILE,
+    IMAGE_HUB_SPEC_FILE,
+    ClipImageEncoder,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +65,8 @@ def export_clip_model(
         hashes = _copy_text_tower(text, text_dir, staging)
         export_image_onnx(encoder, staging / IMAGE_ONNX_FILE, image.input_size)
         hashes[IMAGE_ONNX_FILE] = sha256_file(staging / IMAGE_ONNX_FILE)
-        hubness = _copy_hub_bank(head_dir, staging, hashes)
+        hubness = _copy_hub_bank(head_dir, staging, hashes, HUB_BANK_FILE, HUB_SPEC_FILE)
+        image_hubness = _copy_hub_bank(head_dir, staging, hashes, IMAGE_HUB_BANK_FILE, IMAGE_HUB_SPEC_FILE)
         manifest = Manifest(
             name=name,
             kind=ModelKind.CLIP,
@@ -67,7 +74,7 @@ def export_clip_model(
             text=text.text.model_copy(update={"onnx_file": TEXT_ONNX_FILE}),
             image=image,
             files=hashes,
-            clip=ClipSpec(temperature=temperature, hubness=hubness),
+            clip=ClipSpec(temperature=temperature, hubness=hubness, image_hubness=image_hubness),
             source=SourceInfo(
                 checkpoint=f"text: {text.source.checkpoint}; image: {encoder.head.config.tower} + {head_dir}",
                 library="tessera.training",
@@ -82,14 +89,16 @@ def export_clip_model(
     return manifest
 
 
-def _copy_hub_bank(head_dir: Path, staging: Path, hashes: dict[str, str]) -> HubnessSpec | None:
-    """The head's hubness bank (saved by training) into the folder, as the manifest will name it."""
-    spec_file = head_dir / HUB_SPEC_FILE
-    if not spec_file.is_file():
-        return None  # a ConSE head, or trained without the correction
-    shutil.copyfile(head_dir / HUB_BANK_FILE, staging / HUB_BANK_FILE)
-    hashes[HUB_BANK_FILE] = sha256_file(staging / HUB_BANK_FILE)
-    return HubnessSpec(file=HUB_BANK_FILE, **json.loads(spec_file.read_text()))
+def _copy_hub_bank(
+    head_dir: Path, staging: Path, hashes: dict[str, str], bank_file: str, spec_file: str
+) -> HubnessSpec | None:
+    """A hubness bank the head's training saved into the folder, as the manifest will name it."""
+    spec = head_dir / spec_file
+    if not spec.is_file():
+        return None  # a ConSE head, or trained without this correction
+    shutil.copyfile(head_dir / bank_file, staging / bank_file)
+    hashes[bank_file] = sha256_file(staging / bank_file)
+    return HubnessSpec(file=bank_file, **json.loads(spec.read_text()))
 
 
 def _renamed(parity: VariantParity, fp32_file: str) -> VariantParity:

@@ -42,6 +42,9 @@ CONFIG_FILE = "clip_head.json"
 # (training/clip_training.py `save_hub_bank`; app/inference/hubness.py serves them).
 HUB_BANK_FILE = "hubness_bank.npy"
 HUB_SPEC_FILE = "hubness.json"
+# The same for image queries: the training images' own vectors as the bank.
+IMAGE_HUB_BANK_FILE = "hubness_image_bank.npy"
+IMAGE_HUB_SPEC_FILE = "hubness_image.json"
 CLASS_PROMPT = "a photo of a {}"
 
 
