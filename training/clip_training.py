@@ -574,17 +574,21 @@ def hub_correction(head: ClipImageHead, train: TrainSet, config: ClipTrainConfig
 
 def image_hub_correction(head: ClipImageHead, train: TrainSet, config: ClipTrainConfig) -> HubCorrection:
     """Image->image search's correction: the training images' unit vectors as the bank, centred on
-    their own mean neighbourhood similarity with each image left out of its own neighbours."""
+    their mean neighbourhood similarity among the *other* training items: an image's own drawings
+    (itself, its other emoji styles: the images of its caption) are left out of its neighbours, as a
+    gallery image the model never trained on has none of its drawings in the bank."""
     bank = _vectors(head, train.pooled).astype(np.float32)  # (n, dim)
-    k = config.hubness_neighbours
+    text_of = np.asarray(train.text_of)
+    k = min(config.hubness_neighbours, len(bank))
     means = []
     for start in range(0, len(bank), 1024):  # (1024, n) at a time: all n x n would be ~120 MB here
         sims = bank[start : start + 1024] @ bank.T
-        sims[np.arange(len(sims)), np.arange(start, start + len(sims))] = -np.inf  # not its own neighbour
-        top = min(k, len(bank) - 1)
-        means.append(np.partition(sims, sims.shape[1] - top, axis=1)[:, -top:].mean(axis=1))
-    mean = float(np.concatenate(means).mean()) if len(bank) > 1 else 0.0
-    return HubCorrection(bank, k, config.image_hubness_weight, mean)
+        sims[text_of[start : start + 1024, None] == text_of[None, :]] = -np.inf  # its own caption's images
+        top = np.partition(sims, sims.shape[1] - k, axis=1)[:, -k:]
+        means.append(top[np.isfinite(top).all(axis=1)].mean(axis=1))  # images with k others to compare
+    found = np.concatenate(means)
+    mean = float(found.mean()) if len(found) else 0.0
+    return HubCorrection(bank, config.hubness_neighbours, config.image_hubness_weight, mean)
 
 
 def _save_bank(hubs: HubCorrection, folder: Path, bank_file: str, spec_file: str) -> None:
