@@ -30,7 +30,7 @@ from PIL import Image
 from torch import nn
 
 from app.core.manifest import ImageTower, Manifest
-from app.inference.hubness import HubCorrection, neighbourhood_similarity
+from app.inference.hubness import HubCorrection, mean_of_nearest, neighbourhood_similarity
 from app.inference.images import ImageLimits, open_image, trim_key
 from app.inference.text_model import TextModel
 from training.config import ClipTrainConfig
@@ -579,14 +579,13 @@ def image_hub_correction(head: ClipImageHead, train: TrainSet, config: ClipTrain
     gallery image the model never trained on has none of its drawings in the bank."""
     bank = _vectors(head, train.pooled).astype(np.float32)  # (n, dim)
     text_of = np.asarray(train.text_of)
-    k = min(config.hubness_neighbours, len(bank))
     means = []
     for start in range(0, len(bank), 1024):  # (1024, n) at a time: all n x n would be ~120 MB here
         sims = bank[start : start + 1024] @ bank.T
         sims[text_of[start : start + 1024, None] == text_of[None, :]] = -np.inf  # its own caption's images
-        top = np.partition(sims, sims.shape[1] - k, axis=1)[:, -k:]
-        means.append(top[np.isfinite(top).all(axis=1)].mean(axis=1))  # images with k others to compare
+        means.append(mean_of_nearest(sims, config.hubness_neighbours))
     found = np.concatenate(means)
+    found = found[np.isfinite(found)]  # left out: images with fewer other captions' images than neighbours
     mean = float(found.mean()) if len(found) else 0.0
     return HubCorrection(bank, config.hubness_neighbours, config.image_hubness_weight, mean)
 

@@ -22,12 +22,16 @@ import numpy as np
 from app.core.manifest import HubnessSpec
 
 
+def mean_of_nearest(sims: np.ndarray, neighbours: int) -> np.ndarray:
+    """(n,) each row of `sims` (n, t)'s mean over its `neighbours` largest values (all of them if fewer)."""
+    k = min(neighbours, sims.shape[1])
+    return np.partition(sims, sims.shape[1] - k, axis=1)[:, -k:].mean(axis=1)
+
+
 def neighbourhood_similarity(bank: np.ndarray, vectors: np.ndarray, neighbours: int) -> np.ndarray:
     """(n,) each of `vectors` (n, dim)'s mean cosine to its `neighbours` nearest rows of `bank`
     (t, dim); all unit length."""
-    sims = vectors @ bank.T  # (n, t)
-    k = min(neighbours, bank.shape[0])
-    return np.partition(sims, sims.shape[1] - k, axis=1)[:, -k:].mean(axis=1)
+    return mean_of_nearest(vectors @ bank.T, neighbours)  # (n, t) cosines
 
 
 @dataclass(frozen=True)

@@ -118,9 +118,10 @@ class ServedModel:
 class Embedder(ServedModel, ABC):
     """A model that maps inputs into its vector space (`dim`)."""
 
-    # Text->image search's correction for image hubs (a clip model that ships a text bank), or None.
-    hubness: HubCorrection | None = None  # text queries' (a clip model's)
-    image_hubness: HubCorrection | None = None  # image queries' (a clip model's)
+    # Search's corrections for image hubs (a clip model that ships the banks), or None: for text
+    # queries (a bank of training captions) and for image queries (the training images' vectors).
+    hubness: HubCorrection | None = None
+    image_hubness: HubCorrection | None = None
 
     @property
     def dim(self) -> int:

@@ -278,13 +278,12 @@ async def _search_stages(
     cosines: dict[int, float] = {}  # hub-corrected image hits: key -> their cosine
     if body.mode == "dense":
         assert query is not None
-        hubs = _hub_correction(registry, collection, body)
+        hubs, kind = _hub_correction(registry, collection, body)
         if hubs is None:
             found_hits = await _dense_hits(collection, body, query, fetch, fields, params)
         else:
             # ids only for the candidates: the requested fields are read for the hits kept
             candidates = await _dense_hits(collection, body, query, max(fetch, HUB_CANDIDATES), set(), params)
-            kind = "text" if body.query is not None else "image"
             kept, cosines = await _hub_corrected(hubs, collection, candidates, fetch, kind)
             found_hits = await _fetched(collection, [(h.key, h.score) for h in kept], fields) if fields else kept
     else:
@@ -327,18 +326,22 @@ async def _fetched(collection: Collection, pairs: list[tuple[int, float]], field
     return found if found is not None else await asyncio.to_thread(collection.hits, pairs, fields)
 
 
-def _hub_correction(registry: ModelRegistry, collection: Collection, body: SearchRequest) -> HubCorrection | None:
-    """The collection's model's hubness correction where it applies: asked for (the default), a dense
-    text or image query (each kind has its own bank), a collection compared by cosine or inner
-    product, a model that ships the query kind's bank. Vector queries are never corrected."""
+def _hub_correction(
+    registry: ModelRegistry, collection: Collection, body: SearchRequest
+) -> tuple[HubCorrection | None, str]:
+    """The collection's model's hubness correction where it applies, and the query kind it is for
+    ("text" or "image": each kind has its own bank and penalties): asked for (the default), a dense
+    text or image query, a collection compared by cosine or inner product, a model that ships the
+    query kind's bank. Vector queries are never corrected."""
+    kind = "text" if body.query is not None else "image"
     if not body.hubness_correction or body.mode != "dense" or body.vector is not None:
-        return None
+        return None, kind
     if collection.config.metric == "l2":
-        return None
+        return None, kind
     model = registry.models.get(collection.config.model)
     if not isinstance(model, Embedder):
-        return None
-    return model.hubness if body.query is not None else model.image_hubness
+        return None, kind
+    return (model.hubness if kind == "text" else model.image_hubness), kind
 
 
 async def _hub_corrected(
