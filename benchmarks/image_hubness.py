@@ -19,6 +19,10 @@ seeds are then scored with and without it, whatever they show, and it is served 
 only if their mean unseen-style R@1 gains at least 0.02 with Google->Twitter no more than 0.01
 lower. Short of that, this file and its results are the record.
 
+Result (2026-12-06, tuning split): the unseen style falls 0.5361 -> 0.5163 at w 0.5 while
+Google->Twitter gains 0.8375 -> 0.855; the rule fails, nothing went on to the reported seeds
+(`image_reading.md`).
+
 Usage: .venv/bin/python benchmarks/image_hubness.py [--seeds 10] [--seeds 0 1 2]  (needs
 `make image-data`; ~3 min a seed to train when its run is not there).
 Writes benchmarks/results/image_hubness.{json,md} (every seed run so far, merged).
