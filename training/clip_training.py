@@ -212,9 +212,19 @@ def _clipart(config: ClipTrainConfig) -> tuple[list[Clip], list[Clip], dict[str,
     return train, test, repeats, [clip_path(config.clipart, c) for c in clips]
 
 
+def class_prompt_vectors(source: FeatureSource, templates: list[str]) -> torch.Tensor:
+    """(1000, dim) unit vectors of the ImageNet classes: the mean of each class name's unit vectors
+    in `templates`, re-normalised (one template: its vectors as they are)."""
+    names = imagenet_class_names()
+    per_template = [source.texts([template.format(n) for n in names]) for template in templates]
+    if len(per_template) == 1:
+        return per_template[0]
+    return nn.functional.normalize(torch.stack(per_template).mean(0), dim=-1)
+
+
 def prepare(config: ClipTrainConfig) -> ClipData:
     source = FeatureSource(config)
-    class_vectors = source.texts([CLASS_PROMPT.format(n) for n in imagenet_class_names()])
+    class_vectors = class_prompt_vectors(source, config.class_prompts)
     informative = config.clipart_max_caption_repeats
     train_clips, test_clips, repeats, every_clip = _clipart(config)
     train_clips = [c for c in train_clips if repeats[c.caption] <= informative]

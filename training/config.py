@@ -379,6 +379,9 @@ class ClipTrainConfig(Strict):
     text_model: Path = Path("models/minilm-l6")  # an exported text folder: the fixed text tower
     conse: bool = True
     conse_temperature: float = Field(2.0, gt=0)
+    # ConSE's class vectors: each ImageNet class name in these templates ("{}" is the name), the
+    # templates' unit MiniLM vectors averaged and re-normalised (prompt ensembling, as CLIP's paper).
+    class_prompts: list[str] = Field(["a photo of a {}"], min_length=1, max_length=32)
     top_k: int = Field(10, ge=0, le=1000)
     train_classes: bool = False
     residual: Literal["mlp", "linear", "none"] = "mlp"
@@ -443,6 +446,8 @@ class ClipTrainConfig(Strict):
     def _loss(self) -> ClipTrainConfig:
         if self.loss.name not in ("infonce", "cwcl", "siglip"):
             raise ValueError("clip training takes infonce, cwcl or siglip")
+        if bad := [p for p in self.class_prompts if p.count("{}") != 1]:
+            raise ValueError(f"class_prompts: each template needs exactly one '{{}}' for the class name, not {bad}")
         if not self.conse and self.residual == "none":
             raise ValueError("conse: false needs a residual (the image side would have no path)")
         if self.image_encoder is not None and self.export is not None:
