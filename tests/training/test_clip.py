@@ -21,9 +21,11 @@ from training.clip_training import (
     TrainSet,
     _batches,
     build_head,
+    class_prompt_vectors,
     evaluate,
     fit,
     fit_members,
+    imagenet_class_names,
     member_seed,
     softmax_temperature,
     subsample_groups,
@@ -392,6 +394,33 @@ def test_clip_config_refuses_members_with_what_cannot_be_averaged() -> None:
         ClipTrainConfig(name="t", residual_members=2, text_projection=True)
     with pytest.raises(ValueError, match="residual"):
         ClipTrainConfig(name="t", residual_members=2, residual="none")
+
+
+class _HashedTexts:
+    """A text tower stand-in: each string's own random unit vector (the same string, the same vector)."""
+
+    def texts(self, texts: list[str]) -> torch.Tensor:
+        rows = [torch.randn(DIM, generator=torch.Generator().manual_seed(hash(t) % 2**31)) for t in texts]
+        return F.normalize(torch.stack(rows), dim=-1)
+
+
+def test_class_prompts_average_each_class_over_the_templates() -> None:
+    source = _HashedTexts()
+    one = class_prompt_vectors(source, ["a photo of a {}"])  # type: ignore[arg-type]
+    assert one.shape == (1000, DIM)
+    name = imagenet_class_names()[1]
+    photo, drawing = source.texts([f"a photo of a {name}", f"a drawing of a {name}"])
+    torch.testing.assert_close(one[1], photo)  # one template: its vectors unchanged
+    both = class_prompt_vectors(source, ["a photo of a {}", "a drawing of a {}"])  # type: ignore[arg-type]
+    torch.testing.assert_close(both[1], F.normalize(photo + drawing, dim=-1))
+    torch.testing.assert_close(both.norm(dim=-1), torch.ones(1000))
+
+
+def test_clip_config_refuses_a_class_prompt_without_one_slot_for_the_name() -> None:
+    for templates in (["a photo"], ["{} and {}"], []):
+        with pytest.raises(ValueError, match="class_prompts"):
+            ClipTrainConfig(name="t", class_prompts=templates)
+    assert ClipTrainConfig(name="t").class_prompts == ["a photo of a {}"]
 
 
 def test_batches_by_source_keep_clip_art_and_emoji_apart() -> None:
