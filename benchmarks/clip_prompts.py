@@ -18,6 +18,9 @@ than 0.005 lower; of passing rows the one with the larger sum goes on. It then r
 splits 1-3 beside the served template, reported whatever it shows, and is served only if the
 splits 1-3 mean passes the same test.
 
+Result (2026-12-06, split 0): both rows lose (sums 0.6405 and 0.6340 against the served 0.6499;
+COCO-mini R@1 -0.01 and -0.02), so nothing went on (`clip_reading.md`).
+
 Usage: .venv/bin/python benchmarks/clip_prompts.py [--splits 0] [--rows ...]
 Writes benchmarks/results/clip_prompts.json and .md (every split run so far, merged).
 """
