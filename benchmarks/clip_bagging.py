@@ -34,7 +34,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.clip_ensemble import MEMBERS, METRICS, score  # noqa: E402
+from benchmarks.clip_ensemble import MEMBERS, score, split_tables  # noqa: E402
 from benchmarks.clip_training import served_config  # noqa: E402
 from benchmarks.report import record_runs  # noqa: E402
 from training.clip_training import fit_members, prepare  # noqa: E402
@@ -42,15 +42,6 @@ from training.run import RunFolder  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 SELECTION_SPLIT, REPORT_SPLITS = 0, (1, 2, 3)
-SHORT = {
-    "emoji text->image recall@1, hubness-corrected": "emoji names R@1 corr.",
-    "openclipart text->image recall@1, hubness-corrected": "clip art R@1 corr.",
-    "openclipart text->image recall@10": "clip art R@10",
-    "coco-mini text->image recall@1": "COCO R@1",
-    "coco-mini text->image recall@1, hubness-corrected": "COCO R@1 corr.",
-    "emoji image->image recall@1": "emoji img->img R@1",
-    "emoji text->image recall@1": "emoji names R@1",
-}
 
 
 def run_split(split: int, shares: list[float]) -> dict[str, dict[str, float]]:
@@ -67,14 +58,9 @@ def run_split(split: int, shares: list[float]) -> dict[str, dict[str, float]]:
 
 
 def write_markdown(report: dict) -> None:
-    lines = ["# Subagging the clip head's ensemble (`benchmarks/clip_bagging.py`)", ""]
-    lines += [f"Measured {report['measured']}. The decision rule is in the script's docstring.", ""]
-    for split, rows in sorted(report["splits"].items(), key=lambda kv: int(kv[0])):
-        lines += [f"## split {split}", "", "| head | " + " | ".join(SHORT[m] for m in SHORT) + " |"]
-        lines.append("|---" * (len(SHORT) + 1) + "|")
-        lines += [f"| {name} | " + " | ".join(f"{row[m]:.4f}" for m in SHORT) + " |" for name, row in rows.items()]
-        lines.append("")
-    (RESULTS / "clip_bagging.md").write_text("\n".join(lines))
+    (RESULTS / "clip_bagging.md").write_text(
+        split_tables(report, "Subagging the clip head's ensemble (`benchmarks/clip_bagging.py`)")
+    )
 
 
 def main() -> None:
@@ -82,7 +68,6 @@ def main() -> None:
     parser.add_argument("--splits", type=int, nargs="+", default=[SELECTION_SPLIT])
     parser.add_argument("--shares", type=float, nargs="+", default=[0.8, 0.6])
     args = parser.parse_args()
-    assert set(SHORT) <= set(METRICS)
     torch.set_num_threads(2)
     record_runs(
         RESULTS / "clip_bagging.json", "splits", args.splits, lambda s: run_split(s, args.shares), write_markdown

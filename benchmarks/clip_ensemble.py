@@ -68,6 +68,30 @@ METRICS = [
     "coco-mini text->image recall@5",
     "emoji image->image recall@1",
 ]
+# The columns a per-split table of heads shows, by short name (clip_bagging.py, clip_prompts.py).
+SHORT = {
+    "emoji text->image recall@1, hubness-corrected": "emoji names R@1 corr.",
+    "openclipart text->image recall@1, hubness-corrected": "clip art R@1 corr.",
+    "openclipart text->image recall@10": "clip art R@10",
+    "coco-mini text->image recall@1": "COCO R@1",
+    "coco-mini text->image recall@1, hubness-corrected": "COCO R@1 corr.",
+    "emoji image->image recall@1": "emoji img->img R@1",
+    "emoji text->image recall@1": "emoji names R@1",
+}
+
+assert set(SHORT) <= set(METRICS)
+
+
+def split_tables(report: dict, title: str) -> str:
+    """Markdown: `title`, then one table per split of `report["splits"]` ({split: {head: metrics}}),
+    a row per head and a column per SHORT metric."""
+    lines = [f"# {title}", "", f"Measured {report['measured']}. The decision rule is in the script's docstring.", ""]
+    for split, rows in sorted(report["splits"].items(), key=lambda kv: int(kv[0])):
+        lines += [f"## split {split}", "", "| head | " + " | ".join(SHORT.values()) + " |"]
+        lines.append("|---" * (len(SHORT) + 1) + "|")
+        lines += [f"| {name} | " + " | ".join(f"{row[m]:.4f}" for m in SHORT) + " |" for name, row in rows.items()]
+        lines.append("")
+    return "\n".join(lines)
 
 
 def score(head: ClipImageHead, data: ClipData, config: ClipTrainConfig) -> dict[str, float]:
