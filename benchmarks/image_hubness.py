@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.inference.hubness import neighbourhood_similarity  # noqa: E402
-from benchmarks.report import record_runs  # noqa: E402
+from benchmarks.report import record_runs, seed_tables  # noqa: E402
 from training.config import ImageTrainConfig, load_yaml_config  # noqa: E402
 from training.image_training import _embed, _encoder, _prepare, subset, train_image_encoder  # noqa: E402
 from training.models.image import ImageEncoder  # noqa: E402
@@ -132,18 +132,8 @@ def write_markdown(report: dict) -> None:
         "with a bank of the split's training drawings in the two training styles. Rule in the script's "
         "docstring, written before the run.",
     ]
-    for seeds, title in (([TUNING_SEED], "tuning split (seed 10)"), (list(REPORT_SEEDS), "reported seeds 0, 1, 2")):
-        present = [s for s in seeds if s in runs]
-        if not present:
-            continue
-        lines += ["", f"## {title}", "", "| ranking | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
-        for name in runs[present[0]]:
-            cells = []
-            for column in columns:
-                values = [runs[s][name][column] for s in present]
-                spread = f" ± {statistics.pstdev(values):.3f}" if len(values) > 1 else ""
-                cells.append(f"{statistics.fmean(values):.4f}{spread}")
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    groups = [([TUNING_SEED], "tuning split (seed 10)"), (list(REPORT_SEEDS), "reported seeds 0, 1, 2")]
+    lines += seed_tables(runs, groups, "ranking", {c: c for c in columns})
     (RESULTS / "image_hubness.md").write_text("\n".join(lines) + "\n")
 
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
@@ -39,7 +38,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.report import record_runs  # noqa: E402
+from benchmarks.report import record_runs, seed_tables  # noqa: E402
 from training.config import ImageTrainConfig, load_yaml_config  # noqa: E402
 from training.image_training import _encoder, _evaluate, _prepare, _raw_encoder, train_image_encoder  # noqa: E402
 from training.interpolation import interpolate_weights  # noqa: E402
@@ -95,20 +94,8 @@ def write_markdown(report: dict) -> None:
         "the start's (θ_0 + α (θ_ft - θ_0)); α = 1 is the trained encoder. Decision rule in the "
         "script's docstring, written before the run.",
     ]
-    for seeds, title in (([TUNING_SEED], "tuning split (seed 10)"), (list(REPORT_SEEDS), "reported seeds 0, 1, 2")):
-        present = [s for s in seeds if s in runs]
-        if not present:
-            continue
-        names = [n for n in runs[present[0]] if all(n in runs[s] for s in present)]
-        lines += ["", f"## {title}", "", "| weights | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
-        for name in names:
-            cells = []
-            for key in METRICS.values():
-                values = [runs[s][name][key] for s in present if key in runs[s][name]]
-                mean = statistics.fmean(values) if values else float("nan")
-                spread = f" ± {statistics.pstdev(values):.3f}" if len(values) > 1 else ""
-                cells.append(f"{mean:.3f}{spread}")
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    groups = [([TUNING_SEED], "tuning split (seed 10)"), (list(REPORT_SEEDS), "reported seeds 0, 1, 2")]
+    lines += seed_tables(runs, groups, "weights", METRICS, digits=3)
     (RESULTS / "image_wise.md").write_text("\n".join(lines) + "\n")
 
 

@@ -1,5 +1,6 @@
 """Report pieces shared by the benchmarks: a section spliced into a report another benchmark writes
-(training.md), a table row of a metric over report splits, results merged over runs of some splits."""
+(training.md), a table row of a metric over report splits, tables of rows over seeds, results merged
+over runs of some splits."""
 
 from __future__ import annotations
 
@@ -30,6 +31,35 @@ def split_row(label: str, report_values: list[float], baseline: float, selection
         f"| {label} | {mean:.4f} ± {statistics.pstdev(report_values):.4f} | {mean - baseline:+.4f} | "
         f"{selection_value:.4f} |"
     )
+
+
+def seed_tables(
+    runs: dict[int, dict[str, dict[str, float]]],
+    groups: list[tuple[list[int], str]],
+    row_header: str,
+    columns: dict[str, str],
+    digits: int = 4,
+) -> list[str]:
+    """Markdown lines: per (seeds, title) group with any seed run, a `## title` table of the rows every
+    such seed has (`runs[seed][row][key]`), a column per `columns` header -> key, each cell the mean
+    over the group's seeds (± their spread when more than one)."""
+    lines: list[str] = []
+    for seeds, title in groups:
+        present = [s for s in seeds if s in runs]
+        if not present:
+            continue
+        names = [n for n in runs[present[0]] if all(n in runs[s] for s in present)]
+        lines += ["", f"## {title}", "", f"| {row_header} | " + " | ".join(columns) + " |"]
+        lines.append("|---" * (len(columns) + 1) + "|")
+        for name in names:
+            cells = []
+            for key in columns.values():
+                values = [runs[s][name][key] for s in present if key in runs[s][name]]
+                mean = statistics.fmean(values) if values else float("nan")
+                spread = f" ± {statistics.pstdev(values):.3f}" if len(values) > 1 else ""
+                cells.append(f"{mean:.{digits}f}{spread}")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def record_runs(
