@@ -42,9 +42,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.inference.hubness import neighbourhood_similarity  # noqa: E402
+from benchmarks.clip_image_hubness import recall_at_1  # noqa: E402
 from benchmarks.report import record_runs, seed_tables  # noqa: E402
 from training.config import ImageTrainConfig, load_yaml_config  # noqa: E402
-from training.image_training import _embed, _encoder, _prepare, subset, train_image_encoder  # noqa: E402
+from training.eval.clip import unit  # noqa: E402
+from training.image_training import (  # noqa: E402
+    _embed,
+    _encoder,
+    _prepare,
+    style_pair_rows,
+    subset,
+    train_image_encoder,
+)
 from training.models.image import ImageEncoder  # noqa: E402
 from training.run import seed_everything  # noqa: E402
 
@@ -52,7 +61,6 @@ RESULTS = ROOT / "benchmarks" / "results"
 TUNING_SEED, REPORT_SEEDS = 10, (0, 1, 2)
 NEIGHBOURS = 10
 UNSEEN = "openmoji"
-SCREEN_GAIN, REPORT_GAIN, SEEN_LOSS = 0.03, 0.02, 0.01
 ROWS = ("plain cosine", "CSLS w 0.5, bank: training images", "CSLS w 1.0, bank: training images")
 DIAGNOSTIC = "CSLS w 0.5, bank: training images + augmented copies"
 
@@ -65,37 +73,21 @@ def config_for(seed: int) -> ImageTrainConfig:
     return base.model_copy(update={"name": name, "seed": seed, "split_seed": seed, "export": None})
 
 
-def unit(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=1, keepdims=True).clip(min=1e-12)
-
-
-def recall_at_1(queries: np.ndarray, gallery: np.ndarray, penalty: np.ndarray) -> float:
-    """Row i of `queries` and of `gallery` are one codepoint; `penalty` (gallery,) is subtracted from
-    every query's cosine to that gallery image. Ties count in the query's favour, as
-    `training.eval.images.cross_style_recall` counts them."""
-    scores = queries @ gallery.T - penalty[None, :]  # (n, n)
-    own = np.diag(scores)[:, None]
-    return float(((scores > own).sum(1) == 0).mean())
-
-
 def style_pairs(
-    vectors: np.ndarray, identities: list[str], views: list[str], banks: dict[str, tuple[np.ndarray, float]]
-):
-    """{row: {"A->B": R@1}} for every ordered pair of styles, on the codepoints having both."""
-    row = {(i, v): n for n, (i, v) in enumerate(zip(identities, views, strict=True))}
-    styles = list(dict.fromkeys(views))
+    vectors: np.ndarray,
+    identities: list[str],
+    views: list[str],
+    styles: list[str],
+    banks: dict[str, tuple[np.ndarray, float]],
+) -> dict[str, dict[str, float]]:
+    """{row: {"A->B": R@1}} for every ordered pair of `styles`, on the codepoints having both; each
+    row's gallery image loses weight x its mean cosine to its NEIGHBOURS nearest in the row's bank."""
     scores: dict[str, dict[str, float]] = {name: {} for name in banks}
-    for a in styles:
-        for b in styles:
-            if a == b:
-                continue
-            common = sorted({i for i, v in row if v == a} & {i for i, v in row if v == b})
-            queries, gallery = vectors[[row[i, a] for i in common]], vectors[[row[i, b] for i in common]]
-            for name, (bank, weight) in banks.items():
-                penalty = (
-                    weight * neighbourhood_similarity(bank, gallery, NEIGHBOURS) if weight else np.zeros(len(gallery))
-                )
-                scores[name][f"{a}->{b}"] = round(recall_at_1(queries, gallery, penalty), 4)
+    for a, b, query_rows, gallery_rows in style_pair_rows(identities, views, styles):
+        queries, gallery = vectors[query_rows], vectors[gallery_rows]
+        for name, (bank, weight) in banks.items():
+            penalty = weight * neighbourhood_similarity(bank, gallery, NEIGHBOURS) if weight else 0.0
+            scores[name][f"{a}->{b}"] = recall_at_1(queries @ gallery.T - penalty)
     return scores
 
 
@@ -112,7 +104,7 @@ def run_seed(seed: int) -> dict[str, dict[str, float]]:
     bank = unit(_embed(model, plain_bank.activations))
     augmented_bank = unit(_embed(model, data.train.activations))
     banks = {ROWS[0]: (bank, 0.0), ROWS[1]: (bank, 0.5), ROWS[2]: (bank, 1.0), DIAGNOSTIC: (augmented_bank, 0.5)}
-    rows = style_pairs(test, data.test.identities, data.test.views, banks)
+    rows = style_pairs(test, data.test.identities, data.test.views, data.eval_styles, banks)
     for name, pairs in rows.items():
         unseen = [v for pair, v in pairs.items() if UNSEEN in pair]
         pairs["unseen style R@1 (mean)"] = round(statistics.fmean(unseen), 4)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,27 +171,35 @@ def evaluate_emoji(encoder: ImageEncoder, test: ImageSet, styles: list[str], tra
     return emoji_metrics(vectors, test.identities, test.views, styles, train_styles)
 
 
+def style_pair_rows(
+    identities: list[str], views: list[str], styles: list[str]
+) -> Iterator[tuple[str, str, list[int], list[int]]]:
+    """For each ordered pair (a, b) of distinct `styles`: a, b, and the rows in style a and in style b
+    of the identities having both (one row per (identity, view); the two lists in the same order)."""
+    row = {(i, v): n for n, (i, v) in enumerate(zip(identities, views, strict=True))}
+    for a in styles:
+        for b in styles:
+            if a != b:
+                common = sorted({i for i, v in row if v == a} & {i for i, v in row if v == b})
+                yield a, b, [row[i, a] for i in common], [row[i, b] for i in common]
+
+
 def emoji_metrics(
     vectors: np.ndarray, identities: list[str], views: list[str], styles: list[str], train_styles: list[str]
 ) -> dict:
     """Cross-style Recall@1/@10 per ordered style pair (on identities having both), their means (all
     pairs; pairs with a style never trained on), and identity mAP over every row (one row per
     (identity, view) of `vectors`)."""
-    row = {(i, v): n for n, (i, v) in enumerate(zip(identities, views, strict=True))}
     metrics: dict[str, float] = {}
     held_out: list[float] = []
     all_pairs: list[float] = []
-    for a in styles:
-        for b in styles:
-            if a == b:
-                continue
-            common = sorted({i for i, v in row if v == a} & {i for i, v in row if v == b})
-            recall = cross_style_recall(vectors[[row[i, a] for i in common]], vectors[[row[i, b] for i in common]])
-            for k, value in recall.items():
-                metrics[f"{a}->{b} {k}"] = round(value, 4)
-            all_pairs.append(recall["recall@1"])
-            if a not in train_styles or b not in train_styles:
-                held_out.append(recall["recall@1"])
+    for a, b, query_rows, gallery_rows in style_pair_rows(identities, views, styles):
+        recall = cross_style_recall(vectors[query_rows], vectors[gallery_rows])
+        for k, value in recall.items():
+            metrics[f"{a}->{b} {k}"] = round(value, 4)
+        all_pairs.append(recall["recall@1"])
+        if a not in train_styles or b not in train_styles:
+            held_out.append(recall["recall@1"])
     metrics["cross_style recall@1 (mean)"] = round(float(np.mean(all_pairs)), 4)
     if held_out:
         metrics["held_out_style recall@1 (mean)"] = round(float(np.mean(held_out)), 4)
