@@ -145,6 +145,9 @@ class TrainConfig(Strict):
     # infonce, dcl: a batch document judged relevant to a query (another query's positive, or a
     # hard negative mined for another) leaves that query's softmax instead of counting as a negative
     mask_judged: bool = False
+    # infonce, dcl on graded qrels: each query's term in the batch mean weighted by its positive's
+    # grade (Cranfield 1-4), as nDCG's gain weighs a document, instead of every positive alike
+    grade_weighted: bool = False
     batch_size: int = Field(32, ge=2)
     # GradCache: embed in chunks of this many texts, so the effective batch is not bounded by memory.
     mini_batch_size: int = Field(0, ge=0)  # 0 = no caching
@@ -181,6 +184,13 @@ class TrainConfig(Strict):
             raise ValueError(f"distillation wraps a pair loss (infonce, dcl, mw, siglip), not {self.loss.name}")
         if self.mask_judged and self.loss.name not in ("infonce", "dcl"):
             raise ValueError(f"mask_judged applies to loss infonce or dcl, not {self.loss.name}")
+        if self.grade_weighted and (self.loss.name not in ("infonce", "dcl") or self.data.format != "beir"):
+            raise ValueError(
+                f"grade_weighted applies to loss infonce or dcl on data.format beir (graded qrels), "
+                f"not {self.loss.name} on {self.data.format}"
+            )
+        if self.grade_weighted and self.distillation is not None:
+            raise ValueError("grade_weighted does not combine with distillation (its loss has no row weights)")
         if self.validation is not None and self.data.format not in ("beir", "corpus"):
             raise ValueError(f"validation needs judged queries (data.format beir or corpus), not {self.data.format}")
         if self.loss.name in GRADED_LOSSES and self.data.format != "beir":

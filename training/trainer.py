@@ -323,6 +323,8 @@ def _pair_batch(context: BatchContext, batch: list[tuple[str, str]]) -> tuple[Ba
     plain = Batch(groups, [[1], [1, count] if count else [1]])
     if context.config.mask_judged:
         plain.extras["judged"] = judged_elsewhere(data, query_ids, doc_ids)
+    if context.config.grade_weighted:  # (b,) each row's positive's grade
+        plain.extras["row_weights"] = torch.tensor([float(data.qrels[q][d]) for q, d in batch])
     return plain, query_ids, doc_ids
 
 

@@ -85,6 +85,32 @@ def test_judged_documents_leave_the_row_of_the_query_they_are_judged_for() -> No
     assert wrapped(EYE, WITH_NEGATIVES, teacher, judged=judged).item() == pytest.approx(dcl, abs=1e-6)
 
 
+def test_row_weights_weigh_each_query_s_term_in_the_mean() -> None:
+    # against WITH_NEGATIVES, q0 = [1, 0] scores [1, 0, 0, 1] and q1 = [0.6, 0.8] scores
+    # [0.6, 0.8, 0.8, 0.6]; q1's positive is column 1 (0.8). DCL per row: -s_ii + log sum_{j != i} exp(s_ij)
+    queries = torch.tensor([[1.0, 0], [0.6, 0.8]])
+    row0 = -1 + math.log(2 + E)
+    row1 = -0.8 + math.log(2 * math.exp(0.6) + math.exp(0.8))
+    weights = torch.tensor([1.0, 3.0])
+    dcl = DecoupledContrastiveLoss(1.0)
+    assert dcl(queries, WITH_NEGATIVES).item() == pytest.approx((row0 + row1) / 2, abs=1e-6)
+    assert dcl(queries, WITH_NEGATIVES, row_weights=weights).item() == pytest.approx((row0 + 3 * row1) / 4, abs=1e-6)
+    # equal weights are the plain mean, whatever their size
+    assert dcl(queries, WITH_NEGATIVES, row_weights=torch.tensor([2.0, 2.0])).item() == pytest.approx(
+        (row0 + row1) / 2, abs=1e-6
+    )
+    # InfoNCE: row i's cross-entropy -s_ii + log sum_j exp(s_ij)
+    ce0 = -1 + math.log(E + 1 + 1 + E)
+    ce1 = -0.8 + math.log(math.exp(0.6) + math.exp(0.8) + math.exp(0.8) + math.exp(0.6))
+    infonce = InfoNCELoss(1.0)(queries, WITH_NEGATIVES, row_weights=weights).item()
+    assert infonce == pytest.approx((ce0 + 3 * ce1) / 4, abs=1e-6)
+    # symmetric: document i -> query i over the b positives, the same weights
+    back0 = -1 + math.log(E + math.exp(0.6))  # document [1, 0] against queries: 1, 0.6
+    back1 = -0.8 + math.log(1 + math.exp(0.8))  # document [0, 1]: 0, 0.8
+    symmetric = InfoNCELoss(1.0, symmetric=True)(queries, WITH_NEGATIVES, row_weights=weights).item()
+    assert symmetric == pytest.approx(((ce0 + 3 * ce1) / 4 + (back0 + 3 * back1) / 4) / 2, abs=1e-6)
+
+
 def test_mann_whitney() -> None:
     # every positive (score 1) vs every negative (score 0): -log σ(1)
     assert MannWhitneyLoss(1.0)(EYE, EYE).item() == pytest.approx(math.log(1 + 1 / E), abs=1e-6)

@@ -324,6 +324,36 @@ def test_mask_judged_reaches_the_loss_and_only_a_loss_that_reads_it(
         load_config(path)
 
 
+def test_grade_weighted_gives_the_loss_each_positive_s_grade(
+    tmp_path: Path, tiny_model: Path, small_beir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from training.losses.dcl import DecoupledContrastiveLoss
+
+    weights: list[torch.Tensor] = []
+    real_forward = DecoupledContrastiveLoss.forward
+
+    def recording(self, queries, documents, judged=None, row_weights=None):  # type: ignore[no-untyped-def]
+        weights.append(row_weights)
+        return real_forward(self, queries, documents, judged, row_weights)
+
+    monkeypatch.setattr(DecoupledContrastiveLoss, "forward", recording)
+    config = _config(tmp_path, tiny_model, small_beir, **{"loss.name": "dcl", "grade_weighted": True, "eval_sts": None})
+    run_dir = train(config, show_progress=False).run_dir
+    steps = [json.loads(line) for line in (run_dir / "steps.jsonl").read_text().splitlines()]
+    assert len(steps) == 3 and all(math.isfinite(s["loss"]) for s in steps)
+    dataset = load_beir(small_beir)
+    grades = {g for judged in dataset.qrels.values() for g in judged.values()}
+    assert len(weights) == 3 and all(w is not None and w.shape == (8,) for w in weights)
+    assert {float(g) for w in weights for g in w.tolist()} <= {float(g) for g in grades}
+    for raw, match in (
+        ({"loss": {"name": "mw"}}, "grade_weighted applies to loss infonce or dcl on data.format beir"),
+        ({"loss": {"name": "dcl"}, "distillation": {"weight": 1.0}}, "grade_weighted does not combine"),
+    ):
+        body = {"name": "x", "data": {"format": "beir", "path": str(small_beir)}, "grade_weighted": True, **raw}
+        with pytest.raises(ConfigError, match=match):
+            load_config(_write(tmp_path / "bad.yaml", yaml.safe_dump(body)))
+
+
 def test_blockrank_trains_exports_and_serves(tmp_path: Path, tiny_model: Path, small_beir: Path) -> None:
     raw = {
         "name": "br-tiny",

@@ -22,6 +22,15 @@ def without_judged(logits: torch.Tensor, judged: torch.Tensor | None) -> torch.T
     return logits if judged is None else logits.masked_fill(judged, float("-inf"))
 
 
+def row_mean(per_row: torch.Tensor, row_weights: torch.Tensor | None) -> torch.Tensor:
+    """(b,) per-query losses -> their mean, weighted by `row_weights` (b,) when given (e.g. each
+    positive's relevance grade, as nDCG's gain weighs it): sum(w * loss) / sum(w)."""
+    if row_weights is None:
+        return per_row.mean()
+    weights = row_weights.to(per_row.dtype)
+    return (weights * per_row).sum() / weights.sum()
+
+
 class Temperature(nn.Module):
     """τ, fixed or learned in log space (as CLIP does), clamped to [0.01, 1]."""
 

@@ -4,7 +4,8 @@ Optimises: InfoNCE with the positive removed from the denominator, which decoupl
 and negative terms (no "negative-positive coupling" that shrinks gradients for easy positives):
     loss_i = -s_ii / τ + log Σ_{j ≠ i} exp(s_ij / τ)
 Inputs: `queries` (b, dim); `documents` (b * (1 + h), dim), positives first; optionally `judged`
-(b, n) bool, documents judged relevant to a row's query besides its positive, left out of its row.
+(b, n) bool, documents judged relevant to a row's query besides its positive, left out of its row;
+optionally `row_weights` (b,), each row's weight in the mean (its positive's grade: `grade_weighted`).
 Paper: Yeh et al., "Decoupled Contrastive Learning", ECCV 2022.
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from training.losses._common import Temperature, cosine_scores, without_judged
+from training.losses._common import Temperature, cosine_scores, row_mean, without_judged
 from training.losses.layouts import BatchLayout
 
 
@@ -25,7 +26,11 @@ class DecoupledContrastiveLoss(nn.Module):
         self.temperature = Temperature(temperature, learnable_temperature)
 
     def forward(
-        self, queries: torch.Tensor, documents: torch.Tensor, judged: torch.Tensor | None = None
+        self,
+        queries: torch.Tensor,
+        documents: torch.Tensor,
+        judged: torch.Tensor | None = None,
+        row_weights: torch.Tensor | None = None,
     ) -> torch.Tensor:
         batch = queries.shape[0]
         logits = without_judged(cosine_scores(queries, documents) / self.temperature(), judged)  # (b, n)
@@ -33,4 +38,4 @@ class DecoupledContrastiveLoss(nn.Module):
         positive = logits[rows, rows]  # (b,)
         negatives = logits.clone()
         negatives[rows, rows] = float("-inf")  # drop the positive from the denominator
-        return (-positive + torch.logsumexp(negatives, dim=1)).mean()
+        return row_mean(-positive + torch.logsumexp(negatives, dim=1), row_weights)
