@@ -30,6 +30,8 @@ def serve(
     """Serve the API on the models in TESSERA_MODELS_DIR."""
     import uvicorn
 
+    from app.api.http_protocol import JsonErrorHttpToolsProtocol
+
     settings = _settings_or_exit()
     bind = host or settings.host
     try:
@@ -48,7 +50,7 @@ def serve(
         log_level=settings.log_level,
         access_log=False,  # one log line per request costs more than the embedding of a short text
         loop="uvloop",
-        http="httptools",
+        http=JsonErrorHttpToolsProtocol,  # httptools; unparseable requests answered in JSON too
     )
 
 
