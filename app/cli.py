@@ -30,7 +30,7 @@ def serve(
     """Serve the API on the models in TESSERA_MODELS_DIR."""
     import uvicorn
 
-    from app.api.http_protocol import JsonErrorHttpToolsProtocol
+    from app.api.http_protocol import GuardedHttpToolsProtocol
 
     settings = _settings_or_exit()
     bind = host or settings.host
@@ -50,7 +50,7 @@ def serve(
         log_level=settings.log_level,
         access_log=False,  # one log line per request costs more than the embedding of a short text
         loop="uvloop",
-        http=JsonErrorHttpToolsProtocol,  # httptools; unparseable requests answered in JSON too
+        http=GuardedHttpToolsProtocol,  # httptools, with JSON refusals, a head size bound and read timeouts
     )
 
 

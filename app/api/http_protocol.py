@@ -1,33 +1,130 @@
-"""The HTTP/1.1 protocol `tessera serve` runs: uvicorn's httptools protocol, answering a request it
-cannot parse in the API's JSON error shape instead of uvicorn's plain text.
+"""The HTTP/1.1 protocol `tessera serve` runs: uvicorn's httptools protocol with the guards a server
+facing hostile clients needs below the app, each refusal in the API's JSON error shape.
 
-A malformed request line, an unknown method (`FOO / HTTP/1.1`), a bad header or an unsupported
-upgrade never reaches the app, so its exception handlers cannot shape the answer: uvicorn writes
-`400 Invalid HTTP request received.` as text/plain and closes the connection. Clients and proxies
-that parse every error body as JSON should not need a second code path for these, so this keeps
-uvicorn's status, message and closing of the connection and changes only the body's format.
+Everything here happens before a request reaches the app, so the app's exception handlers cannot
+shape it, and uvicorn alone leaves three gaps:
+- a request it cannot parse (an unknown method, a malformed request line or header, TLS sent to the
+  plain port) gets a text/plain `400 Invalid HTTP request received.`: here a JSON 400;
+- the request line and headers are buffered without limit (one client sending a 200 MB URL or
+  header grows the server by 200 MB): here more than `max_head_bytes` gets a JSON 431 and the
+  connection is closed;
+- nothing times out a connection that is slow to send its request: one that never finishes its head
+  (slowloris), or stops sending a body it announced, holds its socket (and a task) for good, and
+  enough of them exhaust the server's file descriptors. Here a head must arrive within
+  `head_timeout_s` of its first byte (or of the connection), and a body may pause for at most
+  `body_idle_timeout_s` between reads; either gets a JSON 408 (when no response has started) and
+  the connection closed. Waits the server causes (reading paused while the app has not consumed a
+  body, or a `100 Continue` the app has not yet asked for) do not count against the client.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 INVALID_HTTP_CODE = "invalid_http_request"
+HEAD_TOO_LARGE_CODE = "request_head_too_large"
+TIMEOUT_CODE = "request_timeout"
 
 
-def invalid_http_body(message: str) -> bytes:
-    """The JSON error body for a request the HTTP parser refused (uvicorn's `message`)."""
-    error = {"message": f"{message} The connection is closed.", "type": "invalid_request_error"}
-    return orjson.dumps({"error": {**error, "code": INVALID_HTTP_CODE}})
+def error_body(message: str, code: str) -> bytes:
+    """The API's JSON error shape for a refusal made below the app."""
+    return orjson.dumps({"error": {"message": message, "type": "invalid_request_error", "code": code}})
 
 
-class JsonErrorHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's HttpToolsProtocol with a JSON body on its 400 for unparseable requests."""
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's HttpToolsProtocol with JSON refusals, a bound on the request head, and read timeouts."""
+
+    max_head_bytes = 64 * 1024  # request line + headers (nginx's default buffers hold 4 x 8 KiB)
+    head_timeout_s = 60.0  # nginx's client_header_timeout
+    body_idle_timeout_s = 60.0  # nginx's client_body_timeout: the longest pause between body reads
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._head_bytes = 0
+        self._reading_head = True  # until a head completes: the connection's first request
+        self._reading_body = False
+        self._read_timer: asyncio.TimerHandle | None = None
+        self._arm(self.head_timeout_s)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._reading_body:  # the client is still sending: its pause starts again
+            self._arm(self.body_idle_timeout_s)
+        super().data_received(data)
+        if self._reading_head and not self.transport.is_closing():
+            # the head is still incomplete after this chunk, so all of it was head (but for the tail
+            # of a request that ended inside it: a bounded overcount)
+            self._head_bytes += len(data)
+            if self._head_bytes > self.max_head_bytes:
+                self._refuse(
+                    431,
+                    f"the request line and headers exceed {self.max_head_bytes // 1024} KiB",
+                    HEAD_TOO_LARGE_CODE,
+                )
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if not self._reading_head:  # a later request on a kept-alive connection: its own deadline
+            self._reading_head, self._head_bytes = True, 0
+            self._arm(self.head_timeout_s)
+
+    def on_headers_complete(self) -> None:
+        self._reading_head = False
+        self._reading_body = True  # until on_message_complete (at once when there is no body)
+        self._arm(self.body_idle_timeout_s)
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._reading_body = False
+        self._disarm()
+        super().on_message_complete()
 
     def send_400_response(self, msg: str) -> None:
-        body = invalid_http_body(msg)
-        content = [STATUS_LINE[400]]
+        self._refuse(400, f"{msg} The connection is closed.", INVALID_HTTP_CODE)
+
+    # --- timers and refusals -------------------------------------------------------------------
+    def _arm(self, seconds: float) -> None:
+        self._disarm()
+        self._read_timer = self.loop.call_later(seconds, self._read_timed_out)
+
+    def _disarm(self) -> None:
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
+
+    def _read_timed_out(self) -> None:
+        self._read_timer = None
+        if self.transport.is_closing():
+            return
+        if self._reading_body:
+            cycle = self.cycle
+            if self.flow.read_paused or (cycle is not None and cycle.waiting_for_100_continue):
+                self._arm(self.body_idle_timeout_s)  # the server is the one waiting, not the client
+                return
+            if cycle is not None and cycle.response_started:
+                self.transport.close()  # too late for a status: the app sees a disconnect
+                return
+            self._refuse(408, f"no request body bytes for {self.body_idle_timeout_s:g} s", TIMEOUT_CODE)
+        elif self._head_bytes or getattr(self, "url", b""):  # `url` exists once a request began
+            self._refuse(408, f"the request head did not arrive within {self.head_timeout_s:g} s", TIMEOUT_CODE)
+        else:
+            self.transport.close()  # an idle connection that never began a request: closed quietly
+
+    def _refuse(self, status: int, message: str, code: str) -> None:
+        """Write a JSON error response and close the connection (the app's cycle, if any, sees a
+        disconnect)."""
+        self._disarm()
+        self._reading_head = self._reading_body = False
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.disconnected = True  # nothing the app sends later reaches this closed socket
+        body = error_body(message, code)
+        content = [STATUS_LINE[status]]
         for name, value in self.server_state.default_headers:
             content.extend([name, b": ", value, b"\r\n"])
         content.extend(

@@ -1,5 +1,6 @@
-"""Requests uvicorn's parser refuses, against a real server on loopback with `tessera serve`'s
-protocol: JSON error bodies, the connection closed, and the server still serving afterwards."""
+"""What `tessera serve`'s HTTP protocol does below the app, against a real server on loopback:
+unparseable requests, oversized heads and stalled clients get JSON errors and a closed connection,
+legitimate requests (large bodies, slow but steady clients, kept-alive connections) are served."""
 
 from __future__ import annotations
 
@@ -12,20 +13,36 @@ from collections.abc import Iterator
 import pytest
 import uvicorn
 
-from app.api.http_protocol import INVALID_HTTP_CODE, JsonErrorHttpToolsProtocol
+from app.api.http_protocol import (
+    HEAD_TOO_LARGE_CODE,
+    INVALID_HTTP_CODE,
+    TIMEOUT_CODE,
+    GuardedHttpToolsProtocol,
+)
+
+
+class FastGuards(GuardedHttpToolsProtocol):
+    """The served protocol with timeouts short enough for a test."""
+
+    head_timeout_s = 0.6
+    body_idle_timeout_s = 0.6
 
 
 async def _app(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+    """Echoes the body's length: the body is read whole, as the API's routes read theirs."""
     if scope["type"] != "http":
         return
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 200,
-            "headers": [(b"content-type", b"text/plain"), (b"content-length", b"2")],
-        }
-    )
-    await send({"type": "http.response.body", "body": b"ok"})
+    size, more = 0, True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        size += len(message.get("body", b""))
+        more = message.get("more_body", False)
+    body = str(size).encode()
+    headers = [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +50,7 @@ def port() -> Iterator[int]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         free = probe.getsockname()[1]
-    config = uvicorn.Config(_app, host="127.0.0.1", port=free, http=JsonErrorHttpToolsProtocol, log_level="error")
+    config = uvicorn.Config(_app, host="127.0.0.1", port=free, http=FastGuards, log_level="error")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -46,14 +63,34 @@ def port() -> Iterator[int]:
     thread.join(5)
 
 
+def _read_all(conn: socket.socket) -> bytes:
+    chunks = []
+    try:
+        while chunk := conn.recv(65536):
+            chunks.append(chunk)
+    except ConnectionResetError:  # the server closed while data it never read was in flight
+        pass
+    return b"".join(chunks)
+
+
 def _exchange(port: int, raw: bytes) -> bytes:
     """Send `raw`, read until the server closes the connection (bounded by a timeout)."""
     with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
         conn.sendall(raw)
-        chunks = []
-        while chunk := conn.recv(65536):
-            chunks.append(chunk)
-    return b"".join(chunks)
+        return _read_all(conn)
+
+
+def _error(answer: bytes, status: str, code: str) -> dict:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    assert lines[0] == f"HTTP/1.1 {status}", answer[:200]
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    assert headers["content-type"] == "application/json"
+    assert headers["connection"] == "close"
+    assert int(headers["content-length"]) == len(body)
+    error = json.loads(body)["error"]
+    assert error["code"] == code and error["type"] == "invalid_request_error"
+    return error
 
 
 @pytest.mark.parametrize(
@@ -68,20 +105,77 @@ def _exchange(port: int, raw: bytes) -> bytes:
     ],
 )
 def test_an_unparseable_request_gets_a_json_400_and_a_closed_connection(port: int, raw: bytes) -> None:
-    answer = _exchange(port, raw)
-    head, _, body = answer.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    assert lines[0] == "HTTP/1.1 400 Bad Request"
-    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    assert headers["content-type"] == "application/json"
-    assert headers["connection"] == "close"
-    assert int(headers["content-length"]) == len(body)
-    error = json.loads(body)["error"]
-    assert error["code"] == INVALID_HTTP_CODE and error["type"] == "invalid_request_error"
+    error = _error(_exchange(port, raw), "400 Bad Request", INVALID_HTTP_CODE)
     assert error["message"].startswith("Invalid HTTP request received.")
 
 
-def test_the_server_keeps_serving_after_a_refused_request(port: int) -> None:
+@pytest.mark.parametrize(
+    "prefix",
+    [b"GET /", b"GET / HTTP/1.1\r\nX-Big: ", b"GET / HTTP/1.1\r\n" + b"X-Many: 1\r\n" * 10],
+    ids=["url", "one header", "many headers"],
+)
+def test_a_head_over_the_bound_is_refused_not_buffered(port: int, prefix: bytes) -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        conn.sendall(prefix)
+        filler = (b"X-Many: 1\r\n" if prefix.endswith(b"1\r\n") else b"a") * 8192
+        sent = 0
+        try:  # far more than the bound: the server must stop reading and answer
+            while sent < 50 * GuardedHttpToolsProtocol.max_head_bytes:
+                conn.sendall(filler)
+                sent += len(filler)
+        except OSError:  # the server closed the connection mid-send
+            pass
+        answer = _read_all(conn)
+    error = _error(answer, "431 Request Header Fields Too Large", HEAD_TOO_LARGE_CODE)
+    assert "64 KiB" in error["message"]
+
+
+def test_a_head_that_never_finishes_times_out_with_a_json_408(port: int) -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        started = time.monotonic()
+        conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # no blank line: the head never ends
+        for _ in range(3):  # a byte now and then does not keep it alive (slowloris)
+            time.sleep(0.15)
+            conn.sendall(b"X")
+        answer = _read_all(conn)
+        waited = time.monotonic() - started
+    _error(answer, "408 Request Timeout", TIMEOUT_CODE)
+    assert FastGuards.head_timeout_s <= waited < FastGuards.head_timeout_s + 2
+
+
+def test_a_stalled_body_times_out_but_a_slow_steady_one_is_served(port: int) -> None:
+    head = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n"
+    _error(_exchange(port, head + b"12345"), "408 Request Timeout", TIMEOUT_CODE)  # 5 of 10, then silence
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        conn.sendall(head)
+        for _ in range(10):  # 10 bytes over ~1.5 s, never pausing as long as the idle limit
+            time.sleep(0.15)
+            conn.sendall(b"x")
+        answer = conn.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200 OK") and answer.endswith(b"\r\n\r\n10")
+
+
+def test_an_idle_connection_is_closed_quietly(port: int) -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        started = time.monotonic()
+        assert _read_all(conn) == b""
+        assert time.monotonic() - started < FastGuards.head_timeout_s + 2
+
+
+def test_large_bodies_and_kept_alive_requests_are_served(port: int) -> None:
+    body = b"y" * (3 * 1024 * 1024)  # far past the head bound and uvicorn's read-pause mark
+    request = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        conn.sendall(request)
+        first = conn.recv(65536)
+        time.sleep(FastGuards.head_timeout_s / 2)  # kept alive between requests, under uvicorn's idle limit
+        conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        second = _read_all(conn)
+    assert first.startswith(b"HTTP/1.1 200 OK") and first.endswith(str(len(body)).encode())
+    assert second.startswith(b"HTTP/1.1 200 OK") and second.endswith(b"\r\n\r\n0")
+
+
+def test_the_server_keeps_serving_after_refusals(port: int) -> None:
     _exchange(port, b"FOO / HTTP/1.1\r\n\r\n")
     answer = _exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-    assert answer.startswith(b"HTTP/1.1 200 OK") and answer.endswith(b"ok")
+    assert answer.startswith(b"HTTP/1.1 200 OK") and answer.endswith(b"\r\n\r\n0")
