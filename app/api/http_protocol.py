@@ -85,6 +85,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._disarm()
         super().on_message_complete()
 
+    def handle_websocket_upgrade(self) -> None:
+        self._disarm()  # the connection leaves HTTP: its timers are the WebSocket protocol's now
+        self._reading_head = self._reading_body = False
+        super().handle_websocket_upgrade()
+
     def send_400_response(self, msg: str) -> None:
         self._refuse(400, f"{msg} The connection is closed.", INVALID_HTTP_CODE)
 
