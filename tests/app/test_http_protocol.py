@@ -140,7 +140,8 @@ def test_a_head_that_never_finishes_times_out_with_a_json_408(port: int) -> None
         answer = _read_all(conn)
         waited = time.monotonic() - started
     _error(answer, "408 Request Timeout", TIMEOUT_CODE)
-    assert FastGuards.head_timeout_s <= waited < FastGuards.head_timeout_s + 2
+    # the deadline runs from the server's accept, a moment before the client's clock starts
+    assert FastGuards.head_timeout_s - 0.1 <= waited < FastGuards.head_timeout_s + 2
 
 
 def test_a_stalled_body_times_out_but_a_slow_steady_one_is_served(port: int) -> None:
