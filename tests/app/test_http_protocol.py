@@ -24,8 +24,8 @@ from app.api.http_protocol import (
 class FastGuards(GuardedHttpToolsProtocol):
     """The served protocol with timeouts short enough for a test."""
 
-    head_timeout_s = 0.6
-    body_idle_timeout_s = 0.6
+    head_timeout_s = 1.0
+    body_idle_timeout_s = 1.0
 
 
 async def _app(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
@@ -145,15 +145,15 @@ def test_a_head_that_never_finishes_times_out_with_a_json_408(port: int) -> None
 
 
 def test_a_stalled_body_times_out_but_a_slow_steady_one_is_served(port: int) -> None:
-    head = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n"
-    _error(_exchange(port, head + b"12345"), "408 Request Timeout", TIMEOUT_CODE)  # 5 of 10, then silence
+    head = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 15\r\n\r\n"
+    _error(_exchange(port, head + b"12345"), "408 Request Timeout", TIMEOUT_CODE)  # 5 of 15, then silence
     with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
         conn.sendall(head)
-        for _ in range(10):  # 10 bytes over ~1.5 s, never pausing as long as the idle limit
-            time.sleep(0.15)
+        for _ in range(15):  # 15 bytes over ~1.5 s, never pausing near the idle limit
+            time.sleep(0.1)
             conn.sendall(b"x")
         answer = conn.recv(65536)
-    assert answer.startswith(b"HTTP/1.1 200 OK") and answer.endswith(b"\r\n\r\n10")
+    assert answer.startswith(b"HTTP/1.1 200 OK") and answer.endswith(b"\r\n\r\n15")
 
 
 def test_an_idle_connection_is_closed_quietly(port: int) -> None:
