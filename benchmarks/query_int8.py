@@ -26,7 +26,6 @@ Writes benchmarks/results/query_int8.json and .md.
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -38,12 +37,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.query_latency import median_ms, min_cosine  # noqa: E402
 from benchmarks.rerank_served import cranfield_queries  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 FOLDER = ROOT / "models" / "mpnet-rerank"
 CORPUS = ROOT / "data" / "beir" / "cranfield" / "corpus.jsonl"
-TIMED, WARM_UP, THREADS = 80, 5, 2
+TIMED, THREADS = 80, 2
 ALPHAS = (0.5, 0.7, 0.85)
 SERVING_BAR = 0.999
 
@@ -179,19 +179,12 @@ def matmul_nbits(block: int, target: Path) -> bool:
 
 
 def measure(label: str, run: Callable[[list[int]], np.ndarray], timed: list[list[int]], exact: np.ndarray) -> dict:
-    for ids in timed[:WARM_UP]:
-        run(ids)
-    seconds, vectors = [], []
-    for ids in timed:
-        started = time.perf_counter()
-        vectors.append(run(ids))
-        seconds.append(time.perf_counter() - started)
-    found = np.stack(vectors)
+    ms, found = median_ms(lambda i: run(timed[i]), len(timed))  # after query_latency's warm-up
     cosines = (found * exact).sum(1) / np.linalg.norm(found, axis=1) / np.linalg.norm(exact, axis=1)
     row = {
         "option": label,
-        "median_ms": round(statistics.median(seconds) * 1000, 2),
-        "min_cosine": round(float(cosines.min()), 5),
+        "median_ms": ms,
+        "min_cosine": min_cosine(found, exact),
         "mean_cosine": round(float(cosines.mean()), 5),
     }
     print(row, flush=True)
