@@ -116,6 +116,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 self.transport.close()  # too late for a status: the app sees a disconnect
                 return
             self._refuse(408, f"no request body bytes for {self.body_idle_timeout_s:g} s", TIMEOUT_CODE)
+        elif self.cycle is not None and not self.cycle.response_complete:
+            self._arm(self.head_timeout_s)  # a pipelined head waits while an earlier request is answered
         elif self._head_bytes or getattr(self, "url", b""):  # `url` exists once a request began
             self._refuse(408, f"the request head did not arrive within {self.head_timeout_s:g} s", TIMEOUT_CODE)
         else:

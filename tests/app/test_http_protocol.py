@@ -4,6 +4,7 @@ legitimate requests (large bodies, slow but steady clients, kept-alive connectio
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import threading
@@ -32,6 +33,8 @@ async def _app(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
     """Echoes the body's length: the body is read whole, as the API's routes read theirs."""
     if scope["type"] != "http":
         return
+    if scope["path"] == "/slow":  # an answer that takes longer than the read timeouts
+        await asyncio.sleep(2.5 * FastGuards.head_timeout_s)
     size, more = 0, True
     while more:
         message = await receive()
@@ -174,6 +177,17 @@ def test_large_bodies_and_kept_alive_requests_are_served(port: int) -> None:
         second = _read_all(conn)
     assert first.startswith(b"HTTP/1.1 200 OK") and first.endswith(str(len(body)).encode())
     assert second.startswith(b"HTTP/1.1 200 OK") and second.endswith(b"\r\n\r\n0")
+
+
+def test_a_pipelined_head_waits_for_the_answer_before_it(port: int) -> None:
+    # a whole slow request, then the start of a second one that never ends: the first is answered
+    # in full, and only then is the stalled second one refused
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n")
+        answer = _read_all(conn)
+    first, _, rest = answer.partition(b"\r\n\r\n0")
+    assert first.startswith(b"HTTP/1.1 200 OK")
+    _error(rest, "408 Request Timeout", TIMEOUT_CODE)
 
 
 def test_the_server_keeps_serving_after_refusals(port: int) -> None:
