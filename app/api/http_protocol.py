@@ -14,12 +14,17 @@ shape it, and uvicorn alone leaves three gaps:
   `head_timeout_s` of its first byte (or of the connection), and a body may pause for at most
   `body_idle_timeout_s` between reads; either gets a JSON 408 (when no response has started) and
   the connection closed. Waits the server causes (reading paused while the app has not consumed a
-  body, or a `100 Continue` the app has not yet asked for) do not count against the client.
+  body, or a `100 Continue` the app has not yet asked for) do not count against the client;
+- connections are accepted until the process runs out of file descriptors, and then the server's
+  own files (the op log, snapshots, SQLite) fail to open as well: here a connection beyond
+  `max_connections` (the descriptor limit less a reserve for those files) gets a JSON 503 with
+  `Retry-After` and is closed at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import resource
 
 import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
@@ -27,6 +32,18 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 INVALID_HTTP_CODE = "invalid_http_request"
 HEAD_TOO_LARGE_CODE = "request_head_too_large"
 TIMEOUT_CODE = "request_timeout"
+CONNECTION_LIMIT_CODE = "connection_limit"
+# File descriptors kept for what the server opens itself (collections' files, models, logs).
+DESCRIPTOR_RESERVE = 512
+
+
+def connection_limit(reserve: int = DESCRIPTOR_RESERVE) -> int:
+    """Connections this process can hold and still open its own files: the soft descriptor limit
+    less `reserve`, at least 64 (an unlimited soft limit counts as 65,536)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 65_536
+    return max(64, soft - reserve)
 
 
 def error_body(message: str, code: str) -> bytes:
@@ -40,6 +57,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     max_head_bytes = 64 * 1024  # request line + headers (nginx's default buffers hold 4 x 8 KiB)
     head_timeout_s = 60.0  # nginx's client_header_timeout
     body_idle_timeout_s = 60.0  # nginx's client_body_timeout: the longest pause between body reads
+    max_connections = connection_limit()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -47,6 +65,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._reading_head = True  # until a head completes: the connection's first request
         self._reading_body = False
         self._read_timer: asyncio.TimerHandle | None = None
+        if len(self.connections) > self.max_connections:  # `connections` holds this one too
+            message = f"the server holds its limit of {self.max_connections} connections; retry shortly"
+            self._refuse(503, message, CONNECTION_LIMIT_CODE, retry_after_s=1)
+            return
         self._arm(self.head_timeout_s)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -123,7 +145,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         else:
             self.transport.close()  # an idle connection that never began a request: closed quietly
 
-    def _refuse(self, status: int, message: str, code: str) -> None:
+    def _refuse(self, status: int, message: str, code: str, retry_after_s: int | None = None) -> None:
         """Write a JSON error response and close the connection (the app's cycle, if any, sees a
         disconnect)."""
         self._disarm()
@@ -134,6 +156,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         content = [STATUS_LINE[status]]
         for name, value in self.server_state.default_headers:
             content.extend([name, b": ", value, b"\r\n"])
+        if retry_after_s is not None:
+            content.append(b"retry-after: %d\r\n" % retry_after_s)
         content.extend(
             [
                 b"content-type: application/json\r\n",

@@ -15,6 +15,7 @@ import pytest
 import uvicorn
 
 from app.api.http_protocol import (
+    CONNECTION_LIMIT_CODE,
     HEAD_TOO_LARGE_CODE,
     INVALID_HTTP_CODE,
     TIMEOUT_CODE,
@@ -48,12 +49,15 @@ async def _app(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
     await send({"type": "http.response.body", "body": body})
 
 
-@pytest.fixture(scope="module")
-def port() -> Iterator[int]:
+class ThreeConnections(FastGuards):
+    max_connections = 3
+
+
+def _serve(protocol: type[GuardedHttpToolsProtocol]) -> Iterator[int]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         free = probe.getsockname()[1]
-    config = uvicorn.Config(_app, host="127.0.0.1", port=free, http=FastGuards, log_level="error")
+    config = uvicorn.Config(_app, host="127.0.0.1", port=free, http=protocol, log_level="error")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -64,6 +68,16 @@ def port() -> Iterator[int]:
     yield free
     server.should_exit = True
     thread.join(5)
+
+
+@pytest.fixture(scope="module")
+def port() -> Iterator[int]:
+    yield from _serve(FastGuards)
+
+
+@pytest.fixture(scope="module")
+def limited_port() -> Iterator[int]:
+    yield from _serve(ThreeConnections)
 
 
 def _read_all(conn: socket.socket) -> bytes:
@@ -188,6 +202,38 @@ def test_a_pipelined_head_waits_for_the_answer_before_it(port: int) -> None:
     first, _, rest = answer.partition(b"\r\n\r\n0")
     assert first.startswith(b"HTTP/1.1 200 OK")
     _error(rest, "408 Request Timeout", TIMEOUT_CODE)
+
+
+def test_a_connection_past_the_limit_gets_a_json_503_and_the_next_one_in_room_is_served(limited_port: int) -> None:
+    held = [socket.create_connection(("127.0.0.1", limited_port), timeout=5) for _ in range(3)]
+    try:
+        with socket.create_connection(("127.0.0.1", limited_port), timeout=5) as extra:
+            answer = _read_all(extra)  # refused at once, before it sends anything
+        error = _error(answer, "503 Service Unavailable", CONNECTION_LIMIT_CODE)
+        assert "limit of 3 connections" in error["message"]
+        assert b"\r\nretry-after: 1\r\n" in answer.partition(b"\r\n\r\n")[0]
+    finally:
+        held.pop().close()
+    deadline = time.monotonic() + 3  # the server sees the close a moment later
+    while True:
+        answer = _exchange(limited_port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        if answer.startswith(b"HTTP/1.1 200 OK") or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert answer.startswith(b"HTTP/1.1 200 OK")
+    for conn in held:
+        conn.close()
+
+
+def test_the_descriptor_reserve_leaves_room_for_the_server_s_own_files() -> None:
+    import resource
+
+    from app.api.http_protocol import connection_limit
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    expected = 65_536 if soft == resource.RLIM_INFINITY else soft
+    assert connection_limit(100) == max(64, expected - 100)
+    assert connection_limit(10**9) == 64  # never below a usable floor
 
 
 def test_the_server_keeps_serving_after_refusals(port: int) -> None:
