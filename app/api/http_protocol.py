@@ -46,9 +46,9 @@ def connection_limit(reserve: int = DESCRIPTOR_RESERVE) -> int:
     return max(64, soft - reserve)
 
 
-def error_body(message: str, code: str) -> bytes:
-    """The API's JSON error shape for a refusal made below the app."""
-    return orjson.dumps({"error": {"message": message, "type": "invalid_request_error", "code": code}})
+def error_body(message: str, code: str, error_type: str = "invalid_request_error") -> bytes:
+    """The API's JSON error shape for a refusal made below the app (types as app/core/errors.py's)."""
+    return orjson.dumps({"error": {"message": message, "type": error_type, "code": code}})
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -67,7 +67,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._read_timer: asyncio.TimerHandle | None = None
         if len(self.connections) > self.max_connections:  # `connections` holds this one too
             message = f"the server holds its limit of {self.max_connections} connections; retry shortly"
-            self._refuse(503, message, CONNECTION_LIMIT_CODE, retry_after_s=1)
+            self._refuse(503, message, CONNECTION_LIMIT_CODE, "service_unavailable_error", retry_after_s=1)
             return
         self._arm(self.head_timeout_s)
 
@@ -145,14 +145,21 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         else:
             self.transport.close()  # an idle connection that never began a request: closed quietly
 
-    def _refuse(self, status: int, message: str, code: str, retry_after_s: int | None = None) -> None:
+    def _refuse(
+        self,
+        status: int,
+        message: str,
+        code: str,
+        error_type: str = "invalid_request_error",
+        retry_after_s: int | None = None,
+    ) -> None:
         """Write a JSON error response and close the connection (the app's cycle, if any, sees a
         disconnect)."""
         self._disarm()
         self._reading_head = self._reading_body = False
         if self.cycle is not None and not self.cycle.response_complete:
             self.cycle.disconnected = True  # nothing the app sends later reaches this closed socket
-        body = error_body(message, code)
+        body = error_body(message, code, error_type)
         content = [STATUS_LINE[status]]
         for name, value in self.server_state.default_headers:
             content.extend([name, b": ", value, b"\r\n"])

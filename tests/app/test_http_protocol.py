@@ -97,7 +97,7 @@ def _exchange(port: int, raw: bytes) -> bytes:
         return _read_all(conn)
 
 
-def _error(answer: bytes, status: str, code: str) -> dict:
+def _error(answer: bytes, status: str, code: str, error_type: str = "invalid_request_error") -> dict:
     head, _, body = answer.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     assert lines[0] == f"HTTP/1.1 {status}", answer[:200]
@@ -106,7 +106,7 @@ def _error(answer: bytes, status: str, code: str) -> dict:
     assert headers["connection"] == "close"
     assert int(headers["content-length"]) == len(body)
     error = json.loads(body)["error"]
-    assert error["code"] == code and error["type"] == "invalid_request_error"
+    assert error["code"] == code and error["type"] == error_type
     return error
 
 
@@ -209,7 +209,7 @@ def test_a_connection_past_the_limit_gets_a_json_503_and_the_next_one_in_room_is
     try:
         with socket.create_connection(("127.0.0.1", limited_port), timeout=5) as extra:
             answer = _read_all(extra)  # refused at once, before it sends anything
-        error = _error(answer, "503 Service Unavailable", CONNECTION_LIMIT_CODE)
+        error = _error(answer, "503 Service Unavailable", CONNECTION_LIMIT_CODE, "service_unavailable_error")
         assert "limit of 3 connections" in error["message"]
         assert b"\r\nretry-after: 1\r\n" in answer.partition(b"\r\n\r\n")[0]
     finally:
