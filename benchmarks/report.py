@@ -1,6 +1,6 @@
 """Report pieces shared by the benchmarks: a section spliced into a report another benchmark writes
 (training.md), a table row of a metric over report splits, tables of rows over seeds, results merged
-over runs of some splits."""
+over runs of some splits, bootstrap means of per-query changes."""
 
 from __future__ import annotations
 
@@ -9,6 +9,13 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import numpy as np
+
+
+def bootstrap_means(changes: np.ndarray, rng: np.random.Generator, resamples: int = 10_000) -> np.ndarray:
+    """Means of `resamples` resamples (with replacement) of the per-query `changes`, shape (resamples,)."""
+    return changes[rng.integers(0, len(changes), (resamples, len(changes)))].mean(axis=1)
 
 
 def splice_section(report: Path, begin: str, end: str, section: str) -> None:

@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.inference.text_model import TextModel  # noqa: E402
+from benchmarks.report import bootstrap_means  # noqa: E402
 from benchmarks.rerank_served import (  # noqa: E402
     DATASETS,
     cached_vectors,
@@ -55,7 +56,7 @@ def per_query_ndcg(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, 
 
 def interval(deltas: np.ndarray, rng: np.random.Generator) -> dict[str, float]:
     """Mean of the per-query `deltas`, its 95% bootstrap interval, and the queries a +-HALF_WIDTH one needs."""
-    means = deltas[rng.integers(0, len(deltas), (RESAMPLES, len(deltas)))].mean(axis=1)
+    means = bootstrap_means(deltas, rng, RESAMPLES)
     low, high = np.percentile(means, [2.5, 97.5])
     needed = int(np.ceil((1.96 * deltas.std(ddof=1) / HALF_WIDTH) ** 2))
     return {"mean": float(deltas.mean()), "low": float(low), "high": float(high), "queries_needed": needed}

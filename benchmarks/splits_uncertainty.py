@@ -28,6 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.report import bootstrap_means  # noqa: E402
 from training.data.beir import load_beir  # noqa: E402
 from training.eval.first_stage import corpus_of  # noqa: E402
 from training.eval.retrieval import retrieval_per_query  # noqa: E402
@@ -45,7 +46,7 @@ def load(source: str):  # type: ignore[no-untyped-def]
 
 
 def interval(changes: np.ndarray, rng: np.random.Generator) -> dict:
-    means = rng.choice(changes, size=(RESAMPLES, len(changes)), replace=True).mean(1)
+    means = bootstrap_means(changes, rng, RESAMPLES)
     return {
         "queries": len(changes),
         "mean": round(float(changes.mean()), 4),
