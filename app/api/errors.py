@@ -18,6 +18,11 @@ from app.core.errors import TesseraError, http_mapping
 log = logging.getLogger(__name__)
 
 
+def error_body(message: str, code: str, error_type: str = "invalid_request_error") -> bytes:
+    """The JSON error payload, for the app's responses and for refusals made below it (http_protocol)."""
+    return orjson.dumps({"error": {"message": message, "type": error_type, "code": code}})
+
+
 def error_response(
     status: int,
     message: str,
@@ -25,8 +30,9 @@ def error_response(
     error_type: str = "invalid_request_error",
     headers: dict[str, str] | None = None,
 ) -> Response:
-    body = {"error": {"message": message, "type": error_type, "code": code}}
-    return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
+    return Response(
+        error_body(message, code, error_type), status_code=status, media_type="application/json", headers=headers
+    )
 
 
 def domain_error_response(exc: TesseraError, retry_after_s: int) -> Response:

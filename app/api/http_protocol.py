@@ -26,8 +26,9 @@ from __future__ import annotations
 import asyncio
 import resource
 
-import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from app.api.errors import error_body
 
 INVALID_HTTP_CODE = "invalid_http_request"
 HEAD_TOO_LARGE_CODE = "request_head_too_large"
@@ -46,11 +47,6 @@ def connection_limit(reserve: int = DESCRIPTOR_RESERVE) -> int:
     return max(64, soft - reserve)
 
 
-def error_body(message: str, code: str, error_type: str = "invalid_request_error") -> bytes:
-    """The API's JSON error shape for a refusal made below the app (types as app/core/errors.py's)."""
-    return orjson.dumps({"error": {"message": message, "type": error_type, "code": code}})
-
-
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's HttpToolsProtocol with JSON refusals, a bound on the request head, and read timeouts."""
 
@@ -65,6 +61,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._reading_head = True  # until a head completes: the connection's first request
         self._reading_body = False
         self._read_timer: asyncio.TimerHandle | None = None
+        self._body_read_at = 0.0  # loop time of the last body bytes: the timer checks it, not re-armed per chunk
         if len(self.connections) > self.max_connections:  # `connections` holds this one too
             message = f"the server holds its limit of {self.max_connections} connections; retry shortly"
             self._refuse(503, message, CONNECTION_LIMIT_CODE, "service_unavailable_error", retry_after_s=1)
@@ -77,7 +74,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         if self._reading_body:  # the client is still sending: its pause starts again
-            self._arm(self.body_idle_timeout_s)
+            self._body_read_at = self.loop.time()
         super().data_received(data)
         if self._reading_head and not self.transport.is_closing():
             # the head is still incomplete after this chunk, so all of it was head (but for the tail
@@ -99,6 +96,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._reading_head = False
         self._reading_body = True  # until on_message_complete (at once when there is no body)
+        self._body_read_at = self.loop.time()
         self._arm(self.body_idle_timeout_s)
         super().on_headers_complete()
 
@@ -130,9 +128,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         if self._reading_body:
+            idle_s = self.loop.time() - self._body_read_at
+            if idle_s < self.body_idle_timeout_s:  # bytes came since the timer was set: wait out the rest
+                self._arm(self.body_idle_timeout_s - idle_s)
+                return
             cycle = self.cycle
             if self.flow.read_paused or (cycle is not None and cycle.waiting_for_100_continue):
-                self._arm(self.body_idle_timeout_s)  # the server is the one waiting, not the client
+                self._body_read_at = self.loop.time()  # the server is the one waiting, not the client
+                self._arm(self.body_idle_timeout_s)
                 return
             if cycle is not None and cycle.response_started:
                 self.transport.close()  # too late for a status: the app sees a disconnect
