@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 import uvicorn
+from starlette.types import ASGIApp
 
 from app.api.http_protocol import (
     CONNECTION_LIMIT_CODE,
@@ -21,6 +22,7 @@ from app.api.http_protocol import (
     TIMEOUT_CODE,
     GuardedHttpToolsProtocol,
 )
+from app.api.middleware import PayloadLimitMiddleware
 
 
 class FastGuards(GuardedHttpToolsProtocol):
@@ -53,11 +55,11 @@ class ThreeConnections(FastGuards):
     max_connections = 3
 
 
-def _serve(protocol: type[GuardedHttpToolsProtocol]) -> Iterator[int]:
+def _serve(protocol: type[GuardedHttpToolsProtocol], app: ASGIApp = _app) -> Iterator[int]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         free = probe.getsockname()[1]
-    config = uvicorn.Config(_app, host="127.0.0.1", port=free, http=protocol, log_level="error")
+    config = uvicorn.Config(app, host="127.0.0.1", port=free, http=protocol, log_level="error")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -78,6 +80,12 @@ def port() -> Iterator[int]:
 @pytest.fixture(scope="module")
 def limited_port() -> Iterator[int]:
     yield from _serve(ThreeConnections)
+
+
+@pytest.fixture(scope="module")
+def capped_port() -> Iterator[int]:
+    """The served payload cap (a small one) in front of the echo app."""
+    yield from _serve(FastGuards, PayloadLimitMiddleware(_app, max_bytes=1024))
 
 
 def _read_all(conn: socket.socket) -> bytes:
@@ -223,6 +231,33 @@ def test_a_connection_past_the_limit_gets_a_json_503_and_the_next_one_in_room_is
     assert answer.startswith(b"HTTP/1.1 200 OK")
     for conn in held:
         conn.close()
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n",  # refused by its length
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",  # refused once past the cap
+    ],
+)
+def test_a_body_over_the_cap_gets_a_413_and_the_connection_closes(capped_port: int, head: bytes) -> None:
+    # a client that keeps sending after its 413 is cut off, not drained to the end of its body
+    chunk = b"x" * 65536
+    piece = b"%x\r\n%s\r\n" % (len(chunk), chunk) if b"chunked" in head else chunk
+    with socket.create_connection(("127.0.0.1", capped_port), timeout=5) as conn:
+        conn.sendall(head + piece)
+        answer = conn.recv(65536)
+        closed, deadline = False, time.monotonic() + 0.8 * FastGuards.body_idle_timeout_s
+        while not closed and time.monotonic() < deadline:  # under the idle timeout: data keeps coming
+            try:
+                conn.sendall(piece)
+                time.sleep(0.01)
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+    assert answer.startswith(b"HTTP/1.1 413 ")
+    assert b"\r\nconnection: close\r\n" in answer.partition(b"\r\n\r\n")[0]
+    assert json.loads(answer.partition(b"\r\n\r\n")[2])["error"]["code"] == "payload_too_large"
+    assert closed
 
 
 def test_the_descriptor_reserve_leaves_room_for_the_server_s_own_files() -> None:
