@@ -13,6 +13,8 @@ against all-MiniLM-L6-v2 itself by benchmarks/splits_uncertainty.py (the trainer
 be this stage's model).
 
 Usage: .venv/bin/python benchmarks/tsdae_stage.py [--epochs 1] [--out runs/tsdae/minilm-cranfield-tsdae]
+       .venv/bin/python benchmarks/tsdae_stage.py --evaluate   (the stage's model against all-MiniLM-L6-v2
+       on the held-out queries of splits 0 and 1, and STS-B dev; writes benchmarks/results/tsdae_stage.*)
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ sys.path.insert(0, str(ROOT))
 from training.sources import DEFAULT_BASE_MODEL, load_sentence_transformer  # noqa: E402
 
 CORPUS = ROOT / "data" / "beir" / "cranfield" / "corpus.jsonl"
+RESULTS = ROOT / "benchmarks" / "results"
+LABELLED = ROOT / "training" / "configs" / "cranfield-warm-lr2e5.yaml"  # its evaluation set and length
 DELETION, BATCH, MAX_TOKENS, MIN_WORDS = 0.6, 8, 128, 4  # the paper's deletion ratio and batch size
 
 
@@ -52,6 +56,42 @@ def delete_words(text: str, rng: random.Random) -> str:
     return " ".join(kept or [rng.choice(words)])
 
 
+def evaluate_stage(folder: Path) -> None:
+    """nDCG@10 etc. of all-MiniLM-L6-v2 and of the stage's model on splits 0 and 1's held-out halves."""
+    from training.config import load_config
+    from training.trainer import TrainingData, evaluate
+
+    rows = []
+    for split in (0, 1):
+        config = load_config(LABELLED, {"data.query_split.seed": split})
+        eval_set = TrainingData.load(config).eval_set
+        for label, source in (("all-MiniLM-L6-v2", DEFAULT_BASE_MODEL), ("after the TSDAE stage", str(folder))):
+            model = load_sentence_transformer(source)
+            model.max_seq_length = config.max_seq_length
+            scores = evaluate(model, eval_set, config.eval_sts)
+            rows.append({"split": split, "model": label, **{k: round(v, 4) for k, v in scores.items()}})
+            print(rows[-1], flush=True)
+    stage = json.loads((folder / "tsdae.json").read_text())
+    (RESULTS / "tsdae_stage.json").write_text(json.dumps({"stage": stage, "rows": rows}, indent=2))
+    lines = [
+        "# A TSDAE stage on Cranfield's corpus (issue 19), before any query",
+        "",
+        f"`benchmarks/tsdae_stage.py` then `--evaluate` ({time.strftime('%Y-%m-%d %H:%M')}): {stage['steps']} steps "
+        f"(batch {BATCH}, {stage['sentences']} corpus sentences, 60% of words deleted, decoder tied to the "
+        f"encoder) in {stage['seconds'] / 60:.1f} min; held-out half of each query split, STS-B dev.",
+        "",
+        "| split | model | nDCG@10 | MRR@10 | recall@100 | STS-B Spearman |",
+        "|---|---|---|---|---|---|",
+        *(
+            f"| {r['split']} | {r['model']} | {r['ndcg@10']:.4f} | {r['mrr@10']:.4f} | {r['recall@100']:.4f} "
+            f"| {r.get('sts_spearman', float('nan')):.2f} |"
+            for r in rows
+        ),
+        "",
+    ]
+    (RESULTS / "tsdae_stage.md").write_text("\n".join(lines))
+
+
 def main() -> None:
     from sentence_transformers.sentence_transformer.losses import DenoisingAutoEncoderLoss
 
@@ -59,7 +99,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--learning-rate", type=float, default=3e-5)
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "tsdae" / "minilm-cranfield-tsdae")
+    parser.add_argument("--evaluate", action="store_true", help="score the stage's model in --out, train nothing")
     args = parser.parse_args()
+    if args.evaluate:
+        evaluate_stage(args.out)
+        return
     rng = random.Random(0)
     torch.manual_seed(0)
     sentences = corpus_sentences(CORPUS)
