@@ -105,6 +105,17 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._disarm()
         super().on_message_complete()
 
+    def on_response_complete(self) -> None:
+        if self._reading_body and not self.transport.is_closing():
+            # answered before its body was read whole (a 401, a 413, an early error): the rest of the
+            # body would be read and thrown away for as long as the client sends, so the connection
+            # ends here instead (as Go's net/http does past a small allowance)
+            self._reading_body = False
+            self._disarm()
+            self.transport.close()
+            return
+        super().on_response_complete()
+
     def handle_websocket_upgrade(self) -> None:
         self._disarm()  # the connection leaves HTTP: its timers are the WebSocket protocol's now
         self._reading_head = self._reading_body = False

@@ -38,6 +38,11 @@ async def _app(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
         return
     if scope["path"] == "/slow":  # an answer that takes longer than the read timeouts
         await asyncio.sleep(2.5 * FastGuards.head_timeout_s)
+    if scope["path"] == "/early":  # an answer before the body is read, as a 401 is
+        headers = [(b"content-type", b"text/plain"), (b"content-length", b"5")]
+        await send({"type": "http.response.start", "status": 401, "headers": headers})
+        await send({"type": "http.response.body", "body": b"early"})
+        return
     size, more = 0, True
     while more:
         message = await receive()
@@ -242,22 +247,37 @@ def test_a_connection_past_the_limit_gets_a_json_503_and_the_next_one_in_room_is
 )
 def test_a_body_over_the_cap_gets_a_413_and_the_connection_closes(capped_port: int, head: bytes) -> None:
     # a client that keeps sending after its 413 is cut off, not drained to the end of its body
-    chunk = b"x" * 65536
-    piece = b"%x\r\n%s\r\n" % (len(chunk), chunk) if b"chunked" in head else chunk
-    with socket.create_connection(("127.0.0.1", capped_port), timeout=5) as conn:
-        conn.sendall(head + piece)
-        answer = conn.recv(65536)
-        closed, deadline = False, time.monotonic() + 0.8 * FastGuards.body_idle_timeout_s
-        while not closed and time.monotonic() < deadline:  # under the idle timeout: data keeps coming
-            try:
-                conn.sendall(piece)
-                time.sleep(0.01)
-            except (BrokenPipeError, ConnectionResetError):
-                closed = True
+    answer, closed = _answer_then_keep_sending(capped_port, head)
     assert answer.startswith(b"HTTP/1.1 413 ")
     assert b"\r\nconnection: close\r\n" in answer.partition(b"\r\n\r\n")[0]
     assert json.loads(answer.partition(b"\r\n\r\n")[2])["error"]["code"] == "payload_too_large"
     assert closed
+
+
+def test_an_answer_before_the_body_is_read_ends_the_connection(port: int) -> None:
+    # as a 401 does: the app never reads the body, so the rest of it is not read and thrown away
+    head = b"POST /early HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    answer, closed = _answer_then_keep_sending(port, head)
+    assert answer.startswith(b"HTTP/1.1 401 ") and answer.endswith(b"early")
+    assert closed
+
+
+def _answer_then_keep_sending(port: int, head: bytes) -> tuple[bytes, bool]:
+    """Send `head` and a first 64 KiB of body, read the answer, keep sending for most of the body
+    idle timeout (so it never fires); return the answer and whether the server closed meanwhile."""
+    chunk = b"x" * 65536
+    piece = b"%x\r\n%s\r\n" % (len(chunk), chunk) if b"chunked" in head else chunk
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        conn.sendall(head + piece)
+        answer = conn.recv(65536)
+        deadline = time.monotonic() + 0.8 * FastGuards.body_idle_timeout_s
+        while time.monotonic() < deadline:
+            try:
+                conn.sendall(piece)
+                time.sleep(0.01)
+            except (BrokenPipeError, ConnectionResetError):
+                return answer, True
+    return answer, False
 
 
 def test_the_descriptor_reserve_leaves_room_for_the_server_s_own_files() -> None:
