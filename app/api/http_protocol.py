@@ -18,13 +18,20 @@ shape it, and uvicorn alone leaves three gaps:
 - connections are accepted until the process runs out of file descriptors, and then the server's
   own files (the op log, snapshots, SQLite) fail to open as well: here a connection beyond
   `max_connections` (the descriptor limit less a reserve for those files) gets a JSON 503 with
-  `Retry-After` and is closed at once.
+  `Retry-After` and is closed at once;
+- a response sent before its request body was read whole (a 401 to an upload, a 413) leaves uvicorn
+  reading and throwing away the rest of the body for as long as the client sends it: here the
+  connection takes no further request and closes as nginx's lingering close does. The answer is
+  followed by a FIN, the unread body is drained (so the client is not reset before it reads the
+  answer) until the client stops for `lingering_timeout_s` or `lingering_time_s` has passed, then the
+  connection is closed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import resource
+from collections.abc import Callable
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
@@ -53,6 +60,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     max_head_bytes = 64 * 1024  # request line + headers (nginx's default buffers hold 4 x 8 KiB)
     head_timeout_s = 60.0  # nginx's client_header_timeout
     body_idle_timeout_s = 60.0  # nginx's client_body_timeout: the longest pause between body reads
+    lingering_time_s = 30.0  # nginx's lingering_time: the most an unread body is drained after its answer
+    lingering_timeout_s = 5.0  # nginx's lingering_timeout: the longest pause while draining
     max_connections = connection_limit()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -62,6 +71,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._reading_body = False
         self._read_timer: asyncio.TimerHandle | None = None
         self._body_read_at = 0.0  # loop time of the last body bytes: the timer checks it, not re-armed per chunk
+        self._lingering_until: float | None = None  # set once an answer went out before its body was read
         if len(self.connections) > self.max_connections:  # `connections` holds this one too
             message = f"the server holds its limit of {self.max_connections} connections; retry shortly"
             self._refuse(503, message, CONNECTION_LIMIT_CODE, "service_unavailable_error", retry_after_s=1)
@@ -73,6 +83,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering_until is not None:  # the rest of an answered request's body: thrown away
+            self._body_read_at = self.loop.time()
+            return
         if self._reading_body:  # the client is still sending: its pause starts again
             self._body_read_at = self.loop.time()
         super().data_received(data)
@@ -107,12 +120,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         if self._reading_body and not self.transport.is_closing():
-            # answered before its body was read whole (a 401, a 413, an early error): the rest of the
-            # body would be read and thrown away for as long as the client sends, so the connection
-            # ends here instead (as Go's net/http does past a small allowance)
-            self._reading_body = False
-            self._disarm()
-            self.transport.close()
+            self._linger()  # answered before its body was read whole: no further request here
             return
         super().on_response_complete()
 
@@ -125,9 +133,30 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._refuse(400, f"{msg} The connection is closed.", INVALID_HTTP_CODE)
 
     # --- timers and refusals -------------------------------------------------------------------
-    def _arm(self, seconds: float) -> None:
+    def _arm(self, seconds: float, callback: Callable[[], None] | None = None) -> None:
         self._disarm()
-        self._read_timer = self.loop.call_later(seconds, self._read_timed_out)
+        self._read_timer = self.loop.call_later(seconds, callback or self._read_timed_out)
+
+    def _linger(self) -> None:
+        """Close after an answer sent before its request body was read: FIN after the answer, then
+        drain what the client still sends until it pauses or the lingering time is up."""
+        self.server_state.total_requests += 1  # as uvicorn's on_response_complete counts it
+        self._reading_body = False
+        self._lingering_until = self.loop.time() + self.lingering_time_s
+        self._body_read_at = self.loop.time()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.flow.resume_reading()  # reading may be paused on the unread body; drain it now
+        self._arm(self.lingering_timeout_s, self._linger_timed_out)
+
+    def _linger_timed_out(self) -> None:
+        self._read_timer = None
+        now = self.loop.time()
+        ends = min(self._lingering_until or now, self._body_read_at + self.lingering_timeout_s)
+        if now < ends and not self.transport.is_closing():
+            self._arm(ends - now, self._linger_timed_out)
+        else:
+            self.transport.close()
 
     def _disarm(self) -> None:
         if self._read_timer is not None:

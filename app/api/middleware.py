@@ -13,14 +13,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.api.errors import error_response
 from app.core import metrics
 
-_CLOSE = {"Connection": "close"}  # uvicorn closes the connection after a response that says so
-
 
 class PayloadLimitMiddleware:
     """413 for bodies over `max_bytes`, by Content-Length or, when chunked, while reading: the body
     is never buffered past the cap. Past it, the 413 is sent at once and the handler is told the
-    client went away (whatever it answers then is dropped). The 413 closes the connection, so a client
-    that keeps sending is cut off rather than having the rest of its body read and discarded."""
+    client went away (whatever it answers then is dropped). The served protocol then ends the connection
+    (app/api/http_protocol.py's lingering close), so a client that keeps sending is not read for ever."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app, self.max_bytes = app, max_bytes
@@ -33,7 +31,7 @@ class PayloadLimitMiddleware:
         for name, value in scope["headers"]:
             if name == b"content-length":
                 if not value.isdigit() or int(value) > self.max_bytes:
-                    await error_response(413, message, "payload_too_large", headers=_CLOSE)(scope, receive, send)
+                    await error_response(413, message, "payload_too_large")(scope, receive, send)
                     return
                 break
         received = 0
@@ -49,7 +47,7 @@ class PayloadLimitMiddleware:
                 if received > self.max_bytes:
                     refused = True
                     if not started:
-                        await error_response(413, message, "payload_too_large", headers=_CLOSE)(scope, receive, send)
+                        await error_response(413, message, "payload_too_large")(scope, receive, send)
                     return {"type": "http.disconnect"}
             return msg
 

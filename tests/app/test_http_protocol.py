@@ -30,6 +30,8 @@ class FastGuards(GuardedHttpToolsProtocol):
 
     head_timeout_s = 1.0
     body_idle_timeout_s = 1.0
+    lingering_time_s = 0.4
+    lingering_timeout_s = 0.2
 
 
 async def _app(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
@@ -246,10 +248,10 @@ def test_a_connection_past_the_limit_gets_a_json_503_and_the_next_one_in_room_is
     ],
 )
 def test_a_body_over_the_cap_gets_a_413_and_the_connection_closes(capped_port: int, head: bytes) -> None:
-    # a client that keeps sending after its 413 is cut off, not drained to the end of its body
+    # a client that keeps sending after its 413 is cut off (after the lingering time), not drained to
+    # the end of its body
     answer, closed = _answer_then_keep_sending(capped_port, head)
     assert answer.startswith(b"HTTP/1.1 413 ")
-    assert b"\r\nconnection: close\r\n" in answer.partition(b"\r\n\r\n")[0]
     assert json.loads(answer.partition(b"\r\n\r\n")[2])["error"]["code"] == "payload_too_large"
     assert closed
 
@@ -260,6 +262,21 @@ def test_an_answer_before_the_body_is_read_ends_the_connection(port: int) -> Non
     answer, closed = _answer_then_keep_sending(port, head)
     assert answer.startswith(b"HTTP/1.1 401 ") and answer.endswith(b"early")
     assert closed
+
+
+def test_after_an_early_answer_a_client_that_stops_sending_reads_it_whole_then_the_end(port: int) -> None:
+    # the lingering close: the answer, then a clean end of stream (no reset) once the client pauses
+    chunk = b"x" * 65536
+    piece = b"%x\r\n%s\r\n" % (len(chunk), chunk)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        conn.sendall(b"POST /early HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + piece * 8)
+        started = time.monotonic()
+        answer = b""
+        while chunk_read := conn.recv(65536):  # raises on a reset
+            answer += chunk_read
+        waited = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 401 ") and answer.endswith(b"early")
+    assert waited < FastGuards.lingering_time_s + 1.0
 
 
 def _answer_then_keep_sending(port: int, head: bytes) -> tuple[bytes, bool]:
