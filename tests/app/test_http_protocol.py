@@ -32,6 +32,7 @@ class FastGuards(GuardedHttpToolsProtocol):
     body_idle_timeout_s = 1.0
     lingering_time_s = 0.4
     lingering_timeout_s = 0.2
+    lingering_max_bytes = 1 << 30  # the tests' clients send a few MB at most: time bounds the drain here
 
 
 async def _app(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
@@ -277,6 +278,20 @@ def test_after_an_early_answer_a_client_that_stops_sending_reads_it_whole_then_t
         waited = time.monotonic() - started
     assert answer.startswith(b"HTTP/1.1 401 ") and answer.endswith(b"early")
     assert waited < FastGuards.lingering_time_s + 1.0
+
+
+def test_the_drain_after_an_early_answer_stops_at_its_byte_bound() -> None:
+    # a fast client is cut off once it has sent the bound, well before the lingering time
+    class ByteBound(FastGuards):
+        lingering_time_s = 30.0
+        lingering_max_bytes = 256 * 1024
+
+    for free in _serve(ByteBound):
+        head = b"POST /early HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        started = time.monotonic()
+        answer, closed = _answer_then_keep_sending(free, head)
+        assert answer.startswith(b"HTTP/1.1 401 ")
+        assert closed and time.monotonic() - started < 0.8 * FastGuards.body_idle_timeout_s
 
 
 def _answer_then_keep_sending(port: int, head: bytes) -> tuple[bytes, bool]:
