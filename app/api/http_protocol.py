@@ -2,7 +2,7 @@
 facing hostile clients needs below the app, each refusal in the API's JSON error shape.
 
 Everything here happens before a request reaches the app, so the app's exception handlers cannot
-shape it, and uvicorn alone leaves three gaps:
+shape it, and uvicorn alone leaves these gaps:
 - a request it cannot parse (an unknown method, a malformed request line or header, TLS sent to the
   plain port) gets a text/plain `400 Invalid HTTP request received.`: here a JSON 400;
 - the request line and headers are buffered without limit (one client sending a 200 MB URL or
@@ -56,7 +56,8 @@ def connection_limit(reserve: int = DESCRIPTOR_RESERVE) -> int:
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's HttpToolsProtocol with JSON refusals, a bound on the request head, and read timeouts."""
+    """uvicorn's HttpToolsProtocol with JSON refusals, a bound on the request head, read timeouts, a
+    connection limit and a lingering close after early answers."""
 
     max_head_bytes = 64 * 1024  # request line + headers (nginx's default buffers hold 4 x 8 KiB)
     head_timeout_s = 60.0  # nginx's client_header_timeout
@@ -146,7 +147,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _linger(self) -> None:
         """Close after an answer sent before its request body was read: FIN after the answer, then
-        drain what the client still sends until it pauses or the lingering time is up."""
+        drain what the client still sends until it pauses, the lingering time is up or the byte bound
+        is passed (`data_received`)."""
         self.server_state.total_requests += 1  # as uvicorn's on_response_complete counts it
         self._reading_body = False
         self._lingering_until = self.loop.time() + self.lingering_time_s
