@@ -45,12 +45,16 @@ def load(source: str):  # type: ignore[no-untyped-def]
     return model
 
 
+def standard_error(changes: np.ndarray) -> float:
+    return round(float(changes.std(ddof=1) / np.sqrt(len(changes))), 4)
+
+
 def interval(changes: np.ndarray, rng: np.random.Generator) -> dict:
     means = bootstrap_means(changes, rng, RESAMPLES)
     return {
         "queries": len(changes),
         "mean": round(float(changes.mean()), 4),
-        "se": round(float(changes.std(ddof=1) / np.sqrt(len(changes))), 4),
+        "se": standard_error(changes),
         "ci95": [round(float(np.percentile(means, 2.5)), 4), round(float(np.percentile(means, 97.5)), 4)],
         "p_under_floor": round(float(np.mean(means < FLOOR)), 3),
     }
@@ -70,6 +74,7 @@ def main() -> None:
     for split in args.splits:
         held_out = dataset.split_queries(split, 0.5)[1]
         before = retrieval_per_query(base, held_out, corpus=base_corpus)
+        queries = sorted(before)
         changes: dict[str, np.ndarray] = {}
         for name in args.names:
             folder = args.runs_dir / f"{name}-split{split}" / "model"
@@ -77,7 +82,6 @@ def main() -> None:
                 print(f"skipped: no {folder}", flush=True)
                 continue
             after = retrieval_per_query(load(str(folder)), held_out)
-            queries = sorted(before)
             changes[name] = np.array([after[q][METRIC] - before[q][METRIC] for q in queries])
             rows.append({"split": split, "run": name, **interval(changes[name], rng)})
             print(rows[-1], flush=True)
@@ -88,7 +92,7 @@ def main() -> None:
                     "split": split,
                     "runs": [first, second],
                     "mean": round(float(difference.mean()), 4),
-                    "se": round(float(difference.std(ddof=1) / np.sqrt(len(difference))), 4),
+                    "se": standard_error(difference),
                 }
             )
             print(pairs[-1], flush=True)

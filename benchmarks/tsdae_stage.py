@@ -61,12 +61,13 @@ def evaluate_stage(folder: Path) -> None:
     from training.config import load_config
     from training.trainer import TrainingData, evaluate
 
+    models = {"all-MiniLM-L6-v2": DEFAULT_BASE_MODEL, "after the TSDAE stage": str(folder)}
+    models = {label: load_sentence_transformer(source) for label, source in models.items()}
     rows = []
     for split in (0, 1):
         config = load_config(LABELLED, {"data.query_split.seed": split})
         eval_set = TrainingData.load(config).eval_set
-        for label, source in (("all-MiniLM-L6-v2", DEFAULT_BASE_MODEL), ("after the TSDAE stage", str(folder))):
-            model = load_sentence_transformer(source)
+        for label, model in models.items():
             model.max_seq_length = config.max_seq_length
             scores = evaluate(model, eval_set, config.eval_sts)
             rows.append({"split": split, "model": label, **{k: round(v, 4) for k, v in scores.items()}})
@@ -77,7 +78,7 @@ def evaluate_stage(folder: Path) -> None:
         "# A TSDAE stage on Cranfield's corpus (issue 19), before any query",
         "",
         f"`benchmarks/tsdae_stage.py` then `--evaluate` ({time.strftime('%Y-%m-%d %H:%M')}): {stage['steps']} steps "
-        f"(batch {BATCH}, {stage['sentences']} corpus sentences, 60% of words deleted, decoder tied to the "
+        f"(batch {BATCH}, {stage['sentences']} corpus sentences, {DELETION:.0%} of words deleted, decoder tied to the "
         f"encoder) in {stage['seconds'] / 60:.1f} min; held-out half of each query split, STS-B dev.",
         "",
         "| split | model | nDCG@10 | MRR@10 | recall@100 | STS-B Spearman |",
@@ -111,16 +112,17 @@ def main() -> None:
     model.max_seq_length = MAX_TOKENS
     loss = DenoisingAutoEncoderLoss(model, tie_encoder_decoder=True)
     optimizer = torch.optim.AdamW([p for p in loss.parameters() if p.requires_grad], lr=args.learning_rate)
-    steps = args.epochs * (len(sentences) // BATCH)
+    per_epoch = len(sentences) // BATCH
+    steps = args.epochs * per_epoch
     warmup = max(1, steps // 10)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
     print(f"{len(sentences)} sentences, {steps} steps", flush=True)
     model.train()
     started = time.time()
     for step in range(steps):
-        if step % (len(sentences) // BATCH) == 0:
+        if step % per_epoch == 0:
             rng.shuffle(sentences)
-        at = (step % (len(sentences) // BATCH)) * BATCH
+        at = (step % per_epoch) * BATCH
         batch = sentences[at : at + BATCH]
         damaged = model.tokenize([delete_words(s, rng) for s in batch])
         value = loss([damaged, model.tokenize(batch)], None)

@@ -151,8 +151,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         is passed (`data_received`)."""
         self.server_state.total_requests += 1  # as uvicorn's on_response_complete counts it
         self._reading_body = False
-        self._lingering_until = self.loop.time() + self.lingering_time_s
         self._body_read_at = self.loop.time()
+        self._lingering_until = self._body_read_at + self.lingering_time_s
         if self.transport.can_write_eof():
             self.transport.write_eof()
         self.flow.resume_reading()  # reading may be paused on the unread body; drain it now

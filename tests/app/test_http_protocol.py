@@ -59,6 +59,15 @@ async def _app(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
     await send({"type": "http.response.body", "body": body})
 
 
+EARLY_CHUNKED_HEAD = b"POST /early HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def _body_piece(head: bytes) -> bytes:
+    """64 KiB of body, framed as a chunk when `head` sends a chunked body."""
+    chunk = b"x" * 65536
+    return b"%x\r\n%s\r\n" % (len(chunk), chunk) if b"chunked" in head else chunk
+
+
 class ThreeConnections(FastGuards):
     max_connections = 3
 
@@ -259,18 +268,15 @@ def test_a_body_over_the_cap_gets_a_413_and_the_connection_closes(capped_port: i
 
 def test_an_answer_before_the_body_is_read_ends_the_connection(port: int) -> None:
     # as a 401 does: the app never reads the body, so the rest of it is not read and thrown away
-    head = b"POST /early HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-    answer, closed = _answer_then_keep_sending(port, head)
+    answer, closed = _answer_then_keep_sending(port, EARLY_CHUNKED_HEAD)
     assert answer.startswith(b"HTTP/1.1 401 ") and answer.endswith(b"early")
     assert closed
 
 
 def test_after_an_early_answer_a_client_that_stops_sending_reads_it_whole_then_the_end(port: int) -> None:
     # the lingering close: the answer, then a clean end of stream (no reset) once the client pauses
-    chunk = b"x" * 65536
-    piece = b"%x\r\n%s\r\n" % (len(chunk), chunk)
     with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
-        conn.sendall(b"POST /early HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + piece * 8)
+        conn.sendall(EARLY_CHUNKED_HEAD + _body_piece(EARLY_CHUNKED_HEAD) * 8)
         started = time.monotonic()
         answer = b""
         while chunk_read := conn.recv(65536):  # raises on a reset
@@ -287,9 +293,8 @@ def test_the_drain_after_an_early_answer_stops_at_its_byte_bound() -> None:
         lingering_max_bytes = 256 * 1024
 
     for free in _serve(ByteBound):
-        head = b"POST /early HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
         started = time.monotonic()
-        answer, closed = _answer_then_keep_sending(free, head)
+        answer, closed = _answer_then_keep_sending(free, EARLY_CHUNKED_HEAD)
         assert answer.startswith(b"HTTP/1.1 401 ")
         assert closed and time.monotonic() - started < 0.8 * FastGuards.body_idle_timeout_s
 
@@ -297,8 +302,7 @@ def test_the_drain_after_an_early_answer_stops_at_its_byte_bound() -> None:
 def _answer_then_keep_sending(port: int, head: bytes) -> tuple[bytes, bool]:
     """Send `head` and a first 64 KiB of body, read the answer, keep sending for most of the body
     idle timeout (so it never fires); return the answer and whether the server closed meanwhile."""
-    chunk = b"x" * 65536
-    piece = b"%x\r\n%s\r\n" % (len(chunk), chunk) if b"chunked" in head else chunk
+    piece = _body_piece(head)
     with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
         conn.sendall(head + piece)
         answer = conn.recv(65536)
