@@ -1,0 +1,83 @@
+"""More than one name per training emoji: do CLDR short names and keywords teach the map more?
+
+The clip head learns its turn from 1,511 training emoji, each paired with one text, its Unicode name
+("person raising both hands in celebration"). Each emoji also has a CLDR short name ("raising
+hands") and CLDR keywords ("celebration, gesture, hand, hooray, raised"), shipped by npm
+`emojibase-data@16.0.3` (MIT; `make emoji-annotations`). CLIP-style training gains from several
+captions per image (one drawn per epoch); the clip-art captions here are already "title, keywords".
+`ClipTrainConfig.emoji_aliases` gives every *training* emoji those extra captions: each epoch draws
+one of them per image. Held-out emoji keep their Unicode name alone (the evaluation queries), the
+hubness bank stays the primary captions (names and clip-art captions), and the intra-modal pairs
+and caption groups are unchanged. Two rows beside the served recipe, fixed before the run (not
+tuned): the CLDR short name as a second caption, and the short name plus "short name, keywords" as
+a third.
+
+Decision rule, written before the first run (as `clip_prompts.py`'s): on split 0 (where every clip
+choice is made), all rows trained in the same run. A row goes on only if the sum of
+hubness-corrected emoji names R@1 and hubness-corrected OpenClipart R@1 beats the served recipe's by
+more than 0.005, with emoji image->image no more than 0.01 lower and COCO-mini caption->photo R@1
+(plain and corrected) no more than 0.005 lower; of passing rows the one with the larger sum goes on.
+It then runs on the report splits 1-3 beside the served recipe, reported whatever it shows, and is
+served only if the splits 1-3 mean passes the same test.
+
+Usage: .venv/bin/python benchmarks/clip_names.py [--splits 0] [--rows ...]
+Writes benchmarks/results/clip_names.json and .md (every split run so far, merged).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.clip_ensemble import score, split_tables  # noqa: E402
+from benchmarks.clip_training import served_config  # noqa: E402
+from benchmarks.report import record_runs  # noqa: E402
+from training.clip_training import fit_members, prepare  # noqa: E402
+from training.run import RunFolder  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+SELECTION_SPLIT = 0  # every clip choice is made on split 0; --splits 1 2 3 reports
+
+SERVED_ROW = "the Unicode name (served)"
+ALIASES = {
+    SERVED_ROW: "none",
+    "+ the CLDR short name": "labels",
+    "+ the CLDR short name and 'short name, keywords'": "labels_and_tags",
+}
+
+
+def run_split(split: int, rows: list[str]) -> dict[str, dict[str, float]]:
+    scores = {}
+    for label in [SERVED_ROW, *(r for r in rows if r != SERVED_ROW)]:
+        config = served_config("names", split, emoji_aliases=ALIASES[label])
+        data = prepare(config)
+        head, _ = fit_members(config, data, RunFolder(Path("/tmp") / "tessera-clip-names", f"s{split}-{len(scores)}"))
+        scores[label] = score(head, data, config)
+        print(split, label, json.dumps(scores[label]), flush=True)
+    return scores
+
+
+def write_markdown(report: dict) -> None:
+    (RESULTS / "clip_names.md").write_text(
+        split_tables(report, "More than one name per training emoji (`benchmarks/clip_names.py`)")
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--splits", type=int, nargs="+", default=[SELECTION_SPLIT])
+    parser.add_argument("--rows", nargs="+", default=list(ALIASES), choices=list(ALIASES))
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    record_runs(RESULTS / "clip_names.json", "splits", args.splits, lambda s: run_split(s, args.rows), write_markdown)
+
+
+if __name__ == "__main__":
+    main()
