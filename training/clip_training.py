@@ -35,7 +35,14 @@ from app.inference.images import ImageLimits, open_image, trim_key
 from app.inference.text_model import TextModel
 from training.config import ClipTrainConfig
 from training.data.clipart import Clip, clip_path, load_clips, split_clips
-from training.data.images import Identity, emoji_path, load_identities, load_idx_split, split_identities
+from training.data.images import (
+    Identity,
+    emoji_path,
+    load_emoji_aliases,
+    load_identities,
+    load_idx_split,
+    split_identities,
+)
 from training.distributed import Workers, gather_segments, setup_workers, shard_rows, shutdown, sum_gradients
 from training.eval.clip import retrieval_recall, unit, zero_shot_accuracy
 from training.eval.images import cross_style_recall
@@ -176,6 +183,17 @@ class TrainSet:
     groups: list[list[int]]  # images sharing a caption that one epoch draws one of (emoji styles)
     emoji_start: int | None = None  # rows from here on are emoji drawings (None: no emoji)
     captions: list[str] = field(default_factory=list)  # the strings `texts` embeds, row for row
+    # image row -> the caption rows one is drawn from each epoch (its own first); images not here
+    # always take `text_of`'s row (`emoji_aliases`)
+    choices: dict[int, list[int]] = field(default_factory=dict)
+    bank_rows: int | None = None  # the first rows of `texts` that are primary captions (None: all)
+
+    def caption_rows(self, batch: list[int], rng: random.Random) -> np.ndarray:
+        """(b,) the caption row of each batch image this step: drawn among its choices where it has
+        them (no draw at all without choices, so a run without aliases draws what it always did)."""
+        if not self.choices:
+            return self.text_of[batch]
+        return np.array([rng.choice(self.choices[i]) if i in self.choices else self.text_of[i] for i in batch])
 
 
 @dataclass
@@ -244,6 +262,8 @@ def prepare(config: ClipTrainConfig) -> ClipData:
     evals = [_clipart_eval(source, config, test_clips, repeats, clip_features(test_clips))]
     emoji_styles = None
     identities: list[Identity] = []
+    choices: dict[int, list[int]] = {}
+    bank_rows: int | None = None
     if config.emoji is not None:
         identities = load_identities(config.emoji)
         train_ids, test_ids = split_identities(identities, config.emoji_test, config.split_seed)
@@ -252,10 +272,14 @@ def prepare(config: ClipTrainConfig) -> ClipData:
         names = sorted({i.name for i in train_ids})
         name_row = {n: len(captions) + j for j, n in enumerate(names)}
         captions += names
+        row_identities: list[Identity] = []
         for style in styles:
             have = [i for i in train_ids if style in i.styles]
             pooled.append(emoji_features(style, have))
             text_of += [name_row[i.name] for i in have]
+            row_identities += have
+        bank_rows = len(captions)
+        choices = _alias_choices(config, row_identities, start, text_of, captions)
         by_name: dict[int, list[int]] = {}
         for offset, text_row in enumerate(text_of[start:]):
             by_name.setdefault(text_row, []).append(start + offset)
@@ -276,8 +300,33 @@ def prepare(config: ClipTrainConfig) -> ClipData:
     if config.coco is not None:
         evals.append(_coco_eval(source, config.coco))
     emoji_start = len(train_clips) if config.emoji is not None else None
-    train = TrainSet(torch.cat(pooled), source.texts(captions), np.array(text_of), groups, emoji_start, captions)
+    texts = source.texts(captions)
+    train = TrainSet(torch.cat(pooled), texts, np.array(text_of), groups, emoji_start, captions, choices, bank_rows)
     return ClipData(train, evals, emoji_styles, _zero_shot(source, config), class_vectors)
+
+
+def _alias_choices(
+    config: ClipTrainConfig, row_identities: list[Identity], start: int, text_of: list[int], captions: list[str]
+) -> dict[int, list[int]]:
+    """Training emoji image row (from `start`, one per `row_identities` entry) -> its caption rows:
+    its name's, then its CLDR aliases' (`config.emoji_aliases`). New alias strings are appended to
+    `captions`; one already there (another emoji's name) reuses its row."""
+    if config.emoji_aliases == "none":
+        return {}
+    tags = config.emoji_aliases == "labels_and_tags"
+    aliases = load_emoji_aliases(config.emoji_annotations, sorted(set(row_identities), key=lambda i: i.unified), tags)
+    row = {c: i for i, c in reversed(list(enumerate(captions)))}  # a caption's first row
+    choices = {}
+    for image_row, identity in enumerate(row_identities, start):
+        rows = [text_of[image_row]]
+        for alias in aliases.get(identity.unified, []):
+            if alias not in row:
+                row[alias] = len(captions)
+                captions.append(alias)
+            rows += [] if row[alias] in rows else [row[alias]]
+        if len(rows) > 1:
+            choices[image_row] = rows
+    return choices
 
 
 def _clipart_eval(
@@ -405,10 +454,18 @@ class ClipStep:
         mine = shard_rows(rows, [1], len(rows), self.workers)
         return gather_segments(self.head(pooled[mine].float()), [1], len(rows), self.workers)
 
-    def loss(self, train: TrainSet, batch: list[int], pairs: tuple[list[int], list[int]] | None) -> torch.Tensor:
-        """The global batch's loss, identical on every rank; backward reaches this rank's rows."""
+    def loss(
+        self,
+        train: TrainSet,
+        batch: list[int],
+        pairs: tuple[list[int], list[int]] | None,
+        text_rows: np.ndarray | None = None,
+    ) -> torch.Tensor:
+        """The global batch's loss, identical on every rank; backward reaches this rank's rows.
+        `text_rows`: each image's caption row this step (default: `text_of`'s)."""
         images = self._images(train.pooled, batch)  # (b, dim)
-        fixed = train.texts[train.text_of[batch]]  # (b, dim) fixed caption vectors
+        rows = train.text_of[batch] if text_rows is None else text_rows
+        fixed = train.texts[rows]  # (b, dim) fixed caption vectors
         texts = fixed
         if self.text_map is not None:
             mine = shard_rows(fixed, [1], len(batch), self.workers)
@@ -463,7 +520,7 @@ def fit(
         for epoch in range(config.epochs):
             for batch in _batches(train, global_batch, rng, min_batch, by_source):
                 pairs = _intra_pairs(group_of, batch, rng) if intra is not None else None
-                loss = step_fn.loss(train, batch, pairs)
+                loss = step_fn.loss(train, batch, pairs, train.caption_rows(batch, rng))
                 optimizer.zero_grad()
                 loss.backward()
                 sum_gradients(step_fn.trainable(), workers)
@@ -577,7 +634,7 @@ def build_head(config: ClipTrainConfig, class_vectors: torch.Tensor) -> ClipImag
 def hub_correction(head: ClipImageHead, train: TrainSet, config: ClipTrainConfig) -> HubCorrection:
     """The hubness correction a model exported from `head` serves: the training captions' unit
     vectors as the bank, centred on the training images' mean neighbourhood similarity."""
-    bank = train.texts.numpy().astype(np.float32)  # (t, dim)
+    bank = train.texts[: train.bank_rows].numpy().astype(np.float32)  # (t, dim): primary captions only
     mean = float(neighbourhood_similarity(bank, _vectors(head, train.pooled), config.hubness_neighbours).mean())
     return HubCorrection(bank, config.hubness_neighbours, config.hubness_weight, mean)
 

@@ -442,6 +442,12 @@ class ClipTrainConfig(Strict):
     emoji: Path | None = Path("data/emoji")
     emoji_test: int = Field(400, ge=10)
     emoji_styles: list[str] = ["google", "twitter"]
+    # Extra captions for *training* emoji, one drawn per image each epoch (held-out emoji keep their
+    # Unicode name, the evaluation query): "labels" adds the CLDR short name, "labels_and_tags" also
+    # "short name, keywords" (benchmarks/clip_names.py). From `emoji_annotations`, emojibase-data's
+    # en/data.json (`make emoji-annotations`).
+    emoji_aliases: Literal["none", "labels", "labels_and_tags"] = "none"
+    emoji_annotations: Path = Path("data/emoji-annotations/data.json")
     coco: Path | None = Path("../shared/data/coco-mini")  # evaluation only
     fashion_mnist: Path | None = Path("data/fashion-mnist")
     mnist: Path | None = Path("../shared/data/mnist-test")

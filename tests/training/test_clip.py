@@ -19,6 +19,7 @@ from training.clip_training import (
     ClipData,
     EvalSet,
     TrainSet,
+    _alias_choices,
     _batches,
     build_head,
     class_prompt_vectors,
@@ -436,6 +437,55 @@ def test_batches_by_source_keep_clip_art_and_emoji_apart() -> None:
     assert any(min(b) >= 10 for b in by_source) and any(max(b) < 10 for b in by_source)
 
 
+def _annotations(tmp_path: Path) -> Path:
+    """emojibase-data's data.json shape: the grinning face's CLDR name is its Unicode name, the
+    heart's is not (and emojibase drops FE0F), the rocket's is another caption already trained on."""
+    path = tmp_path / "data.json"
+    records = [
+        {"label": "Grinning face", "hexcode": "1F600", "tags": ["face", "grin"]},
+        {"label": "red heart", "hexcode": "2764", "tags": ["heart"]},
+        {"label": "clip caption", "hexcode": "1F680"},
+        {"label": "no such emoji", "hexcode": "1F9FF", "tags": ["x"]},
+    ]
+    path.write_text(json.dumps(records))
+    return path
+
+
+def test_emoji_aliases_become_caption_choices_of_the_training_emoji_rows(tmp_path: Path) -> None:
+    """Rows 1-5: three training emoji in two styles after one clip-art image. An alias equal to the
+    emoji's own name adds nothing, one equal to another caption reuses its row, new ones are appended."""
+    from training.data.images import Identity
+
+    grin = Identity("1F600", "grinning face", "c", ("google", "twitter"))
+    heart = Identity("2764-FE0F", "heavy black heart", "c", ("google", "twitter"))
+    rocket = Identity("1F680", "rocket", "c", ("google", "twitter"))
+    rows = [grin, heart, rocket, grin, heart]
+    config = ClipTrainConfig(name="t", emoji_annotations=_annotations(tmp_path), emoji_aliases="labels_and_tags")
+    captions = ["clip caption", "grinning face", "heavy black heart", "rocket"]
+    text_of = [0, 1, 2, 3, 1, 2]
+    choices = _alias_choices(config, rows, 1, text_of, captions)
+    assert captions[4:] == ["grinning face, face, grin", "red heart", "red heart, heart"]
+    assert choices == {1: [1, 4], 2: [2, 5, 6], 3: [3, 0], 4: [1, 4], 5: [2, 5, 6]}
+
+    captions = ["clip caption", "grinning face", "heavy black heart", "rocket"]
+    labels = config.model_copy(update={"emoji_aliases": "labels"})
+    assert _alias_choices(labels, rows, 1, text_of, captions) == {2: [2, 4], 3: [3, 0], 5: [2, 4]}
+    assert captions[4:] == ["red heart"]
+    none = config.model_copy(update={"emoji_aliases": "none", "emoji_annotations": tmp_path / "missing.json"})
+    assert _alias_choices(none, rows, 1, text_of, captions) == {}  # the file is not even read
+
+
+def test_caption_rows_draw_among_choices_and_draw_nothing_without_them() -> None:
+    train = TrainSet(torch.zeros(4, 4), torch.zeros(6, 4), np.array([0, 1, 2, 3]), [[i] for i in range(4)])
+    rng, twin = random.Random(5), random.Random(5)
+    assert train.caption_rows([3, 1], rng).tolist() == [3, 1]
+    assert rng.random() == twin.random()  # no draw: a run without aliases trains as it always did
+    train = replace(train, choices={1: [1, 4, 5]})
+    drawn = [train.caption_rows([0, 1, 3], rng).tolist() for _ in range(200)]
+    assert {d[0] for d in drawn} == {0} and {d[2] for d in drawn} == {3}
+    assert {d[1] for d in drawn} == {1, 4, 5}
+
+
 def test_softmax_temperature_of_each_loss() -> None:
     assert softmax_temperature(InfoNCELoss(0.07)) == pytest.approx(0.07)
     assert softmax_temperature(SigLIPLoss(scale=10.0)) == pytest.approx(0.1)
@@ -611,7 +661,7 @@ def test_a_trained_head_ships_its_hubness_bank_and_serves_it(tmp_path: Path, def
     and the manifest; serving loads them."""
     from app.core.manifest import Manifest
     from app.inference.hubness import HubCorrection
-    from training.clip_training import _vectors, conse_head, save_hub_bank
+    from training.clip_training import _vectors, conse_head, hub_correction, save_hub_bank
     from training.export.clip import export_clip_model
 
     head = conse_head(default_models_dir / "minilm-l6")
@@ -647,6 +697,9 @@ def test_a_trained_head_ships_its_hubness_bank_and_serves_it(tmp_path: Path, def
     np.testing.assert_allclose(hubs.bank, captions.numpy(), atol=1e-7)
     # an image as close to its 3 nearest captions as the training images are on average: no penalty
     assert abs(float(hubs.penalties(images).mean())) < 1e-5
+    # captions past `bank_rows` (emoji aliases) are trained on but are not the bank
+    primary = hub_correction(head, replace(train, bank_rows=20), config).bank
+    np.testing.assert_array_equal(primary, captions[:20].numpy())
 
 
 def test_a_conse_head_exports_without_a_hubness_bank(clip_models_dir: Path) -> None:

@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 
 from training.config import ImageTrainConfig
-from training.data.images import SvgStyle, load_identities, prepare_emoji, split_identities
+from training.data.images import (
+    Identity,
+    ImageDataError,
+    SvgStyle,
+    load_emoji_aliases,
+    load_identities,
+    prepare_emoji,
+    split_identities,
+)
 from training.eval.images import cross_style_recall, identity_map, precision_at_k
 from training.export.image import image_tower_section
 from training.image_training import raw_features_metrics, train_image_encoder
@@ -65,6 +73,33 @@ def test_prepare_emoji_adds_svg_styles_by_codepoint_and_view_only_styles_keep_th
     assert identities == {"1F600": ("google", "openmoji", "fluent"), "2764-FE0F": ("google", "openmoji", "fluent")}
     assert Image.open(out / "fluent" / "2764-FE0F.png").size == (64, 64)
     assert Image.open(out / "fluent" / "1F600.png").convert("RGB").getpixel((32, 32)) == (0, 170, 0)
+
+
+def test_emoji_aliases_match_identities_without_fe0f_and_refuse_a_bad_file(tmp_path: Path) -> None:
+    import json
+
+    path = tmp_path / "data.json"
+    path.write_text(
+        json.dumps(
+            [
+                {"label": "Red Heart", "hexcode": "2764", "tags": ["love", "Heart"]},
+                {"label": "rocket", "hexcode": "1F680"},
+                {"label": "", "hexcode": "1F600"},
+                {"hexcode": "1F601"},
+            ]
+        )
+    )
+    heart, rocket, grin = (Identity(u, "n", "c", ("google",)) for u in ("2764-FE0F", "1F680", "1F600"))
+    assert load_emoji_aliases(path, [heart, rocket, grin], tags=True) == {
+        "2764-FE0F": ["red heart", "red heart, love, heart"],
+        "1F680": ["rocket"],
+    }
+    assert load_emoji_aliases(path, [heart], tags=False) == {"2764-FE0F": ["red heart"]}
+    with pytest.raises(ImageDataError, match="make emoji-annotations"):
+        load_emoji_aliases(tmp_path / "missing.json", [heart], tags=True)
+    path.write_bytes(b"\xff not json")
+    with pytest.raises(ImageDataError, match=r"not emojibase-data's data\.json"):
+        load_emoji_aliases(path, [heart], tags=True)
 
 
 def test_split_never_shares_a_codepoint() -> None:

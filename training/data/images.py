@@ -118,6 +118,29 @@ def load_identities(folder: Path) -> list[Identity]:
     ]
 
 
+def load_emoji_aliases(path: Path, identities: list[Identity], tags: bool) -> dict[str, list[str]]:
+    """Each identity's unified code -> its CLDR captions from emojibase-data's `en/data.json` (matched
+    without FE0F): the short name ("raising hands"), and with `tags` also "short name, keywords".
+    Identities it does not list are left out."""
+    if not path.is_file():
+        raise ImageDataError(f"{path} not found: run `make emoji-annotations` first")
+    try:
+        records = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ImageDataError(f"{path}: not emojibase-data's data.json ({exc})") from exc
+    aliases: dict[str, list[str]] = {}
+    for record in records:
+        label = str(record.get("label", "")).strip().lower()
+        if not label or "hexcode" not in record:
+            continue
+        captions = [label]
+        if tags and record.get("tags"):
+            captions.append(", ".join([label, *(str(t).lower() for t in record["tags"])]))
+        aliases[_without_variation_selectors(str(record["hexcode"]).upper())] = captions
+    found = ((i.unified, aliases.get(_without_variation_selectors(i.unified))) for i in identities)
+    return {unified: captions for unified, captions in found if captions}
+
+
 def emoji_path(folder: Path, style: str, unified: str) -> Path:
     return folder / style / f"{unified}.png"
 
