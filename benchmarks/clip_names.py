@@ -20,6 +20,9 @@ more than 0.005, with emoji image->image no more than 0.01 lower and COCO-mini c
 It then runs on the report splits 1-3 beside the served recipe, reported whatever it shows, and is
 served only if the splits 1-3 mean passes the same test.
 
+Result (2026-12-07, split 0): both rows lose (sums 0.6390 and 0.6434 against the served 0.6499;
+emoji names corrected 0.3550 and 0.3475 against 0.3600), so nothing went on (`clip_reading.md`).
+
 Usage: .venv/bin/python benchmarks/clip_names.py [--splits 0] [--rows ...]
 Writes benchmarks/results/clip_names.json and .md (every split run so far, merged).
 """
