@@ -44,12 +44,18 @@ class LossConfig(Strict):
     name: LossName = "infonce"
     temperature: float = Field(0.05, gt=0, le=1)
     learnable_temperature: bool = False
-    symmetric: bool = False  # infonce only
+    symmetric: bool = False  # infonce, dcl: the document -> query direction too
     matryoshka_dims: list[int] = Field(default_factory=list)  # e.g. [384, 256, 128, 64]
     list_size: int = Field(8, ge=2)  # listwise, wasserstein: candidates per query (positives + negatives)
     target_temperature: float = Field(1.0, gt=0)  # listwise, wasserstein: softmax(grade / this) over relevant docs
     # cwcl: soft targets exp((cos - 1) / this) between positives; null = the paper's (1 + cos) / 2
     weight_temperature: float | None = Field(0.1, gt=0)
+
+    @model_validator(mode="after")
+    def _symmetric(self) -> LossConfig:
+        if self.symmetric and self.name not in ("infonce", "dcl"):
+            raise ValueError(f"symmetric applies to loss infonce or dcl, not {self.name}")
+        return self
 
 
 class MiningConfig(Strict):
@@ -460,8 +466,8 @@ class ClipTrainConfig(Strict):
 
     @model_validator(mode="after")
     def _loss(self) -> ClipTrainConfig:
-        if self.loss.name not in ("infonce", "cwcl", "siglip"):
-            raise ValueError("clip training takes infonce, cwcl or siglip")
+        if self.loss.name not in ("infonce", "dcl", "cwcl", "siglip"):
+            raise ValueError("clip training takes infonce, dcl, cwcl or siglip")
         if bad := [p for p in self.class_prompts if p.count("{}") != 1]:
             raise ValueError(f"class_prompts: each template needs exactly one '{{}}' for the class name, not {bad}")
         if not self.conse and self.residual == "none":

@@ -492,7 +492,7 @@ def test_softmax_temperature_of_each_loss() -> None:
 
 
 def test_clip_config_refuses_a_pair_loss_it_cannot_use() -> None:
-    with pytest.raises(ValueError, match="infonce, cwcl or siglip"):
+    with pytest.raises(ValueError, match="infonce, dcl, cwcl or siglip"):
         ClipTrainConfig(name="t", loss=LossConfig(name="cosent"))
     with pytest.raises(ValueError, match="no path"):
         ClipTrainConfig(name="t", conse=False, residual="none")

@@ -64,6 +64,23 @@ def test_decoupled_contrastive() -> None:
     assert DecoupledContrastiveLoss(1.0)(EYE, EYE).item() == pytest.approx(-1.0, abs=1e-6)
     # -1 + log(e^0 + e^0 + e^1)
     assert DecoupledContrastiveLoss(1.0)(EYE, WITH_NEGATIVES).item() == pytest.approx(-1 + math.log(2 + E), abs=1e-6)
+    # symmetric: positive i -> query i over the b queries (hard negatives are not queries): -1 + log(e^0)
+    symmetric = DecoupledContrastiveLoss(1.0, symmetric=True)(EYE, WITH_NEGATIVES).item()
+    assert symmetric == pytest.approx((-1 + math.log(2 + E) - 1) / 2, abs=1e-6)
+    # q0 = [1, 0], q1 = [0.6, 0.8] against positives d0 = [1, 0], d1 = [0, 1]: s = [[1, 0], [0.6, 0.8]]
+    # forward rows: -1 + 0, -0.8 + 0.6; backward (d -> q) rows: -1 + 0.6, -0.8 + 0
+    queries = torch.tensor([[1.0, 0], [0.6, 0.8]])
+    both = DecoupledContrastiveLoss(1.0, symmetric=True)(queries, EYE, row_weights=torch.tensor([1.0, 3.0])).item()
+    assert both == pytest.approx(((-1 + 3 * -0.2) / 4 + (-0.4 + 3 * -0.8) / 4) / 2, abs=1e-6)
+
+
+def test_symmetric_is_refused_for_a_loss_without_the_option() -> None:
+    from training.config import LossConfig
+    from training.losses.registry import build_embedding_loss
+
+    assert build_embedding_loss(LossConfig(name="dcl", symmetric=True)).symmetric
+    with pytest.raises(ValueError, match="symmetric applies to loss infonce or dcl, not mw"):
+        LossConfig(name="mw", symmetric=True)
 
 
 def test_judged_documents_leave_the_row_of_the_query_they_are_judged_for() -> None:

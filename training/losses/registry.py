@@ -38,7 +38,7 @@ class LossSettings(Protocol):
 # Bi-encoder losses (`loss.name` in a train config).
 EMBEDDING_LOSSES: dict[str, Callable[[LossSettings], nn.Module]] = {
     "infonce": lambda s: InfoNCELoss(s.temperature, s.learnable_temperature, s.symmetric),
-    "dcl": lambda s: DecoupledContrastiveLoss(s.temperature, s.learnable_temperature),
+    "dcl": lambda s: DecoupledContrastiveLoss(s.temperature, s.learnable_temperature, s.symmetric),
     "mw": lambda s: MannWhitneyLoss(s.temperature, s.learnable_temperature),
     "cwcl": lambda s: CWCLLoss(s.temperature, s.learnable_temperature, s.weight_temperature),
     "listwise": lambda s: ListwiseSoftmaxLoss(s.temperature, s.target_temperature, s.learnable_temperature),
