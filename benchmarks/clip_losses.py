@@ -16,6 +16,10 @@ more than 0.005, with emoji image->image no more than 0.01 lower and COCO-mini c
 It then runs on the report splits 1-3 beside the served recipe, reported whatever it shows, and is
 served only if the splits 1-3 mean passes the same test.
 
+Result (2026-12-07, split 0): no row passes. Sums 0.6541 (DCL), 0.6359 (SigLIP), 0.6176 (CWCL)
+against the served 0.6499; DCL's +0.0042 is under the 0.005 margin and it loses image->image 0.025
+(allowed 0.01). Nothing went on (`clip_reading.md`).
+
 Usage: .venv/bin/python benchmarks/clip_losses.py [--splits 0] [--rows ...]
 Writes benchmarks/results/clip_losses.json and .md (every split run so far, merged).
 """
