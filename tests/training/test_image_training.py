@@ -86,6 +86,8 @@ def test_emoji_aliases_match_identities_without_fe0f_and_refuse_a_bad_file(tmp_p
                 {"label": "rocket", "hexcode": "1F680"},
                 {"label": "", "hexcode": "1F600"},
                 {"hexcode": "1F601"},
+                "not a record",
+                {"label": "grin", "hexcode": "1F600", "tags": "not a list"},
             ]
         )
     )
@@ -93,10 +95,14 @@ def test_emoji_aliases_match_identities_without_fe0f_and_refuse_a_bad_file(tmp_p
     assert load_emoji_aliases(path, [heart, rocket, grin], tags=True) == {
         "2764-FE0F": ["red heart", "red heart, love, heart"],
         "1F680": ["rocket"],
+        "1F600": ["grin"],
     }
     assert load_emoji_aliases(path, [heart], tags=False) == {"2764-FE0F": ["red heart"]}
     with pytest.raises(ImageDataError, match="make emoji-annotations"):
         load_emoji_aliases(tmp_path / "missing.json", [heart], tags=True)
+    path.write_text('{"label": "a dict, not a list"}')
+    with pytest.raises(ImageDataError, match="a list of emoji records"):
+        load_emoji_aliases(path, [heart], tags=True)
     path.write_bytes(b"\xff not json")
     with pytest.raises(ImageDataError, match=r"not emojibase-data's data\.json"):
         load_emoji_aliases(path, [heart], tags=True)

@@ -128,13 +128,15 @@ def load_emoji_aliases(path: Path, identities: list[Identity], tags: bool) -> di
         records = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ImageDataError(f"{path}: not emojibase-data's data.json ({exc})") from exc
+    if not isinstance(records, list):
+        raise ImageDataError(f"{path}: not emojibase-data's data.json (a list of emoji records)")
     aliases: dict[str, list[str]] = {}
     for record in records:
-        label = str(record.get("label", "")).strip().lower()
+        label = str(record.get("label", "")).strip().lower() if isinstance(record, dict) else ""
         if not label or "hexcode" not in record:
             continue
         captions = [label]
-        if tags and record.get("tags"):
+        if tags and isinstance(record.get("tags"), list) and record["tags"]:
             captions.append(", ".join([label, *(str(t).lower() for t in record["tags"])]))
         aliases[_without_variation_selectors(str(record["hexcode"]).upper())] = captions
     found = ((i.unified, aliases.get(_without_variation_selectors(i.unified))) for i in identities)
