@@ -40,7 +40,25 @@ class DataConfig(Strict):
     pseudo_query_limit: int | None = Field(None, ge=1)
 
 
+# The fields each loss reads besides `name` and `matryoshka_dims` (training/losses/registry.py).
+_PAIR = frozenset({"temperature", "learnable_temperature"})
+_LIST = _PAIR | {"list_size", "target_temperature"}
+LOSS_FIELDS: dict[str, frozenset[str]] = {
+    "infonce": _PAIR | {"symmetric"},
+    "dcl": _PAIR | {"symmetric"},
+    "mw": _PAIR,
+    "cwcl": _PAIR | {"weight_temperature"},
+    "listwise": _LIST,
+    "wasserstein": _LIST,
+    "cosent": frozenset(),
+    "siglip": frozenset({"learnable_temperature"}),  # its scale and bias start at SigLIP's 10 and -10
+}
+
+
 class LossConfig(Strict):
+    """A loss and its settings. A field set away from its default for a loss that does not read it
+    is refused: a config never says what its run does not do (DCL once ignored `symmetric`)."""
+
     name: LossName = "infonce"
     temperature: float = Field(0.05, gt=0, le=1)
     learnable_temperature: bool = False
@@ -52,9 +70,12 @@ class LossConfig(Strict):
     weight_temperature: float | None = Field(0.1, gt=0)
 
     @model_validator(mode="after")
-    def _symmetric(self) -> LossConfig:
-        if self.symmetric and self.name not in ("infonce", "dcl"):
-            raise ValueError(f"symmetric applies to loss infonce or dcl, not {self.name}")
+    def _fields_the_loss_reads(self) -> LossConfig:
+        unread = self.model_fields_set - LOSS_FIELDS[self.name] - {"name", "matryoshka_dims"}
+        fields = type(self).model_fields
+        changed = sorted(f for f in unread if getattr(self, f) != fields[f].get_default(call_default_factory=True))
+        if changed:
+            raise ValueError(f"loss {self.name} does not read {', '.join(changed)}: leave it out (it changes nothing)")
         return self
 
 

@@ -74,13 +74,20 @@ def test_decoupled_contrastive() -> None:
     assert both == pytest.approx(((-1 + 3 * -0.2) / 4 + (-0.4 + 3 * -0.8) / 4) / 2, abs=1e-6)
 
 
-def test_symmetric_is_refused_for_a_loss_without_the_option() -> None:
+def test_a_setting_the_loss_does_not_read_is_refused() -> None:
     from training.config import LossConfig
     from training.losses.registry import build_embedding_loss
 
     assert build_embedding_loss(LossConfig(name="dcl", symmetric=True)).symmetric
-    with pytest.raises(ValueError, match="symmetric applies to loss infonce or dcl, not mw"):
+    with pytest.raises(ValueError, match="loss mw does not read symmetric"):
         LossConfig(name="mw", symmetric=True)
+    with pytest.raises(ValueError, match="loss siglip does not read temperature, weight_temperature"):
+        LossConfig(name="siglip", temperature=0.07, weight_temperature=0.2)
+    with pytest.raises(ValueError, match="loss dcl does not read list_size"):
+        LossConfig(name="dcl", list_size=4)
+    # a field at its default says nothing either way; a loss's own fields are taken
+    assert LossConfig(name="cosent", symmetric=False, temperature=0.05).name == "cosent"
+    assert LossConfig(name="wasserstein", list_size=4, target_temperature=2.0).list_size == 4
 
 
 def test_judged_documents_leave_the_row_of_the_query_they_are_judged_for() -> None:
