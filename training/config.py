@@ -382,6 +382,9 @@ class ImageTrainConfig(Strict):
     split_seed: int = 0
     augment_views: int = Field(0, ge=0, le=8)  # augmented copies of each training image, extra positives
     feature_style: FeatureStyleConfig | None = None  # None: no perturbation of the cached activations
+    # mixed: a batch draws from every emoji category; by_category: each category's pairs stay
+    # together, so a drawing's in-batch negatives are mostly of its own kind (harder ones)
+    batching: Literal["mixed", "by_category"] = "mixed"
     loss: LossConfig = LossConfig(name="infonce", temperature=0.05, symmetric=True)
     batch_size: int = Field(256, ge=2)
     epochs: int = Field(20, ge=1)

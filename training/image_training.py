@@ -155,6 +155,19 @@ def _pairs(image_set: ImageSet, rng: random.Random) -> list[tuple[int, int]]:
     return pairs  # type: ignore[return-value]
 
 
+def _category_batches(
+    pairs: list[tuple[int, int]], image_set: ImageSet, category_of: dict[str, str], batch: int, rng: random.Random
+) -> list[tuple[int, int]]:
+    """`pairs` (shuffled) reordered so each category's pairs are together, the categories in a
+    random order, cut into whole batches of `batch` in a random order (the partial last one left
+    out, as the epoch loop leaves it): most of a batch's pairs share a category."""
+    rank = {category: rng.random() for category in sorted(set(category_of.values()))}
+    ordered = sorted(pairs, key=lambda pair: rank[category_of[image_set.identities[pair[0]]]])
+    batches = [ordered[i : i + batch] for i in range(0, len(ordered) - batch + 1, batch)]
+    rng.shuffle(batches)
+    return [pair for chunk in batches for pair in chunk]
+
+
 def _embed(encoder: ImageEncoder, activations: torch.Tensor) -> np.ndarray:
     with torch.inference_mode():
         return np.concatenate(
@@ -316,11 +329,16 @@ def _fit(
         local = encoder.from_activations(activations)
         return gather_segments(local, [1], len(rows), workers)
 
+    category_of = (
+        {i.unified: i.category for i in load_identities(config.data)} if config.batching == "by_category" else None
+    )
     step = 0
     with run.step_log() if run is not None else nullcontext() as steps:
         for epoch in range(config.epochs):
             encoder.train()
             pairs = _pairs(train_set, rng)
+            if category_of is not None:
+                pairs = _category_batches(pairs, train_set, category_of, global_batch, rng)
             for start in range(0, steps_per_epoch * global_batch, global_batch):
                 batch = pairs[start : start + global_batch]
                 loss = loss_fn(embed([a for a, _ in batch]), embed([b for _, b in batch]))

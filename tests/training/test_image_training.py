@@ -186,3 +186,28 @@ def test_trimmed_preprocessing_trains_and_travels_with_the_model(tmp_path: Path)
         image_tower_section(ImageEncoder.from_source(str(tmp_path / "runs" / "plain" / "model"))).trim_transparent
         is None
     )
+
+
+def test_category_batches_keep_a_category_together_and_every_whole_batch() -> None:
+    """12 identities in 3 categories (two views each), batches of 4: every batch holds one
+    category's pairs, the 12 pairs all come back, and the category order changes between epochs."""
+    import random
+
+    import torch
+
+    from training.image_training import ImageSet, _category_batches, _pairs
+
+    ids = [f"E{k}" for k in range(12) for _ in range(2)]
+    image_set = ImageSet(torch.zeros(24, 1), ids, ["google", "twitter"] * 12)
+    category_of = {f"E{k}": "abc"[k // 4] for k in range(12)}
+    rng = random.Random(0)
+    orders = set()
+    for _ in range(6):
+        pairs = _category_batches(_pairs(image_set, rng), image_set, category_of, 4, rng)
+        assert sorted(ids[a] for a, _ in pairs) == sorted(set(ids))
+        batches = [pairs[i : i + 4] for i in range(0, 12, 4)]
+        assert all(len({category_of[ids[a]] for a, _ in batch}) == 1 for batch in batches)
+        orders.add(tuple(category_of[ids[batch[0][0]]] for batch in batches))
+    assert len(orders) > 1
+    # a partial last batch is left out, as the epoch loop leaves it
+    assert len(_category_batches(_pairs(image_set, rng), image_set, category_of, 5, rng)) == 10
