@@ -26,60 +26,23 @@ Writes benchmarks/results/clip_losses.json and .md (every split run so far, merg
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
-
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.clip_ensemble import score, split_tables  # noqa: E402
-from benchmarks.clip_training import served_config  # noqa: E402
-from benchmarks.report import record_runs  # noqa: E402
-from training.clip_training import fit_members, prepare  # noqa: E402
+from benchmarks.clip_rows import main  # noqa: E402
 from training.config import LossConfig  # noqa: E402
-from training.run import RunFolder  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "results"
-SELECTION_SPLIT = 0  # every clip choice is made on split 0; --splits 1 2 3 reports
-
-SERVED_ROW = "symmetric InfoNCE (served)"
-LOSSES = {
-    SERVED_ROW: LossConfig(name="infonce", temperature=0.05, learnable_temperature=True, symmetric=True),
-    "symmetric DCL": LossConfig(name="dcl", temperature=0.05, learnable_temperature=True, symmetric=True),
-    "SigLIP": LossConfig(name="siglip", learnable_temperature=True),
-    "CWCL": LossConfig(name="cwcl", temperature=0.05, learnable_temperature=True),
+ROWS = {  # the served row first
+    "symmetric InfoNCE (served)": {
+        "loss": LossConfig(name="infonce", temperature=0.05, learnable_temperature=True, symmetric=True)
+    },
+    "symmetric DCL": {"loss": LossConfig(name="dcl", temperature=0.05, learnable_temperature=True, symmetric=True)},
+    "SigLIP": {"loss": LossConfig(name="siglip", learnable_temperature=True)},
+    "CWCL": {"loss": LossConfig(name="cwcl", temperature=0.05, learnable_temperature=True)},
 }
 
-
-def run_split(split: int, rows: list[str]) -> dict[str, dict[str, float]]:
-    scores = {}
-    for label in [SERVED_ROW, *(r for r in rows if r != SERVED_ROW)]:
-        config = served_config("losses", split, loss=LOSSES[label])
-        data = prepare(config)
-        head, _ = fit_members(config, data, RunFolder(Path("/tmp") / "tessera-clip-losses", f"s{split}-{len(scores)}"))
-        scores[label] = score(head, data, config)
-        print(split, label, json.dumps(scores[label]), flush=True)
-    return scores
-
-
-def write_markdown(report: dict) -> None:
-    (RESULTS / "clip_losses.md").write_text(
-        split_tables(report, "The head's loss under the served recipe (`benchmarks/clip_losses.py`)")
-    )
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--splits", type=int, nargs="+", default=[SELECTION_SPLIT])
-    parser.add_argument("--rows", nargs="+", default=list(LOSSES), choices=list(LOSSES))
-    args = parser.parse_args()
-    torch.set_num_threads(2)
-    record_runs(RESULTS / "clip_losses.json", "splits", args.splits, lambda s: run_split(s, args.rows), write_markdown)
-
-
 if __name__ == "__main__":
-    main()
+    main(__doc__, "losses", "The head's loss under the served recipe (`benchmarks/clip_losses.py`)", ROWS)

@@ -27,59 +27,21 @@ Writes benchmarks/results/clip_prompts.json and .md (every split run so far, mer
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
-
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.clip_ensemble import score, split_tables  # noqa: E402
-from benchmarks.clip_training import served_config  # noqa: E402
-from benchmarks.report import record_runs  # noqa: E402
-from training.clip_training import fit_members, prepare  # noqa: E402
-from training.run import RunFolder  # noqa: E402
+from benchmarks.clip_rows import main  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "results"
-SELECTION_SPLIT = 0  # every clip choice is made on split 0; --splits 1 2 3 reports
-
-
-SERVED_ROW = "a photo of a {} (served)"
-TEMPLATES = {
-    SERVED_ROW: ["a photo of a {}"],
-    "4 templates: photo, drawing, cartoon, name": ["a photo of a {}", "a drawing of a {}", "a cartoon {}", "{}"],
-    "the name alone": ["{}"],
+ROWS = {  # the served row first
+    "a photo of a {} (served)": {"class_prompts": ["a photo of a {}"]},
+    "4 templates: photo, drawing, cartoon, name": {
+        "class_prompts": ["a photo of a {}", "a drawing of a {}", "a cartoon {}", "{}"]
+    },
+    "the name alone": {"class_prompts": ["{}"]},
 }
 
-
-def run_split(split: int, rows: list[str]) -> dict[str, dict[str, float]]:
-    scores = {}
-    for label in [SERVED_ROW, *(r for r in rows if r != SERVED_ROW)]:
-        config = served_config("prompts", split, class_prompts=TEMPLATES[label])
-        data = prepare(config)
-        head, _ = fit_members(config, data, RunFolder(Path("/tmp") / "tessera-clip-prompts", f"s{split}-{len(scores)}"))
-        scores[label] = score(head, data, config)
-        print(split, label, json.dumps(scores[label]), flush=True)
-    return scores
-
-
-def write_markdown(report: dict) -> None:
-    (RESULTS / "clip_prompts.md").write_text(
-        split_tables(report, "Prompt ensembling for ConSE's class vectors (`benchmarks/clip_prompts.py`)")
-    )
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--splits", type=int, nargs="+", default=[SELECTION_SPLIT])
-    parser.add_argument("--rows", nargs="+", default=list(TEMPLATES), choices=list(TEMPLATES))
-    args = parser.parse_args()
-    torch.set_num_threads(2)
-    record_runs(RESULTS / "clip_prompts.json", "splits", args.splits, lambda s: run_split(s, args.rows), write_markdown)
-
-
 if __name__ == "__main__":
-    main()
+    main(__doc__, "prompts", "Prompt ensembling for ConSE's class vectors (`benchmarks/clip_prompts.py`)", ROWS)
