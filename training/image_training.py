@@ -160,9 +160,12 @@ def _category_batches(
 ) -> list[tuple[int, int]]:
     """`pairs` (shuffled) reordered so each category's pairs are together, the categories in a
     random order, cut into whole batches of `batch` in a random order (the partial last one left
-    out, as the epoch loop leaves it): most of a batch's pairs share a category."""
+    out, as the epoch loop leaves it): most of a batch's pairs share a category. Fewer pairs than
+    one batch: all of them, as the epoch loop's one step takes them."""
     rank = {category: rng.random() for category in sorted(set(category_of.values()))}
     ordered = sorted(pairs, key=lambda pair: rank[category_of[image_set.identities[pair[0]]]])
+    if len(ordered) < batch:
+        return ordered
     batches = [ordered[i : i + batch] for i in range(0, len(ordered) - batch + 1, batch)]
     rng.shuffle(batches)
     return [pair for chunk in batches for pair in chunk]

@@ -211,3 +211,5 @@ def test_category_batches_keep_a_category_together_and_every_whole_batch() -> No
     assert len(orders) > 1
     # a partial last batch is left out, as the epoch loop leaves it
     assert len(_category_batches(_pairs(image_set, rng), image_set, category_of, 5, rng)) == 10
+    # fewer pairs than one batch: the epoch's one step takes them all, as with mixed batches
+    assert len(_category_batches(_pairs(image_set, rng), image_set, category_of, 20, rng)) == 12
