@@ -8,13 +8,7 @@ the text trainer's best and the image encoder's loss, was never tried on the hea
 before the run (not tuned), each the served recipe with only the loss changed, temperature 0.05
 learnable where the loss has one: DCL symmetric (image->text and text->image), SigLIP, CWCL.
 
-Decision rule, written before the first run (as `clip_prompts.py`'s): on split 0 (where every clip
-choice is made), all rows trained in the same run. A row goes on only if the sum of
-hubness-corrected emoji names R@1 and hubness-corrected OpenClipart R@1 beats the served recipe's by
-more than 0.005, with emoji image->image no more than 0.01 lower and COCO-mini caption->photo R@1
-(plain and corrected) no more than 0.005 lower; of passing rows the one with the larger sum goes on.
-It then runs on the report splits 1-3 beside the served recipe, reported whatever it shows, and is
-served only if the splits 1-3 mean passes the same test.
+Decision rule, written before the first run: `clip_rows.py`'s (its docstring).
 
 Result (2026-12-07, split 0): no row passes. Sums 0.6541 (DCL), 0.6359 (SigLIP), 0.6176 (CWCL)
 against the served 0.6499; DCL's +0.0042 is under the 0.005 margin and it loses image->image 0.025

@@ -12,13 +12,7 @@ and caption groups are unchanged. Two rows beside the served recipe, fixed befor
 tuned): the CLDR short name as a second caption, and the short name plus "short name, keywords" as
 a third.
 
-Decision rule, written before the first run (as `clip_prompts.py`'s): on split 0 (where every clip
-choice is made), all rows trained in the same run. A row goes on only if the sum of
-hubness-corrected emoji names R@1 and hubness-corrected OpenClipart R@1 beats the served recipe's by
-more than 0.005, with emoji image->image no more than 0.01 lower and COCO-mini caption->photo R@1
-(plain and corrected) no more than 0.005 lower; of passing rows the one with the larger sum goes on.
-It then runs on the report splits 1-3 beside the served recipe, reported whatever it shows, and is
-served only if the splits 1-3 mean passes the same test.
+Decision rule, written before the first run: `clip_rows.py`'s (its docstring).
 
 Result (2026-12-07, split 0): both rows lose (sums 0.6390 and 0.6434 against the served 0.6499;
 emoji names corrected 0.3550 and 0.3475 against 0.3600), so nothing went on (`clip_reading.md`).

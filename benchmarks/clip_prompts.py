@@ -10,13 +10,7 @@ The clip image vector starts from ConSE: the tower's ImageNet softmax times the 
 top of it as served. Two rows beside the served template, fixed before the run (not tuned):
 four templates (photo, drawing, cartoon, the bare name) and the bare name alone.
 
-Decision rule, written before the first run: on split 0 (where every clip choice is made), all
-rows trained in the same run. A row goes on only if the sum of hubness-corrected emoji names R@1
-and hubness-corrected OpenClipart R@1 beats the served template's by more than 0.005, with emoji
-image->image no more than 0.01 lower and COCO-mini caption->photo R@1 (plain and corrected) no more
-than 0.005 lower; of passing rows the one with the larger sum goes on. It then runs on the report
-splits 1-3 beside the served template, reported whatever it shows, and is served only if the
-splits 1-3 mean passes the same test.
+Decision rule, written before the first run: `clip_rows.py`'s (its docstring).
 
 Result (2026-12-06, split 0): both rows lose (sums 0.6405 and 0.6340 against the served 0.6499;
 COCO-mini R@1 -0.01 and -0.02), so nothing went on (`clip_reading.md`).

@@ -1,8 +1,16 @@
 """The skeleton of the clip benchmarks that put rows beside the served recipe on a split, each row
 the served recipe (`clip_training.served_config`) with one change, all trained in the same run and
 scored as served (`clip_ensemble.score`: text->image R@1 plain and hubness-corrected, COCO-mini,
-emoji image->image). `clip_prompts.py`, `clip_names.py` and `clip_losses.py` each give their rows,
-their decision rule (in their docstring) and call `main`.
+emoji image->image). `clip_prompts.py`, `clip_names.py` and `clip_losses.py` each give their rows
+and call `main`; each wrote this decision rule into its docstring before its first run (git keeps
+those versions):
+
+On split 0 (where every clip choice is made), all rows trained in the same run. A row goes on only
+if the sum of hubness-corrected emoji names R@1 and hubness-corrected OpenClipart R@1 beats the
+served row's by more than 0.005, with emoji image->image no more than 0.01 lower and COCO-mini
+caption->photo R@1 (plain and corrected) no more than 0.005 lower; of passing rows the one with the
+larger sum goes on. It then runs on the report splits 1-3 beside the served row, reported whatever
+it shows, and is served only if the splits 1-3 mean passes the same test.
 """
 
 from __future__ import annotations
