@@ -20,8 +20,10 @@ import json
 import logging
 import random
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +33,10 @@ from torch import nn
 
 from app.core.manifest import ImageTower, Manifest
 from app.inference.hubness import HubCorrection, mean_of_nearest, neighbourhood_similarity
-from app.inference.images import ImageLimits, open_image, trim_key
+from app.inference.images import ImageLimits, open_image, trim_key, trim_to_visible
 from app.inference.text_model import TextModel
 from training.config import ClipTrainConfig
+from training.data.augment import augment_view
 from training.data.clipart import Clip, clip_path, load_clips, split_clips
 from training.data.images import (
     Identity,
@@ -137,17 +140,23 @@ class FeatureSource:
         if config.image_encoder is not None and image_encoder_config(config) is not None:
             self.encoder = ImageEncoder.load(config.image_encoder)
             self.encoder_digest = hashlib.sha256((config.image_encoder / CHECKPOINT_FILE).read_bytes()).hexdigest()
-        self._universes: dict[str, tuple[dict[Path, int], torch.Tensor]] = {}
+        self._universes: dict[tuple[str, int | None], tuple[dict[Path, int], torch.Tensor]] = {}
 
-    def images(self, key: str, load: list[Path] | list[Image.Image]) -> torch.Tensor:
+    def images(self, key: str, load: list[Path] | list[Image.Image], view: int | None = None) -> torch.Tensor:
         """Float16 features of image files (or decoded images), cached by `key`: the (n, 1280, s, s)
         final feature maps for a head with a spatial path, else (n, 1280) pooled features, which a
-        cached map of the same images gives too (its mean) without running the tower again."""
+        cached map of the same images gives too (its mean) without running the tower again.
+        `view`: the features of each file's augmented copy number `view` instead (`augmented`)."""
 
         def build(module: nn.Module) -> torch.Tensor:
-            decoded = [p if isinstance(p, Image.Image) else open_image(p.read_bytes(), self.limits) for p in load]
+            decoded = [
+                p if isinstance(p, Image.Image) else self._decode(p, view)  # one image at a time in memory
+                for p in load
+            ]
             return onnx_outputs(module, decoded, self.section)
 
+        if view is not None:
+            key = f"{key}~{self.config.augment}{view}"
         name = f"{self.config.tower}{trim_key(self.config.trim_transparent)}|{key}|{len(load)}"
         cache = self.config.cache_dir
         if self.encoder is not None:
@@ -159,12 +168,24 @@ class FeatureSource:
             return torch.cat([pooled_features(m.float()).half() for m in feature_map.split(1024)])
         return cached(cache, f"clip-pooled|{name}", lambda: build(_Pooled(self.tower)))
 
-    def subset(self, key: str, universe: list[Path], wanted: list[Path]) -> torch.Tensor:
-        """Features of `wanted`, from one cached run over all of `universe` (so another split of the
-        same images costs nothing)."""
-        if key not in self._universes:
-            self._universes[key] = ({p: i for i, p in enumerate(universe)}, self.images(key, universe))
-        index, features = self._universes[key]
+    def _decode(self, path: Path, view: int | None) -> Image.Image:
+        """The file's image, or its augmented copy number `view`: the drawing trimmed first (as the
+        tower would trim it; the copy is opaque, so the tower's own trim then leaves it), and the
+        augmentation drawn from the file's name and `view` alone, so every split sees the same copy."""
+        image = open_image(path.read_bytes(), self.limits)
+        if view is None:
+            return image
+        if self.config.trim_transparent is not None:
+            image = trim_to_visible(image, self.config.trim_transparent)
+        rng = random.Random(f"{view}|{path.parent.name}/{path.name}")
+        return augment_view(image, rng, appearance=self.config.augment == "style")
+
+    def subset(self, key: str, universe: list[Path], wanted: list[Path], view: int | None = None) -> torch.Tensor:
+        """Features of `wanted` (or of their augmented copy number `view`), from one cached run over
+        all of `universe` (so another split of the same images costs nothing)."""
+        if (key, view) not in self._universes:
+            self._universes[key, view] = ({p: i for i, p in enumerate(universe)}, self.images(key, universe, view))
+        index, features = self._universes[key, view]
         return features[[index[p] for p in wanted]]
 
     def texts(self, texts: list[str]) -> torch.Tensor:
@@ -187,6 +208,12 @@ class TrainSet:
     # always take `text_of`'s row (`emoji_aliases`)
     choices: dict[int, list[int]] = field(default_factory=dict)
     bank_rows: int | None = None  # the first rows of `texts` that are primary captions (None: all)
+    originals: int | None = None  # the first rows of `pooled` are the images; the rest augmented copies
+
+    @property
+    def original_pooled(self) -> torch.Tensor:
+        """The training images' own features, without their augmented copies."""
+        return self.pooled[: self.originals]
 
     def caption_rows(self, batch: list[int], rng: random.Random) -> np.ndarray:
         """(b,) the caption row of each batch image this step: drawn among its choices where it has
@@ -248,14 +275,16 @@ def prepare(config: ClipTrainConfig) -> ClipData:
     train_clips = [c for c in train_clips if repeats[c.caption] <= informative]
     captions = sorted({c.caption for c in train_clips})
 
-    def clip_features(clips: list[Clip]) -> torch.Tensor:
-        return source.subset("clipart", every_clip, [clip_path(config.clipart, c) for c in clips])
+    def clip_features(clips: list[Clip], view: int | None = None) -> torch.Tensor:
+        return source.subset("clipart", every_clip, [clip_path(config.clipart, c) for c in clips], view)
 
-    def emoji_features(style: str, wanted: list[Identity]) -> torch.Tensor:
+    def emoji_features(style: str, wanted: list[Identity], view: int | None = None) -> torch.Tensor:
         every = [emoji_path(config.emoji, style, i.unified) for i in identities if style in i.styles]  # type: ignore[arg-type]
-        return source.subset(f"emoji|{style}", every, [emoji_path(config.emoji, style, i.unified) for i in wanted])  # type: ignore[arg-type]
+        wanted_paths = [emoji_path(config.emoji, style, i.unified) for i in wanted]  # type: ignore[arg-type]
+        return source.subset(f"emoji|{style}", every, wanted_paths, view)
 
-    pooled = [clip_features(train_clips)]
+    # each block of training rows as a function of the augmented view (None: the images themselves)
+    blocks: list[Callable[[int | None], torch.Tensor]] = [partial(clip_features, train_clips)]
     row = {c: i for i, c in enumerate(captions)}
     text_of = [row[c.caption] for c in train_clips]
     groups = [[i] for i in range(len(train_clips))]
@@ -275,7 +304,7 @@ def prepare(config: ClipTrainConfig) -> ClipData:
         row_identities: list[Identity] = []
         for style in styles:
             have = [i for i in train_ids if style in i.styles]
-            pooled.append(emoji_features(style, have))
+            blocks.append(partial(emoji_features, style, have))
             text_of += [name_row[i.name] for i in have]
             row_identities += have
         bank_rows = len(captions)
@@ -301,8 +330,25 @@ def prepare(config: ClipTrainConfig) -> ClipData:
         evals.append(_coco_eval(source, config.coco))
     emoji_start = len(train_clips) if config.emoji is not None else None
     texts = source.texts(captions)
-    train = TrainSet(torch.cat(pooled), texts, np.array(text_of), groups, emoji_start, captions, choices, bank_rows)
+    pooled = [block(view) for view in [None, *range(config.augment_views)] for block in blocks]
+    originals = len(text_of)
+    text_of, groups, choices = with_views(text_of, groups, choices, config.augment_views)
+    train = TrainSet(
+        torch.cat(pooled), texts, np.array(text_of), groups, emoji_start, captions, choices, bank_rows, originals
+    )
     return ClipData(train, evals, emoji_styles, _zero_shot(source, config), class_vectors)
+
+
+def with_views(
+    text_of: list[int], groups: list[list[int]], choices: dict[int, list[int]], views: int
+) -> tuple[list[int], list[list[int]], dict[int, list[int]]]:
+    """The rows of `views` augmented copies appended after the n images' rows, copy c of image i at
+    row i + c n: each copy takes its image's caption, caption choices and caption group."""
+    n = len(text_of)
+    copies = range(1, views + 1)
+    groups = [group + [i + c * n for c in copies for i in group] for group in groups]
+    choices = {i + c * n: rows for i, rows in choices.items() for c in range(views + 1)}
+    return text_of * (views + 1), groups, choices
 
 
 def _alias_choices(
@@ -417,8 +463,8 @@ def _batches(
     picks = [rng.choice(group) for group in train.groups]
     rng.shuffle(picks)
     if by_source and train.emoji_start is not None:
-        split = train.emoji_start
-        sources = [[i for i in picks if i < split], [i for i in picks if i >= split]]
+        split, images = train.emoji_start, train.originals or len(train.text_of)
+        sources = [[i for i in picks if i % images < split], [i for i in picks if i % images >= split]]
     else:
         sources = [picks]
     cuts = [part[i : i + batch_size] for part in sources for i in range(0, len(part), batch_size)]
@@ -502,7 +548,7 @@ def fit(
     if head.config.residual_members > 1:  # trained jointly, the maps would be one wider map
         raise ValueError("fit trains one map; a head of several maps trains them apart (fit_members)")
     if head.config.residual_gate == "familiarity":  # deterministic: every process gets the same gate
-        head.fit_familiarity(data.train.pooled, seed=config.seed)
+        head.fit_familiarity(data.train.original_pooled, seed=config.seed)
     loss_fn = build_embedding_loss(config.loss)
     intra = InfoNCELoss(0.05, learnable_temperature=False, symmetric=True) if config.intra_modal_weight else None
     step_fn = ClipStep(head, loss_fn, intra, config.intra_modal_weight, text_map, workers)
@@ -635,7 +681,8 @@ def hub_correction(head: ClipImageHead, train: TrainSet, config: ClipTrainConfig
     """The hubness correction a model exported from `head` serves: the training captions' unit
     vectors as the bank, centred on the training images' mean neighbourhood similarity."""
     bank = train.texts[: train.bank_rows].numpy().astype(np.float32)  # (t, dim): primary captions only
-    mean = float(neighbourhood_similarity(bank, _vectors(head, train.pooled), config.hubness_neighbours).mean())
+    images = _vectors(head, train.original_pooled)
+    mean = float(neighbourhood_similarity(bank, images, config.hubness_neighbours).mean())
     return HubCorrection(bank, config.hubness_neighbours, config.hubness_weight, mean)
 
 
@@ -644,8 +691,8 @@ def image_hub_correction(head: ClipImageHead, train: TrainSet, config: ClipTrain
     their mean neighbourhood similarity among the *other* training items: an image's own drawings
     (itself, its other emoji styles: the images of its caption) are left out of its neighbours, as a
     gallery image the model never trained on has none of its drawings in the bank."""
-    bank = _vectors(head, train.pooled).astype(np.float32)  # (n, dim)
-    text_of = np.asarray(train.text_of)
+    bank = _vectors(head, train.original_pooled).astype(np.float32)  # (n, dim): no augmented copies
+    text_of = np.asarray(train.text_of)[: len(bank)]
     means = []
     for start in range(0, len(bank), 1024):  # (1024, n) at a time: all n x n would be ~120 MB here
         sims = bank[start : start + 1024] @ bank.T
@@ -705,7 +752,7 @@ def train_clip(config: ClipTrainConfig) -> dict:
     metrics = {
         "before": before,
         "after": after,
-        "train_images": len(data.train.pooled),
+        "train_images": len(data.train.original_pooled),
         "temperature": softmax_temperature(loss),
     }
     run.write_metrics(metrics)

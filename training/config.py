@@ -477,6 +477,12 @@ class ClipTrainConfig(Strict):
     # "short name, keywords" (benchmarks/clip_names.py). From `emoji_annotations`, emojibase-data's
     # en/data.json (`make emoji-annotations`).
     emoji_aliases: Literal["none", "labels", "labels_and_tags"] = "none"
+    # Augmented copies of every training image (training/data/augment.py), each a member of its
+    # original's caption group: each epoch one of them is drawn in the original's place, and the TCL
+    # term pairs it with another (benchmarks/clip_augment.py). `augment`: "geometry" (crop, flip,
+    # small rotation) or "style" (those and one appearance change, as the image encoder trains).
+    augment_views: int = Field(0, ge=0, le=4)
+    augment: Literal["geometry", "style"] = "style"
     emoji_annotations: Path = Path("data/emoji-annotations/data.json")
     coco: Path | None = Path("../shared/data/coco-mini")  # evaluation only
     fashion_mnist: Path | None = Path("data/fashion-mnist")
@@ -501,6 +507,8 @@ class ClipTrainConfig(Strict):
                 "a head on an image encoder's features is measured, not exported (image.onnx computes the "
                 "tower's features alone): set export: null"
             )
+        if self.augment_views == 0 and "augment" in self.model_fields_set:
+            raise ValueError("augment chooses what augment_views draws: set augment_views >= 1, or leave augment out")
         if self.residual_members > 1:
             kept = {
                 "residual": self.residual == "none",

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageFilter, ImageOps
+from PIL import Image
 
-from app.inference.images import ImageLimits, open_image, to_rgb, trim_key, trim_to_visible
+from app.inference.images import ImageLimits, open_image, trim_key, trim_to_visible
 from training.config import ImageTrainConfig
+from training.data.augment import augment_view
 from training.data.images import (
     Identity,
     emoji_path,
@@ -50,35 +51,6 @@ class ImageSet:
     activations: torch.Tensor  # (n, ...) float16
     identities: list[str]
     views: list[str]
-
-
-def _augment(image: Image.Image, rng: random.Random) -> Image.Image:
-    """A random view of one image: geometry (resized crop of 60-100% of the side, flip, small
-    rotation) and one appearance change that imitates another art style (greyscale, flat colours
-    with dark outlines, shifted hues, blur), so the head learns what survives a change of style."""
-    image = to_rgb(image)
-    width, height = image.size
-    scale = rng.uniform(0.6, 1.0)
-    w, h = max(1, int(width * scale)), max(1, int(height * scale))
-    left, top = rng.randint(0, width - w), rng.randint(0, height - h)
-    image = image.crop((left, top, left + w, top + h))
-    if rng.random() < 0.5:
-        image = ImageOps.mirror(image)
-    image = image.rotate(rng.uniform(-15, 15), resample=Image.Resampling.BILINEAR, fillcolor=(255, 255, 255))
-    style = rng.choice(("none", "grey", "outline", "hue", "blur"))
-    if style == "grey":
-        image = ImageOps.grayscale(image).convert("RGB")
-    elif style == "outline":  # flat colours and dark contours, as line-art emoji sets draw them
-        flat = ImageOps.posterize(image, 2)
-        edges = ImageOps.grayscale(image).filter(ImageFilter.FIND_EDGES).point(lambda v: 255 if v > 40 else 0)
-        image = Image.composite(
-            Image.new("RGB", image.size, (20, 20, 20)), flat, edges.filter(ImageFilter.MaxFilter(3))
-        )
-    elif style == "hue":
-        image = Image.merge("RGB", [image.getchannel(c) for c in rng.choice(("GBR", "BRG", "RBG"))])
-    elif style == "blur":
-        image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.8, 2.0)))
-    return image
 
 
 class _FrozenStages(torch.nn.Module):
@@ -122,7 +94,7 @@ def emoji_set(
             for copy in range(config.augment_views if style in augmented_styles else 0):
                 ids.append(identity.unified)
                 views.append(f"{style}~{copy}")
-                images.append(_augment(image, rng))
+                images.append(augment_view(image, rng))
     preprocessing = f"{config.tower}|{config.unfreeze_blocks}{trim_key(config.trim_transparent)}"
     key = f"emoji-v4|{preprocessing}|{config.data.resolve()}|" + ",".join(
         f"{i}/{v}" for i, v in zip(ids, views, strict=True)

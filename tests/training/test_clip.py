@@ -30,6 +30,7 @@ from training.clip_training import (
     member_seed,
     softmax_temperature,
     subsample_groups,
+    with_views,
 )
 from training.config import ClipTrainConfig, LossConfig
 from training.data.clipart import caption_of, prepare_openclipart, read_metadata, split_clips, write_demo
@@ -435,6 +436,80 @@ def test_batches_by_source_keep_clip_art_and_emoji_apart() -> None:
     assert sorted(i if i < 17 else i - 7 for batch in by_source for i in batch) == list(range(17))
     assert all(max(b) < 10 or min(b) >= 10 for b in by_source)
     assert any(min(b) >= 10 for b in by_source) and any(max(b) < 10 for b in by_source)
+
+
+def test_augmented_copies_take_their_images_caption_group_and_source() -> None:
+    """Two clip-art images, then one emoji in two styles (rows 2-3, one group), two copies each:
+    copy c of image i is row i + 4c, with its image's caption, caption choices and group."""
+    text_of, groups, choices = with_views([0, 1, 2, 2], [[0], [1], [2, 3]], {2: [2, 5], 3: [2, 5]}, 2)
+    assert text_of == [0, 1, 2, 2] * 3
+    assert groups == [[0, 4, 8], [1, 5, 9], [2, 3, 6, 7, 10, 11]]
+    assert choices == {i: [2, 5] for i in (2, 3, 6, 7, 10, 11)}
+    assert with_views([0, 1], [[0], [1]], {}, 0) == ([0, 1], [[0], [1]], {})
+    train = TrainSet(torch.zeros(12, 4), torch.zeros(6, 4), np.array(text_of), groups, emoji_start=2, originals=4)
+    for seed in range(5):  # a copy of a clip-art image never joins an emoji batch, and the reverse
+        for batch in _batches(train, 2, random.Random(seed), by_source=True):
+            assert len({i % 4 < 2 for i in batch}) == 1, batch
+
+
+def test_the_gate_and_the_hubness_banks_leave_augmented_copies_out(
+    tmp_path: Path, classifier: torch.nn.Linear, default_models_dir: Path
+) -> None:
+    """Copies are training rows, but the familiarity gate, the caption bank's centring and the image
+    bank are the training images' own: the same with copies as without them."""
+    from training.clip_training import conse_head, hub_correction, image_hub_correction
+
+    gen = torch.Generator().manual_seed(4)
+    captions = F.normalize(torch.randn(6, 384, generator=gen), dim=-1)
+    images, copies = torch.rand(12, 1280, generator=gen), 3 * torch.rand(12, 1280, generator=gen)
+    groups = [[i, i + 1] for i in range(0, 12, 2)]
+    plain = TrainSet(images.half(), captions, np.arange(12) // 2, groups)
+    text_of, with_copies, _ = with_views(list(np.arange(12) // 2), groups, {}, 1)
+    augmented = TrainSet(torch.cat([images, copies]).half(), captions, np.array(text_of), with_copies, originals=12)
+    config = ClipTrainConfig(name="t", hubness_neighbours=3)
+    head = conse_head(default_models_dir / "minilm-l6")
+    for correction in (hub_correction, image_hub_correction):
+        ours, theirs = correction(head, augmented, config), correction(head, plain, config)
+        np.testing.assert_array_equal(ours.bank, theirs.bank)
+        assert ours.mean == pytest.approx(theirs.mean, abs=1e-6)
+    gates = []
+    short = F.normalize(captions[:, :DIM], dim=-1)  # the gate's head works in DIM dimensions
+    for train in (plain, augmented):
+        data = ClipData(replace(train, texts=short), [], None, {}, class_vectors())
+        gated = ClipImageConfig(
+            dim=DIM, residual="mlp", residual_hidden=8, residual_gate="familiarity", familiarity_centroids=4
+        )
+        head = ClipImageHead(gated, classifier, data.class_vectors)
+        fit(head, data, ClipTrainConfig(name="t", epochs=1, batch_size=4, runs_dir=tmp_path), random.Random(0), None)
+        gates.append((head.centroids.clone(), head.familiarity_ramp.clone()))
+    torch.testing.assert_close(gates[0], gates[1])
+
+
+def test_an_augmented_copy_is_drawn_from_the_file_and_its_view_alone(tmp_path: Path, default_models_dir: Path) -> None:
+    """The copy of a transparent drawing is cut to the drawing first (as the tower would), opaque,
+    the same every time it is drawn, and another copy for another view."""
+    from training.clip_training import FeatureSource
+
+    (tmp_path / "wide.png").write_bytes(_drawing(90))
+    text_model = default_models_dir / "minilm-l6"
+    config = ClipTrainConfig(
+        name="t", tower="mobilenet_v2", text_model=text_model, trim_transparent=0.04, augment_views=2
+    )
+    source = FeatureSource(config)
+    path = tmp_path / "wide.png"
+    assert source._decode(path, None).size == (244, 244)
+    first, again, other = source._decode(path, 0), source._decode(path, 0), source._decode(path, 1)
+    assert first.mode == "RGB" and max(first.size) <= 70  # trimmed to the 64-pixel drawing before the crop
+    assert np.array_equal(np.asarray(first), np.asarray(again))
+    assert not np.array_equal(np.asarray(first.resize((32, 32))), np.asarray(other.resize((32, 32))))
+    untrimmed = FeatureSource(config.model_copy(update={"trim_transparent": None}))
+    assert max(untrimmed._decode(path, 0).size) > 140
+
+
+def test_clip_config_refuses_an_augmentation_kind_without_copies() -> None:
+    with pytest.raises(ValueError, match="augment_views"):
+        ClipTrainConfig(name="t", augment="geometry")
+    assert ClipTrainConfig(name="t", augment="geometry", augment_views=1).augment == "geometry"
 
 
 def _annotations(tmp_path: Path) -> Path:
