@@ -18,6 +18,11 @@ the seen styles, `image_reading.md`), and two copies with it.
 
 Decision rule, written before the first run: `clip_rows.py`'s (its docstring).
 
+Result (2026-12-07, split 0): no row passes. Sums 0.6194 (one copy with the appearance change),
+0.6378 (geometry alone), 0.6344 (two copies) against the served 0.6499: every row lowers
+hubness-corrected emoji names (-0.0175 to -0.0325) and moves clip art R@1 by under 0.008. Nothing
+went on (`clip_reading.md`).
+
 Usage: .venv/bin/python benchmarks/clip_augment.py [--splits 0] [--rows ...]
 Writes benchmarks/results/clip_augment.json and .md (every split run so far, merged).
 """
