@@ -146,7 +146,7 @@ class FeatureSource:
         """Float16 features of image files (or decoded images), cached by `key`: the (n, 1280, s, s)
         final feature maps for a head with a spatial path, else (n, 1280) pooled features, which a
         cached map of the same images gives too (its mean) without running the tower again.
-        `view`: the features of each file's augmented copy number `view` instead (`augmented`)."""
+        `view`: the features of each file's augmented copy number `view` instead (`_decode`)."""
 
         def build(module: nn.Module) -> torch.Tensor:
             decoded = [

@@ -24,6 +24,25 @@ from tests.conftest import _free_port
 
 DIM = 384
 WRITERS = 4
+# Run as a process of its own: polls FOLDER for a snapshot's temporary file and SIGKILLs PID the
+# moment one appears, then says what it saw. Bounded by a count of polls, not a deadline: a paused
+# VM's clock jumps past any deadline while the server, paused too, has done nothing.
+SNAPSHOT_WATCHER = """
+import os, signal, sys, time
+folder, pid, polls = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+for _ in range(polls):
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        names = []
+    written = [name for name in names if name.endswith(".tmp")]
+    if written:
+        os.kill(pid, signal.SIGKILL)
+        print("killed while writing", written)
+        sys.exit(0)
+    time.sleep(0.0002)
+print("no snapshot seen")
+"""
 
 
 def _start_server(models_dir: Path, data_dir: Path, port: int, snapshot_every: int) -> subprocess.Popen[bytes]:
@@ -231,8 +250,8 @@ def test_ten_thousand_acknowledged_upserts_survive_kills_mid_ingest_snapshot_and
             while len(acked) < until_acked and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert len(acked) >= until_acked, f"phase {phase}: only {len(acked)} acknowledged"
-            kill_when(base)
-            server.send_signal(signal.SIGKILL)
+            kill_when(base, server)
+            server.send_signal(signal.SIGKILL)  # a no-op where kill_when's watcher has already killed it
             server.wait(timeout=10)
         finally:
             stop.set()
@@ -241,26 +260,33 @@ def test_ten_thousand_acknowledged_upserts_survive_kills_mid_ingest_snapshot_and
             if server.poll() is None:
                 server.kill()
 
-    def now(_: str) -> None:
+    def now(_: str, __: subprocess.Popen[bytes]) -> None:
         return None
 
-    def mid_snapshot(_: str) -> None:
-        # Bounded by progress (a snapshot is due every 400 writes; 2,000 acknowledged without one seen
-        # is a failure), and by a count of polls (>= 240 s of 1 ms sleeps) only as a backstop: a paused
-        # VM's clock jumps past any deadline while the server, paused too, has done nothing. What was
-        # seen is kept: the .tmp is gone again once the snapshot is renamed into place.
-        before, seen = len(acked), False
-        for _ in range(240_000):
-            seen = any(folder.glob("*.tmp"))
-            if seen or len(acked) - before >= 2_000:
+    def mid_snapshot(_: str, server: subprocess.Popen[bytes]) -> None:
+        # The kill lands while a snapshot's temporary file is on disk: a process of its own watches for
+        # it and kills the server the moment it appears (a thread here shares the GIL with four
+        # writers and was starved past whole snapshots). Bounded by progress too: a snapshot is due
+        # every 400 writes, so 2,000 acknowledged without one caught is a failure.
+        before = len(acked)
+        watcher = subprocess.Popen(
+            [sys.executable, "-c", SNAPSHOT_WATCHER, str(folder), str(server.pid), "2000000"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(100_000):  # >= 1,000 s of 10 ms sleeps: a backstop only, as in the watcher
+            if watcher.poll() is not None or len(acked) - before >= 2_000:
                 break
-            time.sleep(0.001)
-        assert seen, (
-            f"no snapshot was caught being written: {len(acked) - before} upserts acknowledged meanwhile, "
-            f"writers ended: {endings}, server stderr: {server_log_tail(tmp_path)!r}"
+            time.sleep(0.01)
+        if watcher.poll() is None:
+            watcher.kill()
+        said = watcher.communicate(timeout=30)[0].strip()
+        assert said.startswith("killed while writing"), (
+            f"no snapshot was caught being written ({said or 'watcher stopped'}): {len(acked) - before} "
+            f"upserts acknowledged meanwhile, writers ended: {endings}, server stderr: {server_log_tail(tmp_path)!r}"
         )
 
-    def mid_optimize(base_url: str) -> None:
+    def mid_optimize(base_url: str, _: subprocess.Popen[bytes]) -> None:
         with httpx.Client(base_url=base_url, timeout=60) as http:
             assert http.post("/indexes/scale/optimize", json={"index": "HNSW32"}).status_code == 202
             deadline = time.monotonic() + 30
