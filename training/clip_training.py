@@ -594,10 +594,11 @@ def train_members(
 ) -> list[tuple[ClipImageHead, nn.Module]]:
     """`residual_members` one-map heads, each trained by `fit` from its own seed (`member_seed`) on
     the same data (or its own `member_subsample` of it), with its loss module (its learned
-    temperature). Member m > 0 logs under `member-m/` of the run."""
-    single = config.model_copy(update={"residual_members": 1})
+    temperature; `member_losses[m]` where given). Member m > 0 logs under `member-m/` of the run."""
     members = []
     for member in range(config.residual_members):
+        loss = config.member_losses[member] if config.member_losses else config.loss
+        single = config.model_copy(update={"residual_members": 1, "member_losses": [], "loss": loss})
         seed = member_seed(config.seed, member)
         member_data = subsample_groups(data, config.member_subsample, seed)
         rng = seed_everything(seed)

@@ -406,6 +406,9 @@ class ImageTrainConfig(Strict):
         return self
 
 
+CLIP_LOSSES = ("infonce", "dcl", "cwcl", "siglip")  # the losses the clip head trains with
+
+
 class ClipTrainConfig(Strict):
     """Image-text training (`python -m training train-clip`): the image side learns to land on a fixed
     text encoder's caption vectors (OpenClipart titles + keywords, emoji names), starting from ConSE;
@@ -443,6 +446,9 @@ class ClipTrainConfig(Strict):
     # Each member trains on this share of the caption groups, drawn by its own seed (subagging:
     # members that saw different data err more independently). 1: every member sees all of it.
     member_subsample: float = Field(1.0, gt=0, le=1)
+    # Member m trains with member_losses[m] in place of `loss` (an ensemble of maps whose errors
+    # differ by objective as well as by seed; benchmarks/clip_mixed_losses.py). Empty: `loss` for all.
+    member_losses: list[LossConfig] = Field([], max_length=16)
     # LiT-style comparison: a trainable linear map on the text side too (changes the text space, so
     # such a model is measured, not exported).
     text_projection: bool = False
@@ -496,8 +502,16 @@ class ClipTrainConfig(Strict):
 
     @model_validator(mode="after")
     def _loss(self) -> ClipTrainConfig:
-        if self.loss.name not in ("infonce", "dcl", "cwcl", "siglip"):
-            raise ValueError("clip training takes infonce, dcl, cwcl or siglip")
+        for key, loss in [("loss", self.loss), *((f"member_losses[{m}]", x) for m, x in enumerate(self.member_losses))]:
+            if loss.name not in CLIP_LOSSES:
+                raise ValueError(
+                    f"{key}: clip training takes {', '.join(CLIP_LOSSES[:-1])} or {CLIP_LOSSES[-1]}, not {loss.name}"
+                )
+        if self.member_losses and len(self.member_losses) != self.residual_members:
+            raise ValueError(
+                f"member_losses names one loss per member: {len(self.member_losses)} given for "
+                f"residual_members: {self.residual_members}"
+            )
         if bad := [p for p in self.class_prompts if p.count("{}") != 1]:
             raise ValueError(f"class_prompts: each template needs exactly one '{{}}' for the class name, not {bad}")
         if not self.conse and self.residual == "none":

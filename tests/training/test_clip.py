@@ -391,6 +391,34 @@ def test_each_member_of_a_subsampled_ensemble_trains_on_its_own_share_of_the_gro
     torch.testing.assert_close(merged.familiarity(some), whole.familiarity(some))
 
 
+def test_each_member_trains_with_its_own_loss_where_member_losses_name_them(
+    tmp_path: Path, classifier: torch.nn.Linear
+) -> None:
+    data = _synthetic_data(classifier)
+    dcl = LossConfig(name="dcl", temperature=0.05, learnable_temperature=True, symmetric=True)
+    config = ClipTrainConfig(
+        name="t", epochs=3, batch_size=64, runs_dir=tmp_path, residual_hidden=32, residual_members=2, seed=3,
+        member_losses=[ClipTrainConfig.model_fields["loss"].default, dcl],
+    )  # fmt: skip
+    merged, losses = fit_members(config, data, RunFolder(tmp_path, "t"))
+    assert [type(loss).__name__ for loss in losses] == ["InfoNCELoss", "DecoupledContrastiveLoss"]
+    # member 1 is what a single DCL map from member 1's seed trains to; member 0 is the InfoNCE map
+    for member, loss in enumerate(config.member_losses):
+        single = config.model_copy(update={"residual_members": 1, "member_losses": [], "loss": loss})
+        rng = seed_everything(member_seed(config.seed, member))
+        alone = build_head(single, data.class_vectors)
+        fit(alone, data, single, rng, RunFolder(tmp_path, f"alone-{member}"))
+        torch.testing.assert_close(merged.residual.members[member][0].weight, alone.residual[0].weight)
+
+
+def test_clip_config_refuses_member_losses_that_do_not_match_the_members() -> None:
+    dcl = LossConfig(name="dcl", temperature=0.05, learnable_temperature=True, symmetric=True)
+    with pytest.raises(ValueError, match="one loss per member: 1 given for residual_members: 2"):
+        ClipTrainConfig(name="t", residual_members=2, member_losses=[dcl])
+    with pytest.raises(ValueError, match=r"member_losses\[1\]: clip training takes .* not mw"):
+        ClipTrainConfig(name="t", residual_members=2, member_losses=[dcl, LossConfig(name="mw")])
+
+
 def test_clip_config_refuses_members_with_what_cannot_be_averaged() -> None:
     with pytest.raises(ValueError, match="text_projection"):
         ClipTrainConfig(name="t", residual_members=2, text_projection=True)
