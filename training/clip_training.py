@@ -36,7 +36,7 @@ from app.inference.hubness import HubCorrection, mean_of_nearest, neighbourhood_
 from app.inference.images import ImageLimits, open_image, trim_key, trim_to_visible
 from app.inference.text_model import TextModel
 from training.config import ClipTrainConfig
-from training.data.augment import augment_view
+from training.data.augment import AUGMENT_VERSION, augment_view
 from training.data.clipart import Clip, clip_path, load_clips, split_clips
 from training.data.images import (
     Identity,
@@ -156,7 +156,7 @@ class FeatureSource:
             return onnx_outputs(module, decoded, self.section)
 
         if view is not None:
-            key = f"{key}~{self.config.augment}{view}"
+            key = f"{key}~{self.config.augment}{view}.v{AUGMENT_VERSION}"
         name = f"{self.config.tower}{trim_key(self.config.trim_transparent)}|{key}|{len(load)}"
         cache = self.config.cache_dir
         if self.encoder is not None:

@@ -23,7 +23,7 @@ from PIL import Image
 
 from app.inference.images import ImageLimits, open_image, trim_key, trim_to_visible
 from training.config import ImageTrainConfig
-from training.data.augment import augment_view
+from training.data.augment import AUGMENT_VERSION, augment_view
 from training.data.images import (
     Identity,
     emoji_path,
@@ -93,10 +93,10 @@ def emoji_set(
                 image = trim_to_visible(image, config.trim_transparent)
             for copy in range(config.augment_views if style in augmented_styles else 0):
                 ids.append(identity.unified)
-                views.append(f"{style}~{copy}")
+                views.append(f"{style}~{copy}")  # the cache key adds AUGMENT_VERSION to these
                 images.append(augment_view(image, rng))
     preprocessing = f"{config.tower}|{config.unfreeze_blocks}{trim_key(config.trim_transparent)}"
-    key = f"emoji-v4|{preprocessing}|{config.data.resolve()}|" + ",".join(
+    key = f"emoji-v4|aug{AUGMENT_VERSION}|{preprocessing}|{config.data.resolve()}|" + ",".join(
         f"{i}/{v}" for i, v in zip(ids, views, strict=True)
     )
     activations = cached(config.cache_dir, key, lambda: _activations(encoder, images, tower))

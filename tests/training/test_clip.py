@@ -534,6 +534,28 @@ def test_an_augmented_copy_is_drawn_from_the_file_and_its_view_alone(tmp_path: P
     assert max(untrimmed._decode(path, 0).size) > 140
 
 
+def test_cached_copies_are_redrawn_when_the_augmentation_code_changes_version(
+    tmp_path: Path, default_models_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import training.clip_training as clip_training
+
+    (tmp_path / "wide.png").write_bytes(_drawing(90))
+    config = ClipTrainConfig(
+        name="t", tower="mobilenet_v2", text_model=default_models_dir / "minilm-l6", augment_views=1,
+        cache_dir=tmp_path / "cache",
+    )  # fmt: skip
+    drawn: list[int] = []
+    real = clip_training.augment_view
+    monkeypatch.setattr(clip_training, "augment_view", lambda *a, **k: drawn.append(1) or real(*a, **k))
+    files = [tmp_path / "wide.png"]
+    first = clip_training.FeatureSource(config).images("k", files, view=0)
+    clip_training.FeatureSource(config).images("k", files, view=0)
+    assert len(drawn) == 1  # the second source read the cached copy
+    monkeypatch.setattr(clip_training, "AUGMENT_VERSION", clip_training.AUGMENT_VERSION + 1)
+    again = clip_training.FeatureSource(config).images("k", files, view=0)
+    assert len(drawn) == 2 and torch.equal(first, again)  # drawn anew under the new version's key
+
+
 def test_clip_config_refuses_an_augmentation_kind_without_copies() -> None:
     with pytest.raises(ValueError, match="augment_views"):
         ClipTrainConfig(name="t", augment="geometry")

@@ -8,6 +8,10 @@ from PIL import Image, ImageFilter, ImageOps
 
 from app.inference.images import to_rgb
 
+# Cached features of augmented copies are keyed by this: bump it whenever augment_view's output for a
+# given image and random state changes, or both trainers would reuse copies drawn by the old code.
+AUGMENT_VERSION = 1
+
 
 def augment_view(image: Image.Image, rng: random.Random, appearance: bool = True) -> Image.Image:
     """A random view of one image: geometry (resized crop of 60-100% of the side, flip, small
