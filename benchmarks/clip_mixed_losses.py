@@ -18,6 +18,12 @@ goes on only if hubness-corrected emoji names R@1 + hubness-corrected OpenClipar
 served row by more than 0.005, image->image within 0.01, COCO-mini R@1 (plain and corrected)
 within 0.005; then splits 1-3 beside the served row, served only if their mean passes the same test.
 
+Result (2026-12-07): the 3 + 2 row passed on split 0, at the rule's edges (sum +0.0054, image->image
+-0.010, COCO-mini -0.0025), and 5 + 5 failed it (image->image -0.0175). On splits 1-3 the 3 + 2
+row fails the same test: its sum gains +0.0177 (hubness-corrected emoji names 0.3483 -> 0.3533,
+clip art 0.2997 -> 0.3124) but image->image falls 0.7692 -> 0.7500 (-0.019, allowed 0.01). Not
+served (`clip_reading.md`).
+
 Usage: .venv/bin/python benchmarks/clip_mixed_losses.py [--splits 0] [--rows ...]
 Writes benchmarks/results/clip_mixed_losses.json and .md (every split run so far, merged).
 """
