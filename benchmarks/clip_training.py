@@ -18,7 +18,9 @@ row>" "<the by-source row>"` wrote the served recipe with transparent drawings t
 2026-12-04: the trim is a property of the data every row is trained and evaluated on, so it is a
 run's option, not a row) and batches by source beside it (not adopted: clip_reading.md). `--trim-transparent
 0.04 --out clip_training_ensemble --rows` ConSE, the served row and the one-MLP row wrote the served
-recipe with five maps averaged (served since 2026-12-04) beside one map.
+recipe with five maps averaged (served since 2026-12-04) beside one map. `--trim-transparent 0.04
+--out clip_training_mixed --rows` ConSE and the served row wrote the five maps of three losses
+(served since 2026-12-07, `clip_mixed_losses.py`) with every metric.
 """
 
 from __future__ import annotations
@@ -43,20 +45,36 @@ from training.run import RunFolder  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 SPLITS = (1, 2, 3)
 # training/configs/serve-clip.yaml's recipe: ClipTrainConfig's defaults + the TCL term + the
-# familiarity gate with the map's length 1.0 (every row below it changes the defaults, not the served
-# recipe).
-SERVED = {"intra_modal_weight": 0.5, "residual_gate": "familiarity", "residual_scale": 1.0, "residual_members": 5}
+# familiarity gate with the map's length 1.0, five maps of three losses (every row below it changes
+# the defaults, not the served recipe).
+INFONCE = LossConfig(name="infonce", temperature=0.05, learnable_temperature=True, symmetric=True)
+SERVED_LOSSES = [
+    INFONCE,
+    INFONCE,
+    INFONCE,
+    LossConfig(name="dcl", temperature=0.05, learnable_temperature=True, symmetric=True),
+    LossConfig(name="cwcl", temperature=0.05, learnable_temperature=True),
+]  # benchmarks/clip_mixed_losses.py
+SERVED = {
+    "intra_modal_weight": 0.5,
+    "residual_gate": "familiarity",
+    "residual_scale": 1.0,
+    "residual_members": 5,
+    "member_losses": SERVED_LOSSES,
+}
+FIVE_INFONCE = {**SERVED, "member_losses": []}  # served until 2026-12-07
 TRIM = 0.04  # serve-clip.yaml's trim_transparent (this script's rows take it from --trim-transparent)
 ROWS: dict[str, dict] = {
     "ConSE (no training)": {"untrained": True, "residual": "none"},
-    "InfoNCE, 5 MLPs of length 1.0 averaged + familiarity gate + TCL term 0.5 (served recipe)": SERVED,
-    "the served recipe with one MLP (served until 2026-12-04)": {**SERVED, "residual_members": 1},
+    "3 InfoNCE + 1 DCL + 1 CWCL MLPs of length 1.0 averaged + familiarity gate + TCL term 0.5 (served recipe)": SERVED,
+    "InfoNCE, 5 MLPs of length 1.0 averaged + familiarity gate + TCL term 0.5 (served until 2026-12-07)": FIVE_INFONCE,
+    "the served recipe with one MLP (served until 2026-12-04)": {**FIVE_INFONCE, "residual_members": 1},
     "the served recipe, batches of 128 by source (clip art or emoji)": {
-        **SERVED,
+        **FIVE_INFONCE,
         "batching": "by_source",
         "batch_size": 128,
     },
-    "InfoNCE, MLP length 0.6 + familiarity gate + TCL term 0.5": {**SERVED, "residual_scale": 0.6},
+    "InfoNCE, MLP length 0.6 + familiarity gate + TCL term 0.5": {**FIVE_INFONCE, "residual_scale": 0.6},
     "InfoNCE, bounded MLP + TCL intra-modal term 0.5 (served until 2026-12-04)": {"intra_modal_weight": 0.5},
     "InfoNCE, bounded MLP (served until 2026-12-02)": {},
     "CWCL, bounded MLP": {"loss": LossConfig(name="cwcl", temperature=0.05, learnable_temperature=True)},
@@ -114,9 +132,14 @@ def _none_in_top(gallery: int, relevant: int, k: int) -> float:
 
 def served_config(name: str, split: int, **update: object) -> ClipTrainConfig:
     """serve-clip.yaml's recipe on `split` (the split's own seed, Lite0, drawings trimmed), with
-    `update` on top: what the clip benchmarks beside this one train and compare against."""
+    `update` on top: what the clip benchmarks beside this one train and compare against. An update
+    that sets `loss` or `residual_members` and not `member_losses` trains every member with `loss`
+    (InfoNCE unless set): the rows written before the served members mixed losses mean that."""
     base = ClipTrainConfig(name=name, split_seed=split, seed=split, tower="efficientnet_lite0", trim_transparent=TRIM)
-    return base.model_copy(update={**SERVED, **update})
+    served = dict(SERVED)
+    if ("loss" in update or "residual_members" in update) and "member_losses" not in update:
+        served["member_losses"] = []
+    return base.model_copy(update={**served, **update})
 
 
 def run_row(data: ClipData, base: ClipTrainConfig, row: dict, seed: int) -> dict[str, float]:

@@ -507,6 +507,8 @@ class ClipTrainConfig(Strict):
                 raise ValueError(
                     f"{key}: clip training takes {', '.join(CLIP_LOSSES[:-1])} or {CLIP_LOSSES[-1]}, not {loss.name}"
                 )
+        if self.member_losses and "loss" in self.model_fields_set:
+            raise ValueError("member_losses names every member's loss: leave loss out (or member_losses)")
         if self.member_losses and len(self.member_losses) != self.residual_members:
             raise ValueError(
                 f"member_losses names one loss per member: {len(self.member_losses)} given for "

@@ -417,6 +417,8 @@ def test_clip_config_refuses_member_losses_that_do_not_match_the_members() -> No
         ClipTrainConfig(name="t", residual_members=2, member_losses=[dcl])
     with pytest.raises(ValueError, match=r"member_losses\[1\]: clip training takes .* not mw"):
         ClipTrainConfig(name="t", residual_members=2, member_losses=[dcl, LossConfig(name="mw")])
+    with pytest.raises(ValueError, match="leave loss out"):
+        ClipTrainConfig(name="t", residual_members=2, member_losses=[dcl, dcl], loss=dcl)
 
 
 def test_clip_config_refuses_members_with_what_cannot_be_averaged() -> None:
