@@ -19,6 +19,8 @@ served recipe on each of splits 1-3 (`clip_training.served_config`, the split's 
 
 Usage: .venv/bin/python benchmarks/clip_image_hubness.py [--report]  (needs `make clip-model
 image-data`; --report ~2 min a split). Writes benchmarks/results/clip_image_hubness[_report].{json,md}.
+`--report --out clip_image_hubness_report_mixed` scored the served recipe since 2026-12-07 (five maps of
+three losses, `clip_mixed_losses.py`); clip_image_hubness_report.* holds five InfoNCE maps.
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ def score_split(split: int, trained_head: bool) -> tuple[dict[str, float], int, 
     return rows, len(queries), len(bank)
 
 
-def report_splits() -> None:
+def report_splits(stem: str) -> None:
     started = time.monotonic()
     per_split = {split: score_split(split, trained_head=True)[0] for split in REPORT_SPLITS}
     rows = list(per_split[REPORT_SPLITS[0]])
@@ -97,7 +99,7 @@ def report_splits() -> None:
         "minutes": round((time.monotonic() - started) / 60, 1),
         "measured": time.strftime("%Y-%m-%d %H:%M"),
     }
-    (RESULTS / "clip_image_hubness_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = [
         "# Image->image through the clip model with a hubness correction: report splits 1-3",
         "",
@@ -116,18 +118,19 @@ def report_splits() -> None:
         ),
         "",
     ]
-    (RESULTS / "clip_image_hubness_report.md").write_text("\n".join(lines))
+    (RESULTS / f"{stem}.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--report", action="store_true", help="train and score splits 1-3")
+    parser.add_argument("--out", default="clip_image_hubness_report", help="--report's results stem")
     args = parser.parse_args()
     torch.set_num_threads(2)
     RESULTS.mkdir(exist_ok=True)
     if args.report:
-        report_splits()
+        report_splits(args.out)
         return
     started = time.monotonic()
     rows, codepoints, bank_size = score_split(SPLIT, trained_head=False)
