@@ -1,4 +1,4 @@
-"""An ensemble whose maps differ by loss: symmetric InfoNCE members beside symmetric DCL members.
+"""An ensemble whose maps differ by loss: symmetric InfoNCE members beside DCL (and CWCL) members.
 
 Five maps gained over one because their seed-driven errors partly cancel, and more maps of the same
 recipe stopped gaining (8 / 10 / 12 members, `clip_ensemble.py`): maps fitted to the same data with
@@ -67,4 +67,4 @@ ROWS = {  # the served row (when these rows ran) first
 }
 
 if __name__ == "__main__":
-    main(__doc__, "mixed_losses", "Maps of two losses in one ensemble (`benchmarks/clip_mixed_losses.py`)", ROWS)
+    main(__doc__, "mixed_losses", "Maps of different losses in one ensemble (`benchmarks/clip_mixed_losses.py`)", ROWS)
