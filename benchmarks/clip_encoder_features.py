@@ -116,6 +116,8 @@ def write_markdown(report: dict) -> None:
     selected = [row for row in ROWS if row in by_split.get(SELECTION_SPLIT, {})]
     reported = [row for row in ROWS if report_splits and all(row in by_split[s] for s in report_splits)]
     for metric in METRICS:
+        if metric not in by_split[SELECTION_SPLIT][SERVED_ROW]:  # scored only by runs after this one's
+            continue
         lines += ["", f"## {metric}", ""]
         base = by_split[SELECTION_SPLIT][SERVED_ROW][metric]
         lines += ["| head | split 0 | change |", "|---|---|---|"]

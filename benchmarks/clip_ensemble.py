@@ -49,7 +49,15 @@ from app.services.search import HUB_CANDIDATES  # noqa: E402
 from benchmarks.clip_hubness import recall_at_1, top_candidates_corrected  # noqa: E402
 from benchmarks.clip_training import served_config  # noqa: E402
 from benchmarks.report import split_row  # noqa: E402
-from training.clip_training import ClipData, _vectors, evaluate, hub_correction, prepare, train_members  # noqa: E402
+from training.clip_training import (  # noqa: E402
+    ClipData,
+    _vectors,
+    evaluate,
+    hub_correction,
+    image_hub_correction,
+    prepare,
+    train_members,
+)
 from training.config import ClipTrainConfig  # noqa: E402
 from training.models.clip import ClipImageHead  # noqa: E402
 from training.run import RunFolder  # noqa: E402
@@ -67,6 +75,7 @@ METRICS = [
     "coco-mini text->image recall@1, hubness-corrected",
     "coco-mini text->image recall@5",
     "emoji image->image recall@1",
+    "emoji image->image recall@1, hubness-corrected",  # scored from 2026-12-07 on
 ]
 # The columns a per-split table of heads shows, by short name (clip_bagging.py, clip_prompts.py).
 SHORT = {
@@ -76,6 +85,7 @@ SHORT = {
     "coco-mini text->image recall@1": "COCO R@1",
     "coco-mini text->image recall@1, hubness-corrected": "COCO R@1 corr.",
     "emoji image->image recall@1": "emoji img->img R@1",
+    "emoji image->image recall@1, hubness-corrected": "emoji img->img R@1 corr.",
     "emoji text->image recall@1": "emoji names R@1",
 }
 
@@ -89,13 +99,17 @@ def split_tables(report: dict, title: str) -> str:
     for split, rows in sorted(report["splits"].items(), key=lambda kv: int(kv[0])):
         lines += [f"## split {split}", "", "| head | " + " | ".join(SHORT.values()) + " |"]
         lines.append("|---" * (len(SHORT) + 1) + "|")
-        lines += [f"| {name} | " + " | ".join(f"{row[m]:.4f}" for m in SHORT) + " |" for name, row in rows.items()]
+        lines += [
+            f"| {name} | " + " | ".join(f"{row[m]:.4f}" if m in row else "-" for m in SHORT) + " |"
+            for name, row in rows.items()
+        ]  # "-": a metric scored only by runs after the row's
         lines.append("")
     return "\n".join(lines)
 
 
 def score(head: ClipImageHead, data: ClipData, config: ClipTrainConfig) -> dict[str, float]:
-    """The METRICS of one head: evaluate()'s, and text->image R@1 with the correction it would serve."""
+    """The METRICS of one head: evaluate()'s, and text->image and emoji image->image R@1 with the
+    corrections search would apply (top HUB_CANDIDATES re-ranked by each bank's CSLS penalty)."""
     head.eval()
     scores = evaluate(head, data)
     hubs = hub_correction(head, data.train, config)
@@ -104,7 +118,13 @@ def score(head: ClipImageHead, data: ClipData, config: ClipTrainConfig) -> dict[
         cosines = ev.texts.numpy() @ gallery.T  # (queries, gallery)
         corrected = top_candidates_corrected(cosines, hubs.penalties(gallery), HUB_CANDIDATES)
         scores[f"{ev.name} text->image recall@1, hubness-corrected"] = recall_at_1(corrected, ev.relevant_images)
-    return {m: float(scores[m]) for m in METRICS}
+    if data.emoji_styles is not None and config.image_hubness_weight > 0:
+        queries, gallery = (_vectors(head, pooled) for pooled in data.emoji_styles)  # Google -> Twitter
+        penalties = image_hub_correction(head, data.train, config).penalties(gallery)
+        corrected = top_candidates_corrected(queries @ gallery.T, penalties, HUB_CANDIDATES)
+        own = [{i} for i in range(len(queries))]
+        scores["emoji image->image recall@1, hubness-corrected"] = recall_at_1(corrected, own)
+    return {m: float(scores[m]) for m in METRICS if m in scores}
 
 
 def ensemble_sizes(members: int) -> list[int]:
