@@ -93,9 +93,10 @@ def emoji_set(
                 image = trim_to_visible(image, config.trim_transparent)
             for copy in range(config.augment_views if style in augmented_styles else 0):
                 ids.append(identity.unified)
-                views.append(f"{style}~{copy}")  # the cache key adds AUGMENT_VERSION to these
+                views.append(f"{style}~{copy}")
                 images.append(augment_view(image, rng))
     preprocessing = f"{config.tower}|{config.unfreeze_blocks}{trim_key(config.trim_transparent)}"
+    # AUGMENT_VERSION: the copies above are drawn by augment_view, whose output that version names
     key = f"emoji-v4|aug{AUGMENT_VERSION}|{preprocessing}|{config.data.resolve()}|" + ",".join(
         f"{i}/{v}" for i, v in zip(ids, views, strict=True)
     )
