@@ -8,6 +8,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from training.data.pseudo import PseudoQueries
 from training.sources import DEFAULT_BASE_MODEL, SMOLLM2
 
 GRADED_LOSSES = ("listwise", "wasserstein")  # losses that read grades, not only positives
@@ -29,6 +30,19 @@ class QuerySplit(Strict):
     train_fraction: float = Field(0.5, gt=0, lt=1)
 
 
+TEACHER_CACHE = Path("data/cache")  # teachers' vectors by text (training/teacher.py), and generations
+
+
+class QueryGenerationConfig(Strict):
+    """Pseudo-queries written by a causal LM (training/query_generation.py): one question for each
+    of up to `budget` documents, drawn by the run's seed, cached in `cache_dir`."""
+
+    generator: str = SMOLLM2
+    budget: int = Field(ge=1)  # documents given a generated question (one generation each)
+    max_new_tokens: int = Field(32, ge=8, le=128)
+    cache_dir: Path = TEACHER_CACHE
+
+
 class DataConfig(Strict):
     format: Literal["beir", "pairs", "triplets", "sts", "corpus"]
     path: Path
@@ -36,8 +50,23 @@ class DataConfig(Strict):
     query_split: QuerySplit | None = QuerySplit()  # BEIR only; None = train on every query
     # format corpus (no labels): queries made from the documents themselves (training/data/pseudo.py);
     # a BEIR folder's own queries and qrels, if any, only evaluate (held-out half of query_split)
-    pseudo_queries: Literal["titles", "first_sentences"] = "titles"
+    # several kinds as a list (titles and generated); first_sentences stands alone
+    pseudo_queries: PseudoQueries | list[PseudoQueries] = "titles"
     pseudo_query_limit: int | None = Field(None, ge=1)
+    query_generation: QueryGenerationConfig | None = None  # pseudo_queries generated: the writer and its budget
+
+    @model_validator(mode="after")
+    def _pseudo_query_kinds(self) -> DataConfig:
+        kinds = [self.pseudo_queries] if isinstance(self.pseudo_queries, str) else self.pseudo_queries
+        if not kinds or len(set(kinds)) != len(kinds):
+            raise ValueError("data.pseudo_queries: name each kind once (titles, first_sentences, generated)")
+        if "first_sentences" in kinds and len(kinds) > 1:
+            raise ValueError("data.pseudo_queries: first_sentences cannot be combined (its positive drops it)")
+        if ("generated" in kinds) != (self.query_generation is not None):
+            raise ValueError(
+                "data.query_generation: needed with pseudo_queries generated (writer and budget), refused otherwise"
+            )
+        return self
 
 
 # The fields each loss reads besides `name` and `matryoshka_dims` (training/losses/registry.py).
@@ -95,9 +124,6 @@ class MiningConfig(Strict):
     # whose teacher cosine exceeds teacher_margin x the lowest positive's is a likely false negative.
     teacher_model: str | None = None
     teacher_margin: float = Field(0.95, gt=0, le=1)
-
-
-TEACHER_CACHE = Path("data/cache")  # teachers' vectors by text (training/teacher.py)
 
 
 class DistillationConfig(Strict):

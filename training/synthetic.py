@@ -55,12 +55,15 @@ def clean_generation(text: str) -> str | None:
 
 
 class GenerationCache:
-    """Generated documents by (generator, prompt) on disk, one JSON line each, appended as written:
-    a run stopped midway keeps every list it finished."""
+    """Generations by (generator, prompt) on disk, one JSON line each, appended as written: a run
+    stopped midway keeps every call it finished. `kind` and `version` name the file, so each use
+    (graded lists; pseudo-queries, training/query_generation.py) and prompt version has its own."""
 
-    def __init__(self, cache_dir: Path, generator_key: str) -> None:
-        digest = hashlib.sha256(f"{generator_key}|v{PROMPT_VERSION}".encode()).hexdigest()[:16]
-        self.path = cache_dir / f"synthetic-{digest}.jsonl"
+    def __init__(
+        self, cache_dir: Path, generator_key: str, kind: str = "synthetic", version: int = PROMPT_VERSION
+    ) -> None:
+        digest = hashlib.sha256(f"{generator_key}|v{version}".encode()).hexdigest()[:16]
+        self.path = cache_dir / f"{kind}-{digest}.jsonl"
         self._known: dict[str, str] | None = None
 
     @staticmethod
@@ -141,9 +144,11 @@ def synthesise_lists(
 
 class CausalLMGenerator:
     """Completions from a transformers causal LM folder: the chat template when the tokenizer has
-    one, greedy decoding with repeated 3-grams blocked (a 135M model otherwise loops)."""
+    one, greedy decoding with repeated 3-grams blocked (a 135M model otherwise loops).
+    `response_prefix` starts the model's reply (e.g. "Question: How"): the completion continues it
+    and does not repeat it."""
 
-    def __init__(self, folder: str, max_new_tokens: int) -> None:
+    def __init__(self, folder: str, max_new_tokens: int, response_prefix: str = "") -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -153,12 +158,14 @@ class CausalLMGenerator:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
         self.max_new_tokens = max_new_tokens
+        self.response_prefix = response_prefix
 
     def _format(self, prompt: str) -> str:
         if getattr(self.tokenizer, "chat_template", None):
             messages = [{"role": "user", "content": prompt}]
-            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return prompt + "\n"
+            chat = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return chat + self.response_prefix
+        return prompt + "\n" + self.response_prefix
 
     def __call__(self, prompts: list[str]) -> list[str]:
         import torch

@@ -36,7 +36,7 @@ from training.checkpoint import (
 from training.config import TEACHER_CACHE, ConfigError, TrainConfig, load_config
 from training.data.beir import RetrievalDataset, load_beir
 from training.data.examples import load_retrieval, load_sts
-from training.data.pseudo import corpus_file, pseudo_query_dataset
+from training.data.pseudo import MIN_QUERY_WORDS, as_kinds, corpus_documents, corpus_file, pseudo_query_dataset
 from training.data.sts import StsPair
 from training.distributed import (
     Workers,
@@ -55,9 +55,10 @@ from training.losses.distillation import TeacherDistillationLoss
 from training.losses.layouts import BatchLayout
 from training.losses.registry import build_embedding_loss, layout_of
 from training.models.text import EmbedFn, make_embed, similarity_scorer
+from training.query_generation import RESPONSE_PREFIX, generated_queries, generation_cache
 from training.run import RunFolder, finished_metrics, seed_everything
 from training.sources import ModelSourceError, load_sentence_transformer, resolve_source
-from training.synthetic import CausalLMGenerator, GenerationCache, synthesise_lists
+from training.synthetic import CausalLMGenerator, GenerationCache, TextGenerator, synthesise_lists
 from training.teacher import TeacherEncoder, TeacherVectors, teacher_vectors
 from training.validation import CheckpointSelector, split_validation
 
@@ -243,6 +244,7 @@ class TrainingData:
     sts_pairs: list[StsPair] = field(default_factory=list)
     validation_set: RetrievalDataset | None = None  # training queries held out for checkpoint selection
     synthesis: dict[str, Any] | None = None  # what synthetic_lists added (metrics.json)
+    query_generation: dict[str, Any] | None = None  # what data.query_generation wrote (metrics.json)
 
     @classmethod
     def load(cls, config: TrainConfig) -> TrainingData:
@@ -268,13 +270,16 @@ class TrainingData:
     def _unlabelled(cls, config: TrainConfig) -> TrainingData:
         """Pseudo-queries to train on; the folder's real judged queries (held-out half) to evaluate."""
         data = config.data
-        train_set = pseudo_query_dataset(corpus_file(data.path), data.pseudo_queries, data.pseudo_query_limit)
+        corpus, written, generation = corpus_file(data.path), None, None
+        if "generated" in as_kinds(data.pseudo_queries):
+            written, generation = _generated_queries(config, corpus)
+        train_set = pseudo_query_dataset(corpus, data.pseudo_queries, data.pseudo_query_limit, written)
         eval_set = None
         if data.path.is_dir() and (data.path / "qrels" / f"{data.qrels_split}.tsv").is_file():
             eval_set = load_beir(data.path, data.qrels_split)
             if data.query_split is not None:  # the same held-out half a labelled run scores on
                 eval_set = eval_set.split_queries(data.query_split.seed, data.query_split.train_fraction)[1]
-        return cls(train_set, eval_set, {})
+        return cls(train_set, eval_set, {}, query_generation=generation)
 
 
 @dataclass
@@ -457,26 +462,50 @@ def _synthetic_lists(config: TrainConfig, data: TrainingData, workers: Workers) 
         return None
     if workers.enabled:
         raise ConfigError(f"{config.name}: synthetic_lists: run in one process (ranks would each generate)")
-    try:
-        folder = resolve_source(settings.generator)
-    except ModelSourceError as exc:
-        raise ConfigError(f"{config.name}: synthetic_lists.generator: {exc}") from exc
-    generator: CausalLMGenerator | None = None
-
-    def generate(prompts: list[str]) -> list[str]:
-        nonlocal generator
-        if generator is None:  # loaded on the first prompt missing from the cache only
-            try:
-                generator = CausalLMGenerator(folder, settings.max_new_tokens)
-            except (OSError, ValueError) as exc:
-                raise ConfigError(f"{config.name}: synthetic_lists.generator: {settings.generator}: {exc}") from exc
-        return generator(prompts)
-
+    generate = _lazy_generator(config, "synthetic_lists.generator", settings.generator, settings.max_new_tokens)
     cache = GenerationCache(settings.cache_dir, f"{settings.generator}|{settings.max_new_tokens}")
     with_lists, stats = synthesise_lists(data.train_set, generate, cache, settings.budget, config.seed)
     data.synthesis = stats.record()
     log.info("synthetic lists: %s", data.synthesis)
     return with_lists
+
+
+def _lazy_generator(
+    config: TrainConfig, key: str, source: str, max_new_tokens: int, response_prefix: str = ""
+) -> TextGenerator:
+    """A causal-LM writer loaded on the first prompt missing from its cache; a source that cannot
+    be resolved (at once) or loaded (then) is one ConfigError line naming `key`."""
+    try:
+        folder = resolve_source(source)
+    except ModelSourceError as exc:
+        raise ConfigError(f"{config.name}: {key}: {exc}") from exc
+    generator: CausalLMGenerator | None = None
+
+    def generate(prompts: list[str]) -> list[str]:
+        nonlocal generator
+        if generator is None:
+            try:
+                generator = CausalLMGenerator(folder, max_new_tokens, response_prefix)
+            except (OSError, ValueError) as exc:
+                first_line = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+                raise ConfigError(f"{config.name}: {key}: {source}: {first_line.strip()}") from exc
+        return generator(prompts)
+
+    return generate
+
+
+def _generated_queries(config: TrainConfig, corpus: Path) -> tuple[dict[str, str], dict[str, Any]]:
+    """The questions `data.query_generation` has written for `corpus`'s documents (generated now, or
+    read from the cache), and what metrics.json records about them."""
+    settings = config.data.query_generation
+    assert settings is not None
+    key, source = "data.query_generation.generator", settings.generator
+    generate = _lazy_generator(config, key, source, settings.max_new_tokens, RESPONSE_PREFIX)
+    cache = generation_cache(settings.cache_dir, f"{settings.generator}|{settings.max_new_tokens}")
+    documents = corpus_documents(corpus)
+    queries, stats = generated_queries(documents, generate, cache, settings.budget, config.seed, MIN_QUERY_WORDS)
+    log.info("generated pseudo-queries: %s", stats.record())
+    return queries, stats.record()
 
 
 T = TypeVar("T")
@@ -880,6 +909,7 @@ def _run_metrics(
         "train_examples": len(sampler.pairs) if isinstance(sampler, BatchSampler | StsSampler) else 0,
         "eval_queries": len(judged_queries(data.eval_set)) if data.eval_set else 0,
         "synthetic_lists": data.synthesis,
+        "query_generation": data.query_generation,
     }
 
 
@@ -914,6 +944,8 @@ def train(config: TrainConfig, show_progress: bool = True, resume: bool = False)
     rng = seed_everything(config.seed)
     if workers.rank:
         torch.manual_seed(config.seed + workers.rank)  # dropout masks differ from rank to rank
+    if workers.enabled and config.data.query_generation is not None:
+        raise ConfigError(f"{config.name}: data.query_generation: run in one process (ranks would each generate)")
     data = TrainingData.load(config)
     synthetic = _synthetic_lists(config, data, workers)  # before any model; joins after mining
     fresh_main = workers.is_main and resumed is None and data.train_set is not None
