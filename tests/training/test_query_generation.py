@@ -148,3 +148,15 @@ def test_a_writer_that_cannot_be_loaded_stops_before_training(tmp_path: Path, sm
             train(_config(tmp_path, small_beir, settings), show_progress=False)
         assert "\n" not in str(info.value)
     assert not (tmp_path / "runs" / "gen-run").exists()
+
+
+def test_the_writer_continues_the_reply_it_was_started_on(tmp_path: Path) -> None:
+    from training.synthetic import CausalLMGenerator
+
+    folder = str(make_tiny_llama(tmp_path / "llm"))
+    started = CausalLMGenerator(folder, max_new_tokens=8, response_prefix="Question: How")
+    plain = CausalLMGenerator(folder, max_new_tokens=8)
+    assert started._format("about lift").endswith("Question: How") and not plain._format("about lift").endswith("How")
+    prompts = ["Write about lift and drag on wings.", "Write about heat."]
+    assert started(prompts) != plain(prompts)  # the prefix is context the completion goes on from
+    assert started(prompts) == started(prompts)  # greedy: the cache key (the prompt) fixes the question
