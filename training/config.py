@@ -8,7 +8,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from training.data.pseudo import PseudoQueries
+from training.data.pseudo import PseudoQueries, as_kinds
 from training.sources import DEFAULT_BASE_MODEL, SMOLLM2
 
 GRADED_LOSSES = ("listwise", "wasserstein")  # losses that read grades, not only positives
@@ -57,7 +57,7 @@ class DataConfig(Strict):
 
     @model_validator(mode="after")
     def _pseudo_query_kinds(self) -> DataConfig:
-        kinds = [self.pseudo_queries] if isinstance(self.pseudo_queries, str) else self.pseudo_queries
+        kinds = as_kinds(self.pseudo_queries)
         if not kinds or len(set(kinds)) != len(kinds):
             raise ValueError("data.pseudo_queries: name each kind once (titles, first_sentences, generated)")
         if "first_sentences" in kinds and len(kinds) > 1:

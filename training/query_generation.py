@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import random
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,19 +85,14 @@ def generated_queries(
     random.Random(seed).shuffle(chosen)
     chosen = chosen[:budget]
     prompts = {doc_id: query_prompt(*documents[doc_id]) for doc_id in chosen}
-    missing = [p for p in dict.fromkeys(prompts.values()) if cache.key(p) not in cache.known()]
-    missing.sort(key=len)  # neighbours in a call pad to similar lengths
-    started = time.perf_counter()
-    for start in range(0, len(missing), QUERIES_PER_CALL):
-        part = missing[start : start + QUERIES_PER_CALL]
-        cache.add(part, generate(part))
-    seconds = time.perf_counter() - started
+    # neighbours in a call pad to similar lengths
+    generated, seconds = cache.fill(sorted(prompts.values(), key=len), generate, QUERIES_PER_CALL)
     kept: dict[str, str] = {}
     for doc_id, prompt in prompts.items():
         query = clean_query(cache.known()[cache.key(prompt)], min_words)
         if query is not None:
             kept[doc_id] = query
-    stats = QueryGenerationStats(len(chosen), len(kept), len(chosen) - len(kept), len(missing), seconds)
+    stats = QueryGenerationStats(len(chosen), len(kept), len(chosen) - len(kept), generated, seconds)
     return kept, stats
 
 

@@ -82,6 +82,16 @@ class GenerationCache:
                         continue  # a line cut short by a crash: that prompt is generated again
         return self._known
 
+    def fill(self, prompts: list[str], generate: TextGenerator, per_call: int) -> tuple[int, float]:
+        """Generate, `per_call` at a time in the order given, every distinct prompt the cache lacks;
+        returns how many were generated and the seconds spent in `generate`."""
+        missing = [p for p in dict.fromkeys(prompts) if self.key(p) not in self.known()]
+        started = time.perf_counter()
+        for start in range(0, len(missing), per_call):
+            part = missing[start : start + per_call]
+            self.add(part, generate(part))
+        return len(missing), time.perf_counter() - started
+
     def add(self, prompts: list[str], texts: list[str]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         rows = [{"key": self.key(p), "text": t} for p, t in zip(prompts, texts, strict=True)]
@@ -120,12 +130,7 @@ def synthesise_lists(
     chosen = judged[:budget]
     prompts = {(q, grade): level_prompt(dataset.queries[q], text) for q in chosen for grade, text in LEVELS}
     # one generation per distinct prompt: two queries with the same text share their documents
-    missing = [p for p in dict.fromkeys(prompts.values()) if cache.key(p) not in cache.known()]
-    started = time.perf_counter()
-    for start in range(0, len(missing), PROMPTS_PER_CALL):
-        part = missing[start : start + PROMPTS_PER_CALL]
-        cache.add(part, generate(part))
-    seconds = time.perf_counter() - started
+    generated, seconds = cache.fill(list(prompts.values()), generate, PROMPTS_PER_CALL)
     corpus = dict(dataset.corpus)
     qrels = {q: dict(r) for q, r in dataset.qrels.items()}
     kept = dropped = 0
@@ -138,7 +143,7 @@ def synthesise_lists(
         corpus[doc_id] = {"title": "", "text": text}
         qrels[query_id][doc_id] = grade
         kept += 1
-    stats = SynthesisStats(len(chosen), kept, dropped, len(missing), seconds)
+    stats = SynthesisStats(len(chosen), kept, dropped, generated, seconds)
     return RetrievalDataset(corpus, dict(dataset.queries), qrels, dataset.name, dict(dataset.extra)), stats
 
 

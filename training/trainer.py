@@ -274,12 +274,25 @@ class TrainingData:
         if "generated" in as_kinds(data.pseudo_queries):
             written, generation = _generated_queries(config, corpus)
         train_set = pseudo_query_dataset(corpus, data.pseudo_queries, data.pseudo_query_limit, written)
-        eval_set = None
-        if data.path.is_dir() and (data.path / "qrels" / f"{data.qrels_split}.tsv").is_file():
-            eval_set = load_beir(data.path, data.qrels_split)
-            if data.query_split is not None:  # the same held-out half a labelled run scores on
-                eval_set = eval_set.split_queries(data.query_split.seed, data.query_split.train_fraction)[1]
-        return cls(train_set, eval_set, {}, query_generation=generation)
+        return cls(train_set, _real_held_out(config), {}, query_generation=generation)
+
+
+def _real_held_out(config: TrainConfig) -> RetrievalDataset | None:
+    """An unlabelled config's evaluation set: its folder's real judged queries, held-out half (the
+    one a labelled run scores on); None when the folder has no qrels."""
+    data = config.data
+    if not (data.path.is_dir() and (data.path / "qrels" / f"{data.qrels_split}.tsv").is_file()):
+        return None
+    eval_set = load_beir(data.path, data.qrels_split)
+    if data.query_split is not None:
+        eval_set = eval_set.split_queries(data.query_split.seed, data.query_split.train_fraction)[1]
+    return eval_set
+
+
+def evaluation_set(config: TrainConfig) -> RetrievalDataset | None:
+    """What `config`'s runs are scored on. An unlabelled config's pseudo-queries are not built for
+    it, so scoring never runs a query writer."""
+    return _real_held_out(config) if config.data.format == "corpus" else TrainingData.load(config).eval_set
 
 
 @dataclass
@@ -403,7 +416,7 @@ def evaluate(  # type: ignore[no-untyped-def]
 def evaluate_source(source: str, config: TrainConfig) -> dict[str, float]:
     """Retrieval scores of the model at `source` on `config`'s evaluation set (the held-out half of
     its query split), at the config's sequence length; no STS."""
-    return _evaluate_source(source, config, TrainingData.load(config).eval_set, None)
+    return _evaluate_source(source, config, evaluation_set(config), None)
 
 
 def evaluate_interpolated(fine_tuned: str, start: str, alpha: float, config: TrainConfig) -> dict[str, float]:
@@ -413,7 +426,7 @@ def evaluate_interpolated(fine_tuned: str, start: str, alpha: float, config: Tra
     interpolate_weights(model, load_sentence_transformer(start), alpha)
     model.max_seq_length = config.max_seq_length
     model.eval()
-    return evaluate(model, TrainingData.load(config).eval_set, config.eval_sts)
+    return evaluate(model, evaluation_set(config), config.eval_sts)
 
 
 def _evaluate_source(

@@ -160,3 +160,12 @@ def test_the_writer_continues_the_reply_it_was_started_on(tmp_path: Path) -> Non
     prompts = ["Write about lift and drag on wings.", "Write about heat."]
     assert started(prompts) != plain(prompts)  # the prefix is context the completion goes on from
     assert started(prompts) == started(prompts)  # greedy: the cache key (the prompt) fixes the question
+
+
+def test_scoring_a_generated_config_never_runs_its_writer(tmp_path: Path, small_beir: Path) -> None:
+    from training.trainer import evaluation_set
+
+    settings = {"generator": str(tmp_path / "no-llm"), "budget": 2, "cache_dir": str(tmp_path / "cache")}
+    held_out = evaluation_set(_config(tmp_path, small_beir, settings))  # the writer cannot load: not needed
+    assert held_out is not None and len(held_out.queries) == 20  # the real judged queries' held-out half
+    assert not (tmp_path / "cache").exists()
