@@ -58,6 +58,7 @@ from training.models.text import EmbedFn, make_embed, similarity_scorer
 from training.query_generation import RESPONSE_PREFIX, generated_queries, generation_cache
 from training.run import RunFolder, finished_metrics, seed_everything
 from training.sources import ModelSourceError, load_sentence_transformer, resolve_source
+from training.splits import split_config
 from training.synthetic import CausalLMGenerator, GenerationCache, TextGenerator, synthesise_lists
 from training.teacher import TeacherEncoder, TeacherVectors, teacher_vectors
 from training.validation import CheckpointSelector, split_validation
@@ -457,13 +458,27 @@ def _warm_start_model(config: TrainConfig, workers: Workers, show_progress: bool
         raise ConfigError(f"{where}: starts from {stage.base_model}, this run from {config.base_model}; use one")
     if stage.warm_start is not None or stage.name == config.name:
         raise ConfigError(f"{where}: a stage needs its own name and no warm start of its own")
-    folder = config.runs_dir / stage.name
-    if finished_metrics(folder, stage) is None:
+    folder = _finished_stage(config.runs_dir, stage)
+    if folder is None:
         if workers.enabled:
             raise ConfigError(f"{where}: not trained; train it first, in one process, into {config.runs_dir}")
         log.info("warm start: training %s first", stage.name)
-        train(stage, show_progress=show_progress)
+        folder = train(stage, show_progress=show_progress).run_dir
     return str(folder / "model")
+
+
+def _finished_stage(runs_dir: Path, stage: TrainConfig) -> Path | None:
+    """The folder of a finished run of the unlabelled `stage` in `runs_dir`: its own, or the run
+    eval-splits made of it on the stage's own query split (`<name>-split<seed>`, the same config
+    but for its name: a corpus config trains alike on every split), so a stage measured over
+    splits is not trained again to warm-start from."""
+    candidates = [stage]
+    if stage.data.query_split is not None:
+        candidates.append(split_config(stage, stage.data.query_split.seed))
+    for candidate in candidates:
+        if finished_metrics(runs_dir / candidate.name, candidate) is not None:
+            return runs_dir / candidate.name
+    return None
 
 
 def _synthetic_lists(config: TrainConfig, data: TrainingData, workers: Workers) -> RetrievalDataset | None:

@@ -9,8 +9,9 @@ import pytest
 import torch
 import yaml
 
-from training.config import ConfigError, TrainConfig
+from training.config import ConfigError, TrainConfig, load_config
 from training.sources import load_sentence_transformer
+from training.splits import split_config
 from training.trainer import train
 
 
@@ -83,6 +84,26 @@ def test_a_warm_start_trains_its_stage_once_and_continues_from_it(
     _stage(tmp_path, tiny_model, small_beir, max_steps=1)
     train(_labelled(tmp_path, tiny_model, small_beir, stage, "third"), show_progress=False)
     assert (stage_run / "metrics.json").stat().st_mtime_ns != stage_mtime
+
+
+def test_a_stage_already_run_by_eval_splits_on_its_own_split_is_reused_not_retrained(
+    tmp_path: Path, tiny_model: Path, small_beir: Path
+) -> None:
+    stage = _stage(tmp_path, tiny_model, small_beir)
+    stage_config = load_config(stage, {"runs_dir": str(tmp_path / "runs"), "export": None})
+    split_run = train(split_config(stage_config, stage_config.data.query_split.seed), show_progress=False)
+    assert split_run.run_dir == tmp_path / "runs" / "tiny-stage-split0"
+    done = train(_labelled(tmp_path, tiny_model, small_beir, stage), show_progress=False)
+    assert done.metrics["warm_start"]["model"] == str(split_run.run_dir / "model")
+    assert not (tmp_path / "runs" / "tiny-stage").exists()
+
+    # another split's run is not the stage (the same training, but not what the stage config says)
+    other = tmp_path / "other.yaml"
+    _write(other, {**yaml.safe_load(stage.read_text()), "name": "other-stage"})
+    other_config = load_config(other, {"runs_dir": str(tmp_path / "runs"), "export": None})
+    train(split_config(other_config, 1), show_progress=False)
+    again = train(_labelled(tmp_path, tiny_model, small_beir, other, "again"), show_progress=False)
+    assert again.metrics["warm_start"]["model"] == str(tmp_path / "runs" / "other-stage" / "model")
 
 
 def test_wise_ft_on_a_warm_start_interpolates_toward_the_stage_not_the_base_model(
