@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -44,26 +45,15 @@ from training.run import RunFolder  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 SPLITS = (1, 2, 3)
-# training/configs/serve-clip.yaml's recipe: ClipTrainConfig's defaults + the TCL term + the
-# familiarity gate with the map's length 1.0, five maps of three losses (every row below it changes
-# the defaults, not the served recipe).
-INFONCE = LossConfig(name="infonce", temperature=0.05, learnable_temperature=True, symmetric=True)
-SERVED_LOSSES = [
-    INFONCE,
-    INFONCE,
-    INFONCE,
-    LossConfig(name="dcl", temperature=0.05, learnable_temperature=True, symmetric=True),
-    LossConfig(name="cwcl", temperature=0.05, learnable_temperature=True),
-]  # benchmarks/clip_mixed_losses.py
-SERVED = {
-    "intra_modal_weight": 0.5,
-    "residual_gate": "familiarity",
-    "residual_scale": 1.0,
-    "residual_members": 5,
-    "member_losses": SERVED_LOSSES,
-}
+# training/configs/serve-clip.yaml's recipe, read from it: ClipTrainConfig's defaults + the TCL term +
+# the familiarity gate with the map's length 1.0, five maps of three losses (every row below it
+# changes the defaults, not the served recipe). Its tower and trim are set apart (--tower,
+# --trim-transparent); its zero-shot sets, text tower path and export are serving's, not the recipe's.
+SERVE_CLIP = ClipTrainConfig.model_validate(yaml.safe_load((ROOT / "training/configs/serve-clip.yaml").read_text()))
+RECIPE_KEYS = ("intra_modal_weight", "residual_gate", "residual_scale", "residual_members", "member_losses")
+SERVED = {key: getattr(SERVE_CLIP, key) for key in RECIPE_KEYS}
 FIVE_INFONCE = {**SERVED, "member_losses": []}  # served until 2026-12-07
-TRIM = 0.04  # serve-clip.yaml's trim_transparent (this script's rows take it from --trim-transparent)
+TRIM = SERVE_CLIP.trim_transparent  # the default of --trim-transparent
 ROWS: dict[str, dict] = {
     "ConSE (no training)": {"untrained": True, "residual": "none"},
     "3 InfoNCE + 1 DCL + 1 CWCL MLPs of length 1.0 averaged + familiarity gate + TCL term 0.5 (served recipe)": SERVED,

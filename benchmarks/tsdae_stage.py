@@ -59,14 +59,14 @@ def delete_words(text: str, rng: random.Random) -> str:
 def evaluate_stage(folder: Path) -> None:
     """nDCG@10 etc. of all-MiniLM-L6-v2 and of the stage's model on splits 0 and 1's held-out halves."""
     from training.config import load_config
-    from training.trainer import TrainingData, evaluate
+    from training.trainer import evaluate, evaluation_set
 
     models = {"all-MiniLM-L6-v2": DEFAULT_BASE_MODEL, "after the TSDAE stage": str(folder)}
     models = {label: load_sentence_transformer(source) for label, source in models.items()}
     rows = []
     for split in (0, 1):
         config = load_config(LABELLED, {"data.query_split.seed": split})
-        eval_set = TrainingData.load(config).eval_set
+        eval_set = evaluation_set(config)
         for label, model in models.items():
             model.max_seq_length = config.max_seq_length
             scores = evaluate(model, eval_set, config.eval_sts)
