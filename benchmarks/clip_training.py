@@ -125,7 +125,7 @@ def served_config(name: str, split: int, **update: object) -> ClipTrainConfig:
     `update` on top: what the clip benchmarks beside this one train and compare against. An update
     that sets `loss` or `residual_members` and not `member_losses` trains every member with `loss`
     (InfoNCE unless set): the rows written before the served members mixed losses mean that."""
-    base = ClipTrainConfig(name=name, split_seed=split, seed=split, tower="efficientnet_lite0", trim_transparent=TRIM)
+    base = ClipTrainConfig(name=name, split_seed=split, seed=split, tower=SERVE_CLIP.tower, trim_transparent=TRIM)
     served = dict(SERVED)
     if ("loss" in update or "residual_members" in update) and "member_losses" not in update:
         served["member_losses"] = []
@@ -145,7 +145,7 @@ def run_row(data: ClipData, base: ClipTrainConfig, row: dict, seed: int) -> dict
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--tower", choices=sorted(TOWER_TITLES), default="efficientnet_lite0")  # the served tower
+    parser.add_argument("--tower", choices=sorted(TOWER_TITLES), default=SERVE_CLIP.tower)
     parser.add_argument("--out", default="clip_training", help="results file stem under benchmarks/results")
     parser.add_argument("--rows", nargs="+", choices=sorted(ROWS), help="only these trained rows (default: all)")
     parser.add_argument(
