@@ -469,9 +469,8 @@ def _warm_start_model(config: TrainConfig, workers: Workers, show_progress: bool
 
 def _finished_stage(runs_dir: Path, stage: TrainConfig) -> Path | None:
     """The folder of a finished run of the unlabelled `stage` in `runs_dir`: its own, or the run
-    eval-splits made of it on the stage's own query split (`<name>-split<seed>`, the same config
-    but for its name: a corpus config trains alike on every split), so a stage measured over
-    splits is not trained again to warm-start from."""
+    eval-splits made of it on the stage's own query split (`<name>-split<seed>`: the same config
+    but for its name), so a stage measured over splits is not trained again to warm-start from."""
     candidates = [stage]
     if stage.data.query_split is not None:
         candidates.append(split_config(stage, stage.data.query_split.seed))
