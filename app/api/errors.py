@@ -14,13 +14,20 @@ from starlette.responses import Response
 from starlette.routing import Match
 
 from app.core.errors import TesseraError, http_mapping
+from app.core.text import is_encodable
 
 log = logging.getLogger(__name__)
 
 
 def error_body(message: str, code: str, error_type: str = "invalid_request_error") -> bytes:
     """The JSON error payload, for the app's responses and for refusals made below it (http_protocol)."""
-    return orjson.dumps({"error": {"message": message, "type": error_type, "code": code}})
+    return orjson.dumps({"error": {"message": _encodable(message), "type": error_type, "code": code}})
+
+
+def _encodable(message: str) -> str:
+    # A message may quote what the client sent (an unknown model's name), and JSON lets a client send
+    # a lone surrogate ("\ud800") that no UTF-8 encoder takes: the error would itself fail to encode.
+    return message if is_encodable(message) else message.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def error_response(

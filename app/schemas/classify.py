@@ -24,7 +24,7 @@ class ClassifyRequest(StrictRequest):
         description='template each label is put into, with "{label}" where the label goes; the model\'s '
         'default ("a photo of a {label}") when omitted',
     )
-    model: str | None = Field(None, description="a clip model; the first served clip model when omitted")
+    model: Text | None = Field(None, description="a clip model; the first served clip model when omitted")
 
     @field_validator("labels")
     @classmethod

@@ -66,7 +66,7 @@ class EmbeddingRequest(StrictRequest):
     """OpenAI `POST /v1/embeddings`."""
 
     input: Inputs = Field(description='a string, or a non-empty list of strings and {"image": ...} items')
-    model: str | None = Field(None, description="model folder name; default model if omitted")
+    model: Text | None = Field(None, description="model folder name; default model if omitted")
     encoding_format: Literal["float", "base64", "int8", "uint8", "binary", "ubinary"] = Field(
         "float",
         description="float; base64 (little-endian float32); int8 / uint8 (each dimension's calibrated range in 256 "
@@ -101,7 +101,7 @@ class EmbedRequest(StrictRequest):
     """Native `POST /embed` (the text-embeddings-inference shape); answers a bare list of vectors."""
 
     inputs: Inputs = Field(description='a string, or a non-empty list of strings and {"image": ...} items')
-    model: str | None = None
+    model: Text | None = None
     normalize: bool = True
     truncate: bool = True
     truncation_direction: Literal["right", "Right"] = Field(

@@ -10,7 +10,7 @@ from app.schemas.common import Integer, NonEmptyText, StrictRequest, Text
 
 
 class RerankRequest(StrictRequest):
-    model: str | None = Field(
+    model: Text | None = Field(
         None,
         description="a model folder of kind bi-encoder, cross-encoder or blockrank; default: "
         "TESSERA_DEFAULT_RERANKER, else the first served",

@@ -64,7 +64,7 @@ def _check_id(value: str) -> str:
 
 
 class RescoreIn(StrictRequest):
-    model: str = Field(description="a bi-encoder reranker or a text embedding model from models/")
+    model: Text = Field(description="a bi-encoder reranker or a text embedding model from models/")
     weight: FiniteFloat | None = Field(
         None,
         ge=0,
@@ -78,7 +78,7 @@ class CreateIndexRequest(StrictRequest):
         json_schema_extra={"pattern": INDEX_NAME_PATTERN},  # checked by validate_name, with a clearer message
         description="1-64 of [A-Za-z0-9_-], starting alphanumeric",
     )
-    model: str | None = Field(None, description="text model from models/; the default model if omitted")
+    model: Text | None = Field(None, description="text model from models/; the default model if omitted")
     metric: Literal["cosine", "ip", "l2"] = "cosine"
     index: str = Field(
         "auto",
@@ -186,7 +186,7 @@ class DocumentOut(BaseModel):
 
 
 class RerankOptions(StrictRequest):
-    model: str | None = Field(None, description="cross-encoder model folder; default: the first served")
+    model: Text | None = Field(None, description="cross-encoder model folder; default: the first served")
     candidates: Integer = Field(50, ge=1, le=1000, description="first-stage hits to rerank")
     top_n: Integer | None = Field(None, ge=1, le=1000, description="hits returned after reranking (default top_k)")
 

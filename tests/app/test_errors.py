@@ -69,6 +69,10 @@ def client() -> TestClient:
         cls = next(c for c in _all_errors() if c.__name__ == name)
         raise _make(cls)
 
+    @app.get("/quoting-a-lone-surrogate")
+    async def quote_it() -> None:
+        raise errors.ModelNotFound("model 'a\ud800b' not found")
+
     return LocalClient(app)
 
 
@@ -95,6 +99,13 @@ def test_domain_error_maps_to_status_and_openai_json(client: TestClient, cls: ty
         assert body["error"]["type"] == "authentication_error" and response.headers["www-authenticate"] == "Bearer"
     else:
         assert "retry-after" not in response.headers
+
+
+def test_an_error_quoting_a_lone_surrogate_still_encodes(client: TestClient) -> None:
+    # A message may quote what the client sent; "\ud800" is valid JSON but no UTF-8 encoder takes it.
+    response = client.get("/quoting-a-lone-surrogate")
+    assert response.status_code == 404
+    assert response.json()["error"]["message"] == "model 'a\\ud800b' not found"
 
 
 def test_errors_carry_no_http_status_and_the_table_is_the_only_mapping() -> None:

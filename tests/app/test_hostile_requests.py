@@ -183,6 +183,14 @@ def test_lone_surrogates_in_text_inputs_get_422_and_the_connection_survives(defa
             ("/indexes/s/search", {"vector": _vec(0), "filter": {"k": "\ud800"}}),
             ("/v1/rerank", {"query": "\ud800", "documents": ["a"]}),
             ("/v1/rerank", {"query": "q", "documents": ["\ud800"]}),
+            # model names are quoted back in "not found" errors: refused before any lookup
+            ("/v1/embeddings", {"input": "x", "model": "\ud800"}),
+            ("/embed", {"inputs": "x", "model": "a\udfffb"}),
+            ("/v1/rerank", {"query": "q", "documents": ["a"], "model": "\ud800"}),
+            ("/v1/classify", {"images": ["aGk="], "labels": ["a"], "model": "\ud800"}),
+            ("/indexes", {"name": "t", "model": "\ud800"}),
+            ("/indexes", {"name": "t", "rescore": {"model": "\ud800"}}),
+            ("/indexes/s/search", {"query": "x", "rerank": {"model": "\ud800"}}),
         ]
         for path, body in cases:
             _json_error(http.post(path, **_raw_json(body)), 422)
