@@ -97,6 +97,11 @@ def input_files(path: Path) -> tuple[list[Path], list[Path]]:
     return files, [p for p in found if p.suffix not in SUPPORTED_SUFFIXES and p not in id_files]
 
 
+# A UTF-8 byte-order mark: Excel's "CSV UTF-8" and Windows editors put one before the first line;
+# read as text it would become part of the first column's name or the first JSON line.
+BOM = "\ufeff"
+
+
 def _check_id(value: Any, where: str) -> str:
     if value is None:
         raise InputError(f"{where}: 'id' is null")
@@ -178,6 +183,8 @@ def _jsonl_records(file: Path, dim: int | None) -> Iterator[Record]:
                 raise InputError(
                     f"{where}: not UTF-8 text (byte {raw_line[exc.start]:#04x} at column {exc.start + 1})"
                 ) from exc
+            if line_no == 1:
+                line = line.removeprefix(BOM)
             if not line.strip():
                 continue
             try:
@@ -188,7 +195,7 @@ def _jsonl_records(file: Path, dim: int | None) -> Iterator[Record]:
 
 
 def _csv_records(file: Path, dim: int | None) -> Iterator[Record]:
-    with file.open(encoding="utf-8", newline="") as handle:
+    with file.open(encoding="utf-8-sig", newline="") as handle:  # -sig: spreadsheets write a BOM
         reader = csv.DictReader(handle)
         try:
             columns = reader.fieldnames or []

@@ -44,8 +44,13 @@ def read_sidecar(root: Path, error: type[InvalidRequest]) -> dict[str, dict[str,
     path = root / SIDECAR
     if root.is_file() or not path.is_file():
         return {}
+    try:
+        content = path.read_text(encoding="utf-8-sig")  # -sig: a byte-order mark is not part of line 1
+    except UnicodeDecodeError as exc:
+        line_no = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise error(f"{path}:{line_no}: not UTF-8 text ({exc.reason})") from exc
     entries: dict[str, dict[str, Any]] = {}
-    for line_no, line in enumerate(path.read_text(encoding="utf-8", errors="strict").splitlines(), 1):
+    for line_no, line in enumerate(content.splitlines(), 1):
         if not line.strip():
             continue
         where = f"{path}:{line_no}"

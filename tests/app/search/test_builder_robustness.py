@@ -206,6 +206,20 @@ def test_empty_texts_are_refused_or_skipped_and_counted(default_models_dir: Path
     assert result["size"] == 5 and result["empty_skipped"] == 1
 
 
+def test_a_byte_order_mark_is_not_part_of_the_first_record(default_models_dir: Path, tmp_path: Path) -> None:
+    # Excel's "CSV UTF-8" and Windows editors write one; read as text it was a column name ("\ufeffid").
+    settings = settings_for(default_models_dir, data_dir=tmp_path / "data")
+    folder = tmp_path / "input"
+    folder.mkdir()
+    (folder / "a.csv").write_text("id,text,lang\nc1,Heat transfer in laminar flow.,en\n", encoding="utf-8-sig")
+    (folder / "b.jsonl").write_text('{"id": "j1", "text": "Buckling of shells."}\n', encoding="utf-8-sig")
+    result = build_index(settings, "minilm-l6", folder, "bom")
+    assert result["size"] == 2
+    with LocalClient(create_app(settings)) as client:
+        assert client.get("/indexes/bom/documents/c1").json()["metadata"] == {"lang": "en"}
+        assert client.get("/indexes/bom/documents/j1").status_code == 200
+
+
 def test_skipped_files_are_listed_and_vectors_may_come_with_the_input(default_models_dir: Path, tmp_path) -> None:
     settings = settings_for(default_models_dir, data_dir=tmp_path / "data")
     folder = tmp_path / "input"

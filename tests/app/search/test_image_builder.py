@@ -79,6 +79,16 @@ def test_bad_images_stop_before_anything_is_written_or_are_skipped(image_models_
     assert result["size"] == 6 and len(result["bad_images_skipped"]) == 1
 
 
+def test_a_sidecar_with_a_byte_order_mark_reads_and_one_not_utf8_fails_with_its_line(tmp_path: Path) -> None:
+    from app.search.image_input import read_sidecar
+
+    (tmp_path / "metadata.jsonl").write_text('{"file": "a.png", "caption": "red"}\n', encoding="utf-8-sig")
+    assert read_sidecar(tmp_path, InputError) == {"a.png": {"caption": "red"}}
+    (tmp_path / "metadata.jsonl").write_bytes(b'{"file": "a.png"}\n{"file": "b.png", "caption": "\xff"}\n')
+    with pytest.raises(InputError, match=r"metadata.jsonl:2: not UTF-8 text"):
+        read_sidecar(tmp_path, InputError)
+
+
 def test_truncated_image_found_while_embedding(image_models_dir: Path, tmp_path: Path) -> None:
     folder = photo_folder(tmp_path / "photos", count=6)
     data = sorted(COCO_PHOTOS.glob("*.jpg"))[10].read_bytes()
