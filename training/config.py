@@ -271,13 +271,25 @@ def set_dotted(raw: dict, overrides: dict) -> dict:
     return raw
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """What is wrong and where, on one line."""
+    if isinstance(exc, yaml.reader.ReaderError):
+        shown = f"{exc.character:#04x}" if isinstance(exc.character, int) else repr(exc.character)
+        return f"not UTF-8 text: {shown} at byte {exc.position}"
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        return f"{exc.problem}, line {exc.problem_mark.line + 1}"
+    return exc.__class__.__name__
+
+
 def _load(path: Path, model: type[BaseModel], overrides: dict | None = None) -> BaseModel:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        # Bytes: YAML's own reader takes UTF-8 or UTF-16 (a byte-order mark included) whatever the
+        # locale, and refuses anything else with a YAMLError rather than a UnicodeDecodeError.
+        raw = yaml.safe_load(path.read_bytes()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc.__class__.__name__})") from exc
+        raise ConfigError(f"{path}: not valid YAML ({_yaml_problem(exc)})") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     set_dotted(raw, overrides or {})

@@ -135,8 +135,14 @@ def test_bad_configs_stop_with_one_line_naming_file_and_problem(tmp_path: Path, 
         assert str(info.value).startswith(f"{path}: ") and message in str(info.value) and "\n" not in str(info.value)
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "missing.yaml")
-    with pytest.raises(ConfigError, match="not valid YAML"):
+    with pytest.raises(ConfigError, match=r"not valid YAML \(expected ',' or '\]'.*, line 1\)"):
         load_config(_write(tmp_path / "bad.yaml", "name: [unclosed"))
+    (tmp_path / "latin1.yaml").write_bytes("name: caf\u00e9\n".encode("latin-1"))  # not a UnicodeDecodeError
+    with pytest.raises(ConfigError, match=r"latin1.yaml: not valid YAML \(not UTF-8 text: 0xe9 at byte 9\)"):
+        load_config(tmp_path / "latin1.yaml")
+    (tmp_path / "bom.yaml").write_text(yaml.safe_dump({"data": base["data"]}), encoding="utf-8-sig")
+    with pytest.raises(ConfigError, match=r"bom\.yaml: name: Field required"):  # the mark is not part of a key
+        load_config(tmp_path / "bom.yaml")
 
 
 def test_bad_data_and_models_stop_before_training(tmp_path: Path, tiny_model: Path, small_beir: Path) -> None:
