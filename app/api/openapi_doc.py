@@ -38,6 +38,7 @@ _DESCRIPTIONS = {
     "413": "payload, input count, input length or image size (bytes, pixels) over a limit",
     "422": "invalid request (types, values, filters, ids), or an image that cannot be decoded or fetched",
     "429": "queue full or rate limit; retry after Retry-After seconds",
+    "507": "the data volume is full: nothing of the request was written (reads go on); free space and retry",
 }
 
 
@@ -50,7 +51,7 @@ def _statuses(method: str, path: str) -> set[str]:
     if method in {"post", "put"}:
         codes |= {"400", "413"}
     if is_write(method.upper(), path):
-        codes |= {"409"}
+        codes |= {"409", "507"}
     return codes
 
 

@@ -160,6 +160,14 @@ class QueueFull(TesseraError):
     code = "queue_full"
 
 
+class StorageFull(TesseraError):
+    """The data volume has no room for a write (SQLite's "database or disk is full", ENOSPC,
+    EDQUOT): nothing of the request was stored, reads go on, and writes work again once an
+    operator frees space. A server-side state, not the client's error."""
+
+    code = "storage_full"
+
+
 class RescoreUnavailable(TesseraError):
     """A collection's second-stage (rescore) model is not served, or no longer matches its vectors:
     writes are refused (none may lack its second vector) and so is search with `rerank`; plain
@@ -231,6 +239,7 @@ HTTP_ERRORS: dict[type[TesseraError], HttpMapping] = {
     ImageTooLarge: HttpMapping(413),
     QueueFull: HttpMapping(429, "rate_limit_error", retry_after=True),
     RescoreUnavailable: HttpMapping(503, "service_unavailable_error"),
+    StorageFull: HttpMapping(507, "server_error"),
     RateLimited: HttpMapping(429, "rate_limit_error", retry_after=True),
 }
 

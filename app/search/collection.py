@@ -27,12 +27,13 @@ from app.core.memory import map_large_blocks_directly, release_free_memory
 from app.search import index_choice
 from app.search.filters import FilterLimits, compile_filter
 from app.search.lock import CollectionLock
-from app.search.store import Change, Document, DocumentStore, StoreSnapshot
+from app.search.store import Change, Document, DocumentStore, StoreSnapshot, storage_full_as_domain_error
 from app.search.vector_index import (
     BuildReport,
     SearchParams,
     VectorIndex,
     exact_top_k,
+    fsync_path,
     single_query_ms,
     training_points_needed,
     tune,
@@ -115,9 +116,18 @@ class CollectionConfig:
         return _version_change(self.name, self.rescore["model"], "second-stage vectors", recorded, fingerprint)
 
     def save(self, folder: Path) -> None:
+        """Atomic and durable (temp file, fsync, rename, fsync the folder): a crash or a full disk
+        leaves the previous collection.json whole, never an empty one a restart could not read."""
         tmp = folder / "collection.json.tmp"
-        tmp.write_text(json.dumps(asdict(self), indent=2))
-        tmp.replace(folder / "collection.json")
+        with storage_full_as_domain_error(f"saving index {self.name!r}"):
+            try:
+                tmp.write_text(json.dumps(asdict(self), indent=2))
+                fsync_path(tmp)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            tmp.replace(folder / "collection.json")
+            fsync_path(folder)
 
     @classmethod
     def load(cls, folder: Path) -> CollectionConfig:
@@ -390,8 +400,18 @@ class Collection:
             return  # no snapshot of an index that lacks these writes; no retrain either
         self._ops_since_snapshot += ops
         if self._ops_since_snapshot >= max(self.snapshot_every_ops, self.snapshot_growth * self.index.live):
-            self.snapshot()
+            self._snapshot_after_write()
         self._retrain_if_grown()
+
+    def _snapshot_after_write(self) -> None:
+        """A snapshot only shortens the next start (the op log holds every write): the write that
+        triggers it is already durable, so its failure (a full disk) must not turn that write into an
+        error. Logged; tried again after another `snapshot_every_ops` ops, not on every write."""
+        try:
+            self.snapshot()
+        except Exception:  # any failure: faiss reports a failed write as RuntimeError
+            log.exception("%s: snapshot failed; the op log keeps every write", self.config.name)
+            self._ops_since_snapshot = 0
 
     def _retrain_if_grown(self) -> None:
         """Start a background rebuild (reads go on, no write is lost: see `optimize`) when an IVF

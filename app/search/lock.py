@@ -41,8 +41,12 @@ class CollectionLock:
             os.close(fd)
             return False
         info = json.dumps({"holder": self.holder, "pid": os.getpid(), "since": time.time()}).encode()
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, info, 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, info, 0)
+        except BaseException:  # a full disk: never keep a descriptor (and its lock) nobody releases
+            os.close(fd)
+            raise
         self._fd = fd
         return True
 

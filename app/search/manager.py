@@ -25,6 +25,7 @@ from app.search.collection import (
 )
 from app.search.filters import FilterLimits
 from app.search.lock import CollectionLock
+from app.search.store import storage_full_as_domain_error
 from app.search.vector_index import METRICS, validate_spec
 
 log = logging.getLogger(__name__)
@@ -172,23 +173,24 @@ class CollectionManager:
                 raise CollectionExists(f"index {name!r} already exists")
             if folder.exists():  # left by a crash mid-create: never adopt it silently
                 raise CollectionExists(f"index {name!r} already exists on disk (not loaded); remove {folder}")
-            folder.mkdir(parents=True)
             lock = None if self.read_only else CollectionLock(folder, self.holder)
             try:
-                if lock is not None:  # before collection.json: a server that finds the folder only reads it
-                    lock.try_acquire()
-                config = CollectionConfig(
-                    name=name,
-                    model=model,
-                    dim=dim,
-                    metric=metric,
-                    index=index,
-                    thumbnails=thumbnails,
-                    rescore=rescore,
-                    model_fingerprint=model_fingerprint,
-                )
-                config.save(folder)
-                collection = self._open(folder, config, lock)
+                with storage_full_as_domain_error(f"creating index {name!r}"):
+                    folder.mkdir(parents=True)
+                    if lock is not None:  # before collection.json: a server that finds the folder only reads it
+                        lock.try_acquire()
+                    config = CollectionConfig(
+                        name=name,
+                        model=model,
+                        dim=dim,
+                        metric=metric,
+                        index=index,
+                        thumbnails=thumbnails,
+                        rescore=rescore,
+                        model_fingerprint=model_fingerprint,
+                    )
+                    config.save(folder)
+                    collection = self._open(folder, config, lock)
             except BaseException:
                 if lock is not None:
                     lock.release()

@@ -8,6 +8,7 @@ its last snapshot after a restart or a crash.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import re
@@ -21,7 +22,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from app.core.errors import CollectionNotFound, InvalidRequest, KeywordSearchUnavailable
+from app.core.errors import CollectionNotFound, InvalidRequest, KeywordSearchUnavailable, StorageFull
 from app.core.numbers import fits_int64
 from app.core.text import is_encodable
 from app.search.key_ids import KeyIds
@@ -95,6 +96,28 @@ class Change:
 
 
 _IN_CHUNK = 500  # values bound per `IN (...)`: under SQLite's bound-parameter limit on every build
+
+
+# What a write gets when the data volume has no room: too little space, a quota, a file-size limit.
+_NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def is_storage_full(exc: BaseException) -> bool:
+    """True for the errors SQLite and the OS raise when a write finds no room on the volume."""
+    if isinstance(exc, sqlite3.OperationalError):
+        return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+    return isinstance(exc, OSError) and exc.errno in _NO_ROOM
+
+
+@contextmanager
+def storage_full_as_domain_error(what: str) -> Iterator[None]:
+    """`what` fails with StorageFull (a clear 507) instead of the raw error where the volume is full."""
+    try:
+        yield
+    except (sqlite3.OperationalError, OSError) as exc:
+        if is_storage_full(exc):
+            raise StorageFull(f"{what}: the data volume is full; nothing was written, free space and retry") from exc
+        raise
 
 
 def _rows_in(db: sqlite3.Connection, select: str, column: str, values: Sequence[Any], tail: str = "") -> Iterator[list]:
@@ -203,16 +226,10 @@ class DocumentStore:
         in one transaction with its triggers (a crash leaves either none or all of it)."""
         if self._table_exists("documents_fts"):
             return
-        cur = self._db.cursor()
-        cur.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction("adding the keyword index") as cur:
             for statement in KEYWORD_SCHEMA:
                 cur.execute(statement)
             cur.execute("INSERT INTO documents_fts (documents_fts) VALUES ('rebuild')")
-            cur.execute("COMMIT")
-        except BaseException:
-            cur.execute("ROLLBACK")
-            raise
 
     def _add_image_columns(self) -> None:
         """Collections made before image documents lack these columns: added in place (NULL)."""
@@ -246,6 +263,22 @@ class DocumentStore:
             self.check_open()
             yield
 
+    @contextmanager
+    def _transaction(self, what: str) -> Iterator[sqlite3.Cursor]:
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any failure. SQLite rolls a transaction back
+        itself when the disk fills (a ROLLBACK then fails and would hide why): that becomes
+        StorageFull."""
+        with storage_full_as_domain_error(what):
+            cur = self._db.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                yield cur
+                cur.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    cur.execute("ROLLBACK")
+                raise
+
     def _now(self, read: Callable[[], _T]) -> _T | None:
         """`read()` under the store's lock, or None at once when a writer holds it (the caller then
         reads on a worker thread instead of waiting on the event loop)."""
@@ -273,9 +306,7 @@ class DocumentStore:
         removed: list[int] = []
         added: list[int] = []
         with self._locked():
-            cur = self._db.cursor()
-            cur.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction(f"writing {len(docs)} documents") as cur:
                 for doc in docs:
                     row = cur.execute("SELECT key FROM documents WHERE id = ?", (doc.id,)).fetchone()
                     if row:
@@ -302,10 +333,6 @@ class DocumentStore:
                     key = cur.lastrowid
                     cur.execute("INSERT INTO ops (kind, key) VALUES ('add', ?)", (key,))
                     added.append(key)  # type: ignore[arg-type]
-                cur.execute("COMMIT")
-            except BaseException:
-                cur.execute("ROLLBACK")
-                raise
             self._ids_committed(removed, added, [doc.id for doc in docs])
         return removed, added
 
@@ -314,9 +341,7 @@ class DocumentStore:
         found: list[str] = []
         keys: list[int] = []
         with self._locked():
-            cur = self._db.cursor()
-            cur.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction(f"deleting {len(ids)} documents") as cur:
                 for doc_id in ids:
                     row = cur.execute("SELECT key FROM documents WHERE id = ?", (doc_id,)).fetchone()
                     if row:
@@ -324,10 +349,6 @@ class DocumentStore:
                         cur.execute("INSERT INTO ops (kind, key) VALUES ('del', ?)", row)
                         found.append(doc_id)
                         keys.append(row[0])
-                cur.execute("COMMIT")
-            except BaseException:
-                cur.execute("ROLLBACK")
-                raise
             self._ids_committed(keys)
         return found, keys
 

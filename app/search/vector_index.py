@@ -512,8 +512,12 @@ class VectorIndex:
         A crash at any point leaves a meta file that names a complete index of its op."""
         data_path = path.with_name(f"{path.stem}.{applied_op}.faiss")
         tmp = data_path.with_suffix(".faiss.tmp")
-        faiss.write_index(self.index, str(tmp))
-        _fsync(tmp)
+        try:
+            faiss.write_index(self.index, str(tmp))
+            fsync_path(tmp)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a part-written copy (a full disk) would only take more room
+            raise
         tmp.replace(data_path)
         meta = {
             "file": data_path.name,
@@ -526,10 +530,15 @@ class VectorIndex:
         }
         meta_path = path.with_suffix(".json")
         tmp_meta = meta_path.with_suffix(".json.tmp")
-        tmp_meta.write_text(json.dumps(meta))
-        _fsync(tmp_meta)
+        try:
+            tmp_meta.write_text(json.dumps(meta))
+            fsync_path(tmp_meta)
+        except BaseException:
+            tmp_meta.unlink(missing_ok=True)
+            data_path.unlink(missing_ok=True)  # no meta names it yet
+            raise
         tmp_meta.replace(meta_path)
-        _fsync(path.parent)
+        fsync_path(path.parent)
         for old in path.parent.glob(f"{path.stem}.*.faiss"):
             if old != data_path:
                 old.unlink(missing_ok=True)
@@ -768,7 +777,7 @@ def _cheapest(
     return tuned
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
     """fsync a file, or a directory (so a rename in it is durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
