@@ -13,6 +13,7 @@ import functools
 import hashlib
 import hmac
 import ipaddress
+import itertools
 import threading
 import time
 from dataclasses import dataclass
@@ -103,12 +104,19 @@ class KeyStore:
 
 
 class RateLimiter:
-    """A token bucket per caller: `rate` requests/s sustained, bursts of `burst`."""
+    """A token bucket per caller: `rate` requests/s sustained, bursts of `burst`.
 
-    def __init__(self, rate: float, burst: int) -> None:
+    Callers by client address are unbounded (an IPv6 client can send from a new address every
+    time), so at most `max_callers` buckets are kept: past that the least recently seen tenth goes.
+    Those are the idlest, mostly refilled already (a full bucket is the same as none), and a caller
+    being held back now is the most recently seen, so it keeps its place."""
+
+    def __init__(self, rate: float, burst: int, max_callers: int = 100_000) -> None:
         self.rate = rate
         self.burst = max(1, burst)
-        self._buckets: dict[str, tuple[float, float]] = {}  # caller -> (tokens, last refill time)
+        self.max_callers = max(10, max_callers)
+        # caller -> (tokens, last refill time), least recently seen first (each call re-inserts it)
+        self._buckets: dict[str, tuple[float, float]] = {}
         self._lock = threading.Lock()
 
     @property
@@ -119,12 +127,15 @@ class RateLimiter:
         """0 if the request may go now, else the seconds until it may (the Retry-After)."""
         now = time.monotonic()
         with self._lock:
-            tokens, last = self._buckets.get(caller, (float(self.burst), now))
+            tokens, last = self._buckets.pop(caller, (float(self.burst), now))
             tokens = min(float(self.burst), tokens + (now - last) * self.rate)
-            if tokens >= 1:
-                self._buckets[caller] = (tokens - 1, now)
-                return 0.0
-            self._buckets[caller] = (tokens, now)
-            if len(self._buckets) > 100_000:  # callers by address could grow without bound
-                self._buckets.clear()
-            return (1 - tokens) / self.rate
+            allowed = tokens >= 1
+            self._buckets[caller] = (tokens - 1 if allowed else tokens, now)  # now the most recent
+            if len(self._buckets) > self.max_callers:
+                for idle in list(itertools.islice(self._buckets, self.max_callers // 10)):
+                    del self._buckets[idle]
+            return 0.0 if allowed else (1 - tokens) / self.rate
+
+    def tracked(self) -> int:
+        """How many callers have a bucket now."""
+        return len(self._buckets)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from app.core.auth import KeyConfigError, is_remote_caller, parse_keys
+from app.core.auth import KeyConfigError, RateLimiter, is_remote_caller, parse_keys
 from app.main import create_app
 from tests.conftest import ROOT, LocalClient, live_server, settings_for
 
@@ -122,6 +122,19 @@ def test_failed_key_attempts_are_rate_limited_per_address_without_touching_valid
         assert client.get("/v1/models").status_code == 429  # no key at all spends the same ones
         assert client.get("/v1/models", headers=_auth(ADMIN)).status_code == 200  # a valid key: its own bucket
         assert client.get("/health").status_code == 200
+
+
+def test_the_rate_limiter_tracks_a_bounded_number_of_callers_and_keeps_holding_back_the_active_one() -> None:
+    # An IPv6 client can send from a new address every time: the buckets must not grow without
+    # bound, and spraying addresses must not free a caller being held back (as clearing all did).
+    limiter = RateLimiter(rate=0.001, burst=2, max_callers=100)
+    assert limiter.acquire("abuser") == 0 and limiter.acquire("abuser") == 0
+    for i in range(1_000):
+        assert limiter.acquire(f"2001:db8::{i:x}") == 0  # each new address has its own full bucket
+        if i % 20 == 0:
+            assert limiter.acquire("abuser") > 0  # still held back, however many others came by
+        assert limiter.tracked() <= 100
+    assert limiter.acquire("abuser") > 0
 
 
 def test_cors_is_off_by_default_and_an_allow_list_when_set(default_models_dir: Path, tmp_path: Path) -> None:
