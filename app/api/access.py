@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import itertools
 import logging
 import logging.handlers
@@ -32,6 +33,7 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.errors import domain_error_response
+from app.core import metrics
 from app.core.auth import ApiKey, KeyStore, RateLimiter, is_remote_caller
 from app.core.errors import (
     InvalidApiKey,
@@ -44,23 +46,46 @@ from app.core.errors import (
 
 log = logging.getLogger("tessera.access")
 _listener: logging.handlers.QueueListener | None = None
+# Lines waiting for the writer thread at most (~1 KB each): past that, a stalled stderr drops lines.
+ACCESS_LOG_QUEUE_LINES = 10_000
+
+
+class DroppingQueueHandler(logging.handlers.QueueHandler):
+    """Puts a line on a bounded queue, or drops it (counted in `tessera_access_log_dropped`) when
+    the writer is that far behind. A stalled log driver must cost the server neither the event
+    loop's time (a blocking put) nor memory without bound (an unbounded queue); nor may the drop
+    be reported the usual way, by writing to the stderr that is stalled."""
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:
+            metrics.ACCESS_LOG_DROPPED.inc()
 
 
 def configure_access_log(level: str) -> None:
-    """Access lines go through a queue to a writer thread: a slow or blocked stderr (a full pipe, a
-    stalled log driver) never blocks the event loop. Lines are plain JSON, one per request."""
+    """Access lines go through a bounded queue to a writer thread: a slow or blocked stderr (a full
+    pipe, a stalled log driver) never blocks the event loop. Lines are plain JSON, one per request."""
     global _listener
     log.setLevel(level.upper())
     if _listener is not None:
         return
-    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    records: queue.Queue[logging.LogRecord] = queue.Queue(ACCESS_LOG_QUEUE_LINES)
     stream = logging.StreamHandler(sys.stderr)
     stream.setFormatter(logging.Formatter("%(message)s"))
     _listener = logging.handlers.QueueListener(records, stream)
     _listener.start()
-    atexit.register(_listener.stop)
-    log.addHandler(logging.handlers.QueueHandler(records))
+    atexit.register(_flush_access_log)
+    log.addHandler(DroppingQueueHandler(records))
     log.propagate = False
+
+
+def _flush_access_log() -> None:
+    """At exit: the writer finishes the queued lines, unless it is stuck on a stalled stderr (the
+    queue is full, so the stop cannot even be queued), which must not hold the exit up."""
+    if _listener is not None:
+        with contextlib.suppress(queue.Full):
+            _listener.stop()
 
 
 # Paths that never need a key (liveness and readiness probes); /metrics joins them by setting.

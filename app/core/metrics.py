@@ -49,3 +49,6 @@ IMAGE_DECODE_SECONDS = Histogram(
     registry=REGISTRY,
 )
 IMAGES = Counter("tessera_images", "Images embedded", ["model"], registry=REGISTRY)
+ACCESS_LOG_DROPPED = Counter(
+    "tessera_access_log_dropped", "Access log lines dropped: stderr stalled and the queue was full", registry=REGISTRY
+)

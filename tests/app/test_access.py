@@ -137,6 +137,24 @@ def test_the_rate_limiter_tracks_a_bounded_number_of_callers_and_keeps_holding_b
     assert limiter.acquire("abuser") > 0
 
 
+def test_a_stalled_access_log_drops_and_counts_lines_instead_of_blocking_or_growing() -> None:
+    import queue
+
+    from app.api.access import DroppingQueueHandler
+    from app.core.metrics import REGISTRY
+
+    def dropped() -> float:
+        return REGISTRY.get_sample_value("tessera_access_log_dropped_total") or 0.0
+
+    lines: queue.Queue[logging.LogRecord] = queue.Queue(3)  # a writer stuck on stderr takes none
+    handler = DroppingQueueHandler(lines)
+    before = dropped()
+    for i in range(10):
+        handler.handle(logging.LogRecord("tessera.access", logging.INFO, __file__, 1, f"line {i}", None, None))
+    assert lines.qsize() == 3 and dropped() - before == 7
+    assert [lines.get_nowait().getMessage() for _ in range(3)] == ["line 0", "line 1", "line 2"]
+
+
 def test_cors_is_off_by_default_and_an_allow_list_when_set(default_models_dir: Path, tmp_path: Path) -> None:
     preflight = {"origin": "http://ui.example", "access-control-request-method": "POST"}
     with LocalClient(create_app(settings_for(default_models_dir, data_dir=tmp_path))) as client:
