@@ -19,6 +19,7 @@ from app.api.middleware import CancelOnDisconnectMiddleware, MetricsMiddleware, 
 from app.api.openapi_doc import install_openapi
 from app.api.routes import classify, embeddings, health, indexes, models, rerank
 from app.api.routes.console import install_console, is_console_path
+from app.core import open_files
 from app.core.auth import KeyStore, RateLimiter, parse_keys
 from app.core.config import Settings, env_file_problem, get_settings
 from app.inference.registry import ModelRegistry
@@ -55,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        open_files.raise_soft_limit()  # collections hold files open: the common default of 1,024 is few
         registry = ModelRegistry(settings)
         registry.load()
         registry.start()

@@ -38,7 +38,8 @@ _DESCRIPTIONS = {
     "413": "payload, input count, input length or image size (bytes, pixels) over a limit",
     "422": "invalid request (types, values, filters, ids), or an image that cannot be decoded or fetched",
     "429": "queue full or rate limit; retry after Retry-After seconds",
-    "507": "the data volume is full: nothing of the request was written (reads go on); free space and retry",
+    "507": "no room on the server: the data volume is full (nothing of the request was written; reads go on), "
+    "or a new collection would pass the open-file limit",
 }
 
 

@@ -168,6 +168,13 @@ class StorageFull(TesseraError):
     code = "storage_full"
 
 
+class OpenFileLimit(TesseraError):
+    """One more collection would use up the files the process may open (its open-file limit less a
+    reserve for connections): refused before anything is opened, with what to change."""
+
+    code = "open_file_limit"
+
+
 class RescoreUnavailable(TesseraError):
     """A collection's second-stage (rescore) model is not served, or no longer matches its vectors:
     writes are refused (none may lack its second vector) and so is search with `rerank`; plain
@@ -240,6 +247,7 @@ HTTP_ERRORS: dict[type[TesseraError], HttpMapping] = {
     QueueFull: HttpMapping(429, "rate_limit_error", retry_after=True),
     RescoreUnavailable: HttpMapping(503, "service_unavailable_error"),
     StorageFull: HttpMapping(507, "server_error"),
+    OpenFileLimit: HttpMapping(507, "server_error"),
     RateLimited: HttpMapping(429, "rate_limit_error", retry_after=True),
 }
 

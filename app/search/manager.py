@@ -8,12 +8,14 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from app.core import open_files
 from app.core.config import Settings
 from app.core.errors import (
     CollectionExists,
     CollectionNotFound,
     InvalidIndexName,
     InvalidMetric,
+    OpenFileLimit,
     ReadOnly,
 )
 from app.search.collection import (
@@ -80,6 +82,7 @@ class CollectionManager:
         )
 
     def _open(self, folder: Path, config: CollectionConfig, lock: CollectionLock | None = None) -> Collection:
+        _check_open_files(folder.name)
         if lock is None and not self.read_only:
             lock = CollectionLock(folder, self.holder)
         return Collection(  # a lock held elsewhere: opened for reads, writes get CollectionLocked until it is free
@@ -142,7 +145,10 @@ class CollectionManager:
                 collection = self._open(folder, CollectionConfig.load(folder))
             except Exception as exc:
                 if (folder / "collection.json").is_file():  # not a folder deleted while it was read
-                    log.exception("collection %s could not be opened", name)
+                    if isinstance(exc, OpenFileLimit):  # it says all there is: no traceback
+                        log.error("collection %s not opened: %s", name, exc.message)
+                    else:
+                        log.exception("collection %s could not be opened", name)
                     self.failed[name] = f"{type(exc).__name__}: {exc}"
                 return None
             self.collections[name] = collection
@@ -173,6 +179,7 @@ class CollectionManager:
                 raise CollectionExists(f"index {name!r} already exists")
             if folder.exists():  # left by a crash mid-create: never adopt it silently
                 raise CollectionExists(f"index {name!r} already exists on disk (not loaded); remove {folder}")
+            _check_open_files(name)
             lock = None if self.read_only else CollectionLock(folder, self.holder)
             try:
                 with storage_full_as_domain_error(f"creating index {name!r}"):
@@ -268,3 +275,9 @@ def _take_to_delete(name: str, lock: CollectionLock) -> None:
         return
     if not taken:
         raise lock.refusal(name, "stop it (or let it finish), then delete the index")
+
+
+def _check_open_files(name: str) -> None:
+    shortfall = open_files.shortfall_for_collection()
+    if shortfall is not None:
+        raise OpenFileLimit(f"index {name!r} not opened: {shortfall}")

@@ -39,6 +39,7 @@ EXPECTED_STATUS = {
     errors.TooManyInputs: 413,
     errors.QueueFull: 429,
     errors.StorageFull: 507,
+    errors.OpenFileLimit: 507,
     errors.RescoreUnavailable: 503,
     errors.InvalidImage: 422,
     errors.ImageFetchRefused: 422,
@@ -114,6 +115,7 @@ def test_errors_carry_no_http_status_and_the_table_is_the_only_mapping() -> None
     assert set(HTTP_ERRORS) <= {TesseraError, *_all_errors()}
     # Client errors, except a server-side state the client cannot fix: a collection whose second-stage
     # model is not served (503 until an operator restores it).
-    server_side = {errors.RescoreUnavailable: 503, errors.StorageFull: 507}  # a full data volume: 507
+    # no room on the server (a full data volume, the open-file limit): 507
+    server_side = {errors.RescoreUnavailable: 503, errors.StorageFull: 507, errors.OpenFileLimit: 507}
     assert all(400 <= m.status < 500 for cls, m in HTTP_ERRORS.items() if cls not in server_side)
     assert all(HTTP_ERRORS[cls].status == status for cls, status in server_side.items())

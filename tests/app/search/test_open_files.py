@@ -1,0 +1,66 @@
+"""Collections hold files open: a server near its open-file limit refuses a new collection with a
+clear 507 (keeping a reserve for connections), and one started with more collections than its limit
+allows serves what fits and lists the rest as failed, with what to change."""
+
+from __future__ import annotations
+
+import resource
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from app.core import open_files
+from app.main import create_app
+from tests.conftest import LocalClient, settings_for
+
+
+def _room_for(collections: int) -> Callable[[], int]:
+    """A soft limit leaving room for `collections` collections past the files open when it is first
+    asked (at the first collection's check), plus the reserve."""
+    first: list[int] = []
+
+    def soft_limit() -> int:
+        if not first:
+            first.append(open_files.open_count() or 0)
+        return first[0] + open_files.MIN_RESERVE + collections * open_files.FILES_PER_COLLECTION
+
+    return soft_limit
+
+
+def test_the_soft_limit_is_raised_to_the_hard_one() -> None:
+    soft, hard = open_files.raise_soft_limit()
+    assert soft == hard or hard == resource.RLIM_INFINITY
+    assert open_files.shortfall_for_collection() is None  # a fresh process has room
+
+
+def test_collections_past_the_open_file_limit_are_refused_then_listed_as_failed(
+    default_models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = settings_for(default_models_dir, data_dir=tmp_path)
+    with LocalClient(create_app(settings)) as client:
+        monkeypatch.setattr(open_files, "soft_limit", _room_for(3))
+        created = [client.post("/indexes", json={"name": f"c{i}"}).status_code for i in range(8)]
+        assert created[0] == 201 and 507 in created
+        assert set(created[created.index(507) :]) == {507}  # once out of room, refused every time
+        refused = client.post("/indexes", json={"name": "late"})
+        assert refused.status_code == 507 and refused.json()["error"]["code"] == "open_file_limit"
+        assert "open-file limit" in refused.json()["error"]["message"]
+        assert not (tmp_path / "indexes" / "late").exists()  # nothing half-made
+        assert client.post("/v1/embeddings", json={"input": "still serving"}).status_code == 200
+        kept = sorted(c["name"] for c in client.get("/indexes").json()["indexes"])
+    assert len(kept) == created.count(201) >= 2
+
+    # restarted with room for one: it serves that one, lists the others as failed, and answers
+    monkeypatch.setattr(open_files, "soft_limit", _room_for(1))
+    with LocalClient(create_app(settings)) as client:
+        ready = client.get("/ready").json()
+        assert ready["status"] == "ready"
+        failed = ready["collections_failed"]
+        assert sorted(failed) == kept[1:] and all("open-file limit" in why for why in failed.values())
+        assert client.get(f"/indexes/{kept[0]}").status_code == 200
+        assert client.post("/v1/embeddings", json={"input": "still serving"}).status_code == 200
+    monkeypatch.undo()
+    with LocalClient(create_app(settings)) as client:  # with room again, every one opens
+        assert sorted(c["name"] for c in client.get("/indexes").json()["indexes"]) == kept
+        assert client.get("/ready").json()["collections_failed"] == {}
