@@ -30,6 +30,9 @@ def serve(
     """Serve the API on the models in TESSERA_MODELS_DIR."""
     import uvicorn
 
+    from app.core import open_files
+
+    open_files.raise_soft_limit()  # before the protocol's import sizes its connection limit by it
     from app.api.http_protocol import GuardedHttpToolsProtocol
 
     settings = _settings_or_exit()

@@ -17,7 +17,7 @@ shape it, and uvicorn alone leaves these gaps:
   body, or a `100 Continue` the app has not yet asked for) do not count against the client;
 - connections are accepted until the process runs out of file descriptors, and then the server's
   own files (the op log, snapshots, SQLite) fail to open as well: here a connection beyond
-  `max_connections` (the descriptor limit less a reserve for those files) gets a JSON 503 with
+  `max_connections` (its share of the descriptor limit: `app.core.open_files`) gets a JSON 503 with
   `Retry-After` and is closed at once;
 - a response sent before its request body was read whole (a 401 to an upload, a 413) leaves uvicorn
   reading and throwing away the rest of the body for as long as the client sends it: here the
@@ -31,28 +31,17 @@ shape it, and uvicorn alone leaves these gaps:
 from __future__ import annotations
 
 import asyncio
-import resource
 from collections.abc import Callable
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from app.api.errors import error_body
+from app.core import open_files
 
 INVALID_HTTP_CODE = "invalid_http_request"
 HEAD_TOO_LARGE_CODE = "request_head_too_large"
 TIMEOUT_CODE = "request_timeout"
 CONNECTION_LIMIT_CODE = "connection_limit"
-# File descriptors kept for what the server opens itself (collections' files, models, logs).
-DESCRIPTOR_RESERVE = 512
-
-
-def connection_limit(reserve: int = DESCRIPTOR_RESERVE) -> int:
-    """Connections this process can hold and still open its own files: the soft descriptor limit
-    less `reserve`, at least 64 (an unlimited soft limit counts as 65,536)."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        soft = 65_536
-    return max(64, soft - reserve)
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -65,7 +54,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     lingering_time_s = 30.0  # nginx's lingering_time: the most an unread body is drained after its answer
     lingering_timeout_s = 5.0  # nginx's lingering_timeout: the longest pause while draining
     lingering_max_bytes = 4 * 1024 * 1024  # the most drained (Go's net/http reads 256 KiB, then closes)
-    max_connections = connection_limit()
+    # The descriptors' split with the server's own files (app.core.open_files), taken at import:
+    # `tessera serve` raises the soft limit before it imports this module.
+    max_connections = open_files.connection_budget()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)

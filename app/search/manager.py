@@ -278,6 +278,7 @@ def _take_to_delete(name: str, lock: CollectionLock) -> None:
 
 
 def _check_open_files(name: str) -> None:
+    """OpenFileLimit before a collection would take descriptors kept for connections."""
     shortfall = open_files.shortfall_for_collection()
     if shortfall is not None:
         raise OpenFileLimit(f"index {name!r} not opened: {shortfall}")

@@ -316,15 +316,15 @@ def _answer_then_keep_sending(port: int, head: bytes) -> tuple[bytes, bool]:
     return answer, False
 
 
-def test_the_descriptor_reserve_leaves_room_for_the_server_s_own_files() -> None:
-    import resource
+def test_connections_leave_the_server_s_own_files_their_share_of_the_descriptors() -> None:
+    from app.api.http_protocol import GuardedHttpToolsProtocol
+    from app.core.open_files import connection_budget, own_files_budget, soft_limit
 
-    from app.api.http_protocol import connection_limit
-
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    expected = 65_536 if soft == resource.RLIM_INFINITY else soft
-    assert connection_limit(100) == max(64, expected - 100)
-    assert connection_limit(10**9) == 64  # never below a usable floor
+    assert connection_budget(1024) == 512 and connection_budget(65_536) == 32_768  # half
+    assert connection_budget(800) == 288  # leaving 512 for the server's own files
+    assert connection_budget(100) == 64  # never below a usable floor
+    assert GuardedHttpToolsProtocol.max_connections == connection_budget()
+    assert own_files_budget() == soft_limit() - connection_budget() - 64
 
 
 def test_the_server_keeps_serving_after_refusals(port: int) -> None:

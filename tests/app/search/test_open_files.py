@@ -16,22 +16,27 @@ from tests.conftest import LocalClient, settings_for
 
 
 def _room_for(collections: int) -> Callable[[], int]:
-    """A soft limit leaving room for `collections` collections past the files open when it is first
-    asked (at the first collection's check), plus the reserve."""
+    """A budget for the server's own files with room for `collections` collections past those open
+    when it is first asked (at the first collection's check)."""
     first: list[int] = []
 
-    def soft_limit() -> int:
+    def own_files_budget() -> int:
         if not first:
-            first.append(open_files.open_count() or 0)
-        return first[0] + open_files.MIN_RESERVE + collections * open_files.FILES_PER_COLLECTION
+            first.append(open_files.own_files_open() or 0)
+        return first[0] + collections * open_files.FILES_PER_COLLECTION
 
-    return soft_limit
+    return own_files_budget
 
 
-def test_the_soft_limit_is_raised_to_the_hard_one() -> None:
+def test_the_soft_limit_is_raised_to_the_hard_one_and_sockets_are_not_the_server_s_own_files() -> None:
+    import socket
+
     soft, hard = open_files.raise_soft_limit()
     assert soft == hard or hard == resource.RLIM_INFINITY
     assert open_files.shortfall_for_collection() is None  # a fresh process has room
+    before = open_files.own_files_open()
+    with socket.socket() as _, open(__file__) as _:
+        assert open_files.own_files_open() == (before or 0) + 1  # the file counts, the socket does not
 
 
 def test_collections_past_the_open_file_limit_are_refused_then_listed_as_failed(
@@ -39,7 +44,7 @@ def test_collections_past_the_open_file_limit_are_refused_then_listed_as_failed(
 ) -> None:
     settings = settings_for(default_models_dir, data_dir=tmp_path)
     with LocalClient(create_app(settings)) as client:
-        monkeypatch.setattr(open_files, "soft_limit", _room_for(3))
+        monkeypatch.setattr(open_files, "own_files_budget", _room_for(3))
         created = [client.post("/indexes", json={"name": f"c{i}"}).status_code for i in range(8)]
         assert created[0] == 201 and 507 in created
         assert set(created[created.index(507) :]) == {507}  # once out of room, refused every time
@@ -52,7 +57,7 @@ def test_collections_past_the_open_file_limit_are_refused_then_listed_as_failed(
     assert len(kept) == created.count(201) >= 2
 
     # restarted with room for one: it serves that one, lists the others as failed, and answers
-    monkeypatch.setattr(open_files, "soft_limit", _room_for(1))
+    monkeypatch.setattr(open_files, "own_files_budget", _room_for(1))
     with LocalClient(create_app(settings)) as client:
         ready = client.get("/ready").json()
         assert ready["status"] == "ready"
