@@ -65,9 +65,14 @@ def own_files_open() -> int | None:
     return own
 
 
-def shortfall_for_collection() -> str | None:
-    """Why one more collection must not be opened now, or None."""
-    own, budget = own_files_open(), own_files_budget()
+def shortfall_for_collection(collections_open: int) -> str | None:
+    """Why one more collection must not be opened now, or None. Counting descriptors costs a system
+    call each (a start-up opening thousands of collections would pay it thousands of times over):
+    they are counted only once the collections alone could hold half the budget."""
+    budget = own_files_budget()
+    if (collections_open + 1) * FILES_PER_COLLECTION + OWN_FILES_SLACK <= budget // 2:
+        return None
+    own = own_files_open()
     if own is None or own + FILES_PER_COLLECTION <= budget:
         return None
     return (

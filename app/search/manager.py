@@ -82,7 +82,7 @@ class CollectionManager:
         )
 
     def _open(self, folder: Path, config: CollectionConfig, lock: CollectionLock | None = None) -> Collection:
-        _check_open_files(folder.name)
+        _check_open_files(folder.name, len(self.collections))
         if lock is None and not self.read_only:
             lock = CollectionLock(folder, self.holder)
         return Collection(  # a lock held elsewhere: opened for reads, writes get CollectionLocked until it is free
@@ -179,7 +179,7 @@ class CollectionManager:
                 raise CollectionExists(f"index {name!r} already exists")
             if folder.exists():  # left by a crash mid-create: never adopt it silently
                 raise CollectionExists(f"index {name!r} already exists on disk (not loaded); remove {folder}")
-            _check_open_files(name)
+            _check_open_files(name, len(self.collections))
             lock = None if self.read_only else CollectionLock(folder, self.holder)
             try:
                 with storage_full_as_domain_error(f"creating index {name!r}"):
@@ -277,8 +277,8 @@ def _take_to_delete(name: str, lock: CollectionLock) -> None:
         raise lock.refusal(name, "stop it (or let it finish), then delete the index")
 
 
-def _check_open_files(name: str) -> None:
+def _check_open_files(name: str, collections_open: int) -> None:
     """OpenFileLimit before a collection would take descriptors kept for connections."""
-    shortfall = open_files.shortfall_for_collection()
+    shortfall = open_files.shortfall_for_collection(collections_open)
     if shortfall is not None:
         raise OpenFileLimit(f"index {name!r} not opened: {shortfall}")

@@ -33,7 +33,7 @@ def test_the_soft_limit_is_raised_to_the_hard_one_and_sockets_are_not_the_server
 
     soft, hard = open_files.raise_soft_limit()
     assert soft == hard or hard == resource.RLIM_INFINITY
-    assert open_files.shortfall_for_collection() is None  # a fresh process has room
+    assert open_files.shortfall_for_collection(0) is None  # a fresh process has room
     before = open_files.own_files_open()
     with socket.socket() as _, open(__file__) as _:
         assert open_files.own_files_open() == (before or 0) + 1  # the file counts, the socket does not
@@ -69,3 +69,20 @@ def test_collections_past_the_open_file_limit_are_refused_then_listed_as_failed(
     with LocalClient(create_app(settings)) as client:  # with room again, every one opens
         assert sorted(c["name"] for c in client.get("/indexes").json()["indexes"]) == kept
         assert client.get("/ready").json()["collections_failed"] == {}
+
+
+def test_descriptors_are_counted_only_once_collections_could_hold_half_the_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    counted: list[int] = []
+
+    def own_files_open() -> int:
+        counted.append(1)
+        return 900
+
+    monkeypatch.setattr(open_files, "own_files_open", own_files_open)
+    monkeypatch.setattr(open_files, "own_files_budget", lambda: 1000)
+    assert open_files.shortfall_for_collection(10) is None and counted == []  # 66 + 64 files: far off
+    assert open_files.shortfall_for_collection(75) is None and counted == [1]  # near: 900 + 6 fit
+    monkeypatch.setattr(open_files, "own_files_open", lambda: 996)
+    assert "open-file limit" in (open_files.shortfall_for_collection(75) or "")
