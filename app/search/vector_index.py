@@ -534,8 +534,7 @@ class VectorIndex:
             tmp_meta.write_text(json.dumps(meta))
             fsync_path(tmp_meta)
         except BaseException:
-            tmp_meta.unlink(missing_ok=True)
-            data_path.unlink(missing_ok=True)  # no meta names it yet
+            tmp_meta.unlink(missing_ok=True)  # the index file stays: the meta may name it (the same op)
             raise
         tmp_meta.replace(meta_path)
         fsync_path(path.parent)
