@@ -114,7 +114,7 @@ def index_build(
     """Embed a dataset into an index the server loads; resumes after an interruption.
 
     Progress and messages go to stderr; the result (JSON) alone to stdout."""
-    from app.core.errors import TesseraError
+    from app.core.errors import StorageFull, TesseraError
     from app.inference.variants import NoServableVariant
     from app.search.builder import BuildOptions, Existing, build_index, existing_index
 
@@ -148,6 +148,8 @@ def index_build(
     try:
         with progress:
             result = build_index(settings, model, input_path, index, options, progress)
+    except StorageFull as exc:
+        _exit(f"{exc}; the build resumes after its {progress.done} committed records when run again")
     except (TesseraError, NoServableVariant) as exc:
         _exit(str(exc))
     except KeyboardInterrupt:

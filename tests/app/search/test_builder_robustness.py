@@ -235,6 +235,41 @@ def test_skipped_files_are_listed_and_vectors_may_come_with_the_input(default_mo
         assert hits[0]["id"] == "v1" and hits[0]["score"] == pytest.approx(1.0, abs=1e-5)
 
 
+def test_a_build_that_fills_the_volume_stops_in_one_line_and_resumes_when_run_again(
+    default_models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.core.config import get_settings
+    from app.core.errors import StorageFull
+    from app.search.store import DocumentStore
+
+    real_upsert = DocumentStore.upsert
+    writes: list[int] = []
+
+    def fills_up(store: DocumentStore, docs: list) -> tuple[list[int], list[int]]:  # type: ignore[type-arg]
+        writes.append(len(docs))
+        if len(writes) > 2:  # the store's own refusal when SQLite finds the volume full
+            raise StorageFull(f"writing {len(docs)} documents: the data volume is full; nothing was written")
+        return real_upsert(store, docs)
+
+    monkeypatch.setenv("TESSERA_MODELS_DIR", str(default_models_dir))
+    monkeypatch.setenv("TESSERA_DATA_DIR", str(tmp_path / "data"))
+    get_settings.cache_clear()
+    try:
+        source = _jsonl(tmp_path / "a.jsonl", _records(12))
+        args = ["index", "build", "--input", str(source), "--index", "s", "--batch-size", "4"]
+        monkeypatch.setattr(DocumentStore, "upsert", fills_up)
+        full = CliRunner().invoke(cli, args)
+        assert full.exit_code != 0 and full.stdout == ""
+        assert "the data volume is full" in full.stderr and "resumes after its 8 committed records" in full.stderr
+        monkeypatch.setattr(DocumentStore, "upsert", real_upsert)  # room again
+        again = CliRunner().invoke(cli, args)
+        assert again.exit_code == 0, again.output
+        result = json.loads(again.stdout)
+        assert result["resumed_from"] == 8 and result["size"] == 12
+    finally:
+        get_settings.cache_clear()
+
+
 # --- 6, 7: scriptable output, one-line errors -----------------------------------------------------
 def test_cli_output_is_scriptable(default_models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from app.core.config import get_settings
