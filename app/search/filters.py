@@ -9,14 +9,16 @@ Syntax (all conditions at one level are combined with AND):
     {"$and": [{...}, {...}]}                         explicit conjunction
     {"a.b": 1}                                       the key "a.b", or b nested in a (built indexes
                                                      may hold nested objects)
+    {"année": 1}, {"my key": 1}                      any key the store takes, up to MAX_KEY_CHARS,
+                                                     but one with a '"' or starting with '$'
 Bounds (settings): nesting depth and the number of conditions in one filter; numbers must be
 finite and integers fit in 64 bits. Rows whose stored metadata is not valid JSON match nothing.
 """
 
 from __future__ import annotations
 
+import json
 import math
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +26,7 @@ from app.core.errors import InvalidFilter
 from app.core.numbers import fits_int64
 from app.core.text import is_encodable
 
-_KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+MAX_KEY_CHARS = 256
 _RANGE_OPS = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
 _SCALARS = (str, int, float, bool)
 MAX_IN_VALUES = 1024
@@ -46,11 +48,31 @@ class FilterLimits:
 
 def _paths(key: str) -> list[str]:
     """JSON paths a filter key names: the key itself, and for a dotted key also the nested path
-    (`a.b`: a key "a.b", as the HTTP API stores it, or b inside a, as a built index may)."""
-    if not isinstance(key, str) or not _KEY.match(key):
-        raise FilterError(f"invalid metadata key {key!r}: letters, digits, '_', '.', '-' only")
-    literal = f'$."{key}"'
-    return [literal] if "." not in key else [literal, "$." + ".".join(f'"{part}"' for part in key.split("."))]
+    (`a.b`: a key "a.b", as the HTTP API stores it, or b inside a, as a built index may).
+
+    Paths are bound parameters, never SQL text. A quoted label is compared with the key's text as
+    stored, and the store writes JSON with non-ASCII characters escaped ("\\u00e9"): each path is
+    given with its labels escaped the same way, and as typed (for an SQLite that compares decoded
+    keys); either matching is a match."""
+    if not isinstance(key, str) or not key or len(key) > MAX_KEY_CHARS or '"' in key or not is_encodable(key):
+        raise FilterError(
+            f"invalid metadata key {key[:40] if isinstance(key, str) else key!r}: 1 to {MAX_KEY_CHARS} characters "
+            "of valid Unicode, without '\"'"
+        )
+    spellings = [_stored_label]
+    if not key.isascii() and key.isprintable() and "\\" not in key:
+        spellings.append(str)  # as typed (no control character: SQLite refuses one raw in a path)
+    paths: list[str] = []
+    for label in spellings:
+        paths.append(f'$."{label(key)}"')
+        if "." in key:
+            paths.append("$." + ".".join(f'"{label(part)}"' for part in key.split(".")))
+    return paths
+
+
+def _stored_label(key: str) -> str:
+    """`key` as the store's JSON text spells it (ASCII, escapes as json.dumps writes them)."""
+    return json.dumps(key)[1:-1]
 
 
 def compile_filter(spec: dict[str, Any] | None, limits: FilterLimits | None = None) -> tuple[str, list[Any]]:

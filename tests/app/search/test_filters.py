@@ -57,7 +57,9 @@ def test_filters_select_exactly_the_matching_rows(db: sqlite3.Connection, spec: 
         {"year": {"$gt": "2000"}},
         {"tag": {"$in": []}},
         {"tag": {"$in": [["nested"]]}},
-        {"bad key'; DROP TABLE documents; --": 1},
+        {'a "quoted" key': 1},  # a JSON path label cannot hold a '"'
+        {"": 1},
+        {"k" * 257: 1},
         {"lang": {"x": 1}},
         {"lang": ["list", "not", "allowed"]},
         {"$and": []},
@@ -78,3 +80,40 @@ def test_filters_take_exactly_the_64_bit_integers_the_api_stores(db: sqlite3.Con
     for beyond in (2**63, -(2**63) - 1):
         with pytest.raises(FilterError, match="does not fit in a 64-bit integer"):
             compile_filter({"n": beyond})
+
+
+# Keys of every kind the store takes: non-ASCII letters (stored escaped, "\u00e9"), spaces, SQL,
+# path syntax, backslashes, control characters, dots (the key itself, or a path into an object).
+ODD_KEYS = [
+    "année",
+    "日本語",
+    "naïve café",
+    "emoji 🎉",
+    "my key",
+    "'; DROP TABLE documents; --",
+    "a[0]",
+    "*",
+    "a\\b",
+    "tab\tkey",
+    "nul\u0000key",
+    " ",
+    "ünï.cödé",
+    "x" * 256,
+    "a..b",
+    ".lead",
+    "trail.",
+]
+
+
+@pytest.mark.parametrize("key", ODD_KEYS)
+def test_every_key_the_store_takes_can_be_filtered_on(key: str) -> None:
+    from app.search.store import encode_metadata
+
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE documents (key INTEGER PRIMARY KEY, metadata TEXT)")
+    rows = [{key: "yes", "n": 5}, {key: "no"}, {"other": "yes"}]
+    conn.executemany("INSERT INTO documents VALUES (?, ?)", [(i, encode_metadata(r)) for i, r in enumerate(rows)])
+    assert _keys(conn, {key: "yes"}) == [0]
+    assert _keys(conn, {key: {"$in": ["yes", "no"]}}) == [0, 1]
+    assert _keys(conn, {key: "yes", "n": {"$gte": 5}}) == [0]
+    assert conn.execute("SELECT count(*) FROM documents").fetchone()[0] == 3  # and nothing else ran
