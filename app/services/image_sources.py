@@ -43,9 +43,16 @@ async def system_resolver(host: str, port: int) -> list[str]:
 
 
 def is_public_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    """Only globally routable unicast addresses; IPv4-mapped IPv6 is judged as the IPv4 inside."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    """Only globally routable unicast addresses. An IPv6 address that carries an IPv4 one (mapped,
+    6to4 2002::/16, Teredo's client) is judged by that too: a relay may deliver it there, and
+    Python counts 2002:7f00:1:: (6to4 of 127.0.0.1) as global."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        else:
+            carried = [address.sixtofour, address.teredo[1] if address.teredo else None]
+            if any(inner is not None and not is_public_address(inner) for inner in carried):
+                return False
     return address.is_global and not (address.is_multicast or address.is_reserved or address.is_unspecified)
 
 

@@ -67,6 +67,9 @@ def test_oversized_base64_is_refused_before_decoding() -> None:
         "fd00::1",
         "fe80::1",
         "::ffff:127.0.0.1",
+        "2002:7f00:1::",  # 6to4 of 127.0.0.1 (Python's is_global says True)
+        "2002:a9fe:a9fe::1",  # 6to4 of 169.254.169.254
+        "2001:0:4136:e378:8000:63bf:80ff:fffe",  # Teredo, client 127.0.0.1 (stored inverted)
         "224.0.0.1",
         "100.64.0.1",
     ],
@@ -78,6 +81,7 @@ def test_private_addresses_are_not_public(address: str) -> None:
 def test_public_addresses_are_public() -> None:
     assert is_public_address(ipaddress.ip_address("93.184.216.34"))
     assert is_public_address(ipaddress.ip_address("2606:2800:220:1:248:1893:25c8:1946"))
+    assert is_public_address(ipaddress.ip_address("2002:5db8:d822::1"))  # 6to4 of 93.184.216.34
 
 
 class Recorder(httpx.AsyncBaseTransport):
