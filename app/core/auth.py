@@ -62,6 +62,14 @@ def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
 
+def _key_file_text(path: Path) -> str:
+    # -sig: a byte-order mark (a file saved on Windows) would otherwise begin the first key
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise KeyConfigError(f"TESSERA_API_KEYS: {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+
+
 def parse_keys(value: str) -> list[ApiKey]:
     """Entries from the setting's value: a file path (one entry per line, # comments) or a list."""
     value = value.strip()
@@ -69,7 +77,7 @@ def parse_keys(value: str) -> list[ApiKey]:
         return []
     path = Path(value)
     entries = (
-        [line.strip() for line in path.read_text().splitlines()]
+        [line.strip() for line in _key_file_text(path).splitlines()]
         if "," not in value and path.is_file()
         else [part.strip() for part in value.split(",")]
     )

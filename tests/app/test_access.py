@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from app.core.auth import KeyConfigError, RateLimiter, is_remote_caller, parse_keys
+from app.core.auth import KeyConfigError, KeyStore, RateLimiter, is_remote_caller, parse_keys
 from app.main import create_app
 from tests.conftest import ROOT, LocalClient, live_server, settings_for
 
@@ -193,6 +193,13 @@ def test_key_entries_parse_from_a_list_or_a_secrets_file(tmp_path: Path) -> None
     assert [(k.key_id, k.read_only) for k in parse_keys(str(secret))] == [("ops", False), ("view", True)]
     with pytest.raises(KeyConfigError):
         parse_keys("short")
+    saved_on_windows = tmp_path / "keys-bom"  # a byte-order mark, CRLF: the key is still the key
+    saved_on_windows.write_bytes("0123456789abcdef\r\nops=fedcba9876543210\r\n".encode("utf-8-sig"))
+    store = KeyStore(parse_keys(str(saved_on_windows)))
+    assert store.authenticate("0123456789abcdef") is not None and store.authenticate("fedcba9876543210") is not None
+    (tmp_path / "keys-latin1").write_bytes("cl\u00e9=0123456789abcdef\n".encode("latin-1"))
+    with pytest.raises(KeyConfigError, match="keys-latin1 is not UTF-8 text"):
+        parse_keys(str(tmp_path / "keys-latin1"))
 
 
 def _serve(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
