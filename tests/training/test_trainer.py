@@ -145,6 +145,18 @@ def test_bad_configs_stop_with_one_line_naming_file_and_problem(tmp_path: Path, 
         load_config(tmp_path / "bom.yaml")
 
 
+def test_a_beir_folder_saved_with_byte_order_marks_loads_with_clean_ids(tmp_path: Path) -> None:
+    (tmp_path / "qrels").mkdir()
+    for name, text in [
+        ("corpus.jsonl", '{"_id": "d1", "text": "lift"}\n'),
+        ("queries.jsonl", '{"_id": "q1", "text": "wing"}\n'),
+        ("qrels/test.tsv", "q1\td1\t1\n"),
+    ]:
+        (tmp_path / name).write_text(text, encoding="utf-8-sig")  # as Windows tools save them
+    dataset = load_beir(tmp_path)
+    assert list(dataset.corpus) == ["d1"] and list(dataset.queries) == ["q1"] and dataset.qrels == {"q1": {"d1": 1}}
+
+
 def test_bad_data_and_models_stop_before_training(tmp_path: Path, tiny_model: Path, small_beir: Path) -> None:
     broken = tmp_path / "broken"
     (broken / "qrels").mkdir(parents=True)
@@ -155,8 +167,13 @@ def test_bad_data_and_models_stop_before_training(tmp_path: Path, tiny_model: Pa
     (empty / "qrels").mkdir(parents=True)
     _write(empty / "corpus.jsonl", "\n")
     pairs_bad = _write(tmp_path / "pairs.jsonl", '{"query": "q", "positive": "p"}\n{"query": "q2"\n')
+    latin1 = tmp_path / "latin1"
+    (latin1 / "qrels").mkdir(parents=True)
+    latin1_corpus = '{"_id": "d1", "text": "a"}\n{"_id": "d2", "text": "caf\u00e9"}\n'
+    (latin1 / "corpus.jsonl").write_bytes(latin1_corpus.encode("latin-1"))
     runner = CliRunner()
     cases = [
+        ({"data": {"format": "beir", "path": str(latin1)}}, "corpus.jsonl:2: not UTF-8 text"),
         ({"data": {"format": "beir", "path": str(broken)}}, "test.tsv:2: document 'missing-doc' is not in corpus"),
         ({"data": {"format": "beir", "path": str(empty)}}, "corpus.jsonl: no records"),
         ({"data": {"format": "pairs", "path": str(pairs_bad)}}, "pairs.jsonl:2: invalid JSON"),

@@ -50,11 +50,22 @@ class RetrievalDataset:
         return parts[0], parts[1]
 
 
+def read_dataset_text(path: Path) -> str:
+    """A dataset file's text: UTF-8, a leading byte-order mark dropped (files saved by Windows tools
+    have one; it would begin the first id), anything else not UTF-8 a DatasetError with its line."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line_no = raw[: exc.start].count(b"\n") + 1
+        raise DatasetError(f"{path}:{line_no}: not UTF-8 text ({exc.reason})") from exc
+
+
 def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
     """(line number, parsed value) for each non-blank line; split on "\n" only."""
     if not path.is_file():
         raise DatasetError(f"{path}: file not found")
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
+    for line_no, line in enumerate(read_dataset_text(path).split("\n"), 1):
         if not line.strip():
             continue
         try:
@@ -84,7 +95,7 @@ def load_beir(folder: Path, split: str = "test") -> RetrievalDataset:
     if not qrels_path.is_file():
         raise DatasetError(f"{qrels_path}: file not found")
     qrels: dict[str, dict[str, int]] = {}
-    for line_no, line in enumerate(qrels_path.read_text(encoding="utf-8").split("\n"), 1):
+    for line_no, line in enumerate(read_dataset_text(qrels_path).split("\n"), 1):
         parts = line.strip().split("\t")
         if not line.strip() or (line_no == 1 and not parts[-1].lstrip("-").isdigit()):
             continue  # blank, or a header row
