@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -16,6 +17,8 @@ import faiss
 import numpy as np
 
 from app.core.errors import InvalidIndexSpec
+
+log = logging.getLogger(__name__)
 
 METRICS = {"cosine": faiss.METRIC_INNER_PRODUCT, "ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
 # Index factory strings we accept: exact, graph, inverted lists with flat/SQ/PQ/binary codes. The
@@ -544,19 +547,26 @@ class VectorIndex:
 
     @classmethod
     def load(cls, path: Path, dim: int, metric: str) -> tuple[VectorIndex, int] | None:
+        """The snapshot and the op it holds, or None when there is no usable one: the caller then
+        rebuilds from the store, which holds every document. A snapshot is only a cache of it, so
+        an unreadable one (bit rot, a file cut short) must never make the collection unavailable."""
         meta_path = path.with_suffix(".json")
         if not meta_path.is_file():
             return None
-        meta = json.loads(meta_path.read_text())
-        data_path = path.with_name(meta["file"])
-        if not data_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text())
+            data_path = path.with_name(meta["file"])
+            if not data_path.is_file():
+                return None
+            index = faiss.read_index(str(data_path))
+            if index.ntotal != meta["ntotal"] or index.d != dim:
+                return None  # snapshot and its meta disagree: rebuild from the store instead
+            vector_index = cls(dim, metric, meta["spec"], index)
+            vector_index.defaults = SearchParams(meta.get("ef_search"), meta.get("nprobe"), meta.get("rescore_depth"))
+            return vector_index, int(meta["applied_op"])
+        except (ValueError, KeyError, TypeError, RuntimeError) as exc:  # bad JSON or fields; faiss: RuntimeError
+            log.warning("%s: snapshot unreadable (%s); rebuilding it from the store", path.parent.name, exc)
             return None
-        index = faiss.read_index(str(data_path))
-        if index.ntotal != meta["ntotal"] or index.d != dim:
-            return None  # snapshot and its meta disagree: rebuild from the store instead
-        vector_index = cls(dim, metric, meta["spec"], index)
-        vector_index.defaults = SearchParams(meta.get("ef_search"), meta.get("nprobe"), meta.get("rescore_depth"))
-        return vector_index, int(meta["applied_op"])
 
 
 def binary_code_bytes(dim: int) -> int:

@@ -7,6 +7,7 @@ is checked against what the restarted server holds and finds by search.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -427,3 +428,35 @@ def test_snapshots_grow_apart_with_the_index_and_a_crash_replays_the_rest(tmp_pa
     assert taken == 11, taken
     assert fixed_live == live == 400
     assert replayed == 400 - 360
+
+
+@pytest.mark.parametrize("damage", ["random-bytes", "cut-short", "meta-not-json", "meta-missing-field"])
+def test_an_unreadable_snapshot_is_rebuilt_from_the_store_not_a_failed_collection(tmp_path: Path, damage: str) -> None:
+    """The snapshot is a cache of the store: bit rot or a file cut short costs a rebuild, never the
+    collection (before, faiss's read error made the whole collection fail to open)."""
+    from app.search.collection import Collection, CollectionConfig
+    from app.search.store import Document
+
+    vectors = np.random.default_rng(5).normal(size=(40, 8)).astype(np.float32)
+    config = CollectionConfig("rot", "m", 8, index="Flat")
+    config.save(tmp_path)
+    collection = Collection(tmp_path, config, 1 << 30)
+    collection.upsert([Document(f"v{i}", None, {}, vectors[i]) for i in range(40)])
+    collection.snapshot()
+    collection.close()
+    (snapshot,) = tmp_path.glob("index.*.faiss")
+    meta = tmp_path / "index.json"
+    if damage == "random-bytes":
+        snapshot.write_bytes(np.random.default_rng(0).bytes(snapshot.stat().st_size))
+    elif damage == "cut-short":
+        snapshot.write_bytes(snapshot.read_bytes()[: snapshot.stat().st_size // 2])
+    elif damage == "meta-not-json":
+        meta.write_text('{"file": ')
+    else:
+        meta.write_text(json.dumps({"file": snapshot.name}))
+    reopened = Collection(tmp_path, CollectionConfig.load(tmp_path), 1 << 30)
+    try:
+        assert reopened.index.live == 40
+        assert reopened.search(vectors[7], 1, None, set(), reopened.index.defaults)[0].id == "v7"
+    finally:
+        reopened.close()
