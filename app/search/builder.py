@@ -48,7 +48,7 @@ from app.search.collection import Collection, CollectionConfig
 from app.search.image_input import SIDECAR, check_header, image_files, iter_images, read_sidecar, sidecar_fields
 from app.search.manager import CollectionManager, validate_name
 from app.search.store import Document, encode_metadata
-from app.search.vector_index import BuildReport, validate_spec
+from app.search.vector_index import BuildReport, fsync_path, validate_spec
 
 log = logging.getLogger(__name__)
 
@@ -462,21 +462,30 @@ class Checkpoint:
         """Records already committed by an interrupted build of this input (0 to start afresh)."""
         if not self.path.is_file():
             return 0
-        saved = json.loads(self.path.read_text())
         if restart:
             self.finish()
             return 0
+        try:
+            saved = json.loads(self.path.read_text(encoding="utf-8"))
+            committed = int(saved["committed"])
+        except (ValueError, KeyError, TypeError) as exc:  # cut short, not JSON, or not ours
+            raise InputError(
+                f"{self.path}: the interrupted build's checkpoint is unreadable ({exc}): run again with --restart "
+                "to build from the first record (documents already written are replaced by id)"
+            ) from exc
         if saved.get("inputs") != plan.fingerprint or saved.get("skip") != sorted(plan.skip):
             changed = _changed_file(saved.get("inputs") or [], plan.fingerprint)
             raise InputError(
                 f"the input changed since the interrupted build ({changed}): run again with --restart to "
                 "build from the first record (documents already written are replaced by id)"
             )
-        return int(saved["committed"])
+        return committed
 
     def save(self, committed: int, plan: InputPlan) -> None:
+        """Atomic and durable (temp file, fsync, rename): a crash leaves the previous checkpoint."""
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"committed": committed, "inputs": plan.fingerprint, "skip": sorted(plan.skip)}))
+        fsync_path(tmp)
         tmp.replace(self.path)
 
     def finish(self) -> None:

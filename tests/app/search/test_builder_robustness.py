@@ -164,6 +164,27 @@ def test_resume_refuses_a_changed_input_and_restart_rebuilds(default_models_dir:
     assert result["records"] == 50 and result["size"] == 50 and result["resumed_from"] == 0
 
 
+def test_an_unreadable_checkpoint_says_restart_and_restart_works(default_models_dir: Path, tmp_path: Path) -> None:
+    # A checkpoint cut short (a crash, a full disk) parsed before --restart was looked at: every
+    # build of that index, --restart included, ended in a JSONDecodeError traceback.
+    settings = settings_for(default_models_dir, data_dir=tmp_path / "data")
+    source = _jsonl(tmp_path / "a.jsonl", _records(24))
+
+    class Interrupt(BuildProgress):
+        def committed(self, done: int, total: int) -> None:
+            if done >= 8:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_index(settings, "minilm-l6", source, "docs", BuildOptions(batch_size=8), Interrupt())
+    (checkpoint,) = (tmp_path / "data" / "indexes" / "docs").glob("build-*.json")
+    checkpoint.write_text('{"committed": 8, "inpu')
+    with pytest.raises(InputError, match=r"checkpoint is unreadable.*--restart"):
+        build_index(settings, "minilm-l6", source, "docs", BuildOptions(batch_size=8))
+    result = build_index(settings, "minilm-l6", source, "docs", BuildOptions(batch_size=8, restart=True))
+    assert result["size"] == 24 and result["resumed_from"] == 0 and not checkpoint.exists()
+
+
 # --- 3: a failed first build leaves nothing -----------------------------------------------------
 def test_a_first_build_that_fails_leaves_no_collection(default_models_dir: Path, tmp_path: Path) -> None:
     settings = settings_for(default_models_dir, data_dir=tmp_path / "data")
