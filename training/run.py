@@ -40,13 +40,19 @@ def finished_metrics(folder: Path, config: BaseModel) -> dict[str, Any] | None:
     if not all(p.exists() for p in paths):
         return None
     try:
-        recorded = type(config).model_validate(yaml.safe_load(paths[2].read_text()) or {}).model_dump(mode="json")
+        recorded = type(config).model_validate(yaml.safe_load(paths[2].read_bytes()) or {}).model_dump(mode="json")
     except (ValidationError, yaml.YAMLError):
         return None  # written by a version whose keys this one no longer reads: not the same run
     wanted = config.model_dump(mode="json")
     recorded.pop("runs_dir", None)
     wanted.pop("runs_dir", None)
-    return json.loads(paths[0].read_text()) if recorded == wanted else None
+    if recorded != wanted:
+        return None
+    try:
+        metrics = json.loads(paths[0].read_bytes())
+    except ValueError:  # cut short or garbled (a run killed as it wrote them): not a finished run
+        return None
+    return metrics if isinstance(metrics, dict) else None
 
 
 class StepLog:

@@ -162,3 +162,8 @@ def test_a_stopped_run_goes_on_at_its_first_unfinished_split(tmp_path: Path, sma
     recorded.write_text(yaml.safe_dump({**raw, "learning_rat": 1.0}))  # a key no version reads: not reused
     run_splits(moved, plan_splits(moved, 3), counted)
     assert trained[7:] == ["sp-split2"]
+    # metrics cut short (killed as it wrote them), or not UTF-8: not finished, trained again (no traceback)
+    (tmp_path / "moved" / "sp-split1" / "metrics.json").write_text('{"after": {"ndcg@10": 0.4')
+    (tmp_path / "moved" / "sp-split2" / "metrics.json").write_bytes(b"\xff\xfe")
+    run_splits(moved, plan_splits(moved, 3), counted)
+    assert trained[8:] == ["sp-split1", "sp-split2"]
