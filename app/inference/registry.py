@@ -397,6 +397,9 @@ class ModelRegistry:
             except Exception as exc:  # one broken folder must not take the others down
                 log.error("model folder %s not served: %s", folder, exc)
                 self.failed[folder.name] = str(exc)
+        for name in sorted(wanted - {folder.name for folder in folders}):  # a typo in the setting, or not built
+            self.failed[name] = f"TESSERA_MODELS names it, but {models_dir / name} holds no {MANIFEST_FILE}"
+            log.error("model %s not served: %s", name, self.failed[name])
         log.info("serving models: %s", ", ".join(self.models) or "none")
 
     def _load_one(self, folder: Path) -> None:

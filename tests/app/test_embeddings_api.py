@@ -1,6 +1,7 @@
 """The embedding routes on the real default model (all-MiniLM-L6-v2 exported to ONNX)."""
 
 import base64
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,7 +9,8 @@ from fastapi.testclient import TestClient
 
 from app.core.manifest import Manifest
 from app.inference.tokenizer import TextTokenizer
-from tests.conftest import DEFAULT_MODEL_DIR
+from app.main import create_app
+from tests.conftest import DEFAULT_MODEL_DIR, LocalClient, settings_for
 
 TEXTS = ["A man is playing a guitar.", "The cat sleeps on the warm windowsill.", "Stocks fell sharply today."]
 
@@ -103,6 +105,17 @@ def test_malformed_json_and_oversized_payload(client: TestClient) -> None:
     huge = {"input": ["x" * 1_000_000] * 9}  # > 8 MiB default payload limit
     response = client.post("/v1/embeddings", json=huge)
     assert response.status_code == 413 and response.json()["error"]["code"] == "payload_too_large"
+
+
+def test_a_model_named_in_tessera_models_but_absent_is_reported_not_ignored(default_models_dir: Path) -> None:
+    # A typo in TESSERA_MODELS was silently dropped: the server said "ready" without the model.
+    with LocalClient(create_app(settings_for(default_models_dir, models="minilm-l6,minilm-l12"))) as client:
+        ready = client.get("/ready")
+        assert ready.status_code == 503 and ready.json()["status"] == "not_ready"
+        assert "TESSERA_MODELS names it" in ready.json()["failed"]["minilm-l12"]
+        missing = client.post("/v1/embeddings", json={"input": "x", "model": "minilm-l12"})
+        assert missing.status_code == 404 and "TESSERA_MODELS names it" in missing.json()["error"]["message"]
+        assert client.post("/v1/embeddings", json={"input": "x", "model": "minilm-l6"}).status_code == 200
 
 
 def test_models_health_ready_metrics(client: TestClient) -> None:
