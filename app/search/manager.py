@@ -180,10 +180,11 @@ class CollectionManager:
             if folder.exists():  # left by a crash mid-create: never adopt it silently
                 raise CollectionExists(f"index {name!r} already exists on disk (not loaded); remove {folder}")
             _check_open_files(name, len(self.collections))
+            with storage_full_as_domain_error(f"creating index {name!r}"):
+                folder.mkdir(parents=True)  # outside the clean-up below: a folder made by another process stays
             lock = None if self.read_only else CollectionLock(folder, self.holder)
             try:
                 with storage_full_as_domain_error(f"creating index {name!r}"):
-                    folder.mkdir(parents=True)
                     if lock is not None:  # before collection.json: a server that finds the folder only reads it
                         lock.try_acquire()
                     config = CollectionConfig(
