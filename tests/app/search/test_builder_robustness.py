@@ -145,18 +145,24 @@ def test_a_running_server_serves_what_a_build_creates_after_it_started(
             thread.join()
 
 
+def _interrupted_build(settings, source: Path, after: int) -> None:  # type: ignore[no-untyped-def]
+    """A build of `source` into "docs", batches of 8, stopped (Ctrl-C) once `after` records committed."""
+
+    class Interrupt(BuildProgress):
+        def committed(self, done: int, total: int) -> None:
+            if done >= after:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_index(settings, "minilm-l6", source, "docs", BuildOptions(batch_size=8), Interrupt())
+
+
 # --- 2: resume only over the same input ---------------------------------------------------------
 def test_resume_refuses_a_changed_input_and_restart_rebuilds(default_models_dir: Path, tmp_path: Path) -> None:
     settings = settings_for(default_models_dir, data_dir=tmp_path / "data")
     source = _jsonl(tmp_path / "a.jsonl", _records(40))
 
-    class Interrupt(BuildProgress):
-        def committed(self, done: int, total: int) -> None:
-            if done >= 16:
-                raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        build_index(settings, "minilm-l6", source, "docs", BuildOptions(batch_size=8), Interrupt())
+    _interrupted_build(settings, source, after=16)
     _jsonl(source, _records(10, "new") + _records(40))  # 10 lines added at the top
     with pytest.raises(InputError, match=r"input changed since the interrupted build.*--restart"):
         build_index(settings, "minilm-l6", source, "docs", BuildOptions(batch_size=8))
@@ -170,13 +176,7 @@ def test_an_unreadable_checkpoint_says_restart_and_restart_works(default_models_
     settings = settings_for(default_models_dir, data_dir=tmp_path / "data")
     source = _jsonl(tmp_path / "a.jsonl", _records(24))
 
-    class Interrupt(BuildProgress):
-        def committed(self, done: int, total: int) -> None:
-            if done >= 8:
-                raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        build_index(settings, "minilm-l6", source, "docs", BuildOptions(batch_size=8), Interrupt())
+    _interrupted_build(settings, source, after=8)
     (checkpoint,) = (tmp_path / "data" / "indexes" / "docs").glob("build-*.json")
     checkpoint.write_text('{"committed": 8, "inpu')
     with pytest.raises(InputError, match=r"checkpoint is unreadable.*--restart"):
